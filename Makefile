@@ -1,0 +1,43 @@
+# Set-up and the two jobs of the README: `make book` and `make test`.
+# Each target creates the virtual environment when it is missing (or older than pyproject.toml).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Our machines carry a CPU wheel of torch 2.13.0 on disk; elsewhere pick any torch>=2.10 build.
+TORCH_SPEC ?= torch==2.13.0
+# Offline mirror of the data sets (see ../shared/data/README.md); users without one download.
+export ADAMQLR_DATA ?= $(abspath ../shared/data)
+export PYTHONHASHSEED = 0
+
+.PHONY: env book test lint bench clean-book
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name adamqlr --display-name "Python (adamqlr)" >/dev/null
+	touch $@
+
+env: $(BIN)/.installed
+
+# Chromium from Debian's packages for the browser test (no browser download at test time).
+/usr/bin/chromium:
+	(command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)) \
+		|| echo "chromium not installed: the browser test will be skipped"
+
+book: env
+	$(BIN)/adamqlr book build
+
+test: env /usr/bin/chromium
+	$(BIN)/python -m pytest -n 2 -q
+
+lint: env
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench: env
+	$(BIN)/python benchmarks/step_cost.py
+
+clean-book:
+	rm -rf book/_build

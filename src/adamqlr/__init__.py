@@ -1,0 +1,30 @@
+"""AdamQLR: Adam's direction with K-FAC's step-size and damping heuristics, in PyTorch.
+
+The companion library to Clarke & Hernandez-Lobato, "Studying K-FAC Heuristics by Viewing Adam
+through a Second-Order Lens" (ICML 2024). The optimisers are ``torch.optim.Optimizer`` subclasses::
+
+    from adamqlr import AdamQLR
+    opt = AdamQLR(model, loss="cross_entropy", curvature="fisher")
+    stats = opt.step(inputs, targets)
+"""
+
+from adamqlr.losses import CrossEntropyLoss, Loss, SquaredErrorLoss, get_loss
+from adamqlr.optim import AdamQLR, SGDQLR, StepStats
+
+__version__ = "0.1.0"
+
+#: Bumped whenever the numerics of a step change, so that stored run records made by an older
+#: algorithm are reported as stale instead of being silently reused.
+ALGORITHM_VERSION = 1
+
+__all__ = [
+    "ALGORITHM_VERSION",
+    "AdamQLR",
+    "CrossEntropyLoss",
+    "Loss",
+    "SGDQLR",
+    "SquaredErrorLoss",
+    "StepStats",
+    "__version__",
+    "get_loss",
+]

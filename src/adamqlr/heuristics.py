@@ -1,0 +1,203 @@
+"""K-FAC's step-size and damping heuristics, for any update direction.
+
+These are pure functions of a handful of scalars, so each formula is tested alone and each
+chapter of the book can show it. Nothing here knows which direction it is given: Adam's
+(:class:`adamqlr.AdamQLR`), the gradient (:class:`adamqlr.SGDQLR`) or K-FAC's all use the same code.
+
+Notation (the book's, equation numbers refer to its chapters): ``g`` the mini-batch gradient, ``d``
+the direction (pointing uphill, like the gradient), ``q = d^T C d`` the curvature along it,
+``lambda`` the Levenberg-Marquardt damping. The damped quadratic model of the loss along the step
+``delta = -alpha d`` is
+
+    M(alpha) = f - alpha g^T d + 1/2 alpha^2 (q + lambda ||d||^2),
+
+minimised by ``alpha* = g^T d / (q + lambda ||d||^2)``. After the step, the reduction ratio
+``rho = (f_new - f_old) / (M(alpha) - M(0))`` compares the actual change with the predicted one,
+and the damping grows when the model was too optimistic (rho < 1/4) and shrinks when it was
+trustworthy (rho > 3/4).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = [
+    "LevenbergMarquardt",
+    "Proposal",
+    "clip_step_size",
+    "damped_curvature",
+    "predicted_change",
+    "propose_step",
+    "reduction_ratio",
+    "step_size",
+]
+
+
+def damped_curvature(curvature: float, damping: float, sq_norm: float) -> float:
+    """Return ``q + lambda ||d||^2``, the curvature of the damped model along ``d``."""
+    return curvature + damping * sq_norm
+
+
+def step_size(grad_dot_dir: float, curvature: float, damping: float, sq_norm: float) -> float:
+    """Return the exact minimiser ``alpha* = g^T d / (q + lambda ||d||^2)`` of the damped model.
+
+    The caller guarantees ``q + lambda ||d||^2 > 0`` (see :func:`propose_step` for the rule that
+    handles the other case). ``alpha*`` is negative when ``g^T d < 0``: the step then goes along
+    ``+d``, which is still downhill for the model.
+    """
+    return grad_dot_dir / damped_curvature(curvature, damping, sq_norm)
+
+
+def clip_step_size(alpha: float, alpha_max: float | None) -> float:
+    """Clip ``alpha`` symmetrically to ``[-alpha_max, alpha_max]`` (no clipping when ``None``)."""
+    if alpha_max is None:
+        return alpha
+    return max(-alpha_max, min(alpha_max, alpha))
+
+
+def predicted_change(
+    alpha: float,
+    grad_dot_dir: float,
+    curvature: float,
+    damping: float,
+    sq_norm: float,
+    *,
+    include_damping: bool = True,
+) -> float:
+    """Return ``M(alpha) - M(0) = -alpha g^T d + 1/2 alpha^2 (q + lambda ||d||^2)``.
+
+    With ``include_damping=False`` the damping term is left out of the model change (kfac-jax's
+    convention); AdamQLR includes it by default, as the official code does.
+    """
+    curv = damped_curvature(curvature, damping, sq_norm) if include_damping else curvature
+    return -alpha * grad_dot_dir + 0.5 * alpha * alpha * curv
+
+
+def reduction_ratio(true_change: float, model_change: float) -> float:
+    """Return ``rho = true_change / model_change``; NaN when the model predicts no change."""
+    if model_change == 0.0:
+        return math.nan
+    return true_change / model_change
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A step proposed by the damped quadratic model.
+
+    Attributes:
+        alpha: The step size applied (after clipping and amplification), or NaN if ``accepted`` is
+            false.
+        accepted: Whether the model admits a step at all.
+        reason: Why not, when ``accepted`` is false (``"nonpositive_curvature"``), else ``""``.
+        damped_curvature: ``q + lambda ||d||^2`` (possibly made positive, see ``rule``).
+        predicted_change: ``M(alpha) - M(0)`` for the applied ``alpha``.
+    """
+
+    alpha: float
+    accepted: bool
+    reason: str
+    damped_curvature: float
+    predicted_change: float
+
+
+def propose_step(
+    grad_dot_dir: float,
+    curvature: float,
+    damping: float,
+    sq_norm: float,
+    *,
+    alpha_max: float | None = None,
+    amplification: float = 1.0,
+    include_damping: bool = True,
+    nonpositive_curvature: str = "reject",
+) -> Proposal:
+    """Choose the step size along ``d`` from the damped quadratic model.
+
+    Args:
+        grad_dot_dir: ``g^T d``.
+        curvature: ``q = d^T C d``.
+        damping: ``lambda``.
+        sq_norm: ``||d||^2``.
+        alpha_max: Optional symmetric clip on the step size.
+        amplification: Factor ``k`` applied after clipping (the paper's update amplification).
+        include_damping: Whether the damping term enters the predicted change.
+        nonpositive_curvature: What to do when ``q + lambda ||d||^2 <= 0`` (possible with the
+            Hessian, or with the undamped Fisher when ``J d = 0``): ``"reject"`` proposes no step
+            (the optimiser then leaves the parameters alone and raises the damping), ``"absolute"``
+            divides by ``|q + lambda ||d||^2|`` (the saddle-free choice; still rejects exact zero).
+
+    Returns:
+        The :class:`Proposal`.
+    """
+    q_damped = damped_curvature(curvature, damping, sq_norm)
+    if sq_norm == 0.0:
+        return Proposal(0.0, True, "", q_damped, 0.0)
+    if nonpositive_curvature == "absolute" and q_damped != 0.0:
+        q_damped = abs(q_damped)
+    if not q_damped > 0.0:
+        return Proposal(math.nan, False, "nonpositive_curvature", q_damped, math.nan)
+    alpha = clip_step_size(grad_dot_dir / q_damped, alpha_max) * amplification
+    curv_for_model = q_damped if include_damping else q_damped - damping * sq_norm
+    change = -alpha * grad_dot_dir + 0.5 * alpha * alpha * curv_for_model
+    return Proposal(alpha, True, "", q_damped, change)
+
+
+@dataclass(frozen=True)
+class LevenbergMarquardt:
+    """The Levenberg-Marquardt damping rule driven by the reduction ratio.
+
+    ``lambda <- decrease * lambda`` if ``rho > high``; ``lambda <- increase * lambda`` if
+    ``rho < low``; otherwise unchanged; then clipped to ``[lower, upper]``. The comparisons are
+    strict, so a NaN ``rho`` leaves ``lambda`` unchanged (as in the official code).
+
+    Attributes:
+        decrease: Factor ``omega_dec`` in (0, 1).
+        increase: Factor ``omega_inc`` > 1.
+        lower: Lower bound on ``lambda`` (1e-8 in the paper).
+        upper: Upper bound on ``lambda`` (none in the paper).
+        low: Threshold below which the damping increases (1/4).
+        high: Threshold above which the damping decreases (3/4).
+    """
+
+    decrease: float = 0.5
+    increase: float = 2.0
+    lower: float = 1e-8
+    upper: float = math.inf
+    low: float = 0.25
+    high: float = 0.75
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("damping_decrease", self.decrease, 0.0 < self.decrease < 1.0, "in (0, 1)"),
+            ("damping_increase", self.increase, 1.0 < self.increase < math.inf, "> 1 and finite"),
+            ("damping_bounds lower", self.lower, 0.0 <= self.lower < math.inf, ">= 0 and finite"),
+            ("damping_bounds upper", self.upper, self.upper >= self.lower, ">= the lower bound"),
+            ("rho thresholds", (self.low, self.high), self.low < self.high, "low < high"),
+        ]
+        for name, value, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"invalid {name}: {value!r} (expected {expected})")
+
+    def update(self, damping: float, rho: float) -> float:
+        """Return the new damping after a step with reduction ratio ``rho``."""
+        if rho > self.high:
+            damping = damping * self.decrease
+        elif rho < self.low:
+            damping = damping * self.increase
+        return min(self.upper, max(self.lower, damping))
+
+    def after_rejection(self, damping: float, curvature: float, sq_norm: float) -> float:
+        """Return the damping after a rejected step.
+
+        The damping rises by ``increase``; when the curvature along ``d`` was negative it jumps
+        at once to ``increase * |q| / ||d||^2``, the smallest multiple of the increase factor
+        that makes the damped curvature positive on the same direction, instead of climbing
+        there one factor at a time from a tiny value.
+        """
+        target = damping * self.increase
+        if math.isfinite(curvature) and curvature < 0.0 and sq_norm > 0.0:
+            target = max(target, self.increase * (-curvature) / sq_norm)
+        if not math.isfinite(target):
+            target = damping * self.increase
+        return min(self.upper, max(self.lower, target))

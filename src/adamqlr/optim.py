@@ -1,0 +1,598 @@
+"""AdamQLR and SGDQLR: a direction plus K-FAC's step-size and damping heuristics.
+
+:class:`QuadraticModelOptimizer` holds everything that does not depend on the direction: the
+gradient pass, the curvature along the direction, the step size from the damped quadratic model,
+the trial loss, the reduction ratio and the Levenberg-Marquardt damping (all from
+:mod:`adamqlr.heuristics`), and the guards against non-finite numbers. A subclass supplies only the
+direction: :class:`AdamQLR` Adam's bias-corrected ``m_hat / (sqrt(v_hat) + eps)``, :class:`SGDQLR`
+the gradient itself.
+
+One call of :meth:`QuadraticModelOptimizer.step` on a mini-batch ``(inputs, targets)`` costs one
+forward and backward pass (the gradient), one forward-mode JVP (``"fisher"``) or one
+forward-over-reverse product (``"hessian"``) on the same batch, and, on steps that adapt the
+damping, one more forward pass for the trial loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import numbers
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from adamqlr.curvature import CURVATURES, loss_at, quadratic_form
+from adamqlr.heuristics import LevenbergMarquardt, propose_step, reduction_ratio
+from adamqlr.losses import Loss, get_loss
+
+__all__ = ["AdamQLR", "NonFiniteStepError", "QuadraticModelOptimizer", "SGDQLR", "StepStats"]
+
+_GLOBAL = "qlr"  # key of the optimiser-wide state (damping, step counters) in ``self.state``
+
+
+class NonFiniteStepError(FloatingPointError):
+    """Raised by a step with ``on_nonfinite="raise"`` when a non-finite number appears."""
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """What one optimiser step did.
+
+    Attributes:
+        loss: Mini-batch loss *before* the step.
+        lr: Step size ``alpha`` applied (0.0 when the step was rejected).
+        damping: Damping ``lambda`` after this step's update (the value the next step uses).
+        rho: Reduction ratio (NaN when not computed on this step).
+        accepted: Whether the parameters moved.
+        reason: Why a step was rejected (``"nonfinite_loss"``, ``"nonfinite_gradient"``,
+            ``"nonfinite_curvature"``, ``"nonpositive_curvature"``, ``"nonfinite_trial_loss"``) or
+            ``""``.
+        curvature: ``q = d^T C d``.
+        grad_dot_dir: ``g^T d``.
+        direction_sq_norm: ``||d||^2``.
+        predicted_change: Change of the damped quadratic model for the applied step.
+        trial_loss: Mini-batch loss after the step (NaN when not computed).
+        damping_used: The damping that entered the step size (the previous step's value).
+        step: Number of accepted steps so far, this one included.
+    """
+
+    loss: float
+    lr: float
+    damping: float
+    rho: float
+    accepted: bool
+    reason: str
+    curvature: float
+    grad_dot_dir: float
+    direction_sq_norm: float
+    predicted_change: float
+    trial_loss: float
+    damping_used: float
+    step: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the statistics as a plain dict (for logging)."""
+        return asdict(self)
+
+
+def _real(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"invalid {name}: {value!r} (expected a real number)")
+    value = float(value)
+    if math.isnan(value):
+        raise ValueError(f"invalid {name}: {value!r} (NaN)")
+    return value
+
+
+def _check(name: str, value: object, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"invalid {name}: {value!r} (expected {expected})")
+
+
+@contextlib.contextmanager
+def _replayed_rng(cpu_state: Tensor, cuda_states: list[Tensor] | None) -> Iterator[None]:
+    """Run the body with the random state captured before the gradient pass.
+
+    Dropout and other random layers then draw the same masks as in the gradient pass, and the
+    global random state afterwards is as if the body had not run.
+    """
+    devices = list(range(len(cuda_states))) if cuda_states else []
+    with torch.random.fork_rng(devices=devices):
+        torch.set_rng_state(cpu_state)
+        if cuda_states:
+            torch.cuda.set_rng_state_all(cuda_states)
+        yield
+
+
+class QuadraticModelOptimizer(torch.optim.Optimizer):
+    """Base class: a direction from a subclass, the step size and damping from the heuristics.
+
+    Subclasses implement :meth:`_direction`. See :class:`AdamQLR` for every argument.
+    """
+
+    #: The step needs the batch, not a closure (the curvature needs the model and the data).
+    step_requires_batch = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: str | Loss = "cross_entropy",
+        curvature: str = "fisher",
+        *,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]] | None = None,
+        initial_damping: float = 1e-3,
+        damping_decrease: float = 0.5,
+        damping_increase: float = 2.0,
+        damping_bounds: tuple[float, float] = (1e-8, math.inf),
+        damping_interval: int = 1,
+        damping_in_rho: bool = True,
+        lr_clip: float | None = None,
+        amplification: float = 1.0,
+        undamped: bool = False,
+        weight_decay: float = 0.0,
+        nonpositive_curvature: str = "reject",
+        on_nonfinite: str = "skip",
+        ignore_index: int = -100,
+        group_defaults: dict[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"invalid model: {model!r} (expected a torch.nn.Module)")
+        if isinstance(loss, str) and loss == "cross_entropy":
+            loss_obj = get_loss(loss, ignore_index=ignore_index)
+        else:
+            loss_obj = get_loss(loss)
+        _check("curvature", curvature, curvature in CURVATURES, f"one of {CURVATURES}")
+        initial_damping = _real("initial_damping", initial_damping)
+        _check("initial_damping", initial_damping, 0 <= initial_damping < math.inf, ">= 0, finite")
+        if not isinstance(damping_bounds, (tuple, list)) or len(damping_bounds) != 2:
+            raise ValueError(f"invalid damping_bounds: {damping_bounds!r} (expected (lower, upper))")
+        lower = _real("damping_bounds lower", damping_bounds[0])
+        upper = _real("damping_bounds upper", damping_bounds[1])
+        lm = LevenbergMarquardt(
+            decrease=_real("damping_decrease", damping_decrease),
+            increase=_real("damping_increase", damping_increase),
+            lower=lower,
+            upper=upper,
+        )
+        if not undamped:
+            _check(
+                "initial_damping",
+                initial_damping,
+                lower <= initial_damping <= upper,
+                f"within damping_bounds {tuple(damping_bounds)}",
+            )
+        _check(
+            "damping_interval",
+            damping_interval,
+            isinstance(damping_interval, int)
+            and not isinstance(damping_interval, bool)
+            and damping_interval >= 1,
+            "an int >= 1",
+        )
+        _check("damping_in_rho", damping_in_rho, isinstance(damping_in_rho, bool), "a bool")
+        _check("undamped", undamped, isinstance(undamped, bool), "a bool")
+        if lr_clip is not None:
+            lr_clip = _real("lr_clip", lr_clip)
+            _check("lr_clip", lr_clip, 0 < lr_clip < math.inf, "> 0 and finite, or None")
+        amplification = _real("amplification", amplification)
+        _check("amplification", amplification, 0 < amplification < math.inf, "> 0 and finite")
+        weight_decay = _real("weight_decay", weight_decay)
+        _check("weight_decay", weight_decay, 0 <= weight_decay < 1, "in [0, 1)")
+        _check(
+            "nonpositive_curvature",
+            nonpositive_curvature,
+            nonpositive_curvature in ("reject", "absolute"),
+            "'reject' or 'absolute'",
+        )
+        _check("on_nonfinite", on_nonfinite, on_nonfinite in ("skip", "raise"), "'skip' or 'raise'")
+
+        names = {id(p): n for n, p in model.named_parameters()}
+        source = model.parameters() if params is None else params
+        if isinstance(source, Tensor):
+            raise ValueError("invalid params: a single Tensor (expected an iterable of tensors)")
+        groups = list(source)
+        if not groups:
+            raise ValueError("invalid params: empty (the optimiser needs at least one parameter)")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for group in groups:
+            plist = list(group["params"])
+            for p in plist:
+                if not isinstance(p, Tensor) or id(p) not in names:
+                    raise ValueError(
+                        f"invalid params: {type(p).__name__} {tuple(getattr(p, 'shape', ()))} is "
+                        "not a parameter of the model (pass the model's own parameters)"
+                    )
+                if not p.is_floating_point() or p.is_complex():
+                    raise ValueError(
+                        f"invalid params: {names[id(p)]} has dtype {p.dtype} (expected a real "
+                        "floating-point dtype; complex parameters are not supported)"
+                    )
+            group["params"] = plist
+            group["param_names"] = [names[id(p)] for p in plist]
+
+        defaults = dict(weight_decay=weight_decay, **(group_defaults or {}))
+        super().__init__(groups, defaults)
+        for group in self.param_groups:
+            self._validate_group(group)
+
+        self.model = model
+        self.loss = loss_obj
+        self.curvature = curvature
+        self.damping_rule = lm
+        self.initial_damping = 0.0 if undamped else initial_damping
+        self.damping_interval = damping_interval
+        self.damping_in_rho = damping_in_rho
+        self.lr_clip = lr_clip
+        self.amplification = amplification
+        self.undamped = undamped
+        self.nonpositive_curvature = nonpositive_curvature
+        self.on_nonfinite = on_nonfinite
+        self.state[_GLOBAL] = self._fresh_global_state()
+
+    # ----------------------------------------------------------------------------------- hooks
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        wd = _real("weight_decay", group["weight_decay"])
+        _check("weight_decay", wd, 0 <= wd < 1, "in [0, 1)")
+
+    def _direction(
+        self, params: list[Tensor], grads: list[Tensor], group: dict[str, Any], step: int
+    ) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
+        """Return the direction for each parameter and the per-parameter state to commit.
+
+        The state is only written back if the step is accepted, so an implementation must not
+        modify ``self.state`` itself.
+        """
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------ state
+    def _fresh_global_state(self) -> dict[str, Any]:
+        return {
+            "step": 0,
+            "damping": self.initial_damping,
+            "rejected_steps": 0,
+            "nonfinite_steps": 0,
+            "calls": 0,
+        }
+
+    @property
+    def damping(self) -> float:
+        """The current damping ``lambda`` (used by the next step)."""
+        return float(self.state[_GLOBAL]["damping"])
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        state = super().state_dict()
+        state["state"] = {**state["state"], _GLOBAL: dict(self.state[_GLOBAL])}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict (the input is not modified)."""
+        state_dict = copy.deepcopy(state_dict)
+        if _GLOBAL not in state_dict.get("state", {}):
+            raise ValueError(
+                f"invalid state_dict: no {_GLOBAL!r} entry (was it saved by {type(self).__name__}?)"
+            )
+        super().load_state_dict(state_dict)
+        self.state[_GLOBAL] = {**self._fresh_global_state(), **dict(self.state[_GLOBAL])}
+
+    # ------------------------------------------------------------------------------- step
+    def _named_params(self) -> list[tuple[str, Tensor, dict[str, Any]]]:
+        return [
+            (name, p, group)
+            for group in self.param_groups
+            for name, p in zip(group["param_names"], group["params"], strict=True)
+        ]
+
+    def _rejected(self, reason: str, loss: float, **extra: float) -> StepStats:
+        glob = self.state[_GLOBAL]
+        nonfinite = reason.startswith("nonfinite")
+        if nonfinite and self.on_nonfinite == "raise":
+            raise NonFiniteStepError(
+                f"{type(self).__name__} step {glob['step'] + 1}: {reason.replace('_', ' ')}"
+            )
+        damping_used = glob["damping"]
+        if not self.undamped:
+            glob["damping"] = self.damping_rule.after_rejection(
+                damping_used,
+                extra.get("curvature", math.nan),
+                extra.get("direction_sq_norm", math.nan),
+            )
+        glob["rejected_steps"] += 1
+        glob["nonfinite_steps"] += int(nonfinite)
+        warnings.warn(
+            f"{type(self).__name__}: step rejected ({reason}); parameters unchanged, damping "
+            f"{damping_used:.3g} -> {glob['damping']:.3g}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return StepStats(
+            loss=loss,
+            lr=0.0,
+            damping=glob["damping"],
+            rho=math.nan,
+            accepted=False,
+            reason=reason,
+            curvature=extra.get("curvature", math.nan),
+            grad_dot_dir=extra.get("grad_dot_dir", math.nan),
+            direction_sq_norm=extra.get("direction_sq_norm", math.nan),
+            predicted_change=math.nan,
+            trial_loss=extra.get("trial_loss", math.nan),
+            damping_used=damping_used,
+            step=glob["step"],
+        )
+
+    def _check_batch(self, inputs: object, targets: Tensor) -> None:
+        if not isinstance(targets, Tensor):
+            raise ValueError(f"invalid targets: {type(targets).__name__} (expected a Tensor)")
+
+    def step(self, inputs: Any, targets: Tensor) -> StepStats:  # type: ignore[override]
+        """Take one full step on the mini-batch ``(inputs, targets)``.
+
+        1. Forward and backward pass: loss ``f0`` and gradient ``g`` (this pass, an ordinary call
+           of the module, is the only one that updates batch-norm running statistics).
+        2. Direction ``d`` (from the subclass) and curvature ``q = d^T C d`` on the same batch.
+        3. Step size ``alpha = g^T d / (q + lambda ||d||^2)``, optionally clipped and amplified;
+           ``theta <- theta - alpha d - w theta``.
+        4. On damping-adaptation steps: trial loss ``f1`` on the same batch, reduction ratio
+           ``rho = (f1 - f0) / (M(alpha) - M(0))`` and the Levenberg-Marquardt update of lambda.
+
+        A non-finite loss, gradient, curvature or trial loss never reaches the parameters: the
+        step is rejected (parameters and direction state unchanged), the damping is increased, a
+        ``RuntimeWarning`` is issued, and ``StepStats.accepted`` is false (or
+        :class:`NonFiniteStepError` is raised with ``on_nonfinite="raise"``). A non-positive
+        damped curvature is handled as ``nonpositive_curvature`` says.
+
+        Random layers (dropout) see the same random numbers in the curvature and trial passes as
+        in the gradient pass, so all three evaluate the same function.
+
+        Args:
+            inputs: The mini-batch inputs, passed to ``model(inputs)``.
+            targets: The mini-batch targets for the loss.
+
+        Returns:
+            The :class:`StepStats` of this step.
+        """
+        self._check_batch(inputs, targets)
+        glob = self.state[_GLOBAL]
+        glob["calls"] += 1
+        named = self._named_params()
+        devices = {p.device for _, p, _ in named}
+        cpu_rng = torch.get_rng_state()
+        cuda_rng = (
+            torch.cuda.get_rng_state_all()
+            if any(d.type == "cuda" for d in devices) and torch.cuda.is_available()
+            else None
+        )
+
+        # 1. Loss and gradient.
+        for _, p, _ in named:
+            p.grad = None
+        with torch.enable_grad():
+            outputs = self.model(inputs)
+            self.loss.check_shapes(outputs, targets)
+            loss_t = self.loss.value(outputs, targets)
+            if loss_t.requires_grad:
+                loss_t.backward()
+        f0 = float(loss_t.detach())
+        if not math.isfinite(f0):
+            return self._rejected("nonfinite_loss", f0)
+
+        # 2. Direction, group by group; state is committed only if the step is accepted.
+        directions: dict[str, Tensor] = {}
+        grads: dict[str, Tensor] = {}
+        pending: list[tuple[Tensor, dict[str, Tensor]]] = []
+        step = glob["step"] + 1
+        for group in self.param_groups:
+            live = [
+                (n, p) for n, p in zip(group["param_names"], group["params"], strict=True)
+                if p.grad is not None
+            ]
+            if not live:
+                continue
+            ps = [p for _, p in live]
+            gs = [p.grad.detach() for p in ps]
+            ds, new_states = self._direction(ps, gs, group, step)
+            for (n, p), g, d, s in zip(live, gs, ds, new_states, strict=True):
+                grads[n], directions[n] = g, d
+                pending.append((p, s))
+        if not directions:
+            return StepStats(f0, 0.0, self.damping, math.nan, False, "no_gradient", math.nan,
+                             math.nan, math.nan, math.nan, math.nan, self.damping, glob["step"])
+
+        sums = torch.stack(
+            [
+                sum((grads[n].double() * directions[n].double()).sum() for n in directions),
+                sum(directions[n].double().pow(2).sum() for n in directions),
+                sum(grads[n].double().pow(2).sum() for n in directions),
+            ]
+        ).tolist()
+        grad_dot_dir, sq_norm, grad_sq = sums
+        if not (math.isfinite(grad_dot_dir) and math.isfinite(sq_norm) and math.isfinite(grad_sq)):
+            return self._rejected("nonfinite_gradient", f0)
+
+        params = {n: p.detach() for n, p, _ in named if n in directions}
+        with _replayed_rng(cpu_rng, cuda_rng):
+            q = float(
+                quadratic_form(
+                    self.curvature, self.model, params, directions, inputs, targets, self.loss
+                )
+            )
+        extra = dict(curvature=q, grad_dot_dir=grad_dot_dir, direction_sq_norm=sq_norm)
+        if not math.isfinite(q):
+            return self._rejected("nonfinite_curvature", f0, **extra)
+
+        # 3. Step size from the damped quadratic model.
+        damping_used = glob["damping"]
+        proposal = propose_step(
+            grad_dot_dir,
+            q,
+            damping_used,
+            sq_norm,
+            alpha_max=self.lr_clip,
+            amplification=self.amplification,
+            include_damping=self.damping_in_rho,
+            nonpositive_curvature=self.nonpositive_curvature,
+        )
+        if not proposal.accepted:
+            return self._rejected(proposal.reason, f0, **extra)
+        alpha = proposal.alpha
+
+        old = {n: p.detach().clone() for n, p in params.items()}
+        with torch.no_grad():
+            for n, p, group in named:
+                if n not in directions:
+                    continue
+                wd = group["weight_decay"]
+                if wd:
+                    p.mul_(1.0 - wd)
+                p.sub_(directions[n].to(p.dtype), alpha=alpha)
+
+        # 4. Trial loss, reduction ratio and damping.
+        rho, f1 = math.nan, math.nan
+        adapt = not self.undamped and step % self.damping_interval == 0
+        if adapt:
+            with _replayed_rng(cpu_rng, cuda_rng):
+                f1 = float(loss_at(self.model, params, inputs, targets, self.loss))
+            if not math.isfinite(f1):
+                with torch.no_grad():
+                    for n, p in params.items():
+                        p.copy_(old[n])
+                return self._rejected("nonfinite_trial_loss", f0, trial_loss=f1, **extra)
+            rho = reduction_ratio(f1 - f0, proposal.predicted_change)
+            glob["damping"] = self.damping_rule.update(damping_used, rho)
+
+        for p, s in pending:
+            self.state[p].update(s)
+        glob["step"] = step
+        return StepStats(
+            loss=f0,
+            lr=alpha,
+            damping=glob["damping"],
+            rho=rho,
+            accepted=True,
+            reason="",
+            curvature=q,
+            grad_dot_dir=grad_dot_dir,
+            direction_sq_norm=sq_norm,
+            predicted_change=proposal.predicted_change,
+            trial_loss=f1,
+            damping_used=damping_used,
+            step=step,
+        )
+
+    def __repr__(self) -> str:
+        opts = (
+            f"loss={self.loss!r}, curvature={self.curvature!r}, damping={self.damping:.3g}, "
+            f"undamped={self.undamped}, lr_clip={self.lr_clip}, amplification={self.amplification}"
+        )
+        return f"{type(self).__name__}({opts}, groups={len(self.param_groups)})"
+
+
+class AdamQLR(QuadraticModelOptimizer):
+    """Adam's direction with K-FAC's step-size and Levenberg-Marquardt damping heuristics.
+
+    The defaults are the paper's untuned setting (Fisher curvature, initial damping 1e-3,
+    decrease/increase factors 0.5/2, damping bounded below by 1e-8, adapted every step, no step-size
+    clipping, Adam's betas (0.9, 0.999) and eps 1e-8). The direction is Adam's update at learning
+    rate 1, ``d = m_hat / (sqrt(v_hat) + eps)``, and the step size is chosen each step by the damped
+    quadratic model along ``d``: ``theta <- theta - alpha d`` with
+    ``alpha = g^T d / (d^T C d + lambda ||d||^2)``.
+
+    Example::
+
+        opt = AdamQLR(model, loss="cross_entropy")
+        for inputs, targets in loader:
+            stats = opt.step(inputs, targets)   # no zero_grad/backward: the step does it
+            print(stats.loss, stats.lr, stats.damping, stats.rho)
+
+    Args:
+        model: The network. ``model(inputs)`` must return the outputs the loss expects.
+        loss: ``"cross_entropy"`` (mean over examples and token positions, like
+            ``torch.nn.functional.cross_entropy``; positions whose target is ``ignore_index`` are
+            skipped), ``"squared_error"``/``"mse"`` (mean over examples of half the squared error,
+            summed over output dimensions), or a :class:`adamqlr.losses.Loss`.
+        curvature: ``"fisher"`` (the generalised Gauss-Newton matrix, equal to the Fisher for these
+            losses; one forward-mode JVP) or ``"hessian"`` (forward-over-reverse).
+        params: The parameters to optimise (default: all of ``model``'s), or parameter groups
+            (dicts) with their own ``betas``, ``eps`` and ``weight_decay``.
+        initial_damping: ``lambda_0`` (>= 0).
+        damping_decrease: ``omega_dec`` in (0, 1): lambda is multiplied by it when rho > 3/4.
+        damping_increase: ``omega_inc`` > 1: lambda is multiplied by it when rho < 1/4.
+        damping_bounds: ``(lower, upper)`` clip on lambda after each update.
+        damping_interval: Adapt the damping (and pay the trial forward pass) every this many steps.
+        damping_in_rho: Whether the damping term enters rho's predicted change.
+        lr_clip: Optional symmetric clip ``alpha_max`` on the step size.
+        amplification: Factor ``k`` applied to the step size after clipping.
+        undamped: Use no damping at all (lambda = 0, no trial loss, no rho).
+        betas: Adam's ``(beta1, beta2)``, each in [0, 1).
+        eps: Adam's epsilon (> 0), added outside the square root.
+        weight_decay: Decoupled weight decay ``w`` in [0, 1): ``theta <- theta - alpha d - w theta``
+            (absolute, not scaled by the step size, as in the paper's code).
+        nonpositive_curvature: ``"reject"`` (default: when ``q + lambda ||d||^2 <= 0``, no step is
+            taken and lambda jumps to ``omega_inc * max(lambda, -q/||d||^2)``) or ``"absolute"``
+            (divide by its absolute value, the saddle-free choice).
+        on_nonfinite: ``"skip"`` (reject the step with a warning) or ``"raise"``.
+        ignore_index: Target value skipped by the cross-entropy loss.
+
+    Raises:
+        ValueError: At construction, naming the argument and value, for any invalid setting.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: str | Loss = "cross_entropy",
+        curvature: str = "fisher",
+        *,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, loss, curvature, group_defaults=dict(betas=betas, eps=eps), **kwargs)
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        super()._validate_group(group)
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"invalid betas: {betas!r} (expected a pair (beta1, beta2))")
+        for i, b in enumerate(betas):
+            b = _real(f"betas[{i}]", b)
+            _check(f"betas[{i}]", b, 0.0 <= b < 1.0, "in [0, 1)")
+        eps = _real("eps", group["eps"])
+        _check("eps", eps, 0.0 < eps < math.inf, "> 0 and finite")
+
+    def _direction(
+        self, params: list[Tensor], grads: list[Tensor], group: dict[str, Any], step: int
+    ) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
+        beta1, beta2 = group["betas"]
+        eps = group["eps"]
+        directions, states = [], []
+        for p, g in zip(params, grads, strict=True):
+            st = self.state[p]
+            t = st.get("step", 0) + 1  # per parameter: a frozen layer keeps its own count
+            m = st.get("exp_avg", torch.zeros_like(p)).lerp(g, 1.0 - beta1)
+            v = st.get("exp_avg_sq", torch.zeros_like(p)).mul(beta2).addcmul_(g, g, value=1.0 - beta2)
+            m_hat = m / (1.0 - beta1**t)
+            v_hat = v / (1.0 - beta2**t)
+            directions.append(m_hat / (v_hat.sqrt() + eps))
+            states.append({"step": t, "exp_avg": m, "exp_avg_sq": v})
+        return directions, states
+
+
+class SGDQLR(QuadraticModelOptimizer):
+    """The same heuristics on the plain gradient direction: ``d = g``.
+
+    ``alpha = ||g||^2 / (g^T C g + lambda ||g||^2)``. Exists to show that the heuristics do not
+    depend on Adam; it takes every argument of :class:`AdamQLR` except ``betas`` and ``eps``.
+    """
+
+    def _direction(
+        self, params: list[Tensor], grads: list[Tensor], group: dict[str, Any], step: int
+    ) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
+        return [g.clone() for g in grads], [{} for _ in grads]
