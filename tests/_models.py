@@ -1,0 +1,263 @@
+"""Tiny float64 models and independent curvature oracles shared by the core's tests.
+
+The oracles never call :mod:`adamqlr.curvature` or :mod:`adamqlr.losses`: the loss values are
+written here again from torch primitives, dense matrices come from ``torch.func.jacrev`` /
+``torch.func.hessian`` over a flat parameter vector, and the curvlinops operators come from
+curvlinops-for-pytorch 3.0.1.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, hessian, jacrev
+
+DTYPE = torch.float64
+
+
+# ----------------------------------------------------------------------------------- models
+def mlp(sizes=(5, 4, 3), act: type[nn.Module] = nn.Tanh, seed: int = 0) -> nn.Sequential:
+    """Return a float64 MLP ``Linear -> act -> ... -> Linear`` with non-trivial weights."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=False)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(act())
+    return nn.Sequential(*layers).to(DTYPE)
+
+
+class ConvBN(nn.Module):
+    """A small conv net with batch norm: conv -> BN -> ReLU -> conv -> BN -> tanh -> linear."""
+
+    def __init__(self, classes: int = 3, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv1 = nn.Conv2d(2, 3, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(3)
+        self.conv2 = nn.Conv2d(3, 2, 3, stride=2)
+        self.bn2 = nn.BatchNorm2d(2)
+        self.head = nn.Linear(2 * 2 * 2, classes)
+        with torch.no_grad():  # batch-norm affine parameters away from (1, 0)
+            for bn in (self.bn1, self.bn2):
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.uniform_(-0.5, 0.5)
+        self.to(DTYPE)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.tanh(self.bn2(self.conv2(x)))
+        return self.head(x.flatten(1))
+
+
+def without_running_stats(model: nn.Module) -> nn.Module:
+    """A deep copy whose batch norms keep no running statistics (same train-mode function).
+
+    In training mode batch norm normalises with the batch statistics whether or not it tracks
+    running ones, so the copy computes the same function; it just has no in-place buffer update,
+    which ``torch.func.hessian`` (vmap over forward mode) and curvlinops' vmapped products reject.
+    """
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.track_running_stats = False
+            m.running_mean = None
+            m.running_var = None
+            m.num_batches_tracked = None
+    return model
+
+
+# ------------------------------------------------------------------------------- problems
+def classification(model: nn.Module, n: int = 7, in_shape=(5,), classes: int = 3, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *in_shape, generator=g, dtype=DTYPE)
+    y = torch.randint(0, classes, (n,), generator=g)
+    return x, y
+
+
+def regression(n: int = 7, in_dim: int = 5, out_dim: int = 3, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, in_dim, generator=g, dtype=DTYPE)
+    y = torch.randn(n, out_dim, generator=g, dtype=DTYPE)
+    return x, y
+
+
+def sequence(n: int = 3, t: int = 4, in_dim: int = 5, classes: int = 3, ignore_index=-100, seed=1):
+    """Inputs (N, T, F) and token targets (N, T) with a few positions set to ``ignore_index``."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, t, in_dim, generator=g, dtype=DTYPE)
+    y = torch.randint(0, classes, (n, t), generator=g)
+    y[0, -1] = ignore_index
+    y[1, -2:] = ignore_index
+    return x, y
+
+
+# ------------------------------------------------------------------------ oracle loss values
+def oracle_ce(ignore_index: int = -100) -> Callable[[Tensor, Tensor], Tensor]:
+    def value(z: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(z.reshape(-1, z.shape[-1]), y.reshape(-1), ignore_index=ignore_index)
+
+    return value
+
+
+def oracle_se(z: Tensor, y: Tensor) -> Tensor:
+    """The paper's convention: mean over examples of half the squared error summed over outputs."""
+    return 0.5 * ((z - y) ** 2).sum() / z.shape[0]
+
+
+# ------------------------------------------------------------------------- flat parameters
+def named_params(model: nn.Module) -> dict[str, Tensor]:
+    return {n: p.detach() for n, p in model.named_parameters()}
+
+
+def flatten(tensors: dict[str, Tensor]) -> Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors.values()])
+
+
+def unflatten(flat: Tensor, like: dict[str, Tensor]) -> dict[str, Tensor]:
+    out, i = {}, 0
+    for name, t in like.items():
+        out[name] = flat[i : i + t.numel()].reshape(t.shape)
+        i += t.numel()
+    return out
+
+
+def random_direction(model: nn.Module, seed: int = 2) -> dict[str, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        n: torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in model.named_parameters()
+    }
+
+
+# --------------------------------------------------------------------------- dense oracles
+def _flat_function(model: nn.Module, x: Tensor) -> tuple[Callable[[Tensor], Tensor], Tensor]:
+    model = without_running_stats(model)
+    like = named_params(model)
+
+    def outputs(theta: Tensor) -> Tensor:
+        return functional_call(model, unflatten(theta, like), (x,))
+
+    return outputs, flatten(like)
+
+
+def dense_ggn(model: nn.Module, x: Tensor, y: Tensor, loss_value) -> Tensor:
+    """``G = J^T H_L J`` from ``jacrev`` of the outputs and ``hessian`` of the loss in outputs."""
+    f, theta = _flat_function(model, x)
+    z = f(theta)
+    jac = jacrev(f)(theta).reshape(z.numel(), theta.numel())
+    h_out = hessian(lambda zz: loss_value(zz.reshape(z.shape), y))(z.reshape(-1))
+    return jac.T @ h_out @ jac
+
+
+def dense_hessian(model: nn.Module, x: Tensor, y: Tensor, loss_value) -> Tensor:
+    """The full Hessian of the mean loss in the flat parameters (``torch.func.hessian``)."""
+    f, theta = _flat_function(model, x)
+    return hessian(lambda t: loss_value(f(t), y))(theta)
+
+
+# ----------------------------------------------------------------------- curvlinops oracles
+class _FlattenTokens(nn.Module):
+    """Present ``(N, T, C)`` logits as ``(N*T, C)`` rows for ``nn.CrossEntropyLoss``."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.inner(x)
+        return z.reshape(-1, z.shape[-1])
+
+
+def curvlinops_matrix(kind: str, model: nn.Module, x: Tensor, y: Tensor, loss: str, **kw):
+    """Return a curvlinops 3.0.1 GGN or Hessian operator scaled to *our* loss convention.
+
+    Cross-entropy: ``nn.CrossEntropyLoss(reduction="mean", ignore_index=...)`` is our loss exactly
+    (one batch, so curvlinops' normalisation factor ``N_batch / N_data`` is 1). Squared error:
+    curvlinops' ``nn.MSELoss(reduction="mean")`` is ``(1/(N D)) sum (z - t)^2`` over all ``N D``
+    entries, while ours is ``(1/N) sum_n 1/2 ||z_n - t_n||^2 = (D/2) * MSE_mean``; both matrices
+    are linear in the loss, so ours is ``D/2`` times curvlinops'.
+
+    Returns:
+        ``(operator, scale)`` with our matrix ``= scale * operator``.
+    """
+    from curvlinops import GGNLinearOperator, HessianLinearOperator
+
+    model = without_running_stats(model)
+    scale = 1.0
+    if loss == "cross_entropy":
+        loss_func = nn.CrossEntropyLoss(ignore_index=kw.get("ignore_index", -100))
+        if y.dim() == 2:
+            model, y = _FlattenTokens(model), y.reshape(-1)
+    elif loss == "squared_error":
+        loss_func = nn.MSELoss(reduction="mean")
+        scale = y.shape[-1] / 2.0
+    else:  # pragma: no cover - test helper misuse
+        raise ValueError(loss)
+    cls = {"fisher": GGNLinearOperator, "hessian": HessianLinearOperator}[kind]
+    params = [p for p in model.parameters() if p.requires_grad]
+    op = cls(model, loss_func, params, [(x, y)], check_deterministic=False)
+    return op, scale
+
+
+def quadratic(matrix: Tensor, d: dict[str, Tensor]) -> float:
+    v = flatten(d)
+    return float(v @ matrix @ v)
+
+
+def curvlinops_quadratic(kind: str, model, x, y, loss: str, d: dict[str, Tensor], **kw) -> float:
+    op, scale = curvlinops_matrix(kind, model, x, y, loss, **kw)
+    v = flatten(d)
+    return float(scale * (v @ (op @ v)))
+
+
+# ------------------------------------------------------------------------ fault injection
+class _NaNGrad(torch.autograd.Function):
+    """Identity forward; the backward returns ``value`` everywhere (NaN or inf)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, value: float) -> Tensor:  # noqa: D102
+        ctx.value = value
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # noqa: D102
+        return torch.full_like(g, ctx.value), None
+
+
+class Faulty(nn.Module):
+    """Wraps a model; on demand, one forward call of the next step goes bad.
+
+    ``arm(call, value, where)`` makes the ``call``-th forward (1 = the gradient pass, 2 = the
+    curvature pass, 3 = the trial-loss pass) of the coming step emit ``value`` in its outputs
+    (``where="output"``) or, for the gradient pass, in its gradient only (``where="grad"``).
+    ``new_step()`` resets the call counter. Only one fault is armed at a time.
+    """
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+        self.fault: tuple[int, float, str] | None = None
+
+    def new_step(self) -> None:
+        self.calls = 0
+
+    def arm(self, call: int, value: float, where: str = "output") -> None:
+        self.fault = (call, value, where)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        z = self.inner(x)
+        if self.fault is not None and self.fault[0] == self.calls:
+            _, value, where = self.fault
+            self.fault = None
+            if where == "grad":
+                return _NaNGrad.apply(z, value)
+            mask = torch.zeros_like(z)
+            mask.view(-1)[0] = 1.0
+            return z + mask * value  # one entry bad, in the primal and (x nan) in the tangent
+        return z
