@@ -404,7 +404,9 @@ def read_svhn_mat(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     try:
         mat = loadmat(path)
     except Exception as err:  # scipy raises ValueError/TypeError/OSError for damaged files
-        raise FormatError(f"{path}: cannot read as a .mat file ({type(err).__name__}: {err})") from err
+        raise FormatError(
+            f"{path}: cannot read as a .mat file ({type(err).__name__}: {err})"
+        ) from err
     if "X" not in mat or "y" not in mat:
         raise FormatError(f"{path}: expected variables X and y, found {sorted(mat)}")
     x, y = mat["X"], np.asarray(mat["y"]).reshape(-1)

