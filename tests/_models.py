@@ -153,10 +153,22 @@ def dense_ggn(model: nn.Module, x: Tensor, y: Tensor, loss_value) -> Tensor:
     return jac.T @ h_out @ jac
 
 
-def dense_hessian(model: nn.Module, x: Tensor, y: Tensor, loss_value) -> Tensor:
-    """The full Hessian of the mean loss in the flat parameters (``torch.func.hessian``)."""
+def dense_hessian(model: nn.Module, x: Tensor, y: Tensor, loss_value, *, transform: bool = False):
+    """The full Hessian of the mean loss in the flat parameters.
+
+    By default row by row with ``torch.autograd`` double backward (reverse over reverse, no
+    ``vmap``). With ``transform=True`` it is ``torch.func.hessian`` instead, which torch 2.13 gets
+    wrong through a train-mode batch norm whose input depends on the parameters (the rows of the
+    affine weight against earlier layers come out wrong and asymmetric under ``vmap``); the tests
+    use that variant only as a cross-check where it holds.
+    """
     f, theta = _flat_function(model, x)
-    return hessian(lambda t: loss_value(f(t), y))(theta)
+    if transform:
+        return hessian(lambda t: loss_value(f(t), y))(theta)
+    t = theta.clone().requires_grad_(True)
+    g = torch.autograd.grad(loss_value(f(t), y), t, create_graph=True)[0]
+    rows = [torch.autograd.grad(g[i], t, retain_graph=True)[0] for i in range(t.numel())]
+    return torch.stack(rows)
 
 
 # ----------------------------------------------------------------------- curvlinops oracles

@@ -46,8 +46,11 @@ def copied_buffers(model: nn.Module) -> TensorDict:
     return {name: b.detach().clone() for name, b in model.named_buffers()}
 
 
-def _forward(model: nn.Module, params: Mapping[str, Tensor], buffers: TensorDict, inputs: object):
-    return functional_call(model, ({**params}, buffers), (inputs,), strict=False)
+def _forward(model: nn.Module, params: Mapping[str, Tensor], inputs: object):
+    # The buffer copies are made here, inside whatever ``torch.func`` transform calls this, so
+    # that batch norm's in-place update of them (running statistics, ``num_batches_tracked``)
+    # mutates a tensor of this call, not a captured one, which the transforms refuse.
+    return functional_call(model, ({**params}, copied_buffers(model)), (inputs,), strict=False)
 
 
 def loss_at(
@@ -70,7 +73,7 @@ def loss_at(
         The scalar loss (no graph is recorded).
     """
     with torch.no_grad():
-        outputs = _forward(model, params, copied_buffers(model), inputs)
+        outputs = _forward(model, params, inputs)
         return loss.value(outputs, targets)
 
 
@@ -98,11 +101,10 @@ def ggn_quadratic(
     Returns:
         A scalar tensor, non-negative up to rounding for convex losses.
     """
-    buffers = copied_buffers(model)
     names = list(params)
 
     def outputs_of(*values: Tensor) -> Tensor:
-        return _forward(model, dict(zip(names, values, strict=True)), buffers, inputs)
+        return _forward(model, dict(zip(names, values, strict=True)), inputs)
 
     with torch.no_grad():
         outputs, u = jvp(
@@ -134,11 +136,10 @@ def hessian_quadratic(
     Returns:
         A scalar tensor; it may be negative or zero where the loss is not convex along ``d``.
     """
-    buffers = copied_buffers(model)
     names = list(params)
 
     def loss_of(values: tuple[Tensor, ...]) -> Tensor:
-        outputs = _forward(model, dict(zip(names, values, strict=True)), buffers, inputs)
+        outputs = _forward(model, dict(zip(names, values, strict=True)), inputs)
         return loss.value(outputs, targets)
 
     primals = tuple(params[n].detach() for n in names)
