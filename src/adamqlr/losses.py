@@ -45,8 +45,11 @@ class Loss(ABC):
             A scalar tensor, the quadratic form of the Hessian of the *mean* loss.
         """
 
-    def check_shapes(self, outputs: Tensor, targets: Tensor) -> None:
-        """Raise ``ValueError`` naming the shapes when outputs and targets cannot be compared."""
+    def check_shapes(self, outputs: Tensor, targets: Tensor) -> None:  # noqa: B027
+        """Raise ``ValueError`` naming the shapes when outputs and targets cannot be compared.
+
+        The base implementation accepts everything; subclasses override it.
+        """
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -61,8 +64,8 @@ class CrossEntropyLoss(Loss):
     tokens) contribute neither to the value nor to the curvature, and the mean runs over the
     remaining positions only.
 
-    The output Hessian per position is ``(diag(p) - p p^T) / n`` with ``p = softmax(z)`` and ``n`` the
-    number of counted positions, so ``u^T H_L u = sum_i (p_i . u_i^2 - (p_i . u_i)^2) / n``.
+    The output Hessian per position is ``(diag(p) - p p^T) / n`` with ``p = softmax(z)`` and ``n``
+    the number of counted positions, so ``u^T H_L u = sum_i (p_i . u_i^2 - (p_i . u_i)^2) / n``.
 
     Args:
         ignore_index: Target value that marks a position to skip (default -100, as in torch).
@@ -82,7 +85,9 @@ class CrossEntropyLoss(Loss):
                 f"outputs {tuple(outputs.shape)} and targets {tuple(targets.shape)}"
             )
         if targets.is_floating_point():
-            raise ValueError(f"cross_entropy needs integer class targets, got dtype {targets.dtype}")
+            raise ValueError(
+                f"cross_entropy needs integer class targets, got dtype {targets.dtype}"
+            )
 
     def _mask(self, targets: Tensor) -> Tensor:
         return targets != self.ignore_index
@@ -117,10 +122,11 @@ class SquaredErrorLoss(Loss):
     for any ``D``.
 
     Args:
-        curvature_count: If given, the curvature is divided by this many rows instead of the batch's
-            own ``N``. This exists only to reproduce the official code's padding dilution (a batch of
-            ``n`` real rows padded to ``curvature_count`` rows, whose Fisher term is under-counted by
-            ``n / curvature_count``); leave it ``None`` for the algorithm as intended.
+        curvature_count: If given, the curvature is divided by this many rows instead of the
+            batch's own ``N``. This exists only to reproduce the official code's padding dilution
+            (a batch of ``n`` real rows padded to ``curvature_count`` rows, whose Fisher term is
+            under-counted by ``n / curvature_count``); leave it ``None`` for the algorithm as
+            intended.
     """
 
     name = "squared_error"
@@ -131,7 +137,9 @@ class SquaredErrorLoss(Loss):
             or not isinstance(curvature_count, int)
             or curvature_count < 1
         ):
-            raise ValueError(f"curvature_count must be a positive int or None, got {curvature_count!r}")
+            raise ValueError(
+                f"curvature_count must be a positive int or None, got {curvature_count!r}"
+            )
         self.curvature_count = curvature_count
 
     def _align(self, outputs: Tensor, targets: Tensor) -> Tensor:
@@ -185,7 +193,9 @@ def get_loss(loss: str | Loss, **kwargs: object) -> Loss:
     """
     if isinstance(loss, Loss):
         if kwargs:
-            raise ValueError(f"loss options {sorted(kwargs)} given with a ready Loss object {loss!r}")
+            raise ValueError(
+                f"loss options {sorted(kwargs)} given with a ready Loss object {loss!r}"
+            )
         return loss
     if isinstance(loss, str) and loss in LOSSES:
         return LOSSES[loss](**kwargs)  # type: ignore[arg-type]

@@ -50,9 +50,11 @@ class StepStats:
         damping: Damping ``lambda`` after this step's update (the value the next step uses).
         rho: Reduction ratio (NaN when not computed on this step).
         accepted: Whether the parameters moved.
-        reason: Why a step was rejected (``"nonfinite_loss"``, ``"nonfinite_gradient"``,
-            ``"nonfinite_curvature"``, ``"nonpositive_curvature"``, ``"nonfinite_trial_loss"``) or
-            ``""``.
+        reason: Why a step was rejected (``"nonfinite_loss"``, ``"nonfinite_gradient"`` (also
+            when the new Adam moments overflow), ``"nonfinite_curvature"``,
+            ``"nonpositive_curvature"``, ``"nonfinite_step"`` (a non-finite step size, or
+            parameters that would become non-finite), ``"nonfinite_trial_loss"``), ``"no_gradient"``
+            (no parameter received a gradient: nothing changes), or ``""``.
         curvature: ``q = d^T C d``.
         grad_dot_dir: ``g^T d``.
         direction_sq_norm: ``||d||^2``.
@@ -151,7 +153,9 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
         initial_damping = _real("initial_damping", initial_damping)
         _check("initial_damping", initial_damping, 0 <= initial_damping < math.inf, ">= 0, finite")
         if not isinstance(damping_bounds, (tuple, list)) or len(damping_bounds) != 2:
-            raise ValueError(f"invalid damping_bounds: {damping_bounds!r} (expected (lower, upper))")
+            raise ValueError(
+                f"invalid damping_bounds: {damping_bounds!r} (expected (lower, upper))"
+            )
         lower = _real("damping_bounds lower", damping_bounds[0])
         upper = _real("damping_bounds upper", damping_bounds[1])
         lm = LevenbergMarquardt(
@@ -201,14 +205,28 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
             raise ValueError("invalid params: empty (the optimiser needs at least one parameter)")
         if not isinstance(groups[0], dict):
             groups = [{"params": groups}]
+        seen: set[int] = set()
         for group in groups:
-            plist = list(group["params"])
+            if not isinstance(group, dict) or "params" not in group:
+                raise ValueError(
+                    f"invalid params: group {group!r} (expected a dict with a 'params' entry)"
+                )
+            plist = group["params"]
+            plist = [plist] if isinstance(plist, Tensor) else list(plist)
+            if not plist:
+                raise ValueError("invalid params: a parameter group with no parameters")
             for p in plist:
                 if not isinstance(p, Tensor) or id(p) not in names:
                     raise ValueError(
                         f"invalid params: {type(p).__name__} {tuple(getattr(p, 'shape', ()))} is "
                         "not a parameter of the model (pass the model's own parameters)"
                     )
+                if id(p) in seen:
+                    raise ValueError(
+                        f"invalid params: {names[id(p)]} is given more than once (each parameter "
+                        "may appear in one group, once)"
+                    )
+                seen.add(id(p))
                 if not p.is_floating_point() or p.is_complex():
                     raise ValueError(
                         f"invalid params: {names[id(p)]} has dtype {p.dtype} (expected a real "
@@ -238,6 +256,13 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
 
     # ----------------------------------------------------------------------------------- hooks
     def _validate_group(self, group: dict[str, Any]) -> None:
+        unknown = sorted(set(group) - {"params", "param_names"} - set(self.defaults))
+        if unknown:
+            raise ValueError(
+                f"invalid parameter group option(s) {unknown} (a group accepts "
+                f"{sorted(self.defaults)}"
+                + (f"; {type(self).__name__} has no learning rate)" if "lr" in unknown else ")")
+            )
         wd = _real("weight_decay", group["weight_decay"])
         _check("weight_decay", wd, 0 <= wd < 1, "in [0, 1)")
 
@@ -405,15 +430,31 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
             return StepStats(f0, 0.0, self.damping, math.nan, False, "no_gradient", math.nan,
                              math.nan, math.nan, math.nan, math.nan, self.damping, glob["step"])
 
+        first = next(iter(grads.values()))
+        like = {"dtype": torch.float64, "device": first.device}
+        # One host sync for the three sums and the finiteness of the new direction state (a
+        # finite gradient can still overflow Adam's second moment in float32).
+        state_ok = [
+            torch.isfinite(t).all()
+            for _, s in pending
+            for t in s.values()
+            if isinstance(t, Tensor) and t.is_floating_point()
+        ]
         sums = torch.stack(
             [
                 sum((grads[n].double() * directions[n].double()).sum() for n in directions),
                 sum(directions[n].double().pow(2).sum() for n in directions),
                 sum(grads[n].double().pow(2).sum() for n in directions),
+                torch.stack(state_ok).all().double() if state_ok else torch.ones((), **like),
             ]
         ).tolist()
-        grad_dot_dir, sq_norm, grad_sq = sums
-        if not (math.isfinite(grad_dot_dir) and math.isfinite(sq_norm) and math.isfinite(grad_sq)):
+        grad_dot_dir, sq_norm, grad_sq, state_finite = sums
+        if not (
+            math.isfinite(grad_dot_dir)
+            and math.isfinite(sq_norm)
+            and math.isfinite(grad_sq)
+            and state_finite == 1.0
+        ):
             return self._rejected("nonfinite_gradient", f0)
 
         params = {n: p.detach() for n, p, _ in named if n in directions}
@@ -442,6 +483,8 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
         if not proposal.accepted:
             return self._rejected(proposal.reason, f0, **extra)
         alpha = proposal.alpha
+        if not math.isfinite(alpha):
+            return self._rejected("nonfinite_step", f0, **extra)
 
         old = {n: p.detach().clone() for n, p in params.items()}
         with torch.no_grad():
@@ -452,18 +495,29 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
                 if wd:
                     p.mul_(1.0 - wd)
                 p.sub_(directions[n].to(p.dtype), alpha=alpha)
+            # A finite alpha times a finite d can still overflow (or meet inf * 0) in the
+            # parameters' dtype; checked together with the trial loss, in one host sync.
+            params_ok = torch.stack([torch.isfinite(p).all() for p in params.values()]).all()
 
         # 4. Trial loss, reduction ratio and damping.
         rho, f1 = math.nan, math.nan
         adapt = not self.undamped and step % self.damping_interval == 0
         if adapt:
             with _replayed_rng(cpu_rng, cuda_rng):
-                f1 = float(loss_at(self.model, params, inputs, targets, self.loss))
-            if not math.isfinite(f1):
-                with torch.no_grad():
-                    for n, p in params.items():
-                        p.copy_(old[n])
-                return self._rejected("nonfinite_trial_loss", f0, trial_loss=f1, **extra)
+                f1_t = loss_at(self.model, params, inputs, targets, self.loss)
+            f1, ok = torch.stack(
+                [f1_t.to(**like).reshape(()), params_ok.to(**like)]
+            ).tolist()
+        else:
+            ok = float(params_ok)
+        if ok != 1.0 or not math.isfinite(f1 if adapt else 0.0):
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(old[n])
+            if ok != 1.0:
+                return self._rejected("nonfinite_step", f0, trial_loss=f1, **extra)
+            return self._rejected("nonfinite_trial_loss", f0, trial_loss=f1, **extra)
+        if adapt:
             rho = reduction_ratio(f1 - f0, proposal.predicted_change)
             glob["damping"] = self.damping_rule.update(damping_used, rho)
 
@@ -554,7 +608,9 @@ class AdamQLR(QuadraticModelOptimizer):
         eps: float = 1e-8,
         **kwargs: Any,
     ) -> None:
-        super().__init__(model, loss, curvature, group_defaults=dict(betas=betas, eps=eps), **kwargs)
+        super().__init__(
+            model, loss, curvature, group_defaults=dict(betas=betas, eps=eps), **kwargs
+        )
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)
@@ -577,7 +633,8 @@ class AdamQLR(QuadraticModelOptimizer):
             st = self.state[p]
             t = st.get("step", 0) + 1  # per parameter: a frozen layer keeps its own count
             m = st.get("exp_avg", torch.zeros_like(p)).lerp(g, 1.0 - beta1)
-            v = st.get("exp_avg_sq", torch.zeros_like(p)).mul(beta2).addcmul_(g, g, value=1.0 - beta2)
+            v = st.get("exp_avg_sq", torch.zeros_like(p)).mul(beta2)
+            v.addcmul_(g, g, value=1.0 - beta2)
             m_hat = m / (1.0 - beta1**t)
             v_hat = v / (1.0 - beta2**t)
             directions.append(m_hat / (v_hat.sqrt() + eps))
