@@ -1,0 +1,658 @@
+"""K-FAC in PyTorch, with kfac-jax's adaptive heuristics or with fixed hyperparameters.
+
+One :meth:`KFAC.step` on a mini-batch, in kfac-jax's order (``Optimizer._step``):
+
+1. one forward pass records each layer's inputs; a backward pass gives the gradient ``g``; a second
+   backward pass of the loss at targets *sampled* from the model gives the output gradients
+   (:mod:`adamqlr.kfac.blocks`);
+2. the factors' normalised exponential moving averages are updated (decay 0.95):
+   ``F_t = sum_k 0.95^k S_{t-k} / sum_k 0.95^k``;
+3. every ``inverse_update_period`` steps the damped inverses are refreshed with the current damping;
+4. the K-FAC direction ``Delta = F_tilde^{-1} g`` (block by block);
+5. the update ``delta = w_1 Delta + w_2 v`` with ``v`` the previous update:
+
+   - ``mode="adaptive"``: ``w`` minimises the exact damped quadratic model on the mini-batch
+     (:func:`adamqlr.kfac.quadratic.solve_quadratic_model`); on the first step only ``w_1`` is free
+     and ``w_2 = 0``;
+   - ``mode="unadaptive"``: ``w = (-lr, momentum)``, momentum 0 on the first step;
+
+6. ``theta <- theta + delta``;
+7. (adaptive, every ``damping_interval`` steps) the trial loss on the same batch, the reduction
+   ratio ``rho = (f_new - f_old) / (Q(w) - Q(0))`` with the *undamped* model change (kfac-jax's
+   ``include_damping_in_quad_change=False``), a NaN ``rho`` read as -100, and the
+   Levenberg-Marquardt update of :class:`adamqlr.heuristics.LevenbergMarquardt` with factors 0.9
+   and 1/0.9 and the bound ``lambda >= 1e-8``.
+
+Departures from kfac-jax, all on failure paths: a non-finite loss, gradient, curvature statistic,
+coefficient or trial loss never reaches the parameters -- the step is skipped with a
+``RuntimeWarning`` (and, in adaptive mode, the damping raised as for ``rho < 1/4``); kfac-jax
+would apply the step. Burn-in is not offered (the paper's runs never perform it). ``l2_reg`` is 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import numbers
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from adamqlr.curvature import loss_at
+from adamqlr.heuristics import LevenbergMarquardt, reduction_ratio
+from adamqlr.kfac.blocks import ESTIMATIONS, Block, build_blocks
+from adamqlr.kfac.quadratic import curvature_gram, solve_quadratic_model
+from adamqlr.losses import CrossEntropyLoss, Loss, SquaredErrorLoss, get_loss
+
+__all__ = ["KFAC", "KFACStepStats", "MODES", "sample_targets"]
+
+#: The two modes: kfac-jax's adaptive learning rate, momentum and damping, or all three fixed.
+MODES: tuple[str, ...] = ("adaptive", "unadaptive")
+
+_GLOBAL = "kfac"  # key of the optimiser-wide state in ``self.state``
+_NAN_RHO = -100.0  # kfac-jax's replacement for a NaN reduction ratio
+
+
+@dataclass(frozen=True)
+class KFACStepStats:
+    """What one K-FAC step did.
+
+    Attributes:
+        loss: Mini-batch loss before the step.
+        lr: Learning rate applied, ``-w_1`` (0.0 when the step was skipped).
+        momentum: Momentum coefficient applied, ``w_2``.
+        damping: Damping after this step's update (the value the next step uses).
+        rho: Reduction ratio (NaN when not computed).
+        accepted: Whether the parameters moved.
+        reason: Why a step was skipped, else ``""``.
+        quad_change: Change of the quadratic model used for ``rho`` (NaN when not computed).
+        trial_loss: Mini-batch loss after the step (NaN when not computed).
+        damping_used: The damping that entered this step.
+        step: Number of accepted steps so far, this one included.
+    """
+
+    loss: float
+    lr: float
+    momentum: float
+    damping: float
+    rho: float
+    accepted: bool
+    reason: str
+    quad_change: float
+    trial_loss: float
+    damping_used: float
+    step: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the statistics as a plain dict (for logging)."""
+        return asdict(self)
+
+
+def _real(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(float(value)):
+        raise ValueError(f"invalid {name}: {value!r} (expected a real number)")
+    return float(value)
+
+
+def _check(name: str, value: object, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"invalid {name}: {value!r} (expected {expected})")
+
+
+def _int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"invalid {name}: {value!r} (expected an int >= {minimum})")
+    return int(value)
+
+
+def sample_targets(
+    loss: Loss, outputs: Tensor, targets: Tensor, generator: torch.Generator
+) -> Tensor:
+    """Draw one target per loss term from the model's predictive distribution.
+
+    Cross-entropy: a class from ``softmax(outputs)`` (positions whose target is ``ignore_index``
+    keep it). Half squared error: ``outputs + eps`` with ``eps ~ N(0, I)``, the Gaussian of unit
+    variance whose negative log-likelihood the loss is.
+
+    Args:
+        loss: :class:`~adamqlr.losses.CrossEntropyLoss` or
+            :class:`~adamqlr.losses.SquaredErrorLoss`.
+        outputs: Network outputs.
+        targets: The true targets (for their shape and the ignored positions).
+        generator: The random generator to draw from.
+
+    Returns:
+        Targets shaped as the loss expects.
+
+    Raises:
+        ValueError: For any other loss.
+    """
+    outputs = outputs.detach()
+    if isinstance(loss, CrossEntropyLoss):
+        probs = torch.softmax(outputs.reshape(-1, outputs.shape[-1]), dim=-1)
+        drawn = probs.multinomial(num_samples=1, generator=generator).reshape(targets.shape)
+        return torch.where(targets == loss.ignore_index, targets, drawn)
+    if isinstance(loss, SquaredErrorLoss):
+        noise = torch.randn(
+            outputs.shape, generator=generator, dtype=outputs.dtype, device=outputs.device
+        )
+        return outputs + noise
+    raise ValueError(f"cannot sample targets for loss {loss!r}; use estimation='empirical'")
+
+
+def _num_terms(loss: Loss, outputs: Tensor, targets: Tensor) -> int:
+    if isinstance(loss, CrossEntropyLoss):
+        return max(1, int((targets != loss.ignore_index).sum()))
+    return int(outputs.shape[0])
+
+
+def _summed_loss(loss: Loss, outputs: Tensor, targets: Tensor, num_terms: int) -> Tensor:
+    if isinstance(loss, CrossEntropyLoss):
+        return F.cross_entropy(
+            outputs.reshape(-1, outputs.shape[-1]),
+            targets.reshape(-1),
+            ignore_index=loss.ignore_index,
+            reduction="sum",
+        )
+    return loss.value(outputs, targets) * num_terms
+
+
+def _hessian_sqrt_columns(loss: Loss, outputs: Tensor, targets: Tensor) -> Iterator[Tensor]:
+    """Yield the columns of a square root ``S`` (``S S^T = H``) of each term's output Hessian."""
+    outputs = outputs.detach()
+    if isinstance(loss, CrossEntropyLoss):
+        p = torch.softmax(outputs, dim=-1)
+        s = p.sqrt()
+        keep = (targets != loss.ignore_index).unsqueeze(-1).to(p.dtype)
+        for c in range(p.shape[-1]):
+            col = -p * s[..., c : c + 1]
+            col[..., c] += s[..., c]
+            yield col * keep
+    elif isinstance(loss, SquaredErrorLoss):
+        flat = outputs.reshape(outputs.shape[0], -1)
+        for c in range(flat.shape[1]):
+            col = torch.zeros_like(flat)
+            col[:, c] = 1.0
+            yield col.reshape(outputs.shape)
+    else:
+        raise ValueError(f"no output-Hessian square root for loss {loss!r}")
+
+
+@contextlib.contextmanager
+def _replayed_rng(cpu_state: Tensor, cuda_states: list[Tensor] | None) -> Iterator[None]:
+    devices = list(range(len(cuda_states))) if cuda_states else []
+    with torch.random.fork_rng(devices=devices):
+        torch.set_rng_state(cpu_state)
+        if cuda_states:
+            torch.cuda.set_rng_state_all(cuda_states)
+        yield
+
+
+class KFAC(torch.optim.Optimizer):
+    """K-FAC for ``nn.Linear`` and ``nn.Conv2d`` layers, adaptive (kfac-jax) or unadaptive.
+
+    Kronecker-factored blocks for dense and convolution layers, diagonal blocks for normalisation
+    layers' scale and shift and for any other parameter (:mod:`adamqlr.kfac.blocks`); factors from
+    gradients at sampled targets (kfac-jax's ``"fisher_gradients"``), averaged with decay 0.95 and
+    inverted with pi-adjusted factored Tikhonov damping.
+
+    In ``"adaptive"`` mode (the paper's "K-FAC"), the learning rate and momentum are chosen every
+    step from the exact damped quadratic model over the K-FAC direction and the previous update, and
+    the damping follows the Levenberg-Marquardt rule with factors 0.9 and 1/0.9 (kfac-jax's
+    defaults); ``rho`` uses the undamped model change. In ``"unadaptive"`` mode ("K-FAC
+    (Unadaptive)"), the learning rate, momentum and damping are fixed.
+
+    Example::
+
+        opt = KFAC(model, loss="cross_entropy", mode="adaptive", initial_damping=1.0)
+        for inputs, targets in loader:
+            stats = opt.step(inputs, targets)
+            print(stats.loss, stats.lr, stats.momentum, stats.damping, stats.rho)
+
+    Args:
+        model: The network; every parameter that requires a gradient is optimised.
+        loss: ``"cross_entropy"``, ``"squared_error"``/``"mse"`` or a
+            :class:`~adamqlr.losses.Loss` (others only with ``estimation="empirical"``).
+        mode: ``"adaptive"`` or ``"unadaptive"``.
+        lr: Fixed learning rate (unadaptive only; default 1e-3, the paper's placeholder).
+        momentum: Fixed momentum in [0, 1) (unadaptive only; default 0.9).
+        initial_damping: ``lambda_0`` (the fixed damping in unadaptive mode), >= 0.
+        damping_decay: Factor in (0, 1): ``lambda`` is multiplied by it when ``rho > 3/4`` and
+            divided by it when ``rho < 1/4``.
+        damping_bounds: ``(lower, upper)`` clip on ``lambda`` after each adaptation.
+        damping_interval: Adapt the damping every this many steps (kfac-jax's
+            ``damping_adaptation_interval``; the paper: 1).
+        damping_in_rho: Include the damping in the model change used for ``rho`` (kfac-jax and the
+            paper: no).
+        ema_decay: Decay of the factors' moving averages, in [0, 1).
+        inverse_update_period: Refresh the damped inverses every this many steps.
+        estimation: ``"sampled"`` (default), ``"exact"`` or ``"empirical"``
+            (:data:`adamqlr.kfac.blocks.ESTIMATIONS`).
+        seed: Seed of the generator that draws the sampled targets.
+        ignore_index: Target value skipped by the cross-entropy loss.
+
+    Raises:
+        ValueError: At construction, naming the argument and value, for any invalid setting.
+    """
+
+    step_requires_batch = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: str | Loss = "cross_entropy",
+        mode: str = "adaptive",
+        *,
+        lr: float | None = None,
+        momentum: float | None = None,
+        initial_damping: float = 1.0,
+        damping_decay: float = 0.9,
+        damping_bounds: tuple[float, float] = (1e-8, math.inf),
+        damping_interval: int = 1,
+        damping_in_rho: bool = False,
+        ema_decay: float = 0.95,
+        inverse_update_period: int = 1,
+        estimation: str = "sampled",
+        seed: int = 0,
+        ignore_index: int = -100,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"invalid model: {model!r} (expected a torch.nn.Module)")
+        loss_obj = (
+            get_loss(loss, ignore_index=ignore_index)
+            if isinstance(loss, str) and loss == "cross_entropy"
+            else get_loss(loss)
+        )
+        _check("mode", mode, mode in MODES, f"one of {MODES}")
+        _check("estimation", estimation, estimation in ESTIMATIONS, f"one of {ESTIMATIONS}")
+        if estimation != "empirical" and not isinstance(
+            loss_obj, (CrossEntropyLoss, SquaredErrorLoss)
+        ):
+            raise ValueError(
+                f"invalid estimation: {estimation!r} needs a predictive distribution, which loss "
+                f"{loss_obj!r} does not define (use estimation='empirical')"
+            )
+        if mode == "adaptive":
+            for name, value in (("lr", lr), ("momentum", momentum)):
+                if value is not None:
+                    raise ValueError(
+                        f"invalid {name}: {value!r} (mode='adaptive' chooses it each step; pass "
+                        "None or use mode='unadaptive')"
+                    )
+        else:
+            lr = _real("lr", 1e-3 if lr is None else lr)
+            _check("lr", lr, 0.0 < lr < math.inf, "> 0 and finite")
+            momentum = _real("momentum", 0.9 if momentum is None else momentum)
+            _check("momentum", momentum, 0.0 <= momentum < 1.0, "in [0, 1)")
+        initial_damping = _real("initial_damping", initial_damping)
+        _check(
+            "initial_damping", initial_damping, 0.0 <= initial_damping < math.inf, ">= 0, finite"
+        )
+        damping_decay = _real("damping_decay", damping_decay)
+        _check("damping_decay", damping_decay, 0.0 < damping_decay < 1.0, "in (0, 1)")
+        if not isinstance(damping_bounds, (tuple, list)) or len(damping_bounds) != 2:
+            raise ValueError(
+                f"invalid damping_bounds: {damping_bounds!r} (expected (lower, upper))"
+            )
+        self.damping_rule = LevenbergMarquardt(
+            decrease=damping_decay,
+            increase=1.0 / damping_decay,
+            lower=_real("damping_bounds lower", damping_bounds[0]),
+            upper=_real("damping_bounds upper", damping_bounds[1]),
+        )
+        ema_decay = _real("ema_decay", ema_decay)
+        _check("ema_decay", ema_decay, 0.0 <= ema_decay < 1.0, "in [0, 1)")
+        _check("damping_in_rho", damping_in_rho, isinstance(damping_in_rho, bool), "a bool")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise ValueError(f"invalid seed: {seed!r} (expected an int)")
+
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError("invalid model: it has no parameter that requires a gradient")
+        for n, p in named:
+            if not p.is_floating_point() or p.is_complex():
+                raise ValueError(f"invalid parameter {n}: dtype {p.dtype} (expected real floating)")
+        super().__init__(
+            [{"params": [p for _, p in named], "param_names": [n for n, _ in named]}],
+            dict(lr=lr, momentum=momentum),
+        )
+        self.model = model
+        self.loss = loss_obj
+        self.mode = mode
+        self.initial_damping = initial_damping
+        self.damping_interval = _int("damping_interval", damping_interval, 1)
+        self.damping_in_rho = damping_in_rho
+        self.ema_decay = ema_decay
+        self.inverse_update_period = _int("inverse_update_period", inverse_update_period, 1)
+        self.estimation = estimation
+        self.seed = int(seed)
+        self._named = named
+        self.blocks: list[Block] = build_blocks(model, named)
+        self._collect = False
+        self._generator: torch.Generator | None = None
+        self.state[_GLOBAL] = self._fresh_global_state()
+
+    # ----------------------------------------------------------------------------- state
+    def _fresh_global_state(self) -> dict[str, Any]:
+        return {
+            "step": 0,
+            "damping": self.initial_damping,
+            "inverse_damping": math.nan,
+            "rejected_steps": 0,
+            "calls": 0,
+            "generator_state": None,
+        }
+
+    @property
+    def damping(self) -> float:
+        """The current damping ``lambda`` (used by the next step)."""
+        return float(self.state[_GLOBAL]["damping"])
+
+    def factors(self, block: Block) -> dict[str, Tensor]:
+        """Return the current (normalised moving-average) statistics of ``block``.
+
+        Raises:
+            KeyError: If no step has recorded statistics for the block yet.
+        """
+        st = self.state[block.params[0][1]]
+        weight = st["ema_weight"]
+        return {k[len("factor.") :]: v / weight for k, v in st.items() if k.startswith("factor.")}
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        state = super().state_dict()
+        state["state"] = {**state["state"], _GLOBAL: dict(self.state[_GLOBAL])}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict (the input is not modified), including the sampling generator."""
+        state_dict = copy.deepcopy(state_dict)
+        if _GLOBAL not in state_dict.get("state", {}):
+            raise ValueError(f"invalid state_dict: no {_GLOBAL!r} entry (was it saved by KFAC?)")
+        super().load_state_dict(state_dict)
+        self.state[_GLOBAL] = {**self._fresh_global_state(), **dict(self.state[_GLOBAL])}
+        self._generator = None
+        gen_state = self.state[_GLOBAL]["generator_state"]
+        if gen_state is not None:
+            self._generator = torch.Generator(device=self._named[0][1].device)
+            self._generator.set_state(gen_state)
+
+    def _generator_for(self, device: torch.device) -> torch.Generator:
+        if self._generator is None or self._generator.device.type != device.type:
+            self._generator = torch.Generator(device=device)
+            self._generator.manual_seed(self.seed)
+        return self._generator
+
+    # ------------------------------------------------------------------------------ step
+    def _skip(self, reason: str, loss: float, **extra: float) -> KFACStepStats:
+        glob = self.state[_GLOBAL]
+        damping_used = glob["damping"]
+        if self.mode == "adaptive":
+            glob["damping"] = self.damping_rule.update(damping_used, _NAN_RHO)
+        glob["rejected_steps"] += 1
+        warnings.warn(
+            f"KFAC: step skipped ({reason}); parameters unchanged, damping "
+            f"{damping_used:.3g} -> {glob['damping']:.3g}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return KFACStepStats(
+            loss=loss,
+            lr=0.0,
+            momentum=0.0,
+            damping=glob["damping"],
+            rho=math.nan,
+            accepted=False,
+            reason=reason,
+            quad_change=extra.get("quad_change", math.nan),
+            trial_loss=extra.get("trial_loss", math.nan),
+            damping_used=damping_used,
+            step=glob["step"],
+        )
+
+    def _record(self, inputs: Any, targets: Tensor) -> tuple[Tensor, list[Tensor | None], int]:
+        """Forward pass, gradient, and the blocks' statistics for this batch."""
+        for block in self.blocks:
+            block.reset()
+        handles = []
+
+        def make_hook(block: Block):
+            def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+                token = block.record_input(module, args, output)
+                if isinstance(output, Tensor) and output.requires_grad:
+                    output.register_hook(
+                        lambda g: block.record_output_grad(g, token) if self._collect else None
+                    )
+
+            return hook
+
+        for block in self.blocks:
+            module = block.hook_module()
+            if module is not None:
+                handles.append(module.register_forward_hook(make_hook(block)))
+        params = [p for _, p in self._named]
+        naive = [b for b in self.blocks if b.wants_param_grads]
+        index = {id(p): i for i, p in enumerate(params)}
+        try:
+            self._collect = False
+            with torch.enable_grad():
+                outputs = self.model(inputs)
+                self.loss.check_shapes(outputs, targets)
+                loss_t = self.loss.value(outputs, targets)
+                if not torch.isfinite(loss_t.detach()):
+                    return loss_t.detach(), [None] * len(params), 0
+                grads = list(
+                    torch.autograd.grad(loss_t, params, retain_graph=True, allow_unused=True)
+                )
+                num_terms = _num_terms(self.loss, outputs, targets)
+                self._collect = True
+                if self.estimation == "exact":
+                    for col in _hessian_sqrt_columns(self.loss, outputs, targets):
+                        pgrads = torch.autograd.grad(
+                            outputs, params, grad_outputs=col, retain_graph=True, allow_unused=True
+                        )
+                        for b in naive:
+                            b.record_param_grads([pgrads[index[id(p)]] for _, p in b.params])
+                else:
+                    drawn = (
+                        targets
+                        if self.estimation == "empirical"
+                        else sample_targets(
+                            self.loss, outputs, targets, self._generator_for(outputs.device)
+                        )
+                    )
+                    summed = _summed_loss(self.loss, outputs, drawn, num_terms)
+                    pgrads = torch.autograd.grad(summed, params, allow_unused=True)
+                    for b in naive:
+                        b.record_param_grads([pgrads[index[id(p)]] for _, p in b.params])
+        finally:
+            self._collect = False
+            for h in handles:
+                h.remove()
+        return loss_t.detach(), grads, num_terms
+
+    def _update_factors(self, num_terms: int) -> bool:
+        """Fold this batch's statistics into the moving averages; False if any is non-finite."""
+        batch = [(b, b.batch_statistics(num_terms)) for b in self.blocks]
+        for _, stats in batch:
+            if stats is not None and not all(bool(torch.isfinite(v).all()) for v in stats.values()):
+                return False
+        for block, stats in batch:
+            if stats is None:
+                continue
+            st = self.state[block.params[0][1]]
+            st["ema_weight"] = self.ema_decay * st.get("ema_weight", 0.0) + 1.0
+            for k, v in stats.items():
+                key = "factor." + k
+                st[key] = v if key not in st else st[key].mul(self.ema_decay).add_(v)
+        return True
+
+    def _refresh_inverses(self, damping: float) -> None:
+        for block in self.blocks:
+            st = self.state[block.params[0][1]]
+            if "ema_weight" not in st:
+                continue
+            for k, v in block.inverse(self.factors(block), damping).items():
+                st["inverse." + k] = v
+        self.state[_GLOBAL]["inverse_damping"] = damping
+
+    def _precondition(self, grads: dict[str, Tensor], damping: float) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for block in self.blocks:
+            names = [n for n, _ in block.params]
+            if not any(n in grads for n in names):
+                continue
+            gs = [grads.get(n, torch.zeros_like(p)) for n, p in block.params]
+            st = self.state[block.params[0][1]]
+            if "ema_weight" not in st:  # never observed: plain damped gradient
+                pre = [g / max(damping, 1e-30) for g in gs]
+            else:
+                inverses = {
+                    k[len("inverse.") :]: v for k, v in st.items() if k.startswith("inverse.")
+                } or None
+                pre = block.precondition(gs, self.factors(block), inverses, damping)
+            for (n, _), d in zip(block.params, pre, strict=True):
+                if n in grads:
+                    out[n] = d
+        return out
+
+    def step(self, inputs: Any, targets: Tensor) -> KFACStepStats:  # type: ignore[override]
+        """Take one K-FAC step on the mini-batch ``(inputs, targets)``.
+
+        Costs one forward and two backward passes (``"exact"`` estimation: one backward per
+        output dimension), the block inverses on refresh steps, and in adaptive mode one or two
+        forward-mode JVPs and one trial forward pass.
+
+        Args:
+            inputs: The mini-batch inputs, passed to ``model(inputs)``.
+            targets: The mini-batch targets.
+
+        Returns:
+            The :class:`KFACStepStats` of this step.
+        """
+        if not isinstance(targets, Tensor):
+            raise ValueError(f"invalid targets: {type(targets).__name__} (expected a Tensor)")
+        glob = self.state[_GLOBAL]
+        glob["calls"] += 1
+        step_index = glob["step"]
+        cpu_rng = torch.get_rng_state()
+        cuda_rng = (
+            torch.cuda.get_rng_state_all()
+            if torch.cuda.is_available() and any(p.is_cuda for _, p in self._named)
+            else None
+        )
+
+        loss_t, grad_list, num_terms = self._record(inputs, targets)
+        f0 = float(loss_t)
+        if self._generator is not None:
+            glob["generator_state"] = self._generator.get_state()
+        if not math.isfinite(f0):
+            return self._skip("nonfinite_loss", f0)
+        for (_, p), g in zip(self._named, grad_list, strict=True):
+            p.grad = None if g is None else g.detach()
+        grads = {
+            n: g.detach() for (n, _), g in zip(self._named, grad_list, strict=True) if g is not None
+        }
+        if not grads:
+            return self._skip("no_gradient", f0)
+        if not math.isfinite(sum(float(g.double().pow(2).sum()) for g in grads.values())):
+            return self._skip("nonfinite_gradient", f0)
+        if not self._update_factors(num_terms):
+            return self._skip("nonfinite_curvature", f0)
+
+        damping = float(glob["damping"])
+        if step_index % self.inverse_update_period == 0 or math.isnan(glob["inverse_damping"]):
+            self._refresh_inverses(damping)
+        direction = self._precondition(grads, damping)
+        params = {n: p for n, p in self._named if n in grads}
+        velocity = {
+            n: self.state[p].get("velocity", torch.zeros_like(p)) for n, p in params.items()
+        }
+        has_velocity = step_index > 0 and any(bool(v.any()) for v in velocity.values())
+
+        def dot(x: dict[str, Tensor], y: dict[str, Tensor]) -> float:
+            return sum(float((x[n].double() * y[n].double()).sum()) for n in x)
+
+        quad_change = math.nan
+        if self.mode == "adaptive":
+            vectors = [direction, velocity] if has_velocity else [direction]
+            detached = {n: p.detach() for n, p in params.items()}
+            with _replayed_rng(cpu_rng, cuda_rng):
+                curv = curvature_gram(self.model, detached, vectors, inputs, targets, self.loss)
+            k = len(vectors)
+            gram = torch.tensor(
+                [[dot(vectors[i], vectors[j]) for j in range(k)] for i in range(k)],
+                dtype=torch.float64,
+            )
+            b = torch.tensor([dot(grads, v) for v in vectors], dtype=torch.float64)
+            sol = solve_quadratic_model(curv, gram, b, damping)
+            w1, w2 = sol.coefficients[0], (sol.coefficients[1] if k == 2 else 0.0)
+            quad_change = sol.quad_change_damped if self.damping_in_rho else sol.quad_change
+            if not (sol.ok and math.isfinite(quad_change)):
+                return self._skip("nonfinite_coefficients", f0, quad_change=quad_change)
+        else:
+            group = self.param_groups[0]
+            w1, w2 = -float(group["lr"]), (float(group["momentum"]) if step_index > 0 else 0.0)
+
+        delta = {n: w1 * direction[n] + w2 * velocity[n] for n in params}
+        if not math.isfinite(dot(delta, delta)):
+            return self._skip("nonfinite_update", f0, quad_change=quad_change)
+        old = {n: p.detach().clone() for n, p in params.items()} if self.mode == "adaptive" else {}
+        with torch.no_grad():
+            for n, p in params.items():
+                p.add_(delta[n].to(p.dtype))
+
+        rho, f1 = math.nan, math.nan
+        if self.mode == "adaptive" and step_index % self.damping_interval == 0:
+            with _replayed_rng(cpu_rng, cuda_rng):
+                f1 = float(
+                    loss_at(
+                        self.model,
+                        {n: p.detach() for n, p in params.items()},
+                        inputs,
+                        targets,
+                        self.loss,
+                    )
+                )
+            if not math.isfinite(f1):
+                with torch.no_grad():
+                    for n, p in params.items():
+                        p.copy_(old[n])
+                return self._skip(
+                    "nonfinite_trial_loss", f0, quad_change=quad_change, trial_loss=f1
+                )
+            rho = reduction_ratio(f1 - f0, quad_change)
+            glob["damping"] = self.damping_rule.update(
+                damping, _NAN_RHO if math.isnan(rho) else rho
+            )
+
+        for n, p in params.items():
+            self.state[p]["velocity"] = delta[n].to(p.dtype)
+        glob["step"] = step_index + 1
+        return KFACStepStats(
+            loss=f0,
+            lr=-w1,
+            momentum=w2,
+            damping=float(glob["damping"]),
+            rho=rho,
+            accepted=True,
+            reason="",
+            quad_change=quad_change,
+            trial_loss=f1,
+            damping_used=damping,
+            step=step_index + 1,
+        )
+
+    def __repr__(self) -> str:
+        kinds: dict[str, int] = {}
+        for b in self.blocks:
+            kinds[b.kind] = kinds.get(b.kind, 0) + 1
+        return (
+            f"KFAC(mode={self.mode!r}, loss={self.loss!r}, damping={self.damping:.3g}, "
+            f"estimation={self.estimation!r}, blocks={kinds})"
+        )
