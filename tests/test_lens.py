@@ -1,0 +1,218 @@
+"""The derivation chapters' computations (:mod:`adamqlr.lens`) against independent oracles."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from _models import curvlinops_quadratic, mlp, random_direction
+from torch import nn
+
+from adamqlr.curvature import ggn_quadratic, hessian_quadratic
+from adamqlr.lens.diagonals import (
+    enumerate_squared_batch_gradient,
+    expected_squared_batch_gradient,
+    ggn_diagonal,
+    gradient_moments,
+    output_hessian_factor,
+)
+from adamqlr.lens.products import (
+    dense_empirical_fisher,
+    dense_fisher,
+    dense_ggn,
+    dense_hessian,
+    flat_params,
+    per_example_grads,
+    time_products,
+)
+from adamqlr.lens.trajectories import (
+    RosenbrockConfig,
+    rosenbrock_study,
+    run_trajectory,
+    tune_learning_rate,
+)
+from adamqlr.losses import CrossEntropyLoss, SquaredErrorLoss
+
+F64 = torch.float64
+
+
+def problem(kind: str, n: int = 6, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g, dtype=F64)
+    if kind == "cross_entropy":
+        return (
+            mlp((4, 5, 3), seed=seed),
+            x,
+            torch.randint(0, 3, (n,), generator=g),
+            CrossEntropyLoss(),
+        )
+    return (
+        mlp((4, 5, 2), seed=seed),
+        x,
+        torch.randn(n, 2, generator=g, dtype=F64),
+        SquaredErrorLoss(),
+    )
+
+
+KINDS = ["cross_entropy", "squared_error"]
+
+
+# ------------------------------------------------------------------------------ products
+@pytest.mark.parametrize("kind", KINDS)
+def test_dense_matrices_agree_with_curvlinops_and_the_library(kind):
+    model, x, y, loss = problem(kind)
+    fp = flat_params(model)
+    d = random_direction(model)
+    v = fp.flatten(d)
+    ggn, hess = dense_ggn(model, x, y, loss), dense_hessian(model, x, y, loss)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    assert float(v @ ggn @ v) == pytest.approx(curvlinops_quadratic("fisher", model, x, y, kind, d))
+    assert float(v @ hess @ v) == pytest.approx(
+        curvlinops_quadratic("hessian", model, x, y, kind, d)
+    )
+    assert float(v @ ggn @ v) == pytest.approx(ggn_quadratic(model, params, d, x, y, loss).item())
+    assert float(v @ hess @ v) == pytest.approx(
+        hessian_quadratic(model, params, d, x, y, loss).item()
+    )
+    assert torch.allclose(ggn, ggn.T) and torch.linalg.eigvalsh(ggn).min() > -1e-12
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_true_fisher_equals_ggn_but_the_empirical_fisher_does_not(kind):
+    model, x, y, loss = problem(kind)
+    ggn = dense_ggn(model, x, y, loss)
+    assert torch.allclose(dense_fisher(model, x, loss), ggn, atol=1e-12)
+    assert not torch.allclose(dense_empirical_fisher(model, x, y, loss), ggn, atol=1e-3)
+
+
+def test_per_example_grads_average_to_the_batch_gradient_and_unflatten():
+    model, x, y, loss = problem("cross_entropy")
+    grads = per_example_grads(model, x, y, loss, chunk_size=4)
+    loss.value(model(x), y).backward()
+    fp = flat_params(model)
+    batch = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    assert grads.shape == (6, fp.vector.numel())
+    assert torch.allclose(grads.mean(0), batch)
+    named = fp.unflatten(grads)
+    assert named["0.weight"].shape == (6, 5, 4)
+    assert torch.equal(fp.flatten(named, batch_dims=1), grads)
+    with pytest.raises(ValueError, match="last dimension 3"):
+        fp.unflatten(torch.zeros(3, dtype=F64))
+
+
+def test_oracles_refuse_buffers_and_unknown_losses():
+    bn = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)).double()
+    x, y = torch.randn(5, 4, dtype=F64), torch.randint(0, 3, (5,))
+    with pytest.raises(ValueError, match="buffers"):
+        dense_ggn(bn, x, y, CrossEntropyLoss())
+
+    class Other(CrossEntropyLoss.__mro__[1]):
+        def value(self, outputs, targets):
+            return outputs.sum()
+
+        def output_quadratic(self, outputs, u, targets):
+            return u.sum()
+
+    model, x, y, _ = problem("cross_entropy")
+    with pytest.raises(ValueError, match="invalid loss"):
+        per_example_grads(model, x, y, Other())
+
+
+def test_time_products_reports_four_operations_relative_to_the_forward_pass():
+    model, x, y, loss = problem("cross_entropy", n=32)
+    costs = time_products(model, x, y, loss, repeats=3, warmup=1)
+    assert [c.operation for c in costs][:2] == ["forward", "forward+backward"]
+    assert len(costs) == 4 and costs[0].relative == 1.0
+    assert all(c.seconds > 0 and c.spread >= 0 for c in costs)
+    with pytest.raises(ValueError, match="repeats"):
+        time_products(model, x, y, loss, repeats=0)
+
+
+# ----------------------------------------------------------------------------- diagonals
+@pytest.mark.parametrize("kind", KINDS)
+def test_diagonals_match_the_dense_matrices(kind):
+    model, x, y, loss = problem(kind, n=9)
+    mean, second = gradient_moments(model, x, y, loss, chunk_size=4)
+    f_emp = dense_empirical_fisher(model, x, y, loss)
+    grads = per_example_grads(model, x, y, loss)
+    assert torch.allclose(second, torch.diagonal(f_emp))
+    assert torch.allclose(mean, grads.mean(0))
+    assert torch.allclose(
+        ggn_diagonal(model, x, loss, chunk_size=4), torch.diagonal(dense_ggn(model, x, y, loss))
+    )
+
+
+def test_output_hessian_factor_reproduces_the_softmax_hessian():
+    z = torch.randn(5, 4, dtype=F64)
+    a = output_hessian_factor(CrossEntropyLoss(), z)
+    p = torch.softmax(z, -1)
+    assert torch.allclose(
+        a @ a.transpose(1, 2), torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    )
+    assert torch.equal(output_hessian_factor(SquaredErrorLoss(), z)[0], torch.eye(4, dtype=F64))
+    with pytest.raises(ValueError, match="expected \\(N, K\\)"):
+        output_hessian_factor(CrossEntropyLoss(), torch.zeros(2, 3, 4))
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 5])
+def test_expected_squared_batch_gradient_equals_the_enumeration(batch_size):
+    model, x, y, loss = problem("cross_entropy", n=7)
+    grads = per_example_grads(model, x, y, loss)
+    mean, second = grads.mean(0), grads.pow(2).mean(0)
+    exact = enumerate_squared_batch_gradient(grads, batch_size)
+    assert torch.allclose(expected_squared_batch_gradient(mean, second, 7, batch_size), exact)
+    if batch_size == 1:
+        assert torch.allclose(exact, second)
+    with pytest.raises(ValueError, match="batch_size"):
+        expected_squared_batch_gradient(mean, second, 7, 8)
+    with pytest.raises(ValueError, match="at most 100,000"):
+        enumerate_squared_batch_gradient(torch.zeros(40, 1), 10)
+
+
+# -------------------------------------------------------------------------- trajectories
+def test_adamqlr_ggn_trajectory_reaches_the_minimum_and_records_traces():
+    t = run_trajectory("adamqlr", curvature="fisher", label="QLR")
+    assert t.steps == 200 and t.x[0] == 1.0 and t.y[0] == -1.0
+    assert t.final_loss < 1e-6 and t.accepted.all()
+    assert np.all(t.damping >= 1e-8) and np.isfinite(t.rho).all()
+    frame = t.frame()
+    assert len(frame) == 201 and math.isnan(frame.loc[0, "lr"])
+
+
+def test_gradient_descent_matches_the_update_by_hand():
+    t = run_trajectory("gd", lr=1e-3, steps=3)
+    x, y = 1.0, -1.0
+    for i in range(3):
+        gx = 0.5 * (-(1 - x) - 2 * 100 * x * (y - x * x))  # gradient of f/4
+        gy = 0.5 * 100 * (y - x * x)
+        x, y = x - 1e-3 * gx, y - 1e-3 * gy
+        assert t.x[i + 1] == pytest.approx(x) and t.y[i + 1] == pytest.approx(y)
+
+
+def test_divergent_runs_stop_and_tuning_ranks_them_last():
+    t = run_trajectory("gd", lr=1.0, steps=50)
+    assert not np.isfinite(t.loss[-1])
+    table = tune_learning_rate("gd", [1e-3, 1.0], steps=20)
+    assert table.loc[0, "lr"] == 1e-3 and math.isinf(table.loc[1, "final_loss"])
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        run_trajectory("lbfgs")
+    with pytest.raises(ValueError, match="invalid lr"):
+        run_trajectory("adam")
+    with pytest.raises(ValueError, match="no learning rate"):
+        tune_learning_rate("adamqlr", [1.0])
+
+
+def test_rosenbrock_study_smoke():
+    study = rosenbrock_study(RosenbrockConfig.for_profile("smoke"))
+    assert list(study.trajectories) == [
+        "GD",
+        "GD + momentum",
+        "Adam",
+        "AdamQLR (untuned, GGN)",
+        "AdamQLR (untuned, Hessian)",
+    ]
+    summary = study.summary().set_index("optimiser")
+    assert summary.loc["AdamQLR (untuned, GGN)", "rejected steps"] == 0
+    assert len(study.frame()) == 5 * 201
+    with pytest.raises(ValueError, match="unknown profile"):
+        RosenbrockConfig.for_profile("huge")
