@@ -112,7 +112,7 @@ def _int(name: str, value: object, minimum: int) -> int:
 
 
 def sample_targets(
-    loss: Loss, outputs: Tensor, targets: Tensor, generator: torch.Generator
+    loss: Loss, outputs: Tensor, targets: Tensor, generator: torch.Generator | None = None
 ) -> Tensor:
     """Draw one target per loss term from the model's predictive distribution.
 
@@ -125,7 +125,7 @@ def sample_targets(
             :class:`~adamqlr.losses.SquaredErrorLoss`.
         outputs: Network outputs.
         targets: The true targets (for their shape and the ignored positions).
-        generator: The random generator to draw from.
+        generator: The random generator to draw from (``None``: torch's global one).
 
     Returns:
         Targets shaped as the loss expects.
@@ -234,7 +234,9 @@ class KFAC(torch.optim.Optimizer):
         inverse_update_period: Refresh the damped inverses every this many steps.
         estimation: ``"sampled"`` (default), ``"exact"`` or ``"empirical"``
             (:data:`adamqlr.kfac.blocks.ESTIMATIONS`).
-        seed: Seed of the generator that draws the sampled targets.
+        seed: Seed of the optimiser's own generator for the sampled targets (saved in
+            :meth:`state_dict`); ``None`` (default) draws them from torch's global generator, like
+            dropout, so that the run's seed and its checkpointed random state govern them.
         ignore_index: Target value skipped by the cross-entropy loss.
 
     Raises:
@@ -259,7 +261,7 @@ class KFAC(torch.optim.Optimizer):
         ema_decay: float = 0.95,
         inverse_update_period: int = 1,
         estimation: str = "sampled",
-        seed: int = 0,
+        seed: int | None = None,
         ignore_index: int = -100,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -309,8 +311,8 @@ class KFAC(torch.optim.Optimizer):
         ema_decay = _real("ema_decay", ema_decay)
         _check("ema_decay", ema_decay, 0.0 <= ema_decay < 1.0, "in [0, 1)")
         _check("damping_in_rho", damping_in_rho, isinstance(damping_in_rho, bool), "a bool")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise ValueError(f"invalid seed: {seed!r} (expected an int)")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise ValueError(f"invalid seed: {seed!r} (expected an int or None)")
 
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not named:
@@ -331,7 +333,7 @@ class KFAC(torch.optim.Optimizer):
         self.ema_decay = ema_decay
         self.inverse_update_period = _int("inverse_update_period", inverse_update_period, 1)
         self.estimation = estimation
-        self.seed = int(seed)
+        self.seed = None if seed is None else int(seed)
         self._named = named
         self.blocks: list[Block] = build_blocks(model, named)
         self._collect = False
@@ -382,7 +384,9 @@ class KFAC(torch.optim.Optimizer):
             self._generator = torch.Generator(device=self._named[0][1].device)
             self._generator.set_state(gen_state)
 
-    def _generator_for(self, device: torch.device) -> torch.Generator:
+    def _generator_for(self, device: torch.device) -> torch.Generator | None:
+        if self.seed is None:
+            return None
         if self._generator is None or self._generator.device.type != device.type:
             self._generator = torch.Generator(device=device)
             self._generator.manual_seed(self.seed)
