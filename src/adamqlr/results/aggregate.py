@@ -1,0 +1,209 @@
+"""The paper's aggregation over repeated runs: bootstrap medians on a common time grid.
+
+Following the official plotting code (`official-code.md` section 5), for one metric:
+
+1. each run's curve is taken against its optimisation time, keeping finite values only (a diverged
+   run's last finite value stands);
+2. the runs are put on a common time grid: inside a run's time span its curve is interpolated
+   linearly (``method="linear"``, the official choice) or held at the last logged value
+   (``method="previous"``); after a run ends its last value is carried forward to the end of the
+   grid; before its first point it has no value;
+3. ``resamples`` bootstrap resamples of the runs (with replacement) give a median over runs at
+   every grid time; the curve is the mean of those medians and the band is plus or minus their
+   standard deviation.
+
+The random generator is seeded, so the same records always give the same figure (the official
+code's was not). Everything here is pandas and numpy; :mod:`adamqlr.plots.runs` draws the result.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["align_runs", "bootstrap_median", "final_summary", "round_sig", "summarise_runs"]
+
+
+def _frame(run: Any) -> pd.DataFrame:
+    frame = getattr(run, "metrics", run)
+    if not isinstance(frame, pd.DataFrame):
+        raise ValueError(f"expected a RunRecord or a DataFrame, got {type(run).__name__}")
+    return frame
+
+
+def round_sig(values: np.ndarray, digits: int = 3) -> np.ndarray:
+    """Round to ``digits`` significant figures (zeros stay zero)."""
+    values = np.asarray(values, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mags = np.where(values == 0, 0, np.floor(np.log10(np.abs(values))))
+    factor = 10.0 ** (digits - 1 - mags)
+    return np.where(values == 0, 0.0, np.round(values * factor) / factor)
+
+
+def align_runs(
+    runs: Sequence[Any] | Mapping[Any, Any],
+    metric: str,
+    *,
+    time: str = "time",
+    grid: Sequence[float] | np.ndarray | None = None,
+    points: int | None = None,
+    method: str = "linear",
+) -> pd.DataFrame:
+    """Put several runs' ``metric`` on a common time grid.
+
+    Args:
+        runs: Run records or metric DataFrames (a mapping's keys become column names).
+        metric: The column to align, e.g. ``"test_loss"``.
+        time: The time column (``"time"``: optimisation seconds; ``"step"`` also works).
+        grid: The grid. Default: every run's logged time, rounded to 3 significant figures (the
+            official choice), or ``points`` evenly spaced times from 0 to the longest run's end.
+        points: Number of grid points when ``grid`` is not given (``None``: the union of times).
+        method: ``"linear"`` interpolation inside a run's span, or ``"previous"`` (hold the last
+            logged value until the next one).
+
+    Returns:
+        A DataFrame indexed by grid time (name ``time``), one column per run; NaN before a run's
+        first finite point; after its last point, its last value.
+
+    Raises:
+        ValueError: For an unknown method, a missing column, or no runs.
+    """
+    if method not in ("linear", "previous"):
+        raise ValueError(f"invalid method {method!r}; expected 'linear' or 'previous'")
+    items = list(runs.items()) if isinstance(runs, Mapping) else list(enumerate(runs))
+    if not items:
+        raise ValueError("no runs to align")
+    curves = {}
+    for name, run in items:
+        frame = _frame(run)
+        for col in (time, metric):
+            if col not in frame:
+                raise ValueError(f"run {name!r} has no column {col!r}")
+        t = frame[time].to_numpy(dtype=np.float64)
+        y = frame[metric].to_numpy(dtype=np.float64)
+        keep = np.isfinite(t) & np.isfinite(y)
+        t, y = t[keep], y[keep]
+        order = np.argsort(t, kind="stable")
+        t, y = t[order], y[order]
+        if len(t):  # several values at one time: keep the latest
+            last = np.r_[t[1:] != t[:-1], True]
+            t, y = t[last], y[last]
+        curves[name] = (t, y)
+    if grid is None:
+        ends = [t[-1] for t, _ in curves.values() if len(t)]
+        if points is not None:
+            grid = np.linspace(0.0, max(ends) if ends else 0.0, int(points))
+        else:
+            alltimes = np.concatenate([t for t, _ in curves.values()]) if curves else np.array([])
+            grid = np.unique(round_sig(alltimes, 3))
+    grid = np.asarray(grid, dtype=np.float64)
+    columns = {}
+    for name, (t, y) in curves.items():
+        out = np.full(grid.shape, np.nan)
+        if len(t):
+            inside = (grid >= t[0]) & (grid <= t[-1])
+            if method == "linear":
+                out[inside] = np.interp(grid[inside], t, y)
+            else:
+                idx = np.searchsorted(t, grid[inside], side="right") - 1
+                out[inside] = y[idx]
+            out[grid > t[-1]] = y[-1]
+        columns[name] = out
+    return pd.DataFrame(columns, index=pd.Index(grid, name="time"))
+
+
+def bootstrap_median(aligned: pd.DataFrame, *, resamples: int = 50, seed: int = 0) -> pd.DataFrame:
+    """Bootstrap the median over runs at every time of an aligned table.
+
+    Args:
+        aligned: The output of :func:`align_runs` (rows: times, columns: runs).
+        resamples: Number of bootstrap resamples of the runs (the paper: 50).
+        seed: Seed of the resampling (figures are deterministic).
+
+    Returns:
+        A DataFrame indexed like ``aligned`` with columns ``mean`` (the mean of the bootstrap
+        medians: the plotted line), ``std`` (their standard deviation: the band's half-width),
+        ``lower``/``upper`` (mean -/+ std), ``median`` (the plain median over runs) and ``runs``
+        (how many runs have a value at that time). Times where no run has a value are NaN.
+
+    Raises:
+        ValueError: If ``resamples < 1`` or there are no runs.
+    """
+    if resamples < 1:
+        raise ValueError(f"invalid resamples {resamples!r} (expected >= 1)")
+    values = aligned.to_numpy(dtype=np.float64)
+    n_times, n_runs = values.shape
+    if n_runs == 0:
+        raise ValueError("no runs to bootstrap")
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, n_runs, size=(resamples, n_runs))
+    medians = np.full((resamples, n_times), np.nan)
+    with np.errstate(all="ignore"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices -> NaN
+            for b in range(resamples):
+                medians[b] = np.nanmedian(values[:, picks[b]], axis=1)
+            mean = np.nanmean(medians, axis=0)
+            std = np.nanstd(medians, axis=0)
+            median = np.nanmedian(values, axis=1)
+    return pd.DataFrame(
+        {
+            "mean": mean,
+            "std": std,
+            "lower": mean - std,
+            "upper": mean + std,
+            "median": median,
+            "runs": np.isfinite(values).sum(axis=1),
+        },
+        index=aligned.index,
+    )
+
+
+def summarise_runs(
+    runs: Sequence[Any] | Mapping[Any, Any],
+    metric: str,
+    *,
+    time: str = "time",
+    grid: Sequence[float] | np.ndarray | None = None,
+    points: int | None = None,
+    method: str = "linear",
+    resamples: int = 50,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """:func:`align_runs` then :func:`bootstrap_median` (the curve and band of one figure line)."""
+    aligned = align_runs(runs, metric, time=time, grid=grid, points=points, method=method)
+    return bootstrap_median(aligned, resamples=resamples, seed=seed)
+
+
+def final_summary(
+    runs: Sequence[Any] | Mapping[Any, Any],
+    metrics: Sequence[str] = ("train_loss", "test_loss"),
+    *,
+    resamples: int = 50,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Return the paper's table entries: each metric's value at the end of the longest run.
+
+    Shorter runs are carried forward (as in the figures). Also the number of steps and the
+    optimisation time, as the bootstrap mean and std of the median over runs of each run's last.
+
+    Returns:
+        A DataFrame indexed by quantity with columns ``mean`` and ``std``.
+    """
+    rows = {}
+    for metric in metrics:
+        summary = summarise_runs(runs, metric, resamples=resamples, seed=seed)
+        last = summary.dropna(subset=["mean"]).iloc[-1] if summary["mean"].notna().any() else None
+        rows[metric] = (np.nan, np.nan) if last is None else (last["mean"], last["std"])
+    items = list(runs.values()) if isinstance(runs, Mapping) else list(runs)
+    for quantity in ("step", "time"):
+        finals = pd.DataFrame(
+            {i: [float(_frame(r)[quantity].iloc[-1])] for i, r in enumerate(items)}, index=[0.0]
+        )
+        boot = bootstrap_median(finals, resamples=resamples, seed=seed).iloc[0]
+        rows["steps" if quantity == "step" else "time_s"] = (boot["mean"], boot["std"])
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["mean", "std"])

@@ -1,0 +1,647 @@
+"""The results store: one run record per experiment key, written atomically, read back intact.
+
+Layout under the store's root (``results/`` of the repository by default; ``ADAMQLR_RESULTS`` or
+an argument chooses another)::
+
+    <task>/<optimiser>/<profile>-seed<seed>-<key[:16]>/
+        metrics-<sha256[:16]>.parquet     the metric table (one row per step; pandas + pyarrow)
+        provenance-<sha256[:16]>.json     spec, settings, device, versions, commit, clocks, data
+        manifest.json                     written last: the record exists only once this does
+    .checkpoints/<key>.pt                 checkpoint of a run in progress (never committed)
+    .locks/<key[:16]>.lock                one lock per experiment (writers and sweeps take it)
+
+Writing a record: data files first (each one atomically: temporary file in the same directory,
+``fsync``, ``os.replace``, ``fsync`` of the directory), the manifest last, then the files the
+previous manifest named (a forced rerun) are deleted. Data files are named by their content hash,
+so a rewrite never touches a file that the current manifest names: a reader sees the old record or
+the new one, never a mixture. The manifest carries every file's SHA-256, which
+:meth:`ResultStore.load` checks.
+
+When a store is opened it sweeps what killed writers left behind: temporary files whose writer
+process is gone, record folders without a manifest, data files no manifest names, and checkpoints
+of finished records; it only touches an experiment whose lock it can take at once, so a live
+writer is never disturbed.
+
+A record made by an older (or newer) algorithm (:data:`adamqlr.ALGORITHM_VERSION`) is *stale*:
+:meth:`ResultStore.load` raises :class:`StaleRecordError` unless ``allow_stale=True``, and
+:func:`adamqlr.experiment.run` reruns it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import adamqlr
+from adamqlr.results.atomic import (
+    atomic_write_bytes,
+    file_lock,
+    fsync_dir,
+    is_temporary,
+    sweep_temporaries,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from adamqlr.experiment.spec import ExperimentSpec, RunSettings
+
+__all__ = [
+    "MANIFEST",
+    "SCHEMA_VERSION",
+    "SUPPORTED_SCHEMAS",
+    "CorruptRecordError",
+    "MissingRecordError",
+    "RecordError",
+    "ResultStore",
+    "RunRecord",
+    "StaleRecordError",
+    "default_root",
+    "load",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Version of the record layout written now.
+SCHEMA_VERSION = 1
+#: Record layouts this code reads.
+SUPPORTED_SCHEMAS = (1,)
+#: Name of the file that completes a record.
+MANIFEST = "manifest.json"
+_DATA_FILES = ("metrics", "provenance")
+
+
+class RecordError(LookupError):
+    """Base class of the store's errors about one record."""
+
+
+class MissingRecordError(RecordError):
+    """No complete record exists for a spec; the message says how to make it."""
+
+
+class StaleRecordError(RecordError):
+    """The record was made by another algorithm version than this code's."""
+
+
+class CorruptRecordError(RecordError):
+    """A record's manifest or files do not check out (wrong hash, unreadable, wrong key)."""
+
+
+def default_root() -> Path:
+    """Return the default store root.
+
+    ``$ADAMQLR_RESULTS`` when set; otherwise ``results/`` of the source checkout the package is
+    imported from (a ``pyproject.toml`` two levels above ``src/adamqlr``); otherwise
+    ``./results``.
+    """
+    env = os.environ.get("ADAMQLR_RESULTS")
+    if env:
+        return Path(env).expanduser()
+    package = Path(adamqlr.__file__).resolve().parent
+    repo = package.parent.parent
+    if package.parent.name == "src" and (repo / "pyproject.toml").is_file():
+        return repo / "results"
+    return Path.cwd() / "results"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def _clean_json(obj: Any) -> Any:
+    """Round-trip through JSON so that what is stored equals what a reader gets back."""
+    text = json.dumps(obj, default=_json_default, allow_nan=True, sort_keys=True)
+    value = json.loads(text)
+
+    def fix(v: Any) -> Any:  # NaN/inf are not JSON: store them as strings
+        if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+            return repr(v)
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        return v
+
+    return fix(value)
+
+
+@dataclass(eq=False)
+class RunRecord:
+    """A stored run: its spec, its metric table and where it came from.
+
+    Attributes:
+        spec: The experiment spec (``None`` if its task or optimiser is no longer registered;
+            ``provenance["spec"]`` always has it as data).
+        metrics: The metric table, one row per step (row 0: the evaluation before training).
+        provenance: Spec, resolved settings, device, versions, commit, times, data, stop reason.
+        manifest: The manifest (schema version, key, algorithm version, files and hashes).
+        path: The record's folder.
+        stale: Whether the record was made by another algorithm version.
+    """
+
+    spec: ExperimentSpec | None
+    metrics: pd.DataFrame
+    provenance: dict[str, Any]
+    manifest: dict[str, Any]
+    path: Path
+    stale: bool = False
+    _extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def key(self) -> str:
+        """The experiment key."""
+        return str(self.manifest["key"])
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The resolved settings (batch size, budget, all hyperparameters)."""
+        return dict(self.provenance["settings"])
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the manifest: changes whenever the record's content does."""
+        return _sha256(json.dumps(self.manifest, sort_keys=True).encode())
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (
+            f"RunRecord({m['task']}/{m['optimiser']}/{m['profile']}/seed{m['seed']}, "
+            f"rows={len(self.metrics)}, stop={self.provenance.get('stop_reason')!r}, "
+            f"stale={self.stale})"
+        )
+
+
+class ResultStore:
+    """A folder of run records keyed by experiment (see the module docstring for the layout).
+
+    Args:
+        root: The folder (default :func:`default_root`); created if missing.
+        sweep: Clean up after killed writers on opening (see :meth:`sweep`).
+    """
+
+    def __init__(self, root: str | os.PathLike[str] | None = None, *, sweep: bool = True) -> None:
+        self.root = Path(root).expanduser() if root is not None else default_root()
+        self.root.mkdir(parents=True, exist_ok=True)
+        if sweep:
+            self.sweep()
+
+    def __repr__(self) -> str:
+        return f"ResultStore({str(self.root)!r})"
+
+    # ------------------------------------------------------------------------------ paths
+    @staticmethod
+    def _settings(spec: ExperimentSpec | RunSettings) -> RunSettings:
+        return spec.settings() if hasattr(spec, "settings") else spec  # type: ignore[return-value]
+
+    def record_dir(self, spec: ExperimentSpec | RunSettings) -> Path:
+        """Return the folder of ``spec``'s record (whether or not it exists)."""
+        s = self._settings(spec)
+        return self._dir(s.task, s.optimiser, s.profile, s.seed, s.key)
+
+    def _dir(self, task: str, optimiser: str, profile: str, seed: int, key: str) -> Path:
+        return self.root / task / optimiser / f"{profile}-seed{seed}-{key[:16]}"
+
+    def checkpoint_path(self, key: str) -> Path:
+        """Where a run in progress keeps its checkpoint."""
+        return self.root / ".checkpoints" / f"{key}.pt"
+
+    @contextlib.contextmanager
+    def lock(self, key: str, timeout: float = -1) -> Iterator[None]:
+        """Hold the experiment's inter-process lock (``timeout`` as in :func:`file_lock`)."""
+        with file_lock(self.root / ".locks" / f"{key[:16]}.lock", timeout=timeout):
+            yield
+
+    # ------------------------------------------------------------------------------ write
+    def save(
+        self,
+        spec: ExperimentSpec,
+        metrics: pd.DataFrame,
+        provenance: Mapping[str, Any],
+        *,
+        locked: bool = False,
+    ) -> Path:
+        """Write ``spec``'s record: data files, then the manifest (atomically, durably).
+
+        Args:
+            spec: The experiment.
+            metrics: Its metric table.
+            provenance: Its provenance (JSON-able; ``spec``, ``settings``, ``key`` and
+                ``schema_version`` are filled in here).
+            locked: The caller already holds :meth:`lock` for this key.
+
+        Returns:
+            The record's folder.
+        """
+        settings = spec.settings()
+        key = settings.key
+        prov = dict(provenance)
+        prov.update(
+            schema_version=SCHEMA_VERSION,
+            key=key,
+            spec=spec.as_dict(),
+            settings=settings.as_dict(),
+        )
+        prov.setdefault("algorithm_version", adamqlr.ALGORITHM_VERSION)
+        meta = {
+            "task": settings.task,
+            "optimiser": settings.optimiser,
+            "profile": settings.profile,
+            "seed": settings.seed,
+        }
+        ctx = contextlib.nullcontext() if locked else self.lock(key)
+        with ctx:
+            return self._write(key, meta, metrics, prov)
+
+    def _write(
+        self, key: str, meta: dict[str, Any], metrics: pd.DataFrame, prov: dict[str, Any]
+    ) -> Path:
+        folder = self._dir(meta["task"], meta["optimiser"], meta["profile"], meta["seed"], key)
+        folder.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        metrics.to_parquet(buf, engine="pyarrow", index=False)
+        payloads = {
+            "metrics": (buf.getvalue(), "parquet"),
+            "provenance": (
+                (json.dumps(_clean_json(prov), indent=1, sort_keys=True) + "\n").encode(),
+                "json",
+            ),
+        }
+        files = {}
+        for kind, (data, ext) in payloads.items():
+            digest = _sha256(data)
+            name = f"{kind}-{digest[:16]}.{ext}"
+            atomic_write_bytes(folder / name, data)
+            files[kind] = {"name": name, "sha256": digest, "bytes": len(data)}
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "key": key,
+            "algorithm_version": int(prov["algorithm_version"]),
+            "package_version": adamqlr.__version__,
+            **meta,
+            "stop_reason": prov.get("stop_reason"),
+            "rows": int(len(metrics)),
+            "written_at": _now(),
+            "files": files,
+        }
+        atomic_write_bytes(
+            folder / MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+        )
+        self._remove_unreferenced(folder, manifest)
+        return folder
+
+    @staticmethod
+    def _remove_unreferenced(folder: Path, manifest: Mapping[str, Any]) -> list[Path]:
+        keep = {MANIFEST, *(f["name"] for f in manifest["files"].values())}
+        removed = []
+        for entry in os.scandir(folder):
+            if entry.name not in keep and entry.is_file() and not is_temporary(entry.name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+        if removed:
+            fsync_dir(folder)
+        return removed
+
+    def delete(self, spec: ExperimentSpec) -> bool:
+        """Remove ``spec``'s record (manifest first). Returns whether one existed."""
+        settings = spec.settings()
+        folder = self.record_dir(settings)
+        with self.lock(settings.key):
+            if not folder.exists():
+                return False
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(folder / MANIFEST)
+                fsync_dir(folder)
+            shutil.rmtree(folder, ignore_errors=True)
+            return True
+
+    # ------------------------------------------------------------------------------- read
+    def _read_manifest(self, folder: Path) -> dict[str, Any]:
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text())
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError) as err:
+            raise CorruptRecordError(f"unreadable manifest in {folder}: {err}") from err
+        if not isinstance(manifest, dict) or "schema_version" not in manifest:
+            raise CorruptRecordError(f"malformed manifest in {folder}")
+        if manifest["schema_version"] not in SUPPORTED_SCHEMAS:
+            raise CorruptRecordError(
+                f"record {folder} has schema version {manifest['schema_version']!r}; this adamqlr "
+                f"({adamqlr.__version__}) reads {SUPPORTED_SCHEMAS}: upgrade the package"
+            )
+        return manifest
+
+    @staticmethod
+    def is_stale(manifest: Mapping[str, Any]) -> bool:
+        """Whether a manifest's algorithm version differs from :data:`adamqlr.ALGORITHM_VERSION`."""
+        return manifest.get("algorithm_version") != adamqlr.ALGORITHM_VERSION
+
+    def status(self, spec: ExperimentSpec | RunSettings) -> str:
+        """Return ``"missing"``, ``"complete"`` (current algorithm), ``"stale"`` or ``"corrupt"``.
+
+        Only the manifest is read; :meth:`load` also checks the files' hashes.
+        """
+        settings = self._settings(spec)
+        folder = self.record_dir(settings)
+        try:
+            manifest = self._read_manifest(folder)
+        except FileNotFoundError:
+            return "missing"
+        except CorruptRecordError:
+            return "corrupt"
+        if manifest.get("key") != settings.key:
+            return "corrupt"
+        return "stale" if self.is_stale(manifest) else "complete"
+
+    def load(
+        self,
+        spec: ExperimentSpec | RunSettings,
+        *,
+        allow_stale: bool = False,
+        verify: bool = True,
+    ) -> RunRecord:
+        """Return the record of ``spec``.
+
+        Args:
+            spec: The experiment (or its resolved settings).
+            allow_stale: Return a stale record (flagged ``stale=True``) instead of raising.
+            verify: Check every file's SHA-256 against the manifest.
+
+        Raises:
+            MissingRecordError: No complete record (the message gives the command that makes it).
+            StaleRecordError: The record was made by another algorithm version.
+            CorruptRecordError: The record does not check out.
+        """
+        settings = self._settings(spec)
+        folder = self.record_dir(settings)
+        try:
+            record = self.load_dir(folder, allow_stale=allow_stale, verify=verify)
+        except FileNotFoundError as err:
+            command = spec.command() if hasattr(spec, "command") else ""
+            raise MissingRecordError(
+                f"no run record for {spec} in {self.root}"
+                + (f"; make it with: {command} --results {self.root}" if command else "")
+            ) from err
+        if record.key != settings.key:
+            raise CorruptRecordError(
+                f"record {folder} has key {record.key[:16]}..., expected {settings.key[:16]}..."
+            )
+        return record
+
+    def load_dir(
+        self, folder: str | os.PathLike[str], *, allow_stale: bool = False, verify: bool = True
+    ) -> RunRecord:
+        """Load the record in ``folder`` (see :meth:`load`).
+
+        Raises:
+            FileNotFoundError: No manifest in ``folder``.
+            StaleRecordError, CorruptRecordError: As in :meth:`load`.
+        """
+        import pandas as pd
+
+        folder = Path(folder)
+        for attempt in range(3):  # a concurrent forced rewrite may replace the files under us
+            manifest = self._read_manifest(folder)
+            try:
+                blobs = {}
+                for kind in _DATA_FILES:
+                    info = manifest["files"][kind]
+                    data = (folder / info["name"]).read_bytes()
+                    if verify and _sha256(data) != info["sha256"]:
+                        raise CorruptRecordError(
+                            f"{folder / info['name']}: SHA-256 {_sha256(data)[:16]}... does not "
+                            f"match the manifest's {info['sha256'][:16]}..."
+                        )
+                    blobs[kind] = data
+                break
+            except FileNotFoundError as err:
+                if attempt == 2:
+                    raise CorruptRecordError(
+                        f"{folder}: a file named by the manifest is missing"
+                    ) from err
+            except (KeyError, TypeError) as err:
+                raise CorruptRecordError(f"malformed manifest in {folder}: {err!r}") from err
+        stale = self.is_stale(manifest)
+        if stale and not allow_stale:
+            raise StaleRecordError(
+                f"record {folder} was made by algorithm version {manifest.get('algorithm_version')}"
+                f", this code is version {adamqlr.ALGORITHM_VERSION}: rerun it (adamqlr run "
+                "--force ...) or load it with allow_stale=True"
+            )
+        try:
+            metrics = pd.read_parquet(io.BytesIO(blobs["metrics"]), engine="pyarrow")
+            provenance = json.loads(blobs["provenance"])
+        except Exception as err:  # noqa: BLE001 - any parse failure is a corrupt record
+            raise CorruptRecordError(f"{folder}: cannot parse record files: {err}") from err
+        return RunRecord(
+            spec=_spec_from(provenance.get("spec")),
+            metrics=metrics,
+            provenance=provenance,
+            manifest=manifest,
+            path=folder,
+            stale=stale,
+        )
+
+    # ------------------------------------------------------------------------------ query
+    def manifests(
+        self,
+        *,
+        task: str | None = None,
+        optimiser: str | None = None,
+        profile: str | None = None,
+    ) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """Yield ``(folder, manifest)`` of every complete record matching the filters."""
+        pattern = f"{task or '*'}/{optimiser or '*'}/{profile or '*'}-seed*/{MANIFEST}"
+        for path in sorted(self.root.glob(pattern)):
+            try:
+                yield path.parent, self._read_manifest(path.parent)
+            except (FileNotFoundError, CorruptRecordError) as err:
+                logger.warning("skipping %s: %s", path.parent, err)
+
+    def query(
+        self,
+        *,
+        task: str | None = None,
+        optimiser: str | None = None,
+        profile: str | None = None,
+        seeds: Sequence[int] | None = None,
+        include_stale: bool = False,
+    ) -> pd.DataFrame:
+        """Return an index of the records matching the filters, one row per record.
+
+        Columns: ``task``, ``optimiser``, ``profile``, ``seed``, ``key``, ``stale``,
+        ``algorithm_version``, ``stop_reason``, ``rows``, ``written_at``, ``path``.
+        """
+        import pandas as pd
+
+        rows = []
+        for folder, m in self.manifests(task=task, optimiser=optimiser, profile=profile):
+            if seeds is not None and m["seed"] not in seeds:
+                continue
+            stale = self.is_stale(m)
+            if stale and not include_stale:
+                continue
+            rows.append(
+                {
+                    **{k: m[k] for k in ("task", "optimiser", "profile", "seed", "key")},
+                    "stale": stale,
+                    **{k: m.get(k) for k in ("algorithm_version", "stop_reason", "rows")},
+                    "written_at": m.get("written_at"),
+                    "path": str(folder),
+                }
+            )
+        columns = [
+            "task", "optimiser", "profile", "seed", "key", "stale", "algorithm_version",
+            "stop_reason", "rows", "written_at", "path",
+        ]  # fmt: skip
+        return pd.DataFrame(rows, columns=columns)
+
+    def records(self, **filters: Any) -> list[RunRecord]:
+        """Load every record :meth:`query` lists (same filters)."""
+        allow = bool(filters.get("include_stale"))
+        return [self.load_dir(p, allow_stale=allow) for p in self.query(**filters)["path"]]
+
+    def load_many(
+        self, specs: Sequence[ExperimentSpec], *, allow_stale: bool = False
+    ) -> list[RunRecord]:
+        """Load the records of ``specs``, or raise one error naming every missing or stale run.
+
+        Raises:
+            MissingRecordError: Listing each missing or stale run with the command that makes it.
+        """
+        records, problems = [], []
+        for spec in specs:
+            try:
+                records.append(self.load(spec, allow_stale=allow_stale))
+            except (MissingRecordError, StaleRecordError) as err:
+                kind = "stale" if isinstance(err, StaleRecordError) else "missing"
+                problems.append(f"  {kind}: {spec}\n    {spec.command()} --results {self.root}")
+        if problems:
+            raise MissingRecordError(
+                f"{len(problems)} of {len(specs)} run records are not available in {self.root}:\n"
+                + "\n".join(problems)
+            )
+        return records
+
+    # ------------------------------------------------------------------------------ sweep
+    def sweep(self) -> list[Path]:
+        """Remove what killed writers left behind.
+
+        That is: dead writers' temporary files, record folders without a manifest, data files no
+        manifest names, and checkpoints of finished records.
+
+        An experiment is only touched when its lock can be taken at once (no live writer).
+
+        Returns:
+            The removed paths.
+        """
+        removed = sweep_temporaries(self.root)
+        for task_dir in self._subdirs(self.root):
+            for opt_dir in self._subdirs(task_dir):
+                for folder in self._subdirs(opt_dir):
+                    removed += self._sweep_record(folder)
+                with contextlib.suppress(OSError):
+                    if not any(opt_dir.iterdir()):
+                        opt_dir.rmdir()
+            with contextlib.suppress(OSError):
+                if not any(task_dir.iterdir()):
+                    task_dir.rmdir()
+        ckpts = self.root / ".checkpoints"
+        if ckpts.is_dir():
+            for path in ckpts.glob("*.pt"):
+                removed += self._sweep_checkpoint(path)
+        return removed
+
+    @staticmethod
+    def _subdirs(folder: Path) -> list[Path]:
+        try:
+            return [Path(e.path) for e in os.scandir(folder) if e.is_dir() and e.name[0] != "."]
+        except FileNotFoundError:
+            return []
+
+    def _sweep_record(self, folder: Path) -> list[Path]:
+        names = [e.name for e in os.scandir(folder)]
+        if MANIFEST in names and len(names) == 1 + len(_DATA_FILES):
+            return []  # the common case: nothing to inspect
+        key_prefix = folder.name.rsplit("-", 1)[-1]
+        try:
+            with file_lock(self.root / ".locks" / f"{key_prefix}.lock", timeout=0):
+                if MANIFEST not in names:
+                    removed = [folder / n for n in names if not is_temporary(n)]
+                    for path in removed:
+                        with contextlib.suppress(FileNotFoundError):
+                            path.unlink()
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
+                    return removed
+                try:
+                    manifest = self._read_manifest(folder)
+                except (FileNotFoundError, CorruptRecordError):
+                    return []
+                return self._remove_unreferenced(folder, manifest)
+        except TimeoutError:
+            return []
+
+    def _sweep_checkpoint(self, path: Path) -> list[Path]:
+        key = path.stem
+        try:
+            with file_lock(self.root / ".locks" / f"{key[:16]}.lock", timeout=0):
+                for _folder, m in self._manifests_with_prefix(key[:16]):
+                    if m.get("key") == key and not self.is_stale(m):
+                        path.unlink(missing_ok=True)
+                        return [path]
+        except TimeoutError:
+            pass
+        return []
+
+    def _manifests_with_prefix(self, prefix: str) -> Iterator[tuple[Path, dict[str, Any]]]:
+        for path in self.root.glob(f"*/*/*-{prefix}/{MANIFEST}"):
+            with contextlib.suppress(FileNotFoundError, CorruptRecordError):
+                yield path.parent, self._read_manifest(path.parent)
+
+
+def _spec_from(data: Any) -> ExperimentSpec | None:
+    if not isinstance(data, dict):
+        return None
+    from adamqlr.experiment.spec import ExperimentSpec
+
+    try:
+        return ExperimentSpec.from_dict(data)
+    except (ValueError, TypeError):
+        return None
+
+
+def load(
+    spec: ExperimentSpec,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    allow_stale: bool = False,
+    verify: bool = True,
+) -> RunRecord:
+    """Load ``spec``'s record from the store at ``root`` (see :meth:`ResultStore.load`)."""
+    return ResultStore(root, sweep=False).load(spec, allow_stale=allow_stale, verify=verify)
