@@ -200,6 +200,8 @@ def test_divergent_runs_stop_and_tuning_ranks_them_last():
         run_trajectory("adam")
     with pytest.raises(ValueError, match="no learning rate"):
         tune_learning_rate("adamqlr", [1.0])
+    with pytest.raises(ValueError, match="no learning rate"):
+        tune_learning_rate("kfac", [1.0])
 
 
 def test_rosenbrock_study_smoke():
@@ -210,9 +212,10 @@ def test_rosenbrock_study_smoke():
         "Adam",
         "AdamQLR (untuned, GGN)",
         "AdamQLR (untuned, Hessian)",
+        "K-FAC (untuned)",
     ]
     summary = study.summary().set_index("optimiser")
     assert summary.loc["AdamQLR (untuned, GGN)", "rejected steps"] == 0
-    assert len(study.frame()) == 5 * 201
+    assert len(study.frame()) == 6 * 201
     with pytest.raises(ValueError, match="unknown profile"):
         RosenbrockConfig.for_profile("huge")

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from adamqlr.kfac import KFAC
 from adamqlr.losses import SquaredErrorLoss
 from adamqlr.optim import AdamQLR
 from adamqlr.tasks.base import PROFILES
@@ -40,8 +41,9 @@ __all__ = [
 ]
 
 #: Optimisers :func:`run_trajectory` knows: plain gradient descent, gradient descent with
-#: heavy-ball momentum, Adam (all from ``torch.optim``) and AdamQLR.
-OPTIMIZERS: tuple[str, ...] = ("gd", "gd-momentum", "adam", "adamqlr")
+#: heavy-ball momentum, Adam (all from ``torch.optim``), AdamQLR and K-FAC.
+OPTIMIZERS: tuple[str, ...] = ("gd", "gd-momentum", "adam", "adamqlr", "kfac")
+_QUADRATIC_MODEL_OPTIMIZERS = ("adamqlr", "kfac")
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,8 @@ class Trajectory:
         x: Positions along x, the start first (length ``steps + 1``).
         y: Positions along y.
         loss: The loss ``f / 4`` at each position.
-        lr: Step size per step (AdamQLR's ``alpha``; the fixed learning rate otherwise).
+        lr: Step size per step (AdamQLR's ``alpha``, K-FAC's adaptive learning rate, or the fixed
+            learning rate of the others).
         damping: Damping after each step (NaN for optimisers without one).
         rho: Reduction ratio of each step (NaN where not computed).
         accepted: Whether each step moved the parameters.
@@ -152,7 +155,7 @@ def run_trajectory(
         raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {OPTIMIZERS}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"invalid steps: {steps!r} (expected an int >= 1)")
-    if optimizer != "adamqlr" and not (settings.get("lr", 0) > 0):
+    if optimizer not in _QUADRATIC_MODEL_OPTIMIZERS and not (settings.get("lr", 0) > 0):
         raise ValueError(f"invalid lr: {settings.get('lr')!r} (expected > 0 for {optimizer})")
     model = RosenbrockResiduals(start=start, a=a, b=b, dtype=torch.float64)
     inputs = torch.zeros(1, 1, dtype=torch.float64)
@@ -165,13 +168,16 @@ def run_trajectory(
     xs[0], ys[0] = model.position()
     if optimizer == "adamqlr":
         opt: Any = AdamQLR(model, loss=loss, **settings)
+    elif optimizer == "kfac":
+        opt = KFAC(model, loss=loss, **settings)
     else:
         opt = _torch_optimizer(optimizer, model, settings)
     with warnings.catch_warnings():
-        # Rejected AdamQLR steps (non-positive Hessian curvature) are recorded, not shouted.
+        # Rejected steps (non-positive Hessian curvature for AdamQLR; a zero gradient at the exact
+        # minimum for K-FAC) are recorded, not shouted.
         warnings.simplefilter("ignore", RuntimeWarning)
         for i in range(steps):
-            if optimizer == "adamqlr":
+            if optimizer in _QUADRATIC_MODEL_OPTIMIZERS:
                 stats = opt.step(inputs, targets)
                 lr[i], damping[i], rho[i] = stats.lr, stats.damping, stats.rho
                 accepted[i] = stats.accepted
@@ -226,8 +232,8 @@ def tune_learning_rate(
     Raises:
         ValueError: If ``optimizer`` is ``"adamqlr"`` (it has no learning rate) or ``lrs`` is empty.
     """
-    if optimizer == "adamqlr":
-        raise ValueError("invalid optimizer: 'adamqlr' (it has no learning rate to tune)")
+    if optimizer in _QUADRATIC_MODEL_OPTIMIZERS:
+        raise ValueError(f"invalid optimizer: {optimizer!r} (it has no learning rate to tune)")
     if len(lrs) == 0:
         raise ValueError("invalid lrs: empty")
     grid = grid or {}
@@ -324,11 +330,12 @@ class RosenbrockStudy:
 
 
 def rosenbrock_study(config: RosenbrockConfig) -> RosenbrockStudy:
-    """Run the chapter's optimisers: tuned GD, GD with momentum and Adam; untuned AdamQLR.
+    """Run the chapter's optimisers: tuned GD, GD with momentum and Adam; untuned AdamQLR and K-FAC.
 
     AdamQLR runs with the paper's untuned defaults, once with the GGN of the least-squares form
     (``curvature="fisher"``, which the official code could not use here) and once with the Hessian
-    (what the paper's figure shows).
+    (what the paper's figure shows). K-FAC runs with its untuned defaults (adaptive learning rate,
+    momentum and damping, ``lambda_0 = 1``, sampled Fisher with seed 0).
 
     Args:
         config: What to run.
@@ -354,4 +361,5 @@ def rosenbrock_study(config: RosenbrockConfig) -> RosenbrockStudy:
         ("AdamQLR (untuned, Hessian)", "hessian"),
     ):
         trajectories[label] = run_trajectory("adamqlr", label=label, curvature=curvature, **kw)
+    trajectories["K-FAC (untuned)"] = run_trajectory("kfac", label="K-FAC (untuned)", **kw)
     return RosenbrockStudy(config=config, trajectories=trajectories, tuning=tuning)

@@ -37,13 +37,15 @@ def plot_rosenbrock(
     a: float = 1.0,
     b: float = 100.0,
     grid_points: int = 400,
+    loss_floor: float = 1e-16,
 ) -> Figure:
     """Draw the Rosenbrock figure: paths over log contours, and loss, step size and damping traces.
 
     Left: filled contours of ``f`` (81 log-spaced levels from 1e-4 to 1e4) over the paper's window
     ``x in [-1.5, 1.5]``, ``y in [-1.8, 1.2]``, every optimiser's path as connected markers from
     the start (a circle), and the minimum ``(1, 1)`` as a star. Right, against the step: the loss
-    ``f / 4`` (log scale), the step size ``|alpha|`` and the damping ``lambda`` of the traced runs
+    ``f / 4`` (log scale, floored at ``loss_floor`` so that a run that hits the minimum exactly
+    stays visible), the step size ``|alpha|`` and the damping ``lambda`` of the traced runs
     (log scale; steps with a negative ``alpha`` are marked, rejected steps are crosses).
 
     Args:
@@ -52,6 +54,7 @@ def plot_rosenbrock(
         a: Rosenbrock's ``a``.
         b: Rosenbrock's ``b``.
         grid_points: Resolution of the contour grid along each axis.
+        loss_floor: Smallest loss drawn.
 
     Returns:
         The figure.
@@ -95,8 +98,9 @@ def plot_rosenbrock(
 
     for label, t in trajectories.items():
         steps = np.arange(len(t.loss))
-        ax_loss.plot(steps, t.loss, color=colours[label], linewidth=1.3, label=label)
-    ax_loss.set(yscale="log", ylabel="loss $f/4$")
+        shown = np.maximum(t.loss, loss_floor)
+        ax_loss.plot(steps, shown, color=colours[label], linewidth=1.3, label=label)
+    ax_loss.set(yscale="log", ylabel="loss $f/4$", ylim=(loss_floor / 3, None))
 
     for label in traced:
         t = trajectories[label]
