@@ -20,6 +20,7 @@ TASKS: dict[str, str] = {
     "fashion-mnist": "adamqlr.tasks.fashion_mnist:FashionMNIST",
     "svhn": "adamqlr.tasks.images:SVHN",
     "cifar-10": "adamqlr.tasks.images:CIFAR10",
+    "cifar-10-jpeg": "adamqlr.tasks.images:CIFAR10JPEG",
     "penn-treebank": "adamqlr.tasks.penn_treebank:PennTreebank",
 }
 

@@ -67,6 +67,8 @@ class TaskProfile:
         eval_every: Evaluate validation/test every this many steps.
         train_size: Use only the first this many training examples (``None``: all).
         model: Name of the model configuration (e.g. ``"gpt2-small-cpu"``), task-specific.
+        val_size: Use only the first this many validation examples (``None``: all).
+        test_size: Use only the first this many test examples (``None``: all).
     """
 
     batch_size: int
@@ -76,6 +78,8 @@ class TaskProfile:
     eval_every: int = 1
     train_size: int | None = None
     model: str = "default"
+    val_size: int | None = None
+    test_size: int | None = None
 
 
 class Task(ABC):
