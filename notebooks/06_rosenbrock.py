@@ -5,9 +5,9 @@
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python (adamqlr)
 #     language: python
-#     name: python3
+#     name: adamqlr
 # ---
 
 # %% [markdown]
@@ -15,11 +15,11 @@
 # # Rosenbrock: a curved valley in two dimensions
 #
 # **Question.** The paper's smallest demonstration runs gradient descent, Adam and AdamQLR for 200
-# steps on the Rosenbrock function {cite}`rosenbrock1960`, started at $(1, -1)$. What do the step
+# steps on the Rosenbrock function {cite:p}`rosenbrock1960automatic`, started at $(1, -1)$. What do the step
 # size and damping heuristics do on a narrow curved valley, and does it matter which curvature
 # matrix, the Gauss-Newton matrix or the Hessian, feeds the step size?
 #
-# Everything below uses the notation of {ref}`the notation page <notation>`; the step size
+# Everything below uses the notation of the {doc}`notation` page; the step size
 # $\alpha$ and the damping $\lambda$ are those of {ref}`ch-step-size` and {ref}`ch-damping`.
 
 # %% tags=["parameters"]
@@ -34,10 +34,12 @@ from myst_nb import glue
 from adamqlr.curvature import ggn_quadratic, hessian_quadratic
 from adamqlr.lens.trajectories import RosenbrockConfig, rosenbrock_study
 from adamqlr.losses import SquaredErrorLoss
+from adamqlr.plots import set_theme
 from adamqlr.plots.derivations import plot_rosenbrock
 from adamqlr.tasks import get_task
 from adamqlr.tasks.rosenbrock import RosenbrockResiduals, rosenbrock
 
+set_theme()
 torch.set_default_dtype(torch.float64)
 config = RosenbrockConfig.for_profile(profile)
 print(f"profile {profile!r}:", config.describe())
@@ -160,7 +162,7 @@ print("d^T G d and d^T H d match eq-rb-ggn and eq-rb-hessian; H > 0 exactly belo
 # *untuned*, with the paper's defaults ($\lambda_0 = 10^{-3}$, $\omega_\text{dec} = 1/2$,
 # $\omega_\text{inc} = 2$, $\lambda \ge 10^{-8}$, no step-size clipping), once with the GGN and
 # once with the Hessian (the curvature the paper's figure uses: the official code cannot use the GGN
-# on this loss). K-FAC {cite}`martens2015kfac` runs with its untuned defaults (adaptive learning
+# on this loss). K-FAC {cite:p}`martens2015kfac` runs with its untuned defaults (adaptive learning
 # rate, momentum and damping from $\lambda_0 = 1$).
 
 # %%
@@ -186,8 +188,8 @@ fig = plot_rosenbrock(study.trajectories, traced=qlr_labels)
 # gradient is zero and its quadratic model has nothing to say (a $0/0$ for its coefficients).
 
 # %%
-ggn_run = study.trajectories["AdamQLR (untuned, GGN)"]
-hess_run = study.trajectories["AdamQLR (untuned, Hessian)"]
+ggn_run = study.trajectories["AdamQLR (Untuned, GGN)"]
+hess_run = study.trajectories["AdamQLR (Untuned, Hessian)"]
 assert ggn_run.accepted.all()
 rejected = np.flatnonzero(~hess_run.accepted)
 for i in rejected:  # the position *before* step i + 1 is entry i
@@ -203,12 +205,12 @@ for run in (ggn_run, hess_run):
             assert np.isclose(lam_new, 2.0 * lam_old)
         else:
             assert lam_new == lam_old
-kfac_run = study.trajectories["K-FAC (untuned)"]
+kfac_run = study.trajectories["K-FAC (Untuned)"]
 for i in np.flatnonzero(~kfac_run.accepted):
     assert kfac_run.loss[i] == 0.0 and (kfac_run.x[i], kfac_run.y[i]) == (1.0, 1.0)
 rows = summary.set_index("optimiser")
-glue("rb_ggn_final", float(rows.loc["AdamQLR (untuned, GGN)", "final loss f/4"]), display=False)
-glue("rb_hess_final", float(rows.loc["AdamQLR (untuned, Hessian)", "final loss f/4"]), display=False)
+glue("rb_ggn_final", float(rows.loc["AdamQLR (Untuned, GGN)", "final loss f/4"]), display=False)
+glue("rb_hess_final", float(rows.loc["AdamQLR (Untuned, Hessian)", "final loss f/4"]), display=False)
 glue("rb_hess_rejected", int(len(rejected)), display=False)
 best_baseline = rows.loc[["GD", "GD + momentum", "Adam"], "final loss f/4"]
 glue("rb_best_baseline", float(best_baseline.min()), display=False)
@@ -230,7 +232,7 @@ print("rejected Hessian steps:", rejected + 1)
 # \delta = -(G + \lambda I)^{-1} g ,
 # $$ (eq-rb-kfac)
 #
-# the damped Gauss-Newton (Levenberg-Marquardt) step {cite}`levenberg1944,marquardt1963`, whatever
+# the damped Gauss-Newton (Levenberg-Marquardt) step {cite:p}`levenberg1944method,marquardt1963algorithm`, whatever
 # K-FAC's curvature blocks are. The check recomputes {eq}`eq-rb-kfac` from {eq}`eq-rb-ggn` at
 # every position K-FAC visited before reaching the minimum.
 

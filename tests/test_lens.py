@@ -210,12 +210,12 @@ def test_rosenbrock_study_smoke():
         "GD",
         "GD + momentum",
         "Adam",
-        "AdamQLR (untuned, GGN)",
-        "AdamQLR (untuned, Hessian)",
-        "K-FAC (untuned)",
+        "AdamQLR (Untuned, GGN)",
+        "AdamQLR (Untuned, Hessian)",
+        "K-FAC (Untuned)",
     ]
     summary = study.summary().set_index("optimiser")
-    assert summary.loc["AdamQLR (untuned, GGN)", "rejected steps"] == 0
+    assert summary.loc["AdamQLR (Untuned, GGN)", "rejected steps"] == 0
     assert len(study.frame()) == 6 * 201
     with pytest.raises(ValueError, match="unknown profile"):
         RosenbrockConfig.for_profile("huge")

@@ -335,7 +335,7 @@ def rosenbrock_study(config: RosenbrockConfig) -> RosenbrockStudy:
     AdamQLR runs with the paper's untuned defaults, once with the GGN of the least-squares form
     (``curvature="fisher"``, which the official code could not use here) and once with the Hessian
     (what the paper's figure shows). K-FAC runs with its untuned defaults (adaptive learning rate,
-    momentum and damping, ``lambda_0 = 1``, sampled Fisher with seed 0).
+    momentum and damping, ``lambda_0 = 1``; its sampled targets from its own generator, seed 0).
 
     Args:
         config: What to run.
@@ -357,9 +357,9 @@ def rosenbrock_study(config: RosenbrockConfig) -> RosenbrockStudy:
         best = {k: float(v) for k, v in table.iloc[0].items() if k != "final_loss"}
         trajectories[label] = run_trajectory(kinds[label], label=label, **kw, **best)
     for label, curvature in (
-        ("AdamQLR (untuned, GGN)", "fisher"),
-        ("AdamQLR (untuned, Hessian)", "hessian"),
+        ("AdamQLR (Untuned, GGN)", "fisher"),
+        ("AdamQLR (Untuned, Hessian)", "hessian"),
     ):
         trajectories[label] = run_trajectory("adamqlr", label=label, curvature=curvature, **kw)
-    trajectories["K-FAC (untuned)"] = run_trajectory("kfac", label="K-FAC (untuned)", **kw)
+    trajectories["K-FAC (Untuned)"] = run_trajectory("kfac", label="K-FAC (Untuned)", seed=0, **kw)
     return RosenbrockStudy(config=config, trajectories=trajectories, tuning=tuning)

@@ -1,8 +1,9 @@
 """Figures of the derivation chapters, one function per figure.
 
 Each function takes the data its chapter computed (with :mod:`adamqlr.lens`) and returns a
-matplotlib ``Figure``; the notebooks only call them. Colours are fixed per optimiser label so that a
-label keeps its colour across the panels of a figure.
+matplotlib ``Figure``; the notebooks only call them, after :func:`adamqlr.plots.theme.set_theme`.
+Colours come from :func:`adamqlr.plots.theme.palette`, so an optimiser label has the same colour in
+every figure of the book.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
-import seaborn as sns
 from matplotlib import colors as mcolors
 from matplotlib.figure import Figure
 
 from adamqlr.lens.trajectories import Trajectory
+from adamqlr.plots.theme import palette
 from adamqlr.tasks.rosenbrock import rosenbrock
 
 __all__ = ["plot_rosenbrock"]
@@ -23,11 +24,6 @@ __all__ = ["plot_rosenbrock"]
 #: The paper's Rosenbrock window and contour levels.
 ROSENBROCK_WINDOW = ((-1.5, 1.5), (-1.8, 1.2))
 ROSENBROCK_LEVELS = np.logspace(-4, 4, 81)
-
-
-def _palette(labels: Sequence[str]) -> dict[str, tuple[float, float, float]]:
-    colours = sns.color_palette("colorblind", n_colors=max(len(labels), 3))
-    return dict(zip(labels, colours, strict=False))
 
 
 def plot_rosenbrock(
@@ -70,7 +66,7 @@ def plot_rosenbrock(
     unknown = [k for k in traced if k not in trajectories]
     if unknown:
         raise ValueError(f"invalid traced labels: {unknown} (not among {labels})")
-    colours = _palette(labels)
+    colours = palette(labels)
 
     fig = plt.figure(figsize=(12, 6.2), layout="constrained")
     grid = fig.add_gridspec(3, 2, width_ratios=(1.35, 1.0))
