@@ -231,7 +231,16 @@ def _numpy_globals() -> dict[tuple[str, str], Any]:
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[(module, "_reconstruct")] = multiarray._reconstruct
         allowed[(module, "scalar")] = multiarray.scalar
+    # Python 3 writes bytes under protocol 2 as ``_codecs.encode(text, "latin1")``.
+    allowed[("_codecs", "encode")] = _latin1_encode
     return allowed
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """The one use of ``_codecs.encode`` a protocol-2 pickle needs, and nothing else."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -309,6 +318,8 @@ def read_cifar10_python(path: PathLike) -> dict[str, tuple[np.ndarray, np.ndarra
 
 
 def _cifar_batch_arrays(batch: Any, source: str) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(batch, dict):
+        batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
     if not isinstance(batch, dict) or "data" not in batch or "labels" not in batch:
         raise FormatError(f"{source}: expected a dict with 'data' and 'labels'")
     data = batch["data"]
