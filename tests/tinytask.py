@@ -73,7 +73,17 @@ class TinyDropout(TinyClassification):
         return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
 
 
+class TinyMissingData(TinyRegression):
+    """Its data cannot be found (as a loader says when a file is missing)."""
+
+    name = "tiny-missing-data"
+
+    def load_data(self, profile: str) -> TaskData:
+        raise FileNotFoundError("tiny.csv not found (expected sha256 0123...)")
+
+
 TINY_TASKS = {
+    "tiny-missing-data": "tinytask:TinyMissingData",
     "tiny-regression": "tinytask:TinyRegression",
     "tiny-classification": "tinytask:TinyClassification",
     "tiny-dropout": "tinytask:TinyDropout",

@@ -222,7 +222,8 @@ def evaluate(
                 y = _to(split.targets[start : start + chunk], device)
                 out = model(x)
                 c = _count(loss, y)
-                total += loss.value(out, y).double() * c
+                # a chunk with no counted position has a NaN mean: it contributes nothing
+                total += torch.where(c > 0, loss.value(out, y).double() * c, 0.0)
                 count += c
                 if accuracy:
                     correct += _correct(loss, out, y)
@@ -467,6 +468,7 @@ def train(
         ckpt_time += now - t0
         last_ckpt = now
 
+    stop_reason = ""
     if restored is None:
         values, dt = run_eval()
         eval_time += dt
@@ -476,6 +478,10 @@ def train(
             | _param_row(logged_params)
         )
         last_eval_step = 0
+        for name in ("val", "test"):
+            v = values.get(f"{name}_loss")
+            if v is not None and not math.isfinite(v):
+                stop_reason = stop_reason or f"nonfinite_{name}_loss"
     else:
         generator.set_state(restored["generator"])
         torch.set_rng_state(restored["torch_rng"])
@@ -483,7 +489,6 @@ def train(
             torch.cuda.set_rng_state_all(list(restored["cuda_rng"]))
 
     total_steps = settings.steps if settings.steps is not None else math.inf
-    stop_reason = ""
     bar = _progress(progress, settings, total_steps, steps_per_epoch, step)
     try:
         while not stop_reason:

@@ -422,7 +422,7 @@ OPTIMISERS: Mapping[str, OptimiserEntry] = MappingProxyType(_REGISTRY)
 #: Modules that call :func:`register_optimiser` when imported (e.g. the K-FAC and Baydin-SGD
 #: baselines). Each is imported the first time the registry is listed or queried. A module
 #: that does not exist (yet) is skipped; any other import error propagates.
-OPTIMISER_PROVIDERS: list[str] = []
+OPTIMISER_PROVIDERS: list[str] = ["adamqlr.baselines"]
 _loaded_providers: set[str] = set()
 
 

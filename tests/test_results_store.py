@@ -1,0 +1,397 @@
+"""The results store: atomic records, kill -9 safety, sweeping, cross-process reads, staleness."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from tinytask import TINY_TASKS
+
+import adamqlr
+from adamqlr.experiment.runner import run
+from adamqlr.experiment.spec import ExperimentSpec
+from adamqlr.results import atomic
+from adamqlr.results.atomic import (
+    LockTimeout,
+    atomic_write_json,
+    file_lock,
+    is_temporary,
+    sweep_temporaries,
+)
+from adamqlr.results.provenance import validate_provenance
+from adamqlr.results.store import (
+    MANIFEST,
+    CorruptRecordError,
+    MissingRecordError,
+    ResultStore,
+    StaleRecordError,
+    default_root,
+    load,
+)
+from adamqlr.tasks import TASKS
+
+TESTS = Path(__file__).parent
+FIXTURES = TESTS / "fixtures" / "results_store"
+
+
+@pytest.fixture(autouse=True)
+def tiny_tasks(monkeypatch):
+    for name, where in TINY_TASKS.items():
+        monkeypatch.setitem(TASKS, name, where)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def spec(**kw):
+    base = dict(task="tiny-regression", optimiser="adam", profile="smoke", seed=0)
+    return ExperimentSpec(**(base | kw))
+
+
+def table(n=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"step": np.arange(n), "time": np.linspace(0, 1, n), "x": rng.random(n)})
+
+
+def temporaries(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and is_temporary(p)]
+
+
+# ------------------------------------------------------------------------- atomic writes
+def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "sub" / "a.json"
+    atomic_write_json(target, {"a": 1})
+    atomic_write_json(target, {"a": 2})
+    assert json.loads(target.read_text()) == {"a": 2}
+    assert temporaries(tmp_path) == []
+
+    def boom(f):
+        f.write(b"partial")
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):
+        atomic.atomic_write(target, boom)
+    assert json.loads(target.read_text()) == {"a": 2}  # old content intact
+    assert temporaries(tmp_path) == []
+    with pytest.raises(ValueError):
+        atomic_write_json(target, {"a": float("nan")})
+
+
+def test_sweep_removes_only_dead_writers_temporaries(tmp_path):
+    dead = tmp_path / f".x.json.{atomic._HOST}.999999999.abcd.tmp"
+    alive = tmp_path / f".y.json.{atomic._HOST}.{os.getpid()}.abcd.tmp"
+    foreign_old = tmp_path / ".z.json.otherhost.12.abcd.tmp"
+    foreign_new = tmp_path / ".w.json.otherhost.13.abcd.tmp"
+    for p in (dead, alive, foreign_old, foreign_new):
+        p.write_bytes(b"x")
+    old = time.time() - 3 * 86400
+    os.utime(foreign_old, (old, old))
+    removed = set(sweep_temporaries(tmp_path))
+    assert removed == {dead, foreign_old}
+    assert alive.exists() and foreign_new.exists()
+
+
+def test_lock_excludes_and_times_out(tmp_path):
+    path = tmp_path / "k.lock"
+    with file_lock(path):
+        code = (  # load the module from its file: stdlib only, no torch import
+            "import importlib.util as u\n"
+            f"s = u.spec_from_file_location('atomic', {atomic.__file__!r})\n"
+            "m = u.module_from_spec(s); s.loader.exec_module(m)\n"
+            f"try:\n    with m.file_lock({str(path)!r}, timeout=0.2): print('got')\n"
+            "except m.LockTimeout: print('timeout')"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert out.stdout.strip() == "timeout", out.stderr
+    with file_lock(path, timeout=0):
+        pass
+
+
+def test_exclusive_lock_fallback(tmp_path, monkeypatch):
+    """Without the filelock package: an O_EXCL lock file, broken when its owner is dead."""
+    monkeypatch.setitem(sys.modules, "filelock", None)  # import filelock -> ImportError
+    path = tmp_path / "k.lock"
+    with file_lock(path):
+        assert path.read_text().split()[1] == str(os.getpid())
+        with pytest.raises(LockTimeout):
+            with file_lock(path, timeout=0.05):
+                pass
+    assert not path.exists()
+    path.write_text(f"{atomic._HOST} 999999999\n")  # left by a dead process
+    with file_lock(path, timeout=0.5):
+        pass
+
+
+# ------------------------------------------------------------------------------- records
+def test_save_load_round_trip_and_layout(tmp_path):
+    store = ResultStore(tmp_path)
+    s = spec(seed=3)
+    df = table()
+    folder = store.save(s, df, {"stop_reason": "steps", "note": float("nan")})
+    assert folder == store.record_dir(s)
+    assert folder.relative_to(tmp_path).parts[:2] == ("tiny-regression", "adam")
+    names = sorted(p.name for p in folder.iterdir())
+    assert names[0] == MANIFEST and len(names) == 3
+    assert names[1].startswith("metrics-") and names[2].startswith("provenance-")
+    rec = store.load(s)
+    pd.testing.assert_frame_equal(rec.metrics, df)
+    assert rec.spec == s and rec.key == s.key and not rec.stale
+    assert rec.provenance["settings"]["batch_size"] == 16
+    assert rec.provenance["note"] == "nan"  # JSON has no NaN: stored as text
+    assert rec.manifest["schema_version"] == 1 and rec.manifest["rows"] == 5
+    assert store.status(s) == "complete" and store.status(spec(seed=4)) == "missing"
+
+
+def test_missing_record_names_the_command(tmp_path):
+    store = ResultStore(tmp_path)
+    s = spec(seed=2, steps=7)
+    with pytest.raises(MissingRecordError, match=r"adamqlr run --task tiny-regression .*--seeds 2"):
+        store.load(s)
+    store.save(spec(seed=1), table(), {})
+    with pytest.raises(MissingRecordError, match=r"1 of 2 run records.*\n.*missing.*seed2"):
+        store.load_many([spec(seed=1), s])
+
+
+def test_corrupt_record_is_detected(tmp_path):
+    store = ResultStore(tmp_path)
+    s = spec()
+    folder = store.save(s, table(), {})
+    metrics = next(folder.glob("metrics-*.parquet"))
+    data = bytearray(metrics.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    metrics.write_bytes(bytes(data))
+    with pytest.raises(CorruptRecordError, match="SHA-256"):
+        store.load(s)
+    (folder / MANIFEST).write_text("{not json")
+    assert store.status(s) == "corrupt"
+
+
+def test_stale_record_is_reported_not_reused(tmp_path, monkeypatch):
+    store = ResultStore(tmp_path)
+    s = spec(steps=3)
+    first = run(s, store=store, progress=False)
+    monkeypatch.setattr(adamqlr, "ALGORITHM_VERSION", adamqlr.ALGORITHM_VERSION + 1)
+    assert store.status(s) == "stale"
+    with pytest.raises(StaleRecordError, match="algorithm version"):
+        store.load(s)
+    old = store.load(s, allow_stale=True)
+    assert old.stale
+    assert store.query(task="tiny-regression").empty
+    assert len(store.query(task="tiny-regression", include_stale=True)) == 1
+    with pytest.raises(MissingRecordError, match="stale"):
+        store.load_many([s])
+    again = run(s, store=store, progress=False)  # rerun, not reused
+    assert again.manifest["algorithm_version"] == adamqlr.ALGORITHM_VERSION
+    assert again.provenance["finished_at"] >= first.provenance["finished_at"]
+    assert not again.stale and store.status(s) == "complete"
+
+
+def test_forced_rewrite_replaces_files_and_drops_old_ones(tmp_path):
+    store = ResultStore(tmp_path)
+    s = spec()
+    folder = store.save(s, table(seed=0), {})
+    store.save(s, table(n=9, seed=1), {})
+    assert len(list(folder.iterdir())) == 3
+    assert len(store.load(s).metrics) == 9
+
+
+def test_query_filters_and_records(tmp_path):
+    store = ResultStore(tmp_path)
+    for seed in range(3):
+        store.save(spec(seed=seed), table(), {})
+    store.save(spec(optimiser="sgd"), table(), {})
+    store.save(spec(task="tiny-classification"), table(), {})
+    q = store.query(task="tiny-regression", optimiser="adam")
+    assert sorted(q["seed"]) == [0, 1, 2]
+    assert len(store.query()) == 5
+    assert sorted(store.query(seeds=[0])["optimiser"]) == ["adam", "adam", "sgd"]
+    assert len(store.records(optimiser="sgd")) == 1
+
+
+def test_run_skips_a_finished_run_and_records_provenance(tmp_path):
+    store = ResultStore(tmp_path)
+    s = spec(task="tiny-classification", optimiser="adamqlr-untuned", steps=4, device="cpu")
+    rec = run(s, store=store, progress=False)
+    assert validate_provenance(rec.provenance) == []
+    p = rec.provenance
+    assert p["stop_reason"] == "steps" and p["steps"] == 4 and p["device"] == "cpu"
+    assert p["optimiser_label"] == "AdamQLR (Untuned)" and p["task_title"] == "Tiny classification"
+    assert p["torch_version"] == torch.__version__ and p["algorithm_version"] == 1
+    assert p["data"]["dataset"] == "synthetic tiny-classification"
+    assert p["git"]["commit"] is None or len(p["git"]["commit"]) == 40
+    assert p["optimisation_time_s"] <= p["duration_s"]
+    assert rec.metrics["time"].iloc[-1] == pytest.approx(p["optimisation_time_s"])
+    again = run(s, store=store, progress=False)
+    assert again.provenance["finished_at"] == p["finished_at"]  # loaded, not rerun
+    pd.testing.assert_frame_equal(again.metrics, rec.metrics)
+    forced = run(s, store=store, progress=False, force=True)
+    assert forced.provenance["started_at"] >= p["started_at"]
+    assert validate_provenance({"key": 1}) != []
+
+
+def test_default_root(monkeypatch, tmp_path):
+    monkeypatch.setenv("ADAMQLR_RESULTS", str(tmp_path / "r"))
+    assert default_root() == tmp_path / "r"
+    monkeypatch.delenv("ADAMQLR_RESULTS")
+    assert default_root().name == "results"
+
+
+# -------------------------------------------------------------------- other processes
+_READER = """
+import sys, json, hashlib
+sys.path.insert(0, {tests!r})
+import tinytask; tinytask.register()
+from adamqlr.experiment import ExperimentSpec, load
+rec = load(ExperimentSpec.from_dict({spec!r}), root={root!r})
+print(json.dumps({{"metrics": hashlib.sha256(rec.metrics.to_json().encode()).hexdigest(),
+                  "provenance": rec.provenance, "key": rec.key}}))
+"""
+
+
+def test_record_written_here_loads_identically_in_another_process(tmp_path):
+    s = spec(task="tiny-dropout", optimiser="adamqlr", steps=6, device="cpu")
+    rec = run(s, root=tmp_path, progress=False)
+    code = _READER.format(tests=str(TESTS), spec=s.as_dict(), root=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    theirs = json.loads(out.stdout)
+    assert theirs["key"] == rec.key
+    assert theirs["provenance"] == rec.provenance
+    assert theirs["metrics"] == hashlib.sha256(rec.metrics.to_json().encode()).hexdigest()
+    assert load(s, root=tmp_path).metrics.equals(rec.metrics)
+
+
+_ZYGOTE = """
+import os, sys
+sys.path.insert(0, {tests!r})
+import tinytask; tinytask.register()
+import numpy as np, pandas as pd
+from adamqlr.experiment import ExperimentSpec
+from adamqlr.results import ResultStore
+print("zygote", flush=True)
+for line in sys.stdin:
+    cmd, *args = line.split()
+    if cmd == "blob":
+        pid = os.fork()
+        if pid == 0:  # rewrites one file of 0.5-2 MB (payload + its SHA-256) until killed
+            import hashlib
+            from adamqlr.results.atomic import atomic_write_bytes
+            rng = np.random.default_rng(int(args[1]))
+            print("ready", os.getpid(), flush=True)
+            while True:
+                body = rng.bytes(int(rng.integers(1 << 19, 1 << 21)))
+                atomic_write_bytes(os.path.join(args[0], "blob.bin"),
+                                   body + hashlib.sha256(body).digest())
+    elif cmd == "fork":
+        pid = os.fork()
+        if pid == 0:  # the writer: saves records as fast as it can until it is killed
+            store = ResultStore(args[0], sweep=False)
+            rng = np.random.default_rng(int(args[1]))
+            print("ready", os.getpid(), flush=True)
+            i = 0
+            while True:
+                n = int(rng.integers(100, 3000))
+                df = pd.DataFrame(rng.random((n, 8)), columns=[f"c{{j}}" for j in range(8)])
+                df["step"] = np.arange(n)
+                spec = ExperimentSpec("tiny-regression", "adam", profile="smoke", seed=i % 12)
+                store.save(spec, df, {{"stop_reason": "steps", "n": n}})
+                i += 1
+    elif cmd == "reap":
+        os.waitpid(int(args[0]), 0)
+        print("reaped", flush=True)
+"""
+
+
+def test_sigkilled_writers_leave_complete_records_or_none(tmp_path):
+    """R1/R2: kill -9 a writer at random times; every record is whole or absent after a sweep.
+
+    Half the repetitions hammer the primitive itself: one large file rewritten in a loop must
+    always hold one complete payload.
+
+    The writers are forked from a process that has already imported everything, so each
+    repetition costs the writing time only.
+    """
+    rng = np.random.default_rng(1)
+    seen_records = seen_blobs = 0
+    zygote = subprocess.Popen(
+        [sys.executable, "-c", _ZYGOTE.format(tests=str(TESTS))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert zygote.stdout.readline().strip() == "zygote"
+        for rep in range(14):
+            blob = rep % 2 == 1
+            root = tmp_path / ("blob" if blob else f"r{rep % 3}")  # rewrite earlier records
+            root.mkdir(exist_ok=True)
+            zygote.stdin.write(f"{'blob' if blob else 'fork'} {root} {rep}\n")
+            zygote.stdin.flush()
+            word, pid = zygote.stdout.readline().split()
+            assert word == "ready"
+            time.sleep(float(rng.uniform(0.0, 0.5)))
+            os.kill(int(pid), signal.SIGKILL)
+            zygote.stdin.write(f"reap {pid}\n")
+            zygote.stdin.flush()
+            assert zygote.stdout.readline().strip() == "reaped"
+            store = ResultStore(root)  # sweeps on opening
+            assert temporaries(root) == [], rep
+            if blob:  # the file holds one complete payload (or was never written)
+                path = root / "blob.bin"
+                if path.exists():
+                    data = path.read_bytes()
+                    assert hashlib.sha256(data[:-32]).digest() == data[-32:], rep
+                    seen_blobs += 1
+                continue
+            for seed in range(12):
+                s = spec(seed=seed)
+                folder = store.record_dir(s)
+                if store.status(s) == "missing":
+                    assert not folder.exists() or not any(folder.iterdir()), rep
+                    continue
+                rec = store.load(s)  # verifies every hash
+                assert len(rec.metrics) == rec.provenance["n"]
+                assert len(list(folder.iterdir())) == 3  # no stray data files
+                seen_records += 1
+    finally:
+        zygote.kill()
+        zygote.wait(timeout=60)
+    assert seen_records > 0 and seen_blobs > 0
+
+
+def test_sweep_leaves_a_locked_experiment_alone(tmp_path):
+    store = ResultStore(tmp_path)
+    s = spec()
+    folder = store.record_dir(s)
+    folder.mkdir(parents=True)
+    (folder / "metrics-0123.parquet").write_bytes(b"half a record")
+    with store.lock(s.key):
+        ResultStore(tmp_path)
+        assert (folder / "metrics-0123.parquet").exists()  # a live writer may be working on it
+    ResultStore(tmp_path)
+    assert not folder.exists()
+
+
+# ---------------------------------------------------------------------------- schemas
+def test_checked_in_records_of_every_schema_version_load():
+    """R6: records written by earlier versions of the store stay readable."""
+    store = ResultStore(FIXTURES, sweep=False)
+    index = store.query(include_stale=True)
+    assert len(index) >= 1
+    versions = set()
+    for path in index["path"]:
+        rec = store.load_dir(path, allow_stale=True)
+        assert validate_provenance(rec.provenance) == [], path
+        versions.add(rec.manifest["schema_version"])
+        assert len(rec.metrics) == rec.manifest["rows"] > 0
+    assert versions >= {1}
