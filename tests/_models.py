@@ -271,5 +271,5 @@ class Faulty(nn.Module):
                 return _NaNGrad.apply(z, value)
             mask = torch.zeros_like(z)
             mask.view(-1)[0] = 1.0
-            return z + mask * value  # one entry bad, in the primal and (x nan) in the tangent
+            return z * (1.0 + mask * value)  # one entry bad, in the primal and in the tangent
         return z

@@ -286,6 +286,12 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
             "calls": 0,
         }
 
+    def __getstate__(self) -> dict[str, Any]:
+        # torch's Optimizer keeps only defaults, state and param groups; here the model, the loss
+        # and every setting belong to the optimiser too, or a copy could not step. Hooks are not
+        # carried over, as in torch.
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_optimizer_")}
+
     @property
     def damping(self) -> float:
         """The current damping ``lambda`` (used by the next step)."""
@@ -323,9 +329,11 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
             )
         damping_used = glob["damping"]
         if not self.undamped:
+            # The jump past negative curvature is for the step refused because of it; any other
+            # rejection (e.g. a NaN trial loss after an "absolute" step) just raises lambda.
             glob["damping"] = self.damping_rule.after_rejection(
                 damping_used,
-                extra.get("curvature", math.nan),
+                extra.get("curvature", math.nan) if reason == "nonpositive_curvature" else math.nan,
                 extra.get("direction_sq_norm", math.nan),
             )
         glob["rejected_steps"] += 1
@@ -334,7 +342,7 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
             f"{type(self).__name__}: step rejected ({reason}); parameters unchanged, damping "
             f"{damping_used:.3g} -> {glob['damping']:.3g}",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,  # _rejected <- step <- torch's step wrapper <- the caller
         )
         return StepStats(
             loss=loss,
@@ -630,7 +638,7 @@ class AdamQLR(QuadraticModelOptimizer):
         eps = group["eps"]
         directions, states = [], []
         for p, g in zip(params, grads, strict=True):
-            st = self.state[p]
+            st = self.state.get(p, {})  # no empty entry is created on a rejected step
             t = st.get("step", 0) + 1  # per parameter: a frozen layer keeps its own count
             m = st.get("exp_avg", torch.zeros_like(p)).lerp(g, 1.0 - beta1)
             v = st.get("exp_avg_sq", torch.zeros_like(p)).mul(beta2)
