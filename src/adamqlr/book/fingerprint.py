@@ -1,0 +1,254 @@
+"""What an executed notebook depends on, and the input hash the runner skips on.
+
+A page is *up to date* when its recorded ``input_hash`` equals the hash of its inputs now. The
+inputs are
+
+1. the notebook's source file (``notebooks/NN_topic.py``, byte for byte);
+2. the profile and the other papermill parameters;
+3. :data:`adamqlr.ALGORITHM_VERSION` and :data:`RUNNER_VERSION` (what the runner adds to a
+   notebook: the Colab cell, the metadata);
+4. the run records the notebook declares it reads: lines ``# reads: <glob>`` in its code cells,
+   globs relative to the project root, every matching file hashed (a glob that matches nothing
+   counts too, so records that appear later make the page stale);
+5. the package's code that the notebook actually ran: the ``adamqlr`` modules loaded in the kernel
+   at the end of the run (recorded by the runner), each fingerprinted by its syntax tree without
+   docstrings, so that editing a comment or a docstring does not make every page stale, while any
+   change to what the code does (or a module imported by the notebook disappearing) does.
+
+Items 1 to 4 are known before a run and form the *content hash*; item 5 is known only after it.
+The recorded ``input_hash`` combines the content hash with the code fingerprints.
+"""
+
+from __future__ import annotations
+
+import ast
+import glob
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "RUNNER_VERSION",
+    "Inputs",
+    "code_fingerprint",
+    "code_fingerprints",
+    "declared_reads",
+    "gather_inputs",
+    "input_hash",
+    "package_dir",
+    "sha256_bytes",
+    "sha256_file",
+]
+
+#: Bumped when what the runner writes into a notebook changes (injected cells, metadata layout),
+#: so that every page is re-executed once.
+RUNNER_VERSION = 1
+
+_READS = re.compile(r"^\s*#\s*reads:\s*(?P<pattern>\S.*?)\s*$")
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Return the hex SHA-256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Return the hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def code_fingerprint(path: str | os.PathLike[str]) -> str:
+    """Fingerprint a Python file by what it does: its syntax tree without docstrings.
+
+    Comments, docstrings, blank lines and formatting do not change the fingerprint; any change of
+    code does. A file that does not parse is fingerprinted by its bytes.
+
+    Args:
+        path: The ``.py`` file.
+
+    Returns:
+        A hex SHA-256.
+    """
+    text = Path(path).read_bytes()
+    try:
+        tree = _strip_docstrings(ast.parse(text))
+    except (SyntaxError, ValueError):
+        return sha256_bytes(text)
+    return sha256_bytes(ast.dump(tree, annotate_fields=False, include_attributes=False).encode())
+
+
+def package_dir() -> Path:
+    """Return the folder of the installed ``adamqlr`` package (``src/adamqlr`` in a checkout)."""
+    import adamqlr
+
+    return Path(adamqlr.__file__).resolve().parent
+
+
+def code_fingerprints(
+    relpaths: Iterable[str], base: str | os.PathLike[str] | None = None
+) -> dict[str, str | None]:
+    """Fingerprint package files given relative to the package folder.
+
+    Args:
+        relpaths: Paths like ``"optim.py"`` or ``"tasks/base.py"``.
+        base: The package folder (default :func:`package_dir`).
+
+    Returns:
+        ``{relpath: fingerprint}``, with ``None`` for a file that no longer exists.
+    """
+    folder = Path(base) if base is not None else package_dir()
+    out: dict[str, str | None] = {}
+    for rel in sorted(set(relpaths)):
+        path = folder / rel
+        out[rel] = code_fingerprint(path) if path.is_file() else None
+    return out
+
+
+def declared_reads(code_cells: Iterable[str]) -> list[str]:
+    """Return the ``# reads: <glob>`` declarations found in the given code-cell sources.
+
+    Args:
+        code_cells: Sources of the notebook's code cells.
+
+    Returns:
+        The globs, in order of appearance, without duplicates.
+
+    Raises:
+        ValueError: If a glob is absolute or climbs out of the project (``..``).
+    """
+    patterns: list[str] = []
+    for source in code_cells:
+        for line in source.splitlines():
+            match = _READS.match(line)
+            if not match:
+                continue
+            pattern = match.group("pattern")
+            if os.path.isabs(pattern) or ".." in Path(pattern).parts:
+                raise ValueError(
+                    f"invalid '# reads:' pattern {pattern!r} (expected a glob relative to the "
+                    "project root, without '..')"
+                )
+            if pattern not in patterns:
+                patterns.append(pattern)
+    return patterns
+
+
+def record_hashes(root: str | os.PathLike[str], patterns: Iterable[str]) -> dict[str, Any]:
+    """Hash every file matched by the declared globs.
+
+    Args:
+        root: The project root the globs are relative to.
+        patterns: Globs (``**`` allowed).
+
+    Returns:
+        ``{pattern: {relpath: sha256}}``; an empty mapping for a glob that matches nothing.
+    """
+    root = Path(root)
+    out: dict[str, Any] = {}
+    for pattern in patterns:
+        files = sorted(
+            p for p in glob.glob(str(root / pattern), recursive=True) if os.path.isfile(p)
+        )
+        out[pattern] = {Path(p).relative_to(root).as_posix(): sha256_file(p) for p in files}
+    return out
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The inputs of one notebook run that are known before it starts.
+
+    Attributes:
+        source_sha256: SHA-256 of the source file.
+        profile: ``smoke``, ``quick`` or ``paper``.
+        parameters: Other papermill parameters (JSON values).
+        algorithm_version: :data:`adamqlr.ALGORITHM_VERSION`.
+        runner_version: :data:`RUNNER_VERSION`.
+        records: ``{glob: {relpath: sha256}}`` for the declared run records.
+    """
+
+    source_sha256: str
+    profile: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    algorithm_version: int = 0
+    runner_version: int = RUNNER_VERSION
+    records: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the inputs as a JSON-ready dict."""
+        return asdict(self)
+
+    def content_hash(self) -> str:
+        """Hash of everything but the code (items 1 to 4 of the module docstring)."""
+        return sha256_bytes(_canonical(self.as_dict()))
+
+
+def input_hash(content_hash: str, code: Mapping[str, str | None]) -> str:
+    """Combine the content hash and the code fingerprints into the recorded input hash."""
+    return sha256_bytes(_canonical({"content": content_hash, "code": dict(sorted(code.items()))}))
+
+
+def gather_inputs(
+    root: str | os.PathLike[str],
+    source: str | os.PathLike[str],
+    code_cells: Iterable[str],
+    profile: str,
+    parameters: Mapping[str, Any] | None = None,
+) -> Inputs:
+    """Collect the :class:`Inputs` of a notebook run.
+
+    Args:
+        root: The project root (declared reads are relative to it).
+        source: The notebook's source file.
+        code_cells: Sources of its code cells (where ``# reads:`` lines are looked for).
+        profile: The profile it runs under.
+        parameters: Other papermill parameters.
+
+    Returns:
+        The inputs.
+
+    Raises:
+        ValueError: If a parameter value is not JSON-serialisable (papermill could not inject it
+            faithfully either), or a ``# reads:`` glob is invalid.
+    """
+    from adamqlr import ALGORITHM_VERSION
+
+    params = dict(sorted((parameters or {}).items()))
+    try:
+        _canonical(params)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"invalid parameters {params!r}: not JSON values ({err})") from None
+    return Inputs(
+        source_sha256=sha256_file(source),
+        profile=profile,
+        parameters=params,
+        algorithm_version=int(ALGORITHM_VERSION),
+        runner_version=RUNNER_VERSION,
+        records=record_hashes(root, declared_reads(code_cells)),
+    )
