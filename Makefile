@@ -40,4 +40,4 @@ bench: env
 	$(BIN)/python benchmarks/step_cost.py
 
 clean-book:
-	rm -rf book/_build
+	rm -rf _build book/*.failed.ipynb
