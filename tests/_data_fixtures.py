@@ -144,8 +144,9 @@ PTB_TEST = " a cat sat on the dog \n the <unk> ran \n" * 3
 
 # ------------------------------------------------------------------------------ tiny tasks
 def _profiles(batch: int, **smoke: int) -> dict[str, TaskProfile]:
-    small = TaskProfile(batch_size=batch, epochs=1, eval_every=1, **smoke)
-    return {"smoke": small, "quick": TaskProfile(batch_size=batch, epochs=2), "paper": small}
+    small = TaskProfile(batch_size=batch, epochs=1, eval_every=1, **smoke)  # type: ignore[arg-type]
+    full = TaskProfile(batch_size=batch, epochs=2, model=small.model)
+    return {"smoke": small, "quick": full, "paper": full}
 
 
 class TinyEnergy(UCIEnergy):

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _data_fixtures import (
     PTB_TRAIN,
     Mirror,
@@ -25,6 +24,7 @@ from _data_fixtures import (
     write_idx,
     write_xlsx,
 )
+
 from adamqlr.data import (
     REGISTRY,
     ChecksumError,
@@ -50,6 +50,17 @@ from adamqlr.data.readers import (
 )
 
 MIRROR = os.environ.get("ADAMQLR_DATA")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: with two pytest workers on two cores, more threads only spin-wait."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

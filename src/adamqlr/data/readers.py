@@ -237,7 +237,7 @@ def _numpy_globals() -> dict[tuple[str, str], Any]:
 
 
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
-    """The one use of ``_codecs.encode`` a protocol-2 pickle needs, and nothing else."""
+    """Encode ``text`` as latin1: the one use of ``_codecs.encode`` a protocol-2 pickle needs."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
         raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {encoding!r}")
     return text.encode("latin1")
