@@ -33,6 +33,7 @@ CLOCKS = ["time", "eval_time", "wall"]
 def tiny_tasks(monkeypatch):
     for name, where in TINY_TASKS.items():
         monkeypatch.setitem(TASKS, name, where)
+    opt_mod.optimiser_names()  # load the providers into the real registry first
     monkeypatch.setattr(opt_mod, "_REGISTRY", dict(opt_mod._REGISTRY))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -101,6 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rerun even if a record exists")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their keys only")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
                    help="checkpoint cadence (default: 60)")  # fmt: skip
     p.set_defaults(handler=handle)
@@ -195,6 +196,12 @@ def handle(args: argparse.Namespace) -> int:
         from adamqlr.experiment.loop import resolve_device
 
         resolve_device(args.device)
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ValueError(f"invalid --threads {args.threads} (expected >= 1)")
+            import torch
+
+            torch.set_num_threads(args.threads)
         for spec in specs:
             spec.settings()  # resolve defaults now, so bad input fails before any training
     except ValueError as err:
