@@ -395,3 +395,15 @@ def test_checked_in_records_of_every_schema_version_load():
         versions.add(rec.manifest["schema_version"])
         assert len(rec.metrics) == rec.manifest["rows"] > 0
     assert versions >= {1}
+
+
+def test_obtain_loads_or_names_every_missing_run(tmp_path):
+    from adamqlr.experiment import obtain
+
+    done, missing = spec(seed=0, steps=2), spec(seed=1, steps=2)
+    run(done, root=tmp_path, progress=False)
+    with pytest.raises(MissingRecordError, match=r"1 of 2 .*\n  missing: .*seed1\n    adamqlr run"):
+        obtain([done, missing], root=tmp_path)
+    records = obtain([done, missing], root=tmp_path, compute=True, progress=False)
+    assert [r.spec for r in records] == [done, missing]
+    assert len(obtain([done, missing], root=tmp_path)) == 2

@@ -26,6 +26,7 @@ __all__ = [
     "TrainResult",
     "get_optimiser",
     "load",
+    "obtain",
     "optimiser_names",
     "register_optimiser",
     "run",
@@ -45,6 +46,7 @@ _WHERE = {
     "TrainResult": "adamqlr.experiment.loop",
     "train": "adamqlr.experiment.loop",
     "run": "adamqlr.experiment.runner",
+    "obtain": "adamqlr.experiment.runner",
     "run_many": "adamqlr.experiment.runner",
     "load": "adamqlr.results.store",
 }

@@ -71,9 +71,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "run",
         help="train experiments and store their run records",
-        description=(
+        description=textwrap.fill(
             "Train one experiment per (task, optimiser, seed) and write its run record to the "
-            "results store. Finished runs are loaded, not rerun; interrupted ones resume."
+            "results store. Finished runs are loaded, not rerun; interrupted ones resume from "
+            "their checkpoint.",
+            88,
         ),
         epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,

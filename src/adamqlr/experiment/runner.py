@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from adamqlr.results.provenance import environment
 from adamqlr.results.store import ResultStore, RunRecord
 from adamqlr.tasks import get_task
 
-__all__ = ["run", "run_many"]
+__all__ = ["obtain", "run", "run_many"]
 
 logger = logging.getLogger(__name__)
 
@@ -140,3 +140,39 @@ def run_many(
     """Run each spec in turn (finished ones are loaded, not rerun); return their records."""
     store = ResultStore(root)
     return [run(spec, store=store, force=force, **kwargs) for spec in specs]  # type: ignore[arg-type]
+
+
+def obtain(
+    specs: Sequence[ExperimentSpec],
+    *,
+    compute: bool = False,
+    root: str | os.PathLike[str] | Path | None = None,
+    allow_stale: bool = False,
+    **kwargs: object,
+) -> list[RunRecord]:
+    """Return the records of ``specs``: stored ones are loaded; missing ones computed if asked.
+
+    This is what a notebook calls: under the ``paper`` profile on a machine without the stored
+    records it must not silently compute something else, so with ``compute=False`` it stops with
+    one error that names every missing (or stale) run and the command that makes it.
+
+    Args:
+        specs: The experiments.
+        compute: Train the missing (and stale) ones with :func:`run`.
+        root: Store folder.
+        allow_stale: Accept stale records instead of rerunning or refusing them.
+        **kwargs: Passed to :func:`run` (``progress``, ``device``, ...).
+
+    Raises:
+        adamqlr.results.MissingRecordError: With ``compute=False``, if any record is missing.
+    """
+    store = ResultStore(root)
+    if not compute:
+        return store.load_many(list(specs), allow_stale=allow_stale)
+    records = []
+    for spec in specs:
+        if allow_stale and store.status(spec) == "stale":
+            records.append(store.load(spec, allow_stale=True))
+        else:
+            records.append(run(spec, store=store, **kwargs))  # type: ignore[arg-type]
+    return records
