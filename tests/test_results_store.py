@@ -407,3 +407,28 @@ def test_obtain_loads_or_names_every_missing_run(tmp_path):
     records = obtain([done, missing], root=tmp_path, compute=True, progress=False)
     assert [r.spec for r in records] == [done, missing]
     assert len(obtain([done, missing], root=tmp_path)) == 2
+
+
+def test_interrupted_sweep_loses_no_finished_run_and_reruns_none(tmp_path):
+    """R3 in miniature: a sweep stopped in its third run keeps runs 1-2 and resumes run 3."""
+    from adamqlr.experiment import run_many
+
+    specs = [spec(seed=s, epochs=3) for s in range(4)]
+
+    def stop_in_third(row):
+        if row["step"] == 7:
+            raise KeyboardInterrupt
+
+    first = []
+    with pytest.raises(KeyboardInterrupt):
+        for s in specs:
+            cb = stop_in_third if s.seed == 2 else None
+            first.append(run(s, root=tmp_path, progress=False, callback=cb,
+                             checkpoint_every_s=0))  # fmt: skip
+    assert len(first) == 2
+    records = run_many(specs, root=tmp_path, progress=False)
+    for old, new in zip(first, records, strict=False):  # finished runs are loaded, not rerun
+        pd.testing.assert_frame_equal(new.metrics, old.metrics)  # clocks included: same run
+        assert new.provenance == old.provenance
+    assert records[2].provenance["resumed"] == 1 and records[2].provenance["steps"] == 15
+    assert records[3].provenance["resumed"] == 0
