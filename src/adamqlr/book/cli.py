@@ -108,12 +108,23 @@ def register(subparsers: Any) -> None:
     status.set_defaults(handler=_status)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Write to whatever ``sys.stderr`` is at the time of each message."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _logging() -> None:
     logger = logging.getLogger("adamqlr.book")
-    if not any(getattr(h, "_adamqlr_book", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("adamqlr book: %(message)s"))
-        handler._adamqlr_book = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False

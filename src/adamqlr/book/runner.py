@@ -425,10 +425,14 @@ def _problems(nb: Any, exc: BaseException | None) -> list[_Problem]:
                 break
     missing = [i for i, cell in code if cell.get("execution_count") is None]
     if missing:
-        first = missing[0]
-        earlier = [i for i, _ in code if i < first]
-        # The cell that was running when execution stopped is the last one that started.
-        culprit = earlier[-1] if earlier else first
+        # The cell that was running when execution stopped is the last one papermill started
+        # (it stamps start_time before sending a cell to the kernel; the execution count may
+        # never arrive from a kernel that dies).
+        started = [
+            i for i, cell in code if cell.get("metadata", {}).get("papermill", {}).get("start_time")
+        ]
+        earlier = [i for i, _ in code if i < missing[0]]
+        culprit = started[-1] if started else (earlier[-1] if earlier else missing[0])
         why = f"{type(exc).__name__}: {exc}".strip() if exc is not None else "not executed"
         found.append(_Problem(culprit, f"execution stopped ({why.splitlines()[0]})"))
     if nb.metadata.get("papermill", {}).get("exception"):

@@ -1,0 +1,272 @@
+"""The notebook runner: failures are never published (B1), unchanged notebooks are skipped, the
+input hash covers what it claims to, and the executed notebook carries its provenance."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import nbformat
+import pytest
+import yaml
+from _book import ROOT, TINY, make_project
+
+from adamqlr.book.fingerprint import code_fingerprint, declared_reads, input_hash
+from adamqlr.book.project import Project, ProjectError
+from adamqlr.book.runner import (
+    COLAB_TAG,
+    METADATA_KEY,
+    PROVENANCE_TAG,
+    NotebookFailed,
+    choose_profile,
+    execute_notebook,
+    freshness,
+    repository_url,
+)
+from adamqlr.cli import main
+
+FAILURES = [
+    ("exception", "raise ValueError('injected failure')", "ValueError: injected failure"),
+    ("cell-timeout", "import time\ntime.sleep(120)", "CellTimeoutError"),
+    ("kernel-killed", "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", "DeadKernelError"),
+]
+
+
+def run(root, *args: str) -> int:
+    return main(["book", "run", "--root", str(root), *args])
+
+
+# ----------------------------------------------------------------------------- B1
+
+
+@pytest.mark.parametrize(("kind", "body", "error"), FAILURES, ids=[f[0] for f in FAILURES])
+def test_failed_run_is_never_published(tmp_path, capsys, kind, body, error) -> None:
+    make_project(tmp_path, {"tiny": TINY.format(body="z = 3")})
+    assert run(tmp_path) == 0
+    page = tmp_path / "book" / "tiny.ipynb"
+    good = page.read_bytes()
+
+    (tmp_path / "notebooks" / "tiny.py").write_text(TINY.format(body=body))
+    capsys.readouterr()
+    assert run(tmp_path, "--cell-timeout", "3") == 1
+    err = capsys.readouterr().err
+
+    assert "notebook tiny (notebooks/tiny.py) failed in cell 3" in err, err
+    assert body.splitlines()[-1] in err  # the cell's source is shown
+    assert error in err
+    assert "1 failed" in err
+    assert page.read_bytes() == good  # the last good page, byte for byte
+    partial = nbformat.read(tmp_path / "book" / "tiny.failed.ipynb", as_version=4)
+    assert any(body.splitlines()[-1] in c.source for c in partial.cells)
+    state = freshness(Project(tmp_path), Project(tmp_path).notebook("tiny"))
+    assert not state.up_to_date and "source changed" in state.reasons
+
+
+def test_failure_in_the_api_names_cell_and_keeps_no_half_page(tmp_path) -> None:
+    make_project(tmp_path, {"tiny": TINY.format(body="raise KeyError('k')")})
+    target = tmp_path / "book" / "tiny.ipynb"
+    with pytest.raises(NotebookFailed) as info:
+        execute_notebook(tmp_path / "notebooks" / "tiny.py", target, root=tmp_path)
+    assert info.value.cell_index == 3
+    assert "KeyError" in info.value.reason
+    assert info.value.partial == tmp_path / "book" / "tiny.failed.ipynb"
+    assert not target.exists()
+    assert not list((tmp_path / "book").glob(".*.tmp"))
+
+
+def test_kernel_that_cannot_start_is_a_failure(tmp_path) -> None:
+    make_project(tmp_path, {"tiny": TINY.format(body="z = 3")})
+    with pytest.raises(NotebookFailed, match="tiny"):
+        execute_notebook(
+            tmp_path / "notebooks" / "tiny.py",
+            tmp_path / "book" / "tiny.ipynb",
+            root=tmp_path,
+            kernel_name="no-such-kernel-adamqlr",
+        )
+    assert not (tmp_path / "book" / "tiny.ipynb").exists()
+
+
+def test_a_later_success_removes_the_failed_partial(tmp_path) -> None:
+    make_project(tmp_path, {"tiny": TINY.format(body="raise ValueError")})
+    assert run(tmp_path) == 1
+    assert (tmp_path / "book" / "tiny.failed.ipynb").exists()
+    (tmp_path / "notebooks" / "tiny.py").write_text(TINY.format(body="z = 3"))
+    assert run(tmp_path) == 0
+    assert not (tmp_path / "book" / "tiny.failed.ipynb").exists()
+
+
+# ----------------------------------------------------------------------------- skipping
+
+
+def test_unchanged_is_skipped_changed_reruns_force_reruns(tmp_path, capsys) -> None:
+    make_project(tmp_path, {"tiny": TINY.format(body="z = 3")})
+    page = tmp_path / "book" / "tiny.ipynb"
+    assert run(tmp_path) == 0
+    assert "tiny: running under profile quick (never executed)" in capsys.readouterr().err
+    first = page.read_bytes()
+
+    assert run(tmp_path) == 0
+    assert "tiny: up to date (profile quick, inputs unchanged); skipped" in capsys.readouterr().err
+    assert page.read_bytes() == first
+
+    assert run(tmp_path, "--force") == 0
+    assert "(forced)" in capsys.readouterr().err
+
+    assert main(["book", "status", "--root", str(tmp_path)]) == 0
+    (tmp_path / "notebooks" / "tiny.py").write_text(TINY.format(body="z = 4"))
+    assert main(["book", "status", "--root", str(tmp_path)]) == 1
+    assert "STALE: source changed" in capsys.readouterr().out
+
+    assert run(tmp_path, "--only", "tiny", "--profile", "smoke") == 0
+    assert "source changed; profile quick -> smoke" in capsys.readouterr().err
+    assert json.loads(page.read_text())["metadata"][METADATA_KEY]["profile"] == "smoke"
+
+
+def test_published_profile_is_kept_and_smoke_is_never_kept() -> None:
+    assert choose_profile(None, {"profile": "paper"}, "quick") == "paper"
+    assert choose_profile(None, {"profile": "smoke"}, "quick") == "quick"
+    assert choose_profile(None, None, "quick") == "quick"
+    assert choose_profile("smoke", {"profile": "paper"}, "quick") == "smoke"
+    with pytest.raises(ValueError, match="'huge'"):
+        choose_profile("huge", None, "quick")
+
+
+def test_unknown_notebook_and_profile_are_usage_errors(tmp_path, capsys) -> None:
+    make_project(tmp_path, {"tiny": TINY.format(body="z = 3")})
+    assert run(tmp_path, "--only", "nope") == 2
+    assert "unknown notebook 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run(tmp_path, "--profile", "huge")
+    assert main(["book", "run", "--root", str(tmp_path / "book")]) == 0  # found upwards
+
+
+def test_declared_run_records_are_inputs(tmp_path) -> None:
+    body = "# reads: results/**/*.json\nz = 3"
+    project = make_project(tmp_path, {"tiny": TINY.format(body=body)})
+    assert run(tmp_path) == 0
+    entry = project.notebook("tiny")
+    assert freshness(project, entry).up_to_date
+    (tmp_path / "results" / "a").mkdir(parents=True)
+    (tmp_path / "results" / "a" / "r.json").write_text("{}")
+    state = freshness(project, entry)
+    assert not state.up_to_date and state.reasons == ("run records changed",)
+
+
+def test_library_code_the_notebook_ran_is_an_input(tmp_path) -> None:
+    project = make_project(tmp_path, {"tiny": TINY.format(body="import adamqlr.book.demo")})
+    assert run(tmp_path) == 0
+    page = tmp_path / "book" / "tiny.ipynb"
+    nb = json.loads(page.read_text())
+    code = nb["metadata"][METADATA_KEY]["code"]
+    assert {"__init__.py", "optim.py", "book/__init__.py", "book/demo.py"} <= set(code)
+    assert "book/runner.py" not in code  # the runner is not part of what the notebook ran
+    entry = project.notebook("tiny")
+    assert freshness(project, entry).up_to_date
+    code["book/demo.py"] = "0" * 64  # as if demo.py had changed since the run
+    page.write_text(json.dumps(nb))
+    state = freshness(project, entry)
+    assert state.reasons == ("code changed: book/demo.py",)
+
+
+def test_fingerprint_ignores_docstrings_comments_and_layout(tmp_path) -> None:
+    a, b, c = tmp_path / "a.py", tmp_path / "b.py", tmp_path / "c.py"
+    a.write_text('"""Doc."""\n\ndef f(x):\n    """Twice."""\n    return 2 * x  # double\n')
+    b.write_text("def f(x):\n    return 2*x\n")
+    c.write_text("def f(x):\n    return 3 * x\n")
+    assert code_fingerprint(a) == code_fingerprint(b)
+    assert code_fingerprint(a) != code_fingerprint(c)
+    bad = tmp_path / "bad.py"
+    bad.write_text("def (:\n")
+    assert len(code_fingerprint(bad)) == 64
+    assert input_hash("x", {"a.py": "1"}) != input_hash("x", {"a.py": "2"})
+
+
+def test_reads_declarations_are_checked() -> None:
+    assert declared_reads(["# reads: results/x/*.json\n#reads:  a.json ", "x = 1"]) == [
+        "results/x/*.json",
+        "a.json",
+    ]
+    with pytest.raises(ValueError, match="/etc/passwd"):
+        declared_reads(["# reads: /etc/passwd"])
+    with pytest.raises(ValueError, match=r"\.\./up"):
+        declared_reads(["# reads: ../up/*.json"])
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("# %%\nprofile = 'quick'\n", "exactly one code cell tagged 'parameters'"),
+        ('# %% tags=["parameters"]\nseed = 0\n', "must set profile"),
+        ('# %% tags=["parameters"]\nprofile = "huge"\n', "'huge'"),
+    ],
+)
+def test_bad_parameters_cell_is_refused(tmp_path, source, message) -> None:
+    make_project(tmp_path, {"tiny": source})
+    with pytest.raises(ValueError, match=message):
+        execute_notebook(tmp_path / "notebooks" / "tiny.py", tmp_path / "book" / "tiny.ipynb")
+
+
+def test_unknown_parameter_is_refused(tmp_path) -> None:
+    make_project(tmp_path, {"tiny": TINY.format(body="z = 3")})
+    with pytest.raises(ValueError, match=r"\['steps'\]"):
+        execute_notebook(
+            tmp_path / "notebooks" / "tiny.py",
+            tmp_path / "book" / "tiny.ipynb",
+            parameters={"steps": 3},
+        )
+
+
+def test_executed_only_page_without_source_is_refused(tmp_path) -> None:
+    project = make_project(tmp_path, {})
+    (tmp_path / "_toc.yml").write_text(
+        "format: jb-book\nroot: book/intro\nchapters:\n  - file: book/orphan\n"
+    )
+    (tmp_path / "book" / "orphan.ipynb").write_text("{}")
+    with pytest.raises(ProjectError, match="without a source"):
+        project.notebooks()
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+def test_executed_notebook_records_provenance_and_installs_on_colab(tmp_path) -> None:
+    make_project(tmp_path, {"tiny": TINY.format(body="print(profile, scale)")})
+    record = execute_notebook(
+        tmp_path / "notebooks" / "tiny.py",
+        tmp_path / "book" / "tiny.ipynb",
+        profile="smoke",
+        parameters={"scale": 2},
+        root=tmp_path,
+    )
+    nb = nbformat.read(tmp_path / "book" / "tiny.ipynb", as_version=4)
+    meta = nb.metadata[METADATA_KEY]
+    assert meta == record
+    assert meta["profile"] == "smoke" and meta["parameters"] == {"scale": 2}
+    assert meta["started"].endswith("Z") and meta["duration_s"] > 0
+    assert meta["device"].startswith(("CPU: ", "GPU: "))
+    assert meta["python"] and meta["kernel"] == "adamqlr"
+    assert set(meta["git"]) == {"commit", "dirty"}
+    assert meta["source"] == "notebooks/tiny.py"
+    assert len(meta["input_hash"]) == 64
+    assert nb.metadata.kernelspec.name == "python3"  # opens with Colab's and Binder's kernel
+    assert nb.metadata.papermill.output_path == "book/tiny.ipynb"
+
+    first = nb.cells[0]
+    assert COLAB_TAG in first.metadata.tags and "remove-cell" in first.metadata.tags
+    assert '"google.colab" in sys.modules' in first.source
+    assert f"git+{repository_url()}" in first.source
+    assert first.outputs == [] and first.execution_count == 1  # ran, did nothing here
+    assert not any(PROVENANCE_TAG in c.metadata.get("tags", []) for c in nb.cells)
+    printed = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert any("smoke 2" in "".join(o.get("text", "")) for o in printed)
+
+
+def test_one_repository_url_everywhere() -> None:
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    url = re.search(r'^Homepage = "([^"]+)"', pyproject, re.M).group(1)
+    assert re.search(r'^Issues = "([^"]+)"', pyproject, re.M).group(1) == f"{url}/issues"
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    citation = yaml.safe_load((ROOT / "CITATION.cff").read_text(encoding="utf-8"))
+    assert config["repository"]["url"] == url
+    assert citation["repository-code"] == url
+    assert repository_url() == url
