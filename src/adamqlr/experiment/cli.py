@@ -96,7 +96,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, help="evaluation cadence in steps")
     p.add_argument("--padding-dilution", action="store_true",
                    help="reproduce the official code's squared-error padding dilution")  # fmt: skip
-    p.add_argument("--specs", type=Path, help="JSON or YAML file with a list of spec mappings")
+    p.add_argument(
+        "--specs",
+        type=Path,
+        help="JSON or YAML file: a list of mappings of ExperimentSpec fields (a 'seeds' field "
+        "such as '0-4' expands to one spec per seed)",
+    )
     p.add_argument("--results", type=Path, help="results store folder (default: $ADAMQLR_RESULTS "
                    "or results/ of the checkout)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
