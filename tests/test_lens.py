@@ -1,6 +1,7 @@
 """The derivation chapters' computations (:mod:`adamqlr.lens`) against independent oracles."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -8,7 +9,15 @@ import torch
 from _models import curvlinops_quadratic, mlp, random_direction
 from torch import nn
 
+from adamqlr import AdamQLR
 from adamqlr.curvature import ggn_quadratic, hessian_quadratic
+from adamqlr.lens.adam import (
+    AdamLensConfig,
+    Rescaled,
+    adam_lens_run,
+    adam_moments,
+    rescaled_updates,
+)
 from adamqlr.lens.diagonals import (
     enumerate_squared_batch_gradient,
     expected_squared_batch_gradient,
@@ -21,10 +30,14 @@ from adamqlr.lens.products import (
     dense_fisher,
     dense_ggn,
     dense_hessian,
+    dense_residual_term,
     flat_params,
     per_example_grads,
+    pooled_images,
     time_products,
+    tiny_problems,
 )
+from adamqlr.lens.training import batch_stream, evaluate_loss, record_steps
 from adamqlr.lens.trajectories import (
     RosenbrockConfig,
     rosenbrock_study,
@@ -32,6 +45,7 @@ from adamqlr.lens.trajectories import (
     tune_learning_rate,
 )
 from adamqlr.losses import CrossEntropyLoss, SquaredErrorLoss
+from adamqlr.tasks.base import Split
 
 F64 = torch.float64
 
@@ -219,3 +233,140 @@ def test_rosenbrock_study_smoke():
     assert len(study.frame()) == 6 * 201
     with pytest.raises(ValueError, match="unknown profile"):
         RosenbrockConfig.for_profile("huge")
+
+
+# ------------------------------------------------------------------ layer-wise diagonals
+@pytest.mark.parametrize("kind", KINDS)
+def test_layerwise_diagonals_equal_the_generic_ones(kind):
+    model, x, y, loss = problem(kind, n=11)
+    fast = gradient_moments(model, x, y, loss, method="layerwise")
+    slow = gradient_moments(model, x, y, loss, method="generic")
+    for a, b in zip(fast, slow, strict=True):
+        assert torch.allclose(a, b)
+    assert torch.allclose(
+        ggn_diagonal(model, x, loss, method="layerwise"),
+        ggn_diagonal(model, x, loss, method="generic"),
+    )
+
+
+def test_layerwise_method_needs_linear_layers_and_auto_falls_back():
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3).double()
+            self.gain = nn.Parameter(torch.tensor(1.5, dtype=F64))
+
+        def forward(self, x):
+            return self.gain * self.lin(x)
+
+    model = Scaled()
+    x, y = torch.randn(5, 4, dtype=F64), torch.randint(0, 3, (5,))
+    loss = CrossEntropyLoss()
+    with pytest.raises(ValueError, match="nn.Linear"):
+        ggn_diagonal(model, x, loss, method="layerwise")
+    auto = ggn_diagonal(model, x, loss)
+    assert torch.allclose(auto, torch.diagonal(dense_ggn(model, x, y, loss)))
+    with pytest.raises(ValueError, match="invalid method"):
+        gradient_moments(model, x, y, loss, method="fast")
+
+
+# ------------------------------------------------------------------------------ Adam lens
+def test_adam_moments_reproduce_torch_adams_step():
+    model, x, y, loss = problem("cross_entropy")
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    with pytest.raises(ValueError, match="not taken a step"):
+        adam_moments(opt)
+    for _ in range(3):
+        before = flat_params(model).vector.clone()
+        opt.zero_grad()
+        loss.value(model(x), y).backward()
+        opt.step()
+        m = adam_moments(opt)
+        assert torch.allclose(flat_params(model).vector - before, -0.01 * m["direction"])
+
+
+def test_adamqlr_is_invariant_to_rescaling_and_adam_is_not():
+    def make():
+        return mlp((4, 5, 3), seed=3)
+
+    _, x, y, loss = problem("cross_entropy", n=20)
+    batches = [(x[:10], y[:10]), (x[10:], y[10:])]
+
+    def qlr(model, s):
+        return AdamQLR(
+            model,
+            eps=1e-8 * s,
+            initial_damping=1e-3 * s * s,
+            damping_bounds=(1e-8 * s * s, math.inf),
+        )
+
+    direct, rescaled = rescaled_updates(make, qlr, batches, 7.0, loss)
+    assert torch.allclose(direct, rescaled, atol=1e-12)
+    direct, rescaled = rescaled_updates(
+        make,
+        lambda m, s: torch.optim.Adam(m.parameters(), lr=0.01, eps=1e-8 * s),
+        batches[:1],
+        7.0,
+        loss,
+    )
+    assert torch.allclose(rescaled, 7.0 * direct)
+    with pytest.raises(ValueError, match="invalid scale"):
+        Rescaled(make(), 0.0)
+
+
+def test_adam_lens_config_and_summary_columns():
+    with pytest.raises(ValueError, match="checkpoints"):
+        AdamLensConfig(steps=10, checkpoints=(20,))
+    with pytest.raises(ValueError, match="unknown profile"):
+        AdamLensConfig.for_profile("huge")
+    assert (
+        AdamLensConfig.for_profile("quick").checkpoints[-1]
+        == AdamLensConfig.for_profile("quick").steps
+    )
+
+
+# ------------------------------------------------------------------------------- training
+def test_batch_stream_covers_each_epoch_once_and_record_steps_logs_every_step():
+    model, x, y, loss = problem("cross_entropy", n=12)
+    split = Split(x, y)
+    stream = batch_stream(split, 4, seed=0)
+    seen = torch.cat([next(stream)[1] for _ in range(3)])
+    assert sorted(seen.tolist()) == sorted(y.tolist())
+    with pytest.raises(ValueError, match="batch_size"):
+        next(batch_stream(split, 13, seed=0))
+    opt = AdamQLR(model)
+    frame = record_steps(opt, stream, 5, label="run", callback=lambda i, o: {"seen": i})
+    assert list(frame["iteration"]) == [1, 2, 3, 4, 5] and (frame["label"] == "run").all()
+    assert (frame["seen"] == frame["iteration"]).all() and {"lr", "damping", "rho"} <= set(frame)
+    assert evaluate_loss(model, split, loss, batch_size=5) == pytest.approx(
+        loss.value(model(x), y).item()
+    )
+
+
+# ------------------------------------------------------------------- real data (mirror)
+MIRROR = os.environ.get("ADAMQLR_DATA")
+needs_data = pytest.mark.skipif(
+    not MIRROR or not os.path.exists(os.path.join(MIRROR, "fashion-mnist")),
+    reason="no data mirror (ADAMQLR_DATA)",
+)
+
+
+@needs_data
+def test_tiny_problems_on_real_data_satisfy_the_identities():
+    for pr in tiny_problems("smoke", batch_size=12):
+        args = (pr.model, pr.inputs, pr.targets, pr.loss)
+        g, h, r = dense_ggn(*args), dense_hessian(*args), dense_residual_term(*args)
+        assert torch.allclose(h, g + r, atol=1e-12)
+        assert torch.allclose(dense_fisher(pr.model, pr.inputs, pr.loss), g, atol=1e-12)
+    with pytest.raises(ValueError, match="pooled"):
+        pooled_images(torch.zeros(2, 30))
+
+
+@needs_data
+def test_adam_lens_run_smoke():
+    config = AdamLensConfig(steps=6, checkpoints=(3, 6), reference_size=50)
+    result = adam_lens_run(config, "smoke")
+    assert set(result.diagonals["step"]) == {3, 6} and len(result.losses) == 6
+    assert len(result.diagonals) == 2 * 39760
+    summary = result.summary()
+    assert list(summary.index) == [3, 6] and (summary["coordinates"] > 30_000).all()

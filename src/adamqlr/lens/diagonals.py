@@ -9,6 +9,11 @@ This module computes, for a network small enough for per-example gradients:
 * the diagonal of the generalised Gauss-Newton matrix ``diag G = (1/N) sum_n diag(J_n^T H_n J_n)``
   (:func:`ggn_diagonal`), from the factorisation ``H_n = A_n A_n^T`` of each example's output
   Hessian, ``diag G = (1/N) sum_n sum_c (J_n^T a_nc)^2``;
+* both through ``torch.func`` for any network without buffers, or, for networks whose parameters
+  all belong to ``nn.Linear`` layers (the paper's MLPs), layer by layer in a few batched backward
+  passes: the per-example gradient of a weight is the outer product ``delta_n x_n^T`` of the
+  back-propagated vector and the layer input, so the sum of its squares over examples is the
+  matrix product ``(delta^2)^T (x^2)`` (the trick behind BackPACK's exact diagonals);
 * the expectation of the squared mini-batch gradient over batches of ``B`` examples drawn without
   replacement from the ``N`` (:func:`expected_squared_batch_gradient`), which is what Adam's
   ``v`` averages, with the exact enumeration used to check it
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -28,12 +34,96 @@ from adamqlr.lens.products import _check_loss, _require_no_buffers, flat_params,
 from adamqlr.losses import CrossEntropyLoss, Loss
 
 __all__ = [
+    "METHODS",
     "enumerate_squared_batch_gradient",
     "expected_squared_batch_gradient",
     "ggn_diagonal",
     "gradient_moments",
     "output_hessian_factor",
 ]
+
+
+METHODS: tuple[str, ...] = ("auto", "layerwise", "generic")
+
+
+def _linear_layers(model: nn.Module) -> list[tuple[str, nn.Linear]] | None:
+    """Return the model's ``nn.Linear`` layers if every parameter belongs to one, else None."""
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    owned = {id(p) for _, m in layers for p in m.parameters(recurse=False)}
+    if not layers or any(id(p) not in owned for p in model.parameters()):
+        return None
+    return layers
+
+
+def _choose(model: nn.Module, inputs: Tensor, method: str) -> list[tuple[str, nn.Linear]] | None:
+    if method not in METHODS:
+        raise ValueError(f"invalid method: {method!r} (expected one of {METHODS})")
+    layers = _linear_layers(model) if method != "generic" and inputs.dim() == 2 else None
+    if method == "layerwise" and layers is None:
+        raise ValueError(
+            "invalid method: 'layerwise' needs 2-D inputs and every parameter in an nn.Linear layer"
+        )
+    return layers
+
+
+def _layerwise_square_sums(
+    model: nn.Module,
+    layers: list[tuple[str, nn.Linear]],
+    inputs: Tensor,
+    scalars: list[Callable[[Tensor], Tensor]],
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Sum over examples (and over ``scalars``) of the squared per-example gradients, by layer.
+
+    Each scalar ``s(z)`` must be a sum over examples of a function of that example's outputs, so
+    that its gradient with respect to a layer's output row ``n`` is example ``n``'s alone. Returns
+    ``(sums, squares)`` keyed by parameter name: the gradient of the sum over scalars of ``s`` and
+    the sum over scalars and examples of the squared per-example gradients.
+    """
+    captured: dict[str, tuple[Tensor, Tensor]] = {}
+    handles = []
+    for name, layer in layers:
+
+        def hook(module: nn.Module, args: tuple[Tensor, ...], out: Tensor, name: str = name):
+            captured[name] = (args[0].detach(), out)
+
+        handles.append(layer.register_forward_hook(hook))
+    try:
+        outputs = model(inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    names = [n for n, _ in layers]
+    layer_outputs = [captured[n][1] for n in names]
+    sums: dict[str, Tensor] = {}
+    squares: dict[str, Tensor] = {}
+    for k, scalar in enumerate(scalars):
+        deltas = torch.autograd.grad(
+            scalar(outputs), layer_outputs, retain_graph=k < len(scalars) - 1
+        )
+        for (name, layer), delta in zip(layers, deltas, strict=True):
+            x = captured[name][0].double()
+            if x.dim() != 2:
+                raise ValueError(
+                    f"invalid method: layer {name!r} sees inputs of shape {tuple(x.shape)}; the "
+                    "layer-wise diagonals need one row per example (use method='generic')"
+                )
+            delta = delta.double()
+            x2 = x.reshape(-1, x.shape[-1])
+            d2 = delta.reshape(-1, delta.shape[-1])
+            prefix = f"{name}." if name else ""
+            parts = {
+                f"{prefix}weight": (d2.T @ x2, d2.pow(2).T @ x2.pow(2)),
+            }
+            if layer.bias is not None:
+                parts[f"{prefix}bias"] = (d2.sum(0), d2.pow(2).sum(0))
+            for pname, (grad_sum, square_sum) in parts.items():
+                sums[pname] = sums.get(pname, 0) + grad_sum
+                squares[pname] = squares.get(pname, 0) + square_sum
+    return sums, squares
+
+
+def _flat(model: nn.Module, named: dict[str, Tensor]) -> Tensor:
+    return torch.cat([named[n].reshape(-1) for n, _ in model.named_parameters()])
 
 
 def gradient_moments(
@@ -43,26 +133,51 @@ def gradient_moments(
     loss: Loss,
     *,
     chunk_size: int | None = 256,
+    method: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Return ``g_bar = (1/N) sum_n g_n`` and ``diag F_emp = (1/N) sum_n g_n^2`` (flat, length P).
 
     Args:
         model: A network without buffers.
-        inputs: The ``N`` examples' inputs.
+        inputs: The ``N`` examples' inputs (for the layer-wise method, rows of a 2-D batch).
         targets: Their targets.
         loss: Cross-entropy or squared error.
-        chunk_size: Examples per vectorised chunk (bounds the memory: ``chunk_size * P`` floats).
+        chunk_size: Examples per chunk (bounds the memory: ``chunk_size * P`` floats for the
+            generic method).
+        method: ``"layerwise"`` (networks of ``nn.Linear`` layers and parameter-free layers),
+            ``"generic"`` (``torch.func`` per-example gradients, any network without buffers) or
+            ``"auto"`` (layer-wise when possible).
 
     Returns:
         ``(g_bar, diag_f_emp)``, both in the parameter order of
         :func:`adamqlr.lens.products.flat_params`, accumulated in float64.
 
     Raises:
-        ValueError: If the model has buffers, the loss is not supported, or there are no examples.
+        ValueError: If the model has buffers, the loss is not supported, there are no examples,
+            or ``method`` is unknown or does not apply.
     """
     n = int(inputs.shape[0])
     if n == 0:
         raise ValueError("invalid inputs: no examples")
+    _require_no_buffers(model)
+    _check_loss(loss)
+    layers = _choose(model, inputs, method)
+    if layers is not None:
+        step = n if chunk_size is None else max(chunk_size, 1024)
+        total: dict[str, Tensor] = {}
+        total_sq: dict[str, Tensor] = {}
+        for start in range(0, n, step):
+            x, t = inputs[start : start + step], targets[start : start + step]
+
+            def summed(z: Tensor, t: Tensor = t) -> Tensor:
+                # (number of examples) x (mean loss) = sum of the per-example losses
+                return loss.value(z, t) * z.shape[0]
+
+            sums, squares = _layerwise_square_sums(model, layers, x, [summed])
+            for k in sums:
+                total[k] = total.get(k, 0) + sums[k]
+                total_sq[k] = total_sq.get(k, 0) + squares[k]
+        return _flat(model, total) / n, _flat(model, total_sq) / n
     step = n if chunk_size is None else chunk_size
     total = torch.zeros(flat_params(model).vector.numel(), dtype=torch.float64)
     total_sq = torch.zeros_like(total)
@@ -107,6 +222,7 @@ def ggn_diagonal(
     loss: Loss,
     *,
     chunk_size: int | None = 128,
+    method: str = "auto",
 ) -> Tensor:
     """Return the diagonal of the GGN of the mean loss, exactly (flat, length P).
 
@@ -118,19 +234,39 @@ def ggn_diagonal(
         model: A network without buffers, with outputs of shape ``(N, K)``.
         inputs: The ``N`` examples' inputs.
         loss: Cross-entropy or squared error.
-        chunk_size: Examples per vectorised chunk (memory: ``chunk_size * K * P`` floats).
+        chunk_size: Examples per chunk (memory: ``chunk_size * K * P`` floats for the generic
+            method).
+        method: ``"layerwise"``, ``"generic"`` or ``"auto"``, as for :func:`gradient_moments`.
+            The layer-wise method takes one batched backward pass per output dimension.
 
     Returns:
         ``diag G`` in float64.
 
     Raises:
-        ValueError: If the model has buffers, the loss is not supported, or there are no examples.
+        ValueError: If the model has buffers, the loss is not supported, there are no examples,
+            or ``method`` is unknown or does not apply.
     """
     buffers = _require_no_buffers(model)
     _check_loss(loss)
     n = int(inputs.shape[0])
     if n == 0:
         raise ValueError("invalid inputs: no examples")
+    layers = _choose(model, inputs, method)
+    if layers is not None:
+        step = n if chunk_size is None else max(chunk_size, 1024)
+        total: dict[str, Tensor] = {}
+        for start in range(0, n, step):
+            x = inputs[start : start + step]
+            with torch.no_grad():
+                factor = output_hessian_factor(loss, model(x))  # (b, K, K)
+            columns = [
+                lambda z, c=c, a=factor: (z * a[:, :, c].to(z.dtype)).sum()
+                for c in range(factor.shape[-1])
+            ]
+            _, squares = _layerwise_square_sums(model, layers, x, columns)
+            for k, v in squares.items():
+                total[k] = total.get(k, 0) + v
+        return _flat(model, total) / n
     fp = flat_params(model)
     params = fp.unflatten(fp.vector)
 

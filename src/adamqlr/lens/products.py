@@ -30,6 +30,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -37,17 +38,25 @@ from torch.func import functional_call, grad, hessian, jacrev, vmap
 
 from adamqlr.curvature import ggn_quadratic, hessian_quadratic
 from adamqlr.losses import CrossEntropyLoss, Loss, SquaredErrorLoss
+from adamqlr.tasks import get_task
+from adamqlr.tasks._common import MLP
 
 __all__ = [
+    "CostConfig",
     "FlatParams",
     "ProductCost",
+    "TinyProblem",
+    "cost_study",
     "dense_empirical_fisher",
     "dense_fisher",
     "dense_ggn",
     "dense_hessian",
+    "dense_residual_term",
     "flat_params",
     "per_example_grads",
+    "pooled_images",
     "time_products",
+    "tiny_problems",
 ]
 
 
@@ -84,7 +93,7 @@ class FlatParams:
         lead = flat.shape[:-1]
         parts = torch.split(flat, self.sizes, dim=-1)
         return {
-            n: part.reshape(*lead, *shape)
+            n: part.reshape(tuple(lead) + tuple(shape))
             for n, shape, part in zip(self.names, self.shapes, parts, strict=True)
         }
 
@@ -249,6 +258,24 @@ def dense_fisher(model: nn.Module, inputs: Tensor, loss: Loss) -> Tensor:
     return weighted.T @ weighted / n
 
 
+def dense_residual_term(model: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss) -> Tensor:
+    """Return ``R = (1/N) sum_n sum_k (dl_n/dz_nk) d^2 z_nk / d theta^2`` (P x P), so ``H = G + R``.
+
+    Computed as the Hessian of ``theta -> sum_n w_n . z_n(theta)`` with the output gradients
+    ``w_n = d f / d z_n`` of the *mean* loss held fixed: the network's own curvature weighted by
+    the residuals, the part of the Hessian that the GGN drops.
+
+    Raises:
+        ValueError: If the model has buffers or the loss is not supported.
+    """
+    _check_loss(loss)
+    fp = flat_params(model)
+    outputs = _outputs_fn(model, fp, inputs)
+    z = outputs(fp.vector).detach().requires_grad_(True)
+    (weights,) = torch.autograd.grad(loss.value(z, targets), z)
+    return hessian(lambda flat: (outputs(flat) * weights).sum())(fp.vector)
+
+
 def dense_empirical_fisher(model: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss) -> Tensor:
     """Return the empirical Fisher ``(1/N) sum_n g_n g_n^T`` (P x P) with the data's targets.
 
@@ -257,6 +284,94 @@ def dense_empirical_fisher(model: nn.Module, inputs: Tensor, targets: Tensor, lo
     """
     grads = per_example_grads(model, inputs, targets, loss)
     return grads.T @ grads / grads.shape[0]
+
+
+# ------------------------------------------------------------------------------ problems
+@dataclass(frozen=True)
+class TinyProblem:
+    """A network small enough for dense curvature matrices, on a batch of real data.
+
+    Attributes:
+        name: Short name, e.g. ``"Fashion-MNIST 4x4, MLP 16-8-10"``.
+        model: The float64 network (no buffers).
+        inputs: The batch's inputs (float64).
+        targets: Its targets.
+        loss: Its loss.
+    """
+
+    name: str
+    model: nn.Module
+    inputs: Tensor
+    targets: Tensor
+    loss: Loss
+
+    @property
+    def num_params(self) -> int:
+        """Number of parameters ``P``."""
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def pooled_images(inputs: Tensor, side: int = 28, pooled: int = 4) -> Tensor:
+    """Average-pool flattened square images ``(N, side*side)`` to ``(N, pooled*pooled)``.
+
+    Raises:
+        ValueError: If the shapes do not fit (``side`` must be a multiple of ``pooled``).
+    """
+    if inputs.dim() != 2 or inputs.shape[1] != side * side or side % pooled:
+        raise ValueError(
+            f"invalid inputs: shape {tuple(inputs.shape)} for {side}x{side} images pooled to "
+            f"{pooled}x{pooled}"
+        )
+    k = side // pooled
+    return inputs.reshape(-1, pooled, k, pooled, k).mean(dim=(2, 4)).reshape(-1, pooled * pooled)
+
+
+def tiny_problems(profile: str, *, batch_size: int = 32, seed: int = 0) -> list[TinyProblem]:
+    """Return the chapter's two tiny problems on real data, in float64.
+
+    * Fashion-MNIST images average-pooled to 4x4 pixels, a 16-8-10 ReLU MLP, softmax cross-entropy;
+    * UCI Energy (8 features, heating load), an 8-6-1 ReLU MLP, half the squared error.
+
+    Both take the first ``batch_size`` training examples of the task's ``profile`` data (already
+    standardised by the task) and the task's MLP initialisation.
+
+    Args:
+        profile: Which profile's data to load (``smoke`` loads less).
+        batch_size: Examples in the batch.
+        seed: Seed of the initial weights.
+
+    Returns:
+        The two :class:`TinyProblem` s.
+
+    Raises:
+        ValueError: If ``profile`` is unknown.
+        adamqlr.data.DataError: If a data file is missing or corrupt.
+    """
+    problems = []
+    fmnist = get_task("fashion-mnist").load_data(profile).train
+    model = MLP((16, 8, 10), torch.Generator().manual_seed(seed)).double()
+    x = pooled_images(fmnist.inputs[:batch_size].double())
+    problems.append(
+        TinyProblem(
+            "Fashion-MNIST 4x4, MLP 16-8-10",
+            model,
+            x,
+            fmnist.targets[:batch_size],
+            CrossEntropyLoss(),
+        )
+    )
+    energy = get_task("uci-energy").load_data(profile).train
+    model = MLP((8, 6, 1), torch.Generator().manual_seed(seed)).double()
+    problems.append(
+        TinyProblem(
+            "UCI Energy, MLP 8-6-1",
+            model,
+            energy.inputs[:batch_size].double(),
+            energy.targets[:batch_size].double(),
+            SquaredErrorLoss(),
+        )
+    )
+    return problems
 
 
 # ------------------------------------------------------------------------------------- costs
@@ -361,3 +476,84 @@ def time_products(
             spread = 0.0
         out.append(ProductCost(name, med, spread, med / base, repeats))
     return out
+
+
+@dataclass(frozen=True)
+class CostConfig:
+    """What the cost measurement runs under one profile.
+
+    Attributes:
+        batch_size: Mini-batch size (the paper's untuned AdamQLR uses 3200).
+        repeats: Timed repeats per operation.
+        warmup: Untimed calls first.
+        threads: CPU threads used while timing. One thread measures the cost per core and is
+            robust to other processes on the machine; with more threads than free cores, OpenMP's
+            waiting makes every operation many times slower and the ratios meaningless.
+    """
+
+    batch_size: int = 3200
+    repeats: int = 20
+    warmup: int = 3
+    threads: int = 1
+
+    @classmethod
+    def for_profile(cls, profile: str) -> CostConfig:
+        """Return the configuration of ``profile``.
+
+        Raises:
+            ValueError: If ``profile`` is unknown.
+        """
+        if profile == "smoke":
+            return cls(batch_size=256, repeats=5, warmup=1)
+        if profile == "quick":
+            return cls()
+        if profile == "paper":
+            return cls(repeats=100, warmup=10)
+        raise ValueError(f"unknown profile {profile!r}; expected 'smoke', 'quick' or 'paper'")
+
+
+def cost_study(profile: str, *, seed: int = 0) -> tuple[list[ProductCost], dict[str, Any]]:
+    """Time the operations of :func:`time_products` on the Fashion-MNIST MLP (784-50-10).
+
+    Args:
+        profile: Profile of the data and of the :class:`CostConfig`.
+        seed: Seed of the initial weights and of the direction.
+
+    Returns:
+        The costs and a description of the setting (batch size, parameters, threads, device,
+        torch version), for the page.
+
+    Raises:
+        ValueError: If ``profile`` is unknown.
+    """
+    config = CostConfig.for_profile(profile)
+    task = get_task("fashion-mnist")
+    data = task.load_data(profile).train
+    model = task.make_model(seed, profile)
+    n = min(config.batch_size, len(data))
+    inputs, targets = data.inputs[:n], data.targets[:n]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        costs = time_products(
+            model,
+            inputs,
+            targets,
+            CrossEntropyLoss(),
+            repeats=config.repeats,
+            warmup=config.warmup,
+            seed=seed,
+        )
+    finally:
+        torch.set_num_threads(previous)
+    setting = {
+        "model": "MLP 784-50-10 (Fashion-MNIST)",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "batch size": n,
+        "repeats": config.repeats,
+        "threads": config.threads,
+        "device": "cpu",
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "torch": torch.__version__,
+    }
+    return costs, setting

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
+import seaborn as sns
 from matplotlib import colors as mcolors
 from matplotlib.figure import Figure
 
@@ -19,7 +21,12 @@ from adamqlr.lens.trajectories import Trajectory
 from adamqlr.plots.theme import palette
 from adamqlr.tasks.rosenbrock import rosenbrock
 
-__all__ = ["plot_rosenbrock"]
+__all__ = [
+    "plot_adam_lens",
+    "plot_curvature_matrices",
+    "plot_product_costs",
+    "plot_rosenbrock",
+]
 
 #: The paper's Rosenbrock window and contour levels.
 ROSENBROCK_WINDOW = ((-1.5, 1.5), (-1.8, 1.2))
@@ -113,4 +120,149 @@ def plot_rosenbrock(
     ax_damp.set(yscale="log", ylabel=r"damping $\lambda$", xlabel="step")
     for ax in (ax_loss, ax_lr):
         ax.tick_params(labelbottom=False)
+    return fig
+
+
+def plot_curvature_matrices(
+    matrices: Mapping[str, np.ndarray], *, boundaries: Sequence[int] = (), quantile: float = 0.99
+) -> Figure:
+    """Draw dense curvature matrices side by side as heatmaps on one symmetric colour scale each.
+
+    Args:
+        matrices: Title -> square matrix (e.g. ``G``, ``H``, ``H - G``, ``F_emp - G``).
+        boundaries: Parameter indices where a new parameter tensor starts (drawn as thin lines).
+        quantile: Each panel's colour limit is this quantile of its absolute entries, so a few
+            large entries do not wash out the rest.
+
+    Returns:
+        The figure.
+
+    Raises:
+        ValueError: If ``matrices`` is empty or a matrix is not square.
+    """
+    if not matrices:
+        raise ValueError("invalid matrices: empty")
+    fig, axes = plt.subplots(
+        1, len(matrices), figsize=(3.3 * len(matrices), 3.6), layout="constrained", squeeze=False
+    )
+    for ax, (title, mat) in zip(axes[0], matrices.items(), strict=True):
+        mat = np.asarray(mat, dtype=float)
+        if mat.ndim != 2 or mat.shape[0] != mat.shape[1]:
+            raise ValueError(f"invalid matrix {title!r}: shape {mat.shape} (expected square)")
+        limit = float(np.quantile(np.abs(mat), quantile)) or 1.0
+        image = ax.imshow(mat, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+        for b in boundaries:
+            ax.axhline(b - 0.5, color="0.6", linewidth=0.4)
+            ax.axvline(b - 0.5, color="0.6", linewidth=0.4)
+        ax.set_title(title)
+        ax.set(xticks=[], yticks=[])
+        ax.grid(False)
+        fig.colorbar(image, ax=ax, shrink=0.75, format="%.0e")
+    return fig
+
+
+def plot_product_costs(costs: Sequence[object], *, reference: str = "forward") -> Figure:
+    """Draw the measured cost of each operation in units of ``reference`` (a horizontal bar chart).
+
+    Args:
+        costs: :class:`adamqlr.lens.products.ProductCost` records (``operation``, ``seconds``,
+            ``spread``).
+        reference: The operation whose median is the unit.
+
+    Returns:
+        The figure.
+
+    Raises:
+        ValueError: If ``costs`` is empty or lacks ``reference``.
+    """
+    by_name = {c.operation: c for c in costs}
+    if reference not in by_name:
+        raise ValueError(f"invalid costs: no {reference!r} among {list(by_name)}")
+    unit = by_name[reference].seconds
+    names = list(by_name)
+    values = np.array([by_name[n].seconds / unit for n in names])
+    errors = np.array([by_name[n].spread / unit for n in names])
+    colours = sns.color_palette("colorblind", n_colors=len(names))
+    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(names) + 1.2), layout="constrained")
+    ax.barh(names, values, xerr=errors, color=colours, capsize=3)
+    for i, v in enumerate(values):
+        ax.text(v + errors[i] + 0.05, i, f"{v:.2f}", va="center")
+    ax.invert_yaxis()
+    ax.set(xlabel=f"time per call / time of one {reference} pass", xlim=(0, 1.25 * values.max()))
+    return fig
+
+
+def plot_adam_lens(
+    diagonals: pd.DataFrame,
+    *,
+    batch_size: int,
+    steps: Sequence[int] | None = None,
+    gridsize: int = 60,
+) -> Figure:
+    """Draw Adam's ``v_hat`` against three diagonals, coordinate by coordinate (log-log hexbins).
+
+    Columns: ``v_hat`` against the expected squared mini-batch gradient (with the line
+    ``v_hat = E[g_B^2]``), against the diagonal of the empirical Fisher (with the line
+    ``v_hat = diag F_emp / B``) and against the diagonal of the GGN. One row per step.
+
+    Args:
+        diagonals: :attr:`adamqlr.lens.adam.AdamLensResult.diagonals`.
+        batch_size: Adam's batch size ``B`` (for the reference line).
+        steps: Checkpoints to draw (default: the first and the last).
+        gridsize: Hexagons across each panel.
+
+    Returns:
+        The figure.
+
+    Raises:
+        ValueError: If a requested step is not in the data.
+    """
+    available = sorted(diagonals["step"].unique())
+    steps = [available[0], available[-1]] if steps is None else list(steps)
+    missing = [s for s in steps if s not in available]
+    if missing:
+        raise ValueError(f"invalid steps: {missing} (available: {available})")
+    columns = [
+        (
+            "expected_sq",
+            r"$\mathbb{E}[g_\mathcal{B}^2]$ at $\theta_t$",
+            1.0,
+            r"$\hat v = \mathbb{E}$",
+        ),
+        (
+            "f_emp",
+            r"$\mathrm{diag}\, F_\mathrm{emp}$",
+            1.0 / batch_size,
+            r"$\hat v = F_\mathrm{emp}/B$",
+        ),
+        ("ggn", r"$\mathrm{diag}\, G$", None, None),
+    ]
+    fig, axes = plt.subplots(
+        len(steps), 3, figsize=(12, 3.4 * len(steps)), layout="constrained", squeeze=False
+    )
+    for row, step in enumerate(steps):
+        part = diagonals[diagonals["step"] == step]
+        for col, (key, xlabel, slope, line_label) in enumerate(columns):
+            ax = axes[row, col]
+            keep = (part["v_hat"] > 0) & (part[key] > 0)
+            x = np.log10(part.loc[keep, key].to_numpy())
+            y = np.log10(part.loc[keep, "v_hat"].to_numpy())
+            ax.hexbin(x, y, gridsize=gridsize, bins="log", cmap="viridis", mincnt=1)
+            if slope is not None:
+                lo, hi = np.quantile(x, [0.001, 0.999])
+                xs = np.array([lo, hi])
+                ax.plot(xs, xs + np.log10(slope), "--", color="crimson", label=line_label)
+                ax.legend(loc="upper left", fontsize="small")
+            ax.set(xlabel=f"log10 {xlabel}", ylabel=r"log10 $\hat v$" if col == 0 else None)
+            corr = np.corrcoef(x, y)[0, 1]
+            ax.text(
+                0.98,
+                0.04,
+                f"step {step}\ncorr {corr:.2f}",
+                transform=ax.transAxes,
+                ha="right",
+                va="bottom",
+                fontsize="small",
+                bbox=dict(facecolor="white", alpha=0.8, linewidth=0),
+            )
     return fig
