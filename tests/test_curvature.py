@@ -214,3 +214,177 @@ def test_unknown_curvature_is_refused():
     model, x, y, loss, *_ = _problem("mlp-ce")
     with pytest.raises(ValueError, match="'kfac'"):
         quadratic_form("kfac", model, named_params(model), random_direction(model), x, y, loss)
+
+
+# ------------------------------------------------------------------- the layer-wise JVP path
+from adamqlr.curvature import layerwise_jvp, layerwise_plan  # noqa: E402
+
+ACTIVATIONS = [
+    nn.ReLU(), nn.Tanh(), nn.Sigmoid(), nn.GELU(), nn.GELU(approximate="tanh"), nn.SiLU(),
+    nn.LeakyReLU(0.2), nn.ELU(0.7), nn.Softplus(beta=2.0, threshold=1.0),
+]
+
+
+def _func_jvp(model, params, direction, x):
+    names = list(params)
+
+    def f(*values):
+        return torch.func.functional_call(model, dict(zip(names, values, strict=True)), (x,))
+
+    with torch.no_grad():
+        return torch.func.jvp(
+            f, tuple(params[n] for n in names), tuple(direction[n] for n in names)
+        )
+
+
+def _assert_jvp_matches(model, x, params=None, direction=None, seed=0):
+    params = named_params(model) if params is None else params
+    direction = random_direction(model, seed) if direction is None else direction
+    plan = layerwise_plan(model)
+    assert plan is not None
+    rng = torch.get_rng_state()
+    z, u = layerwise_jvp(plan, params, direction, x)
+    torch.set_rng_state(rng)
+    z_ref, u_ref = _func_jvp(model, params, direction, x)
+    torch.testing.assert_close(z, z_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(u, u_ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS, ids=lambda a: repr(a))
+def test_layerwise_jvp_equals_torch_func_for_each_activation(act):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), act, nn.Linear(7, 6), act, nn.Linear(6, 3)).to(DTYPE)
+    x = torch.randn(9, 5, dtype=DTYPE)
+    x[0, :] = 0.0  # pre-activations equal to the bias: no special case hides here
+    _assert_jvp_matches(model, x)
+
+
+def test_layerwise_jvp_with_a_layer_used_twice():
+    torch.manual_seed(4)
+    shared = nn.Linear(4, 4)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), shared, nn.Tanh(), shared, nn.Linear(4, 2))
+    model = model.to(DTYPE)
+    _assert_jvp_matches(model, torch.randn(5, 3, dtype=DTYPE))
+
+
+def test_layerwise_jvp_relu_kink_follows_autograd():
+    """Pre-activations exactly 0: ReLU's derivative there is autograd's (0)."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).to(DTYPE)
+    with torch.no_grad():
+        model[0].bias.zero_()
+    _assert_jvp_matches(model, torch.zeros(5, 3, dtype=DTYPE))
+
+
+def test_layerwise_jvp_nested_flatten_no_bias_tokens_and_the_task_mlp():
+    from adamqlr.tasks._common import MLP
+
+    torch.manual_seed(1)
+    nested = nn.Sequential(
+        nn.Flatten(), nn.Sequential(nn.Linear(12, 5, bias=False), nn.Tanh()), nn.Identity(),
+        nn.Linear(5, 4), nn.Unflatten(1, (2, 2)), nn.Flatten(),
+    ).to(DTYPE)
+    _assert_jvp_matches(nested, torch.randn(6, 3, 4, dtype=DTYPE))
+    tokens = mlp((5, 4, 3), nn.GELU)
+    _assert_jvp_matches(tokens, sequence()[0])  # (N, T, F) inputs
+    task_mlp = MLP((6, 8, 3), torch.Generator().manual_seed(0)).to(DTYPE)
+    assert layerwise_plan(task_mlp) is not None
+    with torch.no_grad():
+        for p in task_mlp.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # the task's zero biases made non-trivial
+    _assert_jvp_matches(task_mlp, torch.randn(5, 6, dtype=DTYPE))
+
+
+def test_layerwise_jvp_with_dropout_replays_the_masks():
+    torch.manual_seed(2)
+    model = nn.Sequential(
+        nn.Linear(5, 16), nn.Tanh(), nn.Dropout(0.4), nn.Linear(16, 8), nn.ReLU(), nn.Dropout(0.2),
+        nn.Linear(8, 3),
+    ).to(DTYPE).train()
+    x = torch.randn(7, 5, dtype=DTYPE)
+    _assert_jvp_matches(model, x)
+    rng = torch.get_rng_state()
+    plain = model(x)  # the masks of an ordinary forward from the same random state
+    torch.set_rng_state(rng)
+    z, _ = layerwise_jvp(layerwise_plan(model), named_params(model), random_direction(model), x)
+    assert torch.equal(z, plain.detach())
+    model.eval()
+    _assert_jvp_matches(model, x)
+
+
+def test_layerwise_jvp_with_partial_parameters_and_directions():
+    model = mlp((5, 4, 4, 3), nn.Tanh)
+    x = torch.randn(6, 5, dtype=DTYPE)
+    full = random_direction(model, 3)
+    # only the last layer: tangents before it are never formed, and must be zero
+    last = {n: t for n, t in full.items() if n.startswith("4.")}
+    params = {n: p for n, p in named_params(model).items() if n.startswith("4.")}
+    plan = layerwise_plan(model)
+    z, u = layerwise_jvp(plan, params, last, x)
+    assert torch.equal(z, model(x).detach())
+    zero_elsewhere = {
+        n: (t if n.startswith("4.") else torch.zeros_like(t)) for n, t in full.items()
+    }
+    _, u_ref = _func_jvp(model, named_params(model), zero_elsewhere, x)
+    torch.testing.assert_close(u, u_ref, rtol=1e-12, atol=1e-12)
+    # only a bias in the middle
+    only_bias = {"2.bias": full["2.bias"]}
+    z, u = layerwise_jvp(plan, {"2.bias": model[2].bias.detach()}, only_bias, x)
+    zero_but_bias = {n: (t if n == "2.bias" else torch.zeros_like(t)) for n, t in full.items()}
+    torch.testing.assert_close(u, _func_jvp(model, named_params(model), zero_but_bias, x)[1],
+                               rtol=1e-12, atol=1e-12)
+    # no direction at all: zero tangent
+    z, u = layerwise_jvp(plan, {}, {}, x)
+    assert torch.equal(u, torch.zeros_like(z))
+
+
+@pytest.mark.parametrize("name", ["mlp-ce", "mlp-se", "mlp-se-relu-4out", "tokens-ce-ignore"])
+def test_ggn_methods_agree(name):
+    model, x, y, loss, *_ = _problem(name)
+    d = random_direction(model)
+    p = named_params(model)
+    fast = float(ggn_quadratic(model, p, d, x, y, loss, method="layerwise"))
+    slow = float(ggn_quadratic(model, p, d, x, y, loss, method="func"))
+    assert abs(fast - slow) <= 1e-12 * abs(slow)
+    assert float(ggn_quadratic(model, p, d, x, y, loss)) == fast  # "auto" takes the fast path
+
+
+class _CustomForward(nn.Sequential):
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+def _rejected_models():
+    hooked = mlp()
+    hooked[1].register_forward_hook(lambda m, i, o: o)
+    pre_hooked = mlp()
+    pre_hooked.register_forward_pre_hook(lambda m, i: None)
+    param = mlp()
+    torch.nn.utils.parametrize.register_parametrization(param[0], "weight", nn.Identity())
+    return {
+        "conv": nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten()),
+        "batchnorm": nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)),
+        "dropout2d": nn.Sequential(nn.Linear(3, 3), nn.Dropout1d(0.5)),
+        "softmax": nn.Sequential(nn.Linear(3, 3), nn.Softmax(-1)),
+        "custom-forward": _CustomForward(nn.Linear(3, 3)),
+        "forward-hook": hooked,
+        "pre-hook": pre_hooked,
+        "parametrization": param,
+        "convbn": ConvBN(),
+        "prelu": nn.Sequential(nn.Linear(3, 3), nn.PReLU()),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_rejected_models()))
+def test_layerwise_plan_refuses_what_it_does_not_cover(kind):
+    assert layerwise_plan(_rejected_models()[kind]) is None
+
+
+def test_ggn_method_argument():
+    model, x, y, loss, *_ = _problem("convbn-ce")
+    p, d = named_params(model), random_direction(model)
+    with pytest.raises(ValueError, match="does not cover"):
+        ggn_quadratic(model, p, d, x, y, loss, method="layerwise")
+    with pytest.raises(ValueError, match="'fast'"):
+        ggn_quadratic(model, p, d, x, y, loss, method="fast")
+    auto = float(ggn_quadratic(model, p, d, x, y, loss))  # falls back to torch.func
+    assert auto == float(ggn_quadratic(model, p, d, x, y, loss, method="func"))

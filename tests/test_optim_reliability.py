@@ -297,20 +297,22 @@ def test_step_hooks_fire_in_order():
 
 
 def test_a_group_without_gradients_stays_bitwise_unchanged():
-    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3), nn.Linear(3, 3)).to(DTYPE)
-    used = nn.Sequential(*model[:3])
-    unused = model[3]
-    opt = AdamQLR(
-        used,
-        params=[{"params": used.parameters()}],
-    )
-    # the same, with an extra group whose parameters take no part in the forward pass
-    opt2_model = nn.Module()
-    opt2_model.used, opt2_model.unused = copy.deepcopy(used), unused
-    opt2_model.forward = lambda x: opt2_model.used(x)  # type: ignore[method-assign]
-    opt2 = AdamQLR(opt2_model, params=[
-        {"params": opt2_model.used.parameters()},
-        {"params": opt2_model.unused.parameters(), "betas": (0.5, 0.6), "weight_decay": 0.5},
+    def network(extra: nn.Module | None) -> nn.Module:
+        net = nn.Module()
+        torch.manual_seed(0)
+        net.used = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).to(DTYPE)
+        if extra is not None:
+            net.unused = extra
+        net.forward = lambda x: net.used(x)  # type: ignore[method-assign]
+        return net
+
+    plain = network(None)
+    opt = AdamQLR(plain)
+    unused = nn.Linear(3, 3).to(DTYPE)
+    net = network(unused)
+    opt2 = AdamQLR(net, params=[
+        {"params": net.used.parameters()},
+        {"params": unused.parameters(), "betas": (0.5, 0.6), "weight_decay": 0.5},
     ])
     frozen = _params(unused)
     for x, y in _batches(5):

@@ -18,6 +18,7 @@ with the batch statistics, so the copies do not change any value computed here.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +32,8 @@ __all__ = [
     "copied_buffers",
     "ggn_quadratic",
     "hessian_quadratic",
+    "layerwise_jvp",
+    "layerwise_plan",
     "loss_at",
     "quadratic_form",
 ]
@@ -77,6 +80,135 @@ def loss_at(
         return loss.value(outputs, targets)
 
 
+# --------------------------------------------------------------------------- forward-mode JVP
+#: Elementwise layers the layer-wise JVP knows, with their derivative applied to a tangent. Each
+#: one is the layer's own autograd backward kernel (for an elementwise map, ``grad * f'(a)`` *is*
+#: the JVP), given the pre-activation ``a`` or the output ``out``, so conventions such as ReLU's
+#: derivative at 0 are exactly autograd's.
+_ELEMENTWISE: dict[type[nn.Module], Callable[[Any, Tensor, Tensor, Tensor], Tensor]] = {
+    nn.ReLU: lambda m, t, a, out: torch.ops.aten.threshold_backward(t, out, 0),
+    nn.Tanh: lambda m, t, a, out: torch.ops.aten.tanh_backward(t, out),
+    nn.Sigmoid: lambda m, t, a, out: torch.ops.aten.sigmoid_backward(t, out),
+    nn.GELU: lambda m, t, a, out: torch.ops.aten.gelu_backward(t, a, approximate=m.approximate),
+    nn.SiLU: lambda m, t, a, out: torch.ops.aten.silu_backward(t, a),
+    nn.LeakyReLU: lambda m, t, a, out: torch.ops.aten.leaky_relu_backward(
+        t, a, m.negative_slope, False
+    ),
+    nn.ELU: lambda m, t, a, out: torch.ops.aten.elu_backward(t, m.alpha, 1, 1, False, a),
+    nn.Softplus: lambda m, t, a, out: torch.ops.aten.softplus_backward(t, a, m.beta, m.threshold),
+}
+_PASSTHROUGH = (nn.Identity, nn.Flatten, nn.Unflatten)
+
+
+def layerwise_plan(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """Return the layers of ``model`` if the hand-written JVP of :func:`layerwise_jvp` applies.
+
+    It applies to an ``nn.Sequential`` (or a subclass that keeps ``Sequential.forward``),
+    possibly nested, of ``nn.Linear``, the elementwise activations ReLU, Tanh, Sigmoid, GELU,
+    SiLU, LeakyReLU, ELU and Softplus, ``nn.Identity``, ``nn.Flatten``, ``nn.Unflatten`` and
+    ``nn.Dropout``, with no forward hooks and no parametrizations. For anything else it returns
+    ``None`` and :func:`ggn_quadratic` uses ``torch.func.jvp``.
+
+    Args:
+        model: The network.
+
+    Returns:
+        ``[(prefix, layer), ...]`` in call order, where ``prefix + "weight"`` is the qualified
+        name of a layer's weight (``""`` for the top module, else ending in a dot), or ``None``.
+    """
+    if torch.nn.modules.module._has_any_global_hook():
+        return None
+    layers: list[tuple[str, nn.Module]] = []
+    # A module used twice has its parameters under the name of its first use only.
+    canonical = {id(m): (f"{n}." if n else "") for n, m in model.named_modules()}
+
+    def visit(prefix: str, module: nn.Module) -> bool:
+        if module._forward_hooks or module._forward_pre_hooks:
+            return False
+        if isinstance(module, nn.Sequential):
+            if type(module).forward is not nn.Sequential.forward:
+                return False
+            # ``_modules``, as ``Sequential.forward`` iterates it: ``named_children`` would skip
+            # a module that appears twice
+            return all(
+                child is not None and visit(f"{prefix}{name}.", child)
+                for name, child in module._modules.items()
+            )
+        kind = type(module)
+        if kind is nn.Linear:
+            own = {n for n, _ in module.named_parameters(recurse=False)}
+            if not own <= {"weight", "bias"} or "weight" not in own or list(module.children()):
+                return False  # e.g. a parametrization moved the weight
+        elif kind in _ELEMENTWISE or kind in _PASSTHROUGH or kind is nn.Dropout:
+            if list(module.parameters()) or list(module.buffers()):
+                return False
+        else:
+            return False
+        layers.append((canonical[id(module)], module))
+        return True
+
+    return layers if visit("", model) else None
+
+
+def layerwise_jvp(
+    layers: list[tuple[str, nn.Module]],
+    params: Mapping[str, Tensor],
+    direction: Mapping[str, Tensor],
+    inputs: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Return the outputs and ``J d`` of a network from :func:`layerwise_plan`, layer by layer.
+
+    A linear layer maps ``(h, t)`` to ``(h W^T + b, t W^T + h dW^T + db)``; an elementwise layer
+    to ``(f(a), f'(a) t)``; dropout multiplies both by the mask it draws, so with the random state
+    replayed (as :class:`adamqlr.AdamQLR` does) the masks are those of the gradient pass. Tangents
+    known to be zero (before the first layer with a direction) are never formed.
+
+    Args:
+        layers: From :func:`layerwise_plan`.
+        params: Parameter values by name; a parameter missing here keeps the module's value and
+            has no direction.
+        direction: The direction, for every key of ``params``.
+        inputs: The input tensor.
+
+    Returns:
+        ``(outputs, tangent)``.
+    """
+    linear = torch.nn.functional.linear
+    h: Tensor = inputs
+    t: Tensor | None = None
+    with torch.no_grad():
+        for name, layer in layers:
+            kind = type(layer)
+            if kind is nn.Linear:
+                w_name, b_name = f"{name}weight", f"{name}bias"
+                weight = params.get(w_name, layer.weight)
+                bias = params.get(b_name, layer.bias)
+                dw, db = direction.get(w_name), direction.get(b_name)
+                out = linear(h, weight, bias)
+                new_t = None if dw is None else linear(h, dw, db)
+                if new_t is None and db is not None:
+                    new_t = db.expand_as(out)
+                if t is not None:
+                    new_t = linear(t, weight) if new_t is None else new_t + linear(t, weight)
+                h, t = out, new_t
+            elif kind in _ELEMENTWISE:
+                out = layer(h)
+                if t is not None:
+                    t = _ELEMENTWISE[kind](layer, t, h, out)
+                h = out
+            elif kind is nn.Dropout:
+                if layer.training and layer.p > 0:
+                    # The same random draws as ``layer(h)`` (one Bernoulli per element of a tensor
+                    # of this shape and dtype), taken on ones: the scaled mask itself.
+                    mask = torch.nn.functional.dropout(torch.ones_like(h), layer.p, True)
+                    h = h * mask
+                    t = None if t is None else t * mask
+            else:  # shape-only layers
+                h = layer(h)
+                t = None if t is None else layer(t)
+    return h, (torch.zeros_like(h) if t is None else t)
+
+
 def ggn_quadratic(
     model: nn.Module,
     params: Mapping[str, Tensor],
@@ -84,6 +216,8 @@ def ggn_quadratic(
     inputs: object,
     targets: Tensor,
     loss: Loss,
+    *,
+    method: str = "auto",
 ) -> Tensor:
     """Return ``d^T G d`` for the generalised Gauss-Newton matrix of the mean loss.
 
@@ -97,10 +231,26 @@ def ggn_quadratic(
         inputs: The mini-batch inputs.
         targets: The mini-batch targets.
         loss: The loss, which supplies ``u^T H_L u``.
+        method: ``"auto"`` (the hand-written :func:`layerwise_jvp` when :func:`layerwise_plan`
+            accepts the model and the inputs are one tensor, else ``torch.func.jvp``),
+            ``"layerwise"`` (insist on the former) or ``"func"`` (always the latter).
 
     Returns:
         A scalar tensor, non-negative up to rounding for convex losses.
+
+    Raises:
+        ValueError: If ``method`` is unknown, or ``"layerwise"`` for a model it does not cover.
     """
+    if method not in ("auto", "layerwise", "func"):
+        raise ValueError(f"unknown method {method!r}; expected 'auto', 'layerwise' or 'func'")
+    plan = layerwise_plan(model) if method != "func" and isinstance(inputs, Tensor) else None
+    if plan is None and method == "layerwise":
+        raise ValueError(f"the layer-wise JVP does not cover this model or input: {model!r}")
+    if plan is not None:
+        outputs, u = layerwise_jvp(plan, params, direction, inputs)  # type: ignore[arg-type]
+        with torch.no_grad():
+            return loss.output_quadratic(outputs, u, targets)
+
     names = list(params)
 
     def outputs_of(*values: Tensor) -> Tensor:
