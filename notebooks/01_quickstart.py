@@ -101,9 +101,9 @@ settings
 # ## A small problem: three interleaved spirals
 #
 # The data are synthetic: points on three spiral arms in the plane, each arm one class, with
-# noise on the angle (`adamqlr.book.demo.spirals`). A linear classifier gets about a third
-# of them right; a two-hidden-layer perceptron with 64 tanh units per layer can separate them. A
-# held-out set drawn with another seed measures generalisation.
+# noise on the angle (`adamqlr.book.demo.spirals`). No straight line separates the arms; a
+# perceptron with two hidden layers of 64 tanh units can. A held-out set drawn with another seed
+# measures generalisation.
 
 # %%
 spiral = {"classes": 3, "turns": 1.25, "noise": 0.2}
@@ -189,7 +189,8 @@ def summary(frame: pd.DataFrame, model: torch.nn.Module) -> dict[str, float]:
     }
 
 
-pd.DataFrame({label: summary(runs[label], models[label]) for label in runs}).round(4)
+table = pd.DataFrame({label: summary(runs[label], models[label]) for label in runs})
+table.map(lambda v: "–" if pd.isna(v) else f"{v:.4g}")
 
 # %% [markdown]
 # Where each network puts its class boundaries, over the held-out points, is shown in
@@ -219,15 +220,15 @@ plt.show()
 #   The rule {eq}`eq-quickstart-damping` therefore halves $\lambda$ step after step, from
 #   $10^{-3}$ to the floor $10^{-8}$ within the first few dozen steps (the table gives the step),
 #   and after that the damping plays almost no part in {eq}`eq-quickstart-alpha`. The steps with
-#   $\rho < 1/4$ push it up briefly, and it falls back. Later chapters show problems where the
-#   model is much less trustworthy and the damping stays active.
+#   $\rho < 1/4$ push it up briefly, and it falls back. Whether the model is as trustworthy on
+#   the paper's tasks is a question for the experiment chapters.
 # - **The step size is chosen afresh at every step, and is often negative.** $|\alpha|$ ranges
 #   over more than two orders of magnitude, and its median is an order of magnitude above Adam's
 #   default learning rate. A negative $\alpha$ happens when Adam's momentum points against the
 #   current mini-batch gradient ($g^\top d < 0$ in {eq}`eq-quickstart-alpha`): the step then goes
 #   backwards along $d$, which is still downhill for the quadratic model.
-# - **The loss is not monotone.** Steps with a tiny predicted change give wild ratios, and a step
-#   can overshoot; the mini-batch loss then jumps before it recovers. On this problem, AdamQLR
+# - **The loss is not monotone.** Steps with a tiny predicted change can give wild ratios, and a
+#   step can overshoot, so that the mini-batch loss jumps before it recovers. On this problem, AdamQLR
 #   with its untuned hyperparameters reaches a much lower loss than Adam at its *untuned* default
 #   learning rate in the same number of steps, and its class regions in
 #   {numref}`fig-quickstart-regions` follow the spiral arms. That says only that a step size

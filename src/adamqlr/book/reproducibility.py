@@ -38,7 +38,7 @@ def _commit_cell(git: Mapping[str, Any] | None, repository: str | None) -> str:
     if commit and repository:
         text = f"[{text}]({repository.rstrip('/')}/commit/{commit})"
     if git.get("dirty"):
-        text += " + uncommitted changes"
+        text += " (dirty)"
     return text
 
 
@@ -154,20 +154,20 @@ def render(project: Project) -> str:
         "Every page with code in this book is a notebook executed by `adamqlr book run`, which",
         "records the run in the notebook's metadata. This page collects those records: the",
         "{term}`profile` each notebook ran under, when and on which device, how long it took, the",
-        "versions of PyTorch and of this library, and the commit of the code (with a note when the",
-        "working tree had uncommitted changes). Pages drawn from stored",
+        "versions of PyTorch and of this library, and the commit of the code (*dirty*: the working",
+        "tree had uncommitted changes). Pages drawn from stored",
         "{term}`run records <run record>` list where those came from. {doc}`rerun` explains how to",
         "rerun any of them.",
         "",
-        "| page | profile | executed (UTC) | device | duration | torch | adamqlr | commit |",
-        "|---|---|---|---|---|---|---|---|",
+        "| page | profile | executed (UTC) | device, software | duration | commit |",
+        "|---|---|---|---|---|---|",
     ]
     details: list[str] = []
     for entry in project.notebooks():
         record = recorded_metadata(entry.target)
         link = f"{{doc}}`{entry.name}`"
         if record is None:
-            lines.append(f"| {link} | not executed yet | | | | | | |")
+            lines.append(f"| {link} | not executed yet | | | | |")
             continue
         lines.append(
             "| "
@@ -175,11 +175,10 @@ def render(project: Project) -> str:
                 [
                     link,
                     f"`{_cell(record.get('profile'))}`",
-                    _cell(str(record.get("started", "")).replace("T", " ").rstrip("Z")),
-                    _cell(record.get("device")),
+                    _cell(str(record.get("started", "")).replace("T", " ").rstrip("Z")[:16]),
+                    f"{_cell(record.get('device'))}; torch {_cell(record.get('torch'))}, "
+                    f"adamqlr {_cell(record.get('adamqlr'))}",
                     _duration(record.get("duration_s")),
-                    _cell(record.get("torch")),
-                    _cell(record.get("adamqlr")),
                     _commit_cell(record.get("git"), repository),
                 ]
             )
