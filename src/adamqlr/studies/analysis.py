@@ -1,0 +1,278 @@
+"""Tables the experiment chapters print from a study's records.
+
+* :func:`describe_runs` / :func:`provenance_text`: which runs a figure came from (device, dates,
+  commits, seeds, profile), for captions;
+* :func:`tuning_table`: every tuning trial of the tuned arms, its final validation loss, and the
+  chosen configuration;
+* :func:`final_table`: the paper's final-value table (bootstrap median at the end of the longest
+  run) per arm;
+* :func:`sensitivity_table`: the final value per setting of a sensitivity sweep, over seeds;
+* :func:`step_costs`: the time of one optimisation step, per run, from the per-step clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from adamqlr.results.aggregate import final_summary
+from adamqlr.results.store import RunRecord
+from adamqlr.studies.core import StudyRecords, final_value
+
+__all__ = [
+    "describe_runs",
+    "final_table",
+    "provenance_text",
+    "relative_cost",
+    "sensitivity_table",
+    "step_costs",
+    "tuning_table",
+]
+
+
+def _seed_text(seeds: Iterable[int]) -> str:
+    seeds = sorted(set(seeds))
+    if not seeds:
+        return "none"
+    parts, start, prev = [], seeds[0], seeds[0]
+    for s in [*seeds[1:], None]:
+        if s is not None and s == prev + 1:
+            prev = s
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if s is not None:
+            start = prev = s
+    return ",".join(parts)
+
+
+def describe_runs(records: Sequence[RunRecord]) -> dict[str, Any]:
+    """Summarise where a set of runs came from.
+
+    Returns:
+        ``runs`` (count), ``profiles``, ``devices`` (device names), ``dates`` (first and last
+        start date), ``commits`` (short hashes, ``+dirty`` when the tree had changes), ``seeds``
+        (compact text), ``torch`` (versions) and ``threads`` (torch threads).
+
+    Raises:
+        ValueError: If ``records`` is empty.
+    """
+    if not records:
+        raise ValueError("no records to describe")
+    provs = [r.provenance for r in records]
+    dates = sorted(str(p.get("started_at", "?"))[:10] for p in provs)
+    commits = sorted(
+        {
+            f"{str(p.get('git', {}).get('commit') or 'unknown')[:7]}"
+            + ("+dirty" if p.get("git", {}).get("dirty") else "")
+            for p in provs
+        }
+    )
+    return {
+        "runs": len(records),
+        "profiles": sorted({str(p.get("spec", {}).get("profile", "?")) for p in provs}),
+        "devices": sorted({f"{p.get('device', '?')} ({p.get('device_name', '?')})" for p in provs}),
+        "dates": (dates[0], dates[-1]),
+        "commits": commits,
+        "seeds": _seed_text(int(p.get("spec", {}).get("seed", -1)) for p in provs),
+        "torch": sorted({str(p.get("torch_version", "?")) for p in provs}),
+        "threads": sorted({int(p.get("torch_threads", 0) or 0) for p in provs}),
+    }
+
+
+def provenance_text(records: Sequence[RunRecord]) -> str:
+    """One sentence for a caption: how many runs, profile, device, dates, commits, seeds."""
+    d = describe_runs(records)
+    first, last = d["dates"]
+    dates = first if first == last else f"{first} to {last}"
+    commits = ", ".join(d["commits"][:3]) + (" and others" if len(d["commits"]) > 3 else "")
+    return (
+        f"{d['runs']} runs, profile {'/'.join(d['profiles'])}, on {'; '.join(d['devices'])}, "
+        f"torch {'/'.join(d['torch'])}, {dates}, commit {commits}, seeds {d['seeds']}"
+    )
+
+
+def _variation_text(variation: Mapping[str, Any] | None) -> str:
+    if not variation:
+        return ""
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in
+                     variation.items())  # fmt: skip
+
+
+def tuning_table(study_records: StudyRecords, arm_ids: Sequence[str] | None = None) -> pd.DataFrame:
+    """Every tuning trial of the tuned arms with its final validation loss; the choice marked.
+
+    Args:
+        study_records: The output of :func:`adamqlr.studies.obtain`.
+        arm_ids: Tuned arms to include (default: all tuned arms).
+
+    Returns:
+        One row per trial: ``arm``, ``label``, ``configuration``, ``objective`` (the final value
+        of the arm's objective; ``inf`` for a diverged trial) and ``chosen``.
+    """
+    rows = []
+    ids = arm_ids if arm_ids is not None else list(study_records.trials)
+    for arm_id in ids:
+        p = study_records.plans[arm_id]
+        for variation, objective in zip(p.arm.grid, p.objectives, strict=True):
+            rows.append(
+                {
+                    "arm": arm_id,
+                    "label": p.arm.label,
+                    "configuration": _variation_text(variation),
+                    "objective": objective,
+                    "chosen": dict(variation) == dict(p.choice or {}),
+                }
+            )
+    return pd.DataFrame(rows, columns=["arm", "label", "configuration", "objective", "chosen"])
+
+
+def final_table(
+    runs: Mapping[str, Sequence[RunRecord]],
+    metrics: Sequence[str] = ("train_loss", "test_loss"),
+    *,
+    resamples: int = 50,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Return the paper's final-value table: per label, each metric at the end of the longest run.
+
+    Each entry is the bootstrap mean of the median over runs (shorter runs carried forward), with
+    its bootstrap standard deviation, as in the paper's tables; also the steps and the
+    optimisation time.
+
+    Args:
+        runs: ``{label: records}``.
+        metrics: Metric columns (missing ones, e.g. accuracy on regression, are skipped).
+        resamples: Bootstrap resamples.
+        seed: Bootstrap seed.
+
+    Returns:
+        One row per label; columns ``<metric>`` and ``<metric> ±`` for each metric, ``steps``,
+        ``time_s`` and ``runs``.
+    """
+    rows = {}
+    for label, records in runs.items():
+        if not records:
+            continue
+        present = [m for m in metrics if all(m in r.metrics for r in records)]
+        summary = final_summary(list(records), present, resamples=resamples, seed=seed)
+        row: dict[str, float] = {}
+        for m in present:
+            row[m] = summary.loc[m, "mean"]
+            row[f"{m} ±"] = summary.loc[m, "std"]
+        row["steps"] = summary.loc["steps", "mean"]
+        row["time_s"] = summary.loc["time_s", "mean"]
+        row["runs"] = len(records)
+        rows[label] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def sensitivity_table(
+    study_records: StudyRecords, group: str, metric: str = "test_loss"
+) -> pd.DataFrame:
+    """Return the final ``metric`` of each setting of one sensitivity sweep, over its seeds.
+
+    Args:
+        study_records: The sensitivity study's records.
+        group: The swept quantity (an arm group, e.g. ``"initial_damping"``).
+        metric: The metric (validation or test loss or accuracy).
+
+    Returns:
+        One row per setting, in order of value: ``value``, ``label``, ``median``, ``min``,
+        ``max`` (over seeds; a diverged run counts as ``inf``), ``diverged`` (runs with an
+        infinite final value) and ``runs``.
+
+    Raises:
+        ValueError: If no arm has that group.
+    """
+    arms = study_records.arms(group=group)
+    if not arms:
+        raise ValueError(f"no arm in study {study_records.study.name!r} has group {group!r}")
+    rows = []
+    for arm in sorted(arms, key=lambda a: (a.value is None, a.value)):
+        finals = np.array([final_value(r, metric) for r in study_records.records[arm.id]])
+        rows.append(
+            {
+                "value": arm.value,
+                "label": arm.label,
+                "median": float(np.median(finals)),
+                "min": float(finals.min()),
+                "max": float(finals.max()),
+                "diverged": int(np.isinf(finals).sum()),
+                "runs": len(finals),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def step_costs(records: Sequence[RunRecord], *, skip: int = 1) -> pd.DataFrame:
+    """Return the optimisation time of one step, per run, from the per-step clock.
+
+    The ``time`` column is the cumulative optimisation time after each step (evaluation
+    excluded); its differences are the steps' times. The first ``skip`` steps are left out (the
+    first step pays for one-off work: allocation, kernel selection). The median is robust to the
+    occasional slow step on a shared machine.
+
+    Args:
+        records: Run records.
+        skip: Leading steps to leave out.
+
+    Returns:
+        One row per run: ``task``, ``optimiser``, ``label``, ``batch_size``, ``seed``,
+        ``steps``, ``median_s``, ``q25_s``, ``q75_s``, ``mean_s`` and ``device``.
+
+    Raises:
+        ValueError: If a record has fewer than ``skip + 1`` steps.
+    """
+    rows = []
+    for record in records:
+        frame = record.metrics
+        steps = frame[frame["step"] >= 1].sort_values("step")
+        per_step = np.diff(np.r_[0.0, steps["time"].to_numpy(dtype=float)])[skip:]
+        if not len(per_step):
+            raise ValueError(f"record {record.path} has too few steps to time")
+        prov = record.provenance
+        settings = prov.get("settings", {})
+        rows.append(
+            {
+                "task": settings.get("task"),
+                "optimiser": settings.get("optimiser"),
+                "label": prov.get("optimiser_label"),
+                "batch_size": settings.get("batch_size"),
+                "seed": settings.get("seed"),
+                "steps": len(per_step),
+                "median_s": float(np.median(per_step)),
+                "q25_s": float(np.quantile(per_step, 0.25)),
+                "q75_s": float(np.quantile(per_step, 0.75)),
+                "mean_s": float(per_step.mean()),
+                "device": prov.get("device_name") or prov.get("device"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def relative_cost(costs: pd.DataFrame, reference: str = "adam") -> pd.DataFrame:
+    """Median step time per (task, optimiser, batch size), and its ratio to ``reference``'s.
+
+    Args:
+        costs: The output of :func:`step_costs`.
+        reference: The optimiser registry name whose step is the unit.
+
+    Returns:
+        One row per (task, optimiser, batch size): ``median_s`` (median over seeds of the
+        runs' medians) and ``ratio`` (to the reference at the same task and batch size; NaN
+        where the reference was not timed).
+    """
+    grouped = (
+        costs.groupby(["task", "optimiser", "label", "batch_size"], sort=False)["median_s"]
+        .median()
+        .reset_index()
+    )
+    ref = grouped[grouped["optimiser"] == reference].set_index(["task", "batch_size"])["median_s"]
+    grouped["ratio"] = [
+        row.median_s / ref.get((row.task, row.batch_size), math.nan) for row in grouped.itertuples()
+    ]
+    return grouped

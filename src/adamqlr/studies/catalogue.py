@@ -1,0 +1,538 @@
+"""The named studies of the book's experiment chapters, under each profile.
+
+=====================  ====================================================================
+study                  chapter and question
+=====================  ====================================================================
+``untuned-vs-tuned``   07: untuned AdamQLR against tuned and untuned Adam, SGD and K-FAC
+``fisher-vs-hessian``  08: the Fisher (GGN) or the Hessian as AdamQLR's curvature
+``damping``            09: damped against undamped AdamQLR; the official code's padding dilution
+``lr-clipping``        10: the step-size clip alpha_max (on in arXiv v2, off in the camera-ready)
+``sensitivity``        11: batch size, initial damping, stepping factor, amplification (and
+                       Adam's learning rate) around the tuned configurations
+``runtime``            12: the cost of one step, per optimiser and batch size
+=====================  ====================================================================
+
+**Tuning.** The paper tunes every "tuned" optimiser with 200 random-search trials under ASHA and
+repeats the best configuration 50 times (`paper.md` section 5). Here a *tuned* arm is a small,
+explicit grid over the paper's search space (one run per point with a tuning seed), chosen by the
+final validation loss, then repeated over fresh seeds (:mod:`adamqlr.studies.core`). The grids are
+listed below; they are a stand-in for the paper's search, and the chapters say so. The
+``adamqlr tune`` command implements the paper's search itself.
+
+**Profiles.**
+
+* ``quick`` (committed records, a 2-core CPU): the tasks' quick budgets (UCI Energy 1000 epochs,
+  UCI Protein 10, Fashion-MNIST 2), 3 repeat seeds, grids of 2 to 6 points, sensitivity grids of
+  4 to 5 values;
+* ``paper`` (a GPU): the tasks' paper budgets (4000, 200, 10 epochs; CIFAR-10 72), 10 repeat
+  seeds (the paper: 50), larger grids, and the paper's sensitivity grids (section 7.4), except
+  that the stepping factor starts at 2^0.2: our Levenberg-Marquardt rule needs
+  ``omega_inc > 1``, so the paper's 2^0 (a constant damping) is left out;
+* ``smoke``: one seed, one- or two-point grids, the tasks' smoke budgets (for tests).
+
+Every study's specs are ordinary experiment specs; identical specs in two studies share a record.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from adamqlr.experiment.spec import ExperimentSpec
+from adamqlr.studies.core import Arm, BestOf, Study, grid, set_resolver
+
+__all__ = ["STUDIES", "get_study", "study_names"]
+
+
+@dataclass(frozen=True)
+class _Profile:
+    seeds: tuple[int, ...]
+    tune_seed: int
+    tasks_main: tuple[str, ...]  # chapter 7
+    tasks_ablation: tuple[str, ...]  # chapters 8 and 9
+    tasks_clip: tuple[str, ...]  # chapter 10
+    runtime_tasks: Mapping[str, tuple[int, ...]]  # chapter 12: task -> batch sizes
+    runtime_steps: int
+    runtime_seeds: tuple[int, ...]
+
+
+_PROFILES: dict[str, _Profile] = {
+    "smoke": _Profile(
+        seeds=(0,),
+        tune_seed=1000,
+        tasks_main=("uci-energy", "fashion-mnist"),
+        tasks_ablation=("fashion-mnist",),
+        tasks_clip=("uci-energy",),
+        runtime_tasks={"uci-energy": (588,)},
+        runtime_steps=5,
+        runtime_seeds=(0,),
+    ),
+    "quick": _Profile(
+        seeds=(0, 1, 2),
+        tune_seed=1000,
+        tasks_main=("uci-energy", "uci-protein", "fashion-mnist"),
+        tasks_ablation=("fashion-mnist",),
+        tasks_clip=("uci-energy", "uci-protein", "fashion-mnist"),
+        runtime_tasks={"fashion-mnist": (50, 400, 3200)},
+        runtime_steps=50,
+        runtime_seeds=(0,),
+    ),
+    "paper": _Profile(
+        seeds=tuple(range(10)),
+        tune_seed=1000,
+        tasks_main=("uci-energy", "uci-protein", "fashion-mnist", "cifar-10"),
+        tasks_ablation=("fashion-mnist", "cifar-10"),
+        tasks_clip=("uci-energy", "uci-protein", "fashion-mnist"),
+        runtime_tasks={"fashion-mnist": (50, 400, 3200), "cifar-10": (128, 512)},
+        runtime_steps=100,
+        runtime_seeds=(0, 1, 2),
+    ),
+}
+
+#: The untuned damping factors, as a tied pair (omega_dec, omega_inc).
+_UNTUNED_OMEGA = (0.5, 2.0)
+_OMEGA = ("damping_decrease", "damping_increase")
+
+
+def _decades(lo: float, hi: float, per_decade: int) -> tuple[float, ...]:
+    """10**x for x from lo to hi in steps of 1/per_decade (rounded to 12 significant figures)."""
+    n = round((hi - lo) * per_decade)
+    return tuple(float(f"{10 ** (lo + i / per_decade):.12g}") for i in range(n + 1))
+
+
+def _powers2(lo: float, hi: float, step: float) -> tuple[float, ...]:
+    n = round((hi - lo) / step)
+    return tuple(float(f"{2 ** (lo + i * step):.12g}") for i in range(n + 1))
+
+
+def _tied(values: Sequence[float]) -> tuple[tuple[float, float], ...]:
+    """Return stepping factors v as (omega_dec, omega_inc) = (1/v, v)."""
+    return tuple((float(f"{1 / v:.12g}"), float(f"{v:.12g}")) for v in values)
+
+
+#: Training-set sizes (the tasks' full splits; the quick and paper profiles use all of them).
+_TRAIN_SIZE = {"uci-energy": 588, "uci-protein": 34983, "fashion-mnist": 50000, "cifar-10": 45000}
+#: Evaluations per epoch, per profile and task. A task's profile evaluates every so many *steps*,
+#: which leaves a large-batch run (untuned AdamQLR at 3200 takes 16 steps per Fashion-MNIST epoch)
+#: with two points on its test-loss curve; so the studies set the cadence per batch size. Tasks not
+#: listed keep their profile's cadence (UCI Energy: every 10 steps; one step is one epoch there).
+_EVALS_PER_EPOCH = {
+    "quick": {"fashion-mnist": 4, "uci-protein": 2},
+    "paper": {"fashion-mnist": 10, "uci-protein": 4, "cifar-10": 2},
+}
+
+
+def _cadence(spec: ExperimentSpec) -> ExperimentSpec:
+    """Set the evaluation cadence of ``spec`` from its batch size (unless the spec sets one).
+
+    Evaluation time is excluded from the optimisation clock, so the cadence changes how densely
+    the validation and test curves are drawn, not the runtime axis.
+    """
+    per_epoch = _EVALS_PER_EPOCH.get(spec.profile, {}).get(spec.task)
+    if spec.eval_every is not None or per_epoch is None:
+        return spec
+    steps_per_epoch = math.ceil(_TRAIN_SIZE[spec.task] / spec.settings().batch_size)
+    return spec.replace(eval_every=max(1, steps_per_epoch // per_epoch))
+
+
+# Grids of the tuned arms: profile -> task -> optimiser -> variations.
+def _grids(profile: str, task: str) -> dict[str, tuple[dict[str, Any], ...]]:
+    if profile == "smoke":
+        batch = {"uci-energy": 588, "uci-protein": 1000, "fashion-mnist": 50}[task]
+        return {
+            "adam": grid({"batch_size": (batch,), "lr": (1e-3, 1e-2)}),
+            "sgd": grid({"batch_size": (batch,), "lr": (1e-2,)}),
+            "adamqlr": grid(
+                {"batch_size": (batch,), "initial_damping": (1e-3,), _OMEGA: (_UNTUNED_OMEGA,)}
+            ),
+            "adamqlr-hessian": grid(
+                {"batch_size": (batch,), "initial_damping": (1e-3,), _OMEGA: (_UNTUNED_OMEGA,)}
+            ),
+            "adamqlr-undamped": grid({"batch_size": (batch,)}),
+        }
+    if profile == "quick":
+        qlr_batches = {
+            "uci-energy": (588,),
+            "uci-protein": (400, 3200),
+            "fashion-mnist": (400, 1600, 3200),
+        }[task]
+        qlr = grid(
+            {"batch_size": qlr_batches},
+            {"initial_damping": (1e-3, 1e-1)},
+            {_OMEGA: (_UNTUNED_OMEGA,) if task != "uci-energy" else _tied((2.0, 1 / 0.95))},
+        )
+        return {
+            "adam": {
+                "uci-energy": grid({"batch_size": (588,), "lr": (1e-3, 1e-2, 1e-1)}),
+                "uci-protein": grid({"batch_size": (100, 1000), "lr": (1e-3, 1e-2)}),
+                "fashion-mnist": grid({"batch_size": (50, 400), "lr": (1e-4, 1e-3, 1e-2)}),
+            }[task],
+            "sgd": {
+                "uci-energy": grid({"batch_size": (588,), "lr": (1e-3, 1e-2, 1e-1)}),
+                "uci-protein": grid({"batch_size": (100, 1000), "lr": (1e-2, 1e-1)}),
+                "fashion-mnist": grid({"batch_size": (50, 400), "lr": (1e-2, 1e-1)}),
+            }[task],
+            "adamqlr": qlr,
+            "adamqlr-hessian": qlr,
+            "adamqlr-undamped": grid({"batch_size": qlr_batches}),
+        }
+    # paper
+    batches = {
+        "uci-energy": (50, 200, 588),
+        "uci-protein": (100, 400, 1600, 3200),
+        "fashion-mnist": (50, 200, 800, 3200),
+        "cifar-10": (128, 512, 3200),
+    }[task]
+    qlr = grid(
+        {"batch_size": batches},
+        {"initial_damping": (1e-6, 1e-4, 1e-2, 1.0)},
+        {_OMEGA: (_UNTUNED_OMEGA, (0.9, float(f"{1 / 0.9:.12g}")))},
+    )
+    return {
+        "adam": grid({"batch_size": batches, "lr": _decades(-4, -1, 2)}),
+        "sgd": grid({"batch_size": batches, "lr": _decades(-3, -1, 2)}),
+        "adamqlr": qlr,
+        "adamqlr-hessian": qlr,
+        "adamqlr-undamped": grid({"batch_size": batches}),
+    }
+
+
+_TUNED_LABELS = {
+    "adam": "Adam",
+    "sgd": "SGD Minimal",
+    "adamqlr": "AdamQLR",
+    "adamqlr-hessian": "AdamQLR (Hessian)",
+    "adamqlr-undamped": "AdamQLR (Undamped)",
+}
+_FIXED_LABELS = {
+    "adamqlr-untuned": "AdamQLR (Untuned)",
+    "adam-untuned": "Adam (Untuned)",
+    "kfac-untuned": "K-FAC (Untuned)",
+    "adamqlr-untuned-hessian": "AdamQLR (Untuned, Hessian)",
+}
+
+
+def _spec(task: str, optimiser: str, profile: str, **fields: Any) -> ExperimentSpec:
+    return ExperimentSpec(task, optimiser, profile=profile, **fields)
+
+
+def _fixed(task: str, optimiser: str, profile: str, label: str | None = None, **kw: Any) -> Arm:
+    p = _PROFILES[profile]
+    name = kw.pop("id", optimiser)
+    return Arm(
+        id=f"{task}/{name}",
+        label=label or _FIXED_LABELS[optimiser],
+        base=_spec(task, optimiser, profile, **kw.pop("fields", {})),
+        seeds=kw.pop("seeds", p.seeds),
+        **kw,
+    )
+
+
+def _tuned(task: str, optimiser: str, profile: str, label: str | None = None) -> Arm:
+    p = _PROFILES[profile]
+    return Arm(
+        id=f"{task}/{optimiser}",
+        label=label or _TUNED_LABELS[optimiser],
+        base=_spec(task, optimiser, profile),
+        seeds=p.seeds,
+        grid=_grids(profile, task)[optimiser],
+        tune_seed=p.tune_seed,
+    )
+
+
+# ------------------------------------------------------------------------------------ studies
+def _untuned_vs_tuned(profile: str) -> Study:
+    p = _PROFILES[profile]
+    arms: list[Arm] = []
+    for task in p.tasks_main:
+        arms += [
+            _fixed(task, "adamqlr-untuned", profile),
+            _fixed(task, "adam-untuned", profile),
+            _fixed(task, "kfac-untuned", profile),
+            _tuned(task, "adamqlr", profile),
+            _tuned(task, "adam", profile),
+            _tuned(task, "sgd", profile),
+        ]
+    return Study(
+        "untuned-vs-tuned",
+        profile,
+        "Untuned AdamQLR against tuned and untuned baselines",
+        tuple(arms),
+        description=(
+            "AdamQLR with the paper's untuned defaults (batch 3200), Adam at lr 1e-3 and K-FAC "
+            "at its defaults (batch 3200), against AdamQLR, Adam and SGD tuned on a grid of "
+            "their search spaces by final validation loss."
+        ),
+        chapter="07_untuned_vs_tuned",
+        finalise=_cadence,
+    )
+
+
+def _fisher_vs_hessian(profile: str) -> Study:
+    p = _PROFILES[profile]
+    arms: list[Arm] = []
+    for task in p.tasks_ablation:
+        arms += [
+            _tuned(task, "adam", profile),
+            _tuned(task, "adamqlr", profile, label="AdamQLR (Fisher)"),
+            _tuned(task, "adamqlr-hessian", profile),
+            _fixed(task, "adamqlr-untuned", profile, label="AdamQLR (Untuned, Fisher)"),
+            _fixed(task, "adamqlr-untuned-hessian", profile),
+        ]
+    return Study(
+        "fisher-vs-hessian",
+        profile,
+        "Fisher (GGN) against Hessian curvature in AdamQLR",
+        tuple(arms),
+        description=(
+            "AdamQLR with the Fisher (the generalised Gauss-Newton matrix) or the Hessian in its "
+            "quadratic model, each tuned on the same grid, and at the untuned defaults; tuned "
+            "Adam for reference."
+        ),
+        chapter="08_fisher_vs_hessian",
+        finalise=_cadence,
+    )
+
+
+def _damping(profile: str) -> Study:
+    p = _PROFILES[profile]
+    arms: list[Arm] = []
+    for task in p.tasks_ablation:
+        arms += [
+            _tuned(task, "adam", profile),
+            _tuned(task, "adamqlr", profile),
+            _tuned(task, "adamqlr-undamped", profile),
+            _fixed(task, "adamqlr-untuned", profile),
+        ]
+    task = "uci-energy"
+    arms += [
+        _fixed(task, "adamqlr-untuned", profile),
+        _fixed(
+            task,
+            "adamqlr-untuned",
+            profile,
+            label="AdamQLR (Untuned, padding dilution)",
+            id="adamqlr-untuned-dilution",
+            fields={"padding_dilution": True},
+            group="dilution",
+        ),
+    ]
+    return Study(
+        "damping",
+        profile,
+        "Damped against undamped AdamQLR, and the official code's padding dilution",
+        tuple(arms),
+        description=(
+            "AdamQLR with Levenberg-Marquardt damping (tuned) against AdamQLR without damping "
+            "(only the batch size tuned), with tuned Adam for reference; and untuned AdamQLR on "
+            "UCI Energy at batch 3200 with and without the official code's dilution of the "
+            "squared-error curvature by padding rows."
+        ),
+        chapter="09_damping",
+        finalise=_cadence,
+    )
+
+
+def _lr_clipping(profile: str) -> Study:
+    p = _PROFILES[profile]
+    arms: list[Arm] = []
+    for task in p.tasks_clip:
+        arms += [
+            _fixed(task, "adamqlr-untuned", profile, label="AdamQLR (Untuned, no clipping)"),
+            _fixed(
+                task,
+                "adamqlr-untuned",
+                profile,
+                label="AdamQLR (Untuned, α_max = 0.1)",
+                id="adamqlr-untuned-clipped",
+                overrides={"lr_clip": 0.1},
+                group="clipped",
+            ),
+        ]
+    values = {"smoke": (1e-2,), "quick": _decades(-3, 0, 1), "paper": _decades(-4, 1, 2)}[profile]
+    arms += _around(profile, "lr_clip", values, "α_max = {:.3g}")
+    return Study(
+        "lr-clipping",
+        profile,
+        "Clipping AdamQLR's step size (alpha_max)",
+        tuple(arms),
+        description=(
+            "Untuned AdamQLR without and with the arXiv-v2 untuned clip alpha_max = 0.1, and a "
+            "sweep of alpha_max around the tuned AdamQLR configuration on Fashion-MNIST (the v2 "
+            "sensitivity study)."
+        ),
+        chapter="10_lr_clipping",
+        finalise=_cadence,
+    )
+
+
+def _around(
+    profile: str,
+    key: str | tuple[str, str],
+    values: Sequence[Any],
+    fmt: str,
+    *,
+    task: str = "fashion-mnist",
+    ref: str = "adamqlr",
+    group: str | None = None,
+    transform: Callable[[Any], Any] | None = None,
+) -> list[Arm]:
+    p = _PROFILES[profile]
+    group = group or (key if isinstance(key, str) else "stepping_factor")
+    arms = []
+    for value in values:
+        setting = transform(value) if transform else value
+        if isinstance(key, tuple):
+            overrides = dict(zip(key, setting, strict=True))
+        else:
+            overrides = {key: setting}
+        arms.append(
+            Arm(
+                id=f"{task}/{ref}/{group}={value:.6g}",
+                label=fmt.format(value),
+                base=BestOf("untuned-vs-tuned", f"{task}/{ref}"),
+                seeds=p.seeds,
+                overrides=overrides,
+                group=group,
+                value=float(value),
+            )
+        )
+    return arms
+
+
+def _sensitivity(profile: str) -> Study:
+    grids = {
+        "smoke": {
+            "batch_size": (50, 100),
+            "initial_damping": (1e-8, 1.0),
+            "stepping": (2.0, 4.0),
+            "amplification": (0.5, 2.0),
+            "adam_lr": (1e-3, 1e-2),
+        },
+        "quick": {
+            "batch_size": (100, 400, 1600, 3200),
+            "initial_damping": _decades(-8, 0, 0.5),
+            "stepping": _powers2(0.5, 2.0, 0.5),
+            "amplification": _powers2(-1, 1, 0.5),
+            "adam_lr": _decades(-5, -1, 1),
+        },
+        "paper": {
+            "batch_size": (50, 100, 200, 400, 800, 1600, 3200),
+            "initial_damping": _decades(-8, 0, 2),
+            "stepping": _powers2(0.2, 2.0, 0.2),
+            "amplification": _powers2(-1, 1, 0.2),
+            "adam_lr": _decades(-6, 0, 3),
+        },
+    }[profile]
+    arms = (
+        _around(profile, "batch_size", [int(b) for b in grids["batch_size"]], "batch {:d}")
+        + _around(profile, "initial_damping", grids["initial_damping"], "λ₀ = {:.0e}")
+        + _around(
+            profile,
+            _OMEGA,
+            grids["stepping"],
+            "ω_inc = 1/ω_dec = {:.3g}",
+            group="stepping_factor",
+            transform=lambda v: _tied((v,))[0],
+        )
+        + _around(profile, "amplification", grids["amplification"], "k = {:.3g}")
+        + _around(profile, "lr", grids["adam_lr"], "Adam lr = {:.0e}", ref="adam", group="adam_lr")
+    )
+    return Study(
+        "sensitivity",
+        profile,
+        "Sensitivity of AdamQLR (and Adam) to one hyperparameter at a time",
+        tuple(arms),
+        description=(
+            "Starting from the tuned AdamQLR configuration on Fashion-MNIST, vary the batch size, "
+            "the initial damping, the stepping factor (omega_inc = 1/omega_dec) or the update "
+            "amplification k, one at a time; and Adam's learning rate around tuned Adam."
+        ),
+        chapter="11_sensitivity",
+        finalise=_cadence,
+    )
+
+
+_RUNTIME_OPTIMISERS = {
+    "sgd": "SGD Minimal",
+    "adam": "Adam",
+    "adamqlr-untuned": "AdamQLR (Fisher)",
+    "adamqlr-untuned-hessian": "AdamQLR (Hessian)",
+    "kfac-untuned": "K-FAC",
+}
+
+
+def _runtime(profile: str) -> Study:
+    p = _PROFILES[profile]
+    arms = []
+    for task, batches in p.runtime_tasks.items():
+        for optimiser, label in _RUNTIME_OPTIMISERS.items():
+            for batch in batches:
+                arms.append(
+                    Arm(
+                        id=f"{task}/{optimiser}/batch={batch}",
+                        label=label,
+                        base=_spec(
+                            task,
+                            optimiser,
+                            profile,
+                            batch_size=batch,
+                            steps=p.runtime_steps,
+                            eval_every=p.runtime_steps,
+                        ),
+                        seeds=p.runtime_seeds,
+                        group=optimiser,
+                        value=float(batch),
+                    )
+                )
+    return Study(
+        "runtime",
+        profile,
+        "The cost of one optimisation step",
+        tuple(arms),
+        description=(
+            f"{p.runtime_steps} steps of each optimiser at several batch sizes, evaluated only "
+            "at the start and the end, to time one step (optimisation time only)."
+        ),
+        chapter="12_runtime",
+        finalise=_cadence,
+    )
+
+
+#: Study name -> builder(profile).
+STUDIES: dict[str, Callable[[str], Study]] = {
+    "untuned-vs-tuned": _untuned_vs_tuned,
+    "fisher-vs-hessian": _fisher_vs_hessian,
+    "damping": _damping,
+    "lr-clipping": _lr_clipping,
+    "sensitivity": _sensitivity,
+    "runtime": _runtime,
+}
+
+_CACHE: dict[tuple[str, str], Study] = {}
+
+
+def study_names() -> list[str]:
+    """Return the names of the studies, in chapter order."""
+    return list(STUDIES)
+
+
+def get_study(name: str, profile: str = "quick") -> Study:
+    """Return the study ``name`` under ``profile``.
+
+    Raises:
+        ValueError: For an unknown study or profile (the message lists the known ones).
+    """
+    if name not in STUDIES:
+        raise ValueError(f"unknown study {name!r}; expected one of {study_names()}")
+    if profile not in _PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {list(_PROFILES)}")
+    key = (name, profile)
+    if key not in _CACHE:
+        _CACHE[key] = STUDIES[name](profile)
+    return _CACHE[key]
+
+
+set_resolver(get_study)

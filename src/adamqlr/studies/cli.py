@@ -1,0 +1,139 @@
+"""``adamqlr study``: list the book's studies, say which runs are missing, run them.
+
+Examples::
+
+    adamqlr study list
+    adamqlr study status untuned-vs-tuned --profile quick
+    adamqlr study run untuned-vs-tuned --profile quick --threads 1
+    adamqlr study run all --profile paper --device cuda
+
+``python -m adamqlr.studies ...`` is the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["handle", "main", "register"]
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="quick", help="smoke, quick or paper (default: quick)")
+    p.add_argument("--results", type=Path, help="results store folder (default: $ADAMQLR_RESULTS "
+                   "or results/ of the checkout)")  # fmt: skip
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``study`` subcommand to the ``adamqlr`` parser."""
+    p = subparsers.add_parser(
+        "study",
+        help="run the named studies behind the experiment chapters",
+        description=(
+            "The experiment chapters of the book each draw from a named study: a list of "
+            "experiments (tuning trials, then repeats of the chosen configuration). `status` "
+            "lists what is missing from the results store; `run` makes it, stage by stage."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("Examples::", 1)[1].split("``python", 1)[0].rstrip(),
+    )
+    sub = p.add_subparsers(dest="study_command", metavar="ACTION")
+    ls = sub.add_parser("list", help="list the studies and their size")
+    _add_common(ls)
+    for name, help_ in (("status", "list the missing runs of a study"),
+                        ("run", "run the missing runs of a study")):  # fmt: skip
+        q = sub.add_parser(name, help=help_)
+        q.add_argument("name", help="study name, or 'all'")
+        _add_common(q)
+        if name == "run":
+            q.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
+            q.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+            q.add_argument("--force", action="store_true", help="rerun runs that have a record")
+            q.add_argument("--no-progress", action="store_true", help="no progress bars")
+            q.add_argument("--dry-run", action="store_true", help="only list what would run")
+        else:
+            q.add_argument("--all", action="store_true", help="list every missing run")
+    p.set_defaults(handler=handle)
+    return p
+
+
+def _studies(name: str, profile: str) -> list:
+    from adamqlr.studies.catalogue import get_study, study_names
+
+    names = study_names() if name == "all" else [name]
+    return [get_study(n, profile) for n in names]
+
+
+def handle(args: argparse.Namespace) -> int:
+    """Run the ``study`` subcommand; return the exit status (2 for bad input, 1 if incomplete)."""
+    from adamqlr.results.store import ResultStore
+    from adamqlr.studies.core import missing, run_study
+
+    action = getattr(args, "study_command", None)
+    if action is None:
+        print("adamqlr study: error: give an action: list, status or run", file=sys.stderr)
+        return 2
+    try:
+        studies = _studies(getattr(args, "name", "all"), args.profile)
+        if action == "run" and args.threads is not None:
+            if args.threads < 1:
+                raise ValueError(f"invalid --threads {args.threads} (expected >= 1)")
+            import torch
+
+            torch.set_num_threads(args.threads)
+    except ValueError as err:
+        print(f"adamqlr study: error: {err}", file=sys.stderr)
+        return 2
+    store = ResultStore(args.results)
+    if action == "list":
+        for study in studies:
+            trials = sum(len(a.grid) for a in study.arms)
+            repeats = sum(len(a.seeds) for a in study.arms)
+            print(f"{study.name:<18} {study.profile:<6} {len(study.arms):>3} arms, {trials:>4} "
+                  f"tuning trials, {repeats:>4} repeats  {study.title}")  # fmt: skip
+        return 0
+    incomplete = 0
+    for study in studies:
+        todo, blocked = missing(study, store)
+        if action == "status" or args.dry_run:
+            state = "complete" if not (todo or blocked) else "incomplete"
+            print(f"{study.name} ({study.profile}): {state}; {len(todo)} run(s) missing, "
+                  f"{len(blocked)} arm(s) blocked")  # fmt: skip
+            shown = todo if getattr(args, "all", False) or action == "run" else todo[:20]
+            for spec in shown:
+                print(f"  missing  {spec.key[:12]}  {spec}")
+            if len(shown) < len(todo):
+                print(f"  ... and {len(todo) - len(shown)} more (--all lists them)")
+            for line in blocked:
+                print(f"  blocked  {line}")
+            if todo or blocked:
+                incomplete += 1
+                print(f"  make them with: {study.command}")
+            continue
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        run_study(
+            study,
+            store,
+            device=args.device,
+            progress=False if args.no_progress else None,
+            force=args.force,
+        )
+        todo, blocked = missing(study, store)
+        if todo or blocked:
+            incomplete += 1
+            print(f"{study.name}: still incomplete ({len(todo)} missing, {len(blocked)} blocked)",
+                  file=sys.stderr)  # fmt: skip
+        else:
+            print(f"{study.name} ({study.profile}): complete")
+    return 1 if incomplete else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m adamqlr.studies``: the ``study`` subcommand on its own."""
+    parser = argparse.ArgumentParser(prog="python -m adamqlr.studies")
+    sub = parser.add_subparsers(dest="command")
+    register(sub)
+    args = parser.parse_args(["study", *(sys.argv[1:] if argv is None else argv)])
+    return int(args.handler(args) or 0)
