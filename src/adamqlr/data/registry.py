@@ -123,7 +123,10 @@ _FILES: tuple[FileSpec, ...] = (
         None,
         md5="c58f30108f718f92721af3b95e74349a",
         url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-        how_to_obtain="the CIFAR-10 python version from https://www.cs.toronto.edu/~kriz/cifar.html",
+        how_to_obtain=(
+            "the CIFAR-10 python version, https://www.cs.toronto.edu/~kriz/cifar.html; a labelled "
+            "JPEG stand-in is the task 'cifar-10-jpeg'"
+        ),
     ),
     # --- CIFAR-10 stand-in: JPEG re-encoding (mirror only, never a download) ------------------
     FileSpec(

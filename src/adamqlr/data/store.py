@@ -232,11 +232,8 @@ class DataStore:
         return f"MD5 {spec.md5} (published; no SHA-256 known)"
 
     def _how(self, spec: FileSpec) -> str:
-        where = (
-            f"place it at {self.mirror / spec.key}"
-            if self.mirror is not None
-            else f"place it at {self.cache / spec.key} or under $ADAMQLR_DATA/{spec.key}"
-        )
+        mirror = self.mirror if self.mirror is not None else "$ADAMQLR_DATA"
+        where = f"place it at {self.cache / spec.key} (or at {mirror}/{spec.key})"
         src = f"download {spec.url}" if spec.url else "obtain it"
         extra = f" ({spec.how_to_obtain})" if spec.how_to_obtain else ""
         return f"To obtain it: {src}{extra} and {where}."
@@ -292,8 +289,12 @@ class DataStore:
         """
         spec = self.spec(key)
         if spec.sha256 is None and spec.md5 is None:
-            # Refuse before looking, so that a file without a digest is never read.
-            self.verify(Path(key), spec)
+            # Refused before looking, so that a file without a digest is never read.
+            raise MissingDigestError(
+                f"{spec.key}: no SHA-256 or MD5 digest in the registry, so it cannot be verified "
+                "and is not used. Add its SHA-256 to the registry or to the file named by "
+                "ADAMQLR_DIGESTS."
+            )
         looked: list[str] = []
         if self.mirror is not None:
             path = self.mirror / spec.key
