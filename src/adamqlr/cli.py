@@ -16,6 +16,7 @@ from collections.abc import Sequence
 SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("run", "adamqlr.experiment.cli"),
     ("tune", "adamqlr.tune.cli"),
+    ("study", "adamqlr.studies.cli"),
     ("book", "adamqlr.book.cli"),
 )
 
