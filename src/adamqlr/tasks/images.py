@@ -196,7 +196,7 @@ def _image_profiles(batch: int, epochs: int) -> dict[str, TaskProfile]:
         ),
         "quick": TaskProfile(
             batch_size=128,
-            epochs=1,
+            epochs=2,
             eval_every=4,
             train_size=1024,
             val_size=256,
