@@ -545,6 +545,7 @@ def execute_notebook(
     nbformat.validator.normalize(nb)
 
     git = git_state(root)
+    target.parent.mkdir(parents=True, exist_ok=True)  # the notebook runs in its page's folder
     started = dt.datetime.now(dt.timezone.utc)
     clock = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"adamqlr-{name}-") as tmp:
