@@ -510,6 +510,21 @@ def test_an_overflowing_step_is_refused_even_without_a_trial_loss():
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_an_overflowing_second_moment_is_refused():
+    """float32: a finite gradient of 1e22 overflows (1 - beta2) g^2; d is then 0, not NaN."""
+    model = nn.Linear(1, 1)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+        model.bias.fill_(0.0)
+    x, y = torch.full((2, 1), 1e11), torch.full((2, 1), 1e11)
+    opt = AdamQLR(model, "squared_error")
+    with pytest.warns(RuntimeWarning, match="nonfinite_gradient"):
+        stats = opt.step(x, y)
+    assert not stats.accepted and math.isfinite(stats.loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    assert not _state_tensors(opt)
+
+
 def test_zero_predicted_change_leaves_damping_alone():
     """rho = 0/0 when the model predicts no change: NaN, and the damping stays."""
     model = mlp((5, 4, 3))

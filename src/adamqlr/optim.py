@@ -412,60 +412,65 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
             loss_t = self.loss.value(outputs, targets)
             if loss_t.requires_grad:
                 loss_t.backward()
-        f0 = float(loss_t.detach())
-        if not math.isfinite(f0):
-            return self._rejected("nonfinite_loss", f0)
-
         # 2. Direction, group by group; state is committed only if the step is accepted.
-        directions: dict[str, Tensor] = {}
-        grads: dict[str, Tensor] = {}
-        pending: list[tuple[Tensor, dict[str, Tensor]]] = []
+        names: list[str] = []
+        ps: list[Tensor] = []
+        gs: list[Tensor] = []
+        ds: list[Tensor] = []
+        decays: list[float] = []
+        pending: list[tuple[Tensor, dict[str, Any]]] = []
         step = glob["step"] + 1
-        for group in self.param_groups:
-            live = [
-                (n, p) for n, p in zip(group["param_names"], group["params"], strict=True)
-                if p.grad is not None
-            ]
-            if not live:
-                continue
-            ps = [p for _, p in live]
-            gs = [p.grad.detach() for p in ps]
-            ds, new_states = self._direction(ps, gs, group, step)
-            for (n, p), g, d, s in zip(live, gs, ds, new_states, strict=True):
-                grads[n], directions[n] = g, d
-                pending.append((p, s))
-        if not directions:
+        with torch.no_grad():
+            for group in self.param_groups:
+                live = [
+                    (n, p) for n, p in zip(group["param_names"], group["params"], strict=True)
+                    if p.grad is not None
+                ]
+                if not live:
+                    continue
+                group_ps = [p for _, p in live]
+                group_gs = [p.grad.detach() for p in group_ps]
+                group_ds, new_states = self._direction(group_ps, group_gs, group, step)
+                names += [n for n, _ in live]
+                ps += group_ps
+                gs += group_gs
+                ds += group_ds
+                decays += [group["weight_decay"]] * len(live)
+                pending += list(zip(group_ps, new_states, strict=True))
+        if not ds:
+            f0 = float(loss_t.detach())
             return StepStats(f0, 0.0, self.damping, math.nan, False, "no_gradient", math.nan,
                              math.nan, math.nan, math.nan, math.nan, self.damping, glob["step"])
 
-        first = next(iter(grads.values()))
-        like = {"dtype": torch.float64, "device": first.device}
-        # One host sync for the three sums and the finiteness of the new direction state (a
-        # finite gradient can still overflow Adam's second moment in float32).
-        state_ok = [
-            torch.isfinite(t).all()
-            for _, s in pending
-            for t in s.values()
-            if isinstance(t, Tensor) and t.is_floating_point()
-        ]
-        sums = torch.stack(
-            [
-                sum((grads[n].double() * directions[n].double()).sum() for n in directions),
-                sum(directions[n].double().pow(2).sum() for n in directions),
-                sum(grads[n].double().pow(2).sum() for n in directions),
-                torch.stack(state_ok).all().double() if state_ok else torch.ones((), **like),
+        # One host sync for the loss, g^T d, ||d||^2 and the finiteness of the new direction
+        # state (a finite gradient can still overflow Adam's second moment in float32). A
+        # non-finite gradient makes d non-finite, so ||d||^2 catches it.
+        with torch.no_grad():
+            f64 = {"dtype": torch.float64, "device": ds[0].device}
+            products = torch._foreach_mul(gs, ds)
+            parts = [loss_t.detach().to(**f64).reshape(1)]
+            parts.append(torch.stack([t.sum(dtype=torch.float64) for t in products]))
+            parts.append(torch.stack(torch._foreach_norm(ds)).to(**f64))
+            state = [
+                t for _, s in pending for t in s.values()
+                if isinstance(t, Tensor) and t.is_floating_point()
             ]
-        ).tolist()
-        grad_dot_dir, sq_norm, grad_sq, state_finite = sums
-        if not (
-            math.isfinite(grad_dot_dir)
-            and math.isfinite(sq_norm)
-            and math.isfinite(grad_sq)
-            and state_finite == 1.0
-        ):
+            if state:
+                parts.append(torch.stack(torch._foreach_norm(state)).to(**f64))
+            del products
+            values = torch.cat(parts).tolist()
+        f0 = values[0]
+        if not math.isfinite(f0):
+            return self._rejected("nonfinite_loss", f0)
+        k = len(ds)
+        grad_dot_dir = math.fsum(values[1 : 1 + k])
+        sq_norm = math.fsum(v * v for v in values[1 + k : 1 + 2 * k])
+        state_finite = all(math.isfinite(v) for v in values[1 + 2 * k :])
+        if not (math.isfinite(grad_dot_dir) and math.isfinite(sq_norm) and state_finite):
             return self._rejected("nonfinite_gradient", f0)
 
-        params = {n: p.detach() for n, p, _ in named if n in directions}
+        params = {n: p.detach() for n, p in zip(names, ps, strict=True)}
+        directions = dict(zip(names, ds, strict=True))
         with _replayed_rng(cpu_rng, cuda_rng):
             q = float(
                 quadratic_form(
@@ -494,43 +499,40 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
         if not math.isfinite(alpha):
             return self._rejected("nonfinite_step", f0, **extra)
 
-        old = {n: p.detach().clone() for n, p in params.items()}
+        # The new parameters, out of place: theta (1 - w) - alpha d. They replace the old ones
+        # only once they (and the trial loss) are known to be finite.
         with torch.no_grad():
-            for n, p, group in named:
-                if n not in directions:
-                    continue
-                wd = group["weight_decay"]
-                if wd:
-                    p.mul_(1.0 - wd)
-                p.sub_(directions[n].to(p.dtype), alpha=alpha)
-            # A finite alpha times a finite d can still overflow (or meet inf * 0) in the
-            # parameters' dtype; checked together with the trial loss, in one host sync.
-            params_ok = torch.stack([torch.isfinite(p).all() for p in params.values()]).all()
+            if any(decays):
+                new = torch._foreach_mul(ps, [1.0 - w for w in decays])
+                torch._foreach_add_(new, ds, alpha=-alpha)
+            else:
+                new = torch._foreach_add(ps, ds, alpha=-alpha)
+            # A finite alpha times a finite d can still overflow (or meet inf * 0).
+            new_norm = torch.stack(torch._foreach_norm(new)).to(**f64).sum().reshape(1)
 
         # 4. Trial loss, reduction ratio and damping.
         rho, f1 = math.nan, math.nan
         adapt = not self.undamped and step % self.damping_interval == 0
         if adapt:
+            trial = dict(zip(names, new, strict=True))
             with _replayed_rng(cpu_rng, cuda_rng):
-                f1_t = loss_at(self.model, params, inputs, targets, self.loss)
-            f1, ok = torch.stack(
-                [f1_t.to(**like).reshape(()), params_ok.to(**like)]
-            ).tolist()
+                f1_t = loss_at(self.model, trial, inputs, targets, self.loss)
+            f1, norm = torch.cat([f1_t.to(**f64).reshape(1), new_norm]).tolist()
         else:
-            ok = float(params_ok)
-        if ok != 1.0 or not math.isfinite(f1 if adapt else 0.0):
-            with torch.no_grad():
-                for n, p in params.items():
-                    p.copy_(old[n])
-            if ok != 1.0:
-                return self._rejected("nonfinite_step", f0, trial_loss=f1, **extra)
+            norm = float(new_norm)
+        if not math.isfinite(norm):
+            return self._rejected("nonfinite_step", f0, trial_loss=f1, **extra)
+        if adapt and not math.isfinite(f1):
             return self._rejected("nonfinite_trial_loss", f0, trial_loss=f1, **extra)
+        with torch.no_grad():
+            torch._foreach_copy_(ps, new)
         if adapt:
             rho = reduction_ratio(f1 - f0, proposal.predicted_change)
             glob["damping"] = self.damping_rule.update(damping_used, rho)
 
         for p, s in pending:
-            self.state[p].update(s)
+            if s:
+                self.state[p].update(s)
         glob["step"] = step
         return StepStats(
             loss=f0,
@@ -636,18 +638,28 @@ class AdamQLR(QuadraticModelOptimizer):
     ) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
         beta1, beta2 = group["betas"]
         eps = group["eps"]
-        directions, states = [], []
-        for p, g in zip(params, grads, strict=True):
-            st = self.state.get(p, {})  # no empty entry is created on a rejected step
-            t = st.get("step", 0) + 1  # per parameter: a frozen layer keeps its own count
-            m = st.get("exp_avg", torch.zeros_like(p)).lerp(g, 1.0 - beta1)
-            v = st.get("exp_avg_sq", torch.zeros_like(p)).mul(beta2)
-            v.addcmul_(g, g, value=1.0 - beta2)
-            m_hat = m / (1.0 - beta1**t)
-            v_hat = v / (1.0 - beta2**t)
-            directions.append(m_hat / (v_hat.sqrt() + eps))
-            states.append({"step": t, "exp_avg": m, "exp_avg_sq": v})
-        return directions, states
+        states = [self.state.get(p, {}) for p in params]  # no empty entry on a rejected step
+        steps = [st.get("step", 0) + 1 for st in states]  # per parameter: a frozen layer keeps
+        ms = [st["exp_avg"] if "exp_avg" in st else torch.zeros_like(p)  # its own count
+              for st, p in zip(states, params, strict=True)]
+        vs = [st["exp_avg_sq"] if "exp_avg_sq" in st else torch.zeros_like(p)
+              for st, p in zip(states, params, strict=True)]
+        # m <- beta1 m + (1 - beta1) g;  v <- beta2 v + (1 - beta2) g^2  (new tensors: the old
+        # ones stay as they are until the step is accepted)
+        m_new = torch._foreach_lerp(ms, grads, 1.0 - beta1)
+        v_new = torch._foreach_mul(vs, beta2)
+        torch._foreach_addcmul_(v_new, grads, grads, value=1.0 - beta2)
+        # d = m_hat / (sqrt(v_hat) + eps) with m_hat = m / (1 - beta1^t), v_hat = v / (1 - beta2^t)
+        denom = torch._foreach_div(v_new, [1.0 - beta2**t for t in steps])
+        torch._foreach_sqrt_(denom)
+        torch._foreach_add_(denom, eps)
+        directions = torch._foreach_div(m_new, [1.0 - beta1**t for t in steps])
+        torch._foreach_div_(directions, denom)
+        new_states = [
+            {"step": t, "exp_avg": m, "exp_avg_sq": v}
+            for t, m, v in zip(steps, m_new, v_new, strict=True)
+        ]
+        return list(directions), new_states
 
 
 class SGDQLR(QuadraticModelOptimizer):
@@ -660,4 +672,4 @@ class SGDQLR(QuadraticModelOptimizer):
     def _direction(
         self, params: list[Tensor], grads: list[Tensor], group: dict[str, Any], step: int
     ) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
-        return [g.clone() for g in grads], [{} for _ in grads]
+        return list(grads), [{} for _ in grads]
