@@ -18,12 +18,20 @@ from adamqlr.lens.adam import (
     adam_moments,
     rescaled_updates,
 )
+from adamqlr.lens.damping import DampingConfig, damping_study, quadratic_rho_run
 from adamqlr.lens.diagonals import (
     enumerate_squared_batch_gradient,
     expected_squared_batch_gradient,
     ggn_diagonal,
     gradient_moments,
     output_hessian_factor,
+)
+from adamqlr.lens.line import (
+    LineProbe,
+    StepSizeConfig,
+    adam_direction,
+    probe_step,
+    step_size_study,
 )
 from adamqlr.lens.products import (
     dense_empirical_fisher,
@@ -219,7 +227,7 @@ def test_divergent_runs_stop_and_tuning_ranks_them_last():
 
 
 def test_rosenbrock_study_smoke():
-    study = rosenbrock_study(RosenbrockConfig.for_profile("smoke"))
+    study = rosenbrock_study(RosenbrockConfig(steps=60, lrs=(1e-3, 1e-2), momenta=(0.9,)))
     assert list(study.trajectories) == [
         "GD",
         "GD + momentum",
@@ -230,7 +238,8 @@ def test_rosenbrock_study_smoke():
     ]
     summary = study.summary().set_index("optimiser")
     assert summary.loc["AdamQLR (Untuned, GGN)", "rejected steps"] == 0
-    assert len(study.frame()) == 6 * 201
+    assert len(study.frame()) == 6 * 61
+    assert RosenbrockConfig.for_profile("smoke").steps == 200
     with pytest.raises(ValueError, match="unknown profile"):
         RosenbrockConfig.for_profile("huge")
 
@@ -370,3 +379,68 @@ def test_adam_lens_run_smoke():
     assert len(result.diagonals) == 2 * 39760
     summary = result.summary()
     assert list(summary.index) == [3, 6] and (summary["coordinates"] > 30_000).all()
+
+
+# ------------------------------------------------------------------------------ step size
+def test_probe_predicts_the_step_adamqlr_takes():
+    model, x, y, loss = problem("cross_entropy", n=16)
+    opt = AdamQLR(model)
+    for _ in range(3):
+        before = flat_params(model).vector.clone()
+        probe = probe_step(opt, x, y)
+        grads = {
+            n: g
+            for n, g in zip(
+                dict(model.named_parameters()),
+                torch.autograd.grad(loss.value(model(x), y), list(model.parameters())),
+                strict=True,
+            )
+        }
+        d = adam_direction(opt, grads)
+        stats = opt.step(x, y)
+        assert stats.lr == pytest.approx(probe.alpha_star("ggn", probe.damping), rel=1e-10)
+        step = flat_params(model).vector - before
+        assert torch.allclose(step, -stats.lr * torch.cat([v.reshape(-1) for v in d.values()]))
+        assert probe.fd_slope == pytest.approx(-probe.grad_dot_dir, rel=1e-5)
+        assert probe.fd_curvature == pytest.approx(probe.q_hessian, rel=1e-4)  # tanh: smooth
+
+
+def test_line_probe_model_and_refusals():
+    probe = LineProbe(
+        1.0, 2.0, 4.0, 3.0, -5.0, 0.5, np.array([0.0, 1.0]), np.array([1.0, 0.5]), 1e-3, -2.0, 3.0
+    )
+    assert probe.alpha_star("ggn", 0.5) == pytest.approx(2.0 / 5.0)
+    assert math.isnan(probe.alpha_star("hessian", 0.0))
+    assert probe.model(np.array([1.0]), "ggn", 0.0)[0] == pytest.approx(1.0 - 2.0 + 1.5)
+    assert set(probe.frame("ggn", {"l0": 0.0})["curve"]) == {"true loss", "l0"}
+    with pytest.raises(ValueError, match="curvature kind"):
+        probe.curvature("fisher")
+    with pytest.raises(ValueError, match="unknown profile"):
+        StepSizeConfig.for_profile("huge")
+    with pytest.raises(ValueError, match="unknown profile"):
+        DampingConfig.for_profile("huge")
+
+
+@needs_data
+def test_step_size_and_damping_studies_smoke():
+    study = step_size_study(StepSizeConfig(batch_size=200, warm_steps=2), "smoke")
+    assert sorted(study.probes) == [1, 3] and len(study.trace) == 3
+    for step, probe in study.probes.items():
+        assert study.stats[step]["lr"] == pytest.approx(probe.alpha_star("ggn", probe.damping))
+    config = DampingConfig(
+        regimes={"B = 100": (100, 3)}, policies=("adaptive (untuned)", "none (0)"), heldout_size=50
+    )
+    damping = damping_study(config, "smoke")
+    assert len(damping.trace) == 6 and len(damping.final) == 2
+    assert (damping.trace.loc[damping.trace["label"] == "none (0)", "damping"] == 0).all()
+    assert damping.trace["rho_heldout"].notna().all()
+    with pytest.raises(ValueError, match="invalid policies"):
+        damping_study(DampingConfig(policies=("sometimes",)), "smoke")
+
+
+@needs_data
+def test_quadratic_rho_has_the_closed_form():
+    quad = quadratic_rho_run("smoke", steps=10)
+    lam, q, s = quad["damping_used"], quad["curvature"], quad["direction_sq_norm"]
+    assert np.allclose(quad["rho"], (q + 2 * lam * s) / (q + lam * s), rtol=1e-6)
+    assert np.allclose(quad["damping"], 0.5 * lam)

@@ -17,6 +17,7 @@ import seaborn as sns
 from matplotlib import colors as mcolors
 from matplotlib.figure import Figure
 
+from adamqlr.lens.line import LineProbe
 from adamqlr.lens.trajectories import Trajectory
 from adamqlr.plots.theme import palette
 from adamqlr.tasks.rosenbrock import rosenbrock
@@ -24,6 +25,8 @@ from adamqlr.tasks.rosenbrock import rosenbrock
 __all__ = [
     "plot_adam_lens",
     "plot_curvature_matrices",
+    "plot_damping_traces",
+    "plot_line_models",
     "plot_product_costs",
     "plot_rosenbrock",
 ]
@@ -265,4 +268,145 @@ def plot_adam_lens(
                 fontsize="small",
                 bbox=dict(facecolor="white", alpha=0.8, linewidth=0),
             )
+    return fig
+
+
+def plot_line_models(rows: Mapping[str, tuple[LineProbe, Mapping[str, float]]]) -> Figure:
+    """Draw the true loss along ``-d`` beside damped quadratic models, for the GGN and the Hessian.
+
+    One row per probe, two panels per row: the models with ``C = G`` (left) and ``C = H`` (right),
+    one curve per damping, each with its minimiser ``alpha*`` marked by a dot and a dotted line;
+    the true loss ``f(theta - alpha d)`` is the thick black curve.
+
+    Args:
+        rows: Row title -> (a :class:`adamqlr.lens.line.LineProbe`, legend label -> damping).
+
+    Returns:
+        The figure.
+
+    Raises:
+        ValueError: If ``rows`` or a row's dampings are empty.
+    """
+    if not rows:
+        raise ValueError("invalid rows: empty")
+    fig, axes = plt.subplots(
+        len(rows), 2, figsize=(11, 3.9 * len(rows)), layout="constrained", squeeze=False
+    )
+    panels = (("ggn", "$C = G$ (GGN)"), ("hessian", "$C = H$ (Hessian)"))
+    for row, (row_title, (probe, dampings)) in enumerate(rows.items()):
+        if not dampings:
+            raise ValueError(f"invalid dampings for {row_title!r}: empty")
+        colours = sns.color_palette("flare", n_colors=len(dampings))
+        alphas = probe.alphas
+        lo, hi = float(np.min(probe.losses)), float(np.max(probe.losses))
+        pad = 0.15 * (hi - lo)
+        for ax, (kind, title) in zip(axes[row], panels, strict=True):
+            ax.plot(
+                alphas, probe.losses, color="black", linewidth=2.4, label=r"$f(\theta - \alpha d)$"
+            )
+            for colour, (label, lam) in zip(colours, dampings.items(), strict=True):
+                ax.plot(
+                    alphas, probe.model(alphas, kind, lam), color=colour, linewidth=1.4, label=label
+                )
+                star = probe.alpha_star(kind, lam)
+                if np.isfinite(star):
+                    ax.plot(star, probe.model(np.array([star]), kind, lam)[0], "o", color=colour)
+                    ax.axvline(star, color=colour, linewidth=0.8, linestyle=":")
+            ax.axvline(0.0, color="0.5", linewidth=0.8)
+            ax.set(title=f"{row_title}: {title}", ylim=(lo - pad, hi + pad))
+        axes[row, 0].set_ylabel("mini-batch loss")
+        axes[row, 1].legend(loc="upper right", fontsize="small")
+    for ax in axes[-1]:
+        ax.set_xlabel(r"step size $\alpha$")
+    return fig
+
+
+def plot_damping_traces(
+    trace: pd.DataFrame, regime: str, *, seed: int | None = None, rho_limits=(-1.0, 2.0)
+) -> Figure:
+    """Draw loss, step size, damping and reduction ratio of every damping policy in one regime.
+
+    Four panels against the step, one colour per policy (in the order they appear): the
+    mini-batch loss (log scale, cut at ``1e6``; a diverged run ends with a cross), ``|alpha|``
+    (log), ``lambda`` (log; a policy with ``lambda = 0`` is named in the panel instead), and
+    ``rho`` (linear, the band ``[1/4, 3/4]`` where the damping is left alone shaded; values outside
+    ``rho_limits`` are drawn on the edge as triangles).
+
+    Args:
+        trace: :attr:`adamqlr.lens.damping.DampingStudy.trace`.
+        regime: The regime label to draw.
+        seed: The seed to draw (default: the smallest).
+        rho_limits: The vertical range of the ``rho`` panel.
+
+    Returns:
+        The figure.
+
+    Raises:
+        ValueError: If the regime or seed is not in the data.
+    """
+    part = trace[trace["regime"] == regime]
+    if part.empty:
+        available = sorted(trace["regime"].unique())
+        raise ValueError(f"invalid regime: {regime!r} (available: {available})")
+    seed = int(part["seed"].min()) if seed is None else seed
+    part = part[part["seed"] == seed]
+    if part.empty:
+        raise ValueError(f"invalid seed: {seed!r} for regime {regime!r}")
+    labels = list(dict.fromkeys(part["label"]))
+    base = sns.color_palette("colorblind", n_colors=10)
+    colours = dict(
+        zip(labels, [base[i % 10] for i in (0, 2, 3, 4, 1, 5, 6, 7, 8, 9)], strict=False)
+    )
+    fig, axes = plt.subplots(2, 2, figsize=(10.5, 6.0), sharex=True, layout="constrained")
+    ax_loss, ax_lr, ax_damp, ax_rho = axes.flat
+    lo_rho, hi_rho = rho_limits
+    zero_damping = []
+    for label in labels:
+        run = part[part["label"] == label]
+        it = run["iteration"].to_numpy()
+        colour = colours[label]
+        loss = run["loss"].to_numpy(dtype=float)
+        ok = np.isfinite(loss) & (loss <= 1e6)
+        shown = np.where(ok, loss, np.nan)
+        ax_loss.plot(it, shown, color=colour, linewidth=1.2, label=label)
+        if not ok.all():
+            first_bad = int(np.flatnonzero(~ok)[0])
+            if first_bad > 0:
+                ax_loss.plot(
+                    it[first_bad - 1], loss[first_bad - 1], "X", color=colour, markersize=9
+                )
+        lr = np.abs(run["lr"].to_numpy(dtype=float))
+        ax_lr.plot(it, np.where(lr > 0, lr, np.nan), color=colour, linewidth=1.0)
+        damping = run["damping"].to_numpy(dtype=float)
+        if (damping > 0).any():
+            ax_damp.plot(it, np.where(damping > 0, damping, np.nan), color=colour, linewidth=1.2)
+        else:
+            zero_damping.append(label)
+        rho = run["rho"].to_numpy(dtype=float)
+        ax_rho.plot(it, np.clip(rho, lo_rho, hi_rho), color=colour, linewidth=0.9)
+        for edge, marker, mask in ((lo_rho, "v", rho < lo_rho), (hi_rho, "^", rho > hi_rho)):
+            if mask.any():
+                ax_rho.plot(it[mask], np.full(mask.sum(), edge), marker, color=colour, markersize=4)
+    ax_loss.set(yscale="log", ylabel="mini-batch loss")
+    ax_lr.set(yscale="log", ylabel=r"step size $|\alpha|$")
+    ax_damp.set(yscale="log", ylabel=r"damping $\lambda$", xlabel="step")
+    if zero_damping:
+        ax_damp.text(
+            0.98,
+            0.04,
+            ", ".join(zero_damping) + r": $\lambda = 0$",
+            transform=ax_damp.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize="small",
+        )
+    ax_rho.axhspan(0.25, 0.75, color="0.88", zorder=0)
+    ax_rho.set(ylim=(lo_rho - 0.1, hi_rho + 0.1), ylabel=r"reduction ratio $\rho$", xlabel="step")
+    fig.legend(
+        *ax_loss.get_legend_handles_labels(),
+        loc="outside upper center",
+        ncols=len(labels),
+        title=f"{regime} (seed {seed})",
+        frameon=False,
+    )
     return fig
