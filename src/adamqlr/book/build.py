@@ -3,7 +3,8 @@
 :func:`build_book` is ``adamqlr book build``:
 
 1. :func:`adamqlr.book.runner.run_book` (unless ``run=False``): execute the stale notebooks;
-2. :func:`adamqlr.book.reproducibility.write`: regenerate ``book/reproducibility.md``;
+2. :func:`adamqlr.book.reproducibility.write`: regenerate ``book/reproducibility.md`` (a build
+   product: git-ignored, never edited);
 3. :func:`adamqlr.book.scan.scan_notebooks`: refuse notebooks with active content in outputs;
 4. ``jupyter-book build <root> -W -n --keep-going``: every warning (a missing reference, an
    unknown citation, text a notebook printed on stderr) fails the build.
@@ -94,7 +95,10 @@ def _warnings(output: str) -> list[str]:
 def build_html(
     project: Project, *, path_output: str | os.PathLike[str] | None = None, timeout: float = 1800
 ) -> Path:
-    """Run the strict ``jupyter-book build``.
+    """Run the strict ``jupyter-book build`` (after regenerating the reproducibility page).
+
+    The page ``book/reproducibility.md`` is generated from the executed notebooks, never edited
+    or committed (it is git-ignored), so every build shows the pages it builds.
 
     Args:
         project: The project.
@@ -107,6 +111,8 @@ def build_html(
     Raises:
         BookBuildFailed: With every warning, if Sphinx warned or failed.
     """
+    if reproducibility.write(project):
+        log.info("wrote %s", reproducibility.PAGE)
     out = Path(path_output) if path_output is not None else project.root
     build_dir = out / "_build"
     command = jupyter_book_command(project.root, path_output)

@@ -3,6 +3,7 @@
 ::
 
     adamqlr book run    [--profile P] [--only NAME]... [--force] [--keep-going] [--cell-timeout S]
+                        (also regenerates book/reproducibility.md when a notebook ran)
     adamqlr book build  [the same] [--no-run] [--path-output DIR]
     adamqlr book status
 
@@ -157,6 +158,11 @@ def _run(args: argparse.Namespace) -> int:
         )
     except (ProjectError, ValueError) as err:
         return _usage_error(err)
+    if any(o.status == "executed" for o in outcomes):
+        from adamqlr.book import reproducibility
+
+        if reproducibility.write(_project(args)):
+            logging.getLogger("adamqlr.book").info("wrote %s", reproducibility.PAGE)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("executed", "skipped", "failed")}
     print(
         f"adamqlr book: {counts['executed']} executed, {counts['skipped']} up to date, "

@@ -78,6 +78,9 @@ class Project:
 
     root: Path
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).resolve())
+
     @classmethod
     def find(cls, start: str | os.PathLike[str] | None = None) -> Project:
         """Find the project root at or above ``start`` (default: the working directory).

@@ -7,7 +7,8 @@ notebooks that declare run records (``# reads: results/...``), it summarises the
 provenance: how many, on which devices, when, how much compute, at which commits.
 
 The output depends only on those files, so it is deterministic: rebuilding an unchanged book
-rewrites nothing.
+rewrites nothing. The page is a build product (git-ignored): every strict build regenerates it
+from the pages it is about to build, so it cannot fall behind them.
 """
 
 from __future__ import annotations
