@@ -132,6 +132,9 @@ def test_strict_build_fails_on_broken_references_and_stderr(tmp_path) -> None:
         "nbformat_minor": 5,
     }
     (tmp_path / "book" / "noisy.ipynb").write_text(json.dumps(nb))
+    (tmp_path / "notebooks" / "noisy.py").write_text(
+        '# %% tags=["parameters"]\nprofile = "quick"\n'
+    )
     (tmp_path / "_toc.yml").write_text(
         "format: jb-book\nroot: book/intro\nchapters:\n  - file: book/broken\n"
         "  - file: book/noisy\n"
