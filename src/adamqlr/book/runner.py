@@ -542,7 +542,6 @@ def execute_notebook(
     nb.metadata.setdefault("language_info", {"name": "python"})
     nb.cells.insert(0, _colab_cell(repository_url()))
     nb.cells.append(_provenance_cell())
-    nbformat.validator.normalize(nb)
 
     git = git_state(root)
     target.parent.mkdir(parents=True, exist_ok=True)  # the notebook runs in its page's folder
