@@ -20,6 +20,7 @@ from adamqlr.kfac import (
     build_blocks,
     curvature_gram,
     pi_damped_factors,
+    psd_inverse,
     solve_quadratic_model,
 )
 from adamqlr.losses import CrossEntropyLoss
@@ -467,3 +468,57 @@ def test_default_sampling_follows_the_global_generator():
     opt = KFAC(model, "cross_entropy")
     torch.manual_seed(124)
     assert [opt.step(x, y) for _ in range(3)] != results[0]
+
+
+class SameConv(nn.Conv2d):
+    """Pads its input itself, TensorFlow "SAME" style, like the tasks' ResNet-18."""
+
+    def forward(self, x):
+        extra_h = max(0, (math.ceil(x.shape[-2] / self.stride[0]) - 1) * self.stride[0]
+                      + self.kernel_size[0] - x.shape[-2])  # fmt: skip
+        extra_w = max(0, (math.ceil(x.shape[-1] / self.stride[1]) - 1) * self.stride[1]
+                      + self.kernel_size[1] - x.shape[-1])  # fmt: skip
+        pad = (extra_w // 2, extra_w - extra_w // 2, extra_h // 2, extra_h - extra_h // 2)
+        return nn.functional.conv2d(nn.functional.pad(x, pad), self.weight, self.bias, self.stride)
+
+
+def test_convolution_padding_its_own_input_matches_an_explicitly_padded_one():
+    torch.manual_seed(0)
+    same = nn.Sequential(SameConv(2, 3, 3, stride=2), nn.Flatten(), nn.Linear(27, 4)).to(DT)
+    x, y = data(n=8, classes=4, shape=(2, 6, 6))
+    # the same network with the (asymmetric: 0 before, 1 after) padding done by a ZeroPad2d
+    explicit = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(2, 3, 3, stride=2),
+                             nn.Flatten(), nn.Linear(27, 4)).to(DT)  # fmt: skip
+    explicit[1].load_state_dict(same[0].state_dict())
+    explicit[3].load_state_dict(same[2].state_dict())
+    torch.testing.assert_close(same(x), explicit(x))
+    ours = one_step_factors(same, "cross_entropy", x, y, "exact")
+    ref = one_step_factors(explicit, "cross_entropy", x, y, "exact")
+    for a, b in (("0", "1"), ("2", "3")):
+        for key in ("A", "G"):
+            torch.testing.assert_close(ours[a][key], ref[b][key])
+
+
+@pytest.mark.parametrize("damping", [0.3, 0.0])
+def test_kronecker_preconditioner_is_the_damped_kronecker_inverse(damping):
+    model = mlp()
+    x, y = data(n=3)  # 3 rows < 6 inputs: without damping, A is singular (eigenvalue fallback)
+    opt = KFAC(model, "cross_entropy", "unadaptive", ema_decay=0.0, estimation="exact")
+    opt.step(x, y)
+    block = opt.blocks[0]
+    factors = opt.factors(block)
+    inverses = block.inverse(factors, damping)
+    assert ("A_chol" in inverses) == (damping > 0)
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(p.shape, generator=g, dtype=DT) for _, p in block.params]
+    pre = block.precondition(grads, factors, inverses, damping)
+    a_d, g_d = pi_damped_factors(factors["A"], factors["G"], damping)
+    mat = torch.cat([grads[0], grads[1][:, None]], 1)  # [W, b]
+    pre_mat = torch.cat([pre[0], pre[1][:, None]], 1)
+    if damping > 0:
+        expected = torch.linalg.solve(torch.kron(a_d, g_d), mat.T.reshape(-1))  # column-major vec
+        torch.testing.assert_close(pre_mat.T.reshape(-1), expected)
+    else:  # singular A: the eigenvalue-clipped inverse (finite) stands in for A^{-1}
+        assert torch.isfinite(pre_mat).all()
+        expected = torch.linalg.solve(g_d, mat) @ psd_inverse(a_d)
+        torch.testing.assert_close(pre_mat, expected, rtol=1e-7, atol=0)

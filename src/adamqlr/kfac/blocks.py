@@ -207,13 +207,32 @@ class KroneckerBlock(Block):
     def hook_module(self) -> nn.Module:  # noqa: D102
         return self.module
 
-    def _patches(self, x: Tensor) -> Tensor:
-        """Rows of the layer's input: ``(R, in)`` (plus a column of ones for the bias)."""
+    def _patches(self, x: Tensor, out_shape: tuple[int, ...]) -> Tensor:
+        """Rows of the layer's input: ``(R, in)`` (plus a column of ones for the bias).
+
+        A convolution that pads its input itself before calling ``conv2d`` (TensorFlow/Haiku
+        "SAME" padding, as the tasks' ResNet-18 does) is handled by inferring the missing padding
+        from the output size and splitting it as TensorFlow does (any odd row or column at the
+        end); the patch count is then checked against the output.
+        """
         m = self.module
         if isinstance(m, nn.Conv2d):
             if x.dim() == 3:  # unbatched input (C, H, W)
                 x = x.unsqueeze(0)
+            pads = []
+            for axis in (1, 0):  # F.pad order: last dimension (width) first
+                size, out = x.shape[2 + axis], out_shape[-2 + axis]
+                k, s, d, p = m.kernel_size[axis], m.stride[axis], m.dilation[axis], m.padding[axis]
+                extra = max(0, (out - 1) * s + d * (k - 1) + 1 - size - 2 * p)
+                pads += [extra // 2, extra - extra // 2]
+            if any(pads):
+                x = F.pad(x, pads)
             cols = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)  # (N, C*k*k, L)
+            if cols.shape[-1] != out_shape[-1] * out_shape[-2]:
+                raise ValueError(
+                    f"K-FAC: cannot infer the patches of convolution {self.name!r}: "
+                    f"{cols.shape[-1]} patches for an output of {tuple(out_shape[-2:])}"
+                )
             rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])
         else:
             rows = x.reshape(-1, x.shape[-1])
@@ -222,7 +241,7 @@ class KroneckerBlock(Block):
         return rows
 
     def record_input(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> int:  # noqa: D102
-        rows = self._patches(inputs[0].detach())
+        rows = self._patches(inputs[0].detach(), tuple(output.shape))
         self._add("A", rows.T @ rows)
         self._rows += rows.shape[0]
         return 0
@@ -260,9 +279,29 @@ class KroneckerBlock(Block):
                 out.append(mat[:, -1].reshape(p.shape))
         return out
 
-    def inverse(self, factors: dict[str, Tensor], damping: float) -> dict[str, Tensor]:  # noqa: D102
-        a_d, g_d = pi_damped_factors(factors["A"], factors["G"], damping)
-        return {"A_inv": psd_inverse(a_d), "G_inv": psd_inverse(g_d)}
+    def inverse(self, factors: dict[str, Tensor], damping: float) -> dict[str, Tensor]:
+        """Factorise the pi-damped factors: their Cholesky factors (``A_chol``, ``G_chol``).
+
+        Solving with a Cholesky factor is much cheaper than forming the inverse of a large factor
+        (a ResNet's 4609 x 4609 input factor). A factor that is not numerically positive
+        definite gets an explicit eigenvalue-clipped inverse instead (``A_inv`` / ``G_inv``).
+        """
+        out = {}
+        for key, mat in zip(("A", "G"), pi_damped_factors(factors["A"], factors["G"], damping),
+                            strict=True):  # fmt: skip
+            chol, info = torch.linalg.cholesky_ex(mat)
+            if int(info) == 0:
+                out[key + "_chol"] = chol
+            else:
+                out[key + "_inv"] = psd_inverse(mat)
+        return out
+
+    @staticmethod
+    def _solve(inverses: dict[str, Tensor], key: str, rhs: Tensor) -> Tensor:
+        """Return ``F_key^{-1} rhs`` for a damped factor ``F_key`` (``rhs`` has its rows)."""
+        if key + "_chol" in inverses:
+            return torch.cholesky_solve(rhs, inverses[key + "_chol"].to(rhs.dtype))
+        return inverses[key + "_inv"].to(rhs.dtype) @ rhs
 
     def precondition(  # noqa: D102
         self,
@@ -273,8 +312,8 @@ class KroneckerBlock(Block):
     ) -> list[Tensor]:
         if inverses is None:
             inverses = self.inverse(factors, damping)
-        mat = self._as_matrix(grads)
-        mat = inverses["G_inv"].to(mat.dtype) @ mat @ inverses["A_inv"].to(mat.dtype)
+        mat = self._solve(inverses, "G", self._as_matrix(grads))  # G_d^{-1} [W, b]
+        mat = self._solve(inverses, "A", mat.T).T  # ... A_d^{-1} (both factors symmetric)
         return self._from_matrix(mat)
 
     def dense(self, factors: dict[str, Tensor]) -> Tensor:
