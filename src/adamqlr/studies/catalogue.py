@@ -308,7 +308,7 @@ def _damping(profile: str) -> Study:
         ]
     task = "uci-energy"
     arms += [
-        _fixed(task, "adamqlr-untuned", profile),
+        _fixed(task, "adamqlr-untuned", profile, group="dilution"),
         _fixed(
             task,
             "adamqlr-untuned",

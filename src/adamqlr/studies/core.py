@@ -50,6 +50,7 @@ __all__ = [
     "final_value",
     "grid",
     "missing",
+    "notebook_records",
     "obtain",
     "plan",
     "run_study",
@@ -622,3 +623,48 @@ def obtain(
 def replace_arm(arm: Arm, **changes: Any) -> Arm:
     """Return a copy of ``arm`` with ``changes`` (validated again)."""
     return dataclasses.replace(arm, **changes)
+
+
+def notebook_records(
+    name: str,
+    profile: str,
+    *,
+    compute: bool = False,
+    store: ResultStore | None = None,
+    device: str | None = None,
+) -> StudyRecords:
+    """Return the records an experiment chapter draws, under the notebook's profile.
+
+    * ``quick`` and ``paper``: the study's records under that profile; if some are missing, they
+      are computed when ``compute`` is true, and otherwise :class:`StudyIncomplete` stops the
+      notebook, naming the missing runs and the command that makes them.
+    * ``smoke`` (the test suite): the committed ``quick`` records, read as they are (records of
+      an older algorithm version are accepted) and never computed. So the smoke run proves in
+      seconds that every cell of the chapter runs on real records; the computing path is tested
+      by the tests of :mod:`adamqlr.studies`, and staleness is caught when the book is built
+      under ``quick``.
+
+    Args:
+        name: The study's name.
+        profile: The notebook's profile.
+        compute: Compute missing runs (``quick``/``paper`` only).
+        store: The results store (default: the default store, ``results/`` of the checkout).
+        device: Device for computed runs.
+
+    Raises:
+        ValueError: For an unknown study or profile.
+        StudyIncomplete: If records are missing and not computed.
+    """
+    from adamqlr.studies.catalogue import get_study
+
+    if profile not in ("smoke", "quick", "paper"):
+        raise ValueError(f"unknown profile {profile!r}; expected 'smoke', 'quick' or 'paper'")
+    smoke = profile == "smoke"
+    study = get_study(name, "quick" if smoke else profile)
+    return obtain(
+        study,
+        store,
+        compute=compute and not smoke,
+        allow_stale=smoke,
+        device=device,
+    )

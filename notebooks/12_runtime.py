@@ -1,0 +1,163 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python (adamqlr)
+#     language: python
+#     name: adamqlr
+# ---
+
+# %% [markdown]
+# (ch-runtime)=
+# # The cost of a step, and what it does to the runtime axis
+#
+# **Question.** Every comparison in the paper {cite:p}`clarke24a` is drawn against wall-clock
+# time, so an optimiser is only as good as its progress per step *divided by its cost per step*.
+# AdamQLR pays for its step size with a curvature product and an extra forward pass. How much
+# does one step cost against Adam's, on which hardware, at which batch size, and how does that
+# cost move the curves of {ref}`ch-untuned-vs-tuned`?
+#
+# The paper has no dedicated overhead benchmark; its runtime evidence is the x-axis of every
+# figure and the steps and times of its tables. Any overhead figure the paper states is
+# UNCONFIRMED in our fact sheet.
+
+# %% tags=["parameters"]
+profile = "quick"
+compute = False
+
+# %%
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from myst_nb import glue
+
+from adamqlr.plots import set_theme
+from adamqlr.plots.experiments import plot_step_costs
+from adamqlr.plots.runs import plot_runs
+from adamqlr.studies import notebook_records
+from adamqlr.studies.analysis import provenance_text, relative_cost, step_costs
+
+set_theme()
+pd.set_option("display.precision", 3)
+
+# reads: results/fashion-mnist/*/*/manifest.json
+# reads: results/cifar-10/*/*/manifest.json
+data = notebook_records("runtime", profile, compute=compute)
+study = data.study
+print(f"study {study.name!r}, profile {study.profile!r}: {len(study.arms)} arms")
+print(provenance_text(data.all_records()))
+
+# %% [markdown]
+# ## What one step does
+#
+# In units of one forward pass $c_f$ and one forward-plus-backward pass $c_{fb}$, the steps of
+# the optimisers compared are
+#
+# $$
+# c_\mathrm{Adam} \approx c_{fb}, \qquad
+# c_\mathrm{AdamQLR,F} \approx c_{fb} + c_\mathrm{JVP} + c_f, \qquad
+# c_\mathrm{AdamQLR,H} \approx c_{fb} + c_\mathrm{HVP} + c_f ,
+# $$ (eq-rt-cost)
+#
+# where $c_\mathrm{JVP}$ is one forward-mode Jacobian-vector product through the network (for
+# $d^\top F d$), $c_\mathrm{HVP}$ one Hessian-vector product (forward-over-reverse, for
+# $d^\top H d$), and $c_f$ the forward pass on the same batch that gives the reduction ratio. A
+# JVP costs roughly one to two forward passes, an HVP roughly a forward-plus-backward more, so the
+# Fisher step should cost about two to three Adam steps when the network's passes dominate; for a
+# network this small, the fixed per-step cost of Python and of launching many small operations can
+# dominate instead. K-FAC adds the Kronecker factors' statistics (here a sampled backward pass),
+# their inverses every step, and its own two-dimensional quadratic model.
+#
+# The runtime study times each optimiser for a fixed number of steps at several batch sizes, with
+# evaluation only at the start and the end (outside the clock), and reads the time of every step
+# from the records' clock. The finer decomposition of a step into the terms of {eq}`eq-rt-cost`
+# is the job of the benchmark script `benchmarks/step_cost.py`, which times the pieces side by
+# side.
+
+# %%
+costs = step_costs(data.all_records())
+relative = relative_cost(costs, reference="adam")
+glue("rt_runs", provenance_text(data.all_records()), display=False)
+tasks = list(relative["task"].unique())
+relative
+
+# %% mystnb={"figure": {"caption": "Time per optimisation step against batch size (left; median over the steps of each run, after the first) and relative to Adam's at the same batch size (right), on the Fashion-MNIST MLP 784-50-10. Runs: {glue:text}`rt_runs`.", "name": "fig-rt-cost"}}
+main = tasks[0]
+plot_step_costs(relative[relative["task"] == main])
+plt.show()
+
+# %%
+fisher = relative[(relative["task"] == main) & (relative["optimiser"] == "adamqlr-untuned")]
+hessian = relative[(relative["task"] == main) & (relative["optimiser"] == "adamqlr-untuned-hessian")]
+glue("rt_fisher_min", float(fisher["ratio"].min()), display=False)
+glue("rt_fisher_max", float(fisher["ratio"].max()), display=False)
+glue("rt_hessian_max", float(hessian["ratio"].max()), display=False)
+threads = sorted({int(r.provenance.get("torch_threads") or 0) for r in data.all_records()})
+glue("rt_threads", ", ".join(map(str, threads)), display=False)
+
+# %% [markdown]
+# ## Per step or per second
+#
+# The same runs can be drawn against the step count or against time. Against steps, only the
+# progress per step counts; against time, the cost per step stretches each curve. The next
+# figure draws the Fashion-MNIST runs of {ref}`ch-untuned-vs-tuned` both ways.
+
+# %%
+main_runs = notebook_records("untuned-vs-tuned", profile, compute=compute)
+# reads: results/uci-energy/*/*/manifest.json
+fm = main_runs.by_label(task="fashion-mnist")
+keep = ["AdamQLR (Untuned)", "AdamQLR", "Adam", "K-FAC (Untuned)"]
+fm = {label: fm[label] for label in keep if label in fm}
+glue("rt_main_runs", provenance_text([r for rs in fm.values() for r in rs]), display=False)
+
+# %% mystnb={"figure": {"caption": "Test loss on Fashion-MNIST of the runs of {numref}`fig-ut-losses` against the step (left) and against optimisation time (right). Runs: {glue:text}`rt_main_runs`.", "name": "fig-rt-steps-time"}}
+fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.8))
+plot_runs(fm, "test_loss", ax=axes[0], time="step", legend=False)
+axes[0].set_xscale("log")
+plot_runs(fm, "test_loss", ax=axes[1], time="time")
+plt.show()
+
+# %%
+per_step = pd.DataFrame(
+    {
+        label: {
+            "steps": np.median([r.provenance["steps"] for r in rs]),
+            "optimisation time (s)": np.median([r.provenance["optimisation_time_s"] for r in rs]),
+            "ms per step": 1e3 * np.median(
+                [r.provenance["optimisation_time_s"] / r.provenance["steps"] for r in rs]
+            ),
+            "batch size": rs[0].settings["batch_size"],
+        }
+        for label, rs in fm.items()
+    }
+).T
+per_step
+
+# %% [markdown]
+# ## What the figures say
+#
+# Timings come from the machine named in the captions, with the torch thread count(s)
+# {glue:text}`rt_threads`. Under `quick` that is a shared 2-core CPU on which other jobs ran at
+# the same time, so single steps are sometimes slow; the medians are robust to that, the means
+# are not. GPU timings, where the balance between the network's passes and the fixed cost per
+# operation is very different, come with the `paper` profile (`adamqlr study run runtime
+# --profile paper`).
+#
+# - **Fisher step.** An AdamQLR step with the Fisher costs between
+#   {glue:text}`rt_fisher_min:.1f` and {glue:text}`rt_fisher_max:.1f` Adam steps over the batch
+#   sizes timed, in line with {eq}`eq-rt-cost`'s two to three once the network's passes dominate.
+# - **Hessian step.** Up to {glue:text}`rt_hessian_max:.1f` Adam steps: the forward-over-reverse
+#   product is the expensive term.
+# - **Steps against seconds.** In {numref}`fig-rt-steps-time`, an optimiser whose curve leads
+#   against steps can fall behind against time, and the fixed epoch budget hides another effect:
+#   a batch of 3200 gives 64 times fewer steps than a batch of 50, each far more expensive. What
+#   the paper's runtime axis compares is the product of the two.
+#
+# **Against the paper.** The paper's runtime comparisons were made on GPUs shared by six runs
+# for the small tasks, with a full evaluation after every step inside the clock
+# (`official-code.md` section 8); ours exclude evaluation from the clock. Absolute times are
+# therefore not comparable with the paper's figures, and any overhead factor the paper states is
+# UNCONFIRMED in our fact sheet; the ratios above are what our implementation costs.
