@@ -83,12 +83,16 @@ def pi_damped_factors(a: Tensor, g: Tensor, damping: float) -> tuple[Tensor, Ten
     root = math.sqrt(damping)
     norm_a = float(torch.diagonal(a).mean())
     norm_g = float(torch.diagonal(g).mean())
-    eye_a = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
-    eye_g = torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
     if not (norm_a > 0.0 and norm_g > 0.0):
-        return root * eye_a, root * eye_g
+        return (
+            root * torch.eye(a.shape[0], dtype=a.dtype, device=a.device),
+            root * torch.eye(g.shape[0], dtype=g.dtype, device=g.device),
+        )
     pi = math.sqrt(norm_a / norm_g)
-    return a + (pi * root) * eye_a, g + (root / pi) * eye_g
+    a_d, g_d = a.clone(), g.clone()
+    a_d.diagonal().add_(pi * root)
+    g_d.diagonal().add_(root / pi)
+    return a_d, g_d
 
 
 def psd_inverse(m: Tensor) -> Tensor:

@@ -184,6 +184,22 @@ def _hessian_sqrt_columns(loss: Loss, outputs: Tensor, targets: Tensor) -> Itera
         raise ValueError(f"no output-Hessian square root for loss {loss!r}")
 
 
+def _inner_products(vectors: list[dict[str, Tensor]]) -> Tensor:
+    """Return the ``k x k`` matrix of inner products of parameter-shaped vectors (float64, CPU).
+
+    One matrix product per parameter over the stacked vectors, accumulated in float64.
+    """
+    k = len(vectors)
+    total = torch.zeros(k, k, dtype=torch.float64)
+    parts = []
+    for name in vectors[0]:
+        stack = torch.stack([v[name].reshape(-1) for v in vectors])
+        parts.append((stack @ stack.T).double())
+    if parts:
+        total += torch.stack(parts).sum(0).cpu()
+    return total
+
+
 @contextlib.contextmanager
 def _replayed_rng(cpu_state: Tensor, cuda_states: list[Tensor] | None) -> Iterator[None]:
     devices = list(range(len(cuda_states))) if cuda_states else []
@@ -482,18 +498,19 @@ class KFAC(torch.optim.Optimizer):
 
     def _update_factors(self, num_terms: int) -> bool:
         """Fold this batch's statistics into the moving averages; False if any is non-finite."""
-        batch = [(b, b.batch_statistics(num_terms)) for b in self.blocks]
-        for _, stats in batch:
-            if stats is not None and not all(bool(torch.isfinite(v).all()) for v in stats.values()):
-                return False
+        batch = [(b, s) for b in self.blocks if (s := b.batch_statistics(num_terms)) is not None]
+        sums = [v.sum() for _, stats in batch for v in stats.values()]
+        if sums and not bool(torch.isfinite(torch.stack([x.float() for x in sums])).all()):
+            return False
         for block, stats in batch:
-            if stats is None:
-                continue
             st = self.state[block.params[0][1]]
             st["ema_weight"] = self.ema_decay * st.get("ema_weight", 0.0) + 1.0
             for k, v in stats.items():
                 key = "factor." + k
-                st[key] = v if key not in st else st[key].mul(self.ema_decay).add_(v)
+                if key in st:
+                    st[key].mul_(self.ema_decay).add_(v)
+                else:
+                    st[key] = v
         return True
 
     def _refresh_inverses(self, damping: float) -> None:
@@ -519,7 +536,10 @@ class KFAC(torch.optim.Optimizer):
                 inverses = {
                     k[len("inverse.") :]: v for k, v in st.items() if k.startswith("inverse.")
                 } or None
-                pre = block.precondition(gs, self.factors(block), inverses, damping)
+                factors = {} if inverses is not None and block.kind == "kronecker" else None
+                pre = block.precondition(
+                    gs, self.factors(block) if factors is None else factors, inverses, damping
+                )
             for (n, _), d in zip(block.params, pre, strict=True):
                 if n in grads:
                     out[n] = d
@@ -564,7 +584,7 @@ class KFAC(torch.optim.Optimizer):
         }
         if not grads:
             return self._skip("no_gradient", f0)
-        if not math.isfinite(sum(float(g.double().pow(2).sum()) for g in grads.values())):
+        if not bool(torch.stack([torch.isfinite(g).all() for g in grads.values()]).all()):
             return self._skip("nonfinite_gradient", f0)
         if not self._update_factors(num_terms):
             return self._skip("nonfinite_curvature", f0)
@@ -577,35 +597,28 @@ class KFAC(torch.optim.Optimizer):
         velocity = {
             n: self.state[p].get("velocity", torch.zeros_like(p)) for n, p in params.items()
         }
-        has_velocity = step_index > 0 and any(bool(v.any()) for v in velocity.values())
-
-        def dot(x: dict[str, Tensor], y: dict[str, Tensor]) -> float:
-            return sum(float((x[n].double() * y[n].double()).sum()) for n in x)
 
         quad_change = math.nan
         if self.mode == "adaptive":
+            inner = _inner_products([direction, velocity, grads])  # one pass over the parameters
+            has_velocity = step_index > 0 and float(inner[1, 1]) > 0.0
             vectors = [direction, velocity] if has_velocity else [direction]
+            k = len(vectors)
             detached = {n: p.detach() for n, p in params.items()}
             with _replayed_rng(cpu_rng, cuda_rng):
                 curv = curvature_gram(self.model, detached, vectors, inputs, targets, self.loss)
-            k = len(vectors)
-            gram = torch.tensor(
-                [[dot(vectors[i], vectors[j]) for j in range(k)] for i in range(k)],
-                dtype=torch.float64,
-            )
-            b = torch.tensor([dot(grads, v) for v in vectors], dtype=torch.float64)
-            sol = solve_quadratic_model(curv, gram, b, damping)
+            sol = solve_quadratic_model(curv, inner[:k, :k], inner[:k, 2], damping)
             w1, w2 = sol.coefficients[0], (sol.coefficients[1] if k == 2 else 0.0)
             quad_change = sol.quad_change_damped if self.damping_in_rho else sol.quad_change
             if not (sol.ok and math.isfinite(quad_change)):
                 return self._skip("nonfinite_coefficients", f0, quad_change=quad_change)
         else:
+            if not bool(torch.stack([torch.isfinite(d).all() for d in direction.values()]).all()):
+                return self._skip("nonfinite_update", f0)
             group = self.param_groups[0]
             w1, w2 = -float(group["lr"]), (float(group["momentum"]) if step_index > 0 else 0.0)
 
         delta = {n: w1 * direction[n] + w2 * velocity[n] for n in params}
-        if not math.isfinite(dot(delta, delta)):
-            return self._skip("nonfinite_update", f0, quad_change=quad_change)
         old = {n: p.detach().clone() for n, p in params.items()} if self.mode == "adaptive" else {}
         with torch.no_grad():
             for n, p in params.items():
