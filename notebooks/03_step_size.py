@@ -18,7 +18,7 @@
 # direction $d$ at every step. Where does its formula come from, what does it predict, and how
 # well does the model behind it describe the real loss of a network on a real mini-batch?
 #
-# The notation is that of the {doc}`notation` page; {ref}`ch-adam-lens` explains why a step size
+# The notation is that of the {doc}`notation` page; the chapter {ref}`ch-adam-lens` explains why a step size
 # with the right units is needed at all.
 
 # %% tags=["parameters"]
@@ -80,7 +80,7 @@ print(f"profile {profile!r}: {config}")
 # $\hat m$; momentum enters only through $d$. (ii) If $g^\top d < 0$ (momentum pointing against
 # the current gradient), $\alpha^* < 0$ and the step goes along $+d$; {eq}`eq-ss-decrease` still
 # promises a decrease. (iii) The damping only enlarges the denominator: $\lambda$ shortens the step
-# without changing its direction, which {ref}`ch-damping` reads as a trust region.
+# without changing its direction, which the chapter {ref}`ch-damping` reads as a trust region.
 #
 # How good can the model be? Expanding the loss along the line to second order,
 #
@@ -97,7 +97,7 @@ print(f"profile {profile!r}: {config}")
 # {glue:text}`ss_batch`, float64) and stops just before two steps, the first one and step
 # {glue:text}`ss_late`. At each it forms $g$ and $d$ from the optimiser's state with the formulas of
 # {eq}`eq-al-adam` (not by calling the optimiser), computes $d^\top G d$ and $d^\top H d$ with
-# the matrix-free products of {ref}`ch-curvature-products`, and evaluates the true loss along the
+# the matrix-free products of the chapter {ref}`ch-curvature-products`, and evaluates the true loss along the
 # line. Then the optimiser takes the step on the same batch.
 
 # %%
@@ -205,11 +205,13 @@ for step, probe in study.probes.items():
 early, later = study.probes[first], study.probes[late]
 a_early = early.alpha_star("ggn", early.damping)
 true_early = float(np.interp(a_early, early.alphas, early.losses))
-glue("ss_pred_early", early.model(np.array([a_early]), "ggn", early.damping)[0] - early.f0, display=False)
+pred_early = float(early.model(np.array([a_early]), "ggn", early.damping)[0]) - early.f0
+glue("ss_pred_early", pred_early, display=False)
 glue("ss_true_early", true_early - early.f0, display=False)
 a_late = later.alpha_star("ggn", later.damping)
 true_late = float(np.interp(a_late, later.alphas, later.losses))
-glue("ss_pred_late", later.model(np.array([a_late]), "ggn", later.damping)[0] - later.f0, display=False)
+pred_late = float(later.model(np.array([a_late]), "ggn", later.damping)[0]) - later.f0
+glue("ss_pred_late", pred_late, display=False)
 glue("ss_true_late", true_late - later.f0, display=False)
 glue("ss_ratio_hg_late", later.q_hessian / later.q_ggn, display=False)
 
@@ -220,11 +222,11 @@ fig = plot_line_models(figure_rows)
 # ## What the figure shows
 #
 # At the first step ({numref}`fig-ss-models`, top) Adam's direction is nearly the sign of the
-# gradient (exercise {ref}`ex-al-first-step`), the loss along it is far from quadratic, and the
+# gradient ({ref}`ex-al-first-step`), the loss along it is far from quadratic, and the
 # undamped model is too optimistic: at its minimiser it predicts a change of
 # {glue:text}`ss_pred_early:.3f`, the loss actually changes by {glue:text}`ss_true_early:.3f`.
 # This is the situation the damping exists for: a larger $\lambda$ gives a shorter, safer step,
-# and the reduction ratio of {ref}`ch-damping` detects the disagreement and raises $\lambda$. A
+# and the reduction ratio (chapter {ref}`ch-damping`) detects the disagreement and raises $\lambda$. A
 # few steps later (bottom) the model fits the loss closely around its minimiser (predicted
 # {glue:text}`ss_pred_late:.4f`, actual {glue:text}`ss_true_late:.4f`), and the GGN and the
 # Hessian agree along $d$ ($d^\top H d / d^\top G d = ${glue:text}`ss_ratio_hg_late:.3f`), even
@@ -234,7 +236,7 @@ fig = plot_line_models(figure_rows)
 #
 # * The step size is the exact minimiser of a one-dimensional model, so it costs only the scalar
 #   $d^\top C d$ (one Jacobian-vector product) and carries the units Adam's $\eta$ lacks
-#   ({eq}`eq-al-invariance`).
+#   (see {eq}`eq-al-invariance`).
 # * The model is only as good as its curvature and its locality. Along Adam's direction on this
 #   network, the GGN model is accurate after a few steps, so the undamped step is close to an exact
 #   line search on the mini-batch. For ReLU networks "the Hessian" is the curvature between

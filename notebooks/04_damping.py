@@ -14,7 +14,7 @@
 # (ch-damping)=
 # # Levenberg-Marquardt damping and the reduction ratio
 #
-# **Question.** The step size of {ref}`ch-step-size` trusts a quadratic model. AdamQLR borrows
+# **Question.** The step size of the chapter {ref}`ch-step-size` trusts a quadratic model. AdamQLR borrows
 # from K-FAC {cite:p}`martens2015kfac` a way to decide *how much* to trust it: compare the loss
 # change the model predicted with the one that happened, and adapt a damping $\lambda$, the rule
 # of Levenberg {cite:p}`levenberg1944method` and Marquardt {cite:p}`marquardt1963algorithm`. What

@@ -264,7 +264,7 @@ fig = plot_product_costs(costs)
 # * **Which matrix.** For the paper's losses the GGN *is* the Fisher {eq}`eq-cp-canonical`, and it
 #   is positive semi-definite, so the quadratic model along $d$ always has a minimiser once
 #   $\lambda > 0$. The Hessian adds $R$ {eq}`eq-cp-hessian-split`, which makes it indefinite even
-#   on a 226-parameter network; the {ref}`ch-rosenbrock` chapter shows where that bites. The
+#   on a 226-parameter network; the chapter {ref}`ch-rosenbrock` shows where that bites. The
 #   empirical Fisher is a third matrix, not an approximation of either.
 # * **What it costs.** In this measurement ({numref}`fig-cp-cost`), one GGN product costs
 #   {glue:text}`cp_jvp_fb:.2f` forward+backward passes and one Hessian product
@@ -298,8 +298,8 @@ fig = plot_product_costs(costs)
 # :class: dropdown
 # $\ell = \log \sum_j e^{z_j} - z_y$, so $\partial \ell / \partial z_k = p_k - [k = y]$, i.e.
 # $\nabla_z \ell = p - e_y$. Then
-# $\mathbb{E}_y[(p - e_y)(p - e_y)^\top] = p p^\top - p\,\mathbb{E}[e_y]^\top - \mathbb{E}[e_y] p^\top
-# + \mathbb{E}[e_y e_y^\top] = p p^\top - 2 p p^\top + \operatorname{diag}(p)$, because
+# $\mathbb{E}_y[(p - e_y)(p - e_y)^\top] = p p^\top - p\,\mathbb{E}[e_y]^\top - \mathbb{E}[e_y] p^\top +
+# \mathbb{E}[e_y e_y^\top] = p p^\top - 2 p p^\top + \operatorname{diag}(p)$, because
 # $\mathbb{E}[e_y] = p$ and $e_y e_y^\top$ has a single one at $(y, y)$. Differentiating
 # $\nabla_z \ell = p - e_y$ once more gives $\partial p_k / \partial z_j = p_k([k = j] - p_j)$,
 # the same matrix, with no $y$ left in it.
@@ -317,7 +317,7 @@ fig = plot_product_costs(costs)
 # Each output $z_{nk} = w_k^\top x_n$ is linear in the parameters, so $\nabla^2_\theta z_{nk} = 0$
 # and $R = 0$. The loss is then exactly quadratic in $\theta$,
 # $f(\theta - \alpha d) = f - \alpha g^\top d + \tfrac12 \alpha^2 d^\top H d$, which is the model
-# of {ref}`ch-step-size` with $C = H = G$ and $\lambda = 0$; its minimiser
+# {eq}`eq-ss-line` with $C = H = G$ and $\lambda = 0$; its minimiser
 # $\alpha = g^\top d / d^\top G d$ is the exact line-search step. Numerically: with
 # `model = torch.nn.Linear(8, 1).double()`, `ggn_quadratic` and `hessian_quadratic` agree for any
 # direction, and evaluating the loss at $\theta - \alpha d$ for $\alpha$ slightly above and below

@@ -20,7 +20,8 @@
 # matrix, the Gauss-Newton matrix or the Hessian, feeds the step size?
 #
 # Everything below uses the notation of the {doc}`notation` page; the step size
-# $\alpha$ and the damping $\lambda$ are those of {ref}`ch-step-size` and {ref}`ch-damping`.
+# $\alpha$ and the damping $\lambda$ are those of the chapters {ref}`ch-step-size` and
+# {ref}`ch-damping`.
 
 # %% tags=["parameters"]
 profile = "quick"
@@ -91,7 +92,7 @@ print("L = f/4 at", len(points), "random points of the window")
 # $$ (eq-rb-jac)
 #
 # The output Hessian of the loss is $H_L = \tfrac12 I$ (half the squared error, averaged over two
-# rows), so the generalised Gauss-Newton matrix (GGN) of {ref}`ch-curvature-products` is
+# rows), so the generalised Gauss-Newton matrix (GGN) of the chapter {ref}`ch-curvature-products` is
 #
 # $$
 # G = J^\top H_L J = \frac{1}{2} J^\top J
@@ -183,7 +184,7 @@ fig = plot_rosenbrock(study.trajectories, traced=qlr_labels)
 # %% [markdown]
 # The checks below tie the runs to the derivation: the GGN run never meets non-positive curvature,
 # and every step the Hessian run had to reject lies in the indefinite region of
-# {eq}`eq-rb-indefinite`. They also check the damping rule of {ref}`ch-damping` on every step of
+# {eq}`eq-rb-indefinite`. They also check the damping rule {eq}`eq-dm-update` on every step of
 # both AdamQLR runs, and that K-FAC skips steps only once it sits exactly on the minimum, where the
 # gradient is zero and its quadratic model has nothing to say (a $0/0$ for its coefficients).
 

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from adamqlr.lens.line import LineProbe
 from adamqlr.lens.trajectories import Trajectory
-from adamqlr.plots.theme import palette
+from adamqlr.plots.theme import KNOWN_LABELS, palette
 from adamqlr.tasks.rosenbrock import rosenbrock
 
 __all__ = [
@@ -30,6 +30,27 @@ __all__ = [
     "plot_product_costs",
     "plot_rosenbrock",
 ]
+
+
+def _colours(labels: Sequence[str]) -> dict[str, tuple[float, float, float]]:
+    """Colours for ``labels``: the book's colour for a label it knows, distinct ones otherwise.
+
+    :func:`adamqlr.plots.theme.palette` fixes a colour for each of the paper's optimiser labels;
+    labels it does not know (this chapter's variants, such as "AdamQLR (Untuned, GGN)") get
+    well-separated colours from seaborn's ``dark`` palette instead of neighbouring hues.
+    """
+    known = palette([label for label in labels if label in KNOWN_LABELS])
+    dark = sns.color_palette("dark", 10)
+    spare = [dark[i] for i in (0, 3, 4, 1, 5, 8, 6, 9, 2, 7)]
+    out, k = {}, 0
+    for label in labels:
+        if label in known:
+            out[label] = known[label]
+        else:
+            out[label] = spare[k % len(spare)]
+            k += 1
+    return out
+
 
 #: The paper's Rosenbrock window and contour levels.
 ROSENBROCK_WINDOW = ((-1.5, 1.5), (-1.8, 1.2))
@@ -76,7 +97,7 @@ def plot_rosenbrock(
     unknown = [k for k in traced if k not in trajectories]
     if unknown:
         raise ValueError(f"invalid traced labels: {unknown} (not among {labels})")
-    colours = palette(labels)
+    colours = _colours(labels)
 
     fig = plt.figure(figsize=(12, 6.2), layout="constrained")
     grid = fig.add_gridspec(3, 2, width_ratios=(1.35, 1.0))
@@ -322,13 +343,19 @@ def plot_line_models(rows: Mapping[str, tuple[LineProbe, Mapping[str, float]]]) 
 
 
 def plot_damping_traces(
-    trace: pd.DataFrame, regime: str, *, seed: int | None = None, rho_limits=(-1.0, 2.0)
+    trace: pd.DataFrame,
+    regime: str,
+    *,
+    seed: int | None = None,
+    rho_limits: tuple[float, float] = (-1.0, 2.0),
+    damping_max: float = 1e4,
 ) -> Figure:
     """Draw loss, step size, damping and reduction ratio of every damping policy in one regime.
 
     Four panels against the step, one colour per policy (in the order they appear): the
     mini-batch loss (log scale, cut at ``1e6``; a diverged run ends with a cross), ``|alpha|``
-    (log), ``lambda`` (log; a policy with ``lambda = 0`` is named in the panel instead), and
+    (log), ``lambda`` (log, cut at ``damping_max`` with triangles above; a policy with
+    ``lambda = 0`` is named in the panel instead), and
     ``rho`` (linear, the band ``[1/4, 3/4]`` where the damping is left alone shaded; values outside
     ``rho_limits`` are drawn on the edge as triangles).
 
@@ -337,6 +364,7 @@ def plot_damping_traces(
         regime: The regime label to draw.
         seed: The seed to draw (default: the smallest).
         rho_limits: The vertical range of the ``rho`` panel.
+        damping_max: The top of the damping panel.
 
     Returns:
         The figure.
@@ -379,7 +407,13 @@ def plot_damping_traces(
         ax_lr.plot(it, np.where(lr > 0, lr, np.nan), color=colour, linewidth=1.0)
         damping = run["damping"].to_numpy(dtype=float)
         if (damping > 0).any():
-            ax_damp.plot(it, np.where(damping > 0, damping, np.nan), color=colour, linewidth=1.2)
+            inside = (damping > 0) & (damping <= damping_max)
+            ax_damp.plot(it, np.where(inside, damping, np.nan), color=colour, linewidth=1.2)
+            above = damping > damping_max
+            if above.any():
+                ax_damp.plot(
+                    it[above], np.full(above.sum(), damping_max), "^", color=colour, markersize=4
+                )
         else:
             zero_damping.append(label)
         rho = run["rho"].to_numpy(dtype=float)
