@@ -240,12 +240,30 @@ class _NaNGrad(torch.autograd.Function):
         return torch.full_like(g, ctx.value), None
 
 
+class _NaNSecond(torch.autograd.Function):
+    """Identity forward, identity backward; differentiating the backward again gives ``value``.
+
+    The gradient stays finite, the Hessian-vector product through the gradient's graph does not.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, value: float) -> Tensor:  # noqa: D102
+        ctx.value = value
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # noqa: D102
+        return _NaNGrad.apply(g, ctx.value), None
+
+
 class Faulty(nn.Module):
     """Wraps a model; on demand, one forward call of the next step goes bad.
 
-    ``arm(call, value, where)`` makes the ``call``-th forward (1 = the gradient pass, 2 = the
-    curvature pass, 3 = the trial-loss pass) of the coming step emit ``value`` in its outputs
-    (``where="output"``) or, for the gradient pass, in its gradient only (``where="grad"``).
+    ``arm(call, value, where)`` makes the ``call``-th forward of the coming step (1 = the gradient
+    pass; with the Fisher 2 = the curvature pass and 3 = the trial-loss pass; with the Hessian,
+    which differentiates the gradient pass's graph again, 2 = the trial-loss pass) emit ``value``
+    in its outputs (``where="output"``), in its gradient only (``where="grad"``), or only in the
+    second derivative through the gradient's graph (``where="second"``).
     ``new_step()`` resets the call counter. Only one fault is armed at a time.
     """
 
@@ -269,6 +287,8 @@ class Faulty(nn.Module):
             self.fault = None
             if where == "grad":
                 return _NaNGrad.apply(z, value)
+            if where == "second":
+                return _NaNSecond.apply(z, value)
             mask = torch.zeros_like(z)
             mask.view(-1)[0] = 1.0
             return z * (1.0 + mask * value)  # one entry bad, in the primal and in the tangent

@@ -417,12 +417,22 @@ def test_descends_in_every_configuration(config):
 
 
 # ------------------------------------------------------------------ O10: NaN/inf injection
-FAULTS = {  # kind -> (forward call, where, reason)
+FAULTS = {  # kind -> (forward call, where, reason), for the Fisher
     "loss": (1, "output", "nonfinite_loss"),
     "gradient": (1, "grad", "nonfinite_gradient"),
     "curvature": (2, "output", "nonfinite_curvature"),
     "trial": (3, "output", "nonfinite_trial_loss"),
 }
+# The Hessian is taken through the gradient pass's graph: no forward pass of its own.
+HESSIAN_FAULTS = {
+    **FAULTS,
+    "curvature": (1, "second", "nonfinite_curvature"),
+    "trial": (2, "output", "nonfinite_trial_loss"),
+}
+
+
+def _faults(curvature: str) -> dict:
+    return HESSIAN_FAULTS if curvature == "hessian" else FAULTS
 
 
 @pytest.mark.parametrize("curvature", ["fisher", "hessian"])
@@ -454,7 +464,7 @@ def test_nonfinite_numbers_never_reach_parameters_or_state(curvature, undamped, 
                 stats = opt.step(x, y)
             assert stats.accepted, stats
         else:
-            call, where, reason = FAULTS[kind]
+            call, where, reason = _faults(curvature)[kind]
             model.arm(call, rng.choice([math.nan, math.inf, -math.inf]), where)
             with pytest.warns(RuntimeWarning, match=reason):
                 stats = opt.step(x, y)
@@ -486,7 +496,7 @@ def test_on_nonfinite_raise(kind, curvature):
     model.new_step()
     opt.step(x, y)
     before, state = _params(model), _param_state(opt, model)
-    call, where, reason = FAULTS[kind]
+    call, where, reason = _faults(curvature)[kind]
     model.new_step()
     model.arm(call, math.nan, where)
     with pytest.raises(NonFiniteStepError, match=reason.replace("_", " ")):

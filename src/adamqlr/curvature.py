@@ -7,7 +7,8 @@ Two curvature matrices are offered, both of the *mean* mini-batch loss:
   gives ``u = J d`` (and the outputs), then ``u^T H_L u`` in closed form (:mod:`adamqlr.losses`).
   No vector-Jacobian product is needed.
 * ``"hessian"``: the exact Hessian ``H``. A forward-over-reverse product (``jvp`` of ``grad``)
-  gives ``H d``, then ``d^T (H d)``. Nothing keeps it positive.
+  gives ``H d``, then ``d^T (H d)``. Nothing keeps it positive. (:class:`adamqlr.AdamQLR` itself
+  gets the same number more cheaply, by differentiating its gradient pass's graph once more.)
 
 Buffers (batch-norm running statistics) are *copied* before every pass made here, so a curvature
 or trial-loss evaluation never changes the model's state: only the optimiser's gradient pass, an

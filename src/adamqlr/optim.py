@@ -8,9 +8,18 @@ direction: :class:`AdamQLR` Adam's bias-corrected ``m_hat / (sqrt(v_hat) + eps)`
 the gradient itself.
 
 One call of :meth:`QuadraticModelOptimizer.step` on a mini-batch ``(inputs, targets)`` costs one
-forward and backward pass (the gradient), one forward-mode JVP (``"fisher"``) or one
-forward-over-reverse product (``"hessian"``) on the same batch, and, on steps that adapt the
-damping, one more forward pass for the trial loss.
+forward and backward pass (the gradient), then the curvature along the direction on the same
+batch, and, on steps that adapt the damping, one more forward pass for the trial loss. With
+``"fisher"`` the curvature is one forward-mode JVP (:func:`adamqlr.curvature.ggn_quadratic`:
+hand-written for sequential MLPs, ``torch.func.jvp`` otherwise). With ``"hessian"`` the gradient
+pass keeps its graph (``create_graph=True``) and ``H d`` is one more backward pass through it
+(reverse over reverse): no second forward pass, the same batch-norm statistics and dropout masks
+by construction, at the price of holding the gradient's graph until then. Models whose operations
+have no double backward (e.g. cuDNN RNNs) cannot use ``"hessian"``.
+
+Everything that touches every parameter (Adam's moments, the sums, the update) uses torch's
+``_foreach`` kernels, and the host waits for the device three times per step: for the loss and
+the sums, for the curvature, and for the trial loss.
 """
 
 from __future__ import annotations
@@ -360,6 +369,22 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
             step=glob["step"],
         )
 
+    @staticmethod
+    def _hessian_from_graph(grads: list[Tensor], params: list[Tensor], ds: list[Tensor]) -> float:
+        """Return ``d^T H d`` by differentiating ``g . d`` once more through the gradient's graph.
+
+        Exact (the same ``H d`` as forward-over-reverse, up to rounding), evaluated on the
+        gradient pass's own forward: the same batch-norm statistics and dropout masks, and no
+        extra forward pass.
+        """
+        hvp = torch.autograd.grad(grads, params, grad_outputs=ds, allow_unused=True)
+        terms = [
+            torch.dot(d.reshape(-1), h.reshape(-1)).to(torch.float64)
+            for d, h in zip(ds, hvp, strict=True)
+            if h is not None
+        ]
+        return float(torch.stack(terms).sum()) if terms else 0.0
+
     def _check_batch(self, inputs: object, targets: Tensor) -> None:
         if not isinstance(targets, Tensor):
             raise ValueError(f"invalid targets: {type(targets).__name__} (expected a Tensor)")
@@ -369,7 +394,8 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
 
         1. Forward and backward pass: loss ``f0`` and gradient ``g`` (this pass, an ordinary call
            of the module, is the only one that updates batch-norm running statistics).
-        2. Direction ``d`` (from the subclass) and curvature ``q = d^T C d`` on the same batch.
+        2. Direction ``d`` (from the subclass) and curvature ``q = d^T C d`` on the same batch
+           (the Hessian's through the gradient pass's own graph).
         3. Step size ``alpha = g^T d / (q + lambda ||d||^2)``, optionally clipped and amplified;
            ``theta <- theta - alpha d - w theta``.
         4. On damping-adaptation steps: trial loss ``f1`` on the same batch, reduction ratio
@@ -382,7 +408,8 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
         damped curvature is handled as ``nonpositive_curvature`` says.
 
         Random layers (dropout) see the same random numbers in the curvature and trial passes as
-        in the gradient pass, so all three evaluate the same function.
+        in the gradient pass (the random state is replayed), so all of them evaluate the same
+        function; afterwards the global random state is as the gradient pass left it.
 
         Args:
             inputs: The mini-batch inputs, passed to ``model(inputs)``.
@@ -406,12 +433,23 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
         # 1. Loss and gradient.
         for _, p, _ in named:
             p.grad = None
+        # With the Hessian, the gradient keeps its graph: H d is then one more backward pass
+        # through it (reverse over reverse), with no second forward pass at all.
+        graph_grads: dict[Tensor, Tensor] = {}
         with torch.enable_grad():
             outputs = self.model(inputs)
             self.loss.check_shapes(outputs, targets)
             loss_t = self.loss.value(outputs, targets)
-            if loss_t.requires_grad:
+            if loss_t.requires_grad and self.curvature == "hessian":
+                wrt = [p for _, p, _ in named if p.requires_grad]
+                found = torch.autograd.grad(loss_t, wrt, create_graph=True, allow_unused=True)
+                for p, g in zip(wrt, found, strict=True):
+                    if g is not None:
+                        graph_grads[p] = g
+                        p.grad = g.detach()
+            elif loss_t.requires_grad:
                 loss_t.backward()
+        del outputs
         # 2. Direction, group by group; state is committed only if the step is accepted.
         names: list[str] = []
         ps: list[Tensor] = []
@@ -471,12 +509,16 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
 
         params = {n: p.detach() for n, p in zip(names, ps, strict=True)}
         directions = dict(zip(names, ds, strict=True))
-        with _replayed_rng(cpu_rng, cuda_rng):
-            q = float(
-                quadratic_form(
-                    self.curvature, self.model, params, directions, inputs, targets, self.loss
+        if self.curvature == "hessian":
+            q = self._hessian_from_graph([graph_grads[p] for p in ps], ps, ds)
+            graph_grads.clear()
+        else:
+            with _replayed_rng(cpu_rng, cuda_rng):
+                q = float(
+                    quadratic_form(
+                        self.curvature, self.model, params, directions, inputs, targets, self.loss
+                    )
                 )
-            )
         extra = dict(curvature=q, grad_dot_dir=grad_dot_dir, direction_sq_norm=sq_norm)
         if not math.isfinite(q):
             return self._rejected("nonfinite_curvature", f0, **extra)
