@@ -165,7 +165,7 @@ def test_untuned_configuration_runs_only_repeats(tmp_path):
 
 
 def test_pruner_reports_at_rungs_and_stops_the_worst(tmp_path):
-    cfg = config(n_trials=12, n_repeats=0, rung_unit_s=1.0)
+    cfg = config(n_trials=12, n_repeats=3, rung_unit_s=1.0)
     ran = {}
 
     def objective(request, report):
@@ -180,8 +180,12 @@ def test_pruner_reports_at_rungs_and_stops_the_worst(tmp_path):
     storage = f"journal:{tmp_path / 'j.log'}"
     run_worker(cfg, objective, storage)
     study, _ = open_study(cfg, storage)
-    pruned = [t for t in study.get_trials() if t.state == TrialState.PRUNED]
-    complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    tune = trials_by_role(study, "tune")
+    pruned = [t for t in tune if t.state == TrialState.PRUNED]
+    complete = [t for t in tune if t.state == TrialState.COMPLETE]
+    repeats = trials_by_role(study, "repeat")  # repeats are never pruned: they run to the end
+    assert len(repeats) == 3 and all(t.state == TrialState.COMPLETE for t in repeats)
+    assert all(ran[t.number] == 39 and not t.intermediate_values for t in repeats)
     assert pruned and complete
     for t in study.get_trials():
         assert set(t.intermediate_values) <= {1, 4, 16}  # rungs unit * 4**k

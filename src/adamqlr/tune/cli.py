@@ -139,13 +139,15 @@ def handle(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
     try:
-        import optuna  # noqa: F401
+        import optuna
     except ImportError:
         print("adamqlr tune needs optuna: pip install 'adamqlr[tune]'", file=sys.stderr)
         return 2
     from adamqlr.tune.objective import _load_baselines
     from adamqlr.tune.study import describe_study, open_study
 
+    if not args.verbose:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     _load_baselines()
     try:
         config = _config(args)

@@ -586,6 +586,10 @@ class _RungReporter:
         return self.pruned
 
 
+def _never_stop(value: float, seconds: float) -> bool:
+    return False
+
+
 def _next_action(study: optuna.Study, config: TuneConfig) -> tuple[str, Trial | None]:
     trials = study.get_trials(deepcopy=False)
     if any(t.state == TrialState.WAITING for t in trials):
@@ -635,7 +639,10 @@ def _request(trial: Trial, config: TuneConfig) -> TrialRequest:
 def _execute(
     study: optuna.Study, trial: Trial, config: TuneConfig, objective: TuneObjective
 ) -> str:
-    reporter = _RungReporter(trial, config.unit_s, config.reduction_factor)
+    if trial.user_attrs.get("role") == "repeat":  # repeats run their whole budget, unpruned
+        reporter: Any = _never_stop
+    else:
+        reporter = _RungReporter(trial, config.unit_s, config.reduction_factor)
     error: Exception | None = None
     outcome: Outcome | float = math.nan
     try:
@@ -666,7 +673,7 @@ def _execute(
         trial.set_user_attr("error", f"objective returned {value!r}")
         study.tell(trial, state=TrialState.FAIL)
         return "FAIL"
-    if outcome.pruned or reporter.pruned:
+    if outcome.pruned or getattr(reporter, "pruned", False):
         study.tell(trial, state=TrialState.PRUNED)
         return "PRUNED"
     study.tell(trial, value)
