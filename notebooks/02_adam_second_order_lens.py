@@ -245,7 +245,7 @@ fig = plot_adam_lens(result.diagonals, batch_size=config.batch_size)
 # %%
 scale = 10.0
 make = lambda: task.make_model(0, profile).double()  # noqa: E731
-stream = batch_stream(data.train, 100, seed=2, dtype=torch.float64)
+stream = batch_stream(data.train, 50, seed=2, dtype=torch.float64)
 few = [next(stream) for _ in range(3)]
 
 

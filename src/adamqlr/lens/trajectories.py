@@ -283,7 +283,7 @@ class RosenbrockConfig:
         if profile not in PROFILES:
             raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
         if profile == "smoke":
-            return cls(lrs=_log_grid(-4, -1, 7), momenta=(0.9,))
+            return cls(lrs=_log_grid(-3, -1.5, 4), momenta=(0.9,))
         if profile == "paper":
             return cls(lrs=_log_grid(-6, 0, 61), momenta=(0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99))
         return cls()
