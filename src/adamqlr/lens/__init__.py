@@ -1,13 +1,19 @@
 """The computations behind the book's derivation chapters ("Adam through a second-order lens").
 
 Each module serves one chapter and holds everything it needs beyond plotting calls, so that the
-notebooks keep only narrative, parameters, assertions and figures:
+notebooks keep only narrative, parameters, assertions and figure calls
+(:mod:`adamqlr.plots.derivations`):
 
-* :mod:`adamqlr.lens.diagonals`: Adam's second moment against the diagonals of the empirical
-  Fisher and of the generalised Gauss-Newton matrix (chapter "Adam as a diagonal second-order
-  method");
-* :mod:`adamqlr.lens.products`: dense curvature matrices of tiny networks, per-example gradients and
-  the measured cost of curvature products (chapter "Curvature products without matrices");
-* :mod:`adamqlr.lens.trajectories`: optimiser paths on the Rosenbrock function (chapter
-  "Rosenbrock").
+* :mod:`adamqlr.lens.adam` and :mod:`adamqlr.lens.diagonals`: Adam's moments, its ``v_hat``
+  against the exact diagonals of the empirical Fisher and of the generalised Gauss-Newton matrix,
+  and the rescaling argument for the learning rate ("Adam as a diagonal second-order method");
+* :mod:`adamqlr.lens.line`: the loss and its damped quadratic models along AdamQLR's direction
+  ("The step size from a damped quadratic model");
+* :mod:`adamqlr.lens.damping`: damping policies, the reduction ratio on the step's batch and on
+  held-out data, and the exact-quadratic case ("Levenberg-Marquardt damping and the reduction
+  ratio");
+* :mod:`adamqlr.lens.products`: dense curvature matrices of tiny networks, per-example gradients
+  and the measured cost of curvature products ("Curvature products without matrices");
+* :mod:`adamqlr.lens.trajectories`: optimiser paths on the Rosenbrock function ("Rosenbrock");
+* :mod:`adamqlr.lens.training`: the small training loops and data access these share.
 """
