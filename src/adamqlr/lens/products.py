@@ -36,12 +36,18 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, hessian, jacrev, vmap
 
-from adamqlr.curvature import ggn_quadratic, hessian_quadratic
+from adamqlr.curvature import ggn_quadratic, hessian_quadratic, layerwise_plan
 from adamqlr.losses import CrossEntropyLoss, Loss, SquaredErrorLoss
 from adamqlr.tasks import get_task
 from adamqlr.tasks._common import MLP
 
 __all__ = [
+    "FORWARD",
+    "FORWARD_BACKWARD",
+    "GGN_FUNC",
+    "GGN_LAYERWISE",
+    "GRAD_AND_HESSIAN",
+    "HESSIAN_FOR",
     "CostConfig",
     "FlatParams",
     "ProductCost",
@@ -375,6 +381,15 @@ def tiny_problems(profile: str, *, batch_size: int = 32, seed: int = 0) -> list[
 
 
 # ------------------------------------------------------------------------------------- costs
+#: Names of the operations :func:`time_products` times.
+FORWARD = "forward"
+FORWARD_BACKWARD = "forward+backward"
+GGN_LAYERWISE = "d^T G d (layer-wise JVP)"
+GGN_FUNC = "d^T G d (torch.func.jvp)"
+HESSIAN_FOR = "d^T H d (forward-over-reverse)"
+GRAD_AND_HESSIAN = "gradient + d^T H d (reverse-over-reverse)"
+
+
 @dataclass(frozen=True)
 class ProductCost:
     """Measured wall-clock cost of one operation.
@@ -415,12 +430,20 @@ def time_products(
     warmup: int = 3,
     seed: int = 0,
 ) -> list[ProductCost]:
-    """Time a forward pass, a forward+backward pass and the two curvature products along ``d``.
+    """Time a forward pass, a forward+backward pass and the curvature products along ``d``.
 
-    The four operations are: ``"forward"`` (outputs and loss, no graph), ``"forward+backward"``
-    (loss and gradient), ``"d^T G d (JVP)"`` (:func:`adamqlr.curvature.ggn_quadratic`) and
-    ``"d^T H d (forward-over-reverse)"`` (:func:`adamqlr.curvature.hessian_quadratic`), each the
-    median over ``repeats`` timed calls after ``warmup`` untimed ones, with a random direction.
+    The operations, each the median over ``repeats`` timed calls after ``warmup`` untimed ones,
+    along a random direction:
+
+    * :data:`FORWARD`: outputs and loss, no graph;
+    * :data:`FORWARD_BACKWARD`: loss and gradient (what an Adam step costs);
+    * :data:`GGN_LAYERWISE`: :func:`adamqlr.curvature.ggn_quadratic` with its hand-written
+      layer-wise JVP (only for models it covers, such as plain MLPs);
+    * :data:`GGN_FUNC`: the same with ``torch.func.jvp``;
+    * :data:`HESSIAN_FOR`: :func:`adamqlr.curvature.hessian_quadratic`, forward-over-reverse;
+    * :data:`GRAD_AND_HESSIAN`: the gradient *and* ``d^T H d`` from one forward pass, a backward
+      pass that keeps its graph and one more backward pass through it (reverse over reverse, how
+      :class:`adamqlr.AdamQLR` gets the Hessian term alongside its gradient).
 
     Args:
         model: The network.
@@ -454,18 +477,31 @@ def time_products(
         model.zero_grad(set_to_none=True)
         loss.value(model(inputs), targets).backward()
 
+    def grad_and_hessian() -> None:
+        wrt = list(model.parameters())
+        value = loss.value(model(inputs), targets)
+        grads = torch.autograd.grad(value, wrt, create_graph=True)
+        dot = sum((g * d).sum() for g, d in zip(grads, direction.values(), strict=True))
+        hvp = torch.autograd.grad(dot, wrt)
+        sum((h * d).sum() for h, d in zip(hvp, direction.values(), strict=True)).item()
+
+    def ggn(method: str) -> Callable[[], object]:
+        return lambda: ggn_quadratic(model, params, direction, inputs, targets, loss, method=method)
+
     ops: list[tuple[str, Callable[[], object]]] = [
-        ("forward", forward),
-        ("forward+backward", forward_backward),
-        ("d^T G d (JVP)", lambda: ggn_quadratic(model, params, direction, inputs, targets, loss)),
-        (
-            "d^T H d (forward-over-reverse)",
-            lambda: hessian_quadratic(model, params, direction, inputs, targets, loss),
-        ),
+        (FORWARD, forward),
+        (FORWARD_BACKWARD, forward_backward),
+    ]
+    if isinstance(inputs, Tensor) and layerwise_plan(model) is not None:
+        ops.append((GGN_LAYERWISE, ggn("layerwise")))
+    ops += [
+        (GGN_FUNC, ggn("func")),
+        (HESSIAN_FOR, lambda: hessian_quadratic(model, params, direction, inputs, targets, loss)),
+        (GRAD_AND_HESSIAN, grad_and_hessian),
     ]
     measured = {name: _timed(fn, repeats, warmup) for name, fn in ops}
     model.zero_grad(set_to_none=True)
-    base = statistics.median(measured["forward"])
+    base = statistics.median(measured[FORWARD])
     out = []
     for name, times in measured.items():
         med = statistics.median(times)
