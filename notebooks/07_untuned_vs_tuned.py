@@ -87,8 +87,9 @@ print(provenance_text(data.all_records()))
 # size 3200.
 #
 # A **tuned** optimiser gets its hyperparameters chosen per task. The paper samples 200
-# configurations from a search space, schedules them with ASHA, and keeps the one with the lowest
-# final validation loss; it then repeats that configuration 50 times with fresh seeds. On a
+# configurations from a search space, schedules them with ASHA {cite:p}`li2020system`, and keeps
+# the one with the lowest final validation loss; it then repeats that configuration 50 times with
+# fresh seeds (`adamqlr tune` implements that protocol with Optuna {cite:p}`akiba2019optuna`). On a
 # 2-core CPU we cannot afford that, so a tuned arm here is a small grid $\mathcal{C}$ over the
 # same search space (the table below lists it), each configuration $c$ run once with a tuning seed
 # $s_0$, and the choice
@@ -280,7 +281,7 @@ print("clock noise:", noise)
 # - **Fashion-MNIST.** Untuned AdamQLR is {glue:text}`ut_verdict_fashion_mnist` the best tuned
 #   baseline (ratio {glue:text}`ut_ratio_fashion_mnist:.2f`, rank
 #   {glue:text}`ut_rank_fashion_mnist`), with {glue:text}`ut_steps_fashion_mnist` steps. The fixed
-#   *epoch* budget weighs heavily here: at the untuned batch size of 3200 two epochs are 32 steps.
+#   *epoch* budget weighs heavily here: at the untuned batch size of 3200 it buys few steps.
 #   The default batch size is the paper's, chosen for its longer budget on a GPU, and it is the
 #   hyperparameter {ref}`ch-sensitivity` finds AdamQLR most sensitive to.
 #

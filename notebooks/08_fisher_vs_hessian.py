@@ -158,14 +158,15 @@ nonpositive = hessian_rows["q <= 0 (share)"].max()
 rejected = hessian_rows["rejected (share)"].max()
 if rejected == 0 and nonpositive == 0:
     sentence = (
-        "No step of either Hessian variant met a non-positive curvature $q_H$ or was rejected: at "
-        "these batch sizes and budgets, the Hessian along Adam's direction stayed positive"
+        "No step of either Hessian variant met a non-positive Hessian curvature term or was "
+        "rejected: at these batch sizes and budgets, the Hessian along Adam's direction stayed "
+        "positive"
     )
 else:
     sentence = (
-        f"Up to {nonpositive:.1%} of the Hessian variants' steps had $q_H \\le 0$ and "
-        f"{rejected:.1%} were rejected because the damped curvature was not positive; the Fisher "
-        "variants cannot meet that case, since $q_F \\ge 0$"
+        f"Up to {nonpositive:.1%} of the Hessian variants' steps had a non-positive curvature "
+        f"term and {rejected:.1%} were rejected because the damped curvature was not positive; "
+        "the Fisher variants cannot meet that case, since their curvature term is never negative"
     )
 glue("fh_rejections", sentence, display=False)
 facts

@@ -215,12 +215,12 @@ first_ratio = np.median(
 )  # fmt: skip
 facts = pd.DataFrame({lbl: dilution_facts(energy[lbl]) for lbl in (clean_label, dil_label)}).T
 glue("dp_dil_first_ratio", float(first_ratio), display=False)
-glue("dp_dil_max_loss", facts.loc[dil_label, "max mini-batch loss"], display=False)
+glue("dp_dil_max_loss", float(facts.loc[dil_label, "max mini-batch loss"]), display=False)
 glue("dp_dil_first_rejected", f"{facts.loc[dil_label, 'first rejected step (median)']:.0f}",
      display=False)
-glue("dp_dil_accepted", facts.loc[dil_label, "accepted steps (share)"], display=False)
-glue("dp_clean_test", facts.loc[clean_label, "final test loss (median)"], display=False)
-glue("dp_dil_test", facts.loc[dil_label, "final test loss (median)"], display=False)
+glue("dp_dil_accepted", float(facts.loc[dil_label, "accepted steps (share)"]), display=False)
+glue("dp_clean_test", float(facts.loc[clean_label, "final test loss (median)"]), display=False)
+glue("dp_dil_test", float(facts.loc[dil_label, "final test loss (median)"]), display=False)
 facts
 
 # %% [markdown]

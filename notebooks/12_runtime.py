@@ -35,8 +35,7 @@ import pandas as pd
 from myst_nb import glue
 
 from adamqlr.plots import set_theme
-from adamqlr.plots.experiments import plot_step_costs
-from adamqlr.plots.runs import plot_runs
+from adamqlr.plots.experiments import draw_runs, plot_evaluations, plot_step_costs
 from adamqlr.studies import notebook_records
 from adamqlr.studies.analysis import provenance_text, relative_cost, step_costs
 
@@ -79,22 +78,50 @@ print(provenance_text(data.all_records()))
 
 # %%
 costs = step_costs(data.all_records())
+costs["label"] = costs["optimiser"].map({a.base.optimiser: a.label for a in study.arms})
 relative = relative_cost(costs, reference="adam")
 glue("rt_runs", provenance_text(data.all_records()), display=False)
 tasks = list(relative["task"].unique())
 relative
 
-# %% mystnb={"figure": {"caption": "Time per optimisation step against batch size (left; median over the steps of each run, after the first) and relative to Adam's at the same batch size (right), on the Fashion-MNIST MLP 784-50-10. Runs: {glue:text}`rt_runs`.", "name": "fig-rt-cost"}}
+# %% mystnb={"figure": {"caption": "Time per optimisation step against batch size (left; for each run the median over its steps after the first, then the median over the runs; bars: the smallest to the largest run) and relative to Adam's at the same batch size (right), on the Fashion-MNIST MLP 784-50-10. Runs: {glue:text}`rt_runs`.", "name": "fig-rt-cost"}}
 main = tasks[0]
 plot_step_costs(relative[relative["task"] == main])
 plt.show()
 
 # %%
-fisher = relative[(relative["task"] == main) & (relative["optimiser"] == "adamqlr-untuned")]
-hessian = relative[(relative["task"] == main) & (relative["optimiser"] == "adamqlr-untuned-hessian")]
-glue("rt_fisher_min", float(fisher["ratio"].min()), display=False)
-glue("rt_fisher_max", float(fisher["ratio"].max()), display=False)
-glue("rt_hessian_max", float(hessian["ratio"].max()), display=False)
+def ratios(optimiser: str) -> pd.Series:
+    rows = relative[(relative["task"] == main) & (relative["optimiser"] == optimiser)]
+    return rows.set_index("batch_size")["ratio"].sort_index()
+
+
+for key, optimiser in (("fisher", "adamqlr-untuned"), ("hessian", "adamqlr-untuned-hessian"),
+                       ("kfac", "kfac-untuned")):  # fmt: skip
+    r = ratios(optimiser)
+    glue(f"rt_{key}_small", float(r.iloc[0]), display=False)
+    glue(f"rt_{key}_large", float(r.iloc[-1]), display=False)
+batches = sorted(relative.loc[relative["task"] == main, "batch_size"].unique())
+glue("rt_batch_small", int(batches[0]), display=False)
+glue("rt_batch_large", int(batches[-1]), display=False)
+
+# Is the Hessian step resolved as dearer than the Fisher step? Only where the spread of its runs
+# lies wholly above the spread of the Fisher runs at the same batch size.
+rows = relative[relative["task"] == main].set_index(["optimiser", "batch_size"])
+unresolved = [
+    int(b)
+    for b in batches
+    if rows.loc[("adamqlr-untuned-hessian", b), "low_s"] <= rows.loc[("adamqlr-untuned", b), "high_s"]
+]
+if not unresolved:
+    hessian_sentence = "A Hessian step costs more than a Fisher step at every batch size timed"
+else:
+    hessian_sentence = (
+        "At batch size(s) " + ", ".join(map(str, unresolved)) + " the runs do not resolve "
+        "whether a Hessian step costs more than a Fisher step: their spreads overlap"
+    )
+glue("rt_hessian_sentence", hessian_sentence, display=False)
+spread = float((relative["high_s"] / relative["low_s"]).max())
+glue("rt_spread", spread, display=False)
 threads = sorted({int(r.provenance.get("torch_threads") or 0) for r in data.all_records()})
 glue("rt_threads", ", ".join(map(str, threads)), display=False)
 
@@ -113,11 +140,11 @@ keep = ["AdamQLR (Untuned)", "AdamQLR", "Adam", "K-FAC (Untuned)"]
 fm = {label: fm[label] for label in keep if label in fm}
 glue("rt_main_runs", provenance_text([r for rs in fm.values() for r in rs]), display=False)
 
-# %% mystnb={"figure": {"caption": "Test loss on Fashion-MNIST of the runs of {numref}`fig-ut-losses` against the step (left) and against optimisation time (right). Runs: {glue:text}`rt_main_runs`.", "name": "fig-rt-steps-time"}}
+# %% mystnb={"figure": {"caption": "Test loss on Fashion-MNIST of the runs of {numref}`fig-ut-losses` against the step (left: median over repeats at each evaluation, log scale) and against optimisation time (right: mean of 50 bootstrap medians, with band). Runs: {glue:text}`rt_main_runs`.", "name": "fig-rt-steps-time"}}
 fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.8))
-plot_runs(fm, "test_loss", ax=axes[0], time="step", legend=False)
-axes[0].set_xscale("log")
-plot_runs(fm, "test_loss", ax=axes[1], time="time")
+plot_evaluations(axes[0], fm, "test_loss", x="step")
+draw_runs(axes[1], fm, "test_loss")
+fig.legend(*axes[1].get_legend_handles_labels(), loc="outside lower center", ncol=2)
 plt.show()
 
 # %%
@@ -141,16 +168,26 @@ per_step
 #
 # Timings come from the machine named in the captions, with the torch thread count(s)
 # {glue:text}`rt_threads`. Under `quick` that is a shared 2-core CPU on which other jobs ran at
-# the same time, so single steps are sometimes slow; the medians are robust to that, the means
-# are not. GPU timings, where the balance between the network's passes and the fixed cost per
+# the same time: a single slow step is absorbed by the per-run median, but a run made during a
+# busy minute is slow throughout. GPU timings, where the balance between the network's passes and the fixed cost per
 # operation is very different, come with the `paper` profile (`adamqlr study run runtime
 # --profile paper`).
 #
-# - **Fisher step.** An AdamQLR step with the Fisher costs between
-#   {glue:text}`rt_fisher_min:.1f` and {glue:text}`rt_fisher_max:.1f` Adam steps over the batch
-#   sizes timed, in line with {eq}`eq-rt-cost`'s two to three once the network's passes dominate.
-# - **Hessian step.** Up to {glue:text}`rt_hessian_max:.1f` Adam steps: the forward-over-reverse
-#   product is the expensive term.
+# - **The clock.** Runs of one setting, made a few minutes apart, differ by up to
+#   {glue:text}`rt_spread:.1f` times in their median time per step (the bars in
+#   {numref}`fig-rt-cost`): the load of the shared machine, not the optimiser. Differences
+#   smaller than that are not resolved by these runs.
+# - **Fisher step.** An AdamQLR step with the Fisher costs {glue:text}`rt_fisher_small:.1f` Adam
+#   steps at batch size {glue:text}`rt_batch_small` and {glue:text}`rt_fisher_large:.1f` at
+#   {glue:text}`rt_batch_large` (medians over the runs). At small batches the fixed cost of each
+#   operation weighs more and AdamQLR runs more operations per step; at large ones the network's
+#   passes dominate, where {eq}`eq-rt-cost` expects two to three.
+# - **Hessian step.** {glue:text}`rt_hessian_small:.1f` and {glue:text}`rt_hessian_large:.1f`
+#   Adam steps at the same two batch sizes. {glue:text}`rt_hessian_sentence`.
+# - **K-FAC** ({glue:text}`rt_kfac_small:.1f` and {glue:text}`rt_kfac_large:.1f` Adam steps)
+#   inverts its Kronecker factors at every step here, as in the paper's configuration; the
+#   785 x 785 input factor of the first layer costs the same at every batch size, so it weighs
+#   most at small batches.
 # - **Steps against seconds.** In {numref}`fig-rt-steps-time`, an optimiser whose curve leads
 #   against steps can fall behind against time, and the fixed epoch budget hides another effect:
 #   a batch of 3200 gives 64 times fewer steps than a batch of 50, each far more expensive. What

@@ -264,6 +264,10 @@ def test_analysis_tables():
     assert costs["median_s"].tolist() == [1.0, 3.0]
     rel = analysis.relative_cost(costs)
     assert rel.set_index("optimiser")["ratio"].to_dict() == {"adam": 1.0, "adamqlr": 3.0}
+    two = analysis.relative_cost(analysis.step_costs([adam, qlr, rec(2, [0, 1, 6, 11, 16.0])]))
+    adam_row = two.set_index("optimiser").loc["adam"]
+    assert (adam_row["median_s"], adam_row["low_s"], adam_row["high_s"]) == (3.0, 1.0, 5.0)
+    assert adam_row["ratio_low"] == pytest.approx(1 / 3) and adam_row["runs"] == 2
     text = analysis.provenance_text([adam, qlr, rec(2, [0.0, 1.0, 2.0])])
     assert "3 runs, profile quick" in text and "seeds 0-2" in text and "abcdef1+dirty" in text
     with pytest.raises(ValueError, match="too few steps"):

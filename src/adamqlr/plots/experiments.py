@@ -35,6 +35,7 @@ __all__ = [
     "line_style",
     "plot_adaptive",
     "plot_comparison",
+    "plot_evaluations",
     "plot_final_vs_value",
     "plot_sensitivity",
     "plot_step_costs",
@@ -136,6 +137,53 @@ def draw_runs(
         ax.set_yscale("log")
     ax.set_xlabel("optimisation time (s)" if time == "time" else time)
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+
+
+def plot_evaluations(
+    ax: Axes,
+    runs: Mapping[str, Sequence[Any]],
+    metric: str = "test_loss",
+    *,
+    x: str = "step",
+    log_x: bool = True,
+) -> Axes:
+    """Draw the median over runs of ``metric`` at each evaluation, with a marker per evaluation.
+
+    Unlike :func:`draw_runs`, nothing is interpolated between evaluations: a line joins the
+    logged points only, which keeps a run evaluated every few hundred steps from looking smooth
+    on a log step axis. The point at ``x == 0`` is left out on a log axis.
+
+    Args:
+        ax: The axes.
+        runs: ``{label: records}``; the records of one label share their evaluation steps.
+        metric: An evaluated metric (``"test_loss"``, ``"val_loss"``, ``"test_accuracy"``).
+        x: ``"step"`` or ``"epoch"``.
+        log_x: Log x axis.
+
+    Returns:
+        The axes.
+    """
+    for label, records in runs.items():
+        columns = []
+        for record in records:
+            frame = getattr(record, "metrics", record)[[x, metric]].dropna()
+            columns.append(frame.set_index(x)[metric])
+        table = pd.concat(columns, axis=1).dropna()
+        if log_x:
+            table = table[table.index > 0]
+        if table.empty:
+            continue
+        colour, dash = line_style(label)
+        n = len(records)
+        ax.plot(table.index, table.median(axis=1), marker="o", markersize=3, color=colour,
+                linestyle=dash, label=f"{label} ({n} run{'s' * (n != 1)})")  # fmt: skip
+    if log_x:
+        ax.set_xscale("log")
+    if "accuracy" not in metric:
+        ax.set_yscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    return ax
 
 
 def plot_comparison(
@@ -397,18 +445,30 @@ def plot_adaptive(
                     frames, column, time=x, points=points, method="previous"
                 ).dropna(subset=["median"])
                 colour, dash = line_style(label)
-                ax.plot(summary.index, summary["median"], color=colour, linestyle=dash, label=label)
-                drawn.append(summary["median"].to_numpy(dtype=float))
+                y = summary["median"].to_numpy(dtype=float)
+                drawn.append(y)
+                if column != "rho":  # keep matplotlib's log autoscaling inside the float range
+                    y = np.minimum(y, _LOG_CAP)
+                ax.plot(summary.index, y, color=colour, linestyle=dash, label=label)
         if column != "rho":
             ax.set_yscale("log")
             values = np.concatenate(drawn) if drawn else np.array([])
             values = values[np.isfinite(values) & (values > 0)]
-            if len(values):  # explicit limits: a diverged run's damping (~1e300) must not
-                # push the log axis past the float range when matplotlib adds its margins
-                ax.set_ylim(max(values.min() / 2, 1e-300), min(values.max() * 2, 1e300))
+            if len(values):  # explicit limits: a diverged run's damping (up to ~1e300) would
+                # push the log axis and its ticks past the float range
+                top = values.max() * 2
+                ax.set_ylim(max(values.min() / 2, 1e-100), min(top, _LOG_CAP))
+                if top > _LOG_CAP:
+                    ax.text(0.99, 0.98, f"cut at {_LOG_CAP:.0e}", transform=ax.transAxes,
+                            ha="right", va="top", fontsize="x-small", color="grey")  # fmt: skip
         ax.set_xlabel(x)
         ax.set_ylabel(names.get(column, column))
     return axes
+
+
+#: Largest value a log axis of :func:`plot_adaptive` shows (matplotlib's log ticks overflow near
+#: the float range).
+_LOG_CAP = 1e100
 
 
 def plot_step_costs(
@@ -418,6 +478,9 @@ def plot_step_costs(
     reference_label: str = "Adam",
 ) -> Sequence[Axes]:
     """Draw the median time per step against batch size, and the same relative to Adam.
+
+    Bars (when the table has ``low_s``/``high_s``) span the runs' medians: on a shared machine
+    the runs of one setting, made at different times, differ by the load while each ran.
 
     Args:
         costs: The output of :func:`adamqlr.studies.analysis.relative_cost` (one task).
@@ -435,6 +498,11 @@ def plot_step_costs(
         axes[0].plot(rows["batch_size"], rows["median_s"] * 1e3, marker="o", color=colour,
                      label=label)  # fmt: skip
         axes[1].plot(rows["batch_size"], rows["ratio"], marker="o", color=colour, label=label)
+        if {"low_s", "high_s"} <= set(rows):  # spread between the runs (made at other times)
+            axes[0].vlines(rows["batch_size"], rows["low_s"] * 1e3, rows["high_s"] * 1e3,
+                           color=colour, alpha=0.5)  # fmt: skip
+            axes[1].vlines(rows["batch_size"], rows["ratio_low"], rows["ratio_high"],
+                           color=colour, alpha=0.5)  # fmt: skip
     for ax in axes:
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -442,5 +510,6 @@ def plot_step_costs(
     axes[0].set_ylabel("time per step (ms)")
     axes[1].set_ylabel(f"time per step / {reference_label}'s")
     axes[1].axhline(1.0, color="grey", linestyle=":", linewidth=1)
-    axes[1].legend(fontsize="small")
+    handles, labels = axes[1].get_legend_handles_labels()
+    axes[1].figure.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 5))
     return axes

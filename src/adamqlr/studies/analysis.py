@@ -263,16 +263,20 @@ def relative_cost(costs: pd.DataFrame, reference: str = "adam") -> pd.DataFrame:
 
     Returns:
         One row per (task, optimiser, batch size): ``median_s`` (median over seeds of the
-        runs' medians) and ``ratio`` (to the reference at the same task and batch size; NaN
-        where the reference was not timed).
+        runs' medians), ``low_s`` and ``high_s`` (their smallest and largest: the spread between
+        runs made at different times), ``runs``, and ``ratio``, ``ratio_low``, ``ratio_high``
+        (the same over the reference's ``median_s`` at the same task and batch size; NaN where
+        the reference was not timed).
     """
+    keys = ["task", "optimiser", "label", "batch_size"]
     grouped = (
-        costs.groupby(["task", "optimiser", "label", "batch_size"], sort=False)["median_s"]
-        .median()
+        costs.groupby(keys, sort=False)["median_s"]
+        .agg(median_s="median", low_s="min", high_s="max", runs="count")
         .reset_index()
     )
     ref = grouped[grouped["optimiser"] == reference].set_index(["task", "batch_size"])["median_s"]
-    grouped["ratio"] = [
-        row.median_s / ref.get((row.task, row.batch_size), math.nan) for row in grouped.itertuples()
-    ]
+    unit = np.array([ref.get((row.task, row.batch_size), math.nan) for row in grouped.itertuples()])
+    grouped["ratio"] = grouped["median_s"] / unit
+    grouped["ratio_low"] = grouped["low_s"] / unit
+    grouped["ratio_high"] = grouped["high_s"] / unit
     return grouped

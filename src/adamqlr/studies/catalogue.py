@@ -77,7 +77,7 @@ _PROFILES: dict[str, _Profile] = {
         tasks_clip=("uci-energy", "uci-protein", "fashion-mnist"),
         runtime_tasks={"fashion-mnist": (50, 400, 3200)},
         runtime_steps=50,
-        runtime_seeds=(0,),
+        runtime_seeds=(0, 1, 2),
     ),
     "paper": _Profile(
         seeds=tuple(range(10)),
