@@ -25,6 +25,9 @@
 # the Fisher was the more robust and therefore became the default. The runs below decide.
 
 # %% tags=["parameters"]
+# "quick": read the committed quick-profile run records; "paper": read paper-profile records,
+# or stop with the list of missing runs and the command that makes them; "smoke" (the tests):
+# read the quick records as they are, never compute. compute=True makes missing runs instead.
 profile = "quick"
 compute = False
 

@@ -28,6 +28,9 @@
 # test.
 
 # %% tags=["parameters"]
+# "quick": read the committed quick-profile run records; "paper": read paper-profile records,
+# or stop with the list of missing runs and the command that makes them; "smoke" (the tests):
+# read the quick records as they are, never compute. compute=True makes missing runs instead.
 profile = "quick"
 compute = False
 

@@ -209,8 +209,10 @@ def test_run_study_runs_stage_by_stage_and_obtain_loads(tmp_path):
     with pytest.raises(StudyIncomplete) as err:
         obtain(study, store)
     message = str(err.value)
-    assert "adamqlr study run tiny-study --profile smoke" in message
+    assert f"make them with: {study.command}" in message
+    assert study.command.endswith("run tiny-study --profile smoke")
     assert "missing: tiny-regression/adam" in message and "blocked" in message
+    assert "lr=0.0001" in message  # the trials are told apart
     made = run_study(study, store)
     assert len(made) == 2 + 1 + 2 + 1  # trials, fixed repeat, tuned repeats, around
     assert missing(study, store) == ([], [])
@@ -237,8 +239,9 @@ def test_obtain_computes_only_when_asked(tmp_path):
 
 def test_notebook_records_under_paper_stops_with_the_command(tmp_path):
     store = ResultStore(tmp_path)
-    with pytest.raises(StudyIncomplete, match="adamqlr study run runtime --profile paper"):
+    with pytest.raises(StudyIncomplete, match="run runtime --profile paper") as err:
         notebook_records("runtime", "paper", store=store)
+    assert "batch_size=3200 steps=100" in str(err.value)  # the runs are told apart
     with pytest.raises(StudyIncomplete):  # smoke reads quick records and never computes
         notebook_records("runtime", "smoke", store=store, compute=True)
     assert not any(tmp_path.glob("*/*/*/manifest.json"))
@@ -300,7 +303,7 @@ def test_cli_list_status_and_bad_input(tmp_path, capsys):
     assert study_cli.main(["status", "runtime", "--profile", "smoke", "--results",
                            str(tmp_path)]) == 1  # fmt: skip
     out = capsys.readouterr().out
-    assert "incomplete" in out and "make them with: adamqlr study run runtime" in out
+    assert "incomplete" in out and "make them with:" in out and "run runtime" in out
     assert study_cli.main(["status", "nope", "--results", str(tmp_path)]) == 2
     assert "unknown study 'nope'" in capsys.readouterr().err
     assert study_cli.main(["run", "runtime", "--threads", "0", "--results", str(tmp_path)]) == 2

@@ -69,7 +69,7 @@ def _studies(name: str, profile: str) -> list:
 def handle(args: argparse.Namespace) -> int:
     """Run the ``study`` subcommand; return the exit status (2 for bad input, 1 if incomplete)."""
     from adamqlr.results.store import ResultStore
-    from adamqlr.studies.core import missing, run_study
+    from adamqlr.studies.core import describe_spec, missing, run_study
 
     action = getattr(args, "study_command", None)
     if action is None:
@@ -103,7 +103,7 @@ def handle(args: argparse.Namespace) -> int:
                   f"{len(blocked)} arm(s) blocked")  # fmt: skip
             shown = todo if getattr(args, "all", False) or action == "run" else todo[:20]
             for spec in shown:
-                print(f"  missing  {spec.key[:12]}  {spec}")
+                print(f"  missing  {spec.key[:12]}  {describe_spec(spec)}")
             if len(shown) < len(todo):
                 print(f"  ... and {len(todo) - len(shown)} more (--all lists them)")
             for line in blocked:

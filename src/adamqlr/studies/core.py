@@ -47,6 +47,7 @@ __all__ = [
     "StudyIncomplete",
     "StudyRecords",
     "apply_variation",
+    "describe_spec",
     "final_value",
     "grid",
     "missing",
@@ -286,8 +287,31 @@ class Study:
 
     @property
     def command(self) -> str:
-        """The command that runs this study."""
-        return f"adamqlr study run {self.name} --profile {self.profile}"
+        """Return the command that runs this study.
+
+        ``adamqlr study run ...`` when the ``study`` subcommand is registered in
+        :data:`adamqlr.cli.SUBCOMMANDS`, else the equivalent ``python -m adamqlr.studies run ...``.
+        """
+        from adamqlr.cli import SUBCOMMANDS
+
+        prefix = (
+            "adamqlr study"
+            if any(name == "study" for name, _ in SUBCOMMANDS)
+            else "python -m adamqlr.studies"
+        )
+        return f"{prefix} run {self.name} --profile {self.profile}"
+
+
+def describe_spec(spec: ExperimentSpec) -> str:
+    """Return ``str(spec)`` plus the fields it leaves out (batch size, budget, dilution)."""
+    extras = [
+        f"{name}={value}"
+        for name in ("batch_size", "epochs", "steps", "seconds", "eval_every")
+        if (value := getattr(spec, name)) is not None
+    ]
+    if spec.padding_dilution:
+        extras.append("padding_dilution")
+    return " ".join([str(spec), *extras])
 
 
 #: Resolves ``(study name, profile)`` to a :class:`Study` (set by :mod:`adamqlr.studies.catalogue`;
@@ -559,7 +583,7 @@ def _describe_missing(study: Study, todo: list[ExperimentSpec], blocked: list[st
         f"missing" + (f", {len(blocked)} arm(s) waiting for tuning trials" if blocked else "")
     ]
     for spec in todo[:12]:
-        lines.append(f"  missing: {spec}")
+        lines.append(f"  missing: {describe_spec(spec)}")
     if len(todo) > 12:
         lines.append(f"  ... and {len(todo) - 12} more")
     for line in blocked[:6]:
