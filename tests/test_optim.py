@@ -274,3 +274,45 @@ def test_squared_error_with_several_outputs_trains():
     for _ in range(30):
         last = opt.step(x, y).loss
     assert last < 0.5 * first
+
+
+def test_committed_moments_follow_adams_recurrence_exactly():
+    model = mlp((5, 4, 3), nn.Tanh)
+    x, y = classification(model, n=12)
+    opt = AdamQLR(model, betas=(0.8, 0.95))
+    m = {p: torch.zeros_like(p) for p in model.parameters()}
+    v = {p: torch.zeros_like(p) for p in model.parameters()}
+    for k in range(4):
+        opt.step(x[k:k + 6], y[k:k + 6])
+        for p in model.parameters():
+            g = p.grad
+            m[p] = m[p].lerp(g, 1.0 - 0.8)  # (1 - 0.8 is not 0.2 in floating point)
+            v[p] = v[p].mul(0.95).addcmul(g, g, value=1.0 - 0.95)
+            st = opt.state[p]
+            assert st["step"] == k + 1
+            assert torch.equal(st["exp_avg"], m[p]) and torch.equal(st["exp_avg_sq"], v[p])
+
+
+def test_chunking_the_direction_changes_no_bit():
+    runs = []
+    for chunk in (1 << 20, 7):
+        model = mlp((5, 4, 3), nn.Tanh)
+        x, y = classification(model, n=12)
+        opt = AdamQLR(model, weight_decay=0.01)
+        opt._CHUNK = chunk
+        runs.append(([opt.step(x, y).as_dict() for _ in range(5)], _snapshot(model)))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(runs[0][1][n], runs[1][1][n]) for n in runs[0][1])
+
+
+def test_gradients_are_left_for_the_user():
+    for opt_class in (AdamQLR, SGDQLR):
+        model = mlp((5, 4, 3), nn.Tanh)
+        x, y = classification(model)
+        opt = opt_class(model)
+        opt.step(x, y)
+        grads = _grads(model)
+        ref = mlp((5, 4, 3), nn.Tanh)  # the same initial weights
+        nn.functional.cross_entropy(ref(x), y).backward()
+        for n, p in ref.named_parameters():
+            torch.testing.assert_close(grads[n], p.grad, rtol=1e-13, atol=1e-15)

@@ -130,9 +130,6 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
     #: The step needs the batch, not a closure (the curvature needs the model and the data).
     step_requires_batch = True
 
-    #: Keys of the per-parameter state whose finiteness is checked before it is committed
-    #: (``None``: every floating-point tensor). A non-finite direction is caught anyway.
-    _checked_state: tuple[str, ...] | None = None
 
     def __init__(
         self,
@@ -280,14 +277,22 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
         _check("weight_decay", wd, 0 <= wd < 1, "in [0, 1)")
 
     def _direction(
-        self, params: list[Tensor], grads: list[Tensor], group: dict[str, Any], step: int
-    ) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
-        """Return the direction for each parameter and the per-parameter state to commit.
+        self, params: list[Tensor], grads: list[Tensor], group: dict[str, Any]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Return the direction for each parameter, and 0-d tensors that must all be finite.
 
-        The state is only written back if the step is accepted, so an implementation must not
-        modify ``self.state`` itself.
+        Must not modify ``self.state``: the step may still be rejected. The second list holds
+        checks on the state :meth:`_commit` would write (e.g. the norms of Adam's new second
+        moments), so that an overflow there rejects the step before anything is written.
         """
         raise NotImplementedError
+
+    def _commit(self, params: list[Tensor], grads: list[Tensor], group: dict[str, Any]) -> None:
+        """Write the per-parameter state of an accepted step (in place).
+
+        Must produce exactly the state that :meth:`_direction` computed the direction from. The
+        base class keeps no state.
+        """
 
     # ------------------------------------------------------------------------------ state
     def _fresh_global_state(self) -> dict[str, Any]:
@@ -460,7 +465,8 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
         gs: list[Tensor] = []
         ds: list[Tensor] = []
         decays: list[float] = []
-        pending: list[tuple[Tensor, dict[str, Any]]] = []
+        checks: list[Tensor] = []
+        live_groups: list[tuple[list[Tensor], list[Tensor], dict[str, Any]]] = []
         step = glob["step"] + 1
         with torch.no_grad():
             for group in self.param_groups:
@@ -472,13 +478,14 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
                     continue
                 group_ps = [p for _, p in live]
                 group_gs = [p.grad.detach() for p in group_ps]
-                group_ds, new_states = self._direction(group_ps, group_gs, group, step)
+                group_ds, group_checks = self._direction(group_ps, group_gs, group)
                 names += [n for n, _ in live]
                 ps += group_ps
                 gs += group_gs
                 ds += group_ds
+                checks += group_checks
                 decays += [group["weight_decay"]] * len(live)
-                pending += list(zip(group_ps, new_states, strict=True))
+                live_groups.append((group_ps, group_gs, group))
         if not ds:
             f0 = float(loss_t.detach())
             return StepStats(f0, 0.0, self.damping, math.nan, False, "no_gradient", math.nan,
@@ -496,13 +503,8 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
                 .to(**f64)
             )
             parts.append(torch.stack(torch._foreach_norm(ds)).to(**f64))
-            state = [
-                t for _, s in pending for key, t in s.items()
-                if isinstance(t, Tensor) and t.is_floating_point()
-                and (self._checked_state is None or key in self._checked_state)
-            ]
-            if state:
-                parts.append(torch.stack(torch._foreach_norm(state)).to(**f64))
+            if checks:
+                parts.append(torch.stack(checks).to(**f64))
             values = torch.cat(parts).tolist()
         f0 = values[0]
         if not math.isfinite(f0):
@@ -548,14 +550,16 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
         if not math.isfinite(alpha):
             return self._rejected("nonfinite_step", f0, **extra)
 
-        # The new parameters, out of place: theta (1 - w) - alpha d. They replace the old ones
-        # only once they (and the trial loss) are known to be finite.
+        # The new parameters -alpha d + (1 - w) theta, written over d (no longer needed): no
+        # parameter-sized buffer beyond Adam's own plus d. They replace the old parameters only
+        # once they (and the trial loss) are known to be finite.
         with torch.no_grad():
-            if any(decays):
-                new = torch._foreach_mul(ps, [1.0 - w for w in decays])
-                torch._foreach_add_(new, ds, alpha=-alpha)
-            else:
-                new = torch._foreach_add(ps, ds, alpha=-alpha)
+            new = ds
+            torch._foreach_mul_(new, -alpha)
+            for w in sorted(set(decays)):
+                pick = [i for i, wi in enumerate(decays) if wi == w]
+                torch._foreach_add_([new[i] for i in pick], [ps[i] for i in pick], alpha=1.0 - w)
+            del ds, directions
             # A finite alpha times a finite d can still overflow (or meet inf * 0).
             new_norm = torch.stack(torch._foreach_norm(new)).to(**f64).sum().reshape(1)
 
@@ -579,9 +583,9 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
             rho = reduction_ratio(f1 - f0, proposal.predicted_change)
             glob["damping"] = self.damping_rule.update(damping_used, rho)
 
-        for p, s in pending:
-            if s:
-                self.state[p].update(s)
+        with torch.no_grad():
+            for group_ps, group_gs, group in live_groups:
+                self._commit(group_ps, group_gs, group)
         glob["step"] = step
         return StepStats(
             loss=f0,
@@ -671,9 +675,6 @@ class AdamQLR(QuadraticModelOptimizer):
             model, loss, curvature, group_defaults=dict(betas=betas, eps=eps), **kwargs
         )
 
-    # A non-finite first moment makes d non-finite, which the step catches; a second moment that
-    # overflows to inf makes d zero instead, so it is the one to check.
-    _checked_state = ("exp_avg_sq",)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)
@@ -686,37 +687,88 @@ class AdamQLR(QuadraticModelOptimizer):
         eps = _real("eps", group["eps"])
         _check("eps", eps, 0.0 < eps < math.inf, "> 0 and finite")
 
+    #: Elements per chunk of the direction's temporaries (new moments), so that they never
+    #: take more than a few MB beside the parameters, whatever the model's size.
+    _CHUNK = 1 << 20
+
+    def _moments(
+        self, params: list[Tensor]
+    ) -> tuple[list[int], list[Tensor | None], list[Tensor | None]]:
+        states = [self.state.get(p, {}) for p in params]  # no empty entry on a rejected step
+        return (
+            [st.get("step", 0) + 1 for st in states],  # per parameter: a frozen layer keeps its
+            [st.get("exp_avg") for st in states],  # own count
+            [st.get("exp_avg_sq") for st in states],
+        )
+
     def _direction(
-        self, params: list[Tensor], grads: list[Tensor], group: dict[str, Any], step: int
-    ) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
+        self, params: list[Tensor], grads: list[Tensor], group: dict[str, Any]
+    ) -> tuple[list[Tensor], list[Tensor]]:
         beta1, beta2 = group["betas"]
         eps = group["eps"]
-        states = [self.state.get(p, {}) for p in params]  # no empty entry on a rejected step
-        steps = [st.get("step", 0) + 1 for st in states]  # per parameter: a frozen layer keeps
-        ms = [st["exp_avg"] if "exp_avg" in st else torch.zeros_like(p)  # its own count
-              for st, p in zip(states, params, strict=True)]
-        vs = [st["exp_avg_sq"] if "exp_avg_sq" in st else torch.zeros_like(p)
-              for st, p in zip(states, params, strict=True)]
-        # m <- beta1 m + (1 - beta1) g;  v <- beta2 v + (1 - beta2) g^2  (new tensors: the old
-        # ones stay as they are until the step is accepted)
-        m_new = torch._foreach_lerp(ms, grads, 1.0 - beta1)
-        v_new = torch._foreach_mul(vs, beta2)
-        torch._foreach_addcmul_(v_new, grads, grads, value=1.0 - beta2)
-        # d = m_hat / (sqrt(v_hat) + eps) with m_hat = m / (1 - beta1^t), v_hat = v / (1 - beta2^t)
-        # computed as (m / (sqrt(v) + eps sqrt(c2))) * (sqrt(c2) / c1), c_i = 1 - beta_i^t: the
-        # same number (up to rounding) in four passes over the parameters instead of six
-        root_c2 = [math.sqrt(1.0 - beta2**t) for t in steps]
-        denom = torch._foreach_sqrt(v_new)
-        torch._foreach_add_(denom, [eps * r for r in root_c2])
-        directions = torch._foreach_div(m_new, denom)
-        del denom
-        torch._foreach_mul_(directions, [r / (1.0 - beta1**t) for r, t in zip(root_c2, steps,
-                                                                                strict=True)])
-        new_states = [
-            {"step": t, "exp_avg": m, "exp_avg_sq": v}
-            for t, m, v in zip(steps, m_new, v_new, strict=True)
-        ]
-        return list(directions), new_states
+        steps, ms, vs = self._moments(params)
+        directions: list[Tensor] = []
+        checks: list[Tensor] = []
+        for chunk in _chunks(params, self._CHUNK):
+            ps = [params[i] for i in chunk]
+            gs = [grads[i] for i in chunk]
+            # The moments this step would commit (exactly the operations of _commit, out of
+            # place): m <- beta1 m + (1 - beta1) g;  v <- beta2 v + (1 - beta2) g^2
+            m = torch._foreach_lerp(_or_zeros([ms[i] for i in chunk], ps), gs, 1.0 - beta1)
+            v = torch._foreach_mul(_or_zeros([vs[i] for i in chunk], ps), beta2)
+            torch._foreach_addcmul_(v, gs, gs, value=1.0 - beta2)
+            # A non-finite m makes d non-finite, which the step catches; a v that overflows to
+            # inf makes d zero instead, so v is the one to check.
+            checks += torch._foreach_norm(v)
+            # d = m_hat / (sqrt(v_hat) + eps), m_hat = m / c1, v_hat = v / c2, c_i = 1 - beta_i^t,
+            # computed as (m / (sqrt(v) + eps sqrt(c2))) * (sqrt(c2) / c1): the same number up
+            # to rounding, in fewer passes
+            root_c2 = [math.sqrt(1.0 - beta2 ** steps[i]) for i in chunk]
+            torch._foreach_sqrt_(v)
+            torch._foreach_add_(v, [eps * r for r in root_c2])
+            torch._foreach_div_(m, v)
+            del v
+            torch._foreach_mul_(
+                m, [r / (1.0 - beta1 ** steps[i]) for r, i in zip(root_c2, chunk, strict=True)]
+            )
+            directions += m
+        return directions, checks
+
+    def _commit(self, params: list[Tensor], grads: list[Tensor], group: dict[str, Any]) -> None:
+        beta1, beta2 = group["betas"]
+        steps, _, _ = self._moments(params)
+        for p, t in zip(params, steps, strict=True):
+            st = self.state[p]
+            if "exp_avg" not in st:
+                st["exp_avg"] = torch.zeros_like(p)
+                st["exp_avg_sq"] = torch.zeros_like(p)
+            st["step"] = t
+        ms = [self.state[p]["exp_avg"] for p in params]
+        vs = [self.state[p]["exp_avg_sq"] for p in params]
+        torch._foreach_lerp_(ms, grads, 1.0 - beta1)
+        torch._foreach_mul_(vs, beta2)
+        torch._foreach_addcmul_(vs, grads, grads, value=1.0 - beta2)
+
+
+def _or_zeros(tensors: list[Tensor | None], like: list[Tensor]) -> list[Tensor]:
+    return [torch.zeros_like(p) if t is None else t for t, p in zip(tensors, like, strict=True)]
+
+
+def _chunks(tensors: list[Tensor], limit: int) -> Iterator[list[int]]:
+    """Yield index lists of consecutive tensors with at most ``limit`` elements in all.
+
+    A tensor larger than ``limit`` makes a chunk of its own.
+    """
+    chunk: list[int] = []
+    size = 0
+    for i, t in enumerate(tensors):
+        if chunk and size + t.numel() > limit:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(i)
+        size += t.numel()
+    if chunk:
+        yield chunk
 
 
 class SGDQLR(QuadraticModelOptimizer):
@@ -727,6 +779,7 @@ class SGDQLR(QuadraticModelOptimizer):
     """
 
     def _direction(
-        self, params: list[Tensor], grads: list[Tensor], group: dict[str, Any], step: int
-    ) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
-        return list(grads), [{} for _ in grads]
+        self, params: list[Tensor], grads: list[Tensor], group: dict[str, Any]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        # a copy: the step overwrites d with the new parameters, and g is the user's .grad
+        return torch._foreach_mul(grads, 1.0), []
