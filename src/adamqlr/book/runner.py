@@ -626,6 +626,7 @@ def execute_notebook(
         "input_hash": input_hash(content, code),
     }
     executed.metadata[METADATA_KEY] = record
+    _hide_default_parameters(executed)
     pm_meta = executed.metadata.get("papermill", {})
     pm_meta["input_path"], pm_meta["output_path"] = record["source"], _relative(target, root)
     executed.metadata["kernelspec"] = dict(PORTABLE_KERNELSPEC)
@@ -634,6 +635,21 @@ def execute_notebook(
     with contextlib.suppress(FileNotFoundError):
         failed.unlink()
     return record
+
+
+def _hide_default_parameters(nb: Any) -> None:
+    """Hide the source's default ``parameters`` cell in the book once papermill injected its own.
+
+    The injected cell holds the values the page actually ran with (e.g. ``profile = "paper"``);
+    showing the defaults above it as well would tell the reader two different things.
+    """
+    injected = any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
+    if not injected:
+        return
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if "parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
 
 
 def _relative(path: Path, root: Path) -> str:
