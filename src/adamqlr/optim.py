@@ -550,15 +550,16 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
         if not math.isfinite(alpha):
             return self._rejected("nonfinite_step", f0, **extra)
 
-        # The new parameters -alpha d + (1 - w) theta, written over d (no longer needed): no
+        # The new parameters (1 - w) theta - alpha d, written over d (no longer needed): no
         # parameter-sized buffer beyond Adam's own plus d. They replace the old parameters only
         # once they (and the trial loss) are known to be finite.
         with torch.no_grad():
             new = ds
-            torch._foreach_mul_(new, -alpha)
-            for w in sorted(set(decays)):
-                pick = [i for i, wi in enumerate(decays) if wi == w]
-                torch._foreach_add_([new[i] for i in pick], [ps[i] for i in pick], alpha=1.0 - w)
+            for p, d, w in zip(ps, ds, decays, strict=True):
+                if w:
+                    d.mul_(-alpha).add_(p, alpha=1.0 - w)
+                else:
+                    torch.add(p, d, alpha=-alpha, out=d)  # one pass: theta - alpha d, into d
             del ds, directions
             # A finite alpha times a finite d can still overflow (or meet inf * 0).
             new_norm = torch.stack(torch._foreach_norm(new)).to(**f64).sum().reshape(1)
