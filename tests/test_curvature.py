@@ -360,7 +360,10 @@ def _rejected_models():
     pre_hooked.register_forward_pre_hook(lambda m, i: None)
     param = mlp()
     torch.nn.utils.parametrize.register_parametrization(param[0], "weight", nn.Identity())
+    patched = mlp()
+    patched.forward = lambda x: x  # type: ignore[method-assign]
     return {
+        "instance-forward": patched,
         "conv": nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten()),
         "batchnorm": nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)),
         "dropout2d": nn.Sequential(nn.Linear(3, 3), nn.Dropout1d(0.5)),
@@ -388,3 +391,31 @@ def test_ggn_method_argument():
         ggn_quadratic(model, p, d, x, y, loss, method="fast")
     auto = float(ggn_quadratic(model, p, d, x, y, loss))  # falls back to torch.func
     assert auto == float(ggn_quadratic(model, p, d, x, y, loss, method="func"))
+
+
+def test_layerwise_forward_is_the_module_forward_and_its_tape_gives_the_jvp():
+    from adamqlr.curvature import layerwise_forward, layerwise_tangent
+
+    torch.manual_seed(5)
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(6, 8), nn.GELU(), nn.Dropout(0.3), nn.Linear(8, 8), nn.Tanh(),
+        nn.Dropout(0.5), nn.Linear(8, 3),
+    ).to(DTYPE).train()
+    x = torch.randn(7, 2, 3, dtype=DTYPE)
+    plan = layerwise_plan(model)
+    rng = torch.get_rng_state()
+    z, tape = layerwise_forward(plan, x)
+    after = torch.get_rng_state()
+    torch.set_rng_state(rng)
+    ref = model(x)
+    assert torch.equal(z, ref) and torch.equal(torch.get_rng_state(), after)
+    # the same graph: the same gradient
+    g = torch.autograd.grad(z.square().sum(), list(model.parameters()))
+    g_ref = torch.autograd.grad(ref.square().sum(), list(model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(g, g_ref, strict=True))
+    d = random_direction(model)
+    u = layerwise_tangent(plan, tape, named_params(model), d)
+    torch.set_rng_state(rng)
+    _, u_ref = _func_jvp(model, named_params(model), d, x)
+    torch.testing.assert_close(u, u_ref, rtol=1e-12, atol=1e-12)
+    assert layerwise_tangent(plan, tape, named_params(model), {}) is None

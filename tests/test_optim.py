@@ -316,3 +316,32 @@ def test_gradients_are_left_for_the_user():
         nn.functional.cross_entropy(ref(x), y).backward()
         for n, p in ref.named_parameters():
             torch.testing.assert_close(grads[n], p.grad, rtol=1e-13, atol=1e-15)
+
+
+class _Wrapped(nn.Module):
+    """The same network behind a custom forward: the generic torch.func path."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def test_layerwise_and_generic_fisher_paths_agree_over_steps():
+    traces = []
+    for wrap in (False, True):
+        torch.manual_seed(3)
+        net = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Dropout(0.25), nn.Linear(8, 3))
+        net = net.to(DTYPE)
+        model = _Wrapped(net) if wrap else net
+        x, y = classification(net, n=12)
+        opt = AdamQLR(model)
+        torch.manual_seed(4)  # the same dropout masks in both runs
+        traces.append([opt.step(x, y) for _ in range(6)])
+    for a, b in zip(*traces, strict=True):
+        assert a.loss == pytest.approx(b.loss, rel=1e-12)
+        assert a.curvature == pytest.approx(b.curvature, rel=1e-10)
+        assert a.lr == pytest.approx(b.lr, rel=1e-10)
+        assert a.trial_loss == pytest.approx(b.trial_loss, rel=1e-10)

@@ -33,8 +33,10 @@ __all__ = [
     "copied_buffers",
     "ggn_quadratic",
     "hessian_quadratic",
+    "layerwise_forward",
     "layerwise_jvp",
     "layerwise_plan",
+    "layerwise_tangent",
     "loss_at",
     "quadratic_form",
 ]
@@ -84,20 +86,22 @@ def loss_at(
 # --------------------------------------------------------------------------- forward-mode JVP
 #: Elementwise layers the layer-wise JVP knows, with their derivative applied to a tangent. Each
 #: one is the layer's own autograd backward kernel (for an elementwise map, ``grad * f'(a)`` *is*
-#: the JVP), given the pre-activation ``a`` or the output ``out``, so conventions such as ReLU's
-#: derivative at 0 are exactly autograd's.
-_ELEMENTWISE: dict[type[nn.Module], Callable[[Any, Tensor, Tensor, Tensor], Tensor]] = {
-    nn.ReLU: lambda m, t, a, out: torch.ops.aten.threshold_backward(t, out, 0),
-    nn.Tanh: lambda m, t, a, out: torch.ops.aten.tanh_backward(t, out),
-    nn.Sigmoid: lambda m, t, a, out: torch.ops.aten.sigmoid_backward(t, out),
-    nn.GELU: lambda m, t, a, out: torch.ops.aten.gelu_backward(t, a, approximate=m.approximate),
-    nn.SiLU: lambda m, t, a, out: torch.ops.aten.silu_backward(t, a),
-    nn.LeakyReLU: lambda m, t, a, out: torch.ops.aten.leaky_relu_backward(
+#: the JVP), given the pre-activation ``a`` or the output ``out`` (see ``_USES_OUTPUT``), so
+#: conventions such as ReLU's derivative at 0 are exactly autograd's.
+_ELEMENTWISE: dict[type[nn.Module], Callable[[Any, Tensor, Tensor], Tensor]] = {
+    nn.ReLU: lambda m, t, out: torch.ops.aten.threshold_backward(t, out, 0),
+    nn.Tanh: lambda m, t, out: torch.ops.aten.tanh_backward(t, out),
+    nn.Sigmoid: lambda m, t, out: torch.ops.aten.sigmoid_backward(t, out),
+    nn.GELU: lambda m, t, a: torch.ops.aten.gelu_backward(t, a, approximate=m.approximate),
+    nn.SiLU: lambda m, t, a: torch.ops.aten.silu_backward(t, a),
+    nn.LeakyReLU: lambda m, t, a: torch.ops.aten.leaky_relu_backward(
         t, a, m.negative_slope, False
     ),
-    nn.ELU: lambda m, t, a, out: torch.ops.aten.elu_backward(t, m.alpha, 1, 1, False, a),
-    nn.Softplus: lambda m, t, a, out: torch.ops.aten.softplus_backward(t, a, m.beta, m.threshold),
+    nn.ELU: lambda m, t, a: torch.ops.aten.elu_backward(t, m.alpha, 1, 1, False, a),
+    nn.Softplus: lambda m, t, a: torch.ops.aten.softplus_backward(t, a, m.beta, m.threshold),
 }
+#: The elementwise layers whose derivative is written with their output (the rest: their input).
+_USES_OUTPUT = (nn.ReLU, nn.Tanh, nn.Sigmoid)
 _PASSTHROUGH = (nn.Identity, nn.Flatten, nn.Unflatten)
 
 
@@ -124,8 +128,8 @@ def layerwise_plan(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
     canonical = {id(m): (f"{n}." if n else "") for n, m in model.named_modules()}
 
     def visit(prefix: str, module: nn.Module) -> bool:
-        if module._forward_hooks or module._forward_pre_hooks:
-            return False
+        if module._forward_hooks or module._forward_pre_hooks or "forward" in vars(module):
+            return False  # hooks, or a forward replaced on the instance
         if isinstance(module, nn.Sequential):
             if type(module).forward is not nn.Sequential.forward:
                 return False
@@ -151,6 +155,118 @@ def layerwise_plan(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
     return layers if visit("", model) else None
 
 
+def _tangent_step(
+    prefix: str,
+    layer: nn.Module,
+    record: Tensor | None,
+    t: Tensor | None,
+    params: Mapping[str, Tensor],
+    direction: Mapping[str, Tensor],
+) -> Tensor | None:
+    """Push the tangent ``t`` through one layer.
+
+    ``record`` is what :func:`layerwise_forward` kept for the layer: a linear layer's input, an
+    activation's input or output, a dropout mask.
+    """
+    kind = type(layer)
+    if kind is nn.Linear and record is not None:
+        w_name, b_name = f"{prefix}weight", f"{prefix}bias"
+        dw, db = direction.get(w_name), direction.get(b_name)
+        carried = None
+        if t is not None:
+            carried = torch.nn.functional.linear(t, params.get(w_name, layer.weight).detach())
+        if dw is not None:
+            own = torch.nn.functional.linear(record, dw, db)  # h dW^T + db
+            return own if carried is None else own.add_(carried)
+        if db is not None:
+            return db.expand(*record.shape[:-1], layer.out_features) if carried is None else (
+                carried.add_(db)
+            )
+        return carried
+    if t is None:
+        return None
+    if kind in _ELEMENTWISE:
+        return _ELEMENTWISE[kind](layer, t, record)
+    if kind is nn.Dropout:
+        return t if record is None else t * record
+    return layer(t)  # shape-only layers
+
+
+def layerwise_forward(
+    layers: list[tuple[str, nn.Module]],
+    inputs: Tensor,
+    params: Mapping[str, Tensor] | None = None,
+) -> tuple[Tensor, list[Tensor | None]]:
+    """Run the layers as ``nn.Sequential.forward`` does, keeping what their JVP needs.
+
+    Each layer is called as the module would be (so autograd, when enabled, records the same
+    graph), except dropout, whose mask is drawn explicitly (``dropout`` of ones: the same random
+    draws and the same output as ``layer(h)``) so that it can be kept.
+
+    Args:
+        layers: From :func:`layerwise_plan`.
+        inputs: The input tensor.
+        params: Optional parameter values by name replacing the linear layers' own.
+
+    Returns:
+        ``(outputs, tape)``, the tape holding per layer a linear layer's input, an elementwise
+        layer's input or output (whichever its derivative uses), a dropout mask, or ``None``.
+    """
+    h = inputs
+    tape: list[Tensor | None] = []
+    for prefix, layer in layers:
+        kind = type(layer)
+        if kind is nn.Linear:
+            tape.append(h.detach())
+            if params is None:
+                h = layer(h)
+            else:
+                h = torch.nn.functional.linear(
+                    h,
+                    params.get(f"{prefix}weight", layer.weight),
+                    params.get(f"{prefix}bias", layer.bias),
+                )
+        elif kind in _ELEMENTWISE:
+            out = layer(h)
+            tape.append((out if kind in _USES_OUTPUT else h).detach())
+            h = out
+        elif kind is nn.Dropout and layer.training and layer.p > 0:
+            mask = torch.nn.functional.dropout(torch.ones_like(h), layer.p, True)
+            tape.append(mask)
+            h = h * mask
+        else:
+            tape.append(None)
+            h = layer(h)
+    return h, tape
+
+
+def layerwise_tangent(
+    layers: list[tuple[str, nn.Module]],
+    tape: list[Tensor | None],
+    params: Mapping[str, Tensor],
+    direction: Mapping[str, Tensor],
+) -> Tensor | None:
+    """Return ``J d`` from the tape of a forward pass (``None`` if no layer has a direction).
+
+    Only tangents are computed: the forward pass that made the tape (e.g. the optimiser's own
+    gradient pass) supplies every primal value.
+
+    Args:
+        layers: From :func:`layerwise_plan`.
+        tape: From :func:`layerwise_forward` at ``params``.
+        params: The parameter values of that forward pass by name (others: the module's own).
+        direction: The direction by parameter name.
+
+    Returns:
+        The tangent of the outputs, or ``None`` when it is zero.
+    """
+    t: Tensor | None = None
+    with torch.no_grad():
+        for (prefix, layer), record in zip(layers, tape, strict=True):
+            t = _tangent_step(prefix, layer, record, t, params, direction)
+    return t
+
+
 def layerwise_jvp(
     layers: list[tuple[str, nn.Module]],
     params: Mapping[str, Tensor],
@@ -162,7 +278,8 @@ def layerwise_jvp(
     A linear layer maps ``(h, t)`` to ``(h W^T + b, t W^T + h dW^T + db)``; an elementwise layer
     to ``(f(a), f'(a) t)``; dropout multiplies both by the mask it draws, so with the random state
     replayed (as :class:`adamqlr.AdamQLR` does) the masks are those of the gradient pass. Tangents
-    known to be zero (before the first layer with a direction) are never formed.
+    known to be zero (before the first layer with a direction) are never formed. Each layer's
+    primal values are dropped as soon as its tangent is computed.
 
     Args:
         layers: From :func:`layerwise_plan`.
@@ -174,39 +291,13 @@ def layerwise_jvp(
     Returns:
         ``(outputs, tangent)``.
     """
-    linear = torch.nn.functional.linear
     h: Tensor = inputs
     t: Tensor | None = None
     with torch.no_grad():
-        for name, layer in layers:
-            kind = type(layer)
-            if kind is nn.Linear:
-                w_name, b_name = f"{name}weight", f"{name}bias"
-                weight = params.get(w_name, layer.weight)
-                bias = params.get(b_name, layer.bias)
-                dw, db = direction.get(w_name), direction.get(b_name)
-                out = linear(h, weight, bias)
-                new_t = None if dw is None else linear(h, dw, db)
-                if new_t is None and db is not None:
-                    new_t = db.expand_as(out)
-                if t is not None:
-                    new_t = linear(t, weight) if new_t is None else new_t + linear(t, weight)
-                h, t = out, new_t
-            elif kind in _ELEMENTWISE:
-                out = layer(h)
-                if t is not None:
-                    t = _ELEMENTWISE[kind](layer, t, h, out)
-                h = out
-            elif kind is nn.Dropout:
-                if layer.training and layer.p > 0:
-                    # The same random draws as ``layer(h)`` (one Bernoulli per element of a tensor
-                    # of this shape and dtype), taken on ones: the scaled mask itself.
-                    mask = torch.nn.functional.dropout(torch.ones_like(h), layer.p, True)
-                    h = h * mask
-                    t = None if t is None else t * mask
-            else:  # shape-only layers
-                h = layer(h)
-                t = None if t is None else layer(t)
+        for prefix, layer in layers:
+            h_next, (record,) = layerwise_forward([(prefix, layer)], h, params)
+            t = _tangent_step(prefix, layer, record, t, params, direction)
+            h = h_next
     return h, (torch.zeros_like(h) if t is None else t)
 
 

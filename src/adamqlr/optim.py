@@ -10,8 +10,11 @@ the gradient itself.
 One call of :meth:`QuadraticModelOptimizer.step` on a mini-batch ``(inputs, targets)`` costs one
 forward and backward pass (the gradient), then the curvature along the direction on the same
 batch, and, on steps that adapt the damping, one more forward pass for the trial loss. With
-``"fisher"`` the curvature is one forward-mode JVP (:func:`adamqlr.curvature.ggn_quadratic`:
-hand-written for sequential MLPs, ``torch.func.jvp`` otherwise). With ``"hessian"`` the gradient
+``"fisher"`` the curvature is one forward-mode JVP: for a sequential MLP that
+:func:`adamqlr.curvature.layerwise_plan` covers, the gradient pass itself runs layer by layer
+and keeps its activations, so the JVP computes tangents only
+(:func:`adamqlr.curvature.layerwise_tangent`); for any other model,
+:func:`adamqlr.curvature.ggn_quadratic` (``torch.func.jvp``). With ``"hessian"`` the gradient
 pass keeps its graph (``create_graph=True``) and ``H d`` is one more backward pass through it
 (reverse over reverse): no second forward pass, the same batch-norm statistics and dropout masks
 by construction, at the price of holding the gradient's graph until then. Models whose operations
@@ -36,7 +39,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from adamqlr.curvature import CURVATURES, loss_at, quadratic_form
+from adamqlr.curvature import (
+    CURVATURES,
+    layerwise_forward,
+    layerwise_plan,
+    layerwise_tangent,
+    loss_at,
+    quadratic_form,
+)
 from adamqlr.heuristics import LevenbergMarquardt, propose_step, reduction_ratio
 from adamqlr.losses import Loss, get_loss
 
@@ -445,8 +455,17 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
         # With the Hessian, the gradient keeps its graph: H d is then one more backward pass
         # through it (reverse over reverse), with no second forward pass at all.
         graph_grads: dict[Tensor, Tensor] = {}
+        # With the Fisher and a network the layer-wise JVP covers, the gradient pass runs layer
+        # by layer and keeps what the JVP needs: J d then costs only its tangent half.
+        plan = None
+        if self.curvature == "fisher" and isinstance(inputs, Tensor):
+            plan = layerwise_plan(self.model)
+        tape = None
         with torch.enable_grad():
-            outputs = self.model(inputs)
+            if plan is not None:
+                outputs, tape = layerwise_forward(plan, inputs)
+            else:
+                outputs = self.model(inputs)
             self.loss.check_shapes(outputs, targets)
             loss_t = self.loss.value(outputs, targets)
             if loss_t.requires_grad and self.curvature == "hessian":
@@ -458,6 +477,7 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
                         p.grad = g.detach()
             elif loss_t.requires_grad:
                 loss_t.backward()
+        final = outputs.detach()
         del outputs
         # 2. Direction, group by group; state is committed only if the step is accepted.
         names: list[str] = []
@@ -521,6 +541,13 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
         if self.curvature == "hessian":
             q = self._hessian_from_graph([graph_grads[p] for p in ps], ps, ds)
             graph_grads.clear()
+        elif tape is not None:
+            u = layerwise_tangent(plan, tape, params, directions)  # type: ignore[arg-type]
+            tape = None
+            with torch.no_grad():
+                u = torch.zeros_like(final) if u is None else u
+                q = float(self.loss.output_quadratic(final, u, targets))
+            del u
         else:
             with _replayed_rng(cpu_rng, cuda_rng):
                 q = float(
