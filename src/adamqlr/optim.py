@@ -394,14 +394,36 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
 
         Exact (the same ``H d`` as forward-over-reverse, up to rounding), evaluated on the
         gradient pass's own forward: the same batch-norm statistics and dropout masks, and no
-        extra forward pass.
+        extra forward pass. Each parameter's piece of ``H d`` is reduced to ``d_i . (H d)_i`` as
+        soon as it arrives and then dropped, so ``H d`` never exists whole. The parameters'
+        ``.grad`` (the gradient ``g``) is set aside meanwhile and put back.
         """
-        hvp = torch.autograd.grad(grads, params, grad_outputs=ds, allow_unused=True)
-        terms = [
-            torch.dot(d.reshape(-1), h.reshape(-1)).to(torch.float64)
-            for d, h in zip(ds, hvp, strict=True)
-            if h is not None
-        ]
+        saved = [p.grad for p in params]
+        terms: list[Tensor] = []
+
+        def reduce(p: Tensor, d: Tensor) -> None:
+            if p.grad is not None:
+                terms.append(torch.dot(d.reshape(-1), p.grad.reshape(-1)).to(torch.float64))
+                p.grad = None
+
+        # a gradient with no graph is constant in the parameters: its part of H d is zero
+        live = [(g, d) for g, d in zip(grads, ds, strict=True) if g.requires_grad]
+        handles = []
+        try:
+            for p, d in zip(params, ds, strict=True):
+                p.grad = None
+                handles.append(p.register_post_accumulate_grad_hook(
+                    lambda p, d=d: reduce(p, d)
+                ))
+            if live:
+                torch.autograd.backward(
+                    [g for g, _ in live], grad_tensors=[d for _, d in live], inputs=params
+                )
+        finally:
+            for h in handles:
+                h.remove()
+            for p, g in zip(params, saved, strict=True):
+                p.grad = g
         return float(torch.stack(terms).sum()) if terms else 0.0
 
     def _check_batch(self, inputs: object, targets: Tensor) -> None:
