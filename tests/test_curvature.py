@@ -344,7 +344,9 @@ def test_ggn_methods_agree(name):
     p = named_params(model)
     fast = float(ggn_quadratic(model, p, d, x, y, loss, method="layerwise"))
     slow = float(ggn_quadratic(model, p, d, x, y, loss, method="func"))
+    dual = float(ggn_quadratic(model, p, d, x, y, loss, method="forward_ad"))
     assert abs(fast - slow) <= 1e-12 * abs(slow)
+    assert abs(dual - slow) <= 1e-12 * abs(slow)
     assert float(ggn_quadratic(model, p, d, x, y, loss)) == fast  # "auto" takes the fast path
 
 
@@ -389,8 +391,16 @@ def test_ggn_method_argument():
         ggn_quadratic(model, p, d, x, y, loss, method="layerwise")
     with pytest.raises(ValueError, match="'fast'"):
         ggn_quadratic(model, p, d, x, y, loss, method="fast")
-    auto = float(ggn_quadratic(model, p, d, x, y, loss))  # falls back to torch.func
-    assert auto == float(ggn_quadratic(model, p, d, x, y, loss, method="func"))
+    auto = float(ggn_quadratic(model, p, d, x, y, loss))  # falls back to forward-mode autograd
+    assert auto == float(ggn_quadratic(model, p, d, x, y, loss, method="forward_ad"))
+    func = float(ggn_quadratic(model, p, d, x, y, loss, method="func"))
+    assert abs(auto - func) <= 1e-12 * abs(func)
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    ggn_quadratic(model, p, d, x, y, loss, method="forward_ad")
+    assert all(torch.equal(b, before[n]) for n, b in model.named_buffers())
+    # no parameter with a direction reaches the output: zero, not an error
+    none = float(ggn_quadratic(model, {}, {}, x, y, loss, method="forward_ad"))
+    assert none == 0.0
 
 
 def test_layerwise_forward_is_the_module_forward_and_its_tape_gives_the_jvp():

@@ -14,7 +14,7 @@ batch, and, on steps that adapt the damping, one more forward pass for the trial
 :func:`adamqlr.curvature.layerwise_plan` covers, the gradient pass itself runs layer by layer
 and keeps its activations, so the JVP computes tangents only
 (:func:`adamqlr.curvature.layerwise_tangent`); for any other model,
-:func:`adamqlr.curvature.ggn_quadratic` (``torch.func.jvp``). With ``"hessian"`` the gradient
+:func:`adamqlr.curvature.ggn_quadratic` (forward-mode autograd). With ``"hessian"`` the gradient
 pass keeps its graph (``create_graph=True``) and ``H d`` is one more backward pass through it
 (reverse over reverse): no second forward pass, the same batch-norm statistics and dropout masks
 by construction, at the price of holding the gradient's graph until then. Models whose operations
