@@ -399,21 +399,21 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
         ``.grad`` (the gradient ``g``) is set aside meanwhile and put back.
         """
         saved = [p.grad for p in params]
-        terms: list[Tensor] = []
+        terms: dict[int, Tensor] = {}  # summed in parameter order, whatever the arrival order
 
-        def reduce(p: Tensor, d: Tensor) -> None:
+        def reduce(p: Tensor, d: Tensor, i: int) -> None:
             if p.grad is not None:
-                terms.append(torch.dot(d.reshape(-1), p.grad.reshape(-1)).to(torch.float64))
+                terms[i] = torch.dot(d.reshape(-1), p.grad.reshape(-1)).to(torch.float64)
                 p.grad = None
 
         # a gradient with no graph is constant in the parameters: its part of H d is zero
         live = [(g, d) for g, d in zip(grads, ds, strict=True) if g.requires_grad]
         handles = []
         try:
-            for p, d in zip(params, ds, strict=True):
+            for i, (p, d) in enumerate(zip(params, ds, strict=True)):
                 p.grad = None
                 handles.append(p.register_post_accumulate_grad_hook(
-                    lambda p, d=d: reduce(p, d)
+                    lambda p, d=d, i=i: reduce(p, d, i)
                 ))
             if live:
                 torch.autograd.backward(
@@ -424,7 +424,7 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
                 h.remove()
             for p, g in zip(params, saved, strict=True):
                 p.grad = g
-        return float(torch.stack(terms).sum()) if terms else 0.0
+        return float(torch.stack([terms[i] for i in sorted(terms)]).sum()) if terms else 0.0
 
     def _check_batch(self, inputs: object, targets: Tensor) -> None:
         if not isinstance(targets, Tensor):
