@@ -26,8 +26,9 @@ env: $(BIN)/.installed
 	(command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)) \
 		|| echo "chromium not installed: the browser test will be skipped"
 
+# One torch thread: the pages are light, and on a shared 2-core machine two threads spin-wait.
 book: env
-	$(BIN)/adamqlr book build
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/adamqlr book build
 
 # One torch thread per pytest worker: two workers with two threads each on two cores spend most
 # of their time spin-waiting (an AdamQLR step on a small MLP went from ~8 ms to ~250 ms).

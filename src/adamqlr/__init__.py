@@ -13,8 +13,10 @@ from adamqlr.optim import AdamQLR, SGDQLR, StepStats
 
 __version__ = "0.1.0"
 
-#: Bumped whenever the numerics of a step change, so that stored run records made by an older
-#: algorithm are reported as stale instead of being silently reused.
+#: Bumped whenever what a step computes changes (a formula, a default, a rule), so that stored run
+#: records made by an older algorithm are reported as stale instead of being silently reused. A
+#: change of floating-point evaluation order alone does not bump it; every record also stores the
+#: exact commit that made it.
 ALGORITHM_VERSION = 1
 
 __all__ = [
