@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import numbers
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -39,6 +38,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from adamqlr._validation import check as _check
+from adamqlr._validation import real as _real
 from adamqlr.curvature import (
     CURVATURES,
     layerwise_forward,
@@ -102,20 +103,6 @@ class StepStats:
         return asdict(self)
 
 
-def _real(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"invalid {name}: {value!r} (expected a real number)")
-    value = float(value)
-    if math.isnan(value):
-        raise ValueError(f"invalid {name}: {value!r} (NaN)")
-    return value
-
-
-def _check(name: str, value: object, ok: bool, expected: str) -> None:
-    if not ok:
-        raise ValueError(f"invalid {name}: {value!r} (expected {expected})")
-
-
 @contextlib.contextmanager
 def _replayed_rng(cpu_state: Tensor, cuda_states: list[Tensor] | None) -> Iterator[None]:
     """Run the body with the random state captured before the gradient pass.
@@ -139,7 +126,6 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
 
     #: The step needs the batch, not a closure (the curvature needs the model and the data).
     step_requires_batch = True
-
 
     def __init__(
         self,
@@ -412,9 +398,9 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
         try:
             for i, (p, d) in enumerate(zip(params, ds, strict=True)):
                 p.grad = None
-                handles.append(p.register_post_accumulate_grad_hook(
-                    lambda p, d=d, i=i: reduce(p, d, i)
-                ))
+                handles.append(
+                    p.register_post_accumulate_grad_hook(lambda p, d=d, i=i: reduce(p, d, i))
+                )
             if live:
                 torch.autograd.backward(
                     [g for g, _ in live], grad_tensors=[d for _, d in live], inputs=params
@@ -513,7 +499,8 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
         with torch.no_grad():
             for group in self.param_groups:
                 live = [
-                    (n, p) for n, p in zip(group["param_names"], group["params"], strict=True)
+                    (n, p)
+                    for n, p in zip(group["param_names"], group["params"], strict=True)
                     if p.grad is not None
                 ]
                 if not live:
@@ -530,8 +517,21 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
                 live_groups.append((group_ps, group_gs, group))
         if not ds:
             f0 = float(loss_t.detach())
-            return StepStats(f0, 0.0, self.damping, math.nan, False, "no_gradient", math.nan,
-                             math.nan, math.nan, math.nan, math.nan, self.damping, glob["step"])
+            return StepStats(
+                f0,
+                0.0,
+                self.damping,
+                math.nan,
+                False,
+                "no_gradient",
+                math.nan,
+                math.nan,
+                math.nan,
+                math.nan,
+                math.nan,
+                self.damping,
+                glob["step"],
+            )
 
         # One host sync for the loss, g^T d, ||d||^2 and the finiteness of the new direction
         # state (a finite gradient can still overflow Adam's second moment in float32). A
@@ -540,9 +540,9 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
             f64 = {"dtype": torch.float64, "device": ds[0].device}
             parts = [loss_t.detach().to(**f64).reshape(1)]
             parts.append(
-                torch.stack([torch.dot(g.reshape(-1), d.reshape(-1)) for g, d in zip(gs, ds,
-                                                                                    strict=True)])
-                .to(**f64)
+                torch.stack(
+                    [torch.dot(g.reshape(-1), d.reshape(-1)) for g, d in zip(gs, ds, strict=True)]
+                ).to(**f64)
             )
             parts.append(torch.stack(torch._foreach_norm(ds)).to(**f64))
             if checks:
@@ -724,7 +724,6 @@ class AdamQLR(QuadraticModelOptimizer):
         super().__init__(
             model, loss, curvature, group_defaults=dict(betas=betas, eps=eps), **kwargs
         )
-
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)

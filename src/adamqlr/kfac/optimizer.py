@@ -44,6 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from adamqlr._validation import check as _check
+from adamqlr._validation import integer as _int
+from adamqlr._validation import real as _real
 from adamqlr.curvature import loss_at
 from adamqlr.heuristics import LevenbergMarquardt, reduction_ratio
 from adamqlr.kfac.blocks import ESTIMATIONS, Block, build_blocks
@@ -92,23 +95,6 @@ class KFACStepStats:
     def as_dict(self) -> dict[str, Any]:
         """Return the statistics as a plain dict (for logging)."""
         return asdict(self)
-
-
-def _real(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(float(value)):
-        raise ValueError(f"invalid {name}: {value!r} (expected a real number)")
-    return float(value)
-
-
-def _check(name: str, value: object, ok: bool, expected: str) -> None:
-    if not ok:
-        raise ValueError(f"invalid {name}: {value!r} (expected {expected})")
-
-
-def _int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"invalid {name}: {value!r} (expected an int >= {minimum})")
-    return int(value)
 
 
 def sample_targets(
