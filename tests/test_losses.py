@@ -136,3 +136,19 @@ def test_get_loss_names_and_objects():
     assert get_loss(obj) is obj
     assert isinstance(obj, Loss)
     assert "ignore_index=7" in repr(ce)
+
+
+@pytest.mark.parametrize("kind", ["cross_entropy", "squared_error"])
+def test_output_bilinear_is_the_polarised_quadratic_and_symmetric(kind):
+    torch.manual_seed(3)
+    loss = get_loss(kind)
+    outputs = torch.randn(6, 4, dtype=torch.float64)
+    targets = torch.randint(0, 4, (6,)) if kind == "cross_entropy" else torch.randn(6, 4).double()
+    u1, u2 = torch.randn_like(outputs), torch.randn_like(outputs)
+    closed = loss.output_bilinear(outputs, u1, u2, targets)
+    polarised = Loss.output_bilinear(loss, outputs, u1, u2, targets)  # the base-class default
+    assert torch.allclose(closed, polarised, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(closed, loss.output_bilinear(outputs, u2, u1, targets), rtol=1e-12)
+    assert torch.allclose(
+        loss.output_bilinear(outputs, u1, u1, targets), loss.output_quadratic(outputs, u1, targets)
+    )

@@ -45,6 +45,17 @@ class Loss(ABC):
             A scalar tensor, the quadratic form of the Hessian of the *mean* loss.
         """
 
+    def output_bilinear(self, outputs: Tensor, u1: Tensor, u2: Tensor, targets: Tensor) -> Tensor:
+        """Return ``u1^T H_L u2``, the bilinear form of the same output Hessian.
+
+        The default polarises :meth:`output_quadratic`; the package's losses override it with
+        their closed forms. K-FAC's two-dimensional quadratic model needs the cross terms.
+        """
+        both = self.output_quadratic(outputs, u1 + u2, targets)
+        one = self.output_quadratic(outputs, u1, targets)
+        two = self.output_quadratic(outputs, u2, targets)
+        return 0.5 * (both - one - two)
+
     def check_shapes(self, outputs: Tensor, targets: Tensor) -> None:  # noqa: B027
         """Raise ``ValueError`` naming the shapes when outputs and targets cannot be compared.
 
@@ -106,6 +117,15 @@ class CrossEntropyLoss(Loss):
         count = mask.sum().clamp_min(1)
         return torch.where(mask, per_position, torch.zeros_like(per_position)).sum() / count
 
+    def output_bilinear(  # noqa: D102
+        self, outputs: Tensor, u1: Tensor, u2: Tensor, targets: Tensor
+    ) -> Tensor:
+        p = torch.softmax(outputs, dim=-1)
+        per_position = (p * u1 * u2).sum(-1) - (p * u1).sum(-1) * (p * u2).sum(-1)
+        mask = self._mask(targets)
+        count = mask.sum().clamp_min(1)
+        return torch.where(mask, per_position, torch.zeros_like(per_position)).sum() / count
+
     def __repr__(self) -> str:
         return f"CrossEntropyLoss(ignore_index={self.ignore_index})"
 
@@ -143,9 +163,14 @@ class SquaredErrorLoss(Loss):
         self.curvature_count = curvature_count
 
     def _align(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        if targets.shape != outputs.shape and targets.dim() == 1 and outputs.shape == (
-            targets.shape[0],
-            1,
+        if (
+            targets.shape != outputs.shape
+            and targets.dim() == 1
+            and outputs.shape
+            == (
+                targets.shape[0],
+                1,
+            )
         ):
             return targets.unsqueeze(-1)
         return targets
@@ -164,6 +189,12 @@ class SquaredErrorLoss(Loss):
     def output_quadratic(self, outputs: Tensor, u: Tensor, targets: Tensor) -> Tensor:  # noqa: D102
         count = self.curvature_count if self.curvature_count is not None else outputs.shape[0]
         return u.pow(2).sum() / count
+
+    def output_bilinear(  # noqa: D102
+        self, outputs: Tensor, u1: Tensor, u2: Tensor, targets: Tensor
+    ) -> Tensor:
+        count = self.curvature_count if self.curvature_count is not None else outputs.shape[0]
+        return (u1 * u2).sum() / count
 
     def __repr__(self) -> str:
         extra = "" if self.curvature_count is None else f"curvature_count={self.curvature_count}"

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jvp
 
 from adamqlr.curvature import copied_buffers
-from adamqlr.losses import CrossEntropyLoss, Loss, SquaredErrorLoss
+from adamqlr.losses import Loss, SquaredErrorLoss
 
 __all__ = [
     "QuadraticSolution",
@@ -40,11 +40,10 @@ __all__ = [
 def output_bilinear(loss: Loss, outputs: Tensor, u1: Tensor, u2: Tensor, targets: Tensor) -> Tensor:
     """Return ``u1^T H_L u2`` for the Hessian ``H_L`` of the mean loss w.r.t. the outputs.
 
-    Closed forms for the package's two losses (softmax cross-entropy:
-    ``sum_i (p_i . (u1_i * u2_i) - (p_i . u1_i)(p_i . u2_i)) / n``; half squared error:
-    ``u1 . u2 / N``); any other :class:`~adamqlr.losses.Loss` by polarisation of its
-    ``output_quadratic``. For squared error the mean runs over the batch's own rows (K-FAC is not
-    subject to the official code's padding dilution, so ``curvature_count`` is ignored).
+    Delegates to :meth:`adamqlr.losses.Loss.output_bilinear` (closed forms for the package's
+    losses, polarisation of ``output_quadratic`` for any other). For squared error the mean runs
+    over the batch's own rows: K-FAC is not subject to the official code's padding dilution, so
+    ``curvature_count`` is ignored.
 
     Args:
         loss: The loss.
@@ -56,19 +55,9 @@ def output_bilinear(loss: Loss, outputs: Tensor, u1: Tensor, u2: Tensor, targets
     Returns:
         A scalar tensor.
     """
-    if isinstance(loss, CrossEntropyLoss):
-        p = torch.softmax(outputs, dim=-1)
-        per = (p * u1 * u2).sum(-1) - (p * u1).sum(-1) * (p * u2).sum(-1)
-        mask = targets != loss.ignore_index
-        return torch.where(mask, per, torch.zeros_like(per)).sum() / mask.sum().clamp_min(1)
-    if isinstance(loss, SquaredErrorLoss):
-        return (u1 * u2).sum() / outputs.shape[0]
-    both = loss.output_quadratic(outputs, u1 + u2, targets)
-    return 0.5 * (
-        both
-        - loss.output_quadratic(outputs, u1, targets)
-        - loss.output_quadratic(outputs, u2, targets)
-    )
+    if isinstance(loss, SquaredErrorLoss) and loss.curvature_count is not None:
+        loss = SquaredErrorLoss()
+    return loss.output_bilinear(outputs, u1, u2, targets)
 
 
 def output_jvp(
