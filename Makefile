@@ -14,8 +14,9 @@ export PYTHONHASHSEED = 0
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	# torch is named in the same resolve as the extras, so that nothing they pull in (curvlinops ->
+	# backpack -> torchvision) can upgrade it to another build.
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" -e ".[test]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name adamqlr --display-name "Python (adamqlr)" >/dev/null
 	touch $@
 

@@ -8,8 +8,16 @@ through a Second-Order Lens" (ICML 2024). The optimisers are ``torch.optim.Optim
     stats = opt.step(inputs, targets)
 """
 
+import warnings
+
 from adamqlr.losses import CrossEntropyLoss, Loss, SquaredErrorLoss, get_loss
-from adamqlr.optim import AdamQLR, SGDQLR, StepStats
+from adamqlr.optim import SGDQLR, AdamQLR, StepStats
+
+# torch >= 2.14 warns, from inside its own forward-mode decompositions, that torch.jit.script is
+# deprecated. It is not ours to act on, and on stderr it would fail the book's strict build.
+warnings.filterwarnings(
+    "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
+)
 
 __version__ = "0.1.0"
 
