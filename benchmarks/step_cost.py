@@ -101,8 +101,9 @@ class _Block(nn.Module):
         self.b1 = nn.BatchNorm2d(cout)
         self.short: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                       nn.BatchNorm2d(cout))
+            self.short = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.b0(self.c0(x)))
@@ -114,8 +115,12 @@ class _LocalResNet18(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
-                                  nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 64, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.MaxPool2d(3, 2, 1),
+        )
         layers, cin = [], 64
         for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
             layers += [_Block(cin, cout, stride), _Block(cout, cout, 1)]
@@ -225,8 +230,9 @@ def variants(case: Case, linearize_ok: bool = True) -> dict[str, StepFn]:
 
     def jvp_func(x: Tensor, y: Tensor) -> Tensor:
         with torch.no_grad():
-            return jvp(lambda *v: outputs_of(*v, x=x), tuple(params.values()),
-                       tuple(direction.values()))[1]
+            return jvp(
+                lambda *v: outputs_of(*v, x=x), tuple(params.values()), tuple(direction.values())
+            )[1]
 
     def jvp_forward_ad(x: Tensor, y: Tensor) -> Tensor:
         with torch.no_grad(), fwAD.dual_level():
@@ -249,8 +255,11 @@ def variants(case: Case, linearize_ok: bool = True) -> dict[str, StepFn]:
         return F.cross_entropy(outputs_of(*values, x=x), y)
 
     def hvp_func(x: Tensor, y: Tensor):
-        return jvp(lambda v: grad(loss_of)(v, x, y), (tuple(params.values()),),
-                   (tuple(direction.values()),))[1]
+        return jvp(
+            lambda v: grad(loss_of)(v, x, y),
+            (tuple(params.values()),),
+            (tuple(direction.values()),),
+        )[1]
 
     def hvp_forward_ad(x: Tensor, y: Tensor):
         with fwAD.dual_level():
@@ -285,7 +294,7 @@ def time_variants(
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(warmup + repeats):
         x, y = case.batches[r % len(case.batches)]
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             _sync(device)
             start = time.perf_counter()
@@ -332,8 +341,13 @@ def peak_memory(case: Case, which: str, device: torch.device) -> int:
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step(x, y)
         live = _tensor_bytes(
-            [*model.parameters(), *(p.grad for p in model.parameters()),
-             *(v for s in opt.state.values() if isinstance(s, dict) for v in s.values()), x, y]
+            [
+                *model.parameters(),
+                *(p.grad for p in model.parameters()),
+                *(v for s in opt.state.values() if isinstance(s, dict) for v in s.values()),
+                x,
+                y,
+            ]
         )
         mark_ns = time.time_ns()  # the profiler stamps events in wall-clock nanoseconds
         step(x, y)
@@ -382,15 +396,19 @@ def report(case: Case, times: dict[str, list[float]], memory: dict[str, int], de
         "hessian": (fb + hvps[best_hvp] + med["forward"], best_hvp),
     }
     update = max(adam - fb, 0.0)
-    print(f"\n{'':18s} {'ratio to Adam':>13s} {'floor':>7s} {'/ floor':>8s} "
-          f"{'floor+update':>13s} {'/ (f+u)':>8s} {'peak mem / Adam':>16s}")
+    print(
+        f"\n{'':18s} {'ratio to Adam':>13s} {'floor':>7s} {'/ floor':>8s} "
+        f"{'floor+update':>13s} {'/ (f+u)':>8s} {'peak mem / Adam':>16s}"
+    )
     for curvature, (floor, via) in floors.items():
         ratio = med[f"adamqlr-{curvature}"] / adam
         mem = memory.get(f"adamqlr-{curvature}", math.nan) / memory.get("adam", math.nan)
         full = (floor + update) / adam
-        print(f"{'AdamQLR-' + curvature:18s} {ratio:13.2f} {floor / adam:7.2f} "
-              f"{ratio / (floor / adam):8.2f} {full:13.2f} {ratio / full:8.2f} {mem:16.2f}"
-              f"   floor = fb + {via} + forward")
+        print(
+            f"{'AdamQLR-' + curvature:18s} {ratio:13.2f} {floor / adam:7.2f} "
+            f"{ratio / (floor / adam):8.2f} {full:13.2f} {ratio / full:8.2f} {mem:16.2f}"
+            f"   floor = fb + {via} + forward"
+        )
     if memory:
         print("peak memory (MiB): " + ", ".join(f"{k} {v / 2**20:.1f}" for k, v in memory.items()))
 
@@ -400,10 +418,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--models", default="mlp,resnet18", help="comma list of mlp, resnet18")
     parser.add_argument("--mlp-batch", type=int, default=3200)
-    parser.add_argument("--resnet-batch", type=int, default=None,
-                        help="default 32 on CPU, 256 on CUDA")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed rounds (default 30 for the MLP, 10 for ResNet-18)")
+    parser.add_argument(
+        "--resnet-batch", type=int, default=None, help="default 32 on CPU, 256 on CUDA"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed rounds (default 30 for the MLP, 10 for ResNet-18)",
+    )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
@@ -414,23 +437,38 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--device cuda given but CUDA is not available")
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, device {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
-    print("memory method: " + (
-        "torch.cuda.max_memory_allocated over one step (absolute)" if device.type == "cuda"
-        else "tensors alive at step start + peak of torch.profiler(profile_memory=True) "
-             "allocation events during the step"))
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, device {device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    )
+    print(
+        "memory method: "
+        + (
+            "torch.cuda.max_memory_allocated over one step (absolute)"
+            if device.type == "cuda"
+            else "tensors alive at step start + peak of torch.profiler(profile_memory=True) "
+            "allocation events during the step"
+        )
+    )
     for name in args.models.split(","):
-        batch = args.mlp_batch if name == "mlp" else (
-            args.resnet_batch or (256 if device.type == "cuda" else 32))
+        batch = (
+            args.mlp_batch
+            if name == "mlp"
+            else (args.resnet_batch or (256 if device.type == "cuda" else 32))
+        )
         repeats = args.repeats or (30 if name == "mlp" else 10)
         case = make_case(name, batch, device)
         fns = variants(case)
         times = time_variants(case, fns, device, args.warmup, repeats)
-        memory = {} if args.no_memory else {
-            k: peak_memory(case, k, device) for k in ("adam", "adamqlr-fisher", "adamqlr-hessian")
-        }
+        memory = (
+            {}
+            if args.no_memory
+            else {
+                k: peak_memory(case, k, device)
+                for k in ("adam", "adamqlr-fisher", "adamqlr-hessian")
+            }
+        )
         report(case, times, memory, device)
     return 0
 

@@ -220,8 +220,15 @@ def test_unknown_curvature_is_refused():
 from adamqlr.curvature import layerwise_jvp, layerwise_plan  # noqa: E402
 
 ACTIVATIONS = [
-    nn.ReLU(), nn.Tanh(), nn.Sigmoid(), nn.GELU(), nn.GELU(approximate="tanh"), nn.SiLU(),
-    nn.LeakyReLU(0.2), nn.ELU(0.7), nn.Softplus(beta=2.0, threshold=1.0),
+    nn.ReLU(),
+    nn.Tanh(),
+    nn.Sigmoid(),
+    nn.GELU(),
+    nn.GELU(approximate="tanh"),
+    nn.SiLU(),
+    nn.LeakyReLU(0.2),
+    nn.ELU(0.7),
+    nn.Softplus(beta=2.0, threshold=1.0),
 ]
 
 
@@ -280,8 +287,12 @@ def test_layerwise_jvp_nested_flatten_no_bias_tokens_and_the_task_mlp():
 
     torch.manual_seed(1)
     nested = nn.Sequential(
-        nn.Flatten(), nn.Sequential(nn.Linear(12, 5, bias=False), nn.Tanh()), nn.Identity(),
-        nn.Linear(5, 4), nn.Unflatten(1, (2, 2)), nn.Flatten(),
+        nn.Flatten(),
+        nn.Sequential(nn.Linear(12, 5, bias=False), nn.Tanh()),
+        nn.Identity(),
+        nn.Linear(5, 4),
+        nn.Unflatten(1, (2, 2)),
+        nn.Flatten(),
     ).to(DTYPE)
     _assert_jvp_matches(nested, torch.randn(6, 3, 4, dtype=DTYPE))
     tokens = mlp((5, 4, 3), nn.GELU)
@@ -296,10 +307,19 @@ def test_layerwise_jvp_nested_flatten_no_bias_tokens_and_the_task_mlp():
 
 def test_layerwise_jvp_with_dropout_replays_the_masks():
     torch.manual_seed(2)
-    model = nn.Sequential(
-        nn.Linear(5, 16), nn.Tanh(), nn.Dropout(0.4), nn.Linear(16, 8), nn.ReLU(), nn.Dropout(0.2),
-        nn.Linear(8, 3),
-    ).to(DTYPE).train()
+    model = (
+        nn.Sequential(
+            nn.Linear(5, 16),
+            nn.Tanh(),
+            nn.Dropout(0.4),
+            nn.Linear(16, 8),
+            nn.ReLU(),
+            nn.Dropout(0.2),
+            nn.Linear(8, 3),
+        )
+        .to(DTYPE)
+        .train()
+    )
     x = torch.randn(7, 5, dtype=DTYPE)
     _assert_jvp_matches(model, x)
     rng = torch.get_rng_state()
@@ -330,8 +350,9 @@ def test_layerwise_jvp_with_partial_parameters_and_directions():
     only_bias = {"2.bias": full["2.bias"]}
     z, u = layerwise_jvp(plan, {"2.bias": model[2].bias.detach()}, only_bias, x)
     zero_but_bias = {n: (t if n == "2.bias" else torch.zeros_like(t)) for n, t in full.items()}
-    torch.testing.assert_close(u, _func_jvp(model, named_params(model), zero_but_bias, x)[1],
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        u, _func_jvp(model, named_params(model), zero_but_bias, x)[1], rtol=1e-12, atol=1e-12
+    )
     # no direction at all: zero tangent
     z, u = layerwise_jvp(plan, {}, {}, x)
     assert torch.equal(u, torch.zeros_like(z))
@@ -407,10 +428,20 @@ def test_layerwise_forward_is_the_module_forward_and_its_tape_gives_the_jvp():
     from adamqlr.curvature import layerwise_forward, layerwise_tangent
 
     torch.manual_seed(5)
-    model = nn.Sequential(
-        nn.Flatten(), nn.Linear(6, 8), nn.GELU(), nn.Dropout(0.3), nn.Linear(8, 8), nn.Tanh(),
-        nn.Dropout(0.5), nn.Linear(8, 3),
-    ).to(DTYPE).train()
+    model = (
+        nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(6, 8),
+            nn.GELU(),
+            nn.Dropout(0.3),
+            nn.Linear(8, 8),
+            nn.Tanh(),
+            nn.Dropout(0.5),
+            nn.Linear(8, 3),
+        )
+        .to(DTYPE)
+        .train()
+    )
     x = torch.randn(7, 2, 3, dtype=DTYPE)
     plan = layerwise_plan(model)
     rng = torch.get_rng_state()

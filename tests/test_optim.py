@@ -96,8 +96,13 @@ def test_exact_quadratic_gives_rho_one_and_damping_falls_every_step(curvature):
     for damping_in_rho in (False, True):
         model = _linear_regression()
         opt = AdamQLR(
-            model, "squared_error", curvature, initial_damping=1e-3, damping_decrease=0.5,
-            damping_bounds=(1e-6, math.inf), damping_in_rho=damping_in_rho,
+            model,
+            "squared_error",
+            curvature,
+            initial_damping=1e-3,
+            damping_decrease=0.5,
+            damping_bounds=(1e-6, math.inf),
+            damping_in_rho=damping_in_rho,
         )
         expected_damping = 1e-3
         for x, y in _batches(14):
@@ -144,7 +149,7 @@ def test_direction_is_torch_adams_update_at_learning_rate_one(betas, eps):
     adam = torch.optim.Adam(ref, lr=1.0, betas=betas, eps=eps)
     for k in range(6):
         before = [p.detach().clone() for p in model.parameters()]
-        stats = opt.step(x[k:k + 6], y[k:k + 6])
+        stats = opt.step(x[k : k + 6], y[k : k + 6])
         assert stats.accepted
         with torch.no_grad():
             for r, b, p in zip(ref, before, model.parameters(), strict=True):
@@ -153,8 +158,9 @@ def test_direction_is_torch_adams_update_at_learning_rate_one(betas, eps):
         adam.step()
         for r, b, p in zip(ref, before, model.parameters(), strict=True):
             adam_update = r.detach() - b  # = -d
-            torch.testing.assert_close(p.detach() - b, stats.lr * adam_update, rtol=1e-11,
-                                       atol=1e-14)
+            torch.testing.assert_close(
+                p.detach() - b, stats.lr * adam_update, rtol=1e-11, atol=1e-14
+            )
 
 
 def test_param_groups_get_their_own_betas():
@@ -168,15 +174,16 @@ def test_param_groups_get_their_own_betas():
     params, refs = first + second, ref_a + ref_b
     for k in range(4):
         before = [p.detach().clone() for p in params]
-        stats = opt.step(x[k:k + 6], y[k:k + 6])
+        stats = opt.step(x[k : k + 6], y[k : k + 6])
         with torch.no_grad():
             for r, b, p in zip(refs, before, params, strict=True):
                 r.copy_(b)
                 r.grad = p.grad.detach().clone()
         adam.step()
         for r, b, p in zip(refs, before, params, strict=True):
-            torch.testing.assert_close(p.detach() - b, stats.lr * (r.detach() - b), rtol=1e-11,
-                                       atol=1e-14)
+            torch.testing.assert_close(
+                p.detach() - b, stats.lr * (r.detach() - b), rtol=1e-11, atol=1e-14
+            )
 
 
 @pytest.mark.parametrize("curvature", ["fisher", "hessian"])
@@ -192,8 +199,9 @@ def test_sgdqlr_step_size_on_the_gradient(curvature):
     )
     expected = float(g @ g) / float(g @ matrix @ g + 0.05 * (g @ g))
     assert stats.lr == pytest.approx(expected, rel=1e-10)
-    torch.testing.assert_close(flatten(_snapshot(model)) - flatten(before), -expected * g,
-                               rtol=1e-9, atol=1e-14)
+    torch.testing.assert_close(
+        flatten(_snapshot(model)) - flatten(before), -expected * g, rtol=1e-9, atol=1e-14
+    )
     assert not opt.state[next(iter(model.parameters()))]  # no per-parameter state at all
 
 
@@ -283,7 +291,7 @@ def test_committed_moments_follow_adams_recurrence_exactly():
     m = {p: torch.zeros_like(p) for p in model.parameters()}
     v = {p: torch.zeros_like(p) for p in model.parameters()}
     for k in range(4):
-        opt.step(x[k:k + 6], y[k:k + 6])
+        opt.step(x[k : k + 6], y[k : k + 6])
         for p in model.parameters():
             g = p.grad
             m[p] = m[p].lerp(g, 1.0 - 0.8)  # (1 - 0.8 is not 0.2 in floating point)

@@ -22,7 +22,10 @@ from adamqlr.optim import NonFiniteStepError
 # ------------------------------------------------------------------------------------ helpers
 def _state_tensors(opt) -> list[torch.Tensor]:
     return [
-        v for k, st in opt.state.items() if k != "qlr" for v in st.values()
+        v
+        for k, st in opt.state.items()
+        if k != "qlr"
+        for v in st.values()
         if isinstance(v, torch.Tensor)
     ]
 
@@ -263,9 +266,11 @@ def test_deepcopy_is_independent_and_identical():
         opt.step(x, y)
     clone = copy.deepcopy(opt)
     assert clone.model is not model
-    assert {k: v for k, v in vars(clone).items() if not isinstance(v, (nn.Module, dict, list))} \
-        .keys() == {k: v for k, v in vars(opt).items()
-                    if not isinstance(v, (nn.Module, dict, list))}.keys()
+    assert {
+        k: v for k, v in vars(clone).items() if not isinstance(v, (nn.Module, dict, list))
+    }.keys() == {
+        k: v for k, v in vars(opt).items() if not isinstance(v, (nn.Module, dict, list))
+    }.keys()
     for x, y in data[3:]:
         assert _stats_equal(clone.step(x, y), opt.step(x, y))
     for a, b in zip(model.parameters(), clone.model.parameters(), strict=True):
@@ -310,10 +315,13 @@ def test_a_group_without_gradients_stays_bitwise_unchanged():
     opt = AdamQLR(plain)
     unused = nn.Linear(3, 3).to(DTYPE)
     net = network(unused)
-    opt2 = AdamQLR(net, params=[
-        {"params": net.used.parameters()},
-        {"params": unused.parameters(), "betas": (0.5, 0.6), "weight_decay": 0.5},
-    ])
+    opt2 = AdamQLR(
+        net,
+        params=[
+            {"params": net.used.parameters()},
+            {"params": unused.parameters(), "betas": (0.5, 0.6), "weight_decay": 0.5},
+        ],
+    )
     frozen = _params(unused)
     for x, y in _batches(5):
         assert _stats_equal(opt.step(x, y), opt2.step(x, y))
@@ -443,8 +451,14 @@ def test_nonfinite_numbers_never_reach_parameters_or_state(curvature, undamped, 
     model = Faulty(mlp((5, 4, 3), nn.Tanh))
     # "absolute": only the injected faults may reject a step (this Hessian is indefinite)
     # undamped steps on these tiny batches diverge without a clip (softmax saturates, q = 0)
-    opt = AdamQLR(model, loss, curvature, undamped=undamped, nonpositive_curvature="absolute",
-                  lr_clip=1.0 if undamped else None)
+    opt = AdamQLR(
+        model,
+        loss,
+        curvature,
+        undamped=undamped,
+        nonpositive_curvature="absolute",
+        lr_clip=1.0 if undamped else None,
+    )
     if loss == "cross_entropy":
         data = _batches(4)
     else:
@@ -548,9 +562,9 @@ def test_zero_predicted_change_leaves_damping_alone():
 def test_two_runs_are_bitwise_equal():
     def run():
         torch.manual_seed(11)
-        model = nn.Sequential(
-            nn.Linear(5, 8), nn.Tanh(), nn.Dropout(0.3), nn.Linear(8, 3)
-        ).to(DTYPE)
+        model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Dropout(0.3), nn.Linear(8, 3)).to(
+            DTYPE
+        )
         opt = AdamQLR(model, curvature="fisher")
         trace = [opt.step(x, y) for x, y in _batches(100, seed=12)]
         return trace, _params(model), opt.state_dict()
@@ -589,9 +603,7 @@ def test_nonpositive_hessian_curvature_is_rejected_then_damping_jumps():
     assert opt.state["qlr"]["nonfinite_steps"] == 0 and opt.state["qlr"]["rejected_steps"] == 1
     second = opt.step(x, y)  # the same direction, now with positive damped curvature
     assert second.accepted and second.curvature == pytest.approx(q, rel=1e-14)
-    assert second.lr == pytest.approx(
-        second.grad_dot_dir / (q + first.damping * s), rel=1e-12
-    )
+    assert second.lr == pytest.approx(second.grad_dot_dir / (q + first.damping * s), rel=1e-12)
     assert second.lr > 0 and second.trial_loss < second.loss
 
 
@@ -651,9 +663,11 @@ class _Wrapped(nn.Module):
 
 def _dropout_net(seed=0):
     torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Linear(5, 16), nn.Tanh(), nn.Dropout(0.5), nn.Linear(16, 3)
-    ).to(DTYPE).train()
+    return (
+        nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Dropout(0.5), nn.Linear(16, 3))
+        .to(DTYPE)
+        .train()
+    )
 
 
 class _FixedMask(nn.Module):
@@ -697,8 +711,10 @@ def test_curvature_and_trial_passes_reuse_the_gradient_pass_masks(wrap, curvatur
         for p, b in zip(fixed.parameters(), before, strict=True):
             p.copy_(b)
     assert stats.loss == pytest.approx(float(oracle_ce()(fixed(x), y)), rel=1e-14)
-    d = (flatten(dict(zip(range(4), before, strict=True)))
-         - flatten(dict(enumerate(net.parameters())))) / stats.lr
+    d = (
+        flatten(dict(zip(range(4), before, strict=True)))
+        - flatten(dict(enumerate(net.parameters())))
+    ) / stats.lr
     matrix = (dense_ggn if curvature == "fisher" else dense_hessian)(fixed, x, y, oracle_ce())
     assert stats.curvature == pytest.approx(float(d @ matrix @ d), rel=1e-10)
     with torch.no_grad():

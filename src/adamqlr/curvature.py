@@ -95,9 +95,7 @@ _ELEMENTWISE: dict[type[nn.Module], Callable[[Any, Tensor, Tensor], Tensor]] = {
     nn.Sigmoid: lambda m, t, out: torch.ops.aten.sigmoid_backward(t, out),
     nn.GELU: lambda m, t, a: torch.ops.aten.gelu_backward(t, a, approximate=m.approximate),
     nn.SiLU: lambda m, t, a: torch.ops.aten.silu_backward(t, a),
-    nn.LeakyReLU: lambda m, t, a: torch.ops.aten.leaky_relu_backward(
-        t, a, m.negative_slope, False
-    ),
+    nn.LeakyReLU: lambda m, t, a: torch.ops.aten.leaky_relu_backward(t, a, m.negative_slope, False),
     nn.ELU: lambda m, t, a: torch.ops.aten.elu_backward(t, m.alpha, 1, 1, False, a),
     nn.Softplus: lambda m, t, a: torch.ops.aten.softplus_backward(t, a, m.beta, m.threshold),
 }
@@ -180,8 +178,10 @@ def _tangent_step(
             own = torch.nn.functional.linear(record, dw, db)  # h dW^T + db
             return own if carried is None else own.add_(carried)
         if db is not None:
-            return db.expand(*record.shape[:-1], layer.out_features) if carried is None else (
-                carried.add_(db)
+            return (
+                db.expand(*record.shape[:-1], layer.out_features)
+                if carried is None
+                else (carried.add_(db))
             )
         return carried
     if t is None:
