@@ -164,14 +164,22 @@ class Block(ABC):
         """Whether :meth:`record_param_grads` must be fed."""
         return False
 
-    @abstractmethod
     def batch_statistics(self, num_terms: int) -> dict[str, Tensor] | None:
-        """Return this batch's statistics normalised by ``num_terms`` (``None``: not observed)."""
+        """Return this batch's statistics normalised by ``num_terms`` (``None``: not observed).
+
+        The default divides every recorded sum by ``num_terms`` (the diagonal blocks).
+        """
+        if not self._sums:
+            return None
+        return {k: v / num_terms for k, v in self._sums.items()}
 
     # --------------------------------------------------------------------- preconditioning
-    @abstractmethod
     def inverse(self, factors: dict[str, Tensor], damping: float) -> dict[str, Tensor]:
-        """Return what :meth:`precondition` needs for the damped inverse of the block."""
+        """Return what :meth:`precondition` needs for the damped inverse of the block.
+
+        The default is nothing: a diagonal block divides by its damped diagonal directly.
+        """
+        return {}
 
     @abstractmethod
     def precondition(
@@ -392,14 +400,6 @@ class ScaleShiftBlock(Block):
                 per_example = per_example.sum(dim=dims)
             self._add(local, per_example.pow(2).sum(0))
 
-    def batch_statistics(self, num_terms: int) -> dict[str, Tensor] | None:  # noqa: D102
-        if not self._sums:
-            return None
-        return {k: v / num_terms for k, v in self._sums.items()}
-
-    def inverse(self, factors: dict[str, Tensor], damping: float) -> dict[str, Tensor]:  # noqa: D102
-        return {}
-
     def precondition(  # noqa: D102
         self,
         grads: list[Tensor],
@@ -426,14 +426,6 @@ class NaiveDiagonalBlock(Block):
     def record_param_grads(self, grads: list[Tensor | None]) -> None:  # noqa: D102
         for (pname, p), g in zip(self.params, grads, strict=True):
             self._add(pname, (torch.zeros_like(p) if g is None else g.detach()).pow(2))
-
-    def batch_statistics(self, num_terms: int) -> dict[str, Tensor] | None:  # noqa: D102
-        if not self._sums:
-            return None
-        return {k: v / num_terms for k, v in self._sums.items()}
-
-    def inverse(self, factors: dict[str, Tensor], damping: float) -> dict[str, Tensor]:  # noqa: D102
-        return {}
 
     def precondition(  # noqa: D102
         self,
