@@ -27,7 +27,6 @@ the sums, for the curvature, and for the trial loss.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import warnings
@@ -38,6 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from adamqlr._random import replayed_rng as _replayed_rng
 from adamqlr._validation import check as _check
 from adamqlr._validation import real as _real
 from adamqlr.curvature import (
@@ -101,21 +101,6 @@ class StepStats:
     def as_dict(self) -> dict[str, Any]:
         """Return the statistics as a plain dict (for logging)."""
         return asdict(self)
-
-
-@contextlib.contextmanager
-def _replayed_rng(cpu_state: Tensor, cuda_states: list[Tensor] | None) -> Iterator[None]:
-    """Run the body with the random state captured before the gradient pass.
-
-    Dropout and other random layers then draw the same masks as in the gradient pass, and the
-    global random state afterwards is as if the body had not run.
-    """
-    devices = list(range(len(cuda_states))) if cuda_states else []
-    with torch.random.fork_rng(devices=devices):
-        torch.set_rng_state(cpu_state)
-        if cuda_states:
-            torch.cuda.set_rng_state_all(cuda_states)
-        yield
 
 
 class QuadraticModelOptimizer(torch.optim.Optimizer):

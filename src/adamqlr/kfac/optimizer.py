@@ -31,7 +31,6 @@ would apply the step. Burn-in is not offered (the paper's runs never perform it)
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import numbers
@@ -44,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from adamqlr._random import replayed_rng as _replayed_rng
 from adamqlr._validation import check as _check
 from adamqlr._validation import integer as _int
 from adamqlr._validation import real as _real
@@ -184,16 +184,6 @@ def _inner_products(vectors: list[dict[str, Tensor]]) -> Tensor:
     if parts:
         total += torch.stack(parts).sum(0).cpu()
     return total
-
-
-@contextlib.contextmanager
-def _replayed_rng(cpu_state: Tensor, cuda_states: list[Tensor] | None) -> Iterator[None]:
-    devices = list(range(len(cuda_states))) if cuda_states else []
-    with torch.random.fork_rng(devices=devices):
-        torch.set_rng_state(cpu_state)
-        if cuda_states:
-            torch.cuda.set_rng_state_all(cuda_states)
-        yield
 
 
 class KFAC(torch.optim.Optimizer):
