@@ -27,7 +27,6 @@ the sums, for the curvature, and for the trial loss.
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from collections.abc import Iterable, Iterator
@@ -38,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from adamqlr._random import replayed_rng as _replayed_rng
+from adamqlr._state import OptimiserWideState
 from adamqlr._validation import check as _check
 from adamqlr._validation import real as _real
 from adamqlr.curvature import (
@@ -103,7 +103,7 @@ class StepStats:
         return asdict(self)
 
 
-class QuadraticModelOptimizer(torch.optim.Optimizer):
+class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
     """Base class: a direction from a subclass, the step size and damping from the heuristics.
 
     Subclasses implement :meth:`_direction`. See :class:`AdamQLR` for every argument.
@@ -111,6 +111,7 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
 
     #: The step needs the batch, not a closure (the curvature needs the model and the data).
     step_requires_batch = True
+    global_key = _GLOBAL
 
     def __init__(
         self,
@@ -295,21 +296,6 @@ class QuadraticModelOptimizer(torch.optim.Optimizer):
     def damping(self) -> float:
         """The current damping ``lambda`` (used by the next step)."""
         return float(self.state[_GLOBAL]["damping"])
-
-    def state_dict(self) -> dict[str, Any]:  # noqa: D102
-        state = super().state_dict()
-        state["state"] = {**state["state"], _GLOBAL: dict(self.state[_GLOBAL])}
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict (the input is not modified)."""
-        state_dict = copy.deepcopy(state_dict)
-        if _GLOBAL not in state_dict.get("state", {}):
-            raise ValueError(
-                f"invalid state_dict: no {_GLOBAL!r} entry (was it saved by {type(self).__name__}?)"
-            )
-        super().load_state_dict(state_dict)
-        self.state[_GLOBAL] = {**self._fresh_global_state(), **dict(self.state[_GLOBAL])}
 
     # ------------------------------------------------------------------------------- step
     def _named_params(self) -> list[tuple[str, Tensor, dict[str, Any]]]:

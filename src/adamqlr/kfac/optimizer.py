@@ -31,7 +31,6 @@ would apply the step. Burn-in is not offered (the paper's runs never perform it)
 
 from __future__ import annotations
 
-import copy
 import math
 import numbers
 import warnings
@@ -44,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from adamqlr._random import replayed_rng as _replayed_rng
+from adamqlr._state import OptimiserWideState
 from adamqlr._validation import check as _check
 from adamqlr._validation import integer as _int
 from adamqlr._validation import real as _real
@@ -186,7 +186,7 @@ def _inner_products(vectors: list[dict[str, Tensor]]) -> Tensor:
     return total
 
 
-class KFAC(torch.optim.Optimizer):
+class KFAC(OptimiserWideState, torch.optim.Optimizer):
     """K-FAC for ``nn.Linear`` and ``nn.Conv2d`` layers, adaptive (kfac-jax) or unadaptive.
 
     Kronecker-factored blocks for dense and convolution layers, diagonal blocks for normalisation
@@ -236,6 +236,8 @@ class KFAC(torch.optim.Optimizer):
     """
 
     step_requires_batch = True
+
+    global_key = _GLOBAL
 
     def __init__(
         self,
@@ -358,18 +360,9 @@ class KFAC(torch.optim.Optimizer):
         weight = st["ema_weight"]
         return {k[len("factor.") :]: v / weight for k, v in st.items() if k.startswith("factor.")}
 
-    def state_dict(self) -> dict[str, Any]:  # noqa: D102
-        state = super().state_dict()
-        state["state"] = {**state["state"], _GLOBAL: dict(self.state[_GLOBAL])}
-        return state
-
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict (the input is not modified), including the sampling generator."""
-        state_dict = copy.deepcopy(state_dict)
-        if _GLOBAL not in state_dict.get("state", {}):
-            raise ValueError(f"invalid state_dict: no {_GLOBAL!r} entry (was it saved by KFAC?)")
         super().load_state_dict(state_dict)
-        self.state[_GLOBAL] = {**self._fresh_global_state(), **dict(self.state[_GLOBAL])}
         self._generator = None
         gen_state = self.state[_GLOBAL]["generator_state"]
         if gen_state is not None:
