@@ -18,6 +18,7 @@ with the batch statistics, so the copies do not change any value computed here.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,19 +27,29 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp
 
+from adamqlr._random import replayed_rng
 from adamqlr.losses import Loss
 
 __all__ = [
     "CURVATURES",
+    "CurvatureEngine",
+    "EngineCache",
+    "ForwardModeFisher",
+    "GraphHessian",
+    "LayerwiseFisher",
     "TensorDict",
     "copied_buffers",
+    "curvature_engine",
     "ggn_quadratic",
+    "hessian_along_graph",
     "hessian_quadratic",
     "layerwise_forward",
     "layerwise_jvp",
     "layerwise_plan",
     "layerwise_tangent",
     "loss_at",
+    "may_be_stochastic",
+    "model_signature",
     "quadratic_form",
 ]
 
@@ -197,6 +208,8 @@ def layerwise_forward(
     layers: list[tuple[str, nn.Module]],
     inputs: Tensor,
     params: Mapping[str, Tensor] | None = None,
+    *,
+    keep: bool = True,
 ) -> tuple[Tensor, list[Tensor | None]]:
     """Run the layers as ``nn.Sequential.forward`` does, keeping what their JVP needs.
 
@@ -208,6 +221,8 @@ def layerwise_forward(
         layers: From :func:`layerwise_plan`.
         inputs: The input tensor.
         params: Optional parameter values by name replacing the linear layers' own.
+        keep: Whether to keep the tape (``False``: a plain forward pass, e.g. a trial loss; the
+            tape returned is empty).
 
     Returns:
         ``(outputs, tape)``, the tape holding per layer a linear layer's input, an elementwise
@@ -215,10 +230,11 @@ def layerwise_forward(
     """
     h = inputs
     tape: list[Tensor | None] = []
+    record = tape.append if keep else _discard
     for prefix, layer in layers:
         kind = type(layer)
         if kind is nn.Linear:
-            tape.append(h.detach())
+            record(h.detach())
             if params is None:
                 h = layer(h)
             else:
@@ -229,16 +245,20 @@ def layerwise_forward(
                 )
         elif kind in _ELEMENTWISE:
             out = layer(h)
-            tape.append((out if kind in _USES_OUTPUT else h).detach())
+            record((out if kind in _USES_OUTPUT else h).detach())
             h = out
         elif kind is nn.Dropout and layer.training and layer.p > 0:
             mask = torch.nn.functional.dropout(torch.ones_like(h), layer.p, True)
-            tape.append(mask)
+            record(mask)
             h = h * mask
         else:
-            tape.append(None)
+            record(None)
             h = layer(h)
     return h, tape
+
+
+def _discard(_: object) -> None:
+    pass
 
 
 def layerwise_tangent(
@@ -431,3 +451,400 @@ def quadratic_form(
     except KeyError:
         raise ValueError(f"unknown curvature {curvature!r}; expected one of {CURVATURES}") from None
     return fn(model, params, direction, inputs, targets, loss)
+
+
+# ------------------------------------------------------------------------- engines for a step
+def hessian_along_graph(
+    grads: list[Tensor], params: list[Tensor], directions: list[Tensor]
+) -> Tensor:
+    """Return ``d^T H d`` by differentiating ``g . d`` once more through the gradient's graph.
+
+    ``grads`` are gradients of the loss made with ``create_graph=True``. Exact (the same ``H d`` as
+    forward-over-reverse, up to rounding), evaluated on the gradient pass's own forward: the same
+    batch-norm statistics and dropout masks, and no extra forward pass. Each parameter's piece of
+    ``H d`` is reduced to ``d_i . (H d)_i`` as soon as it arrives and then dropped, so ``H d``
+    never exists whole. The parameters' ``.grad`` is set aside meanwhile and put back.
+
+    Args:
+        grads: The gradient, with its graph, per parameter.
+        params: The parameters.
+        directions: The direction per parameter.
+
+    Returns:
+        A 0-d float64 tensor (the terms summed in parameter order).
+    """
+    saved = [p.grad for p in params]
+    terms: dict[int, Tensor] = {}  # summed in parameter order, whatever the arrival order
+
+    def reduce(p: Tensor, d: Tensor, i: int) -> None:
+        if p.grad is not None:
+            terms[i] = torch.dot(d.reshape(-1), p.grad.reshape(-1)).to(torch.float64)
+            p.grad = None
+
+    # a gradient with no graph is constant in the parameters: its part of H d is zero
+    live = [(g, d) for g, d in zip(grads, directions, strict=True) if g.requires_grad]
+    handles = []
+    try:
+        for i, (p, d) in enumerate(zip(params, directions, strict=True)):
+            p.grad = None
+            handles.append(
+                p.register_post_accumulate_grad_hook(lambda p, d=d, i=i: reduce(p, d, i))
+            )
+        if live:
+            torch.autograd.backward(
+                [g for g, _ in live], grad_tensors=[d for _, d in live], inputs=params
+            )
+    finally:
+        for h in handles:
+            h.remove()
+        for p, g in zip(params, saved, strict=True):
+            p.grad = g
+    if not terms:
+        device = directions[0].device if directions else None
+        return torch.zeros((), dtype=torch.float64, device=device)
+    return torch.stack([terms[i] for i in sorted(terms)]).sum()
+
+
+#: Layers torch ships that draw random numbers in training mode (with their rate attribute).
+_RANDOM_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.modules.dropout._DropoutNd,
+    nn.RReLU,
+)
+
+
+def may_be_stochastic(model: nn.Module) -> bool:
+    """Return whether a forward pass of ``model`` may draw random numbers.
+
+    ``True`` for any module in training mode of torch's random layers (dropout of every kind with
+    ``p > 0``, ``RReLU``), for recurrent layers and attention with a positive dropout rate, and,
+    conservatively, for any module whose ``forward`` is not torch's own (custom code may call
+    ``torch.nn.functional.dropout``); ``False`` only when every module is a torch layer known to
+    be deterministic there. An optimiser replays the random state of its gradient pass in its
+    later passes only when this is ``True``.
+
+    Args:
+        model: The network.
+    """
+    for module in model.modules():
+        kind = type(module)
+        if isinstance(module, _RANDOM_LAYERS):
+            if module.training and getattr(module, "p", 1.0) != 0:
+                return True
+        elif isinstance(module, (nn.RNNBase, nn.MultiheadAttention)):
+            if module.training and float(getattr(module, "dropout", 0.0)) > 0:
+                return True
+        elif "forward" in vars(module):
+            return True  # a forward replaced on the instance
+        elif not kind.forward.__module__.startswith("torch.nn."):
+            return True  # custom code
+    return False
+
+
+def model_signature(model: nn.Module) -> tuple[Any, ...]:
+    """Return a cheap fingerprint of what a step's plan depends on in ``model``.
+
+    It changes when a module is added, removed, replaced or renamed, a parameter is replaced, a
+    forward or forward-pre hook is registered or removed (on a module or globally), a ``forward``
+    is replaced on an instance, or a module switches between training and evaluation mode. Walks
+    the module tree once (no generators), so that checking it every step costs microseconds for
+    a small network.
+    """
+    parts: list[Any] = [torch.nn.modules.module._has_any_global_hook()]
+    stack = [model]
+    while stack:
+        m = stack.pop()
+        children = m._modules
+        parts.append(
+            (
+                id(m),
+                type(m),
+                m.training,
+                tuple(m._forward_hooks),
+                tuple(m._forward_pre_hooks),
+                "forward" in m.__dict__,
+                tuple(children),
+                tuple(map(id, m._parameters.values())),
+            )
+        )
+        stack.extend(c for c in children.values() if c is not None)
+    return tuple(parts)
+
+
+class CurvatureEngine:
+    """How one optimiser step computes its gradient pass, ``d^T C d`` and its trial loss.
+
+    One engine serves every step of an optimiser while the model keeps its structure (see
+    :class:`EngineCache`). A step calls, in order:
+
+    1. :meth:`gradient_pass` -- forward and backward on the mini-batch: ``.grad`` of every
+       parameter, the loss and the (detached) outputs; the engine keeps what the curvature needs;
+    2. :meth:`along` -- ``d^T C d`` at the same parameters and on the same batch, as a 0-d tensor
+       (no host synchronisation), after which what the gradient pass kept is dropped;
+    3. :meth:`trial_loss` -- the loss at other parameter values on the same batch (random layers
+       see the same random numbers as in the gradient pass);
+    4. :meth:`release` -- drop the batch and anything left.
+
+    Only the gradient pass, an ordinary forward of the module, updates batch-norm running
+    statistics.
+
+    Args:
+        model: The network.
+        loss: The loss.
+        plan: :func:`layerwise_plan` of the model, or ``None``.
+        stochastic: :func:`may_be_stochastic` of the model: whether to capture and replay the
+            random state.
+    """
+
+    #: Short name, for tests and benchmarks.
+    name: str = "engine"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: Loss,
+        plan: list[tuple[str, nn.Module]] | None,
+        stochastic: bool,
+    ) -> None:
+        self.model = model
+        self.loss = loss
+        self.plan = plan
+        self.stochastic = stochastic
+        self._batch: tuple[Any, Tensor] | None = None
+        self._rng: tuple[Tensor, list[Tensor] | None] | None = None
+
+    # --------------------------------------------------------------------------- helpers
+    def _capture(self, inputs: Any, targets: Tensor, params: list[Tensor]) -> None:
+        self._batch = (inputs, targets)
+        self._rng = None
+        if self.stochastic:
+            cuda = any(p.is_cuda for p in params) and torch.cuda.is_available()
+            self._rng = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if cuda else None)
+
+    def _replayed(self) -> Any:
+        if self._rng is None:
+            return contextlib.nullcontext()
+        return replayed_rng(*self._rng)
+
+    def _outputs(self, inputs: Any) -> Tensor:
+        return self.model(inputs)
+
+    # ------------------------------------------------------------------------- interface
+    def gradient_pass(
+        self, inputs: Any, targets: Tensor, params: list[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """Forward and backward pass; return ``(loss, outputs)``, both detached.
+
+        Sets ``.grad`` of the parameters that receive a gradient (the caller clears them first).
+
+        Args:
+            inputs: The mini-batch inputs.
+            targets: Its targets.
+            params: Every parameter the optimiser updates.
+        """
+        self._capture(inputs, targets, params)
+        with torch.enable_grad():
+            outputs = self._outputs(inputs)
+            self.loss.check_shapes(outputs, targets)
+            value = self.loss.value(outputs, targets)
+            if value.requires_grad:
+                self._backward(value, params)
+        return value.detach(), outputs.detach()
+
+    def _backward(self, value: Tensor, params: list[Tensor]) -> None:
+        value.backward()
+
+    def along(self, names: list[str], params: list[Tensor], directions: list[Tensor]) -> Tensor:
+        """Return ``d^T C d`` (a 0-d tensor) at the gradient pass's parameters and batch.
+
+        Args:
+            names: Qualified names of the parameters with a direction.
+            params: Those parameters (their values at the gradient pass).
+            directions: The direction, one tensor per parameter.
+        """
+        raise NotImplementedError
+
+    def trial_loss(self, names: list[str], values: list[Tensor]) -> Tensor:
+        """Return the loss (0-d, no graph) on the gradient pass's batch with ``values`` in place.
+
+        Args:
+            names: Qualified names of the parameters that take other values.
+            values: Their values (the other parameters keep the module's).
+        """
+        inputs, targets = self._batch  # type: ignore[misc]
+        with torch.no_grad(), self._replayed():
+            if self.plan is not None:
+                outputs, _ = layerwise_forward(
+                    self.plan, inputs, dict(zip(names, values, strict=True)), keep=False
+                )
+                return self.loss.value(outputs, targets)
+            return loss_at(
+                self.model, dict(zip(names, values, strict=True)), inputs, targets, self.loss
+            )
+
+    def release(self) -> None:
+        """Drop everything kept from the step."""
+        self._batch = None
+        self._rng = None
+
+    def __repr__(self) -> str:
+        layerwise = self.plan is not None
+        return f"{type(self).__name__}(layerwise={layerwise}, stochastic={self.stochastic})"
+
+
+class LayerwiseFisher(CurvatureEngine):
+    """The GGN of a sequential MLP: tangents only, on the gradient pass's own activations.
+
+    The gradient pass runs layer by layer (:func:`layerwise_forward`) and keeps what the JVP needs;
+    ``J d`` then costs only its tangent half (:func:`layerwise_tangent`), and ``d^T G d`` is the
+    loss's closed-form ``u^T H_L u``. The trial loss uses the layer-wise forward too.
+    """
+
+    name = "layerwise-fisher"
+
+    def __init__(
+        self, model: nn.Module, loss: Loss, plan: list[tuple[str, nn.Module]], stochastic: bool
+    ) -> None:
+        super().__init__(model, loss, plan, stochastic)
+        self._tape: list[Tensor | None] | None = None
+        self._final: Tensor | None = None
+
+    def _outputs(self, inputs: Any) -> Tensor:
+        outputs, self._tape = layerwise_forward(self.plan, inputs)  # type: ignore[arg-type]
+        return outputs
+
+    def gradient_pass(  # noqa: D102
+        self, inputs: Any, targets: Tensor, params: list[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        value, outputs = super().gradient_pass(inputs, targets, params)
+        self._final = outputs
+        return value, outputs
+
+    def along(self, names: list[str], params: list[Tensor], directions: list[Tensor]) -> Tensor:  # noqa: D102
+        tape, final = self._tape, self._final
+        self._tape = None
+        u = layerwise_tangent(
+            self.plan,  # type: ignore[arg-type]
+            tape,  # type: ignore[arg-type]
+            dict(zip(names, params, strict=True)),
+            dict(zip(names, directions, strict=True)),
+        )
+        del tape
+        _, targets = self._batch  # type: ignore[misc]
+        with torch.no_grad():
+            u = torch.zeros_like(final) if u is None else u
+            return self.loss.output_quadratic(final, u, targets)
+
+    def release(self) -> None:  # noqa: D102
+        super().release()
+        self._tape = self._final = None
+
+
+class ForwardModeFisher(CurvatureEngine):
+    """The GGN of any model, by forward-mode autograd (:func:`ggn_quadratic`) on the same batch."""
+
+    name = "forward-mode-fisher"
+
+    def along(self, names: list[str], params: list[Tensor], directions: list[Tensor]) -> Tensor:  # noqa: D102
+        inputs, targets = self._batch  # type: ignore[misc]
+        with self._replayed():
+            return ggn_quadratic(
+                self.model,
+                {n: p.detach() for n, p in zip(names, params, strict=True)},
+                dict(zip(names, directions, strict=True)),
+                inputs,
+                targets,
+                self.loss,
+                method="forward_ad",
+            )
+
+
+class GraphHessian(CurvatureEngine):
+    """The Hessian through the gradient pass's graph (:func:`hessian_along_graph`).
+
+    The gradient pass keeps its graph (``create_graph=True``) and ``H d`` is one more backward pass
+    through it (reverse over reverse): no second forward pass, the same batch-norm statistics and
+    dropout masks by construction, at the price of holding the gradient's graph until then. Models
+    whose operations have no double backward (e.g. cuDNN RNNs) cannot use it.
+    """
+
+    name = "graph-hessian"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: Loss,
+        plan: list[tuple[str, nn.Module]] | None,
+        stochastic: bool,
+    ) -> None:
+        super().__init__(model, loss, plan, stochastic)
+        self._grads: dict[Tensor, Tensor] = {}
+
+    def _backward(self, value: Tensor, params: list[Tensor]) -> None:
+        wrt = [p for p in params if p.requires_grad]
+        found = torch.autograd.grad(value, wrt, create_graph=True, allow_unused=True)
+        for p, g in zip(wrt, found, strict=True):
+            if g is not None:
+                self._grads[p] = g
+                p.grad = g.detach()
+
+    def along(self, names: list[str], params: list[Tensor], directions: list[Tensor]) -> Tensor:  # noqa: D102
+        grads = [self._grads[p] for p in params]
+        self._grads = {}
+        return hessian_along_graph(grads, params, directions)
+
+    def release(self) -> None:  # noqa: D102
+        super().release()
+        self._grads = {}
+
+
+def curvature_engine(
+    model: nn.Module, curvature: str, loss: Loss, *, tensor_inputs: bool = True
+) -> CurvatureEngine:
+    """Return the cheapest engine that computes ``curvature`` for ``model``.
+
+    ``"fisher"``: :class:`LayerwiseFisher` when :func:`layerwise_plan` covers the model and the
+    inputs are one tensor, else :class:`ForwardModeFisher`; ``"hessian"``: :class:`GraphHessian`
+    (with the layer-wise trial forward when the plan applies).
+
+    Raises:
+        ValueError: If ``curvature`` is not one of :data:`CURVATURES`.
+    """
+    if curvature not in CURVATURES:
+        raise ValueError(f"unknown curvature {curvature!r}; expected one of {CURVATURES}")
+    plan = layerwise_plan(model) if tensor_inputs else None
+    stochastic = may_be_stochastic(model)
+    if curvature == "hessian":
+        return GraphHessian(model, loss, plan, stochastic)
+    if plan is not None:
+        return LayerwiseFisher(model, loss, plan, stochastic)
+    return ForwardModeFisher(model, loss, None, stochastic)
+
+
+class EngineCache:
+    """The engine of one optimiser, rebuilt only when :func:`model_signature` changes.
+
+    Args:
+        model: The network.
+        curvature: ``"fisher"`` or ``"hessian"``.
+        loss: The loss.
+    """
+
+    def __init__(self, model: nn.Module, curvature: str, loss: Loss) -> None:
+        self.model = model
+        self.curvature = curvature
+        self.loss = loss
+        self._key: tuple[Any, ...] | None = None
+        self._engine: CurvatureEngine | None = None
+        #: How many times an engine was built (for tests).
+        self.builds = 0
+
+    def engine(self, inputs: Any) -> CurvatureEngine:
+        """Return the engine for a step on ``inputs`` (a new one if the model changed)."""
+        key = (isinstance(inputs, Tensor), model_signature(self.model))
+        if self._engine is None or key != self._key:
+            self._engine = curvature_engine(
+                self.model, self.curvature, self.loss, tensor_inputs=key[0]
+            )
+            self._key = key
+            self.builds += 1
+        return self._engine

@@ -36,18 +36,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from adamqlr._random import replayed_rng as _replayed_rng
 from adamqlr._state import OptimiserWideState
 from adamqlr._validation import check as _check
 from adamqlr._validation import real as _real
-from adamqlr.curvature import (
-    CURVATURES,
-    layerwise_forward,
-    layerwise_plan,
-    layerwise_tangent,
-    loss_at,
-    quadratic_form,
-)
+from adamqlr.curvature import CURVATURES, CurvatureEngine, EngineCache
 from adamqlr.heuristics import LevenbergMarquardt, propose_step, reduction_ratio
 from adamqlr.losses import Loss, get_loss
 
@@ -58,6 +50,14 @@ _GLOBAL = "qlr"  # key of the optimiser-wide state (damping, step counters) in `
 
 class NonFiniteStepError(FloatingPointError):
     """Raised by a step with ``on_nonfinite="raise"`` when a non-finite number appears."""
+
+
+class _Rejected(Exception):  # noqa: N818 - control flow inside a step, never seen outside
+    """A step refused: why, the loss before it, and what was known by then."""
+
+    def __init__(self, reason: str, loss: float, extra: dict[str, float] | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.loss, self.extra = reason, loss, extra or {}
 
 
 @dataclass(frozen=True)
@@ -245,6 +245,8 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         self.nonpositive_curvature = nonpositive_curvature
         self.on_nonfinite = on_nonfinite
         self.state[_GLOBAL] = self._fresh_global_state()
+        self._engines = EngineCache(model, curvature, loss_obj)
+        self._last_outputs: Tensor | None = None
 
     # ----------------------------------------------------------------------------------- hooks
     def _validate_group(self, group: dict[str, Any]) -> None:
@@ -260,20 +262,24 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
 
     def _direction(
         self, params: list[Tensor], grads: list[Tensor], group: dict[str, Any]
-    ) -> tuple[list[Tensor], list[Tensor]]:
-        """Return the direction for each parameter, and 0-d tensors that must all be finite.
+    ) -> tuple[list[Tensor], list[Tensor], Any]:
+        """Return the direction per parameter, 0-d tensors that must be finite, and a candidate.
 
         Must not modify ``self.state``: the step may still be rejected. The second list holds
-        checks on the state :meth:`_commit` would write (e.g. the norms of Adam's new second
-        moments), so that an overflow there rejects the step before anything is written.
+        checks on the state the step would commit (e.g. the norms of Adam's new second moments),
+        so that an overflow there rejects the step before anything is written. The candidate
+        (e.g. Adam's new moments, computed once) is handed to :meth:`_commit` if the step is
+        accepted. The step overwrites the returned directions, so they must not alias the
+        gradients or the state.
         """
         raise NotImplementedError
 
-    def _commit(self, params: list[Tensor], grads: list[Tensor], group: dict[str, Any]) -> None:
-        """Write the per-parameter state of an accepted step (in place).
+    def _commit(
+        self, params: list[Tensor], grads: list[Tensor], group: dict[str, Any], candidate: Any
+    ) -> None:
+        """Write the per-parameter state of an accepted step: the candidate of :meth:`_direction`.
 
-        Must produce exactly the state that :meth:`_direction` computed the direction from. The
-        base class keeps no state.
+        The base class keeps no state.
         """
 
     # ------------------------------------------------------------------------------ state
@@ -290,7 +296,17 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         # torch's Optimizer keeps only defaults, state and param groups; here the model, the loss
         # and every setting belong to the optimiser too, or a copy could not step. Hooks are not
         # carried over, as in torch.
-        return {k: v for k, v in self.__dict__.items() if not k.startswith("_optimizer_")}
+        state = {k: v for k, v in self.__dict__.items() if not k.startswith("_optimizer_")}
+        # The engine cache is rebuilt, not copied; the last outputs are not part of the state.
+        state["_engines"] = None
+        state["_last_outputs"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # noqa: D105
+        super().__setstate__(state)
+        if self.__dict__.get("_engines") is None and "model" in self.__dict__:
+            self._engines = EngineCache(self.model, self.curvature, self.loss)
+            self._last_outputs = None
 
     @property
     def damping(self) -> float:
@@ -298,14 +314,27 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         return float(self.state[_GLOBAL]["damping"])
 
     # ------------------------------------------------------------------------------- step
-    def _named_params(self) -> list[tuple[str, Tensor, dict[str, Any]]]:
-        return [
-            (name, p, group)
-            for group in self.param_groups
-            for name, p in zip(group["param_names"], group["params"], strict=True)
-        ]
+    @property
+    def curvature_engine(self) -> CurvatureEngine | None:
+        """The engine the last step used for ``d^T C d`` (``None`` before the first step).
 
-    def _rejected(self, reason: str, loss: float, **extra: float) -> StepStats:
+        :class:`adamqlr.curvature.LayerwiseFisher` is the fast path for sequential MLPs; see
+        :func:`adamqlr.curvature.curvature_engine` for the choice.
+        """
+        return self._engines._engine
+
+    def last_outputs(self) -> Tensor | None:
+        """Return the network outputs of the last step's gradient pass (detached), or ``None``.
+
+        They are the outputs at the parameters *before* that step, on its mini-batch: a training
+        loop reads e.g. the mini-batch accuracy from them without another forward pass or a hook.
+        Kept until the next step.
+        """
+        return self._last_outputs
+
+    def _reject(self, rejection: _Rejected) -> StepStats:
+        """Record a rejected step: damping up, counters, a warning (or raise); nothing moves."""
+        reason, loss, extra = rejection.reason, rejection.loss, rejection.extra
         glob = self.state[_GLOBAL]
         nonfinite = reason.startswith("nonfinite")
         if nonfinite and self.on_nonfinite == "raise":
@@ -327,7 +356,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
             f"{type(self).__name__}: step rejected ({reason}); parameters unchanged, damping "
             f"{damping_used:.3g} -> {glob['damping']:.3g}",
             RuntimeWarning,
-            stacklevel=4,  # _rejected <- step <- torch's step wrapper <- the caller
+            stacklevel=4,  # _reject <- step <- torch's step wrapper <- the caller
         )
         return StepStats(
             loss=loss,
@@ -344,44 +373,6 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
             damping_used=damping_used,
             step=glob["step"],
         )
-
-    @staticmethod
-    def _hessian_from_graph(grads: list[Tensor], params: list[Tensor], ds: list[Tensor]) -> float:
-        """Return ``d^T H d`` by differentiating ``g . d`` once more through the gradient's graph.
-
-        Exact (the same ``H d`` as forward-over-reverse, up to rounding), evaluated on the
-        gradient pass's own forward: the same batch-norm statistics and dropout masks, and no
-        extra forward pass. Each parameter's piece of ``H d`` is reduced to ``d_i . (H d)_i`` as
-        soon as it arrives and then dropped, so ``H d`` never exists whole. The parameters'
-        ``.grad`` (the gradient ``g``) is set aside meanwhile and put back.
-        """
-        saved = [p.grad for p in params]
-        terms: dict[int, Tensor] = {}  # summed in parameter order, whatever the arrival order
-
-        def reduce(p: Tensor, d: Tensor, i: int) -> None:
-            if p.grad is not None:
-                terms[i] = torch.dot(d.reshape(-1), p.grad.reshape(-1)).to(torch.float64)
-                p.grad = None
-
-        # a gradient with no graph is constant in the parameters: its part of H d is zero
-        live = [(g, d) for g, d in zip(grads, ds, strict=True) if g.requires_grad]
-        handles = []
-        try:
-            for i, (p, d) in enumerate(zip(params, ds, strict=True)):
-                p.grad = None
-                handles.append(
-                    p.register_post_accumulate_grad_hook(lambda p, d=d, i=i: reduce(p, d, i))
-                )
-            if live:
-                torch.autograd.backward(
-                    [g for g, _ in live], grad_tensors=[d for _, d in live], inputs=params
-                )
-        finally:
-            for h in handles:
-                h.remove()
-            for p, g in zip(params, saved, strict=True):
-                p.grad = g
-        return float(torch.stack([terms[i] for i in sorted(terms)]).sum()) if terms else 0.0
 
     def _check_batch(self, inputs: object, targets: Tensor) -> None:
         if not isinstance(targets, Tensor):
@@ -417,56 +408,34 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
             The :class:`StepStats` of this step.
         """
         self._check_batch(inputs, targets)
-        glob = self.state[_GLOBAL]
-        glob["calls"] += 1
-        named = self._named_params()
-        devices = {p.device for _, p, _ in named}
-        cpu_rng = torch.get_rng_state()
-        cuda_rng = (
-            torch.cuda.get_rng_state_all()
-            if any(d.type == "cuda" for d in devices) and torch.cuda.is_available()
-            else None
-        )
+        self.state[_GLOBAL]["calls"] += 1
+        engine = self._engines.engine(inputs)
+        try:
+            return self._iteration(engine, inputs, targets)
+        except _Rejected as rejection:
+            return self._reject(rejection)
+        finally:
+            engine.release()
 
-        # 1. Loss and gradient.
-        for _, p, _ in named:
+    def _iteration(self, engine: CurvatureEngine, inputs: Any, targets: Tensor) -> StepStats:
+        """One AdamQLR iteration in the paper's order; a rejection raises :class:`_Rejected`."""
+        glob = self.state[_GLOBAL]
+        step = glob["step"] + 1
+
+        # 1. Gradient pass: f0 and g (the engine keeps what the curvature needs).
+        everything = [p for group in self.param_groups for p in group["params"]]
+        for p in everything:
             p.grad = None
-        # With the Hessian, the gradient keeps its graph: H d is then one more backward pass
-        # through it (reverse over reverse), with no second forward pass at all.
-        graph_grads: dict[Tensor, Tensor] = {}
-        # With the Fisher and a network the layer-wise JVP covers, the gradient pass runs layer
-        # by layer and keeps what the JVP needs: J d then costs only its tangent half.
-        plan = None
-        if self.curvature == "fisher" and isinstance(inputs, Tensor):
-            plan = layerwise_plan(self.model)
-        tape = None
-        with torch.enable_grad():
-            if plan is not None:
-                outputs, tape = layerwise_forward(plan, inputs)
-            else:
-                outputs = self.model(inputs)
-            self.loss.check_shapes(outputs, targets)
-            loss_t = self.loss.value(outputs, targets)
-            if loss_t.requires_grad and self.curvature == "hessian":
-                wrt = [p for _, p, _ in named if p.requires_grad]
-                found = torch.autograd.grad(loss_t, wrt, create_graph=True, allow_unused=True)
-                for p, g in zip(wrt, found, strict=True):
-                    if g is not None:
-                        graph_grads[p] = g
-                        p.grad = g.detach()
-            elif loss_t.requires_grad:
-                loss_t.backward()
-        final = outputs.detach()
-        del outputs
-        # 2. Direction, group by group; state is committed only if the step is accepted.
+        f0_t, self._last_outputs = engine.gradient_pass(inputs, targets, everything)
+
+        # 2. Direction d, group by group: nothing is written to the state until the commit.
         names: list[str] = []
         ps: list[Tensor] = []
         gs: list[Tensor] = []
         ds: list[Tensor] = []
         decays: list[float] = []
         checks: list[Tensor] = []
-        live_groups: list[tuple[list[Tensor], list[Tensor], dict[str, Any]]] = []
-        step = glob["step"] + 1
+        pending: list[tuple[list[Tensor], list[Tensor], dict[str, Any], Any]] = []
         with torch.no_grad():
             for group in self.param_groups:
                 live = [
@@ -477,82 +446,50 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
                 if not live:
                     continue
                 group_ps = [p for _, p in live]
-                group_gs = [p.grad.detach() for p in group_ps]
-                group_ds, group_checks = self._direction(group_ps, group_gs, group)
+                group_gs = [p.grad for p in group_ps]
+                group_ds, group_checks, candidate = self._direction(group_ps, group_gs, group)
                 names += [n for n, _ in live]
                 ps += group_ps
                 gs += group_gs
                 ds += group_ds
                 checks += group_checks
                 decays += [group["weight_decay"]] * len(live)
-                live_groups.append((group_ps, group_gs, group))
+                pending.append((group_ps, group_gs, group, candidate))
         if not ds:
-            f0 = float(loss_t.detach())
-            return StepStats(
-                f0,
-                0.0,
-                self.damping,
-                math.nan,
-                False,
-                "no_gradient",
-                math.nan,
-                math.nan,
-                math.nan,
-                math.nan,
-                math.nan,
-                self.damping,
-                glob["step"],
-            )
+            f0 = float(f0_t)
+            damping = self.damping
+            nan = math.nan
+            return StepStats(f0, 0.0, damping, nan, False, "no_gradient", nan, nan, nan, nan, nan,
+                             damping, glob["step"])  # fmt: skip
 
-        # One host sync for the loss, g^T d, ||d||^2 and the finiteness of the new direction
-        # state (a finite gradient can still overflow Adam's second moment in float32). A
-        # non-finite gradient makes d non-finite, so ||d||^2 catches it.
+        # 3. Curvature along d, then one host sync for the loss, g^T d, ||d||^2, the finiteness
+        # of the new direction state (a finite gradient can still overflow Adam's second moment
+        # in float32) and q. A non-finite gradient makes d non-finite, so ||d||^2 catches it.
+        q_t = engine.along(names, ps, ds)
         with torch.no_grad():
             f64 = {"dtype": torch.float64, "device": ds[0].device}
-            parts = [loss_t.detach().to(**f64).reshape(1)]
-            parts.append(
-                torch.stack(
-                    [torch.dot(g.reshape(-1), d.reshape(-1)) for g, d in zip(gs, ds, strict=True)]
-                ).to(**f64)
+            dots = torch.stack(
+                [torch.dot(g.reshape(-1), d.reshape(-1)) for g, d in zip(gs, ds, strict=True)]
             )
+            parts = [f0_t.to(**f64).reshape(1), q_t.to(**f64).reshape(1), dots.to(**f64)]
             parts.append(torch.stack(torch._foreach_norm(ds)).to(**f64))
             if checks:
                 parts.append(torch.stack(checks).to(**f64))
             values = torch.cat(parts).tolist()
-        f0 = values[0]
+        f0, q = values[0], values[1]
         if not math.isfinite(f0):
-            return self._rejected("nonfinite_loss", f0)
+            raise _Rejected("nonfinite_loss", f0)
         k = len(ds)
-        grad_dot_dir = math.fsum(values[1 : 1 + k])
-        sq_norm = math.fsum(v * v for v in values[1 + k : 1 + 2 * k])
-        state_finite = all(math.isfinite(v) for v in values[1 + 2 * k :])
+        grad_dot_dir = math.fsum(values[2 : 2 + k])
+        sq_norm = math.fsum(v * v for v in values[2 + k : 2 + 2 * k])
+        state_finite = all(math.isfinite(v) for v in values[2 + 2 * k :])
         if not (math.isfinite(grad_dot_dir) and math.isfinite(sq_norm) and state_finite):
-            return self._rejected("nonfinite_gradient", f0)
-
-        params = {n: p.detach() for n, p in zip(names, ps, strict=True)}
-        directions = dict(zip(names, ds, strict=True))
-        if self.curvature == "hessian":
-            q = self._hessian_from_graph([graph_grads[p] for p in ps], ps, ds)
-            graph_grads.clear()
-        elif tape is not None:
-            u = layerwise_tangent(plan, tape, params, directions)  # type: ignore[arg-type]
-            tape = None
-            with torch.no_grad():
-                u = torch.zeros_like(final) if u is None else u
-                q = float(self.loss.output_quadratic(final, u, targets))
-            del u
-        else:
-            with _replayed_rng(cpu_rng, cuda_rng):
-                q = float(
-                    quadratic_form(
-                        self.curvature, self.model, params, directions, inputs, targets, self.loss
-                    )
-                )
+            raise _Rejected("nonfinite_gradient", f0)
         extra = dict(curvature=q, grad_dot_dir=grad_dot_dir, direction_sq_norm=sq_norm)
         if not math.isfinite(q):
-            return self._rejected("nonfinite_curvature", f0, **extra)
+            raise _Rejected("nonfinite_curvature", f0, extra)
 
-        # 3. Step size from the damped quadratic model.
+        # 4. Proposal: the step size from the damped quadratic model.
         damping_used = glob["damping"]
         proposal = propose_step(
             grad_dot_dir,
@@ -565,48 +502,37 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
             nonpositive_curvature=self.nonpositive_curvature,
         )
         if not proposal.accepted:
-            return self._rejected(proposal.reason, f0, **extra)
+            raise _Rejected(proposal.reason, f0, extra)
         alpha = proposal.alpha
         if not math.isfinite(alpha):
-            return self._rejected("nonfinite_step", f0, **extra)
-
-        # The new parameters (1 - w) theta - alpha d, written over d (no longer needed): no
-        # parameter-sized buffer beyond Adam's own plus d. They replace the old parameters only
-        # once they (and the trial loss) are known to be finite.
+            raise _Rejected("nonfinite_step", f0, extra)
+        new = _moved(ps, ds, decays, alpha)  # written over d
+        del ds
         with torch.no_grad():
-            new = ds
-            for p, d, w in zip(ps, ds, decays, strict=True):
-                if w:
-                    d.mul_(-alpha).add_(p, alpha=1.0 - w)
-                else:
-                    torch.add(p, d, alpha=-alpha, out=d)  # one pass: theta - alpha d, into d
-            del ds, directions
             # A finite alpha times a finite d can still overflow (or meet inf * 0).
             new_norm = torch.stack(torch._foreach_norm(new)).to(**f64).sum().reshape(1)
 
-        # 4. Trial loss, reduction ratio and damping.
+        # 5. Trial loss and reduction ratio, on damping-adaptation steps.
         rho, f1 = math.nan, math.nan
         adapt = not self.undamped and step % self.damping_interval == 0
         if adapt:
-            trial = dict(zip(names, new, strict=True))
-            with _replayed_rng(cpu_rng, cuda_rng):
-                f1_t = loss_at(self.model, trial, inputs, targets, self.loss)
+            f1_t = engine.trial_loss(names, new)
             f1, norm = torch.cat([f1_t.to(**f64).reshape(1), new_norm]).tolist()
         else:
             norm = float(new_norm)
         if not math.isfinite(norm):
-            return self._rejected("nonfinite_step", f0, trial_loss=f1, **extra)
+            raise _Rejected("nonfinite_step", f0, extra | {"trial_loss": f1})
         if adapt and not math.isfinite(f1):
-            return self._rejected("nonfinite_trial_loss", f0, trial_loss=f1, **extra)
-        with torch.no_grad():
-            torch._foreach_copy_(ps, new)
+            raise _Rejected("nonfinite_trial_loss", f0, extra | {"trial_loss": f1})
+
+        # 6. Damping and commit.
         if adapt:
             rho = reduction_ratio(f1 - f0, proposal.predicted_change)
             glob["damping"] = self.damping_rule.update(damping_used, rho)
-
         with torch.no_grad():
-            for group_ps, group_gs, group in live_groups:
-                self._commit(group_ps, group_gs, group)
+            torch._foreach_copy_(ps, new)
+            for group_ps, group_gs, group, candidate in pending:
+                self._commit(group_ps, group_gs, group, candidate)
         glob["step"] = step
         return StepStats(
             loss=f0,
@@ -707,71 +633,70 @@ class AdamQLR(QuadraticModelOptimizer):
         eps = _real("eps", group["eps"])
         _check("eps", eps, 0.0 < eps < math.inf, "> 0 and finite")
 
-    #: Elements per chunk of the direction's temporaries (new moments), so that they never
-    #: take more than a few MB beside the parameters, whatever the model's size.
+    #: Elements per chunk of the direction's temporary (the denominator), so that it never takes
+    #: more than a few MB beside the parameters, the moments and the direction.
     _CHUNK = 1 << 20
-
-    def _moments(
-        self, params: list[Tensor]
-    ) -> tuple[list[int], list[Tensor | None], list[Tensor | None]]:
-        states = [self.state.get(p, {}) for p in params]  # no empty entry on a rejected step
-        return (
-            [st.get("step", 0) + 1 for st in states],  # per parameter: a frozen layer keeps its
-            [st.get("exp_avg") for st in states],  # own count
-            [st.get("exp_avg_sq") for st in states],
-        )
 
     def _direction(
         self, params: list[Tensor], grads: list[Tensor], group: dict[str, Any]
-    ) -> tuple[list[Tensor], list[Tensor]]:
+    ) -> tuple[list[Tensor], list[Tensor], Any]:
         beta1, beta2 = group["betas"]
         eps = group["eps"]
-        steps, ms, vs = self._moments(params)
+        states = [self.state.get(p) for p in params]  # no empty entry on a rejected step
+        # per parameter: a frozen layer keeps its own count
+        steps = [st["step"] + 1 if st else 1 for st in states]
+        # The moments this step commits if accepted, computed once (algorithm.adam_moments):
+        # m <- beta1 m + (1 - beta1) g;  v <- beta2 v + (1 - beta2) g^2
+        ms = [
+            st["exp_avg"] if st else torch.zeros_like(p)
+            for st, p in zip(states, params, strict=True)
+        ]
+        vs = [
+            st["exp_avg_sq"] if st else torch.zeros_like(p)
+            for st, p in zip(states, params, strict=True)
+        ]
+        m = torch._foreach_lerp(ms, grads, 1.0 - beta1)
+        v = torch._foreach_mul(vs, beta2)
+        torch._foreach_addcmul_(v, grads, grads, value=1.0 - beta2)
+        # A non-finite m makes d non-finite, which the step catches; a v that overflows to inf
+        # makes d zero instead, so v is the one to check.
+        checks = list(torch._foreach_norm(v))
+        # d = m_hat / (sqrt(v_hat) + eps), m_hat = m / c1, v_hat = v / c2, c_i = 1 - beta_i^t,
+        # computed as (m / (sqrt(v) + eps sqrt(c2))) * (sqrt(c2) / c1): the same number up to
+        # rounding, in fewer passes
+        root_c2 = [math.sqrt(1.0 - beta2**t) for t in steps]
         directions: list[Tensor] = []
-        checks: list[Tensor] = []
         for chunk in _chunks(params, self._CHUNK):
-            ps = [params[i] for i in chunk]
-            gs = [grads[i] for i in chunk]
-            # The moments this step would commit (exactly the operations of _commit, out of
-            # place): m <- beta1 m + (1 - beta1) g;  v <- beta2 v + (1 - beta2) g^2
-            m = torch._foreach_lerp(_or_zeros([ms[i] for i in chunk], ps), gs, 1.0 - beta1)
-            v = torch._foreach_mul(_or_zeros([vs[i] for i in chunk], ps), beta2)
-            torch._foreach_addcmul_(v, gs, gs, value=1.0 - beta2)
-            # A non-finite m makes d non-finite, which the step catches; a v that overflows to
-            # inf makes d zero instead, so v is the one to check.
-            checks += torch._foreach_norm(v)
-            # d = m_hat / (sqrt(v_hat) + eps), m_hat = m / c1, v_hat = v / c2, c_i = 1 - beta_i^t,
-            # computed as (m / (sqrt(v) + eps sqrt(c2))) * (sqrt(c2) / c1): the same number up
-            # to rounding, in fewer passes
-            root_c2 = [math.sqrt(1.0 - beta2 ** steps[i]) for i in chunk]
-            torch._foreach_sqrt_(v)
-            torch._foreach_add_(v, [eps * r for r in root_c2])
-            torch._foreach_div_(m, v)
-            del v
-            torch._foreach_mul_(
-                m, [r / (1.0 - beta1 ** steps[i]) for r, i in zip(root_c2, chunk, strict=True)]
-            )
-            directions += m
-        return directions, checks
+            denominator = torch._foreach_sqrt([v[i] for i in chunk])
+            torch._foreach_add_(denominator, [eps * root_c2[i] for i in chunk])
+            d = torch._foreach_div([m[i] for i in chunk], denominator)
+            del denominator
+            torch._foreach_mul_(d, [root_c2[i] / (1.0 - beta1 ** steps[i]) for i in chunk])
+            directions += d
+        return directions, checks, (steps, m, v)
 
-    def _commit(self, params: list[Tensor], grads: list[Tensor], group: dict[str, Any]) -> None:
-        beta1, beta2 = group["betas"]
-        steps, _, _ = self._moments(params)
-        for p, t in zip(params, steps, strict=True):
+    def _commit(
+        self, params: list[Tensor], grads: list[Tensor], group: dict[str, Any], candidate: Any
+    ) -> None:
+        steps, ms, vs = candidate
+        for p, t, m, v in zip(params, steps, ms, vs, strict=True):
             st = self.state[p]
-            if "exp_avg" not in st:
-                st["exp_avg"] = torch.zeros_like(p)
-                st["exp_avg_sq"] = torch.zeros_like(p)
             st["step"] = t
-        ms = [self.state[p]["exp_avg"] for p in params]
-        vs = [self.state[p]["exp_avg_sq"] for p in params]
-        torch._foreach_lerp_(ms, grads, 1.0 - beta1)
-        torch._foreach_mul_(vs, beta2)
-        torch._foreach_addcmul_(vs, grads, grads, value=1.0 - beta2)
+            st["exp_avg"] = m
+            st["exp_avg_sq"] = v
 
 
-def _or_zeros(tensors: list[Tensor | None], like: list[Tensor]) -> list[Tensor]:
-    return [torch.zeros_like(p) if t is None else t for t, p in zip(tensors, like, strict=True)]
+def _moved(
+    params: list[Tensor], ds: list[Tensor], decays: list[float], alpha: float
+) -> list[Tensor]:
+    """Return ``(1 - w) theta - alpha d`` per parameter, written over ``d`` (no new buffer)."""
+    with torch.no_grad():
+        for p, d, w in zip(params, ds, decays, strict=True):
+            if w:
+                d.mul_(-alpha).add_(p, alpha=1.0 - w)
+            else:
+                torch.add(p, d, alpha=-alpha, out=d)  # one pass: theta - alpha d, into d
+    return ds
 
 
 def _chunks(tensors: list[Tensor], limit: int) -> Iterator[list[int]]:
@@ -800,6 +725,6 @@ class SGDQLR(QuadraticModelOptimizer):
 
     def _direction(
         self, params: list[Tensor], grads: list[Tensor], group: dict[str, Any]
-    ) -> tuple[list[Tensor], list[Tensor]]:
+    ) -> tuple[list[Tensor], list[Tensor], Any]:
         # a copy: the step overwrites d with the new parameters, and g is the user's .grad
-        return torch._foreach_mul(grads, 1.0), []
+        return torch._foreach_mul(grads, 1.0), [], None
