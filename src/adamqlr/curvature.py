@@ -234,7 +234,7 @@ def layerwise_forward(
     for prefix, layer in layers:
         kind = type(layer)
         if kind is nn.Linear:
-            record(h.detach())
+            record(h)
             if params is None:
                 h = layer(h)
             else:
@@ -245,7 +245,7 @@ def layerwise_forward(
                 )
         elif kind in _ELEMENTWISE:
             out = layer(h)
-            record((out if kind in _USES_OUTPUT else h).detach())
+            record(out if kind in _USES_OUTPUT else h)
             h = out
         elif kind is nn.Dropout and layer.training and layer.p > 0:
             mask = torch.nn.functional.dropout(torch.ones_like(h), layer.p, True)
@@ -266,6 +266,8 @@ def layerwise_tangent(
     tape: list[Tensor | None],
     params: Mapping[str, Tensor],
     direction: Mapping[str, Tensor],
+    *,
+    tangent: Tensor | None = None,
 ) -> Tensor | None:
     """Return ``J d`` from the tape of a forward pass (``None`` if no layer has a direction).
 
@@ -277,11 +279,12 @@ def layerwise_tangent(
         tape: From :func:`layerwise_forward` at ``params``.
         params: The parameter values of that forward pass by name (others: the module's own).
         direction: The direction by parameter name.
+        tangent: The tangent of the layers' input (``None``: zero, the network's input).
 
     Returns:
         The tangent of the outputs, or ``None`` when it is zero.
     """
-    t: Tensor | None = None
+    t = tangent
     with torch.no_grad():
         for (prefix, layer), record in zip(layers, tape, strict=True):
             t = _tangent_step(prefix, layer, record, t, params, direction)
@@ -663,12 +666,23 @@ class CurvatureEngine:
         """
         raise NotImplementedError
 
-    def trial_loss(self, names: list[str], values: list[Tensor]) -> Tensor:
+    def trial_loss(
+        self,
+        names: list[str],
+        values: list[Tensor],
+        *,
+        alpha: float | None = None,
+        decays: list[float] | None = None,
+    ) -> Tensor:
         """Return the loss (0-d, no graph) on the gradient pass's batch with ``values`` in place.
 
         Args:
             names: Qualified names of the parameters that take other values.
             values: Their values (the other parameters keep the module's).
+            alpha: When ``values`` are ``(1 - w) theta - alpha d`` for the direction ``d`` of the
+                last :meth:`along`, the step size; an engine may then evaluate part of the
+                network by linearity (``None``: evaluate directly).
+            decays: The weight decay ``w`` per parameter, with ``alpha``.
         """
         inputs, targets = self._batch  # type: ignore[misc]
         with torch.no_grad(), self._replayed():
@@ -696,7 +710,11 @@ class LayerwiseFisher(CurvatureEngine):
 
     The gradient pass runs layer by layer (:func:`layerwise_forward`) and keeps what the JVP needs;
     ``J d`` then costs only its tangent half (:func:`layerwise_tangent`), and ``d^T G d`` is the
-    loss's closed-form ``u^T H_L u``. The trial loss uses the layer-wise forward too.
+    loss's closed-form ``u^T H_L u``. The trial loss uses the layer-wise forward too, except for
+    the first linear layer, whose input does not depend on the parameters: its output at
+    ``theta' = (1 - w) theta - alpha d`` is ``(1 - w) z - alpha (x dW^T + db)`` by linearity,
+    from its output ``z`` in the gradient pass and its tangent, both already computed (equal to
+    a direct evaluation up to rounding). This saves the largest matrix product of the trial pass.
     """
 
     name = "layerwise-fisher"
@@ -707,9 +725,31 @@ class LayerwiseFisher(CurvatureEngine):
         super().__init__(model, loss, plan, stochastic)
         self._tape: list[Tensor | None] | None = None
         self._final: Tensor | None = None
+        # The first linear layer, if only deterministic parameter-free layers precede it.
+        first = next((i for i, (_, m) in enumerate(plan) if type(m) is nn.Linear), None)
+        if first is not None and any(type(m) is nn.Dropout for _, m in plan[:first]):
+            first = None
+        self._first = first
+        self._z: Tensor | None = None  # the first linear layer's output in the gradient pass
+        self._own: Tensor | None = None  # its tangent, x dW^T + db
+        self._first_names: tuple[str, ...] = ()
+        if first is not None:
+            prefix, layer = plan[first]
+            self._first_names = tuple(
+                f"{prefix}{n}" for n in ("weight", "bias") if getattr(layer, n) is not None
+            )
 
     def _outputs(self, inputs: Any) -> Tensor:
-        outputs, self._tape = layerwise_forward(self.plan, inputs)  # type: ignore[arg-type]
+        plan = self.plan
+        if self._first is None:
+            outputs, self._tape = layerwise_forward(plan, inputs)  # type: ignore[arg-type]
+            return outputs
+        i = self._first
+        h, before = layerwise_forward(plan[:i], inputs)  # type: ignore[index]
+        z = plan[i][1](h)  # type: ignore[index]
+        outputs, after = layerwise_forward(plan[i + 1 :], z)  # type: ignore[index]
+        self._tape = [*before, h, *after]
+        self._z = z.detach()
         return outputs
 
     def gradient_pass(  # noqa: D102
@@ -722,21 +762,60 @@ class LayerwiseFisher(CurvatureEngine):
     def along(self, names: list[str], params: list[Tensor], directions: list[Tensor]) -> Tensor:  # noqa: D102
         tape, final = self._tape, self._final
         self._tape = None
-        u = layerwise_tangent(
-            self.plan,  # type: ignore[arg-type]
-            tape,  # type: ignore[arg-type]
-            dict(zip(names, params, strict=True)),
-            dict(zip(names, directions, strict=True)),
-        )
-        del tape
-        _, targets = self._batch  # type: ignore[misc]
+        plan = self.plan
+        params_by_name = dict(zip(names, params, strict=True))
+        direction = dict(zip(names, directions, strict=True))
         with torch.no_grad():
+            if self._first is None:
+                u = layerwise_tangent(plan, tape, params_by_name, direction)  # type: ignore[arg-type]
+            else:
+                i = self._first
+                prefix, layer = plan[i]  # type: ignore[index]
+                t = _tangent_step(prefix, layer, tape[i], None, params_by_name, direction)  # type: ignore[index]
+                self._own = t
+                u = layerwise_tangent(
+                    plan[i + 1 :],  # type: ignore[index]
+                    tape[i + 1 :],  # type: ignore[index]
+                    params_by_name,
+                    direction,
+                    tangent=t,
+                )
+            del tape
+            _, targets = self._batch  # type: ignore[misc]
             u = torch.zeros_like(final) if u is None else u
             return self.loss.output_quadratic(final, u, targets)
 
+    def trial_loss(  # noqa: D102
+        self,
+        names: list[str],
+        values: list[Tensor],
+        *,
+        alpha: float | None = None,
+        decays: list[float] | None = None,
+    ) -> Tensor:
+        z, own = self._z, self._own
+        if self._first is None or z is None or alpha is None or decays is None:
+            return super().trial_loss(names, values)
+        # The first layer by linearity, when its parameters all moved alike (or none moved).
+        moved = [w for n, w in zip(names, decays, strict=True) if n in self._first_names]
+        if moved and (len(moved) != len(self._first_names) or own is None or len(set(moved)) > 1):
+            return super().trial_loss(names, values)
+        inputs, targets = self._batch  # type: ignore[misc]
+        with torch.no_grad(), self._replayed():
+            if moved:
+                w = moved[0]
+                z = torch.add(z.mul(1.0 - w) if w else z, own, alpha=-alpha)  # type: ignore[arg-type]
+            outputs, _ = layerwise_forward(
+                self.plan[self._first + 1 :],  # type: ignore[index]
+                z,
+                dict(zip(names, values, strict=True)),
+                keep=False,
+            )
+            return self.loss.value(outputs, targets)
+
     def release(self) -> None:  # noqa: D102
         super().release()
-        self._tape = self._final = None
+        self._tape = self._final = self._z = self._own = None
 
 
 class ForwardModeFisher(CurvatureEngine):

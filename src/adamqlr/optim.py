@@ -467,15 +467,8 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         # in float32) and q. A non-finite gradient makes d non-finite, so ||d||^2 catches it.
         q_t = engine.along(names, ps, ds)
         with torch.no_grad():
-            f64 = {"dtype": torch.float64, "device": ds[0].device}
-            dots = torch.stack(
-                [torch.dot(g.reshape(-1), d.reshape(-1)) for g, d in zip(gs, ds, strict=True)]
-            )
-            parts = [f0_t.to(**f64).reshape(1), q_t.to(**f64).reshape(1), dots.to(**f64)]
-            parts.append(torch.stack(torch._foreach_norm(ds)).to(**f64))
-            if checks:
-                parts.append(torch.stack(checks).to(**f64))
-            values = torch.cat(parts).tolist()
+            dots = [torch.dot(g.reshape(-1), d.reshape(-1)) for g, d in zip(gs, ds, strict=True)]
+            values = _host([f0_t, q_t, *dots, *torch._foreach_norm(ds), *checks])
         f0, q = values[0], values[1]
         if not math.isfinite(f0):
             raise _Rejected("nonfinite_loss", f0)
@@ -508,18 +501,20 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
             raise _Rejected("nonfinite_step", f0, extra)
         new = _moved(ps, ds, decays, alpha)  # written over d
         del ds
-        with torch.no_grad():
-            # A finite alpha times a finite d can still overflow (or meet inf * 0).
-            new_norm = torch.stack(torch._foreach_norm(new)).to(**f64).sum().reshape(1)
 
-        # 5. Trial loss and reduction ratio, on damping-adaptation steps.
+        # 5. Trial loss and reduction ratio, on damping-adaptation steps. One host sync for the
+        # trial loss and the finiteness of the new parameters (a finite alpha times a finite d
+        # can still overflow, or meet inf * 0).
         rho, f1 = math.nan, math.nan
         adapt = not self.undamped and step % self.damping_interval == 0
+        with torch.no_grad():
+            new_norms = torch._foreach_norm(new)
         if adapt:
-            f1_t = engine.trial_loss(names, new)
-            f1, norm = torch.cat([f1_t.to(**f64).reshape(1), new_norm]).tolist()
+            f1_t = engine.trial_loss(names, new, alpha=alpha, decays=decays)
+            f1, *norms = _host([f1_t, *new_norms])
         else:
-            norm = float(new_norm)
+            norms = _host(new_norms)
+        norm = sum(norms)
         if not math.isfinite(norm):
             raise _Rejected("nonfinite_step", f0, extra | {"trial_loss": f1})
         if adapt and not math.isfinite(f1):
@@ -684,6 +679,15 @@ class AdamQLR(QuadraticModelOptimizer):
             st["step"] = t
             st["exp_avg"] = m
             st["exp_avg_sq"] = v
+
+
+def _host(tensors: list[Tensor]) -> list[float]:
+    """Return the values of 0-d tensors as Python floats, in one transfer from the device."""
+    flat = [t if t.dim() == 0 else t.reshape(()) for t in tensors]
+    dtype = flat[0].dtype
+    if all(t.dtype == dtype for t in flat):
+        return torch.stack(flat).tolist()  # exact: every float dtype converts exactly to float64
+    return torch.stack([t.to(torch.float64) for t in flat]).tolist()
 
 
 def _moved(
