@@ -111,11 +111,11 @@ class CrossEntropyLoss(Loss):
         )
 
     def output_quadratic(self, outputs: Tensor, u: Tensor, targets: Tensor) -> Tensor:  # noqa: D102
-        p = torch.softmax(outputs, dim=-1)
-        per_position = (p * u * u).sum(-1) - (p * u).sum(-1) ** 2
+        pu = torch.softmax(outputs, dim=-1) * u  # p u, computed once
+        per_position = (pu * u).sum(-1) - pu.sum(-1) ** 2
         mask = self._mask(targets)
         count = mask.sum().clamp_min(1)
-        return torch.where(mask, per_position, torch.zeros_like(per_position)).sum() / count
+        return torch.where(mask, per_position, 0.0).sum() / count
 
     def output_bilinear(  # noqa: D102
         self, outputs: Tensor, u1: Tensor, u2: Tensor, targets: Tensor

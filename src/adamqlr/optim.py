@@ -411,7 +411,9 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         self.state[_GLOBAL]["calls"] += 1
         engine = self._engines.engine(inputs)
         try:
-            return self._iteration(engine, inputs, targets)
+            # Everything but the engine's gradient pass runs without recording a graph.
+            with torch.no_grad():
+                return self._iteration(engine, inputs, targets)
         except _Rejected as rejection:
             return self._reject(rejection)
         finally:
@@ -436,25 +438,24 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         decays: list[float] = []
         checks: list[Tensor] = []
         pending: list[tuple[list[Tensor], list[Tensor], dict[str, Any], Any]] = []
-        with torch.no_grad():
-            for group in self.param_groups:
-                live = [
-                    (n, p)
-                    for n, p in zip(group["param_names"], group["params"], strict=True)
-                    if p.grad is not None
-                ]
-                if not live:
-                    continue
-                group_ps = [p for _, p in live]
-                group_gs = [p.grad for p in group_ps]
-                group_ds, group_checks, candidate = self._direction(group_ps, group_gs, group)
-                names += [n for n, _ in live]
-                ps += group_ps
-                gs += group_gs
-                ds += group_ds
-                checks += group_checks
-                decays += [group["weight_decay"]] * len(live)
-                pending.append((group_ps, group_gs, group, candidate))
+        for group in self.param_groups:
+            live = [
+                (n, p)
+                for n, p in zip(group["param_names"], group["params"], strict=True)
+                if p.grad is not None
+            ]
+            if not live:
+                continue
+            group_ps = [p for _, p in live]
+            group_gs = [p.grad for p in group_ps]
+            group_ds, group_checks, candidate = self._direction(group_ps, group_gs, group)
+            names += [n for n, _ in live]
+            ps += group_ps
+            gs += group_gs
+            ds += group_ds
+            checks += group_checks
+            decays += [group["weight_decay"]] * len(live)
+            pending.append((group_ps, group_gs, group, candidate))
         if not ds:
             f0 = float(f0_t)
             damping = self.damping
@@ -466,9 +467,8 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         # of the new direction state (a finite gradient can still overflow Adam's second moment
         # in float32) and q. A non-finite gradient makes d non-finite, so ||d||^2 catches it.
         q_t = engine.along(names, ps, ds)
-        with torch.no_grad():
-            dots = [torch.dot(g.reshape(-1), d.reshape(-1)) for g, d in zip(gs, ds, strict=True)]
-            values = _host([f0_t, q_t, *dots, *torch._foreach_norm(ds), *checks])
+        dots = [_dot(g, d) for g, d in zip(gs, ds, strict=True)]
+        values = _host([f0_t, q_t, *dots, *torch._foreach_norm(ds), *checks])
         f0, q = values[0], values[1]
         if not math.isfinite(f0):
             raise _Rejected("nonfinite_loss", f0)
@@ -507,8 +507,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         # can still overflow, or meet inf * 0).
         rho, f1 = math.nan, math.nan
         adapt = not self.undamped and step % self.damping_interval == 0
-        with torch.no_grad():
-            new_norms = torch._foreach_norm(new)
+        new_norms = torch._foreach_norm(new)
         if adapt:
             f1_t = engine.trial_loss(names, new, alpha=alpha, decays=decays)
             f1, *norms = _host([f1_t, *new_norms])
@@ -524,10 +523,9 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         if adapt:
             rho = reduction_ratio(f1 - f0, proposal.predicted_change)
             glob["damping"] = self.damping_rule.update(damping_used, rho)
-        with torch.no_grad():
-            torch._foreach_copy_(ps, new)
-            for group_ps, group_gs, group, candidate in pending:
-                self._commit(group_ps, group_gs, group, candidate)
+        torch._foreach_copy_(ps, new)
+        for group_ps, group_gs, group, candidate in pending:
+            self._commit(group_ps, group_gs, group, candidate)
         glob["step"] = step
         return StepStats(
             loss=f0,
@@ -694,13 +692,19 @@ def _moved(
     params: list[Tensor], ds: list[Tensor], decays: list[float], alpha: float
 ) -> list[Tensor]:
     """Return ``(1 - w) theta - alpha d`` per parameter, written over ``d`` (no new buffer)."""
-    with torch.no_grad():
-        for p, d, w in zip(params, ds, decays, strict=True):
-            if w:
-                d.mul_(-alpha).add_(p, alpha=1.0 - w)
-            else:
-                torch.add(p, d, alpha=-alpha, out=d)  # one pass: theta - alpha d, into d
+    for p, d, w in zip(params, ds, decays, strict=True):
+        if w:
+            d.mul_(-alpha).add_(p, alpha=1.0 - w)
+        else:
+            torch.add(p, d, alpha=-alpha, out=d)  # one pass: theta - alpha d, into d
     return ds
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """Return ``a . b`` over all elements (no reshape for vectors)."""
+    if a.dim() == 1 and b.dim() == 1:
+        return torch.dot(a, b)
+    return torch.dot(a.reshape(-1), b.reshape(-1))
 
 
 def _chunks(tensors: list[Tensor], limit: int) -> Iterator[list[int]]:
