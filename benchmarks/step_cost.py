@@ -2,9 +2,16 @@
 
 Usage::
 
-    python benchmarks/step_cost.py                      # CPU: MLP at batch 3200, ResNet-18 at 32
-    python benchmarks/step_cost.py --device cuda        # GPU: ResNet-18 at batch 256 by default
-    python benchmarks/step_cost.py --models mlp --repeats 50
+    python benchmarks/step_cost.py                        # every case, 1 torch thread, CPU
+    python benchmarks/step_cost.py --cases mlp-50,energy-588 --json
+    python benchmarks/step_cost.py --device cuda          # ResNet-18 at batch 256 by default
+    python benchmarks/step_cost.py --kfac                 # add K-FAC (benchmarks/kfac_cost.py)
+
+Cases (:data:`CASES`): ``mlp-3200`` and ``mlp-50``, the paper's Fashion-MNIST MLP 784-50-10 with
+cross-entropy at batch 3200 (untuned AdamQLR's) and 50 (the tuned optimisers'); ``energy-588``,
+the UCI Energy MLP 8-50-1 with squared error on its full batch of 588 rows; ``resnet18``, the
+official ResNet-18 variant at batch 32 (CPU) or 256 (CUDA). Inputs are random with the real
+shapes. One torch thread by default (``--threads``).
 
 What is measured, side by side in one run (every round runs every variant once, in a rotating
 order, on the same batch; medians over the rounds after warm-up rounds):
@@ -13,47 +20,71 @@ order, on the same batch; medians over the rounds after warm-up rounds):
 * ``adamqlr-fisher`` / ``adamqlr-hessian``: one ``AdamQLR.step`` (it does its own forward and
   backward); the Hessian variant uses ``nonpositive_curvature="absolute"`` so that every step does
   the full work (a rejected step would skip the trial forward and look cheaper);
-* the pieces of the floor: ``fb`` (forward + loss + backward), ``forward`` (forward + loss, no
-  graph: the trial pass), and every correct JVP / HVP we have for the model
-  (``jvp:layerwise`` hand-written for Sequential MLPs, ``jvp:layerwise-tangent`` its tangent
-  half alone, given the activations of a forward pass already made, which is what AdamQLR's
-  Fisher step pays for such a model, ``jvp:func`` = ``torch.func.jvp``,
+* the pieces of the floors: ``fb`` (forward + loss + backward), ``forward`` (forward + loss, no
+  graph: the trial pass), every correct JVP we have for the model (``jvp:layerwise``
+  hand-written for Sequential MLPs, ``jvp:layerwise-tangent`` its tangent half alone, given the
+  activations of a forward pass already made, ``jvp:func`` = ``torch.func.jvp``,
   ``jvp:forward_ad`` = ``torch.autograd.forward_ad``, ``jvp:linearize`` = ``torch.func.linearize``
-  redone every step, as the parameters change; ``hvp:func`` = ``jvp(grad)``,
-  ``hvp:forward_ad`` = forward-mode over an autograd backward, ``hvp:double_backward`` = forward,
-  backward with ``create_graph`` and a second backward).
+  redone every step), and every way we have to get the gradient *and* ``H d`` together:
+  ``fb+hvp:graph`` (forward, backward with ``create_graph``, one more backward through that
+  graph along ``d``: what AdamQLR does), ``g+hvp:func`` (``jvp`` of ``grad``: its primal output
+  is the gradient) and ``g+hvp:forward_ad`` (forward-mode over an autograd backward).
 
-The floor of an AdamQLR step is ``fb + (cheapest JVP or HVP) + forward``: one gradient pass, one
-curvature product, one trial pass, each at the best cost we can reach for that model. Beside it,
-``floor + update`` adds what Adam's own step costs on top of ``fb`` (``adam - fb``): the passes
-over the parameters that any Adam-direction optimiser makes. It is negligible for the MLP and
-not for ResNet-18 at a small batch, where the 11M parameters weigh as much as the activations.
-(AdamQLR's Hessian takes ``H d`` through the gradient pass's own graph, which can beat a floor
-built from a stand-alone HVP.)
+Floors (each piece at the cheapest cost measured for the model):
 
-Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` over one step (after a warm-up step),
-absolute. On CPU, the tensors alive at the start of the step (parameters, gradients, optimiser
-state, the batch) plus the peak of the running sum of the CPU allocator's allocation and free
-events recorded by ``torch.profiler`` (``profile_memory=True``) during the second of two profiled
-steps (so that frees of tensors made in the first are seen). Both count tensor storage only, not
-the allocator's caches or the interpreter.
+* Fisher: ``fb + (cheapest JVP) + forward``: one gradient pass, one curvature product, one
+  trial pass. (AdamQLR's Fisher step on a sequential MLP evaluates the trial pass's first layer
+  by linearity, so it can go below this floor when that layer dominates.)
+* Hessian: ``(cheapest of the gradient-and-HVP variants) + forward``. Each of those variants
+  already contains a forward and a backward pass; adding ``fb`` to them, as an earlier version
+  of this benchmark did, counted the gradient pass twice.
+
+Beside each floor, ``floor + update`` adds what Adam's own step costs on top of ``fb``
+(``adam - fb``): the passes over the parameters that any Adam-direction optimiser makes.
+
+``--ops`` counts the aten operators one step of ``adam`` and of each AdamQLR variant issues
+(nested ones included, from ``torch.profiler``): a diagnostic of dispatch overhead, which is most
+of a step's cost on small models.
+
+``--json`` prints ``{case: {variant: {"ratio": time / adam, ...}}}``; the AdamQLR variants (and
+any variant a section gives a floor) also carry ``"floor"`` (floor / adam), ``"over_floor"``,
+``"floor_via"`` and, with ``--ops``, ``"aten_ops"``.
+
+Sections: :data:`SECTIONS` lists modules that add variants to every case (``--kfac`` appends
+``kfac_cost``, the K-FAC benchmark beside this file, if it exists). A section module provides
+``variants(case: Case) -> dict[str, StepFn]`` and may provide
+``floors(case: Case, medians: dict[str, float]) -> dict[str, tuple[float, str]]`` (variant ->
+floor in seconds and how it is made); its variants are timed in the same interleaved rounds. A
+variant with a ``reset()`` method (e.g. a :class:`Stateful`) is reset every ``--reset-every``
+rounds, outside the timing: trained for hundreds of rounds on a few random batches, a model
+would memorise them and drift into regimes (a loss near zero, overflowing steps, rejected
+steps that skip work) that no real run spends its time in.
+
+Peak memory (``--memory``): on CUDA, ``torch.cuda.max_memory_allocated`` over one step (after a
+warm-up step), absolute. On CPU, the tensors alive at the start of the step (parameters,
+gradients, optimiser state, the batch) plus the peak of the running sum of the CPU allocator's
+allocation and free events recorded by ``torch.profiler`` (``profile_memory=True``) during the
+second of two profiled steps. Both count tensor storage only.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib
+import json
 import math
 import platform
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.autograd.forward_ad as fwAD
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, linearize
 
@@ -65,101 +96,81 @@ from adamqlr.curvature import (
     layerwise_plan,
     layerwise_tangent,
 )
+from adamqlr.losses import Loss, get_loss
 
 StepFn = Callable[[Tensor, Tensor], object]
 
+#: Modules (beside this file) that add variants to every case; ``--kfac`` appends ``kfac_cost``.
+SECTIONS: list[str] = []
+
 
 # ------------------------------------------------------------------------------------ models
-def make_mlp(generator: torch.Generator) -> tuple[nn.Module, str]:
-    """The paper's Fashion-MNIST MLP, 784-50-10 with ReLU (the tasks room's class if present)."""
+def make_mlp(sizes: tuple[int, ...], generator: torch.Generator) -> tuple[nn.Module, str]:
+    """The tasks' MLP (``adamqlr.tasks._common.MLP``), Haiku-initialised."""
     try:
         from adamqlr.tasks._common import MLP
 
-        return MLP((784, 50, 10), generator), "adamqlr.tasks._common.MLP"
-    except ImportError:  # pragma: no cover - the tasks room is part of the package
+        return MLP(sizes, generator), "adamqlr.tasks._common.MLP"
+    except ImportError:  # pragma: no cover - the tasks are part of the package
         torch.manual_seed(int(generator.initial_seed()))
-        net = nn.Sequential(nn.Linear(784, 50), nn.ReLU(), nn.Linear(50, 10))
-        return net, "local nn.Sequential MLP (adamqlr.tasks._common not importable)"
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            layers += [nn.Linear(a, b)] + ([nn.ReLU()] if i < len(sizes) - 2 else [])
+        return nn.Sequential(*layers), "local nn.Sequential MLP"
 
 
 def make_resnet18(generator: torch.Generator) -> tuple[nn.Module, str]:
-    """The official variant (Haiku v1 ResNet-18) from ``adamqlr.tasks.images``, else a stand-in."""
-    try:
-        from adamqlr.tasks.images import ResNet18
+    """The official variant (Haiku v1 ResNet-18) from ``adamqlr.tasks.images``."""
+    from adamqlr.tasks.images import ResNet18
 
-        return ResNet18(10, generator), "adamqlr.tasks.images.ResNet18 (Haiku v1)"
-    except ImportError:
-        return _LocalResNet18(), "LOCAL FALLBACK ResNet-18 (benchmarks only, not the task's model)"
-
-
-class _Block(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.c0 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.b0 = nn.BatchNorm2d(cout)
-        self.c1 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.b1 = nn.BatchNorm2d(cout)
-        self.short: nn.Module = nn.Identity()
-        if stride != 1 or cin != cout:
-            self.short = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-            )
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.b0(self.c0(x)))
-        return F.relu(self.b1(self.c1(out)) + self.short(x))
-
-
-class _LocalResNet18(nn.Module):
-    """A ResNet-18 with the ImageNet stem, used only if the tasks room's model is missing."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, 64, 7, 2, 3, bias=False),
-            nn.BatchNorm2d(64),
-            nn.ReLU(),
-            nn.MaxPool2d(3, 2, 1),
-        )
-        layers, cin = [], 64
-        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            layers += [_Block(cin, cout, stride), _Block(cout, cout, 1)]
-            cin = cout
-        self.blocks = nn.Sequential(*layers)
-        self.head = nn.Linear(512, 10)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.blocks(self.stem(x)).mean(dim=(2, 3)))
+    return ResNet18(10, generator), "adamqlr.tasks.images.ResNet18 (Haiku v1)"
 
 
 @dataclass
 class Case:
+    """One benchmark case: a model, its loss and a few batches."""
+
     name: str
     model: nn.Module
+    loss: Loss
     source: str
     batches: list[tuple[Tensor, Tensor]]
 
 
-def make_case(name: str, batch: int, device: torch.device, n_batches: int = 4) -> Case:
+#: name -> (model, input shape, loss, classes (0: regression), CPU batch, CUDA batch)
+CASES: dict[str, tuple[str, tuple[int, ...], str, int, int, int]] = {
+    "mlp-3200": ("784-50-10", (784,), "cross_entropy", 10, 3200, 3200),
+    "mlp-50": ("784-50-10", (784,), "cross_entropy", 10, 50, 50),
+    "energy-588": ("8-50-1", (8,), "squared_error", 0, 588, 588),
+    "resnet18": ("resnet18", (3, 32, 32), "cross_entropy", 10, 32, 256),
+}
+
+
+def make_case(name: str, device: torch.device, batch: int | None = None, n: int = 4) -> Case:
+    """Build case ``name`` (see :data:`CASES`) on ``device``."""
+    if name not in CASES:
+        raise ValueError(f"unknown case {name!r}; expected one of {sorted(CASES)}")
+    arch, shape, loss_name, classes, cpu_batch, cuda_batch = CASES[name]
+    batch = batch or (cuda_batch if device.type == "cuda" else cpu_batch)
     gen = torch.Generator().manual_seed(0)
-    if name == "mlp":
-        model, source = make_mlp(gen)
-        shape = (784,)
-    elif name == "resnet18":
+    if arch == "resnet18":
         model, source = make_resnet18(gen)
-        shape = (3, 32, 32)
     else:
-        raise ValueError(f"unknown model {name!r}; expected 'mlp' or 'resnet18'")
-    with torch.no_grad():  # move away from the zero-initialised logits layer
+        model, source = make_mlp(tuple(int(s) for s in arch.split("-")), gen)
+    with torch.no_grad():  # move away from the zero-initialised biases and logits layer
         for p in model.parameters():
             if p.abs().sum() == 0:
                 p.normal_(0.0, 0.01, generator=gen)
-    batches = [
-        (torch.randn(batch, *shape, generator=gen), torch.randint(0, 10, (batch,), generator=gen))
-        for _ in range(n_batches)
-    ]
-    model = model.to(device).train()
-    return Case(name, model, source, [(x.to(device), y.to(device)) for x, y in batches])
+    outputs = classes or int(arch.split("-")[-1])
+    batches = []
+    for _ in range(n):
+        x = torch.randn(batch, *shape, generator=gen)
+        if classes:
+            y = torch.randint(0, classes, (batch,), generator=gen)
+        else:
+            y = torch.randn(batch, outputs, generator=gen)
+        batches.append((x.to(device), y.to(device)))
+    return Case(name, model.to(device).train(), get_loss(loss_name), source, batches)
 
 
 # ---------------------------------------------------------------------------------- variants
@@ -175,35 +186,70 @@ def _direction(model: nn.Module) -> dict[str, Tensor]:
     }
 
 
+class Stateful:
+    """A training variant with state: ``reset()`` restores the initial model and optimiser.
+
+    Training on a few random batches for hundreds of rounds would drift into regimes no real
+    run spends its time in (memorised batches, a loss near zero, overflowing steps), so the
+    timing loop resets stateful variants every ``--reset-every`` rounds, outside the timing.
+    """
+
+    def __init__(self, case: Case, make: Callable[[nn.Module], StepFn]) -> None:
+        self.case, self.make = case, make
+        self.reset()
+
+    def reset(self) -> None:
+        """Start again from the case's initial model."""
+        self.model = copy.deepcopy(self.case.model)
+        self.fn = self.make(self.model)
+
+    def __call__(self, x: Tensor, y: Tensor) -> object:
+        return self.fn(x, y)
+
+
+def adamqlr(case: Case, curvature: str) -> Stateful:
+    """The AdamQLR variant of the benchmark (every step does the full work)."""
+    return Stateful(
+        case,
+        lambda model: AdamQLR(model, case.loss, curvature, nonpositive_curvature="absolute").step,
+    )
+
+
+def adam(case: Case) -> Stateful:
+    """One ``torch.optim.Adam`` step: zero_grad, forward, loss, backward, step."""
+    loss = case.loss
+
+    def make(model: nn.Module) -> StepFn:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def step(x: Tensor, y: Tensor) -> None:
+            opt.zero_grad()
+            loss.value(model(x), y).backward()
+            opt.step()
+
+        return step
+
+    return Stateful(case, make)
+
+
 def variants(case: Case, linearize_ok: bool = True) -> dict[str, StepFn]:
     """Return ``name -> step(x, y)``; every variant owns a copy of the model."""
-    out: dict[str, StepFn] = {}
-
-    model = copy.deepcopy(case.model)
-    adam = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-    def adam_step(x: Tensor, y: Tensor, model=model, adam=adam) -> None:
-        adam.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        adam.step()
-
-    out["adam"] = adam_step
+    out: dict[str, StepFn] = {"adam": adam(case)}
     for curvature in ("fisher", "hessian"):
-        m = copy.deepcopy(case.model)
-        opt = AdamQLR(m, "cross_entropy", curvature, nonpositive_curvature="absolute")
-        out[f"adamqlr-{curvature}"] = opt.step
+        out[f"adamqlr-{curvature}"] = adamqlr(case, curvature)
+    loss = case.loss
 
     fb_model = copy.deepcopy(case.model)
 
     def fb(x: Tensor, y: Tensor, model=fb_model) -> None:
         for p in model.parameters():
             p.grad = None
-        F.cross_entropy(model(x), y).backward()
+        loss.value(model(x), y).backward()
 
     def forward(x: Tensor, y: Tensor, model=fb_model) -> None:
         with torch.no_grad():
             out_ = functional_call(model, (_params(model), copied_buffers(model)), (x,))
-            F.cross_entropy(out_, y)
+            loss.value(out_, y)
 
     out["fb"] = fb
     out["forward"] = forward
@@ -252,31 +298,35 @@ def variants(case: Case, linearize_ok: bool = True) -> dict[str, StepFn]:
         out["jvp:linearize"] = jvp_linearize
 
     def loss_of(values: tuple[Tensor, ...], x: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(outputs_of(*values, x=x), y)
+        return loss.value(outputs_of(*values, x=x), y)
 
-    def hvp_func(x: Tensor, y: Tensor):
+    def g_hvp_func(x: Tensor, y: Tensor):
+        # jvp of grad: the primal output is the gradient, the tangent H d
         return jvp(
             lambda v: grad(loss_of)(v, x, y),
             (tuple(params.values()),),
             (tuple(direction.values()),),
-        )[1]
+        )
 
-    def hvp_forward_ad(x: Tensor, y: Tensor):
+    def g_hvp_forward_ad(x: Tensor, y: Tensor):
         with fwAD.dual_level():
             leaves = [params[n].clone().requires_grad_(True) for n in names]
             duals = [fwAD.make_dual(p, direction[n]) for p, n in zip(leaves, names, strict=True)]
-            loss = loss_of(tuple(duals), x, y)
-            gs = torch.autograd.grad(loss, duals)
-            return [fwAD.unpack_dual(g).tangent for g in gs]
+            gs = torch.autograd.grad(loss_of(tuple(duals), x, y), duals)
+            return [fwAD.unpack_dual(g) for g in gs]
 
-    def hvp_double_backward(x: Tensor, y: Tensor):
-        leaves = [params[n].clone().requires_grad_(True) for n in names]
-        gs = torch.autograd.grad(loss_of(tuple(leaves), x, y), leaves, create_graph=True)
-        return torch.autograd.grad(gs, leaves, grad_outputs=list(direction.values()))
+    graph_model = copy.deepcopy(case.model)
+    graph_params = list(graph_model.parameters())
+    graph_direction = list(_direction(graph_model).values())
 
-    out["hvp:func"] = hvp_func
-    out["hvp:forward_ad"] = hvp_forward_ad
-    out["hvp:double_backward"] = hvp_double_backward
+    def fb_hvp_graph(x: Tensor, y: Tensor):
+        # forward, backward keeping the graph, one more backward through it along d
+        gs = torch.autograd.grad(loss.value(graph_model(x), y), graph_params, create_graph=True)
+        return torch.autograd.grad(gs, graph_params, grad_outputs=graph_direction)
+
+    out["fb+hvp:graph"] = fb_hvp_graph
+    out["g+hvp:func"] = g_hvp_func
+    out["g+hvp:forward_ad"] = g_hvp_forward_ad
     return out
 
 
@@ -287,13 +337,27 @@ def _sync(device: torch.device) -> None:
 
 
 def time_variants(
-    case: Case, fns: dict[str, StepFn], device: torch.device, warmup: int, repeats: int
+    case: Case,
+    fns: dict[str, StepFn],
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+    reset_every: int = 25,
 ) -> dict[str, list[float]]:
-    """Interleaved timing: each round runs every variant once on the round's batch."""
+    """Interleaved timing: each round runs every variant once on the round's batch.
+
+    Every ``reset_every`` rounds, variants with a ``reset()`` method are reset and take one
+    untimed step.
+    """
     names = list(fns)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(warmup + repeats):
         x, y = case.batches[r % len(case.batches)]
+        if r and reset_every and r % reset_every == 0:
+            for fn in fns.values():
+                if hasattr(fn, "reset"):
+                    fn.reset()
+                    fn(x, y)
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             _sync(device)
@@ -303,6 +367,17 @@ def time_variants(
             if r >= warmup:
                 times[name].append(time.perf_counter() - start)
     return times
+
+
+def aten_ops(fn: StepFn, case: Case) -> int:
+    """The number of aten operators one call of ``fn`` issues (nested ones included)."""
+    from torch.profiler import profile
+
+    x, y = case.batches[0]
+    fn(x, y)
+    with profile() as prof:
+        fn(x, y)
+    return sum(1 for e in prof.events() if e.name.startswith("aten::"))
 
 
 def _tensor_bytes(tensors) -> int:
@@ -317,15 +392,16 @@ def _tensor_bytes(tensors) -> int:
 def peak_memory(case: Case, which: str, device: torch.device) -> int:
     """Peak bytes of live tensors during one step of ``adam`` or ``adamqlr-<curvature>``."""
     model = copy.deepcopy(case.model)
+    loss = case.loss
     if which == "adam":
         opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
         def step(x: Tensor, y: Tensor) -> None:
             opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
+            loss.value(model(x), y).backward()
             opt.step()
     else:
-        opt = AdamQLR(model, "cross_entropy", which.split("-")[1], nonpositive_curvature="absolute")
+        opt = AdamQLR(model, loss, which.split("-")[1], nonpositive_curvature="absolute")
         step = opt.step  # type: ignore[assignment]
     x, y = case.batches[0]
     step(x, y)  # state exists from here on
@@ -351,125 +427,180 @@ def peak_memory(case: Case, which: str, device: torch.device) -> int:
         )
         mark_ns = time.time_ns()  # the profiler stamps events in wall-clock nanoseconds
         step(x, y)
-    events = [
+    events = sorted(
         (e.start_ns(), e.nbytes())
         for e in prof.profiler.kineto_results.events()
         if e.name() == "[memory]"
-    ]
-    events.sort()
-    running = 0
-    base = None
-    peak = 0
+    )
+    running, base, peak = 0, None, 0
     for t, nbytes in events:
         if base is None and t >= mark_ns:
-            base = running
-            peak = running
+            base = peak = running
         running += nbytes
         if base is not None:
             peak = max(peak, running)
-    if base is None:
-        return live
-    return live + (peak - base)
+    return live if base is None else live + (peak - base)
 
 
-# ---------------------------------------------------------------------------------- reporting
-def _median(values: list[float]) -> float:
-    return statistics.median(values)
+# ---------------------------------------------------------------------------------- analysis
+def floors(medians: dict[str, float]) -> dict[str, tuple[float, str]]:
+    """Return ``variant -> (floor seconds, how)`` for the two AdamQLR variants."""
+    jvps = {k: v for k, v in medians.items() if k.startswith("jvp:")}
+    ghvps = {k: v for k, v in medians.items() if "hvp:" in k}
+    best_jvp = min(jvps, key=jvps.__getitem__)
+    best_hvp = min(ghvps, key=ghvps.__getitem__)
+    return {
+        "adamqlr-fisher": (
+            medians["fb"] + jvps[best_jvp] + medians["forward"],
+            f"fb + {best_jvp} + forward",
+        ),
+        "adamqlr-hessian": (ghvps[best_hvp] + medians["forward"], f"{best_hvp} + forward"),
+    }
 
 
-def report(case: Case, times: dict[str, list[float]], memory: dict[str, int], device) -> None:
-    med = {k: _median(v) for k, v in times.items()}
-    fb, adam = med["fb"], med["adam"]
+def table(
+    medians: dict[str, float],
+    case_floors: dict[str, tuple[float, str]],
+    ops: dict[str, int],
+) -> dict[str, dict[str, object]]:
+    """Return ``variant -> {"ratio", ...}`` relative to Adam (see the module docstring)."""
+    base = medians["adam"]
+    out: dict[str, dict[str, object]] = {}
+    for name, t in medians.items():
+        row: dict[str, object] = {"ms": t * 1e3, "ratio": t / base}
+        if name in case_floors:
+            floor, via = case_floors[name]
+            row |= {"floor": floor / base, "over_floor": t / floor, "floor_via": via}
+        if name in ops:
+            row["aten_ops"] = ops[name]
+        out[name] = row
+    return out
+
+
+def report(case: Case, rows: dict[str, dict[str, object]], memory: dict[str, int], rounds: int,
+           device: torch.device) -> None:  # fmt: skip
+    """Print one case's table."""
     batch = case.batches[0][0].shape[0]
     n_params = sum(p.numel() for p in case.model.parameters())
     print(f"\n=== {case.name}: batch {batch}, {n_params:,} parameters, {device}; {case.source}")
-    rounds = len(times["fb"])
-    print(f"{'variant':22s} {'median ms':>10s} {'x fb':>7s} {'x Adam':>7s}  (of {rounds} rounds)")
-    for name, t in med.items():
-        print(f"{name:22s} {t * 1e3:10.2f} {t / fb:7.2f} {t / adam:7.2f}")
-    jvps = {k: v for k, v in med.items() if k.startswith("jvp:")}
-    hvps = {k: v for k, v in med.items() if k.startswith("hvp:")}
-    best_jvp = min(jvps, key=jvps.get)
-    best_hvp = min(hvps, key=hvps.get)
-    floors = {
-        "fisher": (fb + jvps[best_jvp] + med["forward"], best_jvp),
-        "hessian": (fb + hvps[best_hvp] + med["forward"], best_hvp),
-    }
-    update = max(adam - fb, 0.0)
+    print(f"{'variant':22s} {'median ms':>10s} {'x Adam':>7s}  (of {rounds} rounds)")
+    for name, row in rows.items():
+        print(f"{name:22s} {row['ms']:10.3f} {row['ratio']:7.2f}")
+    adam_fb = float(rows["adam"]["ms"]) - float(rows["fb"]["ms"])
+    update = max(adam_fb, 0.0) / float(rows["adam"]["ms"])
     print(
         f"\n{'':18s} {'ratio to Adam':>13s} {'floor':>7s} {'/ floor':>8s} "
-        f"{'floor+update':>13s} {'/ (f+u)':>8s} {'peak mem / Adam':>16s}"
+        f"{'floor+update':>13s} {'/ (f+u)':>8s} {'aten ops':>9s} {'mem / Adam':>11s}"
     )
-    for curvature, (floor, via) in floors.items():
-        ratio = med[f"adamqlr-{curvature}"] / adam
-        mem = memory.get(f"adamqlr-{curvature}", math.nan) / memory.get("adam", math.nan)
-        full = (floor + update) / adam
+    for name, row in rows.items():
+        if "floor" not in row:
+            continue
+        ratio, floor = float(row["ratio"]), float(row["floor"])
+        full = floor + update
+        mem = memory.get(name, math.nan) / memory.get("adam", math.nan) if memory else math.nan
+        ops = row.get("aten_ops", "")
         print(
-            f"{'AdamQLR-' + curvature:18s} {ratio:13.2f} {floor / adam:7.2f} "
-            f"{ratio / (floor / adam):8.2f} {full:13.2f} {ratio / full:8.2f} {mem:16.2f}"
-            f"   floor = fb + {via} + forward"
+            f"{name:18s} {ratio:13.2f} {floor:7.2f} {ratio / floor:8.2f} {full:13.2f} "
+            f"{ratio / full:8.2f} {ops!s:>9s} {mem:11.2f}   floor = {row['floor_via']}"
         )
+    if "aten_ops" in rows.get("adam", {}):
+        print(f"aten ops of one Adam step: {rows['adam']['aten_ops']}")
     if memory:
         print("peak memory (MiB): " + ", ".join(f"{k} {v / 2**20:.1f}" for k, v in memory.items()))
 
 
+def _sections(names: list[str]) -> list[object]:
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    modules = []
+    for name in names:
+        try:
+            modules.append(importlib.import_module(name))
+        except ModuleNotFoundError as err:
+            if err.name != name:
+                raise
+            print(f"section {name!r}: benchmarks/{name}.py not found, skipped", file=sys.stderr)
+    return modules
+
+
+def run_case(
+    name: str, device: torch.device, args: argparse.Namespace, sections: list[object]
+) -> tuple[Case, dict[str, dict[str, object]], dict[str, int], int]:
+    """Time one case; return it, its table, its memory and the number of rounds."""
+    case = make_case(name, device, args.batch)
+    fns = variants(case, linearize_ok=not name.startswith("resnet"))
+    for section in sections:
+        fns |= section.variants(case)  # type: ignore[attr-defined]
+    small = case.batches[0][0].shape[0] <= 1000 and not name.startswith("resnet")
+    repeats = args.repeats or (300 if small else 10 if name.startswith("resnet") else 30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # rejected steps are part of the work
+        times = time_variants(case, fns, device, args.warmup, repeats, args.reset_every)
+        ops = {}
+        if args.ops:
+            for k in ("adam", "adamqlr-fisher", "adamqlr-hessian"):
+                fn = adam(case) if k == "adam" else adamqlr(case, k.split("-")[1])
+                ops[k] = aten_ops(fn, case)
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    case_floors = floors(medians)
+    for section in sections:
+        if hasattr(section, "floors"):
+            case_floors |= section.floors(case, medians)  # type: ignore[attr-defined]
+    memory = {}
+    if args.memory:
+        memory = {
+            k: peak_memory(case, k, device) for k in ("adam", "adamqlr-fisher", "adamqlr-hessian")
+        }
+    return case, table(medians, case_floors, ops), memory, repeats
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--models", default="mlp,resnet18", help="comma list of mlp, resnet18")
-    parser.add_argument("--mlp-batch", type=int, default=3200)
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma list of {list(CASES)}")
+    parser.add_argument("--batch", type=int, default=None, help="override every case's batch")
     parser.add_argument(
-        "--resnet-batch", type=int, default=None, help="default 32 on CPU, 256 on CUDA"
+        "--repeats", type=int, default=None, help="timed rounds (default 300 small, 30, 10 ResNet)"
     )
+    parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument(
-        "--repeats",
+        "--reset-every",
         type=int,
-        default=None,
-        help="timed rounds (default 30 for the MLP, 10 for ResNet-18)",
+        default=25,
+        help="reset the training variants every this many rounds (0: never)",
     )
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    parser.add_argument("--memory", action="store_true", help="also measure peak memory")
+    parser.add_argument("--ops", action="store_true", help="also count aten ops per step")
+    parser.add_argument("--json", action="store_true", help="print the table as JSON only")
+    parser.add_argument("--kfac", action="store_true", help="add the K-FAC section (kfac_cost)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda given but CUDA is not available")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(
-        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, device {device}"
-        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-    )
-    print(
-        "memory method: "
-        + (
-            "torch.cuda.max_memory_allocated over one step (absolute)"
-            if device.type == "cuda"
-            else "tensors alive at step start + peak of torch.profiler(profile_memory=True) "
-            "allocation events during the step"
+    torch.set_num_threads(args.threads)
+    names = [c for c in args.cases.split(",") if c]
+    for c in names:
+        if c not in CASES:
+            parser.error(f"unknown case {c!r}; expected some of {list(CASES)}")
+    sections = _sections(SECTIONS + (["kfac_cost"] if args.kfac else []))
+    if not args.json:
+        print(
+            f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+            f"{torch.get_num_threads()} threads, device {device}"
+            + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
         )
-    )
-    for name in args.models.split(","):
-        batch = (
-            args.mlp_batch
-            if name == "mlp"
-            else (args.resnet_batch or (256 if device.type == "cuda" else 32))
-        )
-        repeats = args.repeats or (30 if name == "mlp" else 10)
-        case = make_case(name, batch, device)
-        fns = variants(case)
-        times = time_variants(case, fns, device, args.warmup, repeats)
-        memory = (
-            {}
-            if args.no_memory
-            else {
-                k: peak_memory(case, k, device)
-                for k in ("adam", "adamqlr-fisher", "adamqlr-hessian")
-            }
-        )
-        report(case, times, memory, device)
+    results = {}
+    for name in names:
+        case, rows, memory, rounds = run_case(name, device, args, sections)
+        results[name] = rows
+        if not args.json:
+            report(case, rows, memory, rounds, device)
+    if args.json:
+        print(json.dumps(results, indent=1))
     return 0
 
 
