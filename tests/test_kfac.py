@@ -11,7 +11,6 @@ import torch
 from curvlinops import GGNLinearOperator, KFACLinearOperator
 from torch import nn
 
-import adamqlr.kfac.optimizer as kfac_optimizer
 from adamqlr.kfac import (
     KFAC,
     KroneckerBlock,
@@ -344,11 +343,11 @@ def test_damping_increases_by_1_over_0_9_when_the_model_overpromises(monkeypatch
     model = mlp()
     x, y = data()
     opt = KFAC(model, "cross_entropy", "adaptive", initial_damping=0.2)
-    monkeypatch.setattr(kfac_optimizer, "loss_at", lambda *a, **k: torch.tensor(10.0))
+    monkeypatch.setattr(KFAC, "_trial_loss", lambda *a, **k: torch.tensor(10.0))
     s = opt.step(x, y)
     assert s.accepted and s.rho < 0  # the loss rose: rho < 1/4
     assert s.damping == pytest.approx(0.2 / 0.9)
-    monkeypatch.setattr(kfac_optimizer, "loss_at", lambda *a, **k: torch.tensor(math.nan))
+    monkeypatch.setattr(KFAC, "_trial_loss", lambda *a, **k: torch.tensor(math.nan))
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.warns(RuntimeWarning, match="nonfinite_trial_loss"):
         s = opt.step(x, y)
