@@ -22,7 +22,8 @@ order, on the round's batch; medians over the rounds after warm-up rounds):
   - ``fb+stats``: forward + loss + backward (the gradient) and the factor statistics: a second
     backward through the same graph for the output gradients at sampled targets (asked only for
     the layer outputs) and the Gram matrices ``A`` and ``G`` of every layer;
-  - ``cholesky``: one Cholesky factorisation per damped factor;
+  - ``cholesky``: one Cholesky factorisation per damped factor, the damped factor formed anew
+    (the damping changes from step to step);
   - ``solves``: the two (triangular-pair) solves per layer, ``G^{-1} [W, b] A^{-1}``;
   - ``tangents`` and ``forward`` (adaptive only): the curvature products of the step's two
     vectors from the gradient pass's activations, and the trial forward pass.
@@ -156,16 +157,20 @@ def _floor_pieces(case: Case) -> dict[str, StepFn]:
             (homogeneous_gram(h), symmetric_gram(dy)) for h, dy in zip(inputs, dys, strict=True)
         ]
 
-    # Damped factors and gradients of the right sizes, made once outside the timed region.
+    # Factors and gradients of the right sizes, made once outside the timed region.
     x0, y0 = case.batches[0]
-    damped = [pi_damped_factors(a, g, 1.0) for a, g in gradient_and_statistics(x0, y0)]
+    factors = gradient_and_statistics(x0, y0)
+    damped = [pi_damped_factors(a, g, 1.0) for a, g in factors]
     chols = [(torch.linalg.cholesky(a), torch.linalg.cholesky(g)) for a, g in damped]
     mats = [torch.cat([m.weight, m.bias.unsqueeze(1)], 1).detach().clone() for m in linears]
 
     def cholesky(x: Tensor, y: Tensor) -> None:
-        for a, g in damped:
-            torch.linalg.cholesky_ex(a)
-            torch.linalg.cholesky_ex(g)
+        # The damping changes every step, so each step forms its damped factors anew (one
+        # scaled copy of the factor plus the diagonal) before factorising them.
+        for a, g in factors:
+            a_d, g_d = pi_damped_factors(a, g, 1.0)
+            torch.linalg.cholesky_ex(a_d)
+            torch.linalg.cholesky_ex(g_d)
 
     def solves(x: Tensor, y: Tensor) -> None:
         for (a_chol, g_chol), mat in zip(chols, mats, strict=True):

@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -182,6 +182,11 @@ def _hessian_sqrt_columns(loss: Loss, outputs: Tensor, targets: Tensor) -> Itera
             yield col.reshape(outputs.shape)
     else:
         raise ValueError(f"no output-Hessian square root for loss {loss!r}")
+
+
+def _all_finite(tensors: Iterable[Tensor]) -> bool:
+    """Whether every entry of every tensor is finite (one check over their concatenation)."""
+    return bool(torch.isfinite(torch.cat([t.reshape(-1) for t in tensors])).all())
 
 
 def _inner_products(vectors: list[dict[str, Tensor]]) -> Tensor:
@@ -627,7 +632,7 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
         }
         if not grads:
             return self._skip("no_gradient", f0)
-        if not bool(torch.stack([torch.isfinite(g).all() for g in grads.values()]).all()):
+        if not _all_finite(grads.values()):
             return self._skip("nonfinite_gradient", f0)
         if not self._update_factors(num_terms):
             return self._skip("nonfinite_curvature", f0)
@@ -660,7 +665,7 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
             if not (sol.ok and math.isfinite(quad_change)):
                 return self._skip("nonfinite_coefficients", f0, quad_change=quad_change)
         else:
-            if not bool(torch.stack([torch.isfinite(d).all() for d in direction.values()]).all()):
+            if not _all_finite(direction.values()):
                 return self._skip("nonfinite_update", f0)
             group = self.param_groups[0]
             w1, w2 = -float(group["lr"]), (float(group["momentum"]) if step_index > 0 else 0.0)
