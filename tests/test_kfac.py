@@ -610,24 +610,34 @@ def test_layerwise_pass_computes_the_generic_steps(mode):
             torch.testing.assert_close(v, o_slow.factors(bs)[k], rtol=1e-10, atol=1e-12)
 
 
-def test_a_hook_added_later_takes_the_generic_path_and_in_place_relu_is_harmless():
-    model = sequential_net()
+def test_hooks_added_later_and_in_place_relu():
+    # A forward hook on the model itself (the training loop's) keeps the layer-wise pass and
+    # runs; one on a layer, or one that replaces the outputs, sends K-FAC down the generic path;
+    # an in-place ReLU after a recorded layer changes nothing. All compute the same steps.
     seen = []
-    opt = KFAC(model, "cross_entropy")
-    run_steps(opt, steps=1)
-    assert kfac_tangents.sequential_plan(model) is not None
-    model.register_forward_hook(lambda m, a, out: seen.append(out.shape))
-    assert kfac_tangents.sequential_plan(model) is None
-    twin = sequential_net(inplace=True)
-    twin_opt = KFAC(twin, "cross_entropy")
-    twin_opt._layerwise = False  # in-place ReLU after a recorded layer, through the hooks
-    run_steps(twin_opt, steps=1)
-    stats = run_steps(opt, steps=2, seed=4), run_steps(twin_opt, steps=2, seed=4)
-    assert seen  # the hook ran: the model's own forward was called
-    for a, b in zip(*stats, strict=True):
-        assert a.lr == pytest.approx(b.lr, rel=1e-10)
-    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+    nets = {}
+    for kind in ("top-hook", "layer-hook", "replacing-hook", "in-place"):
+        model = sequential_net(inplace=kind == "in-place")
+        opt = KFAC(model, "cross_entropy")
+        run_steps(opt, steps=1)
+        if kind == "top-hook":
+            model.register_forward_hook(lambda m, a, out: seen.append(out.shape))
+            assert kfac_tangents.sequential_plan(model) is not None
+        elif kind == "layer-hook":
+            model[1].register_forward_hook(lambda m, a, out: None)
+            assert kfac_tangents.sequential_plan(model) is None
+        elif kind == "replacing-hook":
+            model.register_forward_hook(lambda m, a, out: out * 1.0)
+        else:
+            opt._layerwise = False  # through the module hooks
+        nets[kind] = (model, run_steps(opt, steps=3, seed=4))
+    assert len(seen) >= 3  # the gradient passes (and the trial passes) ran the hook
+    reference, ref_stats = nets.pop("top-hook")
+    for model, stats in nets.values():
+        for a, b in zip(ref_stats, stats, strict=True):
+            assert a.lr == pytest.approx(b.lr, rel=1e-10)
+        for p, q in zip(reference.parameters(), model.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
 
 
 def test_each_jvp_of_the_generic_path_sees_the_gradient_pass_dropout_masks():

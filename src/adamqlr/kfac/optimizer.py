@@ -52,7 +52,12 @@ from adamqlr.curvature import loss_at
 from adamqlr.heuristics import LevenbergMarquardt, reduction_ratio
 from adamqlr.kfac.blocks import ESTIMATIONS, Block, KroneckerBlock, build_blocks
 from adamqlr.kfac.quadratic import curvature_gram, output_bilinear, solve_quadratic_model
-from adamqlr.kfac.tangents import forward_with_tape, output_tangents, sequential_plan
+from adamqlr.kfac.tangents import (
+    call_forward_hooks,
+    forward_with_tape,
+    output_tangents,
+    sequential_plan,
+)
 from adamqlr.losses import CrossEntropyLoss, Loss, SquaredErrorLoss, get_loss
 
 __all__ = ["KFAC", "KFACStepStats", "MODES", "sample_targets"]
@@ -496,6 +501,9 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
                             edges.append((block, 0, get_gradient_edge(out)))
 
                     outputs, tape = forward_with_tape(plan, inputs, on_linear)
+                    hooked = call_forward_hooks(self.model, inputs, outputs)
+                    if hooked is not outputs:  # a hook replaced the outputs: generic products
+                        outputs, plan, tape = hooked, None, None
                 self.loss.check_shapes(outputs, targets)
                 loss_t = self.loss.value(outputs, targets)
                 if not torch.isfinite(loss_t.detach()):
@@ -718,7 +726,8 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
             detached = {n: p.detach() for n, p in params.items()}
             return loss_at(self.model, detached, inputs, targets, self.loss)
         with torch.no_grad():  # a sequential network without buffers: its own forward pass
-            return self.loss.value(forward_with_tape(plan, inputs)[0], targets)
+            outputs = forward_with_tape(plan, inputs)[0]
+            return self.loss.value(call_forward_hooks(self.model, inputs, outputs), targets)
 
     def __repr__(self) -> str:
         kinds: dict[str, int] = {}

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["forward_with_tape", "output_tangents", "sequential_plan"]
+__all__ = ["call_forward_hooks", "forward_with_tape", "output_tangents", "sequential_plan"]
 
 #: Elementwise layers and their derivative applied to a tangent, given the layer's output.
 _DERIVATIVES: dict[type[nn.Module], Callable[[Tensor, Tensor], Tensor]] = {
@@ -35,17 +35,21 @@ def sequential_plan(model: nn.Module) -> list[nn.Module] | None:
 
     It applies to an ``nn.Sequential`` (possibly nested, with ``Sequential.forward``) of
     ``nn.Linear``, ``nn.ReLU``, ``nn.Tanh``, ``nn.Sigmoid``, ``nn.Dropout``, ``nn.Identity`` and
-    ``nn.Flatten`` with no forward hooks, no pre-hooks, no parametrizations and no module whose
-    ``forward`` is replaced on the instance; nor any global module hook. Hooks are checked on
-    every call, since a training loop may add one after the optimiser is made.
+    ``nn.Flatten`` with no hooks, no parametrizations and no module whose ``forward`` is
+    replaced on the instance; nor any global module hook. The one exception: plain forward hooks
+    on ``model`` itself (a training loop's hook that reads the outputs), which
+    :func:`call_forward_hooks` runs after a layer-wise pass as ``model(inputs)`` would. Hooks are
+    checked on every call, since a training loop may add one after the optimiser is made.
     """
     if torch.nn.modules.module._has_any_global_hook():
+        return None
+    if model._forward_hooks_with_kwargs or model._forward_hooks_always_called:
         return None
     layers: list[nn.Module] = []
 
     def visit(module: nn.Module) -> bool:
         if (
-            module._forward_hooks
+            (module._forward_hooks and module is not model)
             or module._forward_pre_hooks
             or "forward" in vars(module)
             or module._backward_hooks
@@ -71,6 +75,20 @@ def sequential_plan(model: nn.Module) -> list[nn.Module] | None:
         return False
 
     return layers if visit(model) else None
+
+
+def call_forward_hooks(model: nn.Module, inputs: Tensor, outputs: Tensor) -> Tensor:
+    """Run ``model``'s forward hooks on a pass made layer by layer; return the final outputs.
+
+    As ``nn.Module.__call__`` does: each hook is called as ``hook(model, (inputs,), outputs)``
+    in registration order, and a value it returns replaces the outputs (the tape then no longer
+    describes them; K-FAC falls back to its generic curvature products).
+    """
+    for hook in list(model._forward_hooks.values()):
+        result = hook(model, (inputs,), outputs)
+        if result is not None:
+            outputs = result
+    return outputs
 
 
 def forward_with_tape(
