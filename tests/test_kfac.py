@@ -11,7 +11,8 @@ import torch
 from curvlinops import GGNLinearOperator, KFACLinearOperator
 from torch import nn
 
-import adamqlr.kfac.optimizer as kfac_optimizer
+import adamqlr.kfac.linalg as kfac_linalg
+import adamqlr.kfac.tangents as kfac_tangents
 from adamqlr.kfac import (
     KFAC,
     KroneckerBlock,
@@ -22,6 +23,12 @@ from adamqlr.kfac import (
     pi_damped_factors,
     psd_inverse,
     solve_quadratic_model,
+)
+from adamqlr.kfac.linalg import (
+    cholesky_or_none,
+    homogeneous_gram,
+    kronecker_solve,
+    symmetric_gram,
 )
 from adamqlr.losses import CrossEntropyLoss
 
@@ -344,11 +351,11 @@ def test_damping_increases_by_1_over_0_9_when_the_model_overpromises(monkeypatch
     model = mlp()
     x, y = data()
     opt = KFAC(model, "cross_entropy", "adaptive", initial_damping=0.2)
-    monkeypatch.setattr(kfac_optimizer, "loss_at", lambda *a, **k: torch.tensor(10.0))
+    monkeypatch.setattr(KFAC, "_trial_loss", lambda *a, **k: torch.tensor(10.0))
     s = opt.step(x, y)
     assert s.accepted and s.rho < 0  # the loss rose: rho < 1/4
     assert s.damping == pytest.approx(0.2 / 0.9)
-    monkeypatch.setattr(kfac_optimizer, "loss_at", lambda *a, **k: torch.tensor(math.nan))
+    monkeypatch.setattr(KFAC, "_trial_loss", lambda *a, **k: torch.tensor(math.nan))
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.warns(RuntimeWarning, match="nonfinite_trial_loss"):
         s = opt.step(x, y)
@@ -396,10 +403,15 @@ def test_inverse_update_period():
 
 
 # ------------------------------------------------------------------ contract
+@pytest.mark.parametrize("net", ["cnn-bn", "sequential-dropout"])
 @pytest.mark.parametrize("mode", ["adaptive", "unadaptive"])
-def test_state_dict_round_trip_is_bitwise(mode):
-    model = cnn(bn=True)
-    x, y = data(n=16, classes=4, shape=(2, 6, 6))
+def test_state_dict_round_trip_is_bitwise(mode, net):
+    if net == "cnn-bn":  # the generic pass
+        model = cnn(bn=True)
+        x, y = data(n=16, classes=4, shape=(2, 6, 6))
+    else:  # the layer-wise pass, dropout masks replayed
+        model = sequential_net()
+        x, y = data(n=16, classes=3, shape=(2, 3))
     opt = KFAC(model, "cross_entropy", mode, inverse_update_period=2, seed=3)
     for _ in range(3):
         opt.step(x, y)
@@ -411,7 +423,10 @@ def test_state_dict_round_trip_is_bitwise(mode):
     twin_opt = KFAC(twin, "cross_entropy", mode, inverse_update_period=2, seed=3)
     twin_opt.load_state_dict(saved)
     for _ in range(3):
-        a, b = opt.step(x, y), twin_opt.step(x, y)
+        rng = torch.get_rng_state()  # the dropout masks come from the global generator
+        a = opt.step(x, y)
+        torch.set_rng_state(rng)
+        b = twin_opt.step(x, y)
         assert a == b
     for p, q in zip(model.parameters(), twin.parameters(), strict=True):
         assert torch.equal(p, q)
@@ -522,3 +537,125 @@ def test_kronecker_preconditioner_is_the_damped_kronecker_inverse(damping):
         assert torch.isfinite(pre_mat).all()
         expected = torch.linalg.solve(g_d, mat) @ psd_inverse(a_d)
         torch.testing.assert_close(pre_mat, expected, rtol=1e-7, atol=0)
+
+
+# ------------------------------------------------------------------ the fast paths
+def test_symmetric_and_homogeneous_gram_match_the_plain_products(monkeypatch):
+    monkeypatch.setattr(kfac_linalg, "GRAM_MIN_ROWS", 8)
+    g = torch.Generator().manual_seed(0)
+    for rows, n, block in [(40, 9, 2), (40, 9, 4), (40, 8, 4), (5, 9, 2), (40, 3, 2)]:
+        x = torch.randn(rows, n, dtype=DT, generator=g)
+        torch.testing.assert_close(symmetric_gram(x, block=block), x.T @ x, rtol=1e-13, atol=1e-13)
+        ones = torch.cat([x, torch.ones(rows, 1, dtype=DT)], 1)
+        torch.testing.assert_close(homogeneous_gram(x), ones.T @ ones, rtol=1e-13, atol=1e-13)
+    big = torch.randn(kfac_linalg.GRAM_MIN_ROWS, 2 * kfac_linalg.GRAM_BLOCK + 1, generator=g)
+    torch.testing.assert_close(symmetric_gram(big), big.T @ big)
+
+
+def test_kronecker_solve_and_cholesky_or_none():
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(6, 6, dtype=DT, generator=g)
+    a = a @ a.T + 0.1 * torch.eye(6, dtype=DT)
+    gg = torch.randn(4, 4, dtype=DT, generator=g)
+    gg = gg @ gg.T + 0.1 * torch.eye(4, dtype=DT)
+    m = torch.randn(4, 6, dtype=DT, generator=g)
+    got = kronecker_solve(cholesky_or_none(gg), cholesky_or_none(a), m)
+    torch.testing.assert_close(got, torch.linalg.solve(gg, m) @ torch.linalg.inv(a))
+    assert cholesky_or_none(-torch.eye(3, dtype=DT)) is None
+
+
+def sequential_net(seed: int = 0, inplace: bool = False) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(6, 8),
+        nn.ReLU(inplace=inplace),
+        nn.Dropout(0.25),
+        nn.Linear(8, 7),
+        nn.Sequential(nn.Tanh(), nn.Identity(), nn.Linear(7, 5), nn.Sigmoid()),
+        nn.Linear(5, 3),
+    ).to(DT)
+
+
+def run_steps(opt: KFAC, steps: int = 6, seed: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(9)  # sampled targets and dropout masks
+    out = []
+    for _ in range(steps):
+        x = torch.randn(20, 2, 3, dtype=DT, generator=g)
+        y = torch.randint(0, 3, (20,), generator=g)
+        out.append(opt.step(x, y))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["adaptive", "unadaptive"])
+def test_layerwise_pass_computes_the_generic_steps(mode):
+    runs = []
+    for layerwise in (True, False):
+        model = sequential_net()
+        kwargs = {} if mode == "adaptive" else {"lr": 0.05, "momentum": 0.9}
+        opt = KFAC(model, "cross_entropy", mode, **kwargs)
+        opt._layerwise = layerwise
+        assert (kfac_tangents.sequential_plan(model) is not None) is True
+        runs.append((run_steps(opt), model, opt))
+    (fast, m_fast, o_fast), (slow, m_slow, o_slow) = runs
+    for a, b in zip(fast, slow, strict=True):
+        for key in ("loss", "lr", "momentum", "damping", "rho", "trial_loss"):
+            va, vb = getattr(a, key), getattr(b, key)
+            assert (math.isnan(va) and math.isnan(vb)) or va == pytest.approx(vb, rel=1e-10)
+    for p, q in zip(m_fast.parameters(), m_slow.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+    for bf, bs in zip(o_fast.blocks, o_slow.blocks, strict=True):
+        for k, v in o_fast.factors(bf).items():
+            torch.testing.assert_close(v, o_slow.factors(bs)[k], rtol=1e-10, atol=1e-12)
+
+
+def test_hooks_added_later_and_in_place_relu():
+    # A forward hook on the model itself (the training loop's) keeps the layer-wise pass and
+    # runs; one on a layer, or one that replaces the outputs, sends K-FAC down the generic path;
+    # an in-place ReLU after a recorded layer changes nothing. All compute the same steps.
+    seen = []
+    nets = {}
+    for kind in ("top-hook", "layer-hook", "replacing-hook", "in-place"):
+        model = sequential_net(inplace=kind == "in-place")
+        opt = KFAC(model, "cross_entropy")
+        run_steps(opt, steps=1)
+        if kind == "top-hook":
+            model.register_forward_hook(lambda m, a, out: seen.append(out.shape))
+            assert kfac_tangents.sequential_plan(model) is not None
+        elif kind == "layer-hook":
+            model[1].register_forward_hook(lambda m, a, out: None)
+            assert kfac_tangents.sequential_plan(model) is None
+        elif kind == "replacing-hook":
+            model.register_forward_hook(lambda m, a, out: out * 1.0)
+        else:
+            opt._layerwise = False  # through the module hooks
+        nets[kind] = (model, run_steps(opt, steps=3, seed=4))
+    assert len(seen) >= 3  # the gradient passes (and the trial passes) ran the hook
+    reference, ref_stats = nets.pop("top-hook")
+    for model, stats in nets.values():
+        for a, b in zip(ref_stats, stats, strict=True):
+            assert a.lr == pytest.approx(b.lr, rel=1e-10)
+        for p, q in zip(reference.parameters(), model.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+
+
+def test_each_jvp_of_the_generic_path_sees_the_gradient_pass_dropout_masks():
+    model = sequential_net()
+    x = torch.randn(20, 2, 3, dtype=DT)
+    y = torch.randint(0, 3, (20,))
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    g = torch.Generator().manual_seed(2)
+    vectors = [{n: torch.randn(p.shape, dtype=DT, generator=g) for n, p in params.items()}] * 2
+    state = (torch.get_rng_state(), None)
+    gram = curvature_gram(model, params, vectors, x, y, CrossEntropyLoss(), state)
+    # Both vectors are equal, so every entry is the same number iff both saw the same masks.
+    torch.testing.assert_close(gram, gram[0, 0].expand(2, 2), rtol=1e-12, atol=0.0)
+    torch.set_rng_state(state[0])
+    plan = kfac_tangents.sequential_plan(model)
+    with torch.no_grad():
+        outputs, tape = kfac_tangents.forward_with_tape(plan, x)
+    names = {id(p): n for n, p in model.named_parameters()}
+    (u, _) = kfac_tangents.output_tangents(plan, tape, names, vectors)
+    expected = CrossEntropyLoss().output_quadratic(outputs, u, y)
+    assert float(gram[0, 0]) == pytest.approx(float(expected), rel=1e-10)

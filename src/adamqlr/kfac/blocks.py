@@ -43,6 +43,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from adamqlr.kfac.linalg import (
+    cholesky_or_none,
+    homogeneous_gram,
+    kronecker_solve,
+    symmetric_gram,
+)
+
 __all__ = [
     "ESTIMATIONS",
     "Block",
@@ -78,8 +85,13 @@ def pi_damped_factors(a: Tensor, g: Tensor, damping: float) -> tuple[Tensor, Ten
         damping: ``lambda >= 0``.
 
     Returns:
-        The damped pair ``(A_d, G_d)``.
+        The damped pair ``(A_d, G_d)`` (new tensors; the inputs are unchanged).
     """
+    return _damp_in_place(a.clone(), g.clone(), damping)
+
+
+def _damp_in_place(a: Tensor, g: Tensor, damping: float) -> tuple[Tensor, Tensor]:
+    """:func:`pi_damped_factors`, adding the damping to the diagonals of ``a`` and ``g``."""
     root = math.sqrt(damping)
     norm_a = float(torch.diagonal(a).mean())
     norm_g = float(torch.diagonal(g).mean())
@@ -89,10 +101,9 @@ def pi_damped_factors(a: Tensor, g: Tensor, damping: float) -> tuple[Tensor, Ten
             root * torch.eye(g.shape[0], dtype=g.dtype, device=g.device),
         )
     pi = math.sqrt(norm_a / norm_g)
-    a_d, g_d = a.clone(), g.clone()
-    a_d.diagonal().add_(pi * root)
-    g_d.diagonal().add_(root / pi)
-    return a_d, g_d
+    a.diagonal().add_(pi * root)
+    g.diagonal().add_(root / pi)
+    return a, g
 
 
 def psd_inverse(m: Tensor) -> Tensor:
@@ -174,10 +185,13 @@ class Block(ABC):
         return {k: v / num_terms for k, v in self._sums.items()}
 
     # --------------------------------------------------------------------- preconditioning
-    def inverse(self, factors: dict[str, Tensor], damping: float) -> dict[str, Tensor]:
+    def inverse(
+        self, factors: dict[str, Tensor], damping: float, *, owned: bool = False
+    ) -> dict[str, Tensor]:
         """Return what :meth:`precondition` needs for the damped inverse of the block.
 
         The default is nothing: a diagonal block divides by its damped diagonal directly.
+        ``owned=True`` says that ``factors`` are scratch tensors the block may overwrite.
         """
         return {}
 
@@ -220,7 +234,7 @@ class KroneckerBlock(Block):
         return self.module
 
     def _patches(self, x: Tensor, out_shape: tuple[int, ...]) -> Tensor:
-        """Rows of the layer's input: ``(R, in)`` (plus a column of ones for the bias).
+        """Rows of the layer's input: ``(R, in)`` (the bias's column of ones is implicit).
 
         A convolution that pads its input itself before calling ``conv2d`` (TensorFlow/Haiku
         "SAME" padding, as the tasks' ResNet-18 does) is handled by inferring the missing padding
@@ -245,25 +259,23 @@ class KroneckerBlock(Block):
                     f"K-FAC: cannot infer the patches of convolution {self.name!r}: "
                     f"{cols.shape[-1]} patches for an output of {tuple(out_shape[-2:])}"
                 )
-            rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])
-        else:
-            rows = x.reshape(-1, x.shape[-1])
-        if self.has_bias:
-            rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
-        return rows
+            return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        return x.reshape(-1, x.shape[-1])
 
     def record_input(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> int:  # noqa: D102
-        rows = self._patches(inputs[0].detach(), tuple(output.shape))
-        self._add("A", rows.T @ rows)
-        self._rows += rows.shape[0]
+        self.record_rows(self._patches(inputs[0].detach(), tuple(output.shape)))
         return 0
+
+    def record_rows(self, rows: Tensor) -> None:
+        """Add the input rows ``(R, in)`` of one call to ``A``'s sum (with the bias coordinate)."""
+        self._add("A", homogeneous_gram(rows) if self.has_bias else symmetric_gram(rows))
+        self._rows += rows.shape[0]
 
     def record_output_grad(self, grad: Tensor, token: int) -> None:  # noqa: D102
         dy = grad.detach()
         if isinstance(self.module, nn.Conv2d):
             dy = dy.movedim(-3, -1)  # channels last
-        dy = dy.reshape(-1, dy.shape[-1])
-        self._add("G", dy.T @ dy)
+        self._add("G", symmetric_gram(dy.reshape(-1, dy.shape[-1])))
 
     def reset(self) -> None:  # noqa: D102
         super().reset()
@@ -291,18 +303,21 @@ class KroneckerBlock(Block):
                 out.append(mat[:, -1].reshape(p.shape))
         return out
 
-    def inverse(self, factors: dict[str, Tensor], damping: float) -> dict[str, Tensor]:
-        """Factorise the pi-damped factors: their Cholesky factors (``A_chol``, ``G_chol``).
+    def inverse(
+        self, factors: dict[str, Tensor], damping: float, *, owned: bool = False
+    ) -> dict[str, Tensor]:
+        """Factorise the pi-damped factors: their lower Cholesky factors (``A_chol``, ``G_chol``).
 
-        Solving with a Cholesky factor is much cheaper than forming the inverse of a large factor
-        (a ResNet's 4609 x 4609 input factor). A factor that is not numerically positive
-        definite gets an explicit eigenvalue-clipped inverse instead (``A_inv`` / ``G_inv``).
+        Only triangular solves follow (:meth:`precondition`); no inverse is formed. A damped
+        factor that is not numerically positive definite gets an explicit eigenvalue-clipped
+        inverse instead (``A_inv`` / ``G_inv``). With ``owned=True`` the damping is added to the
+        given factors in place.
         """
+        damp = _damp_in_place if owned else pi_damped_factors
         out = {}
-        for key, mat in zip(("A", "G"), pi_damped_factors(factors["A"], factors["G"], damping),
-                            strict=True):  # fmt: skip
-            chol, info = torch.linalg.cholesky_ex(mat)
-            if int(info) == 0:
+        for key, mat in zip(("A", "G"), damp(factors["A"], factors["G"], damping), strict=True):
+            chol = cholesky_or_none(mat)
+            if chol is not None:
                 out[key + "_chol"] = chol
             else:
                 out[key + "_inv"] = psd_inverse(mat)
@@ -324,7 +339,13 @@ class KroneckerBlock(Block):
     ) -> list[Tensor]:
         if inverses is None:
             inverses = self.inverse(factors, damping)
-        mat = self._solve(inverses, "G", self._as_matrix(grads))  # G_d^{-1} [W, b]
+        mat = self._as_matrix(grads)
+        if "G_chol" in inverses and "A_chol" in inverses:  # G_d^{-1} [W, b] A_d^{-1}
+            g_chol, a_chol = inverses["G_chol"], inverses["A_chol"]
+            return self._from_matrix(
+                kronecker_solve(g_chol.to(mat.dtype), a_chol.to(mat.dtype), mat)
+            )
+        mat = self._solve(inverses, "G", mat)  # G_d^{-1} [W, b]
         mat = self._solve(inverses, "A", mat.T).T  # ... A_d^{-1} (both factors symmetric)
         return self._from_matrix(mat)
 

@@ -34,13 +34,14 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from adamqlr._random import replayed_rng as _replayed_rng
 from adamqlr._state import OptimiserWideState
@@ -49,8 +50,14 @@ from adamqlr._validation import integer as _int
 from adamqlr._validation import real as _real
 from adamqlr.curvature import loss_at
 from adamqlr.heuristics import LevenbergMarquardt, reduction_ratio
-from adamqlr.kfac.blocks import ESTIMATIONS, Block, build_blocks
-from adamqlr.kfac.quadratic import curvature_gram, solve_quadratic_model
+from adamqlr.kfac.blocks import ESTIMATIONS, Block, KroneckerBlock, build_blocks
+from adamqlr.kfac.quadratic import curvature_gram, output_bilinear, solve_quadratic_model
+from adamqlr.kfac.tangents import (
+    call_forward_hooks,
+    forward_with_tape,
+    output_tangents,
+    sequential_plan,
+)
 from adamqlr.losses import CrossEntropyLoss, Loss, SquaredErrorLoss, get_loss
 
 __all__ = ["KFAC", "KFACStepStats", "MODES", "sample_targets"]
@@ -60,6 +67,18 @@ MODES: tuple[str, ...] = ("adaptive", "unadaptive")
 
 _GLOBAL = "kfac"  # key of the optimiser-wide state in ``self.state``
 _NAN_RHO = -100.0  # kfac-jax's replacement for a NaN reduction ratio
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """What the gradient pass of a step leaves behind."""
+
+    loss: Tensor
+    grads: list[Tensor | None]
+    num_terms: int
+    outputs: Tensor
+    plan: list[nn.Module] | None  # layer-wise pass only: its layers and their tape
+    tape: list[Tensor | None] | None
 
 
 @dataclass(frozen=True)
@@ -170,6 +189,11 @@ def _hessian_sqrt_columns(loss: Loss, outputs: Tensor, targets: Tensor) -> Itera
         raise ValueError(f"no output-Hessian square root for loss {loss!r}")
 
 
+def _all_finite(tensors: Iterable[Tensor]) -> bool:
+    """Whether every entry of every tensor is finite (one check over their concatenation)."""
+    return bool(torch.isfinite(torch.cat([t.reshape(-1) for t in tensors])).all())
+
+
 def _inner_products(vectors: list[dict[str, Tensor]]) -> Tensor:
     """Return the ``k x k`` matrix of inner products of parameter-shaped vectors (float64, CPU).
 
@@ -184,6 +208,22 @@ def _inner_products(vectors: list[dict[str, Tensor]]) -> Tensor:
     if parts:
         total += torch.stack(parts).sum(0).cpu()
     return total
+
+
+def _tangent_gram(
+    opt: KFAC, gradient_pass: _Pass, vectors: list[dict[str, Tensor]], targets: Tensor
+) -> Tensor:
+    """``A_ij = v_i^T C v_j`` from the layer-wise tape of the gradient pass (float64, CPU)."""
+    assert gradient_pass.plan is not None and gradient_pass.tape is not None
+    tangents = output_tangents(gradient_pass.plan, gradient_pass.tape, opt._names, vectors)
+    outputs = gradient_pass.outputs
+    k = len(vectors)
+    gram = torch.zeros(k, k, dtype=torch.float64)
+    for i in range(k):
+        for j in range(i, k):
+            value = float(output_bilinear(opt.loss, outputs, tangents[i], tangents[j], targets))
+            gram[i, j] = gram[j, i] = value
+    return gram
 
 
 class KFAC(OptimiserWideState, torch.optim.Optimizer):
@@ -330,7 +370,17 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
         self.seed = None if seed is None else int(seed)
         self._named = named
         self.blocks: list[Block] = build_blocks(model, named)
-        self._collect = False
+        self._params = [p for _, p in named]
+        self._names = {id(p): n for n, p in named}
+        self._naive = [b for b in self.blocks if b.wants_param_grads]
+        self._kronecker_of = {
+            id(b.module): b
+            for b in self.blocks
+            if isinstance(b, KroneckerBlock) and isinstance(b.module, nn.Linear)
+        }
+        # Whether a sequential network may take the layer-wise gradient pass and curvature
+        # products (:mod:`adamqlr.kfac.tangents`); off, every model takes the generic path.
+        self._layerwise = True
         self._generator: torch.Generator | None = None
         self.state[_GLOBAL] = self._fresh_global_state()
 
@@ -404,66 +454,102 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
             step=glob["step"],
         )
 
-    def _record(self, inputs: Any, targets: Tensor) -> tuple[Tensor, list[Tensor | None], int]:
-        """Forward pass, gradient, and the blocks' statistics for this batch."""
+    def _record(self, inputs: Any, targets: Tensor) -> _Pass:
+        """Forward pass, gradient, and the blocks' statistics for this batch.
+
+        The output gradients of the sampled (or exact, or empirical) loss come from a second
+        backward pass through the gradient pass's own graph, asked only for the gradients of the
+        recorded layer outputs (as :class:`torch.autograd.graph.GradientEdge`, so an in-place
+        operation after a layer changes nothing) and of the naive-diagonal parameters: no
+        parameter gradient of a Kronecker block is formed.
+        """
         for block in self.blocks:
             block.reset()
+        edges: list[tuple[Block, int, GradientEdge]] = []
+        plan = sequential_plan(self.model) if self._layerwise else None
         handles = []
+        if plan is None:
 
-        def make_hook(block: Block):
-            def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
-                token = block.record_input(module, args, output)
-                if isinstance(output, Tensor) and output.requires_grad:
-                    output.register_hook(
-                        lambda g: block.record_output_grad(g, token) if self._collect else None
-                    )
+            def make_hook(block: Block):
+                def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+                    token = block.record_input(module, args, output)
+                    if isinstance(output, Tensor) and output.requires_grad:
+                        edges.append((block, token, get_gradient_edge(output)))
 
-            return hook
+                return hook
 
-        for block in self.blocks:
-            module = block.hook_module()
-            if module is not None:
-                handles.append(module.register_forward_hook(make_hook(block)))
-        params = [p for _, p in self._named]
-        naive = [b for b in self.blocks if b.wants_param_grads]
-        index = {id(p): i for i, p in enumerate(params)}
+            for block in self.blocks:
+                module = block.hook_module()
+                if module is not None:
+                    handles.append(module.register_forward_hook(make_hook(block)))
+        params = self._params
+        naive = self._naive
+        tape: list[Tensor | None] | None = None
         try:
-            self._collect = False
             with torch.enable_grad():
-                outputs = self.model(inputs)
+                if plan is None:
+                    outputs = self.model(inputs)
+                else:
+                    by_module = self._kronecker_of
+
+                    def on_linear(layer: nn.Module, h: Tensor, out: Tensor) -> None:
+                        block = by_module.get(id(layer))
+                        if block is None:
+                            return
+                        block.record_rows(h.detach().reshape(-1, h.shape[-1]))
+                        if out.requires_grad:
+                            edges.append((block, 0, get_gradient_edge(out)))
+
+                    outputs, tape = forward_with_tape(plan, inputs, on_linear)
+                    hooked = call_forward_hooks(self.model, inputs, outputs)
+                    if hooked is not outputs:  # a hook replaced the outputs: generic products
+                        outputs, plan, tape = hooked, None, None
                 self.loss.check_shapes(outputs, targets)
                 loss_t = self.loss.value(outputs, targets)
                 if not torch.isfinite(loss_t.detach()):
-                    return loss_t.detach(), [None] * len(params), 0
+                    return _Pass(
+                        loss_t.detach(), [None] * len(params), 0, outputs.detach(), None, None
+                    )
                 grads = list(
                     torch.autograd.grad(loss_t, params, retain_graph=True, allow_unused=True)
                 )
                 num_terms = _num_terms(self.loss, outputs, targets)
-                self._collect = True
-                if self.estimation == "exact":
-                    for col in _hessian_sqrt_columns(self.loss, outputs, targets):
-                        pgrads = torch.autograd.grad(
-                            outputs, params, grad_outputs=col, retain_graph=True, allow_unused=True
+                wanted = [e for _, _, e in edges] + [p for b in naive for _, p in b.params]
+                if wanted:
+                    if self.estimation == "exact":
+                        for col in _hessian_sqrt_columns(self.loss, outputs, targets):
+                            got = torch.autograd.grad(
+                                outputs, wanted, grad_outputs=col, retain_graph=True,
+                                allow_unused=True,
+                            )  # fmt: skip
+                            self._dispatch(edges, got)
+                    else:
+                        drawn = (
+                            targets
+                            if self.estimation == "empirical"
+                            else sample_targets(
+                                self.loss, outputs, targets, self._generator_for(outputs.device)
+                            )
                         )
-                        for b in naive:
-                            b.record_param_grads([pgrads[index[id(p)]] for _, p in b.params])
-                else:
-                    drawn = (
-                        targets
-                        if self.estimation == "empirical"
-                        else sample_targets(
-                            self.loss, outputs, targets, self._generator_for(outputs.device)
+                        summed = _summed_loss(self.loss, outputs, drawn, num_terms)
+                        self._dispatch(
+                            edges, torch.autograd.grad(summed, wanted, allow_unused=True)
                         )
-                    )
-                    summed = _summed_loss(self.loss, outputs, drawn, num_terms)
-                    pgrads = torch.autograd.grad(summed, params, allow_unused=True)
-                    for b in naive:
-                        b.record_param_grads([pgrads[index[id(p)]] for _, p in b.params])
         finally:
-            self._collect = False
             for h in handles:
                 h.remove()
-        return loss_t.detach(), grads, num_terms
+        return _Pass(loss_t.detach(), grads, num_terms, outputs.detach(), plan, tape)
+
+    def _dispatch(
+        self, edges: list[tuple[Block, int, GradientEdge]], got: Sequence[Tensor | None]
+    ) -> None:
+        """Hand the gradients of one backward pass to the blocks that asked for them."""
+        for (block, token, _), g in zip(edges, got, strict=False):
+            if g is not None:
+                block.record_output_grad(g, token)
+        rest = iter(got[len(edges) :])
+        for b in self._naive:
+            b.record_param_grads([next(rest) for _ in b.params])
 
     def _update_factors(self, num_terms: int) -> bool:
         """Fold this batch's statistics into the moving averages; False if any is non-finite."""
@@ -487,7 +573,7 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
             st = self.state[block.params[0][1]]
             if "ema_weight" not in st:
                 continue
-            for k, v in block.inverse(self.factors(block), damping).items():
+            for k, v in block.inverse(self.factors(block), damping, owned=True).items():
                 st["inverse." + k] = v
         self.state[_GLOBAL]["inverse_damping"] = damping
 
@@ -540,8 +626,9 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
             else None
         )
 
-        loss_t, grad_list, num_terms = self._record(inputs, targets)
-        f0 = float(loss_t)
+        gradient_pass = self._record(inputs, targets)
+        grad_list, num_terms = gradient_pass.grads, gradient_pass.num_terms
+        f0 = float(gradient_pass.loss)
         if self._generator is not None:
             glob["generator_state"] = self._generator.get_state()
         if not math.isfinite(f0):
@@ -553,7 +640,7 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
         }
         if not grads:
             return self._skip("no_gradient", f0)
-        if not bool(torch.stack([torch.isfinite(g).all() for g in grads.values()]).all()):
+        if not _all_finite(grads.values()):
             return self._skip("nonfinite_gradient", f0)
         if not self._update_factors(num_terms):
             return self._skip("nonfinite_curvature", f0)
@@ -573,16 +660,20 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
             has_velocity = step_index > 0 and float(inner[1, 1]) > 0.0
             vectors = [direction, velocity] if has_velocity else [direction]
             k = len(vectors)
-            detached = {n: p.detach() for n, p in params.items()}
-            with _replayed_rng(cpu_rng, cuda_rng):
-                curv = curvature_gram(self.model, detached, vectors, inputs, targets, self.loss)
+            if gradient_pass.tape is not None:
+                curv = _tangent_gram(self, gradient_pass, vectors, targets)
+            else:
+                detached = {n: p.detach() for n, p in params.items()}
+                curv = curvature_gram(
+                    self.model, detached, vectors, inputs, targets, self.loss, (cpu_rng, cuda_rng)
+                )
             sol = solve_quadratic_model(curv, inner[:k, :k], inner[:k, 2], damping)
             w1, w2 = sol.coefficients[0], (sol.coefficients[1] if k == 2 else 0.0)
             quad_change = sol.quad_change_damped if self.damping_in_rho else sol.quad_change
             if not (sol.ok and math.isfinite(quad_change)):
                 return self._skip("nonfinite_coefficients", f0, quad_change=quad_change)
         else:
-            if not bool(torch.stack([torch.isfinite(d).all() for d in direction.values()]).all()):
+            if not _all_finite(direction.values()):
                 return self._skip("nonfinite_update", f0)
             group = self.param_groups[0]
             w1, w2 = -float(group["lr"]), (float(group["momentum"]) if step_index > 0 else 0.0)
@@ -596,15 +687,7 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
         rho, f1 = math.nan, math.nan
         if self.mode == "adaptive" and step_index % self.damping_interval == 0:
             with _replayed_rng(cpu_rng, cuda_rng):
-                f1 = float(
-                    loss_at(
-                        self.model,
-                        {n: p.detach() for n, p in params.items()},
-                        inputs,
-                        targets,
-                        self.loss,
-                    )
-                )
+                f1 = float(self._trial_loss(gradient_pass, params, inputs, targets))
             if not math.isfinite(f1):
                 with torch.no_grad():
                     for n, p in params.items():
@@ -633,6 +716,18 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
             damping_used=damping,
             step=step_index + 1,
         )
+
+    def _trial_loss(
+        self, gradient_pass: _Pass, params: dict[str, Tensor], inputs: Any, targets: Tensor
+    ) -> Tensor:
+        """Return the mini-batch loss at the updated parameters (call under the replayed state)."""
+        plan = gradient_pass.plan
+        if plan is None:
+            detached = {n: p.detach() for n, p in params.items()}
+            return loss_at(self.model, detached, inputs, targets, self.loss)
+        with torch.no_grad():  # a sequential network without buffers: its own forward pass
+            outputs = forward_with_tape(plan, inputs)[0]
+            return self.loss.value(call_forward_hooks(self.model, inputs, outputs), targets)
 
     def __repr__(self) -> str:
         kinds: dict[str, int] = {}

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
 
+from adamqlr._random import replayed_rng
 from adamqlr.curvature import copied_buffers
 from adamqlr.losses import Loss, SquaredErrorLoss
 
@@ -107,15 +108,34 @@ def curvature_gram(
     inputs: object,
     targets: Tensor,
     loss: Loss,
+    random_state: tuple[Tensor, list[Tensor] | None] | None = None,
 ) -> Tensor:
     """Return the ``k x k`` matrix ``A_ij = v_i^T C v_j`` for the GGN ``C`` of the mean loss.
 
     One JVP per vector, then the output-space bilinear forms.
 
+    Args:
+        model: The network.
+        params: Parameter values by name.
+        vectors: The ``k`` vectors, each a tangent for every key of ``params``.
+        inputs: The mini-batch inputs.
+        targets: The targets.
+        loss: The loss.
+        random_state: ``(torch.get_rng_state(), CUDA states or None)`` taken before the gradient
+            pass: every JVP then runs under it (:func:`adamqlr._random.replayed_rng`), so that
+            each vector's product sees the gradient pass's dropout masks. ``None``: the global
+            random state as it is.
+
     Returns:
         A float64 tensor of shape ``(k, k)``, symmetric.
     """
-    outs = [output_jvp(model, params, v, inputs) for v in vectors]
+    outs = []
+    for v in vectors:
+        if random_state is None:
+            outs.append(output_jvp(model, params, v, inputs))
+        else:
+            with replayed_rng(*random_state):
+                outs.append(output_jvp(model, params, v, inputs))
     outputs = outs[0][0]
     k = len(vectors)
     gram = torch.zeros(k, k, dtype=torch.float64)
