@@ -303,6 +303,7 @@ class Campaign:
                 if not in_flight:
                     break
                 done, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
+                finished = []
                 for future in done:
                     key, spec, t0 = in_flight.pop(future)
                     try:
@@ -313,26 +314,22 @@ class Campaign:
                         self._say(f"  FAILED {spec}: {type(err).__name__}: {err}")
                         continue
                     durations.append(time.perf_counter() - t0)
-                    summary.made.append(result)
-                    if self.on_run is not None:
-                        self.on_run(result)
+                    finished.append(result)
                 todo = campaign_order(self.studies, self.store)
                 left = len([s for s in todo if s.key not in failed_keys])
                 blocked = _blocked(self.studies, self.store)
                 mean = sum(durations) / len(durations) if durations else 0.0
-                eta = mean * left / self.jobs
-                last = summary.made[-1] if summary.made else None
-                self._say(
-                    f"[{len(summary.made)} done, {left} left"
-                    + (f" + {blocked} arm(s) awaiting tuning" if blocked else "")
-                    + f", ETA {_fmt_s(eta)}] "
-                    + (
-                        f"{last['spec']}: {last['steps']} steps, "
-                        f"{last['optimisation_time_s']:.1f} s optimisation"
-                        if last
-                        else ""
+                for result in finished:  # one progress line per finished run
+                    summary.made.append(result)
+                    if self.on_run is not None:
+                        self.on_run(result)
+                    self._say(
+                        f"[{len(summary.made)} done, {left} left"
+                        + (f" + {blocked} arm(s) awaiting tuning" if blocked else "")
+                        + f", ETA {_fmt_s(mean * left / self.jobs)}] {result['spec']}: "
+                        f"{result['steps']} steps, {result['optimisation_time_s']:.1f} s "
+                        "optimisation"
                     )
-                )
         except BaseException:
             executor.shutdown(wait=False, cancel_futures=True)
             raise

@@ -118,7 +118,8 @@ def handle(args: argparse.Namespace) -> int:
             print(f"wrote {Path(root) / 'costs.json'}")
             return 0
         costs = CostTable.load(root)
-        estimates = [estimate(s, costs, overhead_s=args.overhead) for s in studies]
+        seen: set[str] = set()  # a run (or search) two studies share is counted once
+        estimates = [estimate(s, costs, overhead_s=args.overhead, seen=seen) for s in studies]
         print(f"profile {args.profile}")
         print(describe(estimates, costs))
         return 0

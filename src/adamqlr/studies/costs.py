@@ -220,14 +220,25 @@ class StudyEstimate:
     uncalibrated: set[tuple[str, str]] = field(default_factory=set)
 
 
-def estimate(study: Study, costs: CostTable, *, overhead_s: float = 1.0) -> StudyEstimate:
+def estimate(
+    study: Study,
+    costs: CostTable,
+    *,
+    overhead_s: float = 1.0,
+    seen: set[str] | None = None,
+) -> StudyEstimate:
     """Estimate the runs, steps and core-hours of ``study`` from ``costs`` (see the module doc).
 
-    Runs shared by two arms of the study are counted once for fixed arms; a tuned arm referred to
-    by another study is counted in the study that owns it.
+    Args:
+        study: The study.
+        costs: Per-step costs.
+        overhead_s: Seconds counted per run for start-up and evaluation.
+        seen: Keys of runs (and tuned arms) already counted, e.g. by an earlier study of the same
+            campaign: those are not counted again, so estimates of several studies add up to the
+            campaign's (a run two studies share is made once). Updated in place.
     """
     out = StudyEstimate(study.name, 0, 0.0, 0.0)
-    seen: set[str] = set()
+    seen = set() if seen is None else seen
 
     def cost(spec: ExperimentSpec) -> tuple[float, float]:
         st = spec.settings()
@@ -249,6 +260,11 @@ def estimate(study: Study, costs: CostTable, *, overhead_s: float = 1.0) -> Stud
         out.core_hours += seconds * weight / 3600
 
     for arm in study.arms:
+        if arm.search is not None:  # the same search in two studies is one search
+            identity = "search:" + study.spec(arm.trial_spec(0, 1.0)).key + repr(arm.seeds)
+            if identity in seen:
+                continue
+            seen.add(identity)
         if arm.search is not None or arm.grid or isinstance(arm.base, BestOf):
             configs = _arm_specs(study, arm)
             full = [cost(c) for c in configs]
