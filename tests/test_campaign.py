@@ -213,3 +213,19 @@ def test_campaign_with_two_jobs_survives_sigkill_and_resumes(tmp_path):
     assert prov["campaign"]["jobs"] == 2 and 1 <= prov["concurrent_workers"] <= 2
     assert len(prov["load_average"]) == 3
     assert json.dumps(prov["campaign"])  # JSON-able
+    tables = sorted((tmp_path / "tuning").glob("*/*/*/protocol.json"))
+    searches = [a for a in study.arms if a.search is not None]
+    assert len(tables) == len(searches)
+    for path in tables:
+        protocol = json.loads(path.read_text())
+        assert protocol["complete"] and protocol["regime"] == "fixed-epochs"
+        rows = (path.parent / "trials.csv").read_text().splitlines()
+        assert len(rows) == 1 + protocol["n_trials"] and rows[0].startswith("trial,rung")
+
+
+def test_the_store_sweep_leaves_tuning_tables_alone(tmp_path):
+    table = tmp_path / "tuning" / "uci-energy" / "adam" / "fixed-epochs-quick-0123abcd"
+    table.mkdir(parents=True)
+    (table / "trials.csv").write_text("trial\n")
+    ResultStore(tmp_path)  # opening a store sweeps it
+    assert (table / "trials.csv").read_text() == "trial\n"

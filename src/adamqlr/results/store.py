@@ -10,6 +10,7 @@ an argument chooses another)::
         manifest.json                     written last: the record exists only once this does
     .checkpoints/<key>.pt                 checkpoint of a run in progress (never committed)
     .locks/<key[:16]>.lock                one lock per experiment (writers and sweeps take it)
+    tuning/...                            tuning tables of the studies' searches (not records)
 
 Writing a record: data files first (each one atomically: temporary file in the same directory,
 ``fsync``, ``os.replace``, ``fsync`` of the directory), the manifest last, then the files the
@@ -78,6 +79,8 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 #: Record layouts this code reads.
 SUPPORTED_SCHEMAS = (1, 2)
+#: Folders of the store's root that hold no records (tuning tables), left alone by the sweep.
+NOT_RECORDS = frozenset({"tuning"})
 #: Name of the array that holds the column order in a metrics ``.npz``.
 _COLUMNS = "__columns__"
 
@@ -590,6 +593,8 @@ class ResultStore:
         """
         removed = sweep_temporaries(self.root)
         for task_dir in self._subdirs(self.root):
+            if task_dir.name in NOT_RECORDS:
+                continue
             for opt_dir in self._subdirs(task_dir):
                 for folder in self._subdirs(opt_dir):
                     removed += self._sweep_record(folder)

@@ -28,6 +28,8 @@ or ``adamqlr study run untuned-vs-tuned --profile quick --jobs 2``.
 * **Clean trees.** Under the ``paper`` profile a campaign refuses to run from a source tree with
   uncommitted changes (its records are what a book page reads) unless ``allow_dirty`` is given;
   then the records say so.
+* **Tuning tables.** At the end, each search's state is written as one small table
+  (:func:`adamqlr.studies.tables.write_tuning_tables`), ``results/tuning/...``.
 * **Progress.** One line per finished run: runs done, runs left (and arms still waiting for their
   tuning), an ETA from the mean duration so far.
 """
@@ -334,6 +336,9 @@ class Campaign:
             executor.shutdown(wait=False, cancel_futures=True)
             raise
         executor.shutdown(wait=True)
+        from adamqlr.studies.tables import write_tuning_tables
+
+        write_tuning_tables(self.studies, self.store)
         summary.left = len(campaign_order(self.studies, self.store))
         summary.blocked = _blocked(self.studies, self.store)
         summary.seconds = time.perf_counter() - t_start
