@@ -31,6 +31,7 @@ from adamqlr.results.atomic import (
 from adamqlr.results.provenance import validate_provenance
 from adamqlr.results.store import (
     MANIFEST,
+    SCHEMA_VERSION,
     CorruptRecordError,
     MissingRecordError,
     ResultStore,
@@ -149,7 +150,7 @@ def test_save_load_round_trip_and_layout(tmp_path):
     assert rec.spec == s and rec.key == s.key and not rec.stale
     assert rec.provenance["settings"]["batch_size"] == 16
     assert rec.provenance["note"] == "nan"  # JSON has no NaN: stored as text
-    assert rec.manifest["schema_version"] == 1 and rec.manifest["rows"] == 5
+    assert rec.manifest["schema_version"] == SCHEMA_VERSION == 2 and rec.manifest["rows"] == 5
     assert store.status(s) == "complete" and store.status(spec(seed=4)) == "missing"
 
 
@@ -167,7 +168,7 @@ def test_corrupt_record_is_detected(tmp_path):
     store = ResultStore(tmp_path)
     s = spec()
     folder = store.save(s, table(), {})
-    metrics = next(folder.glob("metrics-*.parquet"))
+    metrics = next(folder.glob("metrics-*.npz"))
     data = bytearray(metrics.read_bytes())
     data[len(data) // 2] ^= 0xFF
     metrics.write_bytes(bytes(data))
@@ -394,7 +395,7 @@ def test_checked_in_records_of_every_schema_version_load():
         assert validate_provenance(rec.provenance) == [], path
         versions.add(rec.manifest["schema_version"])
         assert len(rec.metrics) == rec.manifest["rows"] > 0
-    assert versions >= {1}
+    assert versions >= {1, 2}
 
 
 def test_obtain_loads_or_names_every_missing_run(tmp_path):

@@ -94,6 +94,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--seconds", type=float, help="budget in optimisation seconds (replaces the profile's)"
     )
     p.add_argument("--eval-every", type=int, help="evaluation cadence in steps")
+    p.add_argument("--eval-points", type=int,
+                   help="evaluate and log at about this many log-spaced steps")  # fmt: skip
     p.add_argument("--padding-dilution", action="store_true",
                    help="reproduce the official code's squared-error padding dilution")  # fmt: skip
     p.add_argument(
@@ -186,6 +188,7 @@ def build_specs(args: argparse.Namespace) -> list[Any]:
             steps=args.steps,
             seconds=args.seconds,
             eval_every=args.eval_every,
+            eval_points=args.eval_points,
             padding_dilution=args.padding_dilution,
             device=args.device,
         )

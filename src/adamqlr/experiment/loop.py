@@ -6,8 +6,11 @@
   paper), the mini-batch accuracy for classification tasks (from the same forward pass, caught by a
   forward hook, so it costs no extra pass), and the optimiser's statistics (``lr``, ``damping``,
   ``rho``, ...);
-* every ``eval_every`` steps, before the first step and after the last: the loss (and accuracy) on
-  the *full* validation and test splits, in eval mode, in chunks that bound memory;
+* every ``eval_every`` steps (or, when the settings give ``eval_points``, at about that many
+  log-spaced steps: :func:`eval_schedule`), before the first step and after the last: the loss
+  (and accuracy) on the *full* validation and test splits, in eval mode, in chunks that bound
+  memory. With ``eval_points`` a row is logged only at those steps (and the last), so a record's
+  size does not grow with the number of steps;
 * the clocks: ``time`` is the optimisation time so far, the sum over steps of fetching the batch
   and the optimiser step (CUDA is synchronised before each clock reading); evaluation and
   checkpointing are timed separately (``eval_time``; the provenance has both) and never count as
@@ -54,6 +57,7 @@ __all__ = [
     "MetricLog",
     "TrainResult",
     "derived_seeds",
+    "eval_schedule",
     "evaluate",
     "resolve_device",
     "train",
@@ -317,6 +321,48 @@ class _Clock:
         return time.perf_counter()
 
 
+def planned_steps(settings: RunSettings, train_size: int) -> int | None:
+    """Return the number of steps the budget allows, or ``None`` when only time limits it."""
+    per_epoch = math.ceil(train_size / settings.batch_size)
+    limits = []
+    if settings.steps is not None:
+        limits.append(settings.steps)
+    if settings.epochs is not None:
+        limits.append(math.ceil(settings.epochs * per_epoch - 1e-9))
+    return min(limits) if limits else None
+
+
+def eval_schedule(points: int, total: int | None) -> Callable[[int], bool]:
+    """Return ``is_eval_step(step)`` for about ``points`` log-spaced steps.
+
+    With a known ``total`` the steps are ``round(total ** (i / (points - 1)))`` for
+    ``i = 0 .. points - 1`` (distinct ones only, so early steps are all evaluated and later ones
+    spread out geometrically up to ``total``). With ``total=None`` (a time budget), the same
+    spacing continues without end at ``(points - 1) / 5`` steps per decade (that is ``points``
+    steps up to 10^5). The loop also evaluates before the first step and after the last.
+
+    Raises:
+        ValueError: If ``points < 2`` or ``total < 1``.
+    """
+    if points < 2:
+        raise ValueError(f"invalid eval_points: {points!r} (expected an int >= 2)")
+    if total is not None:
+        if total < 1:
+            raise ValueError(f"invalid total steps: {total!r} (expected >= 1)")
+        marks = {int(round(total ** (i / (points - 1)))) for i in range(points)}
+        return marks.__contains__
+    per_decade = (points - 1) / 5
+
+    def is_eval(step: int) -> bool:
+        if step < 1:
+            return False
+        k = math.floor(math.log10(step) * per_decade)
+        # the marks round(10 ** (j / per_decade)) around step
+        return any(int(round(10 ** (j / per_decade))) == step for j in (k - 1, k, k + 1, k + 2))
+
+    return is_eval
+
+
 def train(
     settings: RunSettings,
     *,
@@ -393,6 +439,16 @@ def train(
     }
     clock = _Clock(dev)
     steps_per_epoch = math.ceil(len(train_split) / settings.batch_size)
+    eval_points = getattr(settings, "eval_points", None)
+    if eval_points is None:
+        every = settings.eval_every
+
+        def is_eval_step(n: int) -> bool:
+            return n % every == 0
+
+    else:
+        is_eval_step = eval_schedule(eval_points, planned_steps(settings, len(train_split)))
+    unlogged: dict[str, float] | None = None  # the last step's row, when it was not logged
 
     # ------------------------------------------------------------------ state (maybe resumed)
     step = epoch = batch_in_epoch = resumed = 0
@@ -553,7 +609,8 @@ def train(
                 row |= _param_row(logged_params)
                 if not math.isfinite(stats["loss"]):
                     stop_reason = "nonfinite_train_loss"
-                if step % settings.eval_every == 0 and not stop_reason:
+                evaluating = is_eval_step(step)
+                if evaluating and not stop_reason:
                     values, dt = run_eval()
                     eval_time += dt
                     row |= values
@@ -563,7 +620,11 @@ def train(
                         if v is not None and not math.isfinite(v):
                             stop_reason = stop_reason or f"nonfinite_{name}_loss"
                 row |= {"eval_time": eval_time, "wall": wall()}
-                log.append(row)
+                if eval_points is None or evaluating or stop_reason:
+                    log.append(row)
+                    unlogged = None
+                else:
+                    unlogged = row
                 if callback is not None and not stop_reason:
                     verdict = callback(dict(row))
                     if verdict:
@@ -589,6 +650,12 @@ def train(
         if handle is not None:
             handle.remove()
 
+    if unlogged is not None:  # the last step was not an evaluation step: log it now
+        log.append(unlogged)
+    elif eval_points is not None and step > 0 and last_eval_step != step:
+        # resumed with nothing left to run, and the last row was not logged before the checkpoint
+        log.append({"step": step, "epoch": epoch + batch_in_epoch / steps_per_epoch,
+                    "time": opt_time, "eval_time": eval_time, "wall": wall()})  # fmt: skip
     if last_eval_step != step and not stop_reason.startswith(("nonfinite_val", "nonfinite_test")):
         values, dt = run_eval()
         eval_time += dt

@@ -11,16 +11,17 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from adamqlr.experiment.loop import train
 from adamqlr.experiment.optimisers import get_optimiser
 from adamqlr.experiment.spec import ExperimentSpec
 from adamqlr.results.provenance import environment
 from adamqlr.results.store import ResultStore, RunRecord
-from adamqlr.tasks import get_task
+from adamqlr.tasks import TaskData, get_task
 
 __all__ = ["obtain", "run", "run_many"]
 
@@ -42,6 +43,8 @@ def run(
     checkpoint_every_s: float = 60.0,
     checkpoint_epoch_min_s: float = 5.0,
     callback: Callable[[dict[str, float]], str | None] | None = None,
+    data: TaskData | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> RunRecord:
     """Train ``spec`` and write its record, unless a current record exists; return the record.
 
@@ -58,6 +61,10 @@ def run(
         checkpoint_epoch_min_s: Checkpoint at epoch boundaries at most this often.
         callback: Per-step callback that may stop the run (see
             :func:`~adamqlr.experiment.loop.train`).
+        data: The task's data for the spec's profile, already loaded (a campaign worker loads
+            each task once); ``None``: loaded here.
+        provenance: Extra entries for the record's provenance (e.g. the campaign's load
+            averages and concurrency); they cannot replace the entries the run writes itself.
 
     Returns:
         The stored :class:`~adamqlr.results.RunRecord`.
@@ -82,7 +89,8 @@ def run(
         started = _now()
         t0 = time.perf_counter()
         task = get_task(settings.task)
-        data = task.load_data(settings.profile)
+        if data is None:
+            data = task.load_data(settings.profile)
         data_time = time.perf_counter() - t0
         result = train(
             settings,
@@ -95,7 +103,7 @@ def run(
             progress=progress,
             callback=callback,
         )
-        provenance = {
+        provenance_row = {
             **environment(result.device),
             "task_title": task.title,
             "optimiser_label": get_optimiser(settings.optimiser).label,
@@ -118,7 +126,9 @@ def run(
             "test_examples": len(data.test),
             "data": dict(data.meta),
         }
-        store.save(spec, result.metrics.frame(), provenance, locked=True)
+        for name, value in (provenance or {}).items():
+            provenance_row.setdefault(name, value)
+        store.save(spec, result.metrics.frame(), provenance_row, locked=True)
         ckpt.unlink(missing_ok=True)
         logger.info(
             "%s: %d steps, %.1f s optimisation, stop %s",

@@ -30,10 +30,22 @@ from typing import Any
 from adamqlr.experiment.optimisers import get_optimiser
 from adamqlr.tasks import PROFILES, TASKS, get_task
 
-__all__ = ["KEY_VERSION", "ExperimentSpec", "RunSettings", "canonical_json", "parse_seeds"]
+__all__ = [
+    "KEY_VERSION",
+    "LATER_FIELDS",
+    "ExperimentSpec",
+    "RunSettings",
+    "canonical_json",
+    "parse_seeds",
+]
 
 #: Version of the key derivation; bumping it changes every key.
 KEY_VERSION = 1
+
+#: Settings added after records were first keyed, with the value that leaves a key unchanged:
+#: a setting equal to its value here does not enter the key, so the records of specs that do not
+#: use it keep their keys.
+LATER_FIELDS: dict[str, Any] = {"eval_points": None}
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -130,7 +142,10 @@ class RunSettings:
         test_size: Use only the first this many test examples (``None``: all).
         model: The task's model configuration name.
         padding_dilution: Reproduce the official code's padding dilution of the squared-error
-            Fisher term (`official-code.md` section 1.4).
+            Fisher term (the authors' code, `curvature_matrix`).
+        eval_points: Evaluate at about this many log-spaced steps (plus the first and the last)
+            instead of every ``eval_every`` steps, and log a row only at those steps (``None``:
+            every step is logged, evaluation every ``eval_every`` steps).
     """
 
     task: str
@@ -148,6 +163,7 @@ class RunSettings:
     test_size: int | None
     model: str
     padding_dilution: bool
+    eval_points: int | None = None
 
     @property
     def hparams(self) -> dict[str, Any]:
@@ -163,7 +179,12 @@ class RunSettings:
     @property
     def key(self) -> str:
         """SHA-256 (hex) of the canonical JSON of the settings: the experiment's identity."""
-        payload = canonical_json({"key_version": KEY_VERSION, **self.as_dict()})
+        data = {
+            k: v
+            for k, v in self.as_dict().items()
+            if not (k in LATER_FIELDS and v == LATER_FIELDS[k])
+        }
+        payload = canonical_json({"key_version": KEY_VERSION, **data})
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -191,6 +212,8 @@ class ExperimentSpec:
         steps: Step budget.
         seconds: Budget in seconds of optimisation time (evaluation excluded).
         eval_every: Evaluation cadence in steps (``None``: the profile's).
+        eval_points: Evaluate at about this many log-spaced steps instead (see
+            :class:`RunSettings`); ``None``: every ``eval_every`` steps.
         padding_dilution: Reproduce the official code's padding dilution (squared-error tasks).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; not part of
             the experiment's identity (excluded from equality, hash and key).
@@ -212,6 +235,7 @@ class ExperimentSpec:
     eval_every: int | None = None
     padding_dilution: bool = False
     device: str = field(default="auto", compare=False)
+    eval_points: int | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -242,6 +266,7 @@ class ExperimentSpec:
         set_(self, "steps", _int("steps", self.steps, 1))
         set_(self, "seconds", _positive("seconds", self.seconds))
         set_(self, "eval_every", _int("eval_every", self.eval_every, 1))
+        set_(self, "eval_points", _int("eval_points", self.eval_points, 2))
         if not isinstance(self.padding_dilution, bool):
             raise ValueError(
                 f"invalid padding_dilution: {self.padding_dilution!r} (expected a bool)"
@@ -299,6 +324,7 @@ class ExperimentSpec:
             test_size=getattr(prof, "test_size", None),
             model=prof.model,
             padding_dilution=self.padding_dilution,
+            eval_points=self.eval_points,
         )
 
     @property
@@ -311,6 +337,9 @@ class ExperimentSpec:
         """Return the spec as JSON-ready data (``device`` included; ``None`` fields kept)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["hyperparameters"] = self.hparams
+        for k, default in LATER_FIELDS.items():
+            if k in d and d[k] == default:
+                del d[k]
         return _jsonable(d)
 
     @classmethod
@@ -349,6 +378,7 @@ class ExperimentSpec:
             ("--steps", self.steps),
             ("--seconds", self.seconds),
             ("--eval-every", self.eval_every),
+            ("--eval-points", self.eval_points),
         ):
             if value is not None:
                 parts += [flag, repr(value) if isinstance(value, float) else str(value)]

@@ -4,11 +4,13 @@ Layout under the store's root (``results/`` of the repository by default; ``ADAM
 an argument chooses another)::
 
     <task>/<optimiser>/<profile>-seed<seed>-<key[:16]>/
-        metrics-<sha256[:16]>.parquet     the metric table (one row per step; pandas + pyarrow)
+        metrics-<sha256[:16]>.npz         the metric table: one compressed numpy array per column
+                                          (schema 2; schema-1 records hold a .parquet instead)
         provenance-<sha256[:16]>.json     spec, settings, device, versions, commit, clocks, data
         manifest.json                     written last: the record exists only once this does
     .checkpoints/<key>.pt                 checkpoint of a run in progress (never committed)
     .locks/<key[:16]>.lock                one lock per experiment (writers and sweeps take it)
+    tuning/...                            tuning tables of the studies' searches (not records)
 
 Writing a record: data files first (each one atomically: temporary file in the same directory,
 ``fsync``, ``os.replace``, ``fsync`` of the directory), the manifest last, then the files the
@@ -72,10 +74,43 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Version of the record layout written now.
-SCHEMA_VERSION = 1
+#: Version of the record layout written now (2: metrics as compressed numpy columns, ``.npz``,
+#: a few kilobytes for a run evaluated at 100 points; 1: metrics as parquet).
+SCHEMA_VERSION = 2
 #: Record layouts this code reads.
-SUPPORTED_SCHEMAS = (1,)
+SUPPORTED_SCHEMAS = (1, 2)
+#: Folders of the store's root that hold no records (tuning tables), left alone by the sweep.
+NOT_RECORDS = frozenset({"tuning"})
+#: Name of the array that holds the column order in a metrics ``.npz``.
+_COLUMNS = "__columns__"
+
+
+def _metrics_npz(metrics: pd.DataFrame) -> bytes:
+    """Return ``metrics`` as ``.npz`` bytes: one compressed array per column, plus their order."""
+    import numpy as np
+
+    arrays = {_COLUMNS: np.array([str(c) for c in metrics.columns])}
+    for i, column in enumerate(metrics.columns):
+        values = metrics[column].to_numpy()
+        if values.dtype == object:
+            values = values.astype(float)
+        arrays[f"c{i}"] = values
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def _read_metrics(data: bytes, name: str) -> pd.DataFrame:
+    import numpy as np
+    import pandas as pd
+
+    if name.endswith(".parquet"):
+        return pd.read_parquet(io.BytesIO(data), engine="pyarrow")
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        columns = [str(c) for c in z[_COLUMNS]]
+        return pd.DataFrame({c: z[f"c{i}"] for i, c in enumerate(columns)}, columns=columns)
+
+
 #: Name of the file that completes a record.
 MANIFEST = "manifest.json"
 _DATA_FILES = ("metrics", "provenance")
@@ -281,10 +316,8 @@ class ResultStore:
     ) -> Path:
         folder = self._dir(meta["task"], meta["optimiser"], meta["profile"], meta["seed"], key)
         folder.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        metrics.to_parquet(buf, engine="pyarrow", index=False)
         payloads = {
-            "metrics": (buf.getvalue(), "parquet"),
+            "metrics": (_metrics_npz(metrics), "npz"),
             "provenance": (
                 (json.dumps(_clean_json(prov), indent=1, sort_keys=True) + "\n").encode(),
                 "json",
@@ -422,8 +455,6 @@ class ResultStore:
             FileNotFoundError: No manifest in ``folder``.
             StaleRecordError, CorruptRecordError: As in :meth:`load`.
         """
-        import pandas as pd
-
         folder = Path(folder)
         for attempt in range(3):  # a concurrent forced rewrite may replace the files under us
             manifest = self._read_manifest(folder)
@@ -454,7 +485,7 @@ class ResultStore:
                 "--force ...) or load it with allow_stale=True"
             )
         try:
-            metrics = pd.read_parquet(io.BytesIO(blobs["metrics"]), engine="pyarrow")
+            metrics = _read_metrics(blobs["metrics"], manifest["files"]["metrics"]["name"])
             provenance = json.loads(blobs["provenance"])
         except Exception as err:  # noqa: BLE001 - any parse failure is a corrupt record
             raise CorruptRecordError(f"{folder}: cannot parse record files: {err}") from err
@@ -562,6 +593,8 @@ class ResultStore:
         """
         removed = sweep_temporaries(self.root)
         for task_dir in self._subdirs(self.root):
+            if task_dir.name in NOT_RECORDS:
+                continue
             for opt_dir in self._subdirs(task_dir):
                 for folder in self._subdirs(opt_dir):
                     removed += self._sweep_record(folder)

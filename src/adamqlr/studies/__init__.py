@@ -10,18 +10,23 @@
     records.by_label(task="fashion-mnist")  # {figure label: [RunRecord, ...]}
 
 From the command line: ``adamqlr study list``, ``adamqlr study status NAME --profile quick``,
-``adamqlr study run NAME --profile paper`` (also ``python -m adamqlr.studies ...``).
+``adamqlr study plan NAME --profile paper`` (runs, steps, core-hours), ``adamqlr study run NAME
+--profile paper --jobs 2`` (also ``python -m adamqlr.studies ...``).
 
-:mod:`adamqlr.studies.core` has the machinery (arms, tuning by a grid, plans against a store),
-:mod:`adamqlr.studies.catalogue` the studies themselves, :mod:`adamqlr.studies.analysis` the
+:mod:`adamqlr.studies.core` has the machinery (arms, tuning by random search with successive
+halving or by a grid, plans against a store), :mod:`adamqlr.studies.catalogue` the studies
+themselves, :mod:`adamqlr.studies.campaign` the parallel, resumable runner,
+:mod:`adamqlr.studies.costs` the per-step costs and estimates, :mod:`adamqlr.studies.analysis` the
 tables the chapters print.
 """
 
+from adamqlr.studies.campaign import Campaign, CampaignSummary, DirtyTreeError
 from adamqlr.studies.catalogue import STUDIES, get_study, study_names
 from adamqlr.studies.core import (
     Arm,
     ArmPlan,
     BestOf,
+    Search,
     Study,
     StudyIncomplete,
     StudyRecords,
@@ -40,6 +45,10 @@ __all__ = [
     "Arm",
     "ArmPlan",
     "BestOf",
+    "Campaign",
+    "CampaignSummary",
+    "DirtyTreeError",
+    "Search",
     "Study",
     "StudyIncomplete",
     "StudyRecords",

@@ -110,24 +110,35 @@ def tuning_table(study_records: StudyRecords, arm_ids: Sequence[str] | None = No
         arm_ids: Tuned arms to include (default: all tuned arms).
 
     Returns:
-        One row per trial: ``arm``, ``label``, ``configuration``, ``objective`` (the final value
-        of the arm's objective; ``inf`` for a diverged trial) and ``chosen``.
+        One row per configuration: ``arm``, ``label``, ``configuration``, ``objective`` (the final
+        value of the arm's objective at the highest successive-halving rung the configuration
+        reached; ``inf`` for a diverged trial), ``chosen`` and ``rung``.
     """
     rows = []
     ids = arm_ids if arm_ids is not None else list(study_records.trials)
     for arm_id in ids:
         p = study_records.plans[arm_id]
-        for variation, objective in zip(p.arm.grid, p.objectives, strict=True):
+        top: dict[str, int] = {}  # configuration -> highest rung it reached
+        for variation, rung in zip(p.variations, p.rungs, strict=True):
+            text = _variation_text(variation)
+            top[text] = max(top.get(text, 0), rung)
+        for variation, objective, rung in zip(p.variations, p.objectives, p.rungs, strict=True):
+            text = _variation_text(variation)
+            if rung != top[text]:
+                continue  # a search trial that went on to a higher rung: keep its last value
             rows.append(
                 {
                     "arm": arm_id,
                     "label": p.arm.label,
-                    "configuration": _variation_text(variation),
+                    "configuration": text,
                     "objective": objective,
                     "chosen": dict(variation) == dict(p.choice or {}),
+                    "rung": rung,
                 }
             )
-    return pd.DataFrame(rows, columns=["arm", "label", "configuration", "objective", "chosen"])
+    return pd.DataFrame(
+        rows, columns=["arm", "label", "configuration", "objective", "chosen", "rung"]
+    )
 
 
 def final_table(

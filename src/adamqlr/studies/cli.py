@@ -5,7 +5,9 @@ Examples::
     adamqlr study list
     adamqlr study status untuned-vs-tuned --profile quick
     adamqlr study run untuned-vs-tuned --profile quick --threads 1
-    adamqlr study run all --profile paper --device cuda
+    adamqlr study plan all --profile paper
+    adamqlr study calibrate --profile paper
+    adamqlr study run untuned-vs-tuned --profile paper --jobs 2
 
 ``python -m adamqlr.studies ...`` is the same command.
 """
@@ -49,12 +51,28 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         _add_common(q)
         if name == "run":
             q.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
-            q.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+            q.add_argument("--jobs", type=int, default=None,
+                           help="worker processes (default: the number of cores; 0: run in "
+                           "this process, one run after another)")  # fmt: skip
+            q.add_argument("--allow-dirty", action="store_true",
+                           help="run a paper-profile campaign from a tree with uncommitted "
+                           "changes (the records say so)")  # fmt: skip
+            q.add_argument("--threads", type=int,
+                           help="torch threads per worker (default 1)")  # fmt: skip
             q.add_argument("--force", action="store_true", help="rerun runs that have a record")
             q.add_argument("--no-progress", action="store_true", help="no progress bars")
             q.add_argument("--dry-run", action="store_true", help="only list what would run")
         else:
             q.add_argument("--all", action="store_true", help="list every missing run")
+    pl = sub.add_parser("plan", help="runs, steps and estimated core-hours of a study")
+    pl.add_argument("name", help="study name, or 'all'")
+    _add_common(pl)
+    pl.add_argument("--overhead", type=float, default=1.0,
+                    help="seconds of start-up and evaluation per run (default 1)")  # fmt: skip
+    ca = sub.add_parser("calibrate", help="measure per-step costs into <results>/costs.json")
+    ca.add_argument("name", nargs="?", default="all", help="study name, or 'all' (default)")
+    _add_common(ca)
+    ca.add_argument("--steps", type=int, default=20, help="timed steps per case (default 20)")
     p.set_defaults(handler=handle)
     return p
 
@@ -73,7 +91,10 @@ def handle(args: argparse.Namespace) -> int:
 
     action = getattr(args, "study_command", None)
     if action is None:
-        print("adamqlr study: error: give an action: list, status or run", file=sys.stderr)
+        print(
+            "adamqlr study: error: give an action: list, status, plan, calibrate or run",
+            file=sys.stderr,
+        )
         return 2
     try:
         studies = _studies(getattr(args, "name", "all"), args.profile)
@@ -83,13 +104,32 @@ def handle(args: argparse.Namespace) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
+        if action == "run" and args.jobs is not None and args.jobs < 0:
+            raise ValueError(f"invalid --jobs {args.jobs} (expected >= 0)")
     except ValueError as err:
         print(f"adamqlr study: error: {err}", file=sys.stderr)
         return 2
+    if action in ("plan", "calibrate"):
+        from adamqlr.studies.costs import CostTable, calibrate, describe, estimate
+
+        root = ResultStore(args.results, sweep=False).root
+        if action == "calibrate":
+            calibrate(studies, root, steps=args.steps)
+            print(f"wrote {Path(root) / 'costs.json'}")
+            return 0
+        costs = CostTable.load(root)
+        seen: set[str] = set()  # a run (or search) two studies share is counted once
+        estimates = [estimate(s, costs, overhead_s=args.overhead, seen=seen) for s in studies]
+        print(f"profile {args.profile}")
+        print(describe(estimates, costs))
+        return 0
     store = ResultStore(args.results)
     if action == "list":
         for study in studies:
-            trials = sum(len(a.grid) for a in study.arms)
+            trials = sum(
+                len(a.grid) or (a.search.n_trials if a.search is not None else 0)
+                for a in study.arms
+            )
             repeats = sum(len(a.seeds) for a in study.arms)
             print(f"{study.name:<18} {study.profile:<6} {len(study.arms):>3} arms, {trials:>4} "
                   f"tuning trials, {repeats:>4} repeats  {study.title}")  # fmt: skip
@@ -112,6 +152,8 @@ def handle(args: argparse.Namespace) -> int:
                 incomplete += 1
                 print(f"  make them with: {study.command}")
             continue
+        if args.jobs != 0:
+            continue  # campaigns run below, over every study at once
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         run_study(
             study,
@@ -127,6 +169,23 @@ def handle(args: argparse.Namespace) -> int:
                   file=sys.stderr)  # fmt: skip
         else:
             print(f"{study.name} ({study.profile}): complete")
+    if action == "run" and not args.dry_run and args.jobs != 0:
+        from adamqlr.studies.campaign import Campaign, DirtyTreeError
+
+        try:
+            campaign = Campaign(
+                studies,
+                store,
+                jobs=args.jobs,
+                threads=args.threads if args.threads is not None else 1,
+                device=args.device,
+                allow_dirty=args.allow_dirty,
+            )
+            summary = campaign.run()
+        except (DirtyTreeError, ValueError) as err:
+            print(f"adamqlr study: error: {err}", file=sys.stderr)
+            return 2
+        return 0 if summary.complete else 1
     return 1 if incomplete else 0
 
 

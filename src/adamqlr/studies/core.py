@@ -43,6 +43,8 @@ __all__ = [
     "Arm",
     "ArmPlan",
     "BestOf",
+    "Search",
+    "SearchState",
     "Study",
     "StudyIncomplete",
     "StudyRecords",
@@ -55,6 +57,8 @@ __all__ = [
     "obtain",
     "plan",
     "run_study",
+    "scale_budget",
+    "search_state",
 ]
 
 logger = logging.getLogger(__name__)
@@ -141,6 +145,79 @@ def final_value(record: RunRecord, metric: str = "val_loss") -> float:
 
 
 @dataclass(frozen=True)
+class Search:
+    """A random search with successive halving: how a tuned arm chooses its configuration.
+
+    The paper's protocol (ASHA in Ray Tune: 200 random samples, reduction factor 4), with the
+    rungs on the run's budget instead of wall-clock seconds, so that the choice does not depend on
+    how loaded the machine was. ``n_trials`` configurations are drawn from ``space``
+    (:func:`adamqlr.tune.spaces.draw`: configuration ``k`` from ``stream``, ``seed`` and ``k``;
+    trial ``k`` trains with seed ``tune_seed + k`` of its arm). With ``R`` rungs (the most for which
+    ``n_trials // reduction_factor ** (R - 1) >= 1``, at most ``max_rungs``), rung ``r`` runs the
+    best ``n_trials // reduction_factor ** r`` configurations of rung ``r - 1`` (by the arm's
+    objective; a diverged run counts as ``+inf``) on ``reduction_factor ** (r - R + 1)`` of the
+    budget (epochs, steps and seconds scaled alike; the last rung is the full budget). The choice
+    is the configuration with the lowest objective at the highest rung it reached, among all
+    configurations (Ray's ``get_best_result``: trials stopped early are candidates too).
+
+    Attributes:
+        space: ``{name: dimension}`` from :func:`adamqlr.tune.spaces.search_space` (a
+            ``batch_size`` dimension sets the spec's batch size).
+        n_trials: Configurations drawn.
+        reduction_factor: Successive-halving reduction factor.
+        seed: Seed of the draws.
+        max_rungs: Largest number of rungs.
+        stream: Names the search's random stream (e.g. ``"uci-energy/adam"``), so that searches
+            with the same seed draw independently.
+    """
+
+    space: Mapping[str, Any]
+    n_trials: int
+    reduction_factor: int = 4
+    seed: int = 0
+    max_rungs: int = 4
+    stream: str = ""
+
+    def __post_init__(self) -> None:
+        if self.n_trials < 1 or self.reduction_factor < 2 or self.max_rungs < 1:
+            raise ValueError(
+                f"invalid search: n_trials={self.n_trials!r}, reduction_factor="
+                f"{self.reduction_factor!r}, max_rungs={self.max_rungs!r}"
+            )
+        object.__setattr__(self, "space", dict(self.space))
+
+    @property
+    def rungs(self) -> tuple[tuple[int, float], ...]:
+        """``(configurations, budget fraction)`` per rung, lowest rung first."""
+        counts = [self.n_trials]
+        while len(counts) < self.max_rungs and counts[-1] // self.reduction_factor >= 1:
+            counts.append(counts[-1] // self.reduction_factor)
+        n = len(counts)
+        return tuple((c, float(self.reduction_factor) ** (r - n + 1)) for r, c in enumerate(counts))
+
+    def configuration(self, number: int) -> dict[str, Any]:
+        """Return configuration ``number`` (a variation for :func:`apply_variation`)."""
+        from adamqlr.tune.spaces import draw
+
+        return draw(self.space, self.seed, number, self.stream)
+
+
+def scale_budget(spec: ExperimentSpec, fraction: float) -> ExperimentSpec:
+    """Return ``spec`` with its resolved budget (epochs, steps, seconds) scaled by ``fraction``.
+
+    ``fraction == 1`` returns ``spec`` unchanged; steps are rounded up.
+    """
+    if fraction == 1:
+        return spec
+    st = spec.settings()
+    return spec.replace(
+        epochs=None if st.epochs is None else float(f"{st.epochs * fraction:.12g}"),
+        steps=None if st.steps is None else max(1, math.ceil(st.steps * fraction)),
+        seconds=None if st.seconds is None else float(f"{st.seconds * fraction:.12g}"),
+    )
+
+
+@dataclass(frozen=True)
 class BestOf:
     """The configuration chosen by a tuned arm, as the base of another arm.
 
@@ -169,6 +246,8 @@ class Arm:
         group: Free tag that notebooks select arms by (e.g. ``"batch_size"`` in a sensitivity
             study).
         value: The value of the varied quantity, for sensitivity colour scales.
+        search: A random search with successive halving (instead of ``grid``) that chooses the
+            configuration (see :class:`Search`).
     """
 
     id: str
@@ -181,6 +260,7 @@ class Arm:
     objective: str = "val_loss"
     group: str = ""
     value: float | None = None
+    search: Search | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
@@ -191,6 +271,17 @@ class Arm:
         if not seeds or len(set(seeds)) != len(seeds):
             raise ValueError(
                 f"arm {self.id!r}: seeds {self.seeds!r} must be distinct and non-empty"
+            )
+        if self.grid and self.search is not None:
+            raise ValueError(f"arm {self.id!r}: give a grid or a search, not both")
+        if self.search is not None and isinstance(self.base, BestOf):
+            raise ValueError(f"arm {self.id!r}: an arm around another arm's choice cannot tune")
+        if self.search is not None and set(seeds) & set(
+            range(self.tune_seed, self.tune_seed + self.search.n_trials)
+        ):
+            raise ValueError(
+                f"arm {self.id!r}: the tuning seeds {self.tune_seed}.. overlap the repeat seeds "
+                "(repeats must use fresh seeds)"
             )
         if self.grid and self.tune_seed in seeds:
             raise ValueError(
@@ -205,11 +296,23 @@ class Arm:
 
     @property
     def tuned(self) -> bool:
-        """Whether the arm chooses its configuration from a grid."""
-        return bool(self.grid)
+        """Whether the arm chooses its configuration (from a grid or a search)."""
+        return bool(self.grid) or self.search is not None
+
+    def trial_spec(self, number: int, fraction: float = 1.0) -> ExperimentSpec:
+        """Return search trial ``number`` on ``fraction`` of the budget (search arms only)."""
+        if self.search is None:
+            raise ValueError(f"arm {self.id!r} has no search")
+        base = apply_variation(self.base, self.overrides)  # type: ignore[arg-type]
+        spec = apply_variation(base, self.search.configuration(number))
+        return scale_budget(spec.replace(seed=self.tune_seed + number), fraction)
 
     def trials(self) -> tuple[ExperimentSpec, ...]:
-        """Return the tuning trials (empty for a fixed arm or an arm around another's choice)."""
+        """Return the grid's tuning trials.
+
+        Empty for a fixed arm, an arm around another's choice, and a search arm (whose trials
+        depend on records: see :func:`plan` and :func:`search_state`).
+        """
         if not self.grid:
             return ()
         base = apply_variation(self.base, self.overrides)  # type: ignore[arg-type]
@@ -362,6 +465,8 @@ class ArmPlan:
         choice: The chosen variation (tuned arms and arms around one), or ``None``.
         objectives: Final objective value of each trial (NaN while missing).
         blocked: Why the repeats are not known yet, or ``None``.
+        variations: The configuration of each trial (as ``trials``).
+        rungs: The successive-halving rung of each trial (0 for grid trials).
     """
 
     arm: Arm
@@ -370,6 +475,8 @@ class ArmPlan:
     choice: Mapping[str, Any] | None
     objectives: tuple[float, ...]
     blocked: str | None
+    variations: tuple[Mapping[str, Any], ...] = ()
+    rungs: tuple[int, ...] = ()
 
     @property
     def specs(self) -> tuple[ExperimentSpec, ...]:
@@ -377,9 +484,74 @@ class ArmPlan:
         return self.trials + self.repeats
 
 
+def _objective(
+    store: ResultStore, spec: ExperimentSpec, metric: str, allow_stale: bool
+) -> float | None:
+    status = store.status(spec)
+    if status == "complete" or (status == "stale" and allow_stale):
+        return final_value(store.load(spec, allow_stale=allow_stale), metric)
+    return None
+
+
+@dataclass(frozen=True)
+class SearchState:
+    """Where a search arm's successive halving stands against a store.
+
+    Attributes:
+        trials: ``(number, rung, spec)`` of every trial known now.
+        objectives: ``(number, rung) -> objective`` of the finished ones.
+        choice: The chosen configuration once every rung is finished, else ``None``.
+        pending: Trials of the current rung without a record.
+    """
+
+    trials: tuple[tuple[int, int, ExperimentSpec], ...]
+    objectives: Mapping[tuple[int, int], float]
+    choice: Mapping[str, Any] | None
+    pending: int
+
+
+def search_state(
+    study: Study, arm: Arm, store: ResultStore, allow_stale: bool = False
+) -> SearchState:
+    """Work out a search arm's rungs against ``store`` (see :class:`Search`)."""
+    assert arm.search is not None
+    trials: list[tuple[int, int, ExperimentSpec]] = []
+    objectives: dict[tuple[int, int], float] = {}
+    alive = list(range(arm.search.n_trials))
+    for rung, (count, fraction) in enumerate(arm.search.rungs):
+        if rung:  # promote the best `count` of the previous rung
+            ranked = sorted(alive, key=lambda n: (objectives[(n, rung - 1)], n))
+            alive = sorted(ranked[:count])
+        pending = 0
+        for number in alive:
+            spec = study.spec(arm.trial_spec(number, fraction))
+            trials.append((number, rung, spec))
+            value = _objective(store, spec, arm.objective, allow_stale)
+            if value is None:
+                pending += 1
+            else:
+                objectives[(number, rung)] = value
+        if pending:
+            return SearchState(tuple(trials), objectives, None, pending)
+    last: dict[int, tuple[int, float]] = {}
+    for (number, rung), value in objectives.items():
+        if number not in last or rung > last[number][0]:
+            last[number] = (rung, value)
+    best = min(last, key=lambda n: (last[n][1], n))
+    if math.isinf(last[best][1]):
+        logger.warning("arm %s: every tuning trial diverged; keeping the first", arm.id)
+    return SearchState(tuple(trials), objectives, arm.search.configuration(best), 0)
+
+
 def _choose(
     study: Study, arm: Arm, store: ResultStore, allow_stale: bool
 ) -> tuple[Mapping[str, Any] | None, tuple[float, ...], str | None]:
+    if arm.search is not None:
+        state = search_state(study, arm, store, allow_stale)
+        values = tuple(state.objectives.get((n, r), math.nan) for n, r, _ in state.trials)
+        if state.choice is None:
+            return None, values, f"{state.pending} tuning trial(s) of the current rung not run"
+        return state.choice, values, None
     trials = tuple(study.spec(t) for t in arm.trials())
     objectives: list[float] = []
     pending = 0
@@ -397,6 +569,26 @@ def _choose(
     if math.isinf(objectives[best]):
         logger.warning("arm %s: every tuning trial diverged; keeping the first", arm.id)
     return arm.grid[best], tuple(objectives), None
+
+
+def _trial_specs(
+    study: Study, arm: Arm, store: ResultStore, allow_stale: bool
+) -> tuple[ExperimentSpec, ...]:
+    if arm.search is not None:
+        return tuple(spec for _, _, spec in search_state(study, arm, store, allow_stale).trials)
+    return tuple(study.spec(t) for t in arm.trials())
+
+
+def _trial_labels(
+    study: Study, arm: Arm, store: ResultStore, allow_stale: bool
+) -> tuple[tuple[Mapping[str, Any], ...], tuple[int, ...]]:
+    if arm.search is not None:
+        state = search_state(study, arm, store, allow_stale)
+        return (
+            tuple(arm.search.configuration(n) for n, _, _ in state.trials),
+            tuple(r for _, r, _ in state.trials),
+        )
+    return tuple(arm.grid), tuple(0 for _ in arm.grid)
 
 
 def plan(
@@ -418,7 +610,7 @@ def plan(
         if isinstance(arm.base, BestOf):
             other, ref = _referenced(study, arm.base)
             choice, objectives, blocked = _choose(other, ref, store, allow_stale)
-            trials = tuple(other.spec(t) for t in ref.trials())
+            trials = _trial_specs(other, ref, store, allow_stale)
             repeats: tuple[ExperimentSpec, ...] = ()
             if choice is not None:
                 base = apply_variation(apply_variation(ref.base, ref.overrides), choice)  # type: ignore[arg-type]
@@ -427,7 +619,7 @@ def plan(
                 blocked = f"waits for {other.name}:{ref.id} ({blocked})"
         elif arm.tuned:
             choice, objectives, blocked = _choose(study, arm, store, allow_stale)
-            trials = tuple(study.spec(t) for t in arm.trials())
+            trials = _trial_specs(study, arm, store, allow_stale)
             repeats = ()
             if choice is not None:
                 base = apply_variation(arm.base, arm.overrides)  # type: ignore[arg-type]
@@ -436,7 +628,13 @@ def plan(
             trials, choice, objectives, blocked = (), None, (), None
             repeats = arm.repeats_of(apply_variation(arm.base, arm.overrides))  # type: ignore[arg-type]
         repeats = tuple(study.spec(r) for r in repeats)
-        out.append(ArmPlan(arm, trials, repeats, choice, objectives, blocked))
+        if isinstance(arm.base, BestOf):
+            variations, rungs = _trial_labels(other, ref, store, allow_stale)
+        elif arm.tuned:
+            variations, rungs = _trial_labels(study, arm, store, allow_stale)
+        else:
+            variations, rungs = (), ()
+        out.append(ArmPlan(arm, trials, repeats, choice, objectives, blocked, variations, rungs))
     return out
 
 

@@ -1,4 +1,8 @@
-"""The paper's hyperparameter search spaces, one per optimiser (`paper.md` 3.10 and 4).
+"""The paper's hyperparameter search spaces, one per optimiser.
+
+From the authors' code (`hyperparameter_optimisation.py: construct_search_space`); the one table
+that both ``adamqlr tune`` and the studies' tuned arms (:mod:`adamqlr.studies`) draw from.
+
 
 Each entry maps a hyperparameter of the optimiser's registry entry
 (:mod:`adamqlr.experiment.optimisers`) to a distribution. A :class:`OneMinus` dimension is drawn as
@@ -29,6 +33,7 @@ __all__ = [
     "UNTUNED",
     "Choice",
     "Dimension",
+    "draw",
     "LogUniform",
     "OneMinus",
     "is_untuned",
@@ -171,3 +176,34 @@ def search_space(optimiser: str, task: str) -> dict[str, Dimension]:
     elif task != "rosenbrock":
         space["batch_size"] = Choice(BATCH_SIZES)
     return space
+
+
+def draw(
+    space: Mapping[str, Dimension], seed: int, number: int, stream: str = ""
+) -> dict[str, Any]:
+    """Draw configuration ``number`` of a seeded random search over ``space``, reproducibly.
+
+    Each dimension's uniform variate comes from SHA-256 of ``"stream:seed:number:name"``, so the
+    draw of configuration ``k`` depends only on the stream (e.g. ``"task/optimiser"``, so that two
+    searches draw independently), the seed, ``k`` and the dimension's name: not on how
+    many configurations are drawn, in which order, or by which process. A :class:`LogUniform` is
+    ``exp`` of a uniform on ``[log low, log high]``; a :class:`OneMinus` is ``1 -`` such a draw;
+    a :class:`Choice` is one of its values, each with the same probability.
+
+    Returns:
+        ``{name: value}`` for every dimension (``batch_size`` included when in ``space``).
+    """
+    import hashlib
+
+    out: dict[str, Any] = {}
+    for name, dim in space.items():
+        digest = hashlib.sha256(f"{stream}:{int(seed)}:{int(number)}:{name}".encode()).digest()
+        u = (int.from_bytes(digest[:8], "little") >> 11) / float(1 << 53)  # in [0, 1)
+        if isinstance(dim, Choice):
+            out[name] = dim.values[min(int(u * len(dim.values)), len(dim.values) - 1)]
+            continue
+        lo, hi = math.log(dim.low), math.log(dim.high)
+        x = float(f"{math.exp(lo + u * (hi - lo)):.10g}")
+        x = min(max(x, dim.low), dim.high)
+        out[name] = float(f"{1.0 - x:.10g}") if isinstance(dim, OneMinus) else x
+    return out

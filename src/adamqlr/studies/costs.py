@@ -1,0 +1,317 @@
+"""What a campaign will cost: measured per-step costs, and the plan of a study under a profile.
+
+* :func:`calibrate` times a few optimisation steps of each (task, optimiser, batch size) a set of
+  studies uses (one torch thread, the data loaded once per task) and writes the seconds per step
+  to ``costs.json`` in the results folder.
+* :func:`estimate` counts a study's runs and steps and turns them into core-hours with those
+  costs. Configurations that are not known before anything runs (the trials of higher
+  successive-halving rungs, the repeats of a configuration still to be chosen) are counted at the
+  mean cost of the arm's drawn configurations, so the estimate is exact in runs and steps for
+  fixed arms and the first rung, and an expectation for the rest. Evaluation and start-up are not
+  in the measured per-step cost; a run's fixed overhead (``overhead_s``, default 1 s) stands for
+  them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adamqlr.experiment.spec import ExperimentSpec
+from adamqlr.results.atomic import atomic_write_bytes
+from adamqlr.studies.core import Arm, BestOf, Study, apply_variation
+
+__all__ = [
+    "COSTS_FILE",
+    "CostTable",
+    "StudyEstimate",
+    "calibrate",
+    "describe",
+    "estimate",
+    "run_steps",
+]
+
+#: Name of the cost table in the results folder.
+COSTS_FILE = "costs.json"
+#: Batch sizes timed per (task, optimiser); others are interpolated on log(batch size).
+CALIBRATION_BATCHES = (50, 400, 3200)
+
+
+def _train_size(spec: ExperimentSpec) -> int:
+    from adamqlr.tasks import get_task
+
+    st = spec.settings()
+    if st.train_size is not None:
+        return st.train_size
+    sizes = {"rosenbrock": 1, "uci-energy": 588, "uci-protein": 34983, "fashion-mnist": 50000,
+             "cifar-10": 45000, "svhn": 61047}  # fmt: skip
+    if spec.task in sizes:
+        return sizes[spec.task]
+    return len(get_task(spec.task).load_data(spec.profile).train)  # pragma: no cover
+
+
+def run_steps(spec: ExperimentSpec, seconds_per_step: float | None = None) -> float:
+    """Return the steps ``spec`` will take (for a time budget: the cap over the per-step cost)."""
+    from adamqlr.experiment.loop import planned_steps
+
+    st = spec.settings()
+    steps = planned_steps(st, _train_size(spec))
+    if st.seconds is not None and seconds_per_step:
+        by_time = st.seconds / seconds_per_step
+        steps = by_time if steps is None else min(steps, by_time)
+    return float(steps if steps is not None else 0.0)
+
+
+@dataclass
+class CostTable:
+    """Seconds per optimisation step by ``task|optimiser|batch``, and how they were measured."""
+
+    entries: dict[str, float] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, root: str | Path) -> CostTable:
+        """Read ``costs.json`` of the results folder ``root`` (empty if there is none)."""
+        path = Path(root) / COSTS_FILE
+        if not path.exists():
+            return cls()
+        data = json.loads(path.read_text())
+        return cls(dict(data.get("seconds_per_step", {})), dict(data.get("meta", {})))
+
+    def save(self, root: str | Path) -> Path:
+        """Write the table atomically to ``root/costs.json``."""
+        path = Path(root) / COSTS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"seconds_per_step": dict(sorted(self.entries.items())), "meta": self.meta}
+        atomic_write_bytes(path, (json.dumps(payload, indent=1) + "\n").encode())
+        return path
+
+    def per_step(self, task: str, optimiser: str, batch: int) -> float | None:
+        """Seconds per step, interpolated on log(batch) between measured batch sizes."""
+        points = sorted(
+            (int(k.split("|")[2]), v)
+            for k, v in self.entries.items()
+            if k.split("|")[:2] == [task, optimiser]
+        )
+        if not points:
+            return None
+        if batch <= points[0][0] or len(points) == 1:
+            return points[0][1] * (batch / points[0][0] if batch > points[0][0] else 1.0)
+        for (b0, c0), (b1, c1) in zip(points, points[1:], strict=False):
+            if b0 <= batch <= b1:
+                w = (math.log(batch) - math.log(b0)) / (math.log(b1) - math.log(b0))
+                return c0 + w * (c1 - c0)
+        b, c = points[-1]
+        return c * batch / b  # beyond the largest: linear in the batch size
+
+
+def _combos(specs: Iterable[ExperimentSpec]) -> dict[tuple[str, str, str], set[int]]:
+    out: dict[tuple[str, str, str], set[int]] = {}
+    for spec in specs:
+        out.setdefault((spec.task, spec.optimiser, spec.profile), set()).add(
+            spec.settings().batch_size
+        )
+    return out
+
+
+def _arm_specs(study: Study, arm: Arm) -> list[ExperimentSpec]:
+    """Return an arm's drawn configurations (or its fixed configuration), as specs."""
+    from adamqlr.studies.core import _referenced
+
+    if isinstance(arm.base, BestOf):
+        other, ref = _referenced(study, arm.base)
+        return [apply_variation(s, arm.overrides) for s in _arm_specs(other, ref)]
+    base = apply_variation(arm.base, arm.overrides)
+    if arm.search is not None:
+        return [
+            study.spec(apply_variation(base, arm.search.configuration(n)))
+            for n in range(arm.search.n_trials)
+        ]
+    if arm.grid:
+        return [study.spec(apply_variation(base, v)) for v in arm.grid]
+    return [study.spec(base)]
+
+
+def calibrate(
+    studies: Sequence[Study],
+    root: str | Path,
+    *,
+    steps: int = 20,
+    warmup: int = 3,
+    batches: Sequence[int] = CALIBRATION_BATCHES,
+    log: Any = print,
+) -> CostTable:
+    """Time ``steps`` optimisation steps per (task, optimiser, batch size) and store the table.
+
+    Each (task, optimiser) the studies use is timed at ``batches`` (capped at the training set;
+    Rosenbrock at its one batch) after ``warmup`` untimed steps, with one torch thread.
+
+    Returns:
+        The updated :class:`CostTable` (also written to ``root/costs.json``).
+    """
+    import platform
+
+    import torch
+
+    import adamqlr.baselines  # noqa: F401 - registers K-FAC and Baydin SGD
+    from adamqlr.experiment.loop import train
+    from adamqlr.tasks import get_task
+
+    torch.set_num_threads(1)
+    table = CostTable.load(root)
+    specs = [s for study in studies for arm in study.arms for s in _arm_specs(study, arm)]
+    data_cache: dict[tuple[str, str], Any] = {}
+    for (task, optimiser, profile), _ in sorted(_combos(specs).items()):
+        base = next(
+            s for s in specs if (s.task, s.optimiser, s.profile) == (task, optimiser, profile)
+        )
+        size = _train_size(base)
+        wanted = sorted({min(b, size) for b in batches}) if task != "rosenbrock" else [1]
+        for batch in wanted:
+            key = f"{task}|{optimiser}|{batch}"
+            spec = base.replace(
+                batch_size=batch, steps=warmup + steps, epochs=None, seconds=None,
+                eval_every=warmup + steps + 1, eval_points=None, seed=0,
+            )  # fmt: skip
+            if (task, profile) not in data_cache:
+                data_cache[(task, profile)] = get_task(task).load_data(profile)
+            t0 = time.perf_counter()
+            result = train(spec.settings(), data=data_cache[(task, profile)], progress=False)
+            frame = result.metrics.frame()
+            times = frame["time"].to_numpy()
+            step_col = frame["step"].to_numpy()
+            i = int((step_col >= warmup).argmax())
+            timed = float(times[-1] - times[i]) / max(1, int(step_col[-1] - step_col[i]))
+            table.entries[key] = timed
+            log(f"  {key:<40} {timed * 1e3:9.3f} ms/step  ({time.perf_counter() - t0:.1f} s)")
+    table.meta = {
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": platform.node(),
+        "processor": platform.processor() or platform.machine(),
+        "torch_threads": 1,
+        "steps": steps,
+        "warmup": warmup,
+    }
+    table.save(root)
+    return table
+
+
+@dataclass
+class StudyEstimate:
+    """The size of a study under a profile.
+
+    Attributes:
+        study: Its name.
+        runs: Runs in all (trials and repeats).
+        steps: Optimisation steps in all.
+        core_hours: Estimated core-hours (optimisation plus ``overhead_s`` per run).
+        uncalibrated: (task, optimiser) pairs without a measured cost (counted as zero).
+    """
+
+    study: str
+    runs: int
+    steps: float
+    core_hours: float
+    uncalibrated: set[tuple[str, str]] = field(default_factory=set)
+
+
+def estimate(
+    study: Study,
+    costs: CostTable,
+    *,
+    overhead_s: float = 1.0,
+    seen: set[str] | None = None,
+) -> StudyEstimate:
+    """Estimate the runs, steps and core-hours of ``study`` from ``costs`` (see the module doc).
+
+    Args:
+        study: The study.
+        costs: Per-step costs.
+        overhead_s: Seconds counted per run for start-up and evaluation.
+        seen: Keys of runs (and tuned arms) already counted, e.g. by an earlier study of the same
+            campaign: those are not counted again, so estimates of several studies add up to the
+            campaign's (a run two studies share is made once). Updated in place.
+    """
+    out = StudyEstimate(study.name, 0, 0.0, 0.0)
+    seen = set() if seen is None else seen
+
+    def cost(spec: ExperimentSpec) -> tuple[float, float]:
+        st = spec.settings()
+        per = costs.per_step(spec.task, spec.optimiser, st.batch_size)
+        if per is None:
+            out.uncalibrated.add((spec.task, spec.optimiser))
+        steps = run_steps(spec, per)
+        return steps, steps * (per or 0.0) + overhead_s
+
+    def add(spec: ExperimentSpec, weight: float = 1.0, dedupe: bool = True) -> None:
+        if dedupe:
+            key = spec.key
+            if key in seen:
+                return
+            seen.add(key)
+        steps, seconds = cost(spec)
+        out.runs += int(round(weight))
+        out.steps += steps * weight
+        out.core_hours += seconds * weight / 3600
+
+    for arm in study.arms:
+        if arm.search is not None:  # the same search in two studies is one search
+            identity = "search:" + study.spec(arm.trial_spec(0, 1.0)).key + repr(arm.seeds)
+            if identity in seen:
+                continue
+            seen.add(identity)
+        if arm.search is not None or arm.grid or isinstance(arm.base, BestOf):
+            configs = _arm_specs(study, arm)
+            full = [cost(c) for c in configs]
+            mean_steps = sum(f[0] for f in full) / len(full)
+            mean_s = sum(f[1] for f in full) / len(full)
+            if arm.search is not None:
+                for r, (count, fraction) in enumerate(arm.search.rungs):
+                    if r == 0:
+                        for n in range(count):
+                            add(study.spec(arm.trial_spec(n, fraction)))
+                    else:
+                        out.runs += count
+                        out.steps += count * mean_steps * fraction
+                        out.core_hours += count * (mean_s - overhead_s) * fraction / 3600
+                        out.core_hours += count * overhead_s / 3600
+            elif arm.grid:
+                for spec in configs:
+                    add(spec.replace(seed=arm.tune_seed))
+            n = len(arm.seeds)
+            out.runs += n
+            out.steps += n * mean_steps
+            out.core_hours += n * mean_s / 3600
+        else:
+            base = study.spec(apply_variation(arm.base, arm.overrides))
+            for spec in arm.repeats_of(base):
+                add(spec)
+    return out
+
+
+def describe(estimates: Sequence[StudyEstimate], costs: CostTable) -> str:
+    """Format estimates as a table, with the total."""
+    lines = [f"{'study':<18} {'runs':>7} {'steps':>12} {'core-hours':>11}"]
+    for e in estimates:
+        lines.append(f"{e.study:<18} {e.runs:>7d} {e.steps:>12.3g} {e.core_hours:>11.2f}")
+    lines.append(
+        f"{'total':<18} {sum(e.runs for e in estimates):>7d} "
+        f"{sum(e.steps for e in estimates):>12.3g} {sum(e.core_hours for e in estimates):>11.2f}"
+    )
+    missing = sorted({p for e in estimates for p in e.uncalibrated})
+    if missing:
+        lines.append(
+            "not calibrated (counted as start-up only; run `adamqlr study calibrate`): "
+            + ", ".join(f"{t}/{o}" for t, o in missing)
+        )
+    if costs.meta:
+        lines.append(
+            f"per-step costs measured {costs.meta.get('measured_at')} on "
+            f"{costs.meta.get('machine')} ({costs.meta.get('torch_threads')} torch thread)"
+        )
+    return "\n".join(lines)
