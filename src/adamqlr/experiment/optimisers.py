@@ -12,7 +12,7 @@ adapted by :class:`TorchStepper`; AdamQLR and SGDQLR are the package's optimiser
 :class:`QLRStepper`.
 
 Each entry lists *all* its hyperparameters with their defaults (the paper's placeholders or
-untuned values, `paper.md` sections 3.9 and 4), so the resolved hyperparameters of a run are always
+untuned values in the authors' code), so the resolved hyperparameters of a run are always
 complete and explicit in its record. Other modules add entries with :func:`register_optimiser`
 (the K-FAC and Baydin-SGD baselines do this): a module listed in :data:`OPTIMISER_PROVIDERS` is
 imported the first time the registry is consulted, so its entries appear in ``adamqlr run --help``.
@@ -295,7 +295,7 @@ def _sgdqlr(model: nn.Module, loss: Loss, h: dict[str, Any]) -> Stepper:
     return QLRStepper(SGDQLR(model, loss, h["curvature"], **_qlr_kwargs(h)))
 
 
-#: The paper's untuned AdamQLR (`paper.md` section 3.9; the defaults of :class:`adamqlr.AdamQLR`).
+#: The paper's untuned AdamQLR (the authors' code; the defaults of :class:`adamqlr.AdamQLR`).
 _ADAMQLR_UNTUNED: dict[str, Any] = {
     "curvature": "fisher",
     "initial_damping": 1e-3,
@@ -311,14 +311,14 @@ _ADAMQLR_UNTUNED: dict[str, Any] = {
     "betas": (0.9, 0.999),
     "eps": 1e-8,
 }
-#: The tuned configuration's placeholders, which tuning overwrites (`official-code.md` 1.9).
+#: The tuned configuration's placeholders, which tuning overwrites (the authors' ``configs/``).
 _ADAMQLR_TUNED = {
     **_ADAMQLR_UNTUNED,
     "initial_damping": 1.0,
     "damping_decrease": 0.95,
     "damping_increase": 1.0526,
 }
-#: SGDQLR's damped configuration (`official-code.md` 1.8): lambda_0 = 1, omega 0.9 / 2.0.
+#: SGDQLR's damped configuration (the authors' ``configs/``): lambda_0 = 1, omega 0.9 / 2.0.
 _SGDQLR = {k: v for k, v in _ADAMQLR_UNTUNED.items() if k not in ("betas", "eps")} | {
     "initial_damping": 1.0,
     "damping_decrease": 0.9,

@@ -130,7 +130,7 @@ class RunSettings:
         test_size: Use only the first this many test examples (``None``: all).
         model: The task's model configuration name.
         padding_dilution: Reproduce the official code's padding dilution of the squared-error
-            Fisher term (`official-code.md` section 1.4).
+            Fisher term (as the authors' code at commit ``ab3dea5`` does).
     """
 
     task: str

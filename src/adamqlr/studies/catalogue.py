@@ -13,7 +13,7 @@ study                  chapter and question
 =====================  ====================================================================
 
 **Tuning.** The paper tunes every "tuned" optimiser with 200 random-search trials under ASHA and
-repeats the best configuration 50 times (`paper.md` section 5). Here a *tuned* arm is a small,
+repeats the best configuration 50 times (the authors' code). Here a *tuned* arm is a small,
 explicit grid over the paper's search space (one run per point with a tuning seed), chosen by the
 final validation loss, then repeated over fresh seeds (:mod:`adamqlr.studies.core`). The grids are
 listed below; they are a stand-in for the paper's search, and the chapters say so. The

@@ -1,4 +1,4 @@
-"""The paper's hyperparameter search spaces, one per optimiser (`paper.md` 3.10 and 4).
+"""The paper's hyperparameter search spaces, one per optimiser (the authors' code).
 
 Each entry maps a hyperparameter of the optimiser's registry entry
 (:mod:`adamqlr.experiment.optimisers`) to a distribution. A :class:`OneMinus` dimension is drawn as
