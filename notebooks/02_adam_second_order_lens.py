@@ -283,8 +283,9 @@ print(f"AdamQLR: same updates under theta = {scale:g} phi; Adam: {scale:g} times
 #
 # **Agreement with the paper.** The reading of Adam as a step preconditioned by
 # $\operatorname{diag}(\sqrt{\hat v}) + \epsilon I$, with $\epsilon$ as a fixed damping and $\eta$ as
-# the hand-tuned piece that AdamQLR replaces, is how third-party summaries describe the paper; the
-# paper's own wording could not be read (UNCONFIRMED), including how it justifies the square root.
+# the hand-tuned piece that AdamQLR replaces, is the paper's abstract's and the public reviews'
+# account of it {cite:p}`clarke2023openreview`; how the paper's body justifies the square root is
+# not something this book could check ({doc}`sources`).
 # The identity {eq}`eq-al-expectation` and the measurements above are ours: they say that the
 # "curvature" being square-rooted is an empirical-Fisher diagonal divided by the batch size, and
 # that it correlates with the GGN's diagonal only moderately on this network.

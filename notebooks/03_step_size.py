@@ -250,8 +250,9 @@ fig = plot_line_models(figure_rows)
 #
 # **Agreement with the paper.** The formula {eq}`eq-alpha-star`, the raw gradient in the linear
 # term, the absence of a sign constraint and of any separate learning rate are exactly what the
-# authors' code does (`paper.md`, section 3.5). How the paper derives and presents it is
-# UNCONFIRMED. The measurements in {numref}`fig-ss-models` are ours.
+# authors' code does {cite:p}`clarke2024code` (its `learning_rate_from_fisher`); how the paper's
+# body derives and presents it is not restated here ({doc}`sources`). The measurements in
+# {numref}`fig-ss-models` are ours.
 #
 # ## Exercises
 #

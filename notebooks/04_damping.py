@@ -255,14 +255,14 @@ heldout
 #   fitted its batch overshot for the data.
 #
 # **Agreement with the paper.** The rule, its thresholds, factors and floor, the every-step
-# adaptation and the same-batch $\rho$ with the damping term included are the authors' code
-# (`paper.md`, section 3.3). The paper's damping ablation compares AdamQLR with adaptive damping
-# against no damping on Fashion-MNIST and CIFAR-10; its conclusions could not be read
-# (UNCONFIRMED). The abstract's verdict that K-FAC's heuristics have mixed standalone value is
-# consistent with what we see: at the untuned batch size adaptive damping changes nothing, and at
-# a small batch size it does not prevent divergence. That untuned AdamQLR is sensitive to the
-# batch size is our measurement; the paper has a batch-size sensitivity study whose results are
-# UNCONFIRMED.
+# adaptation and the same-batch $\rho$ with the damping term included are what the authors' code
+# does {cite:p}`clarke2024code`. That code configures a damping ablation, AdamQLR with adaptive
+# damping against no damping on Fashion-MNIST and CIFAR-10; the paper's conclusion from it is not
+# restated here ({doc}`sources`). The abstract's verdict that K-FAC's heuristics have mixed
+# standalone value is consistent with what we see: at the untuned batch size adaptive damping
+# changes nothing, and at a small batch size it does not prevent divergence. That untuned AdamQLR is sensitive to the
+# batch size is our measurement; the first version of the paper had a sensitivity study that
+# varied the batch size {cite:p}`clarke2023openreview`, whose results we do not restate.
 #
 # ## Exercises
 #

@@ -297,8 +297,9 @@ fig = plot_product_costs(costs)
 # {eq}`eq-cp-hvp`, and our implementation follows it; we checked both against dense matrices
 # above. The code sums the squared-error curvature over output dimensions while the loss averages
 # over them, a mismatch that never arises in the paper's single-output regression tasks; our
-# losses derive both from one reduction. Whether the paper reports a per-step overhead is
-# UNCONFIRMED; the measurement above is ours, and the experiment chapters compare optimisers
+# losses derive both from one reduction. The first version of the paper put the overhead at
+# "only one additional forward pass", which a reviewer disputed {cite:p}`clarke2023openreview`;
+# the measurement above is ours, and the experiment chapters compare optimisers
 # against wall-clock time, which includes it.
 #
 # ## Exercises

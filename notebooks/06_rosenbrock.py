@@ -286,8 +286,10 @@ print(f"K-FAC's steps 2..{checked + 1} are the damped Gauss-Newton steps of eq-r
 #
 # **Agreement with the paper.** The paper's figure plots GD, GD Full, Adam, AdamQLR (Hessian,
 # tuned and untuned) and K-FAC, all on the Hessian for AdamQLR because the official code's GGN
-# product rejects this loss. What the paper says about the figure could not be read
-# (UNCONFIRMED: our recollection is that AdamQLR follows the valley in fewer steps than GD or Adam).
+# product rejects this loss {cite:p}`clarke2024code`. The paper's discussion of the figure is not
+# restated here ({doc}`sources`); the public reviews of the first version report its Rosenbrock
+# experiment, then run with the Hessian, and one reviewer found that choice unfair
+# {cite:p}`clarke2023openreview`.
 # Our runs agree that untuned AdamQLR reaches the neighbourhood of the minimum where the tuned
 # first-order baselines are still in the valley (compare the final losses above), and they add
 # two things the paper could not show. On this least-squares problem the GGN is the better curvature

@@ -21,9 +21,9 @@
 # on the paper's small tasks (UCI Energy, UCI Protein, Fashion-MNIST), under the protocol we can
 # afford?
 #
-# The fact sheet we work from (`paper.md`) could confirm the claim only as the abstract states
-# it; every per-task verdict of the paper is UNCONFIRMED there. So the runs below decide what
-# this page says.
+# The claim is the abstract's; the per-task verdicts behind it are in the body of the paper,
+# which this book could not check ({doc}`sources`). So the runs below decide what this page
+# says.
 
 # %% tags=["parameters"]
 # "quick": read the committed quick-profile run records; "paper": read paper-profile records,
@@ -293,6 +293,8 @@ print("clock noise:", noise)
 # tuned baseline, or better) on {glue:text}`ut_supported` tasks. Two cautions point in opposite
 # directions: our baselines are tuned on a grid of a few points rather than 200 ASHA trials,
 # which makes the comparison *easier* for untuned AdamQLR; and our budgets are a fraction of the
-# paper's, which penalises the large untuned batch size. The paper's own per-task verdicts are
-# UNCONFIRMED in our fact sheet, so we cannot say whether its figures agree with ours task by
-# task.
+# paper's, which penalises the large untuned batch size. The camera-ready paper's per-task
+# verdicts are not restated here ({doc}`sources`). The public reviews of its first version
+# {cite:p}`clarke2023openreview` read that version's figures as K-FAC ahead on UCI Energy and UCI
+# Protein, with tuned AdamQLR ahead of untuned AdamQLR on both; those are orderings of a
+# different version and protocol, so we do not compare them with ours task by task.

@@ -21,8 +21,9 @@
 # (Fisher), each tuned, on Fashion-MNIST and CIFAR-10. Which curvature gives the better
 # optimiser, and at what cost per step?
 #
-# The conclusion the paper draws is UNCONFIRMED in our fact sheet; so is our recollection that
-# the Fisher was the more robust and therefore became the default. The runs below decide.
+# The paper's default, and its authors' code's {cite:p}`clarke2024code`, is the Fisher; the
+# conclusion its body draws from this ablation is not restated here ({doc}`sources`). The runs
+# below decide.
 
 # %% tags=["parameters"]
 # "quick": read the committed quick-profile run records; "paper": read paper-profile records,
@@ -223,5 +224,5 @@ table
 #
 # **Against the paper.** The paper's choice of the Fisher as default is consistent with a Fisher
 # variant that is cheaper per step and never meets non-positive curvature; whether the paper
-# found the Hessian variant worse per unit of time, and by how much, is UNCONFIRMED in our fact
-# sheet. Our runs measure it at reduced scale only, on one task.
+# found the Hessian variant worse per unit of time, and by how much, this book could not check
+# ({doc}`sources`). Our runs measure it at reduced scale only, on one task.

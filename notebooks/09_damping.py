@@ -18,11 +18,11 @@
 # {cite:p}`levenberg1944method,marquardt1963algorithm,martens2015kfac` is one of the two
 # heuristics AdamQLR borrows ({ref}`ch-damping` derives it). How much of AdamQLR's behaviour is
 # due to it? The paper's damping ablation {cite:p}`clarke24a` compares Adam, AdamQLR (Undamped)
-# and AdamQLR with adaptive damping on Fashion-MNIST and CIFAR-10; its conclusion is UNCONFIRMED
-# in our fact sheet.
+# and AdamQLR with adaptive damping on Fashion-MNIST and CIFAR-10; its conclusion is not
+# restated here ({doc}`sources`).
 #
 # A second question comes from reading the official code: on UCI Energy it dilutes the curvature
-# term of the squared error by padding rows (`official-code.md` section 1.4), which changes the
+# term of the squared error by padding rows {cite:p}`clarke2024code`, which changes the
 # untuned AdamQLR's steps by a factor of about five. What does that do to the runs? Our library
 # implements the protocol as intended and keeps a switch that reproduces the dilution, so both can
 # be run.
@@ -161,7 +161,7 @@ pd.concat({"damping": facts, "final values": table}, axis=1)
 #
 # The official code pads the last mini-batch of an epoch with rows of NaN up to the batch size
 # and masks them out of the loss, but for the squared error its curvature term counts the padded
-# rows in the mean (`official-code.md` section 1.4). With $n$ real rows in a batch of $N$,
+# rows in the mean {cite:p}`clarke2024code`. With $n$ real rows in a batch of $N$,
 #
 # $$
 # q_\mathrm{official} = \frac{n}{N}\, q , \qquad
@@ -258,9 +258,12 @@ facts
 #   untuned AdamQLR that the official code runs on UCI Energy is a different optimiser from the
 #   one the paper's equations define, and in our runs it diverges.
 #
-# **Against the paper.** The paper's own conclusion from its damping ablation is UNCONFIRMED in
-# our fact sheet. Whether the paper's UCI Energy figure shows untuned AdamQLR diverging, or its
-# runs behaved differently (initialisation, float precision and the loop's stopping rule all
-# differ between the two code bases), we cannot check: the figure's content is UNCONFIRMED. The
+# **Against the paper.** The paper's own conclusion from its damping ablation is not restated
+# here ({doc}`sources`). Whether the paper's UCI Energy figure shows untuned AdamQLR diverging,
+# or its runs behaved differently (initialisation, float precision and the loop's stopping rule
+# all differ between the two code bases), we cannot check either; the public reviews of the
+# first version {cite:p}`clarke2023openreview` rank untuned AdamQLR on UCI Energy behind K-FAC,
+# Adam and tuned AdamQLR but ahead of SGD, which does not read like a divergence, though that was
+# the earlier code. The
 # dilution is a property of the official code, not of the algorithm the paper describes, and our
 # library implements the algorithm; the switch exists to show the difference.

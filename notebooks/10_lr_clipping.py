@@ -19,8 +19,9 @@
 # untuned setting used $\alpha_\mathrm{max} = 0.1$, the tuned one searched
 # $\alpha_\mathrm{max}$ over $[10^{-4}, 10]$, and a sensitivity study varied it. In the
 # camera-ready code {cite:p}`clarke24a` the clip is gone from both main variants: the clearest
-# documented change between the versions. The paper's stated reason is UNCONFIRMED in our fact
-# sheet. What does the clip do, and was dropping it harmless?
+# documented change between the versions. A reviewer of the first version called the clip a
+# heuristic that K-FAC does not have, which made the comparison unfair
+# {cite:p}`clarke2023openreview`. What does the clip do, and was dropping it harmless?
 
 # %% tags=["parameters"]
 # "quick": read the committed quick-profile run records; "paper": read paper-profile records,
@@ -189,5 +190,5 @@ sens
 # **Against the paper.** The camera-ready paper dropped the clip from its main variants; at the
 # v2 untuned value our runs find it nearly inert, so dropping it changes little for the untuned
 # optimiser at these budgets, while a tuned, binding clip can still help a little on
-# Fashion-MNIST. Whether the paper gives this or another reason for the change is UNCONFIRMED in
-# our fact sheet.
+# Fashion-MNIST. Whether the paper gives the reviewer's objection, this or another reason for the
+# change, this book could not check ({doc}`sources`).

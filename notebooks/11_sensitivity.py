@@ -21,11 +21,13 @@
 # factor (with $\omega_\mathrm{inc} = 1/\omega_\mathrm{dec}$ tied) and an update amplification
 # $k$; for comparison, Adam's learning rate around the tuned Adam. Which of them matter?
 #
-# Which sensitivity figures the paper shows, and its conclusions, are UNCONFIRMED in our fact
-# sheet (the committed plotting script even merges two of the result folders by a missing comma).
-# Our recollection, also unconfirmed, is that AdamQLR was fairly insensitive to $\lambda_0$ and
-# the stepping factor and that the batch size mattered most: a hypothesis for the runs below to
-# test.
+# The public reviews of the paper's first version {cite:p}`clarke2023openreview` describe its
+# sensitivity study (initial damping, rescaling factor $k$, batch size, $\alpha_\mathrm{max}$)
+# and read it as: the initial damping largely irrelevant, and rescaling the step by $k \neq 1$ no
+# help. Which sensitivity figures the camera-ready paper shows this book could not check
+# ({doc}`sources`; the authors' plotting script {cite:p}`clarke2024code` even merges two of the
+# result folders by a missing comma). Our hypothesis for the runs below: AdamQLR is fairly
+# insensitive to $\lambda_0$ and the stepping factor, and the batch size matters most.
 
 # %% tags=["parameters"]
 # "quick": read the committed quick-profile run records; "paper": read paper-profile records,
@@ -215,4 +217,6 @@ pd.concat(
 # **Against the paper.** The hypothesis we carried in (batch size matters most; $\lambda_0$ and
 # the stepping factor matter little) is {glue:text}`se_hypothesis` by these ratios at reduced
 # scale (batch size the largest spread among AdamQLR's four quantities, $\lambda_0$ and the
-# stepping factor below 1.1). The paper's own statement is UNCONFIRMED in our fact sheet.
+# stepping factor below 1.1). The reviews' reading of the first version (the initial damping
+# largely irrelevant, $k \neq 1$ no help) agrees with our ratios for $\lambda_0$ and $k$; the
+# camera-ready paper's own statement is not restated here ({doc}`sources`).

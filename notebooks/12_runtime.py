@@ -21,8 +21,8 @@
 # cost move the curves of {ref}`ch-untuned-vs-tuned`?
 #
 # The paper has no dedicated overhead benchmark; its runtime evidence is the x-axis of every
-# figure and the steps and times of its tables. Any overhead figure the paper states is
-# UNCONFIRMED in our fact sheet.
+# figure and the steps and times of its tables. Its first version put the overhead at "only one
+# additional forward pass", which a reviewer disputed {cite:p}`clarke2023openreview`.
 
 # %% tags=["parameters"]
 # "quick": read the committed quick-profile run records; "paper": read paper-profile records,
@@ -198,6 +198,6 @@ per_step
 #
 # **Against the paper.** The paper's runtime comparisons were made on GPUs shared by six runs
 # for the small tasks, with a full evaluation after every step inside the clock
-# (`official-code.md` section 8); ours exclude evaluation from the clock. Absolute times are
-# therefore not comparable with the paper's figures, and any overhead factor the paper states is
-# UNCONFIRMED in our fact sheet; the ratios above are what our implementation costs.
+# {cite:p}`clarke2024code`; ours exclude evaluation from the clock. Absolute times are
+# therefore not comparable with the paper's figures, and "one additional forward pass" counts
+# work rather than time; the ratios above are what our implementation costs.

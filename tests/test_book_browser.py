@@ -1,8 +1,10 @@
 """A real browser renders the built book: headless Chromium (Debian's package) driven by Playwright.
 
-The book is served from a local HTTP server; every request to another host (MathJax's CDN, fonts)
-is refused, so the test is offline and shows what a reader sees without them. Nothing is installed
-at run time: without ``/usr/bin/chromium`` (``make test`` installs it) the test is skipped.
+The book is served from a local HTTP server; every request to another host is refused and
+recorded, so the tests are offline and show what a reader without a network sees: every page's
+equations must be rendered by the MathJax copy the book serves itself, and no page may ask for
+anything outside the book. Nothing is installed at run time: without ``/usr/bin/chromium``
+(``make test`` installs it) the tests are skipped.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from _book import built_book  # noqa: F401
+from _book import PROJECT, built_book  # noqa: F401
 
 CHROMIUM = os.environ.get("ADAMQLR_CHROMIUM", "/usr/bin/chromium")
 
@@ -64,19 +66,38 @@ def page(server):
         )
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         tab = context.new_page()
+        tab.outside = []  # requests to anything but the book's server (refused)
+        tab.missing = []  # the book's own files that were asked for but not served
 
         def local_only(route) -> None:
             if route.request.url.startswith(server):
                 route.continue_()
             else:
+                tab.outside.append(route.request.url)
                 route.abort()
 
+        def served(response) -> None:
+            if response.url.startswith(server) and response.status >= 400:
+                tab.missing.append(f"{response.status} {response.url}")
+
         tab.route("**/*", local_only)
+        tab.on("response", served)
         tab.set_default_timeout(30_000)
         try:
             yield tab
         finally:
             browser.close()
+
+
+def _open(page, url: str) -> None:
+    """Load a page with a clean request log and wait until MathJax has typeset it."""
+    page.outside.clear()
+    page.missing.clear()
+    page.goto(url, wait_until="load")
+    page.evaluate(
+        "async () => { if (window.MathJax && MathJax.startup && MathJax.startup.promise)"
+        " { await MathJax.startup.promise; } }"
+    )
 
 
 def test_index_renders_and_links_to_the_quickstart(page, server) -> None:
@@ -118,3 +139,63 @@ def test_glossary_term_is_visible(page, server) -> None:
     page.wait_for_load_state("load")
     term = page.locator("dt#term-damping")
     assert term.is_visible() and "damping" in term.inner_text()
+
+
+#: What the browser reports about a page's mathematics once MathJax is done: how many rendered
+#: formulas, the math elements left unrendered, TeX errors, and text that still looks like TeX
+#: (delimiters or a dollar before a command) outside code.
+_MATH_REPORT = r"""
+() => {
+  const math = [...document.querySelectorAll("span.math, div.math")];
+  const unrendered = math.filter(e => !e.querySelector("mjx-container"))
+                         .map(e => e.textContent.trim().slice(0, 80));
+  const errors = [...document.querySelectorAll(
+      "mjx-container [data-mjx-error], mjx-container [data-mml-node='merror']")]
+    .map(e => (e.getAttribute("data-mjx-error") || e.textContent).slice(0, 80));
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT, {
+    acceptNode(node) {
+      const parent = node.parentElement;
+      const skip = "pre, code, script, style, textarea, mjx-container, .highlight";
+      if (!parent || parent.closest(skip)) return NodeFilter.FILTER_REJECT;
+      return NodeFilter.FILTER_ACCEPT;
+    }
+  });
+  const raw = [];
+  while (walker.nextNode()) {
+    const text = walker.currentNode.textContent;
+    if (/\\\(|\\\[|\$\$|\$\\[A-Za-z]/.test(text)) raw.push(text.trim().slice(0, 100));
+  }
+  const scripts = [...document.querySelectorAll("script[src]")].map(s => s.src);
+  return {rendered: document.querySelectorAll("mjx-container").length, math: math.length,
+          unrendered, errors, raw, scripts};
+}
+"""
+
+PAGES = PROJECT.toc_files()
+
+
+@pytest.mark.parametrize("docname", PAGES)
+def test_page_math_renders_offline_from_the_book(page, server, built_book, docname) -> None:  # noqa: F811
+    _open(page, f"{server}/{docname}.html")
+    report = page.evaluate(_MATH_REPORT)
+    mathjax = [s for s in report["scripts"] if "mathjax" in s.lower()]
+    assert all(s.startswith(server) for s in mathjax), mathjax
+    source = (built_book / f"{docname}.html").read_text(encoding="utf-8")
+    if 'class="math' in source:
+        assert mathjax, f"{docname} has math but loads no MathJax"
+        assert report["math"] > 0 and report["rendered"] >= report["math"], report
+    assert not report["unrendered"], f"unrendered math on {docname}: {report['unrendered'][:5]}"
+    assert not report["errors"], f"TeX errors on {docname}: {report['errors'][:5]}"
+    assert not report["raw"], f"raw TeX in the text of {docname}: {report['raw'][:5]}"
+    assert not page.outside, f"{docname} requested outside the book: {page.outside[:5]}"
+    assert not page.missing, f"{docname} requested missing files: {page.missing[:5]}"
+
+
+def test_notation_page_renders_its_formulas(page, server) -> None:
+    _open(page, f"{server}/book/notation.html")
+    report = page.evaluate(_MATH_REPORT)
+    assert report["rendered"] >= 20, report["rendered"]
+    first = page.locator("mjx-container").first
+    first.scroll_into_view_if_needed()
+    box = first.bounding_box()
+    assert box is not None and box["width"] > 3 and box["height"] > 5

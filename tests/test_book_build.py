@@ -177,3 +177,21 @@ def test_build_refuses_active_content(tmp_path) -> None:
         build_book(project, run=False, path_output=tmp_path / "out")
     assert "tiny.ipynb, cell 0, text/html" in str(info.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_pages_load_scripts_and_styles_from_the_book_only(built_book) -> None:  # noqa: F811
+    """Every script and stylesheet (MathJax included) is served by the book: nothing from a CDN."""
+    mathjax = built_book / "_static" / "mathjax" / "tex-svg-full.js"
+    assert mathjax.is_file() and mathjax.stat().st_size > 1_000_000
+    with_math = 0
+    for html in sorted(built_book.rglob("*.html")):
+        text = html.read_text(encoding="utf-8")
+        tags = re.findall(
+            r"<script[^>]*\ssrc=\"([^\"]+)\"|<link[^>]*\shref=\"([^\"]+\.css[^\"]*)\"", text
+        )
+        remote = [a or b for a, b in tags if re.match(r"(https?:)?//", a or b)]
+        assert not remote, f"{html.relative_to(built_book)} loads {remote}"
+        if 'class="math' in text:
+            with_math += 1
+            assert "_static/mathjax/tex-svg-full.js" in text, html.relative_to(built_book)
+    assert with_math >= 12

@@ -19,6 +19,7 @@ from adamqlr.book.runner import (
     PROVENANCE_TAG,
     NotebookFailed,
     choose_profile,
+    colab_cell_source,
     execute_notebook,
     freshness,
     repository_url,
@@ -229,7 +230,9 @@ def test_executed_only_page_without_source_is_refused(tmp_path) -> None:
 # ----------------------------------------------------------------------------- provenance
 
 
-def test_executed_notebook_records_provenance_and_installs_on_colab(tmp_path) -> None:
+def test_executed_notebook_records_provenance_and_installs_on_colab(tmp_path, monkeypatch) -> None:
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setenv("ADAMQLR_GIT_COMMIT", commit)  # tmp_path is no git checkout
     make_project(tmp_path, {"tiny": TINY.format(body="print(profile, scale)")})
     record = execute_notebook(
         tmp_path / "notebooks" / "tiny.py",
@@ -253,12 +256,56 @@ def test_executed_notebook_records_provenance_and_installs_on_colab(tmp_path) ->
 
     first = nb.cells[0]
     assert COLAB_TAG in first.metadata.tags and "remove-cell" in first.metadata.tags
-    assert '"google.colab" in sys.modules' in first.source
-    assert f"git+{repository_url()}" in first.source
+    assert first.source == colab_cell_source(repository_url(), commit).rstrip("\n")
+    assert meta["git"]["commit"] == commit
     assert first.outputs == [] and first.execution_count == 1  # ran, did nothing here
     assert not any(PROVENANCE_TAG in c.metadata.get("tags", []) for c in nb.cells)
     printed = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert any("smoke 2" in "".join(o.get("text", "")) for o in printed)
+
+
+def _run_colab_cell(source, monkeypatch, tmp_path, *, importable: bool) -> list[list[str]]:
+    import importlib.util
+    import subprocess
+
+    calls: list[list[str]] = []
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: (
+            (real(name, *a) if importable else None) if name == "adamqlr" else real(name, *a)
+        ),
+    )
+    monkeypatch.setattr(subprocess, "run", lambda args, **kw: calls.append(list(args)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ADAMQLR_RESULTS", raising=False)
+    exec(compile(source, "colab-cell", "exec"), {})
+    return calls
+
+
+def test_colab_cell_does_nothing_where_the_package_is_importable(tmp_path, monkeypatch) -> None:
+    source = colab_cell_source("https://example.org/repo", "a" * 40)
+    assert _run_colab_cell(source, monkeypatch, tmp_path, importable=True) == []
+    assert "ADAMQLR_RESULTS" not in __import__("os").environ
+
+
+def test_colab_cell_installs_the_package_at_the_pages_commit(tmp_path, monkeypatch) -> None:
+    import os
+    import sys
+
+    commit = "b" * 40
+    source = colab_cell_source("https://example.org/repo", commit)
+    calls = _run_colab_cell(source, monkeypatch, tmp_path, importable=False)
+    dest = str(tmp_path / f"adamqlr-{commit[:12]}")
+    assert calls[0] == ["git", "init", "-q", dest]
+    assert calls[1] == ["git", "-C", dest, "fetch", "-q", "--depth", "1",
+                        "https://example.org/repo", commit]  # fmt: skip
+    assert calls[2] == ["git", "-C", dest, "checkout", "-q", "FETCH_HEAD"]
+    assert calls[3] == [sys.executable, "-m", "pip", "install", "-q",
+                        dest + "[experiments,plots,tune]"]  # fmt: skip
+    assert os.environ["ADAMQLR_RESULTS"] == os.path.join(dest, "results")
+    assert "'main'" in colab_cell_source("https://example.org/repo", None)  # no commit known
 
 
 def test_one_repository_url_everywhere() -> None:
@@ -270,3 +317,35 @@ def test_one_repository_url_everywhere() -> None:
     assert config["repository"]["url"] == url
     assert citation["repository-code"] == url
     assert repository_url() == url
+
+
+# ----------------------------------------------------------------------------- status speed
+
+
+def test_status_fingerprints_each_module_once(monkeypatch) -> None:
+    from adamqlr.book import fingerprint
+    from adamqlr.book.project import Project
+
+    project = Project(ROOT)
+    calls: list[str] = []
+    real = fingerprint._code_fingerprint
+    monkeypatch.setattr(fingerprint, "_FINGERPRINTS", {})
+    monkeypatch.setattr(fingerprint, "_code_fingerprint", lambda p: calls.append(str(p)) or real(p))
+    states = [freshness(project, entry) for entry in project.notebooks()]
+    assert len(states) >= 12
+    assert calls and len(calls) == len(set(calls)), "a module was fingerprinted twice"
+
+
+def test_cached_fingerprint_follows_edits(tmp_path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("x = 1\n")
+    first = code_fingerprint(module)
+    assert code_fingerprint(module) == first
+    module.write_text("x = 2\n")  # same size: the modification time tells
+    import os
+
+    os.utime(module, ns=(1, 1))
+    second = code_fingerprint(module)
+    assert second != first
+    module.write_text('"""Doc."""\nx = 2\n')  # a docstring is not code
+    assert code_fingerprint(module) == second

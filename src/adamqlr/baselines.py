@@ -3,7 +3,7 @@
 Importing this module adds to :mod:`adamqlr.experiment.optimisers`:
 
 * ``"kfac"`` ("K-FAC"): :class:`adamqlr.kfac.KFAC` in adaptive mode, kfac-jax's settings in the
-  paper (`official-code.md` section 2.2): curvature EMA 0.95, inverses refreshed and damping adapted
+  paper (the authors' code, ``ab3dea5``): curvature EMA 0.95, inverses refreshed and damping adapted
   every step, damping factor 0.9, minimum damping 1e-8, ``lambda_0`` placeholder 1.0 (tuned);
 * ``"kfac-unadaptive"`` ("K-FAC (Unadaptive)"): fixed learning rate, momentum and damping
   (placeholders 1e-3, 0.9, 1.0; all tuned);

@@ -47,7 +47,7 @@ __all__ = [
 
 #: Bumped when what the runner writes into a notebook changes (injected cells, metadata layout),
 #: so that every page is re-executed once.
-RUNNER_VERSION = 1
+RUNNER_VERSION = 2
 
 _READS = re.compile(r"^\s*#\s*reads:\s*(?P<pattern>\S.*?)\s*$")
 
@@ -80,11 +80,18 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
+#: Fingerprints already computed in this process, keyed by file identity and modification stamp:
+#: ``adamqlr book status`` asks for the same ~30 modules once per page.
+_FINGERPRINTS: dict[tuple[str, int, int, int], str] = {}
+
+
 def code_fingerprint(path: str | os.PathLike[str]) -> str:
     """Fingerprint a Python file by what it does: its syntax tree without docstrings.
 
     Comments, docstrings, blank lines and formatting do not change the fingerprint; any change of
-    code does. A file that does not parse is fingerprinted by its bytes.
+    code does. A file that does not parse is fingerprinted by its bytes. Within a process the
+    result is cached per file and reused while the file's size, inode and modification time
+    (nanoseconds) are unchanged.
 
     Args:
         path: The ``.py`` file.
@@ -92,6 +99,15 @@ def code_fingerprint(path: str | os.PathLike[str]) -> str:
     Returns:
         A hex SHA-256.
     """
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    cached = _FINGERPRINTS.get(key)
+    if cached is None:
+        cached = _FINGERPRINTS[key] = _code_fingerprint(path)
+    return cached
+
+
+def _code_fingerprint(path: str | os.PathLike[str]) -> str:
     text = Path(path).read_bytes()
     try:
         tree = _strip_docstrings(ast.parse(text))

@@ -3,9 +3,10 @@
 One notebook (:func:`execute_notebook`):
 
 1. read the Jupytext source; check its ``parameters`` cell sets ``profile``;
-2. add two cells: first, one that installs the package when the notebook runs on Colab (a no-op
-   elsewhere; hidden in the book); last, one that reports which ``adamqlr`` modules were loaded and
-   on which device the kernel ran (read back and removed by the runner);
+2. add two cells: first, one that installs the package pinned to the page's commit where it is
+   not importable, e.g. on Colab (a no-op elsewhere; hidden in the book); last, one that reports
+   which ``adamqlr`` modules were loaded and on which device the kernel ran (read back and
+   removed by the runner);
 3. execute it with papermill, under the project's kernel (:data:`KERNEL_NAME`, installed into the
    running environment if missing), into a temporary folder;
 4. verify the result: no error output, every non-empty code cell has an execution count, no
@@ -331,20 +332,57 @@ def git_state(root: str | os.PathLike[str]) -> dict[str, Any]:
     }
 
 
-def _colab_cell(url: str) -> Any:
+#: The extras a page needs beyond torch and numpy (what the Colab cell installs).
+COLAB_EXTRAS = "experiments,plots,tune"
+
+
+def colab_cell_source(url: str, commit: str | None) -> str:
+    """Return the source of the first cell of every executed notebook.
+
+    Where ``adamqlr`` is already importable (the book's own runs, a checkout, Binder, which builds
+    ``environment.yml``) the cell does nothing. Elsewhere (Colab) it fetches the repository at
+    ``commit``, the commit the page was executed from, installs the package from that checkout
+    with the extras the pages use, and points :func:`adamqlr.results.default_root` at the
+    checkout's ``results/`` (the run records the experiment pages read), so the page runs with
+    the code and records that made it.
+
+    Args:
+        url: The git repository (``Project-URL: Homepage``).
+        commit: The commit to pin (``None``, outside a git checkout: the ``main`` branch).
+
+    Returns:
+        Python source.
+    """
+    ref = commit or "main"
+    return f"""\
+# Run this page anywhere: where `adamqlr` is not installed (e.g. on Colab), fetch the companion at
+# the commit this page was executed from and install it; where it is installed, do nothing.
+import importlib.util
+import os
+import subprocess
+import sys
+
+if importlib.util.find_spec("adamqlr") is None:
+    _repo, _commit = {url!r}, {ref!r}
+    _dest = os.path.abspath("adamqlr-" + _commit[:12])
+    if not os.path.isdir(os.path.join(_dest, ".git")):
+        for _args in (
+            ["init", "-q", _dest],
+            ["-C", _dest, "fetch", "-q", "--depth", "1", _repo, _commit],
+            ["-C", _dest, "checkout", "-q", "FETCH_HEAD"],
+        ):
+            subprocess.run(["git", *_args], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", _dest + "[{COLAB_EXTRAS}]"], check=True
+    )
+    os.environ["ADAMQLR_RESULTS"] = os.path.join(_dest, "results")  # the records the pages read
+"""
+
+
+def _colab_cell(url: str, commit: str | None) -> Any:
     import nbformat
 
-    spec = f"adamqlr[experiments,plots] @ git+{url}"
-    source = (
-        "# On Colab, install the companion package first (this cell does nothing elsewhere).\n"
-        "import sys\n"
-        "\n"
-        'if "google.colab" in sys.modules:\n'
-        "    import subprocess\n"
-        "\n"
-        f'    subprocess.run([sys.executable, "-m", "pip", "install", "-q", {spec!r}], check=True)'
-    )
-    cell = nbformat.v4.new_code_cell(source)
+    cell = nbformat.v4.new_code_cell(colab_cell_source(url, commit).rstrip("\n"))
     cell.metadata["tags"] = [COLAB_TAG, "remove-cell"]
     return cell
 
@@ -540,10 +578,10 @@ def execute_notebook(
         "language": "python",
     }
     nb.metadata.setdefault("language_info", {"name": "python"})
-    nb.cells.insert(0, _colab_cell(repository_url()))
+    git = git_state(root)
+    nb.cells.insert(0, _colab_cell(repository_url(), git["commit"]))
     nb.cells.append(_provenance_cell())
 
-    git = git_state(root)
     target.parent.mkdir(parents=True, exist_ok=True)  # the notebook runs in its page's folder
     started = dt.datetime.now(dt.timezone.utc)
     clock = time.perf_counter()

@@ -1,6 +1,6 @@
 """The paper's aggregation over repeated runs: bootstrap medians on a common time grid.
 
-Following the official plotting code (`official-code.md` section 5), for one metric:
+Following the authors' plotting code (``paper_plots.py`` at commit ``ab3dea5``), for one metric:
 
 1. each run's curve is taken against its optimisation time, keeping finite values only (a diverged
    run's last finite value stands);

@@ -1,7 +1,7 @@
 """SVHN and CIFAR-10 with the ResNet-18 of the official code (Haiku's v1 ``ResNet18``).
 
 The network is Haiku's ImageNet ResNet-18, used unchanged on 32x32 images
-(``official-code.md`` section 3.2): a 7x7 stride-2 convolution (64 channels, no bias), batch norm,
+(as in the authors' code): a 7x7 stride-2 convolution (64 channels, no bias), batch norm,
 ReLU and a 3x3 stride-2 max-pool; four groups of two basic blocks (64/128/256/512 channels,
 strides 1/2/2/2, projection shortcuts in groups 2-4); global average pooling and a linear logits
 layer whose weights start at zero. Convolutions use TensorFlow's "SAME" padding, as Haiku does

@@ -8,7 +8,7 @@ the ids of the official code). Each stream is cut into consecutive, non-overlapp
 token ids of shape ``(N, 70)`` for inputs and targets, **batch-major**: a mini-batch is
 ``(B, 70)``, one row per window.
 
-Differences from the official code, on purpose (``official-code.md`` sections 3.3 and 8):
+Differences from the official code (the authors' code at commit ``ab3dea5``), on purpose:
 
 * The official batches are built time-major, ``(70, B)``, and handed unchanged to GPT-2, which
   reads the first axis as the batch, so each token's context came from unrelated windows. We feed

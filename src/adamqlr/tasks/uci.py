@@ -17,7 +17,7 @@ target's mean and std, to convert losses back to the original units). The loss i
 squared error, averaged over examples (:class:`adamqlr.losses.SquaredErrorLoss`).
 
 The official code pads the last batch with NaN rows, which its squared-error curvature term counts
-(``official-code.md`` sections 1.4 and 8.2). :func:`official_padding_loss` reproduces that on
+(the authors' code, ``ab3dea5``). :func:`official_padding_loss` reproduces that on
 purpose; everything else uses the loss as intended.
 """
 
