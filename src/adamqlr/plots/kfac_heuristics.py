@@ -114,7 +114,8 @@ def plot_quadratic_plane(
     One panel per step: filled contours of the actual change ``f(theta + delta) - f(theta)`` on
     the step's batch, black contour lines of the damped model ``Q_lambda`` at the same levels, a
     star at the model's minimiser (the step K-FAC took), a circle at the minimiser along ``Delta``
-    alone (momentum 0), and a cross at the grid point with the lowest actual change.
+    alone (momentum 0), a diamond at the undamped model's minimiser (when it is inside the grid)
+    and a cross at the grid point with the lowest actual change.
 
     Args:
         planes: ``(snapshot, grid)`` pairs, the grid from
@@ -149,6 +150,12 @@ def plot_quadratic_plane(
                 label="model minimiser (K-FAC's step)")  # fmt: skip
         ax.plot(-sol.w1_line, 0.0, "o", color="tab:orange", markeredgecolor="k", markersize=8,
                 label=r"minimiser along $\Delta$ alone")  # fmt: skip
+        curv = np.asarray(snap.curvature)
+        if snap.gram[1, 1] > 0 and np.all(np.linalg.eigvalsh(curv) > 0):
+            w_free = -np.linalg.solve(curv, snap.grad_dots)
+            if lrs[0] <= -w_free[0] <= lrs[-1] and moms[0] <= w_free[1] <= moms[-1]:
+                ax.plot(-w_free[0], w_free[1], "D", color="tab:pink", markeredgecolor="k",
+                        markersize=7, label="undamped model minimiser")  # fmt: skip
         best = grid.loc[grid["change"].idxmin()]
         ax.plot(best["lr"], best["momentum"], "X", color="tab:red", markeredgecolor="k",
                 markersize=9, label="lowest batch loss on the grid")  # fmt: skip
