@@ -25,7 +25,7 @@
 #
 # The notation is that of the {doc}`notation` page and of the chapters {ref}`ch-step-size` and
 # {ref}`ch-damping`. Every identity is checked against the library's K-FAC
-# ({class}`adamqlr.kfac.KFAC`) on a network small enough to hold every matrix it avoids.
+# (`adamqlr.kfac.KFAC`) on a network small enough to hold every matrix it avoids.
 
 # %% tags=["parameters"]
 profile = "quick"

@@ -279,7 +279,9 @@ def _run_colab_cell(source, monkeypatch, tmp_path, *, importable: bool) -> list[
     )
     monkeypatch.setattr(subprocess, "run", lambda args, **kw: calls.append(list(args)))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("ADAMQLR_RESULTS", raising=False)
+    # setenv first, so that monkeypatch restores the variable (or its absence) the cell sets
+    monkeypatch.setenv("ADAMQLR_RESULTS", "")
+    monkeypatch.delenv("ADAMQLR_RESULTS")
     exec(compile(source, "colab-cell", "exec"), {})
     return calls
 

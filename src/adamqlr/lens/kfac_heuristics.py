@@ -81,7 +81,7 @@ NAN_RHO = -100.0
 
 # ------------------------------------------------------------------------------ the network
 def _linear_layers(model: nn.Module) -> list[tuple[int, nn.Linear]]:
-    """Indices and modules of the dense layers of a supported ``nn.Sequential``."""
+    """Return the indices and modules of the dense layers of a supported ``nn.Sequential``."""
     if not isinstance(model, nn.Sequential):
         raise ValueError(f"invalid model: {type(model).__name__} (expected an nn.Sequential)")
     layers = []
@@ -515,7 +515,7 @@ def audit_kfac_run(
     Raises:
         ValueError: For an unsupported model or loss, or a step the library skipped.
     """
-    layers = _linear_layers(model)
+    _linear_layers(model)  # refuses an unsupported model before anything runs
     _check_loss(loss)
     kfac_kwargs = {**kfac_kwargs, "mode": "adaptive"}
     decay = kfac_kwargs.get("ema_decay", 0.95)
@@ -625,7 +625,7 @@ def audit_kfac_run(
 
 
 def _library_factors(opt: KFAC) -> dict[str, tuple[Tensor, Tensor]]:
-    """The optimiser's current moving-average factors of each Kronecker block, by module name."""
+    """Return the optimiser's moving-average factors of each Kronecker block, by module name."""
     return {
         b.name: (opt.factors(b)["A"], opt.factors(b)["G"])
         for b in opt.blocks
@@ -671,7 +671,9 @@ def landscape(
                         + w[0] * snapshot.direction[n]
                         + w[1] * snapshot.velocity[n]
                     )
-                change = float(loss.value(trial(snapshot.inputs), snapshot.targets)) - snapshot.loss0
+                change = (
+                    float(loss.value(trial(snapshot.inputs), snapshot.targets)) - snapshot.loss0
+                )
                 rows.append(
                     {
                         "lr": float(lr),

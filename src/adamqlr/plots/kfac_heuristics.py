@@ -169,7 +169,9 @@ def plot_quadratic_plane(
     return fig
 
 
-def plot_kfac_traces(trace: pd.DataFrame, *, rho_limits: tuple[float, float] = (-0.5, 2.5)) -> Figure:
+def plot_kfac_traces(
+    trace: pd.DataFrame, *, rho_limits: tuple[float, float] = (-0.5, 2.5)
+) -> Figure:
     """Draw the adaptive quantities of K-FAC's audited runs against the step.
 
     Six panels, one line per seed (the first seed darker): the mini-batch loss (log), the learning
@@ -214,8 +216,9 @@ def plot_kfac_traces(trace: pd.DataFrame, *, rho_limits: tuple[float, float] = (
                 ax_rho.plot(it, np.clip(run[column], lo, hi), color=colour, linewidth=0.9,
                             label=label)  # fmt: skip
         for column in pis:
+            label = f"layer {column[3:]}" if k == 0 else None
             ax_pi.plot(it, run[column], color=layer_colours[column[3:]], alpha=alpha,
-                       linewidth=width, label=f"layer {column[3:]}" if k == 0 else None)  # fmt: skip
+                       linewidth=width, label=label)  # fmt: skip
     ax_rho.axhspan(0.25, 0.75, color="0.85", zorder=0)
     ax_rho.set(ylim=(lo - 0.05, hi + 0.05), ylabel=r"reduction ratio $\rho$", xlabel="step")
     ax_rho.legend(fontsize="small", loc="lower right")

@@ -16,6 +16,14 @@ reliability guarantees, :mod:`~adamqlr.tune.objective` the regimes' objectives a
 Needs the ``tune`` extra (``optuna``).
 """
 
+import warnings
+
+with warnings.catch_warnings():
+    # optuna imports tqdm.auto, which warns in a notebook kernel without ipywidgets; we draw no
+    # optuna progress bars, so the warning would only put stderr on the book's pages.
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    import optuna  # noqa: F401
+
 from adamqlr.tune.objective import SpecObjective, objective_metric
 from adamqlr.tune.spaces import SPACES, UNTUNED, Choice, LogUniform, OneMinus, search_space
 from adamqlr.tune.storage import default_storage_url, open_storage
