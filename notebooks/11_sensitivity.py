@@ -98,6 +98,14 @@ GROUPS = {
     "amplification": ("amplification $k$", True),
     "adam_lr": ("Adam learning rate", True),
 }
+# The same names without TeX, for tables and glued text (table cells are not typeset).
+PLAIN = {
+    "batch_size": "batch size",
+    "initial_damping": "initial damping λ₀",
+    "stepping_factor": "stepping factor ω_inc = 1/ω_dec",
+    "amplification": "amplification k",
+    "adam_lr": "Adam learning rate",
+}
 glue("se_runs", provenance_text(data.all_records()), display=False)
 glue("se_repeats", max(len(a.seeds) for a in study.arms), display=False)
 
@@ -165,7 +173,7 @@ qlr_spread = pd.Series(
     {key: spread.loc[GROUPS[key][0], "worst / best"] for key in GROUPS if key != "adam_lr"}
 )
 most = str(qlr_spread.idxmax())
-glue("se_most", GROUPS[most][0], display=False)
+glue("se_most", PLAIN[most], display=False)
 hypothesis = most == "batch_size" and max(
     qlr_spread["initial_damping"], qlr_spread["stepping_factor"]
 ) < 1.1
@@ -174,14 +182,14 @@ glue(
     "supported" if hypothesis else "not supported",
     display=False,
 )
-spread
+spread.rename(index={GROUPS[key][0]: PLAIN[key] for key in GROUPS})
 
 # %% [markdown]
 # The same numbers value by value:
 
 # %%
 pd.concat(
-    {GROUPS[g][0]: sensitivity_table(data, g, "test_loss").set_index("label") for g in GROUPS},
+    {PLAIN[g]: sensitivity_table(data, g, "test_loss").set_index("label") for g in GROUPS},
     names=["sweep", "setting"],
 )[["median", "min", "max", "diverged", "runs"]]
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from _book import ROOT, TINY, make_project
 
-from adamqlr.book.fingerprint import code_fingerprint, declared_reads, input_hash
+from adamqlr.book.fingerprint import code_fingerprint, declared_reads, input_hash, record_hashes
 from adamqlr.book.project import Project, ProjectError
 from adamqlr.book.runner import (
     COLAB_TAG,
@@ -191,6 +191,28 @@ def test_reads_declarations_are_checked() -> None:
         declared_reads(["# reads: /etc/passwd"])
     with pytest.raises(ValueError, match=r"\.\./up"):
         declared_reads(["# reads: ../up/*.json"])
+
+
+def test_record_hashes_leave_out_records_of_other_profiles(tmp_path) -> None:
+    def write(key: str, profile: str) -> None:
+        folder = tmp_path / "results" / "task" / "opt" / key
+        folder.mkdir(parents=True)
+        (folder / "manifest.json").write_text(json.dumps({"key": key, "profile": profile}))
+
+    write("a", "quick")
+    pattern = "results/task/*/*/manifest.json"
+    before = record_hashes(tmp_path, [pattern], "quick")
+    write("b", "paper")  # a paper campaign writing into the same store
+    assert record_hashes(tmp_path, [pattern], "quick") == before
+    assert list(record_hashes(tmp_path, [pattern], "paper")[pattern]) == [
+        "results/task/opt/b/manifest.json"
+    ]
+    assert len(record_hashes(tmp_path, [pattern])[pattern]) == 2  # no profile: every file
+    write("c", "quick")
+    assert record_hashes(tmp_path, [pattern], "quick") != before
+    broken = "results/task/opt/a/manifest.json"
+    (tmp_path / broken).write_text("{broken")  # unreadable: still hashed, so the change shows
+    assert broken in record_hashes(tmp_path, [pattern], "quick")[pattern]
 
 
 @pytest.mark.parametrize(

@@ -172,12 +172,17 @@ def declared_reads(code_cells: Iterable[str]) -> list[str]:
     return patterns
 
 
-def record_hashes(root: str | os.PathLike[str], patterns: Iterable[str]) -> dict[str, Any]:
+def record_hashes(
+    root: str | os.PathLike[str], patterns: Iterable[str], profile: str | None = None
+) -> dict[str, Any]:
     """Hash every file matched by the declared globs.
 
     Args:
         root: The project root the globs are relative to.
         patterns: Globs (``**`` allowed).
+        profile: If given, a run record's ``manifest.json`` made under another profile is left
+            out: a page run under ``quick`` reads only quick records, so a paper-profile campaign
+            writing into the same store does not make it stale.
 
     Returns:
         ``{pattern: {relpath: sha256}}``; an empty mapping for a glob that matches nothing.
@@ -186,10 +191,24 @@ def record_hashes(root: str | os.PathLike[str], patterns: Iterable[str]) -> dict
     out: dict[str, Any] = {}
     for pattern in patterns:
         files = sorted(
-            p for p in glob.glob(str(root / pattern), recursive=True) if os.path.isfile(p)
+            p
+            for p in glob.glob(str(root / pattern), recursive=True)
+            if os.path.isfile(p) and (profile is None or _record_profile(p) in (None, profile))
         )
         out[pattern] = {Path(p).relative_to(root).as_posix(): sha256_file(p) for p in files}
     return out
+
+
+def _record_profile(path: str) -> str | None:
+    """Return the profile a run record's manifest names (``None`` for any other file)."""
+    if os.path.basename(path) != "manifest.json":
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            profile = json.load(f).get("profile")
+    except (OSError, ValueError, AttributeError):
+        return None  # unreadable: hashed as it is, so that a change still shows
+    return profile if isinstance(profile, str) else None
 
 
 def _canonical(obj: Any) -> bytes:
@@ -266,5 +285,5 @@ def gather_inputs(
         parameters=params,
         algorithm_version=int(ALGORITHM_VERSION),
         runner_version=RUNNER_VERSION,
-        records=record_hashes(root, declared_reads(code_cells)),
+        records=record_hashes(root, declared_reads(code_cells), profile),
     )
