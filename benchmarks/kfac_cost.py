@@ -261,6 +261,28 @@ def report_kfac(case: Case, times: dict[str, list[float]], echo: bool = True) ->
     return rows
 
 
+# ------------------------------------------------------- the section interface of step_cost
+def _piece(name: str) -> str:
+    """Name a floor piece inside ``step_cost``'s table (which has its own ``forward``)."""
+    return f"kfac:{name}"
+
+
+def variants(case: Case) -> dict[str, StepFn]:
+    """Return both K-FACs and their floor pieces for a ``step_cost`` case (which times Adam)."""
+    out = kfac_variants(case, include_adam=False)
+    return {(_piece(k) if k in FLOOR_PIECES + ADAPTIVE_PIECES else k): fn for k, fn in out.items()}
+
+
+def floors(case: Case, medians: dict[str, float]) -> dict[str, tuple[float, str]]:
+    """Return ``variant -> (floor seconds, how)`` for the two K-FACs of a ``step_cost`` case."""
+    floor = sum(medians[_piece(k)] for k in FLOOR_PIECES)
+    adaptive = floor + sum(medians[_piece(k)] for k in ADAPTIVE_PIECES)
+    return {
+        "kfac-unadaptive": (floor, " + ".join(FLOOR_PIECES)),
+        "kfac-adaptive": (adaptive, " + ".join(FLOOR_PIECES + ADAPTIVE_PIECES)),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print tables or (``--json``) one JSON object."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
