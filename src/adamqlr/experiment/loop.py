@@ -3,9 +3,10 @@
 :func:`train` runs one experiment's optimisation and returns its metrics. What it measures:
 
 * every step: the mini-batch loss *before* the update (``train_loss``, as in every figure of the
-  paper), the mini-batch accuracy for classification tasks (from the same forward pass, caught by a
-  forward hook, so it costs no extra pass), and the optimiser's statistics (``lr``, ``damping``,
-  ``rho``, ...);
+  paper), the mini-batch accuracy for classification tasks (from the same forward pass, handed
+  back by the stepper's ``last_outputs()``, so it costs no extra pass and puts no hook on the
+  model that would keep an optimiser off its layer-wise fast path), and the optimiser's
+  statistics (``lr``, ``damping``, ``rho``, ...);
 * every ``eval_every`` steps (or, when the settings give ``eval_points``, at about that many
   log-spaced steps: :func:`eval_schedule`), before the first step and after the last: the loss
   (and accuracy) on the *full* validation and test splits, in eval mode, in chunks that bound
@@ -30,7 +31,6 @@ it stopped, so on CPU its parameters and metrics equal those of an uninterrupted
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -239,23 +239,6 @@ def evaluate(
     return out
 
 
-class _FirstOutput:
-    """Forward hook that keeps the output of the first forward call after :meth:`arm`."""
-
-    def __init__(self) -> None:
-        self.armed = False
-        self.output: Tensor | None = None
-
-    def arm(self) -> None:
-        self.armed, self.output = True, None
-
-    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self.armed and isinstance(output, Tensor):
-            self.armed = False
-            with contextlib.suppress(Exception):
-                self.output = output.detach()
-
-
 def _small_params(model: nn.Module, limit: int) -> list[tuple[str, Tensor]]:
     params = list(model.named_parameters())
     if sum(p.numel() for _, p in params) > limit:
@@ -430,8 +413,7 @@ def train(
     generator.manual_seed(batch_seed)
     torch.manual_seed(torch_seed)
 
-    hook = _FirstOutput()
-    handle = model.register_forward_hook(hook) if task.classification else None
+    last_outputs = getattr(stepper, "last_outputs", None) if task.classification else None
     logged_params = _small_params(model, log_params_max)
     chunks = {
         name: eval_chunk or _eval_chunk(model, split, settings.batch_size, dev)
@@ -586,7 +568,6 @@ def train(
                 except StopIteration:
                     break
                 inputs, targets = _to(inputs, dev), _to(targets, dev)
-                hook.arm()
                 stats = stepper.step(inputs, targets)
                 t1 = clock()
                 opt_time += t1 - t0
@@ -601,11 +582,11 @@ def train(
                 for key, value in stats.items():
                     if key != "loss":
                         row[f"opt_{key}" if key in RESERVED else key] = value
-                if hook.output is not None:
+                outputs = last_outputs() if last_outputs is not None else None
+                if isinstance(outputs, Tensor):
                     with torch.no_grad():
-                        hits = _correct(loss, hook.output, targets)
+                        hits = _correct(loss, outputs, targets)
                         row["train_accuracy"] = float(hits / _count(loss, targets).clamp_min(1))
-                    hook.output = None
                 row |= _param_row(logged_params)
                 if not math.isfinite(stats["loss"]):
                     stop_reason = "nonfinite_train_loss"
@@ -647,8 +628,6 @@ def train(
     finally:
         if bar is not None:
             bar.close()
-        if handle is not None:
-            handle.remove()
 
     if unlogged is not None:  # the last step was not an evaluation step: log it now
         log.append(unlogged)

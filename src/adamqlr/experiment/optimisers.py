@@ -71,6 +71,15 @@ class Stepper(Protocol):
         """Restore the optimiser state."""
         ...
 
+    def last_outputs(self) -> Tensor | None:
+        """Return the network outputs of the last step's forward pass (detached), or ``None``.
+
+        They are the outputs at the parameters *before* that step, on its mini-batch, so the
+        training loop reads the mini-batch accuracy from them without another forward pass or a
+        hook on the model (a hook would keep an optimiser off its layer-wise fast path).
+        """
+        ...
+
 
 class TorchStepper:
     """Adapt a ``torch.optim.Optimizer`` (SGD, Adam, ...) to the :class:`Stepper` protocol.
@@ -88,15 +97,20 @@ class TorchStepper:
         self.model = model
         self.loss = loss
         self.optimizer = optimizer
+        self._last_outputs: Tensor | None = None
 
     def step(self, inputs: Any, targets: Tensor) -> dict[str, float]:  # noqa: D102
         self.optimizer.zero_grad(set_to_none=True)
         outputs = self.model(inputs)
+        self._last_outputs = outputs.detach()
         self.loss.check_shapes(outputs, targets)
         loss = self.loss.value(outputs, targets)
         loss.backward()
         self.optimizer.step()
         return {"loss": float(loss.detach()), "lr": float(self.optimizer.param_groups[0]["lr"])}
+
+    def last_outputs(self) -> Tensor | None:  # noqa: D102
+        return self._last_outputs
 
     def state_dict(self) -> dict[str, Any]:  # noqa: D102
         return self.optimizer.state_dict()
@@ -121,6 +135,9 @@ class QLRStepper:
     def step(self, inputs: Any, targets: Tensor) -> dict[str, float]:  # noqa: D102
         stats = self.optimizer.step(inputs, targets).as_dict()
         return {k: float(v) for k, v in stats.items() if isinstance(v, (bool, int, float))}
+
+    def last_outputs(self) -> Tensor | None:  # noqa: D102
+        return self.optimizer.last_outputs()
 
     def state_dict(self) -> dict[str, Any]:  # noqa: D102
         return self.optimizer.state_dict()

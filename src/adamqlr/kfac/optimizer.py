@@ -369,6 +369,7 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
         self.estimation = estimation
         self.seed = None if seed is None else int(seed)
         self._named = named
+        self._last_outputs: Tensor | None = None
         self.blocks: list[Block] = build_blocks(model, named)
         self._params = [p for _, p in named]
         self._names = {id(p): n for n, p in named}
@@ -410,9 +411,19 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
         weight = st["ema_weight"]
         return {k[len("factor.") :]: v / weight for k, v in st.items() if k.startswith("factor.")}
 
+    def last_outputs(self) -> Tensor | None:
+        """Return the network outputs of the last step's gradient pass (detached), or ``None``.
+
+        They are the outputs at the parameters *before* that step, on its mini-batch: a training
+        loop reads e.g. the mini-batch accuracy from them without another forward pass or a hook.
+        Kept until the next step.
+        """
+        return self._last_outputs
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict (the input is not modified), including the sampling generator."""
         super().load_state_dict(state_dict)
+        self._last_outputs = None
         self._generator = None
         gen_state = self.state[_GLOBAL]["generator_state"]
         if gen_state is not None:
@@ -627,6 +638,7 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
         )
 
         gradient_pass = self._record(inputs, targets)
+        self._last_outputs = gradient_pass.outputs.detach()
         grad_list, num_terms = gradient_pass.grads, gradient_pass.num_terms
         f0 = float(gradient_pass.loss)
         if self._generator is not None:
