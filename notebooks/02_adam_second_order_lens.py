@@ -32,6 +32,7 @@ import torch
 from myst_nb import glue
 
 from adamqlr import AdamQLR
+from adamqlr.algorithm import adam_direction
 from adamqlr.curvature import ggn_quadratic
 from adamqlr.lens.adam import AdamLensConfig, adam_lens_run, adam_moments, rescaled_updates
 from adamqlr.lens.diagonals import (
@@ -90,7 +91,9 @@ print(f"{data.meta['dataset']}: {len(data.train)} training images")
 # \epsilon)$ and replaces $\eta$ (see {ref}`ch-step-size`).
 #
 # The first check reads $\hat m$ and $\hat v$ out of `torch.optim.Adam`'s state and confirms that
-# the step it took is {eq}`eq-al-lens`, on real Fashion-MNIST batches in float64.
+# the step it took is {eq}`eq-al-lens`, on real Fashion-MNIST batches in float64. The direction is
+# computed by `adamqlr.algorithm.adam_direction`, the library's one definition of $d_t$, against
+# which the `AdamQLR` optimiser is tested.
 
 # %%
 model64 = task.make_model(0, profile).double()
@@ -104,7 +107,7 @@ for step in range(1, 6):
     adam.step()
     moments = adam_moments(adam)
     taken = flat_params(model64).vector - before
-    predicted = -1e-3 * moments["m_hat"] / (moments["v_hat"].sqrt() + 1e-8)  # eq-al-lens
+    predicted = -1e-3 * adam_direction(moments["m_hat"], moments["v_hat"], eps=1e-8)  # eq-al-lens
     assert torch.allclose(taken, predicted, rtol=1e-9, atol=1e-15), step
 print("torch.optim.Adam's steps are eq-al-lens")
 
@@ -237,16 +240,21 @@ fig = plot_adam_lens(result.diagonals, batch_size=config.batch_size)
 # \qquad s\,\alpha_\phi\, d = \alpha\, d .
 # $$ (eq-al-invariance)
 #
-# AdamQLR supplies the missing units from the curvature along $d$, every step. The check trains
-# the same network directly and with $s = 10$ (with $\epsilon$ and the damping scaled as above):
-# AdamQLR's updates agree to rounding over several steps, Adam's first update is exactly $s$ times
-# larger.
+# AdamQLR supplies the missing units from the curvature along $d$, every step. The check first
+# confirms $d_\phi = d$ on the moments of the first check ($\hat m_\phi = s\, \hat m$,
+# $\hat v_\phi = s^2\, \hat v$), then trains the same network directly and with $s = 10$ (with
+# $\epsilon$ and the damping scaled as above): AdamQLR's updates agree to rounding over several
+# steps, Adam's first update is exactly $s$ times larger.
 
 # %%
 scale = 10.0
 make = lambda: task.make_model(0, profile).double()  # noqa: E731
 stream = batch_stream(data.train, 50, seed=2, dtype=torch.float64)
 few = [next(stream) for _ in range(3)]
+m_hat, v_hat = moments["m_hat"], moments["v_hat"]
+d_phi = adam_direction(scale * m_hat, scale**2 * v_hat, eps=1e-8 * scale)
+d = adam_direction(m_hat, v_hat, eps=1e-8)
+assert torch.allclose(d_phi, d, rtol=1e-12, atol=0), "d_phi = d (eq-al-rescale)"
 
 
 def adamqlr_scaled(model, s):

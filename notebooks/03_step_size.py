@@ -96,7 +96,7 @@ print(f"profile {profile!r}: {config}")
 # The experiment trains the Fashion-MNIST MLP with untuned AdamQLR (GGN curvature, batch
 # {glue:text}`ss_batch`, float64) and stops just before two steps, the first one and step
 # {glue:text}`ss_late`. At each it forms $g$ and $d$ from the optimiser's state with the formulas of
-# {eq}`eq-al-adam` (not by calling the optimiser), computes $d^\top G d$ and $d^\top H d$ with
+# {eq}`eq-al-adam` as `adamqlr.algorithm` writes them (not by calling the optimiser), computes $d^\top G d$ and $d^\top H d$ with
 # the matrix-free products of the chapter {ref}`ch-curvature-products`, and evaluates the true loss along the
 # line. Then the optimiser takes the step on the same batch.
 

@@ -3,8 +3,8 @@
 For the chapter "Adam as a diagonal second-order method":
 
 * :func:`adam_moments` reads ``m_hat``, ``v_hat`` and the direction
-  ``d = m_hat / (sqrt(v_hat) + eps)`` out of a ``torch.optim.Adam`` (the chapter's formulas,
-  applied to torch's state);
+  ``d = m_hat / (sqrt(v_hat) + eps)`` out of a ``torch.optim.Adam`` (the chapter's formulas, as
+  :mod:`adamqlr.algorithm` defines them, applied to torch's state);
 * :func:`adam_lens_run` trains the Fashion-MNIST MLP with Adam and, at chosen steps, sets ``v_hat``
   beside the exact diagonals of the empirical Fisher and of the GGN and beside the expected squared
   mini-batch gradient (:mod:`adamqlr.lens.diagonals`);
@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from adamqlr import algorithm
 from adamqlr.lens.diagonals import expected_squared_batch_gradient, ggn_diagonal, gradient_moments
 from adamqlr.lens.products import flat_params
 from adamqlr.lens.training import batch_stream, fashion_mnist_setup
@@ -46,7 +47,9 @@ def adam_moments(optimizer: torch.optim.Adam) -> dict[str, Tensor]:
     """Return Adam's bias-corrected moments and direction, flattened over all parameters.
 
     ``m_hat = m / (1 - beta1^t)``, ``v_hat = v / (1 - beta2^t)``,
-    ``d = m_hat / (sqrt(v_hat) + eps)``, in the order of the optimiser's parameters.
+    ``d = m_hat / (sqrt(v_hat) + eps)``, in the order of the optimiser's parameters, applied to
+    torch's state by :func:`adamqlr.algorithm.bias_corrected` and
+    :func:`adamqlr.algorithm.adam_direction` (the definitions AdamQLR is tested against).
 
     Args:
         optimizer: A ``torch.optim.Adam`` (one parameter group, no AMSGrad) that took a step.
@@ -60,18 +63,22 @@ def adam_moments(optimizer: torch.optim.Adam) -> dict[str, Tensor]:
     if len(optimizer.param_groups) != 1 or optimizer.param_groups[0].get("amsgrad"):
         raise ValueError("invalid optimizer: expected one parameter group and amsgrad=False")
     group = optimizer.param_groups[0]
-    beta1, beta2 = group["betas"]
-    eps = group["eps"]
+    betas = tuple(group["betas"])
     m_hat, v_hat = [], []
     for p in group["params"]:
         state = optimizer.state.get(p, {})
         if "step" not in state:
             raise ValueError("invalid optimizer: it has not taken a step yet")
-        t = float(state["step"])
-        m_hat.append(state["exp_avg"].double().reshape(-1) / (1 - beta1**t))
-        v_hat.append(state["exp_avg_sq"].double().reshape(-1) / (1 - beta2**t))
+        m, v = algorithm.bias_corrected(
+            state["exp_avg"].double().reshape(-1),
+            state["exp_avg_sq"].double().reshape(-1),
+            float(state["step"]),
+            betas,
+        )
+        m_hat.append(m)
+        v_hat.append(v)
     m, v = torch.cat(m_hat), torch.cat(v_hat)
-    return {"m_hat": m, "v_hat": v, "direction": m / (v.sqrt() + eps)}
+    return {"m_hat": m, "v_hat": v, "direction": algorithm.adam_direction(m, v, group["eps"])}
 
 
 @dataclass(frozen=True)

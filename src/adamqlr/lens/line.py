@@ -2,9 +2,10 @@
 
 :func:`probe_step` looks at the step an :class:`adamqlr.AdamQLR` is about to take on a batch,
 without taking it: it forms the gradient ``g`` and Adam's direction ``d`` from the optimiser's
-state by the formulas of the book (not by calling the optimiser), the curvatures ``d^T G d`` and
-``d^T H d``, and the true loss ``f(theta - alpha d)`` on a grid of step sizes. A
-:class:`LineProbe` then evaluates the damped quadratic model for any curvature and damping.
+state by the formulas of the book (those of :mod:`adamqlr.algorithm`, not by calling the
+optimiser), the curvatures ``d^T G d`` and ``d^T H d``, and the true loss
+``f(theta - alpha d)`` on a grid of step sizes. A :class:`LineProbe` then evaluates the damped
+quadratic model for any curvature and damping.
 :func:`step_size_study` runs the chapter's experiment on Fashion-MNIST.
 """
 
@@ -20,6 +21,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from adamqlr import algorithm
 from adamqlr.curvature import ggn_quadratic, hessian_quadratic, loss_at
 from adamqlr.lens.training import batch_stream, fashion_mnist_setup, record_steps
 from adamqlr.losses import Loss
@@ -41,7 +43,9 @@ def adam_direction(optimizer: AdamQLR, grads: dict[str, Tensor]) -> dict[str, Te
 
     The moments are advanced by one step with ``grads`` from the optimiser's stored state (zero
     before the first step), bias-corrected with the next step count, and divided; nothing is
-    written back.
+    written back. The arithmetic is :mod:`adamqlr.algorithm`'s (its ``adam_moments``,
+    ``bias_corrected`` and ``adam_direction``): the one definition of Adam's direction, the one
+    the optimiser is tested against.
 
     Args:
         optimizer: An :class:`adamqlr.AdamQLR` with one parameter group.
@@ -56,19 +60,21 @@ def adam_direction(optimizer: AdamQLR, grads: dict[str, Tensor]) -> dict[str, Te
     if len(optimizer.param_groups) != 1:
         raise ValueError("invalid optimizer: expected one parameter group")
     group = optimizer.param_groups[0]
-    beta1, beta2 = group["betas"]
-    eps = group["eps"]
+    betas, eps = tuple(group["betas"]), group["eps"]
     out = {}
     for name, p in zip(group["param_names"], group["params"], strict=True):
         if name not in grads:
             raise ValueError(f"invalid grads: no gradient for {name!r}")
         g = grads[name]
         state = optimizer.state.get(p, {})
+        m, v = algorithm.adam_moments(
+            state.get("exp_avg", torch.zeros_like(g)),
+            state.get("exp_avg_sq", torch.zeros_like(g)),
+            g,
+            betas,
+        )
         t = state.get("step", 0) + 1
-        m = beta1 * state.get("exp_avg", torch.zeros_like(g)) + (1 - beta1) * g
-        v = beta2 * state.get("exp_avg_sq", torch.zeros_like(g)) + (1 - beta2) * g * g
-        m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)
-        out[name] = m_hat / (v_hat.sqrt() + eps)
+        out[name] = algorithm.adam_direction(*algorithm.bias_corrected(m, v, t, betas), eps)
     return out
 
 
