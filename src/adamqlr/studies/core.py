@@ -487,10 +487,22 @@ class ArmPlan:
 def _objective(
     store: ResultStore, spec: ExperimentSpec, metric: str, allow_stale: bool
 ) -> float | None:
-    status = store.status(spec)
-    if status == "complete" or (status == "stale" and allow_stale):
-        return final_value(store.load(spec, allow_stale=allow_stale), metric)
-    return None
+    """Return the final ``metric`` of ``spec``'s record, or ``None`` while it has none.
+
+    Cached in the store's memo under the record's identity: a campaign works its plan out again
+    after every run, and reading thousands of metric tables each time would cost more than the
+    runs themselves.
+    """
+    status, ident = store.state(spec)
+    if not (status == "complete" or (status == "stale" and allow_stale)):
+        return None
+    memo_key = ("final_value", spec.key, metric, allow_stale)
+    hit = store.memo.get(memo_key)
+    if hit is not None and hit[0] == ident:
+        return float(hit[1])
+    value = final_value(store.load(spec, allow_stale=allow_stale), metric)
+    store.memo[memo_key] = (ident, value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -544,10 +556,10 @@ def search_state(
 
 
 def _choose(
-    study: Study, arm: Arm, store: ResultStore, allow_stale: bool
+    study: Study, arm: Arm, store: ResultStore, allow_stale: bool, state: SearchState | None
 ) -> tuple[Mapping[str, Any] | None, tuple[float, ...], str | None]:
     if arm.search is not None:
-        state = search_state(study, arm, store, allow_stale)
+        assert state is not None
         values = tuple(state.objectives.get((n, r), math.nan) for n, r, _ in state.trials)
         if state.choice is None:
             return None, values, f"{state.pending} tuning trial(s) of the current rung not run"
@@ -556,13 +568,12 @@ def _choose(
     objectives: list[float] = []
     pending = 0
     for spec in trials:
-        status = store.status(spec)
-        if status == "complete" or (status == "stale" and allow_stale):
-            record = store.load(spec, allow_stale=allow_stale)
-            objectives.append(final_value(record, arm.objective))
-        else:
+        value = _objective(store, spec, arm.objective, allow_stale)
+        if value is None:
             objectives.append(math.nan)
             pending += 1
+        else:
+            objectives.append(value)
     if pending:
         return None, tuple(objectives), f"{pending} of {len(trials)} tuning trials not run"
     best = min(range(len(trials)), key=lambda i: (objectives[i], i))
@@ -571,24 +582,31 @@ def _choose(
     return arm.grid[best], tuple(objectives), None
 
 
-def _trial_specs(
+def _tuning(
     study: Study, arm: Arm, store: ResultStore, allow_stale: bool
-) -> tuple[ExperimentSpec, ...]:
+) -> tuple[
+    Mapping[str, Any] | None,
+    tuple[float, ...],
+    str | None,
+    tuple[ExperimentSpec, ...],
+    tuple[Mapping[str, Any], ...],
+    tuple[int, ...],
+]:
+    """Return a tuned arm's choice, objectives, blocked reason, trials, variations and rungs."""
     if arm.search is not None:
-        return tuple(spec for _, _, spec in search_state(study, arm, store, allow_stale).trials)
-    return tuple(study.spec(t) for t in arm.trials())
-
-
-def _trial_labels(
-    study: Study, arm: Arm, store: ResultStore, allow_stale: bool
-) -> tuple[tuple[Mapping[str, Any], ...], tuple[int, ...]]:
-    if arm.search is not None:
-        state = search_state(study, arm, store, allow_stale)
+        state = search_state(study, arm, store, allow_stale)  # worked out once per arm
+        choice, objectives, blocked = _choose(study, arm, store, allow_stale, state)
         return (
+            choice,
+            objectives,
+            blocked,
+            tuple(spec for _, _, spec in state.trials),
             tuple(arm.search.configuration(n) for n, _, _ in state.trials),
             tuple(r for _, r, _ in state.trials),
         )
-    return tuple(arm.grid), tuple(0 for _ in arm.grid)
+    choice, objectives, blocked = _choose(study, arm, store, allow_stale, None)
+    trials = tuple(study.spec(t) for t in arm.trials())
+    return choice, objectives, blocked, trials, tuple(arm.grid), tuple(0 for _ in arm.grid)
 
 
 def plan(
@@ -607,20 +625,23 @@ def plan(
     store = store if store is not None else ResultStore()
     out = []
     for arm in study.arms:
+        variations: tuple[Mapping[str, Any], ...] = ()
+        rungs: tuple[int, ...] = ()
+        repeats: tuple[ExperimentSpec, ...] = ()
         if isinstance(arm.base, BestOf):
             other, ref = _referenced(study, arm.base)
-            choice, objectives, blocked = _choose(other, ref, store, allow_stale)
-            trials = _trial_specs(other, ref, store, allow_stale)
-            repeats: tuple[ExperimentSpec, ...] = ()
+            choice, objectives, blocked, trials, variations, rungs = _tuning(
+                other, ref, store, allow_stale
+            )
             if choice is not None:
                 base = apply_variation(apply_variation(ref.base, ref.overrides), choice)  # type: ignore[arg-type]
                 repeats = arm.repeats_of(apply_variation(base, arm.overrides))
             else:
                 blocked = f"waits for {other.name}:{ref.id} ({blocked})"
         elif arm.tuned:
-            choice, objectives, blocked = _choose(study, arm, store, allow_stale)
-            trials = _trial_specs(study, arm, store, allow_stale)
-            repeats = ()
+            choice, objectives, blocked, trials, variations, rungs = _tuning(
+                study, arm, store, allow_stale
+            )
             if choice is not None:
                 base = apply_variation(arm.base, arm.overrides)  # type: ignore[arg-type]
                 repeats = arm.repeats_of(apply_variation(base, choice))
@@ -628,12 +649,6 @@ def plan(
             trials, choice, objectives, blocked = (), None, (), None
             repeats = arm.repeats_of(apply_variation(arm.base, arm.overrides))  # type: ignore[arg-type]
         repeats = tuple(study.spec(r) for r in repeats)
-        if isinstance(arm.base, BestOf):
-            variations, rungs = _trial_labels(other, ref, store, allow_stale)
-        elif arm.tuned:
-            variations, rungs = _trial_labels(study, arm, store, allow_stale)
-        else:
-            variations, rungs = (), ()
         out.append(ArmPlan(arm, trials, repeats, choice, objectives, blocked, variations, rungs))
     return out
 
