@@ -1,4 +1,4 @@
-"""Tuning-trial ledgers: folding full records into rows changes no search decision, loses nothing."""
+"""Tuning-trial ledgers: folding full records into rows changes no choice and loses nothing."""
 
 from __future__ import annotations
 
@@ -197,3 +197,22 @@ def test_a_signal_stops_the_campaign_and_its_workers(tmp_path, signum):
     time.sleep(0.5)
     assert not [p for p in workers if _alive(p)], "a worker outlived its campaign"
     assert "run again to resume" in proc.stdout.read().decode()
+
+
+def test_rosenbrock_trials_start_at_random_points_and_the_choice_at_1_minus_1():
+    """As in the authors' code: tuning trials from N(0, 1) starts, the chosen run from (1, -1)."""
+    from adamqlr.studies import get_study
+    from adamqlr.tasks import get_task
+
+    study = get_study("rosenbrock", "quick")
+    arm = next(a for a in study.arms if a.search is not None)
+    trials = [arm.trial_spec(k) for k in range(3)]
+    assert {t.task for t in trials} == {"rosenbrock-random-start"}
+    starts = {
+        tuple(float(p) for p in get_task(t.task).make_model(t.seed, "quick").parameters())
+        for t in trials
+    }
+    assert len(starts) == 3 and (1.0, -1.0) not in starts
+    (repeat,) = arm.repeats_of(arm.trial_spec(0).replace(task="rosenbrock"))
+    model = get_task(repeat.task).make_model(repeat.seed, "quick")
+    assert tuple(float(p) for p in model.parameters()) == (1.0, -1.0)

@@ -248,6 +248,9 @@ class Arm:
         value: The value of the varied quantity, for sensitivity colour scales.
         search: A random search with successive halving (instead of ``grid``) that chooses the
             configuration (see :class:`Search`).
+        trial_task: The task the tuning trials run on when it differs from the repeats' (the
+            paper tunes Rosenbrock from random starts, ``"rosenbrock-random-start"``, and runs
+            the choice from ``(1, -1)``); ``None``: the base's task.
     """
 
     id: str
@@ -261,6 +264,7 @@ class Arm:
     group: str = ""
     value: float | None = None
     search: Search | None = None
+    trial_task: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
@@ -305,6 +309,8 @@ class Arm:
             raise ValueError(f"arm {self.id!r} has no search")
         base = apply_variation(self.base, self.overrides)  # type: ignore[arg-type]
         spec = apply_variation(base, self.search.configuration(number))
+        if self.trial_task is not None:
+            spec = spec.replace(task=self.trial_task)
         return scale_budget(spec.replace(seed=self.tune_seed + number), fraction)
 
     def trials(self) -> tuple[ExperimentSpec, ...]:
@@ -316,6 +322,8 @@ class Arm:
         if not self.grid:
             return ()
         base = apply_variation(self.base, self.overrides)  # type: ignore[arg-type]
+        if self.trial_task is not None:
+            base = base.replace(task=self.trial_task)
         return tuple(apply_variation(base, v).replace(seed=self.tune_seed) for v in self.grid)
 
     def repeats_of(self, spec: ExperimentSpec) -> tuple[ExperimentSpec, ...]:
