@@ -41,10 +41,15 @@ __all__ = ["LEDGER_VERSION", "TrialLedger", "ledger_path", "summary_row"]
 
 #: Version of the row layout.
 LEDGER_VERSION = 1
-#: Provenance fields a summary drops (the rest is kept).
-_DROPPED = ("argv", "settings", "load_average")
-#: Fields of the provenance's ``data`` entry a summary drops.
-_DROPPED_DATA = ("file_sources",)
+#: Provenance fields a summary drops: the command line, the resolved settings (derived from the
+#: spec again on reading) and what the row holds at its top level.
+_DROPPED = (
+    "argv", "settings", "load_average", "key", "schema_version", "algorithm_version",
+    "package_version", "stop_reason",
+)  # fmt: skip
+#: Fields of the provenance's ``data`` entry a summary keeps (the data files' hashes stay in the
+#: repeats' full records, made from the same data).
+_KEPT_DATA = ("dataset", "profile", "sizes", "preprocessing")
 
 
 def ledger_path(root: str | os.PathLike[str], task: str, optimiser: str, profile: str) -> Path:
@@ -89,7 +94,9 @@ def summary_row(
     """
     prov = {k: v for k, v in provenance.items() if k not in _DROPPED}
     if isinstance(prov.get("data"), Mapping):
-        prov["data"] = {k: v for k, v in prov["data"].items() if k not in _DROPPED_DATA}
+        prov["data"] = {k: v for k, v in prov["data"].items() if k in _KEPT_DATA}
+    if isinstance(prov.get("campaign"), Mapping):
+        prov["campaign"] = {"id": prov["campaign"].get("id")}
     row = {
         "ledger_version": LEDGER_VERSION,
         "key": str(manifest["key"]),

@@ -566,6 +566,9 @@ class ResultStore:
             final["step"] = float(row["final_step"])
         metrics = pd.DataFrame({k: [v] for k, v in final.items()})
         provenance = dict(row["provenance"])
+        for name in ("key", "algorithm_version", "package_version", "schema_version",
+                     "stop_reason"):  # fmt: skip
+            provenance.setdefault(name, row[name])  # kept once, at the row's top level
         spec = _spec_from(provenance.get("spec"))
         if spec is not None:
             provenance["settings"] = spec.settings().as_dict()
