@@ -18,7 +18,7 @@ import adamqlr
 from adamqlr.experiment.spec import ExperimentSpec
 from adamqlr.results.store import CorruptRecordError, ResultStore, StaleRecordError
 from adamqlr.studies import Arm, Search, Study
-from adamqlr.studies.core import final_value, missing, plan, search_state
+from adamqlr.studies.core import apply_variation, final_value, missing, plan, search_state
 from adamqlr.studies.tables import fold_trials
 from adamqlr.tune.spaces import search_space
 
@@ -217,3 +217,23 @@ def test_rosenbrock_trials_start_at_random_points_and_the_choice_at_1_minus_1():
     (repeat,) = arm.repeats_of(arm.trial_spec(0).replace(task="rosenbrock"))
     model = get_task(repeat.task).make_model(repeat.seed, "quick")
     assert tuple(float(p) for p in model.parameters()) == (1.0, -1.0)
+
+
+def test_paper_trials_evaluate_only_where_the_search_looks(tmp_path):
+    """A paper-scale trial is evaluated at its start, first and last step; repeats at 100 points."""
+    from adamqlr.experiment.runner import run
+    from adamqlr.studies import get_study
+
+    arm = get_study("untuned-vs-tuned", "paper").arm("uci-energy/adam")
+    study = get_study("untuned-vs-tuned", "paper")
+    trial = study.spec(arm.trial_spec(3, arm.search.rungs[0][1]))
+    repeat = study.spec(arm.repeats_of(apply_variation(arm.base, arm.search.configuration(3)))[0])
+    assert trial.eval_points == 2 and repeat.eval_points == 100
+    (p,) = [p for p in plan(study, ResultStore(tmp_path)) if p.arm.id == arm.id]
+    assert p.trials[3] == trial
+    small = trial.replace(profile="smoke", epochs=20.0)
+    record = run(small, store=ResultStore(tmp_path), progress=False)
+    evaluated = record.metrics["val_loss"].notna().sum()
+    assert evaluated == 3, record.metrics
+    with pytest.raises(ValueError, match="eval_points=1"):
+        Search(search_space("adam", "uci-energy"), 4, eval_points=1)

@@ -82,6 +82,7 @@ class _Profile:
     runtime_regime_seeds: tuple[int, ...] = (0,)
     rosenbrock_trials: int = 2
     eval_points: int | None = None
+    trial_eval_points: int | None = None  # evaluations of a tuning trial (see Search)
 
 
 #: Every optimiser of the paper's main comparison (issue: the campaign at the paper's protocol).
@@ -140,6 +141,7 @@ _PROFILES: dict[str, _Profile] = {
         runtime_regime_seeds=tuple(range(10)),
         rosenbrock_trials=200,
         eval_points=100,
+        trial_eval_points=2,
     ),
 }
 
@@ -249,7 +251,10 @@ def _tuned(
         base=_spec(task, optimiser, profile, **dict(fields or {})),
         seeds=p.seeds if seeds is None else seeds,
         search=Search(
-            search_space(optimiser, task), n_trials or p.n_trials, stream=f"{task}/{optimiser}"
+            search_space(optimiser, task),
+            n_trials or p.n_trials,
+            stream=f"{task}/{optimiser}",
+            eval_points=p.trial_eval_points,
         ),
         tune_seed=p.tune_seed,
         objective=objective,

@@ -169,6 +169,10 @@ class Search:
         max_rungs: Largest number of rungs.
         stream: Names the search's random stream (e.g. ``"uci-energy/adam"``), so that searches
             with the same seed draw independently.
+        eval_points: Evaluation points of each trial run (``None``: as the study sets for its
+            other runs). A trial is judged by its final objective only, so a paper-scale search
+            sets 2 (evaluations before the first step, after it and after the last): on
+            Fashion-MNIST, evaluating 100 points of a short trial cost ten times its training.
     """
 
     space: Mapping[str, Any]
@@ -177,6 +181,7 @@ class Search:
     seed: int = 0
     max_rungs: int = 4
     stream: str = ""
+    eval_points: int | None = None
 
     def __post_init__(self) -> None:
         if self.n_trials < 1 or self.reduction_factor < 2 or self.max_rungs < 1:
@@ -184,6 +189,10 @@ class Search:
                 f"invalid search: n_trials={self.n_trials!r}, reduction_factor="
                 f"{self.reduction_factor!r}, max_rungs={self.max_rungs!r}"
             )
+        if self.eval_points is not None and (
+            not isinstance(self.eval_points, int) or self.eval_points < 2
+        ):
+            raise ValueError(f"invalid search: eval_points={self.eval_points!r} (expected >= 2)")
         object.__setattr__(self, "space", dict(self.space))
 
     @property
@@ -311,6 +320,8 @@ class Arm:
         spec = apply_variation(base, self.search.configuration(number))
         if self.trial_task is not None:
             spec = spec.replace(task=self.trial_task)
+        if self.search.eval_points is not None:
+            spec = spec.replace(eval_points=self.search.eval_points, eval_every=None)
         return scale_budget(spec.replace(seed=self.tune_seed + number), fraction)
 
     def trials(self) -> tuple[ExperimentSpec, ...]:

@@ -68,6 +68,7 @@ def tuning_protocol(study: Study, arm: Arm) -> dict[str, Any]:
         "seed": arm.search.seed,
         "stream": arm.search.stream,
         "tune_seed": arm.tune_seed,
+        **({} if arm.search.eval_points is None else {"trial_eval_points": arm.search.eval_points}),
         "budget": {"epochs": st.epochs, "steps": st.steps, "seconds": st.seconds},
         "repeat_seeds": list(arm.seeds),
     }
