@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from adamqlr.experiment.spec import ExperimentSpec
+from adamqlr.experiment.spec import ExperimentSpec, RunSettings
 from adamqlr.results.store import MissingRecordError, ResultStore, RunRecord
 
 __all__ = [
@@ -365,6 +365,23 @@ class Study:
     description: str = ""
     chapter: str = ""
     finalise: Callable[[ExperimentSpec], ExperimentSpec] | None = field(default=None, compare=False)
+    _trials: dict[tuple[str, int, float], tuple[ExperimentSpec, RunSettings]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def trial(self, arm: Arm, number: int, fraction: float) -> tuple[ExperimentSpec, RunSettings]:
+        """Return search trial ``number`` of ``arm`` on ``fraction`` of the budget, with settings.
+
+        The spec is finalised (:meth:`spec`). Cached per study: a campaign works out every
+        search's trials again after each run (thousands of specs under ``paper``), and they
+        never change.
+        """
+        memo_key = (arm.id, number, fraction)
+        hit = self._trials.get(memo_key)
+        if hit is None:
+            spec = self.spec(arm.trial_spec(number, fraction))
+            hit = self._trials[memo_key] = (spec, spec.settings())
+        return hit
 
     def spec(self, spec: ExperimentSpec) -> ExperimentSpec:
         """Apply the study's :attr:`finalise` policy (e.g. the evaluation cadence) to ``spec``."""
@@ -504,7 +521,11 @@ class ArmPlan:
 
 
 def _objective(
-    store: ResultStore, spec: ExperimentSpec, metric: str, allow_stale: bool
+    store: ResultStore,
+    spec: ExperimentSpec,
+    metric: str,
+    allow_stale: bool,
+    settings: RunSettings | None = None,
 ) -> float | None:
     """Return the final ``metric`` of ``spec``'s record, or ``None`` while it has none.
 
@@ -512,10 +533,10 @@ def _objective(
     after every run, and reading thousands of metric tables each time would cost more than the
     runs themselves.
     """
-    status, ident = store.state(spec)
+    status, ident = store.state(settings if settings is not None else spec)
     if not (status == "complete" or (status == "stale" and allow_stale)):
         return None
-    memo_key = ("final_value", spec.key, metric, allow_stale)
+    memo_key = ("final_value", (settings or spec).key, metric, allow_stale)
     hit = store.memo.get(memo_key)
     if hit is not None and hit[0] == ident:
         return float(hit[1])
@@ -555,9 +576,9 @@ def search_state(
             alive = sorted(ranked[:count])
         pending = 0
         for number in alive:
-            spec = study.spec(arm.trial_spec(number, fraction))
+            spec, settings = study.trial(arm, number, fraction)
             trials.append((number, rung, spec))
-            value = _objective(store, spec, arm.objective, allow_stale)
+            value = _objective(store, spec, arm.objective, allow_stale, settings)
             if value is None:
                 pending += 1
             else:
