@@ -217,7 +217,10 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         if max_grad_norm is not None:
             max_grad_norm = _real("max_grad_norm", max_grad_norm)
             _check(
-                "max_grad_norm", max_grad_norm, 0 < max_grad_norm < math.inf, "> 0 and finite, or None"
+                "max_grad_norm",
+                max_grad_norm,
+                0 < max_grad_norm < math.inf,
+                "> 0 and finite, or None",
             )
         _check(
             "nonpositive_curvature",
@@ -281,9 +284,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         names = {id(p): n for n, p in self.model.named_parameters()}
         plist = param_group["params"]
         if isinstance(plist, set):
-            raise ValueError(
-                "invalid params: a set (its order changes between runs; pass a list)"
-            )
+            raise ValueError("invalid params: a set (its order changes between runs; pass a list)")
         plist = [plist] if isinstance(plist, Tensor) else list(plist)
         if not plist:
             raise ValueError("invalid params: a parameter group with no parameters")
@@ -485,7 +486,9 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         devices = {p.device for group in self.param_groups for p in group["params"]}
         _checks.check_batch(inputs, targets, devices)
 
-    def step(self, inputs: Any = None, targets: Tensor | None = None) -> StepStats:  # type: ignore[override]
+    def step(  # type: ignore[override]
+        self, inputs: Any = None, targets: Tensor | None = None, *, closure: Any = None
+    ) -> StepStats:
         """Take one full step on the mini-batch ``(inputs, targets)``.
 
         1. Forward and backward pass: loss ``f0`` and gradient ``g`` (this pass, an ordinary call
@@ -531,20 +534,25 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
             targets: The mini-batch targets for the loss (on the parameters' device; class
                 indices in ``[0, C)`` or ``ignore_index`` for cross-entropy, real values shaped
                 like the outputs for squared error).
+            closure: Not supported (accepted by name only to explain why): the step needs the
+                batch itself.
 
         Returns:
             The :class:`StepStats` of this step.
 
         Raises:
-            TypeError: If no batch is given (``step()`` or ``step(closure)``).
+            TypeError: If no batch is given (``step()``, ``step(closure)``,
+                ``step(closure=...)``), with the call to use instead.
             ValueError: Naming ``targets`` (or ``inputs``) and the bad value, for targets that
                 are not a tensor, an empty batch, a batch on another device than the parameters,
                 or targets the loss cannot use (see :meth:`adamqlr.losses.Loss.check_shapes`);
                 nothing changes then, except batch-norm running statistics when the problem is
                 found after the forward pass.
         """
-        if targets is None:
-            raise _checks.missing_batch_error(type(self).__name__, inputs)
+        if targets is None or closure is not None:
+            raise _checks.missing_batch_error(
+                type(self).__name__, closure if closure is not None else inputs
+            )
         self._check_batch(inputs, targets)
         self.state[_GLOBAL]["calls"] += 1
         engine = self._engines.engine(inputs)
