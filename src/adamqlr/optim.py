@@ -744,7 +744,8 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         if self.on_stall == "raise":
             raise StallError(message)
         if self.on_stall == "warn":
-            warnings.warn(message, RuntimeWarning, stacklevel=4)
+            # _stalled <- _iteration <- step <- torch's step wrapper <- the caller
+            warnings.warn(message, RuntimeWarning, stacklevel=5)
 
     def __repr__(self) -> str:
         opts = (
