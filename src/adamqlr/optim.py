@@ -554,7 +554,6 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
                 type(self).__name__, closure if closure is not None else inputs
             )
         self._check_batch(inputs, targets)
-        self.state[_GLOBAL]["calls"] += 1
         engine = self._engines.engine(inputs)
         try:
             # Everything but the engine's gradient pass runs without recording a graph.
@@ -576,6 +575,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         for p in everything:
             p.grad = None
         f0_t, self._last_outputs = engine.gradient_pass(inputs, targets, everything)
+        glob["calls"] += 1  # a batch the loss refused (ValueError above) is no call
         grad_norm_t = None
         if self.max_grad_norm is not None:
             grads = [p.grad for p in everything if p.grad is not None]
