@@ -20,6 +20,14 @@ pass keeps its graph (``create_graph=True``) and ``H d`` is one more backward pa
 by construction, at the price of holding the gradient's graph until then. Models whose operations
 have no double backward (e.g. cuDNN RNNs) cannot use ``"hessian"``.
 
+In a training loop the optimisers follow ``torch.optim``'s conventions where they can: parameter
+groups with an ``lr`` (a factor on the step size, 1.0 by default, so torch's learning-rate
+schedulers work), :meth:`~QuadraticModelOptimizer.add_param_group`, ``state_dict`` round trips.
+Where they cannot, they say so: the step takes the batch (``opt.step(inputs, targets)``, no
+closure, no ``backward()`` before it), so gradient clipping is the ``max_grad_norm`` option. Bad
+batches and state dicts are refused with a ``ValueError`` naming the value (:mod:`adamqlr._checks`),
+and a run whose steps no longer change the loss is flagged (``StepStats.stalled``, ``on_stall``).
+
 Everything that touches every parameter (Adam's moments, the sums, the update) uses torch's
 ``_foreach`` kernels, and the host waits for the device three times per step: for the loss and
 the sums, for the curvature, and for the trial loss.
