@@ -127,6 +127,31 @@ def test_after_35_nan_batches_float32_training_recovers():
     assert all(math.isfinite(s.damping) for s in history)
 
 
+def test_resolve_loss_false_keeps_the_papers_rule():
+    """The book's experiments run the paper's algorithm: rho from any loss difference, however
+    small (here exactly zero: rho = 0, lambda doubles), with no loss_unresolved flag."""
+    model, x, y = _float32_problem()
+    opt = AdamQLR(model, resolve_loss=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for _ in range(35):
+            opt.step(torch.full_like(x, math.nan), y)
+    stats = opt.step(x, y)
+    assert stats.trial_loss == stats.loss and stats.rho == 0.0 and not stats.loss_unresolved
+    assert stats.damping == 2 * stats.damping_used
+    with pytest.raises(ValueError, match="resolve_loss"):
+        AdamQLR(model, resolve_loss="no")
+
+
+def test_the_experiments_run_the_papers_rule():
+    from adamqlr.experiment.optimisers import get_optimiser
+
+    model, _, _ = _float32_problem()
+    for name in ("adamqlr-untuned", "adamqlr", "sgdqlr"):
+        stepper = get_optimiser(name).build(model, "cross_entropy")
+        assert stepper.optimizer.resolve_loss is False, name
+
+
 def test_an_unresolved_step_whose_model_change_is_measurable_leaves_lambda_alone():
     model, x, y = _float32_problem()
     opt = AdamQLR(model, initial_damping=1.0)

@@ -174,6 +174,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         on_nonfinite: str = "skip",
         on_stall: str = "warn",
         stall_patience: int = 20,
+        resolve_loss: bool = True,
         ignore_index: int = -100,
         group_defaults: dict[str, Any] | None = None,
     ) -> None:
@@ -239,6 +240,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         _check("on_nonfinite", on_nonfinite, on_nonfinite in ("skip", "raise"), "'skip' or 'raise'")
         _check("on_stall", on_stall, on_stall in _ON_STALL, f"one of {_ON_STALL}")
         stall_patience = _integer("stall_patience", stall_patience, 1)
+        _check("resolve_loss", resolve_loss, isinstance(resolve_loss, bool), "a bool")
 
         # add_param_group (called by torch for each group) needs the model to name the parameters
         self.model = model
@@ -267,6 +269,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         self.on_nonfinite = on_nonfinite
         self.on_stall = on_stall
         self.stall_patience = stall_patience
+        self.resolve_loss = resolve_loss
         self.state[_GLOBAL] = self._fresh_global_state()
         self._engines = EngineCache(model, curvature, loss_obj)
         self._last_outputs: Tensor | None = None
@@ -701,7 +704,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         # 6. Damping and commit. A loss change below the loss's rounding level gives no rho.
         unresolved = False
         if adapt:
-            if loss_difference_trustworthy(f0, f1, f0_t.dtype):
+            if not self.resolve_loss or loss_difference_trustworthy(f0, f1, f0_t.dtype):
                 rho = reduction_ratio(f1 - f0, proposal.predicted_change)
                 glob["damping"] = self.damping_rule.update(damping_used, rho)
                 glob["unresolved_streak"] = 0
@@ -823,6 +826,10 @@ class AdamQLR(QuadraticModelOptimizer):
             ``RuntimeWarning`` per stall), ``"raise"`` (:class:`StallError`, after the step) or
             ``"ignore"`` (the flag only).
         stall_patience: How many such steps in a row make a stall (an int >= 1).
+        resolve_loss: Compute no reduction ratio from a loss change within the loss's rounding
+            level (the default; see :meth:`step`). ``False`` keeps the paper's rule, a ratio from
+            any loss difference, however small: the book's experiments run with it, so that they
+            run the paper's algorithm exactly.
         ignore_index: Target value skipped by the cross-entropy loss.
 
     Parameter groups follow ``torch.optim``'s conventions. Each has an ``lr`` (default 1.0), a
@@ -864,6 +871,7 @@ class AdamQLR(QuadraticModelOptimizer):
         on_nonfinite: str = "skip",
         on_stall: str = "warn",
         stall_patience: int = 20,
+        resolve_loss: bool = True,
         ignore_index: int = -100,
     ) -> None:
         super().__init__(
@@ -886,6 +894,7 @@ class AdamQLR(QuadraticModelOptimizer):
             on_nonfinite=on_nonfinite,
             on_stall=on_stall,
             stall_patience=stall_patience,
+            resolve_loss=resolve_loss,
             ignore_index=ignore_index,
             group_defaults=dict(betas=betas, eps=eps),
         )
@@ -1048,6 +1057,7 @@ class SGDQLR(QuadraticModelOptimizer):
         on_nonfinite: str = "skip",
         on_stall: str = "warn",
         stall_patience: int = 20,
+        resolve_loss: bool = True,
         ignore_index: int = -100,
     ) -> None:
         super().__init__(
@@ -1070,6 +1080,7 @@ class SGDQLR(QuadraticModelOptimizer):
             on_nonfinite=on_nonfinite,
             on_stall=on_stall,
             stall_patience=stall_patience,
+            resolve_loss=resolve_loss,
             ignore_index=ignore_index,
         )
 
