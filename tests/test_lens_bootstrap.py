@@ -6,7 +6,10 @@ import math
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
+from adamqlr.lens.adam import unit_groups
 from adamqlr.lens.bootstrap import bootstrap_correlations
 
 
@@ -101,3 +104,47 @@ def test_exact_relations_have_degenerate_intervals():
 def test_bad_input_is_refused(reference, others, kwargs, match):
     with pytest.raises(ValueError, match=match):
         bootstrap_correlations(reference, others, **kwargs)
+
+
+def test_cluster_bootstrap_widens_intervals_for_clustered_data():
+    """Rows that share a cluster effect carry less information than their count suggests."""
+    rng = np.random.default_rng(7)
+    clusters, per = 30, 100
+    labels = np.repeat(np.arange(clusters), per)
+    shared = rng.standard_normal(clusters)[labels]
+    x = shared + 0.3 * rng.standard_normal(labels.size)
+    y = 0.5 * shared + rng.standard_normal(labels.size)
+    rows, _ = bootstrap_correlations(x, {"y": y}, resamples=500)
+    clustered, _ = bootstrap_correlations(x, {"y": y}, resamples=500, groups=labels)
+    assert clustered.loc["y", "corr"] == rows.loc["y", "corr"]
+    width_rows = rows.loc["y", "high"] - rows.loc["y", "low"]
+    width_clustered = clustered.loc["y", "high"] - clustered.loc["y", "low"]
+    assert width_clustered > 2 * width_rows
+    # one row per cluster: the cluster bootstrap is the row bootstrap (same draws, same weights)
+    a, _ = bootstrap_correlations(x, {"y": y}, resamples=100, seed=4)
+    b, _ = bootstrap_correlations(x, {"y": y}, resamples=100, seed=4, groups=np.arange(x.size))
+    assert np.allclose(a.to_numpy(), b.to_numpy(), rtol=1e-12)
+    with pytest.raises(ValueError, match="invalid groups: shape"):
+        bootstrap_correlations(x, {"y": y}, groups=labels[:-1])
+    with pytest.raises(ValueError, match="1 cluster"):
+        bootstrap_correlations(x, {"y": y}, groups=np.zeros(x.size))
+
+
+def test_unit_groups_label_each_coordinate_with_its_output_unit():
+    model = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 4))
+    labels = unit_groups(model)
+    assert labels.shape == (sum(p.numel() for p in model.parameters()),)
+    # the weight (2, 3) row by row, then the bias, then the second layer's (4, 2) and bias (4,)
+    expected = ["0:0"] * 3 + ["0:1"] * 3 + ["0:0", "0:1"]
+    expected += [f"2:{k}" for k in range(4) for _ in range(2)] + [f"2:{k}" for k in range(4)]
+    assert labels.tolist() == expected
+    # the label follows the weight's rows: changing row 1 of the first weight changes only
+    # coordinates labelled "0:1" of that tensor
+    flat_before = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    with torch.no_grad():
+        model[0].weight[1] += 1.0
+    flat_after = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    changed = (flat_after != flat_before).numpy()
+    assert set(labels[changed]) == {"0:1"} and changed.sum() == 3
+    with pytest.raises(ValueError, match="no parameters"):
+        unit_groups(nn.ReLU())

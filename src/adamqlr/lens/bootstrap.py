@@ -27,14 +27,23 @@ __all__ = ["bootstrap_correlations"]
 _CHUNK = 64
 
 
-def _pearson_rows(ref: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """Pearson correlation of ``ref`` (``(R, n)``) with each ``others[k]`` (``(K, R, n)``)."""
-    ref = ref - ref.mean(axis=-1, keepdims=True)
-    others = others - others.mean(axis=-1, keepdims=True)
-    cov = (others * ref).sum(-1)
-    scale = np.sqrt((ref * ref).sum(-1) * (others * others).sum(-1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return cov / scale  # (K, R)
+def _weighted_pearson(ref: np.ndarray, others: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted Pearson correlation of ``ref`` (``(n,)``) with each row of ``others`` (``(K, n)``).
+
+    ``weights`` is ``(R, n)`` (one row per resample); the result is ``(K, R)``.
+    """
+    total = weights.sum(-1, keepdims=True)  # (R, 1)
+    ref_c = ref[None, :] - (weights @ ref)[:, None] / total  # (R, n)
+    wr = weights * ref_c
+    var_r = (wr * ref_c).sum(-1)  # (R,)
+    out = np.empty((others.shape[0], weights.shape[0]))
+    for k, col in enumerate(others):
+        col_c = col[None, :] - (weights @ col)[:, None] / total
+        cov = (wr * col_c).sum(-1)
+        var_c = (weights * col_c * col_c).sum(-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[k] = cov / np.sqrt(var_r * var_c)
+    return out
 
 
 def bootstrap_correlations(
@@ -44,11 +53,14 @@ def bootstrap_correlations(
     resamples: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    groups: ArrayLike | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return the correlations of ``reference`` with each of ``others`` and bootstrap intervals.
 
-    Each resample draws ``n`` row indices with replacement (``numpy.random.default_rng(seed)``)
-    and recomputes every correlation on the same rows. Intervals are percentile intervals:
+    Each resample draws ``n`` row indices with replacement (``numpy.random.default_rng(seed)``),
+    or with ``groups`` as many cluster labels as there are distinct labels, and recomputes every
+    correlation on the same draw (rows weighted by how often they, or their cluster, were drawn).
+    Intervals are percentile intervals:
     the ``(1 - level)/2`` and ``(1 + level)/2`` quantiles of the resampled values.
 
     Args:
@@ -57,6 +69,8 @@ def bootstrap_correlations(
         resamples: Number of bootstrap resamples (>= 1).
         level: Coverage of the intervals, in (0, 1).
         seed: Seed of the resampling.
+        groups: Optional cluster label of each row, shape ``(n,)`` (at least 2 distinct labels):
+            resample clusters instead of rows.
 
     Returns:
         ``(correlations, differences)``. ``correlations`` is indexed by name with columns
@@ -66,7 +80,8 @@ def bootstrap_correlations(
 
     Raises:
         ValueError: For mismatched or too short (``n < 3``) inputs, non-finite values, a constant
-            variable, no ``others``, ``resamples < 1`` or ``level`` outside (0, 1).
+            variable, no ``others``, ``resamples < 1``, ``level`` outside (0, 1), or ``groups`` of
+            the wrong shape or with fewer than 2 clusters.
     """
     ref = np.asarray(reference, dtype=np.float64)
     if ref.ndim != 1 or ref.shape[0] < 3:
@@ -94,13 +109,24 @@ def bootstrap_correlations(
         raise ValueError(f"invalid level: {level!r} (expected in (0, 1))")
 
     n = ref.shape[0]
-    point = _pearson_rows(ref[None, :], stacked[:, None, :])[:, 0]
+    if groups is None:
+        labels, n_groups = np.arange(n), n
+    else:
+        raw = np.asarray(groups)
+        if raw.shape != ref.shape:
+            raise ValueError(f"invalid groups: shape {raw.shape} (expected {ref.shape})")
+        _, labels = np.unique(raw, return_inverse=True)
+        n_groups = int(labels.max()) + 1
+        if n_groups < 2:
+            raise ValueError(f"invalid groups: {n_groups} cluster (expected at least 2)")
+    point = _weighted_pearson(ref, stacked, np.ones((1, n)))[:, 0]
     rng = np.random.default_rng(seed)
     boot = np.empty((len(names), resamples))
     for start in range(0, resamples, _CHUNK):
         size = min(_CHUNK, resamples - start)
-        idx = rng.integers(0, n, size=(size, n))
-        boot[:, start : start + size] = _pearson_rows(ref[idx], stacked[:, idx])
+        drawn = rng.integers(0, n_groups, size=(size, n_groups))
+        counts = np.stack([np.bincount(d, minlength=n_groups) for d in drawn]).astype(np.float64)
+        boot[:, start : start + size] = _weighted_pearson(ref, stacked, counts[:, labels])
     quantiles = [(1.0 - level) / 2.0, (1.0 + level) / 2.0]
     low, high = np.nanquantile(boot, quantiles, axis=1)
     correlations = pd.DataFrame(
