@@ -3,24 +3,35 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# torch is installed first, on its own: its build is the reader's choice. The default is the
-# CPU-only build from PyTorch's CPU index (about 200 MB instead of PyPI's 5.5 GB CUDA build on
-# Linux). For CUDA: TORCH_INDEX=https://download.pytorch.org/whl/cu128 (or TORCH_INDEX= for PyPI's
-# default build). A wheel in pip's find-links folder (our machines) is used as well.
-TORCH_SPEC ?= torch==2.13.0
-TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# The book's environment is pinned, with hashes, in requirements-book.lock (Linux x86-64,
+# CPython 3.11, torch 2.13.0's CPU-only build); `make lock` refreshes it and environment.yml.
+# Elsewhere (macOS, other Pythons) `LOCK=` installs unpinned: torch from PyTorch's CPU index,
+# then the package with its extras. For CUDA, TORCH_CUDA=cu128 (or another CUDA tag of
+# https://download.pytorch.org/whl) replaces the CPU build of torch 2.13.0 by that one.
+LOCK ?= requirements-book.lock
+TORCH_CUDA ?=
+TORCH_VERSION := 2.13.0
+# Where `make lock` finds torch's CPU wheels (a local folder of wheels works too).
+TORCH_WHEELS ?= https://download.pytorch.org/whl/cpu/torch/
+UV ?= uv
 # Offline mirror of the data sets (see ../shared/data/README.md); users without one download.
 export ADAMQLR_DATA ?= $(abspath ../shared/data)
 export PYTHONHASHSEED = 0
 
-.PHONY: env book rerun test lint bench clean-book
+.PHONY: env book rerun test lint bench clean-book lock
 
-# When the package and its extras are installed, torch is already there and satisfies every
-# requirement on it, so nothing they pull in (curvlinops -> backpack -> torchvision) replaces it.
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
+ifneq ($(LOCK),)
+	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+else
+	$(BIN)/python -m pip install -q --extra-index-url https://download.pytorch.org/whl/cpu "torch==$(TORCH_VERSION)"
 	$(BIN)/python -m pip install -q -e ".[test]"
+endif
+ifneq ($(TORCH_CUDA),)
+	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)+$(TORCH_CUDA)" --index-url https://download.pytorch.org/whl/$(TORCH_CUDA)
+endif
 	$(BIN)/python -m ipykernel install --sys-prefix --name adamqlr --display-name "Python (adamqlr)" >/dev/null
 	touch $@
 
@@ -55,3 +66,16 @@ bench: env
 
 clean-book:
 	rm -rf _build book/*.failed.ipynb
+
+# Re-pin the book's environment (needs uv: `pip install uv`, and the package index): compile
+# pyproject.toml's extra `test` with torch's CPU build (requirements-book.in) for Linux x86-64 and
+# CPython 3.11, with the SHA-256 of every file, then write environment.yml from the lock.
+lock:
+	{ echo "# The book's environment, pinned with hashes by \`make lock\` (do not edit; see README)."; \
+	  echo "# Python: 3.11  platform: x86_64-manylinux_2_28  torch: CPU-only build"; \
+	  echo "--extra-index-url https://download.pytorch.org/whl/cpu"; \
+	  $(UV) pip compile pyproject.toml requirements-book.in --extra test --generate-hashes \
+		--python-version 3.11 --python-platform x86_64-manylinux_2_28 --no-header --no-annotate \
+		--index-url https://pypi.org/simple --find-links $(TORCH_WHEELS) $(LOCK_FLAGS); } > requirements-book.lock.tmp
+	mv requirements-book.lock.tmp requirements-book.lock
+	$(PYTHON) .ci/environment_from_lock.py

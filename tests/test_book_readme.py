@@ -36,16 +36,22 @@ def test_make_book_builds_and_make_rerun_forces_every_page() -> None:
 
 
 @pytest.mark.skipif(MAKE is None, reason="no make")
-def test_torch_is_installed_first_from_the_cpu_index_unless_told() -> None:
+def test_the_environment_comes_from_the_hashed_lock_unless_told() -> None:
     lines = _dry_run("env").splitlines()
-    torch_line = next(i for i, line in enumerate(lines) if '"torch==' in line)
-    package_line = next(i for i, line in enumerate(lines) if re.search(r'-e "?\.', line))
-    assert torch_line < package_line
-    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in lines[torch_line]
-    cuda = _dry_run("env", TORCH_INDEX="https://download.pytorch.org/whl/cu128")
-    assert "--extra-index-url https://download.pytorch.org/whl/cu128" in cuda
-    assert "extra-index-url" not in _dry_run("env", TORCH_INDEX="")
-    assert "download.pytorch.org/whl/cpu" in README and "whl/cu128" in README
+    lock = next(
+        i for i, line in enumerate(lines) if "--require-hashes -r requirements-book.lock" in line
+    )
+    package = next(i for i, line in enumerate(lines) if re.search(r"--no-deps .*-e \.$", line))
+    assert lock < package
+    assert not any("download.pytorch.org/whl/cu" in line for line in lines)
+    cuda = _dry_run("env", TORCH_CUDA="cu128")
+    assert '"torch==2.13.0+cu128" --index-url https://download.pytorch.org/whl/cu128' in cuda
+    unpinned = _dry_run("env", LOCK="")
+    assert "requirements-book.lock" not in unpinned
+    torch_line = unpinned.index('--extra-index-url https://download.pytorch.org/whl/cpu "torch==')
+    assert torch_line < unpinned.index('-e ".[test]"')
+    for text in ("download.pytorch.org/whl/cpu", "TORCH_CUDA=cu128", "LOCK=", "make lock"):
+        assert text in README, text
 
 
 @pytest.fixture
