@@ -218,8 +218,8 @@ glue("ss_ratio_hg_late", later.q_hessian / later.q_ggn, display=False)
 
 # %% mystnb={"figure": {"caption": "The mini-batch loss along AdamQLR's direction (black) and the damped quadratic models {eq}`eq-ss-line` for four dampings, with the GGN (left) and the Hessian (right), at the first step (top) and after a short warm-up (bottom); dots and dotted lines mark each model's minimiser {eq}`eq-alpha-star`. The damping values are the one AdamQLR used ($\\lambda_t$), none, and the values that double or multiply by ten the model's curvature along $d$. Untuned AdamQLR on the Fashion-MNIST MLP, float64. Made by: {glue:text}`ss_made`.", "name": "fig-ss-models"}}
 made = (
-    f"AdamQLR on Fashion-MNIST at batch size {config.batch_size}, probed after "
-    f"{config.warm_steps} warm-up steps and at step {late}, seed {config.seed}"
+    f"untuned AdamQLR on Fashion-MNIST at batch size {config.batch_size}, probed at steps "
+    f"{first} and {late}, seed {config.seed}"
 )
 glue("ss_made", computation_text(made, profile), display=False)
 fig = plot_line_models(figure_rows)

@@ -149,7 +149,7 @@ glue("lc_tuned", ", ".join(f"{k} = {v:g}" for k, v in tuned_choice.items()), dis
 print("tuned AdamQLR configuration the sweep starts from:", tuned_choice)
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Sensitivity to the clip $\\alpha_\\mathrm{max}$ on Fashion-MNIST, starting from the tuned AdamQLR ({glue:text}`lc_tuned`). Left: test loss against optimisation time, one median curve per value (colour: $\\alpha_\\mathrm{max}$, log scale); right: final test loss against $\\alpha_\\mathrm{max}$ (median over repeats, bars: range). Runs: {glue:text}`lc_sweep_runs`.", "name": "fig-lc-sweep"}}
-fig, axes = plt.subplots(1, 2, figsize=(11.0, 3.8), width_ratios=(1.4, 1))
+fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.6), width_ratios=(1.4, 1))
 plot_sensitivity(sweep, values, "test_loss", ax=axes[0], colorbar_label=r"$\alpha_\mathrm{max}$")
 sens = sensitivity_table(data, "lr_clip", "test_loss")
 plot_final_vs_value(sens, ax=axes[1], xlabel=r"$\alpha_\mathrm{max}$", ylabel="final test loss")

@@ -116,8 +116,8 @@ glue("se_repeats", max(len(a.seeds) for a in study.arms), display=False)
 # {numref}`fig-se-curves` shows, for each swept quantity, the test loss against optimisation
 # time, one median curve per value, in the style of the paper's sensitivity figures.
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "Test loss on Fashion-MNIST against optimisation time when one hyperparameter moves away from the tuned AdamQLR ({glue:text}`se_tuned_qlr`) or, bottom right, the learning rate away from the tuned Adam ({glue:text}`se_tuned_adam`). One line per value (mean of 50 bootstrap medians over {glue:text}`se_repeats` repeats; colour: the value, log scale). Runs: {glue:text}`se_runs`.", "name": "fig-se-curves"}}
-fig, axes = plt.subplots(2, 3, figsize=(13.5, 7.0))
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Test loss on Fashion-MNIST against optimisation time when one hyperparameter moves away from the tuned AdamQLR ({glue:text}`se_tuned_qlr`) or, bottom left, the learning rate away from the tuned Adam ({glue:text}`se_tuned_adam`). One line per value (mean of 50 bootstrap medians over {glue:text}`se_repeats` repeats; colour: the value, log scale). Runs: {glue:text}`se_runs`.", "name": "fig-se-curves"}}
+fig, axes = plt.subplots(3, 2, figsize=(9.0, 10.2))
 for ax, (group, (name, log)) in zip(axes.flat, GROUPS.items(), strict=False):
     arms = study.select(group=group)
     plot_sensitivity(
@@ -143,9 +143,10 @@ plt.show()
 # above $10^6$ as *diverged*).
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Final test loss on Fashion-MNIST against each swept hyperparameter (median over {glue:text}`se_repeats` repeats, bars: range, crosses at the top: every repeat diverged); dotted: the tuned value. Runs: {glue:text}`se_runs`.", "name": "fig-se-final"}}
-fig, axes = plt.subplots(1, 5, figsize=(16.0, 3.4), sharey=True)
+fig, axes = plt.subplots(2, 3, figsize=(9.0, 6.4), sharey=True, layout="constrained")
+axes.flat[-1].set_visible(False)
 spread = {}
-for ax, (group, (name, log)) in zip(axes, GROUPS.items(), strict=True):
+for ax, (group, (name, log)) in zip(axes.flat, GROUPS.items(), strict=False):
     table = sensitivity_table(data, group, "test_loss")
     tuned = choice_adam.get("lr") if group == "adam_lr" else {
         "batch_size": choice_qlr.get("batch_size"),
@@ -154,7 +155,7 @@ for ax, (group, (name, log)) in zip(axes, GROUPS.items(), strict=True):
         "amplification": 1.0,
     }[group]
     plot_final_vs_value(table, ax=ax, log_x=log, xlabel=name, reference=tuned,
-                        ylabel="final test loss" if ax is axes[0] else None)  # fmt: skip
+                        ylabel="final test loss" if any(ax is a for a in axes[:, 0]) else None)  # fmt: skip
     finite = table["median"][np.isfinite(table["median"])]
     spread[name] = {
         "values": len(table),

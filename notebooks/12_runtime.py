@@ -145,7 +145,7 @@ fm = {label: fm[label] for label in keep if label in fm}
 glue("rt_main_runs", provenance_text([r for rs in fm.values() for r in rs]), display=False)
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Test loss on Fashion-MNIST of the runs of {numref}`fig-ut-losses` against the step (left: median over repeats at each evaluation, log scale) and against optimisation time (right: mean of 50 bootstrap medians, with band). Runs: {glue:text}`rt_main_runs`.", "name": "fig-rt-steps-time"}}
-fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.8))
+fig, axes = plt.subplots(1, 2, figsize=(8.8, 3.8))
 plot_evaluations(axes[0], fm, "test_loss", x="step")
 draw_runs(axes[1], fm, "test_loss")
 fig.legend(*axes[1].get_legend_handles_labels(), loc="outside lower center", ncol=2)

@@ -425,7 +425,8 @@ def plot_adaptive(
         The axes.
     """
     if axes is None:
-        _, axes = plt.subplots(1, len(columns), figsize=(4.3 * len(columns), 3.2), squeeze=False)
+        width = min(4.3 * len(columns), 9.0)  # narrow enough for the book's column
+        _, axes = plt.subplots(1, len(columns), figsize=(width, 3.2), squeeze=False)
         axes = list(axes[0])
     names = {"lr": r"step size $|\alpha|$", "damping": r"damping $\lambda$", "rho": r"$\rho$"}
     for ax, column in zip(axes, columns, strict=True):
