@@ -54,8 +54,13 @@ def _legend_below(fig: Figure, axes: Sequence[Axes], ncol: int | None = None) ->
         list(entries.values()),
         list(entries),
         loc="outside lower center",
-        ncol=ncol or min(len(entries), 3),
+        ncol=ncol or min(len(entries), _legend_columns(list(entries))),
     )
+
+
+def _legend_columns(labels: Sequence[str]) -> int:
+    """Three legend columns, or two when a label is long: the legend stays within ~9 in."""
+    return 3 if max((len(label) for label in labels), default=0) <= 22 else 2
 
 
 #: Qualifiers of a label that keep the family's colour ("Untuned" also dashes the line).
