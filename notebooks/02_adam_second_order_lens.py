@@ -54,6 +54,7 @@ from adamqlr.lens.training import batch_stream, fashion_mnist_setup
 from adamqlr.losses import CrossEntropyLoss
 from adamqlr.plots import set_theme
 from adamqlr.plots.derivations import plot_adam_lens
+from adamqlr.results.provenance import computation_text
 
 set_theme()
 config = AdamLensConfig.for_profile(profile)
@@ -271,7 +272,13 @@ print("coordinates:", ggn_verdict(boot["coordinates"][0]))
 print("units:", ggn_verdict(corr_units))
 intervals
 
-# %% mystnb={"figure": {"caption": "Adam's $\\hat v$ on the Fashion-MNIST MLP (Adam, $\\eta = 10^{-3}$, $B = 50$), one point per parameter (hexagons count them, log colour scale), against the expected squared mini-batch gradient {eq}`eq-al-expectation`, the diagonal of the empirical Fisher (dashed: $\\hat v = \\mathrm{diag}\\,F_\\mathrm{emp}/B$) and the diagonal of the GGN, all exact at the current parameters over {glue:text}`al_reference` training images. Top: early in training; bottom: the last checkpoint.", "name": "fig-al-diagonals"}}
+# %% mystnb={"figure": {"caption": "Adam's $\\hat v$ on the Fashion-MNIST MLP (Adam, $\\eta = 10^{-3}$, $B = 50$), one point per parameter (hexagons count them, log colour scale), against the expected squared mini-batch gradient {eq}`eq-al-expectation`, the diagonal of the empirical Fisher (dashed: $\\hat v = \\mathrm{diag}\\,F_\\mathrm{emp}/B$) and the diagonal of the GGN, all exact at the current parameters over {glue:text}`al_reference` training images. Top: early in training; bottom: the last checkpoint. Made by: {glue:text}`al_made`.", "name": "fig-al-diagonals"}}
+made = (
+    f"one Adam run on Fashion-MNIST ({config.steps} steps, batch size {config.batch_size}, "
+    f"learning rate {config.lr:g}, seed {config.seed}), diagonals over {config.reference_size} "
+    f"training examples at steps {', '.join(map(str, config.checkpoints))}"
+)
+glue("al_made", computation_text(made, profile), display=False)
 fig = plot_adam_lens(result.diagonals, batch_size=config.batch_size)
 
 # %% [markdown]

@@ -37,6 +37,7 @@ from adamqlr.heuristics import predicted_change, reduction_ratio, step_size
 from adamqlr.lens.line import StepSizeConfig, probe_step, step_size_study
 from adamqlr.plots import set_theme
 from adamqlr.plots.derivations import plot_line_models
+from adamqlr.results.provenance import computation_text
 
 set_theme()
 config = StepSizeConfig.for_profile(profile)
@@ -277,7 +278,12 @@ glue("ss_line_verdict_early", line_verdict, display=False)
 print(f"step {first}: true line minimum at {line_min:.3f} alpha* (grid step {grid_step:.3f}); "
       f"{line_verdict}")  # fmt: skip
 
-# %% mystnb={"figure": {"caption": "The mini-batch loss along AdamQLR's direction (black) and the damped quadratic models {eq}`eq-ss-line` for four dampings, with the GGN (left) and the Hessian (right), at the first step (top) and after a short warm-up (bottom); dots and dotted lines mark each model's minimiser {eq}`eq-alpha-star`. The damping values are the one AdamQLR used ($\\lambda_t$), none, and the values that double or multiply by ten the model's curvature along $d$. Untuned AdamQLR on the Fashion-MNIST MLP, float64.", "name": "fig-ss-models"}}
+# %% mystnb={"figure": {"caption": "The mini-batch loss along AdamQLR's direction (black) and the damped quadratic models {eq}`eq-ss-line` for four dampings, with the GGN (left) and the Hessian (right), at the first step (top) and after a short warm-up (bottom); dots and dotted lines mark each model's minimiser {eq}`eq-alpha-star`. The damping values are the one AdamQLR used ($\\lambda_t$), none, and the values that double or multiply by ten the model's curvature along $d$. Untuned AdamQLR on the Fashion-MNIST MLP, float64. Made by: {glue:text}`ss_made`.", "name": "fig-ss-models"}}
+made = (
+    f"untuned AdamQLR on Fashion-MNIST at batch size {config.batch_size}, probed at steps "
+    f"{first} and {late}, seed {config.seed}"
+)
+glue("ss_made", computation_text(made, profile), display=False)
 fig = plot_line_models(figure_rows)
 
 # %% [markdown]
