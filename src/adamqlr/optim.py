@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from adamqlr._state import OptimiserWideState
 from adamqlr._validation import check as _check
 from adamqlr._validation import real as _real
+from adamqlr.backends import check_model, curvature_safe_attention
 from adamqlr.curvature import CURVATURES, CurvatureEngine, EngineCache
 from adamqlr.heuristics import LevenbergMarquardt, propose_step, reduction_ratio
 from adamqlr.losses import Loss, get_loss
@@ -137,6 +138,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"invalid model: {model!r} (expected a torch.nn.Module)")
+        check_model(model)  # [loops] e.g. a torch.compile-d module, with the fix (backends.py)
         if isinstance(loss, str) and loss == "cross_entropy":
             loss_obj = get_loss(loss, ignore_index=ignore_index)
         else:
@@ -411,8 +413,9 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         self.state[_GLOBAL]["calls"] += 1
         engine = self._engines.engine(inputs)
         try:
-            # Everything but the engine's gradient pass runs without recording a graph.
-            with torch.no_grad():
+            # Everything but the engine's gradient pass runs without recording a graph. [loops]
+            # Attention uses kernels that have forward-mode and double-backward rules.
+            with curvature_safe_attention(), torch.no_grad():
                 return self._iteration(engine, inputs, targets)
         except _Rejected as rejection:
             return self._reject(rejection)
