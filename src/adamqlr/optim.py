@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -43,6 +43,7 @@ from adamqlr.backends import check_model, curvature_safe_attention
 from adamqlr.curvature import CURVATURES, CurvatureEngine, EngineCache
 from adamqlr.heuristics import LevenbergMarquardt, propose_step, reduction_ratio
 from adamqlr.losses import Loss, get_loss
+from adamqlr.outputs import OutputSelector, check_selector
 
 __all__ = ["AdamQLR", "NonFiniteStepError", "QuadraticModelOptimizer", "SGDQLR", "StepStats"]
 
@@ -117,7 +118,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
     def __init__(
         self,
         model: nn.Module,
-        loss: str | Loss = "cross_entropy",
+        loss: str | Loss | nn.Module | Callable[[Tensor, Tensor], Tensor] = "cross_entropy",
         curvature: str = "fisher",
         *,
         params: Iterable[Tensor] | Iterable[dict[str, Any]] | None = None,
@@ -134,11 +135,13 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         nonpositive_curvature: str = "reject",
         on_nonfinite: str = "skip",
         ignore_index: int = -100,
+        output: OutputSelector = None,
         group_defaults: dict[str, Any] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"invalid model: {model!r} (expected a torch.nn.Module)")
         check_model(model)  # [loops] e.g. a torch.compile-d module, with the fix (backends.py)
+        check_selector(output)  # [loops] outputs.py
         if isinstance(loss, str) and loss == "cross_entropy":
             loss_obj = get_loss(loss, ignore_index=ignore_index)
         else:
@@ -247,7 +250,8 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         self.nonpositive_curvature = nonpositive_curvature
         self.on_nonfinite = on_nonfinite
         self.state[_GLOBAL] = self._fresh_global_state()
-        self._engines = EngineCache(model, curvature, loss_obj)
+        self.output = output
+        self._engines = EngineCache(model, curvature, loss_obj, output)
         self._last_outputs: Tensor | None = None
 
     # ----------------------------------------------------------------------------------- hooks
@@ -307,7 +311,9 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:  # noqa: D105
         super().__setstate__(state)
         if self.__dict__.get("_engines") is None and "model" in self.__dict__:
-            self._engines = EngineCache(self.model, self.curvature, self.loss)
+            self._engines = EngineCache(
+                self.model, self.curvature, self.loss, self.__dict__.get("output")
+            )
             self._last_outputs = None
 
     @property
@@ -576,7 +582,11 @@ class AdamQLR(QuadraticModelOptimizer):
         loss: ``"cross_entropy"`` (mean over examples and token positions, like
             ``torch.nn.functional.cross_entropy``; positions whose target is ``ignore_index`` are
             skipped), ``"squared_error"``/``"mse"`` (mean over examples of half the squared error,
-            summed over output dimensions), or a :class:`adamqlr.losses.Loss`.
+            summed over output dimensions), a :class:`adamqlr.losses.Loss`, a ``torch.nn`` loss
+            module (``nn.MSELoss()``, ``nn.CrossEntropyLoss()``, ``nn.HuberLoss()``, ...) or a
+            function ``loss(outputs, targets) -> 0-d tensor``. Modules and functions get their
+            output-space Hessian by double backward (exact); ``nn.MSELoss`` and
+            ``nn.CrossEntropyLoss`` with closed forms keep them (:func:`adamqlr.losses.get_loss`).
         curvature: ``"fisher"`` (the generalised Gauss-Newton matrix, equal to the Fisher for these
             losses; one forward-mode JVP) or ``"hessian"`` (forward-over-reverse).
         params: The parameters to optimise (default: all of ``model``'s), or parameter groups
@@ -599,6 +609,10 @@ class AdamQLR(QuadraticModelOptimizer):
             (divide by its absolute value, the saddle-free choice).
         on_nonfinite: ``"skip"`` (reject the step with a warning) or ``"raise"``.
         ignore_index: Target value skipped by the cross-entropy loss.
+        output: For a model that returns a dict, tuple or object: which tensor the loss
+            compares -- a key (``"logits"``), an index (``0``) or a callable
+            (``lambda out: out["logits"]``); see :mod:`adamqlr.outputs`. ``None``: the model
+            returns a tensor.
 
     Raises:
         ValueError: At construction, naming the argument and value, for any invalid setting.
@@ -607,7 +621,7 @@ class AdamQLR(QuadraticModelOptimizer):
     def __init__(
         self,
         model: nn.Module,
-        loss: str | Loss = "cross_entropy",
+        loss: str | Loss | nn.Module | Callable[[Tensor, Tensor], Tensor] = "cross_entropy",
         curvature: str = "fisher",
         *,
         betas: tuple[float, float] = (0.9, 0.999),
