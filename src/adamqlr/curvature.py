@@ -30,6 +30,7 @@ from torch.func import functional_call, grad, jvp
 from adamqlr._random import replayed_rng
 from adamqlr.losses import Loss
 from adamqlr.outputs import OutputSelector, select_output
+from adamqlr.precision import wide
 
 __all__ = [
     "CURVATURES",
@@ -500,7 +501,7 @@ def hessian_along_graph(
 
     def reduce(p: Tensor, d: Tensor, i: int) -> None:
         if p.grad is not None:
-            terms[i] = torch.dot(d.reshape(-1), p.grad.reshape(-1)).to(torch.float64)
+            terms[i] = torch.dot(wide(d).reshape(-1), wide(p.grad).reshape(-1)).to(torch.float64)
             p.grad = None
 
     # a gradient with no graph is constant in the parameters: its part of H d is zero

@@ -44,6 +44,7 @@ from adamqlr.curvature import CURVATURES, CurvatureEngine, EngineCache
 from adamqlr.heuristics import LevenbergMarquardt, propose_step, reduction_ratio
 from adamqlr.losses import Loss, get_loss
 from adamqlr.outputs import OutputSelector, check_selector
+from adamqlr.precision import loss_change_resolved, rounding_dtype, wide
 
 __all__ = ["AdamQLR", "NonFiniteStepError", "QuadraticModelOptimizer", "SGDQLR", "StepStats"]
 
@@ -84,6 +85,10 @@ class StepStats:
         trial_loss: Mini-batch loss after the step (NaN when not computed).
         damping_used: The damping that entered the step size (the previous step's value).
         step: Number of accepted steps so far, this one included.
+        loss_unresolved: The trial loss differed from the loss by no more than the loss's
+            rounding level (a few ulps of its least precise dtype, autocast included:
+            :func:`adamqlr.precision.loss_change_resolved`), so ``rho`` was not computed (NaN)
+            and the damping was left unchanged.
     """
 
     loss: float
@@ -99,6 +104,7 @@ class StepStats:
     trial_loss: float
     damping_used: float
     step: int
+    loss_unresolved: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """Return the statistics as a plain dict (for logging)."""
@@ -477,7 +483,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         # in float32) and q. A non-finite gradient makes d non-finite, so ||d||^2 catches it.
         q_t = engine.along(names, ps, ds)
         dots = [_dot(g, d) for g, d in zip(gs, ds, strict=True)]
-        values = _host([f0_t, q_t, *dots, *torch._foreach_norm(ds), *checks])
+        values = _host([f0_t, q_t, *dots, *_norms(ds), *checks])
         f0, q = values[0], values[1]
         if not math.isfinite(f0):
             raise _Rejected("nonfinite_loss", f0)
@@ -528,10 +534,16 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         if adapt and not math.isfinite(f1):
             raise _Rejected("nonfinite_trial_loss", f0, extra | {"trial_loss": f1})
 
-        # 6. Damping and commit.
+        # 6. Damping and commit. [loops] A loss change within the rounding level of the loss
+        # (e.g. under bfloat16 autocast) gives no rho, and the damping stays (precision.py).
+        unresolved = False
         if adapt:
-            rho = reduction_ratio(f1 - f0, proposal.predicted_change)
-            glob["damping"] = self.damping_rule.update(damping_used, rho)
+            low = rounding_dtype(f0_t.dtype, self._last_outputs.dtype, device_type=f0_t.device.type)
+            if loss_change_resolved(f0, f1, low):
+                rho = reduction_ratio(f1 - f0, proposal.predicted_change)
+                glob["damping"] = self.damping_rule.update(damping_used, rho)
+            else:
+                unresolved = True
         torch._foreach_copy_(ps, new)
         for group_ps, group_gs, group, candidate in pending:
             self._commit(group_ps, group_gs, group, candidate)
@@ -550,6 +562,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
             trial_loss=f1,
             damping_used=damping_used,
             step=step,
+            loss_unresolved=unresolved,
         )
 
     def __repr__(self) -> str:
@@ -718,10 +731,18 @@ def _moved(
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """Return ``a . b`` over all elements (no reshape for vectors)."""
+    """Return ``a . b`` over all elements (no reshape for vectors), in float32 or wider."""
+    a, b = wide(a), wide(b)  # [loops] 16-bit parameters: accumulate in float32 (precision.py)
     if a.dim() == 1 and b.dim() == 1:
         return torch.dot(a, b)
     return torch.dot(a.reshape(-1), b.reshape(-1))
+
+
+def _norms(tensors: list[Tensor]) -> list[Tensor]:
+    """Return the 2-norm of each tensor, accumulated in float32 or wider."""
+    if all(wide(t) is t for t in tensors):
+        return list(torch._foreach_norm(tensors))
+    return [torch.linalg.vector_norm(wide(t)) for t in tensors]  # [loops] 16-bit parameters
 
 
 def _chunks(tensors: list[Tensor], limit: int) -> Iterator[list[int]]:
