@@ -41,6 +41,7 @@ from adamqlr._validation import check as _check
 from adamqlr._validation import real as _real
 from adamqlr.backends import check_model, curvature_safe_attention
 from adamqlr.curvature import CURVATURES, CurvatureEngine, EngineCache
+from adamqlr.distributed import DistributedEngine, process_group, unwrap
 from adamqlr.heuristics import LevenbergMarquardt, propose_step, reduction_ratio
 from adamqlr.losses import Loss, get_loss
 from adamqlr.outputs import OutputSelector, check_selector
@@ -142,12 +143,15 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         on_nonfinite: str = "skip",
         ignore_index: int = -100,
         output: OutputSelector = None,
+        distributed: bool | str | Any = "auto",
         group_defaults: dict[str, Any] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"invalid model: {model!r} (expected a torch.nn.Module)")
         check_model(model)  # [loops] e.g. a torch.compile-d module, with the fix (backends.py)
         check_selector(output)  # [loops] outputs.py
+        process_group(distributed)  # [loops] validates the setting (distributed.py)
+        model = unwrap(model)  # [loops] a DDP wrapper: the step averages over ranks itself
         if isinstance(loss, str) and loss == "cross_entropy":
             loss_obj = get_loss(loss, ignore_index=ignore_index)
         else:
@@ -257,6 +261,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         self.on_nonfinite = on_nonfinite
         self.state[_GLOBAL] = self._fresh_global_state()
         self.output = output
+        self.distributed = distributed
         self._engines = EngineCache(model, curvature, loss_obj, output)
         self._last_outputs: Tensor | None = None
 
@@ -424,6 +429,9 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         self._check_batch(inputs, targets)
         self.state[_GLOBAL]["calls"] += 1
         engine = self._engines.engine(inputs)
+        group = process_group(self.__dict__.get("distributed", False))  # [loops] distributed.py
+        if group is not None:
+            engine = DistributedEngine(engine, group)  # type: ignore[assignment]
         try:
             # Everything but the engine's gradient pass runs without recording a graph. [loops]
             # Attention uses kernels that have forward-mode and double-backward rules.
@@ -626,6 +634,12 @@ class AdamQLR(QuadraticModelOptimizer):
             compares -- a key (``"logits"``), an index (``0``) or a callable
             (``lambda out: out["logits"]``); see :mod:`adamqlr.outputs`. ``None``: the model
             returns a tensor.
+        distributed: Average the step over the ranks of a ``torch.distributed`` process group,
+            so that every rank takes the same step on its shard of the batch: ``"auto"`` (when
+            a process group with more than one rank is initialised), ``True``, ``False`` or a
+            ``ProcessGroup``. The gradient, the loss, the curvature and the trial loss are
+            averaged (:mod:`adamqlr.distributed`); a ``DistributedDataParallel`` wrapper is
+            unwrapped and its own gradient averaging bypassed, so a plain module works too.
 
     Raises:
         ValueError: At construction, naming the argument and value, for any invalid setting.
