@@ -756,7 +756,9 @@ def _norms(tensors: list[Tensor]) -> list[Tensor]:
     """Return the 2-norm of each tensor, accumulated in float32 or wider."""
     if all(wide(t) is t for t in tensors):
         return list(torch._foreach_norm(tensors))
-    return [torch.linalg.vector_norm(wide(t)) for t in tensors]  # [loops] 16-bit parameters
+    # [loops] 16-bit parameters (precision.py); float64 if any parameter is float64
+    widest = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    return list(torch._foreach_norm(tensors, 2, dtype=widest))
 
 
 def _chunks(tensors: list[Tensor], limit: int) -> Iterator[list[int]]:
