@@ -21,7 +21,10 @@ With unequal shards each rank's mean is weighted equally.
 Not averaged: batch-norm running statistics (each rank keeps its own, as DDP with
 ``broadcast_buffers=False``; use ``nn.SyncBatchNorm`` for global statistics) and the dropout masks
 (each rank draws its own, as in DDP). The parameters must start equal on every rank (e.g. the same
-seed, or ``DistributedDataParallel``'s broadcast at construction).
+seed, or ``DistributedDataParallel``'s broadcast at construction), and every rank must call
+``step`` equally often (each step makes collective calls for the gradient, the loss, the
+curvature, the trial loss). With ``distributed="auto"`` any initialised process group of more
+than one rank is used: pass ``distributed=False`` when the ranks train different models.
 """
 
 from __future__ import annotations

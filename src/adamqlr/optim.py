@@ -640,6 +640,8 @@ class AdamQLR(QuadraticModelOptimizer):
             ``ProcessGroup``. The gradient, the loss, the curvature and the trial loss are
             averaged (:mod:`adamqlr.distributed`); a ``DistributedDataParallel`` wrapper is
             unwrapped and its own gradient averaging bypassed, so a plain module works too.
+            Every rank must call ``step`` equally often; pass ``False`` when the ranks train
+            different models (e.g. independent runs in one process group).
 
     Raises:
         ValueError: At construction, naming the argument and value, for any invalid setting.
