@@ -18,8 +18,9 @@ ranks' mean losses, gradients and curvatures is exactly the global batch's, so t
 single process stepping on the concatenated batch (up to the order of floating-point sums).
 With unequal shards each rank's mean is weighted equally.
 
-Not averaged: batch-norm running statistics (each rank keeps its own, as DDP with
-``broadcast_buffers=False``; use ``nn.SyncBatchNorm`` for global statistics) and the dropout masks
+Not averaged: batch norm's batch statistics and running statistics (each rank normalises with its
+own shard and keeps its own running statistics, as DDP with ``broadcast_buffers=False``; with
+batch norm the run is therefore not that of one process on the whole batch) and the dropout masks
 (each rank draws its own, as in DDP). The parameters must start equal on every rank (e.g. the same
 seed, or ``DistributedDataParallel``'s broadcast at construction), and every rank must call
 ``step`` equally often (each step makes collective calls for the gradient, the loss, the
