@@ -42,6 +42,12 @@ Floors (each piece at the cheapest cost measured for the model):
 Beside each floor, ``floor + update`` adds what Adam's own step costs on top of ``fb``
 (``adam - fb``): the passes over the parameters that any Adam-direction optimiser makes.
 
+Targets (ratios measured side by side, medians of at least three runs): AdamQLR-Fisher at most
+1.5x Adam at batch 50 and on ``energy-588``, at most 1.1x its floor at batch 3200; AdamQLR-Hessian
+at most 1.1x ``floor + update``, the honest floor of a step that must also update Adam's moments
+(on small models those passes over the parameters are a fifth of a step, so the bare floor, which
+leaves them out, cannot be met by any Adam-direction optimiser).
+
 ``--ops`` counts the aten operators one step of ``adam`` and of each AdamQLR variant issues
 (nested ones included, from ``torch.profiler``): a diagnostic of dispatch overhead, which is most
 of a step's cost on small models.

@@ -56,6 +56,7 @@ pd.set_option("display.width", 120)
 # reads: results/fashion-mnist/sgd/*/manifest.json
 # reads: results/fashion-mnist/kfac-untuned/*/manifest.json
 # reads: results/cifar-10/*/*/manifest.json
+# reads: results/tuning/*/*/trials-*.jsonl
 data = notebook_records("untuned-vs-tuned", profile, compute=compute)
 study = data.study
 tasks = list(dict.fromkeys(arm_task(study, arm) for arm in study.arms))

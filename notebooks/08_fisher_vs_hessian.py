@@ -53,6 +53,7 @@ pd.set_option("display.precision", 4)
 # reads: results/fashion-mnist/adamqlr-untuned/*/manifest.json
 # reads: results/fashion-mnist/adamqlr-untuned-hessian/*/manifest.json
 # reads: results/cifar-10/*/*/manifest.json
+# reads: results/tuning/*/*/trials-*.jsonl
 data = notebook_records("fisher-vs-hessian", profile, compute=compute)
 study = data.study
 tasks = list(dict.fromkeys(arm_task(study, arm) for arm in study.arms))

@@ -6,12 +6,17 @@ through a Second-Order Lens" (ICML 2024). The optimisers are ``torch.optim.Optim
     from adamqlr import AdamQLR
     opt = AdamQLR(model, loss="cross_entropy", curvature="fisher")
     stats = opt.step(inputs, targets)
+
+The baselines of the paper are here too: :class:`SGDQLR` (the same heuristics on the gradient),
+:class:`KFAC` (``adamqlr.kfac``) and :class:`BaydinSGD` (``adamqlr.baydin``).
 """
 
 import warnings
 
+from adamqlr.baydin import BaydinSGD
+from adamqlr.kfac import KFAC
 from adamqlr.losses import CrossEntropyLoss, Loss, SquaredErrorLoss, get_loss
-from adamqlr.optim import SGDQLR, AdamQLR, StepStats
+from adamqlr.optim import SGDQLR, AdamQLR, NonFiniteStepError, StallError, StepStats
 
 # torch >= 2.14 warns, from inside its own forward-mode decompositions, that torch.jit.script is
 # deprecated. It is not ours to act on, and on stderr it would fail the book's strict build.
@@ -30,10 +35,14 @@ ALGORITHM_VERSION = 1
 __all__ = [
     "ALGORITHM_VERSION",
     "AdamQLR",
+    "BaydinSGD",
     "CrossEntropyLoss",
+    "KFAC",
     "Loss",
+    "NonFiniteStepError",
     "SGDQLR",
     "SquaredErrorLoss",
+    "StallError",
     "StepStats",
     "__version__",
     "get_loss",
