@@ -287,7 +287,17 @@ class TorchCrossEntropyLoss(CrossEntropyLoss):
 
     name = "torch_cross_entropy"
 
-    def check_shapes(self, outputs: Tensor, targets: Tensor) -> None:  # noqa: D102
+    def check_shapes(self, outputs: Tensor, targets: Tensor) -> None:
+        """Check logits ``(N, C, ...)`` against class-index targets ``(N, ...)``.
+
+        Then every check of :meth:`CrossEntropyLoss.check_shapes` (dtype, device, class range,
+        at least one counted target) on the class-last view.
+
+        Raises:
+            ValueError: Naming the bad shape or value; class-probability (floating) targets
+                included, which have no closed form here (pass the loss as a function instead to
+                get an :class:`AutogradLoss`).
+        """
         if (
             outputs.dim() < 2
             or targets.dim() != outputs.dim() - 1
@@ -299,12 +309,7 @@ class TorchCrossEntropyLoss(CrossEntropyLoss):
                 f"shape (N, ...); got outputs {tuple(outputs.shape)} and targets "
                 f"{tuple(targets.shape)}"
             )
-        if targets.is_floating_point():
-            raise ValueError(
-                "nn.CrossEntropyLoss with class-probability targets has no closed form here; "
-                "pass the loss as a function instead (AutogradLoss), got targets of dtype "
-                f"{targets.dtype}"
-            )
+        super().check_shapes(self._last(outputs), targets)
 
     @staticmethod
     def _last(t: Tensor) -> Tensor:
