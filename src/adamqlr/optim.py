@@ -27,6 +27,13 @@ Where they cannot, they say so: the step takes the batch (``opt.step(inputs, tar
 closure, no ``backward()`` before it), so gradient clipping is the ``max_grad_norm`` option. Bad
 batches and state dicts are refused with a ``ValueError`` naming the value (:mod:`adamqlr._checks`),
 and a run whose steps no longer change the loss is flagged (``StepStats.stalled``, ``on_stall``).
+Models people train today work as they are: attention runs with kernels that have the second
+derivatives the curvature needs (:mod:`adamqlr.backends`; a ``torch.compile``-d module is refused
+with the fix), any loss module or function gets its output-space Hessian by autograd and a model
+returning a dict or tuple takes ``output=`` (:mod:`adamqlr.losses`, :mod:`adamqlr.outputs`), the
+step's scalars are accumulated in float32 or wider under ``torch.autocast``
+(:mod:`adamqlr.precision`), and with a ``torch.distributed`` process group every rank takes the
+same step (:mod:`adamqlr.distributed`).
 
 Everything that touches every parameter (Adam's moments, the sums, the update) uses torch's
 ``_foreach`` kernels, and the host waits for the device three times per step: for the loss and
