@@ -34,32 +34,51 @@ def _readme_problem() -> tuple[torch.Tensor, torch.Tensor, nn.Module]:
 
 
 @cache
-def _final_loss(dtype_name: str | None, curvature: str, order: int, steps: int = 30) -> float:
+def _final_loss(
+    dtype_name: str | None, curvature: str, order: int, one_region: bool = False, steps: int = 30
+) -> float:
+    """The full-data loss after ``steps`` steps; autocast around each step or the whole loop."""
     inputs, targets, model = _readme_problem()
     opt = AdamQLR(model, loss="cross_entropy", curvature=curvature)
     g = torch.Generator().manual_seed(order)
     dtype = LOW.get(dtype_name or "", torch.bfloat16)
+    enabled = dtype_name is not None
     taken = 0
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no rejected step
-        while taken < steps:
-            for batch in torch.randperm(2048, generator=g).split(512):
-                with torch.autocast("cpu", dtype=dtype, enabled=dtype_name is not None):
-                    stats = opt.step(inputs[batch], targets[batch])
-                assert stats.accepted, stats.reason
-                taken += 1
-                if taken == steps:
-                    break
+        with torch.autocast("cpu", dtype=dtype, enabled=enabled and one_region):
+            while taken < steps:
+                for batch in torch.randperm(2048, generator=g).split(512):
+                    if one_region:  # no context of its own (leaving one clears autocast's cache)
+                        stats = opt.step(inputs[batch], targets[batch])
+                    else:
+                        with torch.autocast("cpu", dtype=dtype, enabled=enabled):
+                            stats = opt.step(inputs[batch], targets[batch])
+                    assert stats.accepted, stats.reason
+                    taken += 1
+                    if taken == steps:
+                        break
     with torch.no_grad():
         return F.cross_entropy(model(inputs), targets).item()
 
 
+@pytest.mark.parametrize("region", ["each-step", "whole-loop"])
 @pytest.mark.parametrize("curvature", ["fisher", "hessian"])
 @pytest.mark.parametrize("dtype_name", sorted(LOW))
-def test_readme_example_under_autocast_ends_near_float32(dtype_name: str, curvature: str) -> None:
+def test_readme_example_under_autocast_ends_near_float32(
+    dtype_name: str, curvature: str, region: str
+) -> None:
+    """Within 20 % of float32, whether autocast wraps each step or the whole loop.
+
+    In one region around the whole loop, torch's autocast keeps its 16-bit copies of the
+    parameters from the first step unless the step forgets them after updating the parameters
+    (the loss used to end at 6.3 instead of 0.057).
+    """
     orders = range(4)
     full = statistics.mean(_final_loss(None, curvature, k) for k in orders)
-    low = statistics.mean(_final_loss(dtype_name, curvature, k) for k in orders)
+    low = statistics.mean(
+        _final_loss(dtype_name, curvature, k, region == "whole-loop") for k in orders
+    )
     assert full < 0.15  # it trained (from 1.1)
     assert abs(low - full) <= 0.2 * full, (low, full)
 

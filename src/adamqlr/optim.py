@@ -69,7 +69,7 @@ from adamqlr.heuristics import (
 )
 from adamqlr.losses import Loss, get_loss
 from adamqlr.outputs import OutputSelector, check_selector
-from adamqlr.precision import rounding_dtype, wide
+from adamqlr.precision import forget_cast_weights, rounding_dtype, wide
 
 __all__ = [
     "AdamQLR",
@@ -749,6 +749,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
                     )
                 glob["unresolved_streak"] += 1
         torch._foreach_copy_(ps, new)
+        forget_cast_weights()  # [loops] autocast's cached copies are stale (precision.py)
         for group_ps, group_gs, group, candidate in pending:
             self._commit(group_ps, group_gs, group, candidate)
         glob["step"] = step

@@ -2,13 +2,18 @@
 
 Under ``torch.autocast`` (bfloat16 or float16) or with a low-precision model, the network's
 outputs, and so the loss and the curvature's output-space vectors, carry 8 (bfloat16) or 11
-(float16) significant bits. Two rules keep the step's arithmetic meaningful:
+(float16) significant bits. Three rules keep the step's arithmetic meaningful:
 
 1. **Accumulate wide.** Every scalar the step size and the reduction ratio are made of
    (``g^T d``, ``d^T C d``, ``||d||^2``, the output-space sums of the curvature) is summed in
    float32 or wider (:func:`wide`): a float16 sum over a mini-batch overflows at 65504, and a
    bfloat16 one keeps three decimal digits. The step then combines them in Python floats.
-2. **Do not read rounding noise as a loss change.** The reduction ratio
+2. **Forget stale casts.** Inside a ``torch.autocast`` region torch caches the 16-bit copy of
+   each parameter it casts, until the region ends. The step updates the parameters in place, so
+   a loop that calls ``step`` repeatedly inside *one* autocast region (``with autocast(): for
+   ...: opt.step(...)``) would compute every later gradient from the first step's weights;
+   :func:`forget_cast_weights` clears the cache after each update.
+3. **Do not read rounding noise as a loss change.** The reduction ratio
    ``rho = (f1 - f0) / predicted`` divides the difference of two losses evaluated in the
    low precision. The optimiser's rule for a difference within the loss's rounding level
    (:func:`adamqlr.heuristics.loss_difference_trustworthy`: a few units in the last place at the
@@ -24,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["rounding_dtype", "wide", "wide_dtype"]
+__all__ = ["forget_cast_weights", "rounding_dtype", "wide", "wide_dtype"]
 
 _LOW = (torch.float16, torch.bfloat16)
 
@@ -54,3 +59,11 @@ def rounding_dtype(*dtypes: torch.dtype, device_type: str | None = None) -> torc
     if not candidates:
         return torch.float64
     return max(candidates, key=lambda d: torch.finfo(d).eps)
+
+
+def forget_cast_weights() -> None:
+    """Drop autocast's cached low-precision copies of the parameters (after an in-place update).
+
+    ``torch.clear_autocast_cache``: cheap, and a no-op outside an autocast region.
+    """
+    torch.clear_autocast_cache()
