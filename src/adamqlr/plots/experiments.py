@@ -35,6 +35,7 @@ __all__ = [
     "line_style",
     "plot_adaptive",
     "plot_comparison",
+    "plot_divergence_rates",
     "plot_evaluations",
     "plot_final_vs_value",
     "plot_sensitivity",
@@ -519,3 +520,38 @@ def plot_step_costs(
     handles, labels = axes[1].get_legend_handles_labels()
     axes[1].figure.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 5))
     return axes
+
+
+def plot_divergence_rates(
+    table: pd.DataFrame, *, ax: Axes | None = None, xlabel: str = "batch size"
+) -> Axes:
+    """Draw the fraction of diverged runs against a swept value, one line per group.
+
+    Args:
+        table: The output of :func:`adamqlr.studies.analysis.divergence_rates` (``group``,
+            ``label``, ``value``, ``rate``, ``low``, ``high``).
+        ax: Axes to draw on (default: a new figure).
+        xlabel: Label of the (log-scale) x axis.
+
+    Returns:
+        The axes (bars: the Wilson interval of each rate).
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.0, 3.4))
+    for _, rows in table.groupby("group", sort=False):
+        rows = rows.sort_values("value")
+        label = str(rows["label"].iloc[0]).split(", ", 1)[-1]
+        colour, dash = line_style(label)
+        x = rows["value"].to_numpy(dtype=float)
+        y = rows["rate"].to_numpy(dtype=float)
+        low, high = rows["low"].to_numpy(dtype=float), rows["high"].to_numpy(dtype=float)
+        err = np.vstack([y - low, high - y])
+        ax.errorbar(x, y, yerr=err, color=colour, linestyle=dash, marker="o", capsize=3,
+                    label=label)  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("diverged runs")
+    ax.set_ylim(-0.03, 1.03)
+    ax.yaxis.set_major_formatter(mpl.ticker.PercentFormatter(1.0))
+    ax.legend(fontsize="small")
+    return ax

@@ -27,7 +27,9 @@ from adamqlr.studies.core import StudyRecords, final_value
 
 __all__ = [
     "describe_runs",
+    "divergence_rates",
     "final_table",
+    "step_quantities",
     "provenance_text",
     "relative_cost",
     "sensitivity_table",
@@ -287,3 +289,79 @@ def relative_cost(costs: pd.DataFrame, reference: str = "adam") -> pd.DataFrame:
     grouped["ratio_low"] = grouped["low_s"] / unit
     grouped["ratio_high"] = grouped["high_s"] / unit
     return grouped
+
+
+def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Return the Wilson score interval of a proportion ``k / n`` (``(nan, nan)`` for ``n = 0``)."""
+    if n == 0:
+        return math.nan, math.nan
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _diverged(record: RunRecord, metric: str = "train_loss", blowup: float = 1e6) -> bool:
+    """Whether a run diverged: a non-finite stop, or a final ``metric`` not finite or > blowup."""
+    value = final_value(record, metric)
+    return not math.isfinite(value) or value > blowup
+
+
+def divergence_rates(
+    study_records: StudyRecords, groups: Sequence[str], *, level: float = 0.95
+) -> pd.DataFrame:
+    """Return, per arm of the given groups, how many repeats diverged, with a Wilson interval.
+
+    A run diverged if it stopped on a non-finite loss or its final training loss is not finite or
+    above 1e6.
+
+    Args:
+        study_records: A study's records.
+        groups: Arm groups to include (e.g. the variants of the batch-mechanism study).
+        level: Confidence level of the interval.
+
+    Returns:
+        One row per arm: ``group``, ``value``, ``label``, ``diverged``, ``runs``, ``rate``,
+        ``low``, ``high``.
+    """
+    rows = []
+    for group in groups:
+        arms = study_records.arms(group=group)
+        if not arms:
+            raise ValueError(f"no arm in study {study_records.study.name!r} has group {group!r}")
+        for arm in sorted(arms, key=lambda a: (a.value is None, a.value)):
+            records = study_records.records[arm.id]
+            k = sum(_diverged(r) for r in records)
+            low, high = wilson_interval(k, len(records), level)
+            rows.append(
+                {"group": group, "value": arm.value, "label": arm.label, "diverged": k,
+                 "runs": len(records), "rate": k / len(records) if records else math.nan,
+                 "low": low, "high": high}
+            )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def step_quantities(record: RunRecord) -> pd.DataFrame:
+    """Return a run's per-step quantities of the quadratic model, by step.
+
+    Columns: ``step``, ``lr`` (the step size alpha), ``damping``, ``rho``, ``grad_dot_dir``
+    (g^T d), ``curvature`` (d^T C d), ``direction_sq_norm`` (||d||^2), and two ratios that put
+    them on one scale: ``curvature_per_norm`` = d^T C d / ||d||^2 (the curvature along the
+    direction, which the damping must be compared with) and ``slope_per_norm`` = g^T d / ||d||^2.
+
+    Raises:
+        ValueError: If the record has no per-step model quantities (not an AdamQLR run).
+    """
+    frame = record.metrics
+    needed = ("lr", "damping", "rho", "grad_dot_dir", "curvature", "direction_sq_norm")
+    missing = [c for c in needed if c not in frame]
+    if missing:
+        raise ValueError(f"record {record.path} has no {missing} (not an AdamQLR run?)")
+    out = frame[["step", *needed]].dropna(subset=["lr"]).copy()
+    norm = out["direction_sq_norm"].where(out["direction_sq_norm"] > 0)
+    out["curvature_per_norm"] = out["curvature"] / norm
+    out["slope_per_norm"] = out["grad_dot_dir"] / norm
+    return out.reset_index(drop=True)
