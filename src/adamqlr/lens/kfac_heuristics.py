@@ -48,9 +48,10 @@ from adamqlr.kfac import KFAC
 from adamqlr.lens.products import flat_params, pooled_images
 from adamqlr.lens.training import batch_stream
 from adamqlr.losses import CrossEntropyLoss, Loss, SquaredErrorLoss
+from adamqlr.profiles import Profile, pick
 from adamqlr.tasks import get_task
 from adamqlr.tasks._common import MLP
-from adamqlr.tasks.base import PROFILES, Split
+from adamqlr.tasks.base import Split
 
 __all__ = [
     "KFACHeuristicsConfig",
@@ -688,7 +689,7 @@ def landscape(
 
 # --------------------------------------------------------------------------------- the runs
 def tiny_classifier(
-    profile: str, seed: int = 0, *, train_size: int = 4096
+    profile: Profile | str, seed: int = 0, *, train_size: int = 4096
 ) -> tuple[nn.Sequential, Split, CrossEntropyLoss]:
     """Return the chapter's tiny classifier: Fashion-MNIST pooled to 4x4, a 16-8-10 ReLU MLP.
 
@@ -706,6 +707,16 @@ def tiny_classifier(
     split = Split(pooled_images(data.inputs[:k].double()), data.targets[:k])
     model = MLP((16, 8, 10), torch.Generator().manual_seed(seed)).double()
     return model, split, CrossEntropyLoss()
+
+
+#: The configuration's fields that differ from its defaults, by profile.
+_KFAC_HEURISTICS_SIZES: dict[Profile, dict[str, Any]] = {
+    Profile.SMOKE: dict(
+        steps=12, batch_size=64, train_size=512, seeds=(0,), snapshot_at=(2, 10), quadratic_steps=12
+    ),
+    Profile.QUICK: {},
+    Profile.PAPER: dict(steps=500, seeds=tuple(range(10))),
+}
 
 
 @dataclass(frozen=True)
@@ -729,20 +740,13 @@ class KFACHeuristicsConfig:
     quadratic_steps: int = 60
 
     @classmethod
-    def for_profile(cls, profile: str) -> KFACHeuristicsConfig:
+    def for_profile(cls, profile: Profile | str) -> KFACHeuristicsConfig:
         """Return the configuration of ``profile``.
 
         Raises:
             ValueError: If ``profile`` is unknown.
         """
-        if profile not in PROFILES:
-            raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
-        if profile == "smoke":
-            return cls(steps=12, batch_size=64, train_size=512, seeds=(0,), snapshot_at=(2, 10),
-                       quadratic_steps=12)  # fmt: skip
-        if profile == "paper":
-            return cls(steps=500, seeds=tuple(range(10)))
-        return cls()
+        return cls(**pick(_KFAC_HEURISTICS_SIZES, profile))
 
 
 @dataclass(frozen=True)
@@ -770,7 +774,9 @@ class KFACHeuristicsStudy:
     loss: Loss = field(default_factory=CrossEntropyLoss)
 
 
-def kfac_heuristics_study(config: KFACHeuristicsConfig, profile: str) -> KFACHeuristicsStudy:
+def kfac_heuristics_study(
+    config: KFACHeuristicsConfig, profile: Profile | str
+) -> KFACHeuristicsStudy:
     """Audit adaptive K-FAC on the tiny classifier, with exact and with sampled factors.
 
     Each seed runs twice from the same initial weights and batches: with ``estimation="exact"``
@@ -820,7 +826,7 @@ def kfac_heuristics_study(config: KFACHeuristicsConfig, profile: str) -> KFACHeu
     )
 
 
-def kfac_quadratic_run(profile: str, steps: int = 60, seed: int = 0) -> pd.DataFrame:
+def kfac_quadratic_run(profile: Profile | str, steps: int = 60, seed: int = 0) -> pd.DataFrame:
     """Audit adaptive K-FAC on linear least squares (UCI Energy, the full training set, float64).
 
     A linear model with half the squared error has an exactly quadratic loss whose Hessian is its

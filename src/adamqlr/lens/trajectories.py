@@ -27,7 +27,7 @@ import torch
 from adamqlr.kfac import KFAC
 from adamqlr.losses import SquaredErrorLoss
 from adamqlr.optim import AdamQLR
-from adamqlr.tasks.base import PROFILES
+from adamqlr.profiles import Profile, pick
 from adamqlr.tasks.rosenbrock import START, RosenbrockResiduals
 
 __all__ = [
@@ -250,6 +250,14 @@ def _log_grid(low: float, high: float, num: int) -> tuple[float, ...]:
     return tuple(float(v) for v in np.logspace(low, high, num))
 
 
+#: The configuration's fields that differ from its defaults, by profile.
+_ROSENBROCK_SIZES: dict[Profile, dict[str, Any]] = {
+    Profile.SMOKE: dict(lrs=_log_grid(-3, -1.5, 4), momenta=(0.9,)),
+    Profile.QUICK: {},
+    Profile.PAPER: dict(lrs=_log_grid(-6, 0, 61), momenta=(0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)),
+}
+
+
 @dataclass(frozen=True)
 class RosenbrockConfig:
     """What the Rosenbrock chapter runs under one profile.
@@ -274,19 +282,13 @@ class RosenbrockConfig:
         )
 
     @classmethod
-    def for_profile(cls, profile: str) -> RosenbrockConfig:
+    def for_profile(cls, profile: Profile | str) -> RosenbrockConfig:
         """Return the configuration of ``profile`` (all are cheap; they differ in grid density).
 
         Raises:
             ValueError: If ``profile`` is unknown.
         """
-        if profile not in PROFILES:
-            raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
-        if profile == "smoke":
-            return cls(lrs=_log_grid(-3, -1.5, 4), momenta=(0.9,))
-        if profile == "paper":
-            return cls(lrs=_log_grid(-6, 0, 61), momenta=(0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99))
-        return cls()
+        return cls(**pick(_ROSENBROCK_SIZES, profile))
 
 
 @dataclass(frozen=True)

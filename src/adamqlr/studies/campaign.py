@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from adamqlr.experiment.spec import ExperimentSpec
+from adamqlr.profiles import Profile
 from adamqlr.results.store import ResultStore
 from adamqlr.studies.core import Study, plan
 
@@ -247,7 +248,7 @@ class Campaign:
         from adamqlr.results.provenance import git_state
 
         state = git_state()
-        paper = any(s.profile == "paper" for s in self.studies)
+        paper = any(s.profile is Profile.PAPER for s in self.studies)
         if paper and not self.allow_dirty and (state["dirty"] or state["commit"] is None):
             what = "has uncommitted changes" if state["dirty"] else "has no known commit"
             raise DirtyTreeError(

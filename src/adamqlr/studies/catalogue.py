@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adamqlr.experiment.spec import ExperimentSpec
+from adamqlr.profiles import Profile, parse_profile
 from adamqlr.studies.core import Arm, BestOf, Search, Study, set_resolver
 from adamqlr.tune.spaces import search_space
 
@@ -90,8 +91,8 @@ _ALL_MAIN = (
     "baydin-sgd", "adamqlr", "adamqlr-untuned",
 )  # fmt: skip
 
-_PROFILES: dict[str, _Profile] = {
-    "smoke": _Profile(
+_PROFILES: dict[Profile, _Profile] = {
+    Profile.SMOKE: _Profile(
         seeds=(0,),
         tune_seed=1000,
         tasks_main=("uci-energy", "fashion-mnist"),
@@ -105,7 +106,7 @@ _PROFILES: dict[str, _Profile] = {
         runtime_caps={"uci-energy": 0.5},
         runtime_regime_optimisers=("adamqlr",),
     ),
-    "quick": _Profile(
+    Profile.QUICK: _Profile(
         seeds=(0, 1, 2),
         tune_seed=1000,
         tasks_main=("uci-energy", "uci-protein", "fashion-mnist"),
@@ -121,7 +122,7 @@ _PROFILES: dict[str, _Profile] = {
         runtime_regime_seeds=(0, 1, 2),
         rosenbrock_trials=8,
     ),
-    "paper": _Profile(
+    Profile.PAPER: _Profile(
         seeds=tuple(range(50)),
         tune_seed=1000,
         tasks_main=("uci-energy", "uci-protein", "fashion-mnist"),
@@ -171,8 +172,8 @@ _TRAIN_SIZE = {"uci-energy": 588, "uci-protein": 34983, "fashion-mnist": 50000, 
 #: with two points on its test-loss curve; so the studies set the cadence per batch size. Tasks not
 #: listed keep their profile's cadence (UCI Energy: every 10 steps; one step is one epoch there).
 _EVALS_PER_EPOCH = {
-    "quick": {"fashion-mnist": 4, "uci-protein": 2},
-    "paper": {"fashion-mnist": 10, "uci-protein": 4, "cifar-10": 2},
+    Profile.QUICK: {"fashion-mnist": 4, "uci-protein": 2},
+    Profile.PAPER: {"fashion-mnist": 10, "uci-protein": 4, "cifar-10": 2},
 }
 
 
@@ -211,11 +212,11 @@ _FIXED_LABELS = {
 }
 
 
-def _spec(task: str, optimiser: str, profile: str, **fields: Any) -> ExperimentSpec:
+def _spec(task: str, optimiser: str, profile: Profile, **fields: Any) -> ExperimentSpec:
     return ExperimentSpec(task, optimiser, profile=profile, **fields)
 
 
-def _fixed(task: str, optimiser: str, profile: str, label: str | None = None, **kw: Any) -> Arm:
+def _fixed(task: str, optimiser: str, profile: Profile, label: str | None = None, **kw: Any) -> Arm:
     p = _PROFILES[profile]
     name = kw.pop("id", optimiser)
     return Arm(
@@ -230,7 +231,7 @@ def _fixed(task: str, optimiser: str, profile: str, label: str | None = None, **
 def _tuned(
     task: str,
     optimiser: str,
-    profile: str,
+    profile: Profile,
     label: str | None = None,
     *,
     seeds: tuple[int, ...] | None = None,
@@ -257,7 +258,7 @@ def _tuned(
 
 
 # ------------------------------------------------------------------------------------ studies
-def _untuned_vs_tuned(profile: str) -> Study:
+def _untuned_vs_tuned(profile: Profile) -> Study:
     p = _PROFILES[profile]
     arms: list[Arm] = []
     for task in p.tasks_main:
@@ -281,7 +282,7 @@ def _untuned_vs_tuned(profile: str) -> Study:
     )
 
 
-def _fisher_vs_hessian(profile: str) -> Study:
+def _fisher_vs_hessian(profile: Profile) -> Study:
     p = _PROFILES[profile]
     arms: list[Arm] = []
     for task in p.tasks_ablation:
@@ -307,7 +308,7 @@ def _fisher_vs_hessian(profile: str) -> Study:
     )
 
 
-def _damping(profile: str) -> Study:
+def _damping(profile: Profile) -> Study:
     p = _PROFILES[profile]
     arms: list[Arm] = []
     for task in p.tasks_ablation:
@@ -346,7 +347,7 @@ def _damping(profile: str) -> Study:
     )
 
 
-def _lr_clipping(profile: str) -> Study:
+def _lr_clipping(profile: Profile) -> Study:
     p = _PROFILES[profile]
     arms: list[Arm] = []
     for task in p.tasks_clip:
@@ -378,7 +379,11 @@ def _lr_clipping(profile: str) -> Study:
                     seeds=p.grid_seeds,
                 )
             )
-    values = {"smoke": (1e-2,), "quick": _decades(-3, 0, 1), "paper": _decades(-4, 1, 2)}[profile]
+    values = {
+        Profile.SMOKE: (1e-2,),
+        Profile.QUICK: _decades(-3, 0, 1),
+        Profile.PAPER: _decades(-4, 1, 2),
+    }[profile]
     arms += _around(profile, "lr_clip", values, "α_max = {:.3g}")
     return Study(
         "lr-clipping",
@@ -396,7 +401,7 @@ def _lr_clipping(profile: str) -> Study:
 
 
 def _around(
-    profile: str,
+    profile: Profile,
     key: str | tuple[str, str],
     values: Sequence[Any],
     fmt: str,
@@ -429,23 +434,23 @@ def _around(
     return arms
 
 
-def _sensitivity(profile: str) -> Study:
+def _sensitivity(profile: Profile) -> Study:
     grids = {
-        "smoke": {
+        Profile.SMOKE: {
             "batch_size": (50, 100),
             "initial_damping": (1e-8, 1.0),
             "stepping": (2.0, 4.0),
             "amplification": (0.5, 2.0),
             "adam_lr": (1e-3, 1e-2),
         },
-        "quick": {
+        Profile.QUICK: {
             "batch_size": (100, 400, 1600, 3200),
             "initial_damping": _decades(-8, 0, 0.5),
             "stepping": _powers2(0.5, 2.0, 0.5),
             "amplification": _powers2(-1, 1, 0.5),
             "adam_lr": _decades(-5, -1, 1),
         },
-        "paper": {
+        Profile.PAPER: {
             "batch_size": (50, 100, 200, 400, 800, 1600, 3200),
             "initial_damping": _decades(-8, 0, 2),
             "stepping": _powers2(0.2, 2.0, 0.2),
@@ -491,7 +496,7 @@ _RUNTIME_OPTIMISERS = {
 }
 
 
-def _runtime(profile: str) -> Study:
+def _runtime(profile: Profile) -> Study:
     p = _PROFILES[profile]
     arms = []
     for task, batches in p.runtime_tasks.items():
@@ -538,7 +543,7 @@ _ROSENBROCK = {
 }
 
 
-def _rosenbrock(profile: str) -> Study:
+def _rosenbrock(profile: Profile) -> Study:
     p = _PROFILES[profile]
     arms = []
     for optimiser, label in _ROSENBROCK.items():
@@ -574,7 +579,7 @@ def _rosenbrock(profile: str) -> Study:
     )
 
 
-def _fixed_runtime(profile: str) -> Study:
+def _fixed_runtime(profile: Profile) -> Study:
     p = _PROFILES[profile]
     arms = []
     for task, cap in p.runtime_caps.items():
@@ -621,7 +626,7 @@ def _fixed_runtime(profile: str) -> Study:
 
 
 #: Study name -> builder(profile).
-STUDIES: dict[str, Callable[[str], Study]] = {
+STUDIES: dict[str, Callable[[Profile], Study]] = {
     "untuned-vs-tuned": _untuned_vs_tuned,
     "fisher-vs-hessian": _fisher_vs_hessian,
     "damping": _damping,
@@ -640,16 +645,15 @@ def study_names() -> list[str]:
     return list(STUDIES)
 
 
-def get_study(name: str, profile: str = "quick") -> Study:
-    """Return the study ``name`` under ``profile``.
+def get_study(name: str, profile: Profile | str = Profile.QUICK) -> Study:
+    """Return the study ``name`` under ``profile`` (a :class:`~adamqlr.profiles.Profile` or name).
 
     Raises:
         ValueError: For an unknown study or profile (the message lists the known ones).
     """
     if name not in STUDIES:
         raise ValueError(f"unknown study {name!r}; expected one of {study_names()}")
-    if profile not in _PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; expected one of {list(_PROFILES)}")
+    profile = parse_profile(profile)
     key = (name, profile)
     if key not in _CACHE:
         _CACHE[key] = STUDIES[name](profile)

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adamqlr.experiment.spec import ExperimentSpec
+from adamqlr.profiles import Profile, parse_profile
 from adamqlr.results.store import MissingRecordError, ResultStore, RunRecord
 
 __all__ = [
@@ -340,7 +341,7 @@ class Study:
     """
 
     name: str
-    profile: str
+    profile: Profile
     title: str
     arms: tuple[Arm, ...]
     description: str = ""
@@ -352,6 +353,7 @@ class Study:
         return self.finalise(spec) if self.finalise is not None else spec
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "profile", parse_profile(self.profile))
         ids = [a.id for a in self.arms]
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
@@ -849,7 +851,7 @@ def replace_arm(arm: Arm, **changes: Any) -> Arm:
 
 def notebook_records(
     name: str,
-    profile: str,
+    profile: Profile | str,
     *,
     compute: bool = False,
     store: ResultStore | None = None,
@@ -879,10 +881,9 @@ def notebook_records(
     """
     from adamqlr.studies.catalogue import get_study
 
-    if profile not in ("smoke", "quick", "paper"):
-        raise ValueError(f"unknown profile {profile!r}; expected 'smoke', 'quick' or 'paper'")
-    smoke = profile == "smoke"
-    study = get_study(name, "quick" if smoke else profile)
+    profile = parse_profile(profile)
+    smoke = profile is Profile.SMOKE
+    study = get_study(name, Profile.QUICK if smoke else profile)
     return obtain(
         study,
         store,
