@@ -550,7 +550,7 @@ def execute_notebook(
     import nbformat
     import papermill
 
-    from adamqlr import ALGORITHM_VERSION, __version__
+    from adamqlr.version import ALGORITHM_VERSION, __version__
 
     source, target = Path(source).resolve(), Path(target).resolve()
     root = Path(root).resolve() if root is not None else source.parent.parent

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-import adamqlr
+from adamqlr import version
 from adamqlr.experiment.optimisers import Stepper, get_optimiser
 from adamqlr.experiment.spec import RunSettings
 from adamqlr.losses import CrossEntropyLoss, Loss, SquaredErrorLoss, get_loss
@@ -478,7 +478,7 @@ def train(
         state = {
             "format": CHECKPOINT_FORMAT,
             "key": settings.key,
-            "algorithm_version": adamqlr.ALGORITHM_VERSION,
+            "algorithm_version": version.ALGORITHM_VERSION,
             "model": model.state_dict(),
             "optimiser": stepper.state_dict(),
             "generator": generator.get_state(),
@@ -693,9 +693,9 @@ def _load_checkpoint(path: Path, settings: RunSettings, device: torch.device) ->
         reasons.append(f"format {state.get('format')!r} != {CHECKPOINT_FORMAT}")
     if state.get("key") != settings.key:
         reasons.append("it belongs to other settings")
-    if state.get("algorithm_version") != adamqlr.ALGORITHM_VERSION:
+    if state.get("algorithm_version") != version.ALGORITHM_VERSION:
         reasons.append(
-            f"algorithm version {state.get('algorithm_version')!r} != {adamqlr.ALGORITHM_VERSION}"
+            f"algorithm version {state.get('algorithm_version')!r} != {version.ALGORITHM_VERSION}"
         )
     if reasons:
         warnings.warn(

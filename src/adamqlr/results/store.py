@@ -38,13 +38,13 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-import adamqlr
+from adamqlr import version
 from adamqlr.results.atomic import (
     atomic_write_bytes,
     file_lock,
@@ -56,7 +56,62 @@ from adamqlr.results.atomic import (
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from adamqlr.experiment.spec import ExperimentSpec, RunSettings
+
+class SettingsLike(Protocol):
+    """What the store reads from resolved settings (:class:`adamqlr.experiment.RunSettings`).
+
+    The store sits below :mod:`adamqlr.experiment` and knows a run only through these two
+    protocols, so that it never imports the layer that writes to it.
+    """
+
+    @property
+    def task(self) -> str:
+        """The task's name."""
+        ...
+
+    @property
+    def optimiser(self) -> str:
+        """The optimiser's registry name."""
+        ...
+
+    @property
+    def profile(self) -> str:
+        """The profile's name."""
+        ...
+
+    @property
+    def seed(self) -> int:
+        """The seed."""
+        ...
+
+    @property
+    def key(self) -> str:
+        """The experiment's key (SHA-256 hex)."""
+        ...
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the settings as JSON-ready data."""
+        ...
+
+
+class SpecLike(Protocol):
+    """What the store reads from an experiment (:class:`adamqlr.experiment.ExperimentSpec`)."""
+
+    def settings(self) -> SettingsLike:
+        """Return the resolved settings."""
+        ...
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the spec as JSON-ready data."""
+        ...
+
+    def command(self) -> str:
+        """Return the command line that runs it."""
+        ...
+
+
+#: Turns a record's stored spec (``provenance["spec"]``) back into a spec object.
+SpecDecoder = Callable[[dict[str, Any]], Any]
 
 __all__ = [
     "MANIFEST",
@@ -142,7 +197,7 @@ def default_root() -> Path:
     env = os.environ.get("ADAMQLR_RESULTS")
     if env:
         return Path(env).expanduser()
-    package = Path(adamqlr.__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent
     repo = package.parent.parent
     if package.parent.name == "src" and (repo / "pyproject.toml").is_file():
         return repo / "results"
@@ -189,8 +244,10 @@ class RunRecord:
     """A stored run: its spec, its metric table and where it came from.
 
     Attributes:
-        spec: The experiment spec (``None`` if its task or optimiser is no longer registered;
-            ``provenance["spec"]`` always has it as data).
+        spec: The experiment spec: the caller's spec type for :meth:`ResultStore.load`, the
+            store's ``decode_spec`` for records found otherwise; ``None`` when it cannot be
+            decoded (no decoder, or a task or optimiser no longer registered).
+            ``provenance["spec"]`` always has it as data.
         metrics: The metric table, one row per step (row 0: the evaluation before training).
         provenance: Spec, resolved settings, device, versions, commit, times, data, stop reason.
         manifest: The manifest (schema version, key, algorithm version, files and hashes).
@@ -198,7 +255,7 @@ class RunRecord:
         stale: Whether the record was made by another algorithm version.
     """
 
-    spec: ExperimentSpec | None
+    spec: Any
     metrics: pd.DataFrame
     provenance: dict[str, Any]
     manifest: dict[str, Any]
@@ -236,9 +293,19 @@ class ResultStore:
     Args:
         root: The folder (default :func:`default_root`); created if missing.
         sweep: Clean up after killed writers on opening (see :meth:`sweep`).
+        decode_spec: How :meth:`load_dir` and :meth:`records` turn a stored spec back into an
+            object, e.g. :meth:`adamqlr.experiment.ExperimentSpec.from_dict` (``None``: their
+            records' ``spec`` is ``None``; :meth:`load` always decodes with the given spec's type).
     """
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, *, sweep: bool = True) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        sweep: bool = True,
+        decode_spec: SpecDecoder | None = None,
+    ) -> None:
+        self.decode_spec = decode_spec
         self.root = Path(root).expanduser() if root is not None else default_root()
         self.root.mkdir(parents=True, exist_ok=True)
         if sweep:
@@ -249,10 +316,10 @@ class ResultStore:
 
     # ------------------------------------------------------------------------------ paths
     @staticmethod
-    def _settings(spec: ExperimentSpec | RunSettings) -> RunSettings:
+    def _settings(spec: SpecLike | SettingsLike) -> SettingsLike:
         return spec.settings() if hasattr(spec, "settings") else spec  # type: ignore[return-value]
 
-    def record_dir(self, spec: ExperimentSpec | RunSettings) -> Path:
+    def record_dir(self, spec: SpecLike | SettingsLike) -> Path:
         """Return the folder of ``spec``'s record (whether or not it exists)."""
         s = self._settings(spec)
         return self._dir(s.task, s.optimiser, s.profile, s.seed, s.key)
@@ -273,7 +340,7 @@ class ResultStore:
     # ------------------------------------------------------------------------------ write
     def save(
         self,
-        spec: ExperimentSpec,
+        spec: SpecLike,
         metrics: pd.DataFrame,
         provenance: Mapping[str, Any],
         *,
@@ -300,7 +367,7 @@ class ResultStore:
             spec=spec.as_dict(),
             settings=settings.as_dict(),
         )
-        prov.setdefault("algorithm_version", adamqlr.ALGORITHM_VERSION)
+        prov.setdefault("algorithm_version", version.ALGORITHM_VERSION)
         meta = {
             "task": settings.task,
             "optimiser": settings.optimiser,
@@ -333,7 +400,7 @@ class ResultStore:
             "schema_version": SCHEMA_VERSION,
             "key": key,
             "algorithm_version": int(prov["algorithm_version"]),
-            "package_version": adamqlr.__version__,
+            "package_version": version.__version__,
             **meta,
             "stop_reason": prov.get("stop_reason"),
             "rows": int(len(metrics)),
@@ -359,7 +426,7 @@ class ResultStore:
             fsync_dir(folder)
         return removed
 
-    def delete(self, spec: ExperimentSpec) -> bool:
+    def delete(self, spec: SpecLike) -> bool:
         """Remove ``spec``'s record (manifest first). Returns whether one existed."""
         settings = spec.settings()
         folder = self.record_dir(settings)
@@ -385,16 +452,16 @@ class ResultStore:
         if manifest["schema_version"] not in SUPPORTED_SCHEMAS:
             raise CorruptRecordError(
                 f"record {folder} has schema version {manifest['schema_version']!r}; this adamqlr "
-                f"({adamqlr.__version__}) reads {SUPPORTED_SCHEMAS}: upgrade the package"
+                f"({version.__version__}) reads {SUPPORTED_SCHEMAS}: upgrade the package"
             )
         return manifest
 
     @staticmethod
     def is_stale(manifest: Mapping[str, Any]) -> bool:
         """Whether a manifest's algorithm version differs from :data:`adamqlr.ALGORITHM_VERSION`."""
-        return manifest.get("algorithm_version") != adamqlr.ALGORITHM_VERSION
+        return manifest.get("algorithm_version") != version.ALGORITHM_VERSION
 
-    def status(self, spec: ExperimentSpec | RunSettings) -> str:
+    def status(self, spec: SpecLike | SettingsLike) -> str:
         """Return ``"missing"``, ``"complete"`` (current algorithm), ``"stale"`` or ``"corrupt"``.
 
         Only the manifest is read; :meth:`load` also checks the files' hashes.
@@ -413,7 +480,7 @@ class ResultStore:
 
     def load(
         self,
-        spec: ExperimentSpec | RunSettings,
+        spec: SpecLike | SettingsLike,
         *,
         allow_stale: bool = False,
         verify: bool = True,
@@ -432,8 +499,11 @@ class ResultStore:
         """
         settings = self._settings(spec)
         folder = self.record_dir(settings)
+        decode = getattr(type(spec), "from_dict", None) if hasattr(spec, "settings") else None
         try:
-            record = self.load_dir(folder, allow_stale=allow_stale, verify=verify)
+            record = self.load_dir(
+                folder, allow_stale=allow_stale, verify=verify, decode_spec=decode
+            )
         except FileNotFoundError as err:
             command = spec.command() if hasattr(spec, "command") else ""
             raise MissingRecordError(
@@ -447,9 +517,16 @@ class ResultStore:
         return record
 
     def load_dir(
-        self, folder: str | os.PathLike[str], *, allow_stale: bool = False, verify: bool = True
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        allow_stale: bool = False,
+        verify: bool = True,
+        decode_spec: SpecDecoder | None = None,
     ) -> RunRecord:
         """Load the record in ``folder`` (see :meth:`load`).
+
+        ``decode_spec`` (default: the store's) decodes the record's spec.
 
         Raises:
             FileNotFoundError: No manifest in ``folder``.
@@ -481,7 +558,7 @@ class ResultStore:
         if stale and not allow_stale:
             raise StaleRecordError(
                 f"record {folder} was made by algorithm version {manifest.get('algorithm_version')}"
-                f", this code is version {adamqlr.ALGORITHM_VERSION}: rerun it (adamqlr run "
+                f", this code is version {version.ALGORITHM_VERSION}: rerun it (adamqlr run "
                 "--force ...) or load it with allow_stale=True"
             )
         try:
@@ -490,7 +567,7 @@ class ResultStore:
         except Exception as err:  # noqa: BLE001 - any parse failure is a corrupt record
             raise CorruptRecordError(f"{folder}: cannot parse record files: {err}") from err
         return RunRecord(
-            spec=_spec_from(provenance.get("spec")),
+            spec=_spec_from(provenance.get("spec"), decode_spec or self.decode_spec),
             metrics=metrics,
             provenance=provenance,
             manifest=manifest,
@@ -557,9 +634,7 @@ class ResultStore:
         allow = bool(filters.get("include_stale"))
         return [self.load_dir(p, allow_stale=allow) for p in self.query(**filters)["path"]]
 
-    def load_many(
-        self, specs: Sequence[ExperimentSpec], *, allow_stale: bool = False
-    ) -> list[RunRecord]:
+    def load_many(self, specs: Sequence[SpecLike], *, allow_stale: bool = False) -> list[RunRecord]:
         """Load the records of ``specs``, or raise one error naming every missing or stale run.
 
         Raises:
@@ -658,19 +733,17 @@ class ResultStore:
                 yield path.parent, self._read_manifest(path.parent)
 
 
-def _spec_from(data: Any) -> ExperimentSpec | None:
-    if not isinstance(data, dict):
+def _spec_from(data: Any, decode: SpecDecoder | None) -> Any:
+    if decode is None or not isinstance(data, dict):
         return None
-    from adamqlr.experiment.spec import ExperimentSpec
-
     try:
-        return ExperimentSpec.from_dict(data)
+        return decode(data)
     except (ValueError, TypeError):
         return None
 
 
 def load(
-    spec: ExperimentSpec,
+    spec: SpecLike,
     *,
     root: str | os.PathLike[str] | None = None,
     allow_stale: bool = False,

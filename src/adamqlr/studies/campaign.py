@@ -115,7 +115,6 @@ def _init_worker(root: str, threads: int | None) -> None:
 
     if threads is not None:
         torch.set_num_threads(threads)
-    import adamqlr.baselines  # noqa: F401 - registers K-FAC and Baydin SGD
 
     _WORKER["store"] = ResultStore(root, sweep=False)
     _WORKER["data"] = {}

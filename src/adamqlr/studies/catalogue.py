@@ -57,10 +57,11 @@ from typing import Any
 
 from adamqlr.experiment.spec import ExperimentSpec
 from adamqlr.profiles import Profile, parse_profile
-from adamqlr.studies.core import Arm, BestOf, Search, Study, set_resolver
+from adamqlr.results.store import ResultStore
+from adamqlr.studies.core import Arm, BestOf, Search, Study, StudyRecords, obtain
 from adamqlr.tune.spaces import search_space
 
-__all__ = ["STUDIES", "get_study", "study_names"]
+__all__ = ["STUDIES", "get_study", "notebook_records", "study_names"]
 
 
 @dataclass(frozen=True)
@@ -656,8 +657,47 @@ def get_study(name: str, profile: Profile | str = Profile.QUICK) -> Study:
     profile = parse_profile(profile)
     key = (name, profile)
     if key not in _CACHE:
-        _CACHE[key] = STUDIES[name](profile)
+        _CACHE[key] = dataclasses.replace(STUDIES[name](profile), resolve=get_study)
     return _CACHE[key]
 
 
-set_resolver(get_study)
+def notebook_records(
+    name: str,
+    profile: Profile | str,
+    *,
+    compute: bool = False,
+    store: ResultStore | None = None,
+    device: str | None = None,
+) -> StudyRecords:
+    """Return the records an experiment chapter draws, under the notebook's profile.
+
+    * ``quick`` and ``paper``: the study's records under that profile; if some are missing, they
+      are computed when ``compute`` is true, and otherwise :class:`StudyIncomplete` stops the
+      notebook, naming the missing runs and the command that makes them.
+    * ``smoke`` (the test suite): the committed ``quick`` records, read as they are (records of
+      an older algorithm version are accepted) and never computed. So the smoke run proves in
+      seconds that every cell of the chapter runs on real records; the computing path is tested
+      by the tests of :mod:`adamqlr.studies`, and staleness is caught when the book is built
+      under ``quick``.
+
+    Args:
+        name: The study's name.
+        profile: The notebook's profile.
+        compute: Compute missing runs (``quick``/``paper`` only).
+        store: The results store (default: the default store, ``results/`` of the checkout).
+        device: Device for computed runs.
+
+    Raises:
+        ValueError: For an unknown study or profile.
+        StudyIncomplete: If records are missing and not computed.
+    """
+    profile = parse_profile(profile)
+    smoke = profile is Profile.SMOKE
+    study = get_study(name, Profile.QUICK if smoke else profile)
+    return obtain(
+        study,
+        store,
+        compute=compute and not smoke,
+        allow_stale=smoke,
+        device=device,
+    )

@@ -54,7 +54,6 @@ __all__ = [
     "final_value",
     "grid",
     "missing",
-    "notebook_records",
     "obtain",
     "plan",
     "run_study",
@@ -338,6 +337,9 @@ class Study:
         finalise: Applied to every spec the study resolves (trials and repeats), after the
             variations: a policy that depends on the resolved configuration, such as the
             evaluation cadence for the chosen batch size. Must be a pure function of the spec.
+        resolve: ``resolve(name, profile) -> Study``, how a :class:`BestOf` that names another
+            study finds it (the catalogue's :func:`~adamqlr.studies.catalogue.get_study` sets
+            its own); ``None`` for a study whose arms refer only to itself.
     """
 
     name: str
@@ -347,6 +349,7 @@ class Study:
     description: str = ""
     chapter: str = ""
     finalise: Callable[[ExperimentSpec], ExperimentSpec] | None = field(default=None, compare=False)
+    resolve: Callable[[str, Profile], Study] | None = field(default=None, compare=False, repr=False)
 
     def spec(self, spec: ExperimentSpec) -> ExperimentSpec:
         """Apply the study's :attr:`finalise` policy (e.g. the evaluation cadence) to ``spec``."""
@@ -392,19 +395,8 @@ class Study:
 
     @property
     def command(self) -> str:
-        """Return the command that runs this study.
-
-        ``adamqlr study run ...`` when the ``study`` subcommand is registered in
-        :data:`adamqlr.cli.SUBCOMMANDS`, else the equivalent ``python -m adamqlr.studies run ...``.
-        """
-        from adamqlr.cli import SUBCOMMANDS
-
-        prefix = (
-            "adamqlr study"
-            if any(name == "study" for name, _ in SUBCOMMANDS)
-            else "python -m adamqlr.studies"
-        )
-        return f"{prefix} run {self.name} --profile {self.profile}"
+        """Return the command that runs this study (or ``python -m adamqlr.studies run ...``)."""
+        return f"adamqlr study run {self.name} --profile {self.profile}"
 
 
 def describe_spec(spec: ExperimentSpec) -> str:
@@ -419,24 +411,16 @@ def describe_spec(spec: ExperimentSpec) -> str:
     return " ".join([str(spec), *extras])
 
 
-#: Resolves ``(study name, profile)`` to a :class:`Study` (set by :mod:`adamqlr.studies.catalogue`;
-#: a function so that arms can refer to arms of other studies).
-_resolver: list[Callable[[str, str], Study]] = []
-
-
-def set_resolver(resolver: Callable[[str, str], Study]) -> None:
-    """Register the function that resolves a study name and profile to a :class:`Study`."""
-    _resolver[:] = [resolver]
-
-
-def _resolve(name: str, profile: str) -> Study:
-    if not _resolver:  # pragma: no cover - the catalogue registers itself on import
-        from adamqlr.studies import catalogue  # noqa: F401
-    return _resolver[0](name, profile)
-
-
 def _referenced(study: Study, ref: BestOf) -> tuple[Study, Arm]:
-    other = study if ref.study == study.name else _resolve(ref.study, study.profile)
+    if ref.study == study.name:
+        other = study
+    elif study.resolve is None:
+        raise ValueError(
+            f"study {study.name!r}: BestOf({ref.study!r}, {ref.arm!r}) refers to another study, "
+            "but the study has no resolve function (studies from get_study have one)"
+        )
+    else:
+        other = study.resolve(ref.study, study.profile)
     arm = other.arm(ref.arm)
     if not arm.tuned:
         raise ValueError(
@@ -847,47 +831,3 @@ def obtain(
 def replace_arm(arm: Arm, **changes: Any) -> Arm:
     """Return a copy of ``arm`` with ``changes`` (validated again)."""
     return dataclasses.replace(arm, **changes)
-
-
-def notebook_records(
-    name: str,
-    profile: Profile | str,
-    *,
-    compute: bool = False,
-    store: ResultStore | None = None,
-    device: str | None = None,
-) -> StudyRecords:
-    """Return the records an experiment chapter draws, under the notebook's profile.
-
-    * ``quick`` and ``paper``: the study's records under that profile; if some are missing, they
-      are computed when ``compute`` is true, and otherwise :class:`StudyIncomplete` stops the
-      notebook, naming the missing runs and the command that makes them.
-    * ``smoke`` (the test suite): the committed ``quick`` records, read as they are (records of
-      an older algorithm version are accepted) and never computed. So the smoke run proves in
-      seconds that every cell of the chapter runs on real records; the computing path is tested
-      by the tests of :mod:`adamqlr.studies`, and staleness is caught when the book is built
-      under ``quick``.
-
-    Args:
-        name: The study's name.
-        profile: The notebook's profile.
-        compute: Compute missing runs (``quick``/``paper`` only).
-        store: The results store (default: the default store, ``results/`` of the checkout).
-        device: Device for computed runs.
-
-    Raises:
-        ValueError: For an unknown study or profile.
-        StudyIncomplete: If records are missing and not computed.
-    """
-    from adamqlr.studies.catalogue import get_study
-
-    profile = parse_profile(profile)
-    smoke = profile is Profile.SMOKE
-    study = get_study(name, Profile.QUICK if smoke else profile)
-    return obtain(
-        study,
-        store,
-        compute=compute and not smoke,
-        allow_stale=smoke,
-        device=device,
-    )

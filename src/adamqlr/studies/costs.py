@@ -158,7 +158,6 @@ def calibrate(
 
     import torch
 
-    import adamqlr.baselines  # noqa: F401 - registers K-FAC and Baydin SGD
     from adamqlr.experiment.loop import train
     from adamqlr.tasks import get_task
 

@@ -145,12 +145,10 @@ def handle(args: argparse.Namespace) -> int:
     except ImportError:
         print("adamqlr tune needs optuna: pip install 'adamqlr[tune]'", file=sys.stderr)
         return 2
-    from adamqlr.tune.objective import _load_baselines
     from adamqlr.tune.study import describe_study, open_study
 
     if not args.verbose:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-    _load_baselines()
     try:
         config = _config(args)
         if args.workers < 1:

@@ -36,10 +36,6 @@ def objective_metric(regime: str) -> str:
     return "train_loss" if regime == "runtime-train" else "val_loss"
 
 
-def _load_baselines() -> None:
-    import adamqlr.baselines  # noqa: F401 - registers K-FAC and Baydin SGD
-
-
 class SpecObjective:
     """Run a trial as an experiment and return its final objective.
 
@@ -58,7 +54,6 @@ class SpecObjective:
         device: str = "auto",
         progress: bool = False,
     ) -> None:
-        _load_baselines()
         self.config = config
         self.root = root
         self.device = device
