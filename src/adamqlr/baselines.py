@@ -38,7 +38,7 @@ _KFAC_COMMON: dict[str, Any] = {
 
 
 def _kfac(model: nn.Module, loss: Loss, h: dict[str, Any]) -> Stepper:
-    return QLRStepper(  # type: ignore[arg-type]
+    return QLRStepper(
         KFAC(
             model,
             loss,
@@ -55,7 +55,7 @@ def _kfac(model: nn.Module, loss: Loss, h: dict[str, Any]) -> Stepper:
 
 
 def _kfac_unadaptive(model: nn.Module, loss: Loss, h: dict[str, Any]) -> Stepper:
-    return QLRStepper(  # type: ignore[arg-type]
+    return QLRStepper(
         KFAC(
             model,
             loss,

@@ -229,5 +229,5 @@ def get_loss(loss: str | Loss, **kwargs: object) -> Loss:
             )
         return loss
     if isinstance(loss, str) and loss in LOSSES:
-        return LOSSES[loss](**kwargs)  # type: ignore[arg-type]
+        return LOSSES[loss](**kwargs)
     raise ValueError(f"unknown loss {loss!r}; expected one of {sorted(LOSSES)} or a Loss instance")

@@ -23,9 +23,42 @@ import torch
 from torch import Tensor, nn
 
 from adamqlr.losses import Loss, get_loss
-from adamqlr.optim import QuadraticModelOptimizer
 
-__all__ = ["Builder", "OptimiserEntry", "QLRStepper", "Stepper", "TorchStepper"]
+__all__ = [
+    "Builder",
+    "OptimiserEntry",
+    "QLRStepper",
+    "QuadraticOptimizer",
+    "Stepper",
+    "TorchStepper",
+]
+
+
+class _Stats(Protocol):
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+class QuadraticOptimizer(Protocol):
+    """An optimiser whose ``step(inputs, targets)`` does the whole step and returns statistics.
+
+    :class:`adamqlr.AdamQLR`, :class:`adamqlr.SGDQLR` and :class:`adamqlr.kfac.KFAC` are.
+    """
+
+    def step(self, inputs: Any, targets: Tensor) -> _Stats:
+        """Take one step on the mini-batch; return its statistics (with ``as_dict()``)."""
+        ...
+
+    def last_outputs(self) -> Tensor | None:
+        """Return the network outputs of the last step's forward pass, or ``None``."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the optimiser state."""
+        ...
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the optimiser state."""
+        ...
 
 
 @runtime_checkable
@@ -109,7 +142,7 @@ class QLRStepper:
     reason, a string, is dropped: ``accepted == 0`` marks those steps).
     """
 
-    def __init__(self, optimizer: QuadraticModelOptimizer) -> None:
+    def __init__(self, optimizer: QuadraticOptimizer) -> None:
         self.optimizer = optimizer
 
     def step(self, inputs: Any, targets: Tensor) -> dict[str, float]:  # noqa: D102

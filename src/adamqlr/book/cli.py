@@ -110,10 +110,10 @@ def register(subparsers: Any) -> None:
     status.set_defaults(handler=_status)
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StderrHandler(logging.StreamHandler):
     """Write to whatever ``sys.stderr`` is at the time of each message."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 

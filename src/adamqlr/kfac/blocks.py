@@ -491,7 +491,7 @@ def build_blocks(model: nn.Module, params: list[tuple[str, Tensor]]) -> list[Blo
         if not own:
             continue
         if KroneckerBlock.supports(module) and any(p is module.weight for _, p in own):
-            block: Block = KroneckerBlock(mod_name, module, own)  # type: ignore[arg-type]
+            block: Block = KroneckerBlock(mod_name, module, own)
         elif ScaleShiftBlock.supports(module):
             block = ScaleShiftBlock(mod_name, module, own)
         else:

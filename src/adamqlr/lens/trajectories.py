@@ -345,7 +345,7 @@ def rosenbrock_study(config: RosenbrockConfig) -> RosenbrockStudy:
     Returns:
         The :class:`RosenbrockStudy`.
     """
-    kw = dict(steps=config.steps, start=config.start)
+    kw: dict[str, Any] = dict(steps=config.steps, start=config.start)
     tuning = {
         "GD": tune_learning_rate("gd", config.lrs, **kw),
         "GD + momentum": tune_learning_rate(
@@ -356,7 +356,9 @@ def rosenbrock_study(config: RosenbrockConfig) -> RosenbrockStudy:
     kinds = {"GD": "gd", "GD + momentum": "gd-momentum", "Adam": "adam"}
     trajectories: dict[str, Trajectory] = {}
     for label, table in tuning.items():
-        best = {k: float(v) for k, v in table.iloc[0].items() if k != "final_loss"}
+        best: dict[str, Any] = {
+            k: float(v) for k, v in table.iloc[0].items() if k != "final_loss"
+        }
         trajectories[label] = run_trajectory(kinds[label], label=label, **kw, **best)
     for label, curvature in (
         ("AdamQLR (Untuned, GGN)", "fisher"),

@@ -317,7 +317,7 @@ class ResultStore:
     # ------------------------------------------------------------------------------ paths
     @staticmethod
     def _settings(spec: SpecLike | SettingsLike) -> SettingsLike:
-        return spec.settings() if hasattr(spec, "settings") else spec  # type: ignore[return-value]
+        return spec.settings() if hasattr(spec, "settings") else spec
 
     def record_dir(self, spec: SpecLike | SettingsLike) -> Path:
         """Return the folder of ``spec``'s record (whether or not it exists)."""

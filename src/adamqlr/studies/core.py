@@ -608,11 +608,11 @@ def plan(
             trials = _trial_specs(study, arm, store, allow_stale)
             repeats = ()
             if choice is not None:
-                base = apply_variation(arm.base, arm.overrides)  # type: ignore[arg-type]
+                base = apply_variation(arm.base, arm.overrides)
                 repeats = arm.repeats_of(apply_variation(base, choice))
         else:
             trials, choice, objectives, blocked = (), None, (), None
-            repeats = arm.repeats_of(apply_variation(arm.base, arm.overrides))  # type: ignore[arg-type]
+            repeats = arm.repeats_of(apply_variation(arm.base, arm.overrides))
         repeats = tuple(study.spec(r) for r in repeats)
         if isinstance(arm.base, BestOf):
             variations, rungs = _trial_labels(other, ref, store, allow_stale)
