@@ -222,7 +222,8 @@ def _stats(**values: Any) -> StepStats:
         predicted_change=nan,
         trial_loss=nan,
     )
-    return StepStats(**(defaults | values))
+    merged: dict[str, Any] = defaults | values
+    return StepStats(**merged)
 
 
 def _rejected(

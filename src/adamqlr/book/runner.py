@@ -617,6 +617,7 @@ def execute_notebook(
             if isinstance(error, (KeyboardInterrupt, SystemExit)):
                 raise error
             if problems:
+                assert executed is not None  # problems come only from an executed notebook
                 first = problems[0]
                 index = _source_index(executed, first.position)
                 cell = executed.cells[first.position]

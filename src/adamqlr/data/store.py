@@ -139,9 +139,9 @@ class DataStore:
         extra = _read_digests_file(Path(digests_file)) if digests_file is not None else {}
         merged: dict[str, FileSpec] = dict(registry)
         for key, sha in extra.items():
-            spec = merged.get(key)
-            if spec is None:
+            if key not in merged:
                 continue
+            spec = merged[key]
             if spec.sha256 is not None and spec.sha256 != sha:
                 raise ValueError(
                     f"{digests_file}: SHA-256 {sha} for {key} contradicts the registry's "

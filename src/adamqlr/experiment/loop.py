@@ -240,7 +240,7 @@ def evaluate(
 
 
 def _small_params(model: nn.Module, limit: int) -> list[tuple[str, Tensor]]:
-    params = list(model.named_parameters())
+    params: list[tuple[str, Tensor]] = list(model.named_parameters())
     if sum(p.numel() for _, p in params) > limit:
         return []
     return params
@@ -422,6 +422,7 @@ def train(
     clock = _Clock(dev)
     steps_per_epoch = math.ceil(len(train_split) / settings.batch_size)
     eval_points = getattr(settings, "eval_points", None)
+    is_eval_step: Callable[[int], bool]
     if eval_points is None:
         every = settings.eval_every
 

@@ -18,7 +18,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -319,7 +319,7 @@ def rescaled_updates(
         if s == 1.0:
             end = flat_params(base).vector
         else:
-            theta = {n: v.detach() for n, v in model.theta().items()}
+            theta = {n: v.detach() for n, v in cast(Any, model).theta().items()}
             end = torch.cat([theta[n].reshape(-1) for n, _ in base.named_parameters()])
         results.append(end - start)
     return results[0], results[1]

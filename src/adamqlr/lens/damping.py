@@ -23,7 +23,7 @@ from torch import nn
 
 from adamqlr.lens.training import batch_stream, evaluate_loss, fashion_mnist_setup, record_steps
 from adamqlr.losses import CrossEntropyLoss, SquaredErrorLoss
-from adamqlr.optim import AdamQLR
+from adamqlr.optim import AdamQLR, QuadraticModelOptimizer
 from adamqlr.profiles import Profile, pick
 from adamqlr.tasks import get_task
 
@@ -167,7 +167,7 @@ class _HeldOut:
         with torch.no_grad():
             return float(self.loss.value(self.model(self.inputs), self.targets))
 
-    def __call__(self, iteration: int, optimizer: AdamQLR) -> dict[str, float]:
+    def __call__(self, iteration: int, optimizer: QuadraticModelOptimizer) -> dict[str, Any]:
         del iteration, optimizer
         now = self._value()
         change, self.previous = now - self.previous, now

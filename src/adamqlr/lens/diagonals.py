@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -70,7 +70,7 @@ def _layerwise_square_sums(
     model: nn.Module,
     layers: list[tuple[str, nn.Linear]],
     inputs: Tensor,
-    scalars: list[Callable[[Tensor], Tensor]],
+    scalars: Sequence[Callable[..., Tensor]],
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Sum over examples (and over ``scalars``) of the squared per-example gradients, by layer.
 

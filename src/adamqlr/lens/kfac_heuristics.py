@@ -36,7 +36,7 @@ import math
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -108,7 +108,7 @@ def _as_matrix(layer: nn.Linear, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``[W, b]`` (``out x (in [+1])``): the layout of one Kronecker block."""
     if layer.bias is None:
         return weight
-    return torch.cat([weight, bias.unsqueeze(1)], dim=1)
+    return torch.cat([weight, cast(Tensor, bias).unsqueeze(1)], dim=1)
 
 
 def kronecker_factors_exact(
@@ -149,7 +149,7 @@ def kronecker_factors_exact(
     n = inputs.shape[0]
     factors: dict[str, tuple[Tensor, Tensor]] = {}
     a = inputs.detach()
-    modules = list(model)
+    modules = list(cast(nn.Sequential, model))
     position = 0
     for index, layer in layers:
         with torch.no_grad():
@@ -464,8 +464,10 @@ def _batch_loss(model: nn.Module, params: Mapping[str, Tensor], inputs, targets,
 def _rel(x: float | Tensor, y: float | Tensor) -> float:
     """``|x - y| / max(|y|, tiny)`` (norms for tensors)."""
     if isinstance(x, Tensor):
-        return float((x - y).detach().norm() / max(float(y.detach().norm()), 1e-300))
-    return abs(x - y) / max(abs(y), 1e-300)
+        yt = cast(Tensor, y)
+        return float((x - yt).detach().norm() / max(float(yt.detach().norm()), 1e-300))
+    yf = cast(float, y)
+    return abs(x - yf) / max(abs(yf), 1e-300)
 
 
 def audit_kfac_run(

@@ -30,7 +30,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -484,9 +484,13 @@ def time_products(
         wrt = list(model.parameters())
         value = loss.value(model(inputs), targets)
         grads = torch.autograd.grad(value, wrt, create_graph=True)
-        dot = sum((g * d).sum() for g, d in zip(grads, direction.values(), strict=True))
+        dot = cast(
+            Tensor, sum((g * d).sum() for g, d in zip(grads, direction.values(), strict=True))
+        )
         hvp = torch.autograd.grad(dot, wrt)
-        sum((h * d).sum() for h, d in zip(hvp, direction.values(), strict=True)).item()
+        cast(
+            Tensor, sum((h * d).sum() for h, d in zip(hvp, direction.values(), strict=True))
+        ).item()
 
     def ggn(method: str) -> Callable[[], object]:
         return lambda: ggn_quadratic(model, params, direction, inputs, targets, loss, method=method)

@@ -356,9 +356,7 @@ def rosenbrock_study(config: RosenbrockConfig) -> RosenbrockStudy:
     kinds = {"GD": "gd", "GD + momentum": "gd-momentum", "Adam": "adam"}
     trajectories: dict[str, Trajectory] = {}
     for label, table in tuning.items():
-        best: dict[str, Any] = {
-            k: float(v) for k, v in table.iloc[0].items() if k != "final_loss"
-        }
+        best: dict[str, Any] = {k: float(v) for k, v in table.iloc[0].items() if k != "final_loss"}
         trajectories[label] = run_trajectory(kinds[label], label=label, **kw, **best)
     for label, curvature in (
         ("AdamQLR (Untuned, GGN)", "fisher"),

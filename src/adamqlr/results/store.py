@@ -151,7 +151,7 @@ def _metrics_npz(metrics: pd.DataFrame) -> bytes:
             values = values.astype(float)
         arrays[f"c{i}"] = values
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]  # numpy types ** as allow_pickle
     return buf.getvalue()
 
 

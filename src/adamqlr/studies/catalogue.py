@@ -150,7 +150,7 @@ _UNTUNED_OMEGA = (0.5, 2.0)
 _OMEGA = ("damping_decrease", "damping_increase")
 
 
-def _decades(lo: float, hi: float, per_decade: int) -> tuple[float, ...]:
+def _decades(lo: float, hi: float, per_decade: float) -> tuple[float, ...]:
     """10**x for x from lo to hi in steps of 1/per_decade (rounded to 12 significant figures)."""
     n = round((hi - lo) * per_decade)
     return tuple(float(f"{10 ** (lo + i / per_decade):.12g}") for i in range(n + 1))
@@ -436,7 +436,7 @@ def _around(
 
 
 def _sensitivity(profile: Profile) -> Study:
-    grids = {
+    table: dict[Profile, dict[str, tuple[float, ...]]] = {
         Profile.SMOKE: {
             "batch_size": (50, 100),
             "initial_damping": (1e-8, 1.0),
@@ -458,7 +458,8 @@ def _sensitivity(profile: Profile) -> Study:
             "amplification": _powers2(-1, 1, 0.2),
             "adam_lr": _decades(-6, 0, 3),
         },
-    }[profile]
+    }
+    grids = table[profile]
     arms = (
         _around(profile, "batch_size", [int(b) for b in grids["batch_size"]], "batch {:d}")
         + _around(profile, "initial_damping", grids["initial_damping"], "λ₀ = {:.0e}")

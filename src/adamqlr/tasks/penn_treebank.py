@@ -270,12 +270,14 @@ class PennTreebank(DataTask):
                     )
                 ids = [unk if i == -1 else i for i in ids]
             streams[s] = np.asarray(ids, dtype=np.int64)
-        splits = []
+        splits: dict[str, Split] = {}
         for s, n in (("train", n_train), ("valid", n_val), ("test", n_test)):
             x, y = windows(streams[s], self.seq_len)
-            splits.append(Split(torch.from_numpy(first(x, n)), torch.from_numpy(first(y, n))))
+            splits[s] = Split(torch.from_numpy(first(x, n)), torch.from_numpy(first(y, n)))
         return self._task_data(
-            *splits,
+            splits["train"],
+            splits["valid"],
+            splits["test"],
             profile,
             self.title,
             prov,

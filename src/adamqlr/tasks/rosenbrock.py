@@ -152,7 +152,8 @@ class Rosenbrock(Task):
         self.profile(profile)
         if self.start is None:
             gen = torch.Generator().manual_seed(int(seed))
-            start = tuple(float(v) for v in torch.randn(2, generator=gen, dtype=torch.float64))
+            x0, y0 = (float(v) for v in torch.randn(2, generator=gen, dtype=torch.float64))
+            start = (x0, y0)
         else:
             start = self.start
         return RosenbrockResiduals(start=start, a=self.a, b=self.b)

@@ -98,8 +98,9 @@ class SpecObjective:
             return "pruned" if report(float(value), float(row["time"])) else None
 
         record = run(spec, root=self.root, progress=self.progress, callback=callback)
-        column = record.metrics[self.metric].dropna() if self.metric in record.metrics else []
-        value = float(column.iloc[-1]) if len(column) else math.nan
+        metrics = record.metrics
+        column = metrics[self.metric].dropna() if self.metric in metrics else None
+        value = float(column.iloc[-1]) if column is not None and len(column) else math.nan
         stop = str(record.provenance.get("stop_reason", ""))
         attrs = {
             "record_key": record.key,

@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import optuna
 from optuna.pruners import SuccessiveHalvingPruner
@@ -126,7 +126,11 @@ def _budget(profile: Profile, task: str, regime: str) -> _Budget:
 
 
 def _positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not 0 < cast(float, value) < math.inf
+    ):
         raise ValueError(f"invalid {name}: {value!r} (expected a positive finite number)")
     return float(value)
 
