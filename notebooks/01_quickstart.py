@@ -77,10 +77,12 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
+from myst_nb import glue
 
 from adamqlr import AdamQLR
 from adamqlr.book.demo import accuracy, mlp, spirals
 from adamqlr.plots import plot_traces, set_theme
+from adamqlr.results.provenance import computation_text
 
 set_theme()
 # The network is tiny: one thread is fastest, and it does not slow down when other processes
@@ -163,7 +165,16 @@ history = pd.concat(runs.values(), ignore_index=True)
 # {eq}`eq-quickstart-rho`. Adam's step size is its constant learning rate, and it has no damping
 # and no reduction ratio.
 
-# %% mystnb={"figure": {"name": "fig-quickstart-traces", "caption": "Training traces on the spirals problem (synthetic data): AdamQLR with the paper's untuned hyperparameters, and Adam with learning rate $10^{-3}$, from the same initialisation on the same mini-batches. Top: mini-batch loss, and the size of the step $|\\alpha|$ (black triangles mark steps with $\\alpha < 0$); bottom: damping $\\lambda$ and reduction ratio $\\rho$ (shaded: $1/4 \\le \\rho \\le 3/4$, where the damping is left unchanged; the axis is cut to the central 96 % of the values)."}}
+# %% mystnb={"figure": {"name": "fig-quickstart-traces", "caption": "Training traces on the spirals problem (synthetic data): AdamQLR with the paper's untuned hyperparameters, and Adam with learning rate $10^{-3}$, from the same initialisation on the same mini-batches. Top: mini-batch loss, and the size of the step $|\\alpha|$ (black triangles mark steps with $\\alpha < 0$); bottom: damping $\\lambda$ and reduction ratio $\\rho$ (shaded: $1/4 \\le \\rho \\le 3/4$, where the damping is left unchanged; the axis is cut to the central 96 % of the values). Made by: {glue:text}`qs_made`."}}
+glue(
+    "qs_made",
+    computation_text(
+        f"one AdamQLR run and one Adam run of {settings['steps']} steps (batch size "
+        f"{settings['batch_size']}) on {settings['n_train']} spiral points, seed {seed}",
+        profile,
+    ),
+    display=False,
+)
 plot_traces(history, hue="optimiser")
 plt.show()
 
@@ -196,7 +207,7 @@ table.map(lambda v: "–" if pd.isna(v) else f"{v:.4g}")
 # Where each network puts its class boundaries, over the held-out points, is shown in
 # {numref}`fig-quickstart-regions`.
 
-# %% mystnb={"figure": {"name": "fig-quickstart-regions", "caption": "Predicted class regions after training, with the held-out points (synthetic spirals data). Left: AdamQLR (untuned hyperparameters); right: Adam with learning rate $10^{-3}$."}}
+# %% mystnb={"figure": {"name": "fig-quickstart-regions", "caption": "Predicted class regions after training, with the held-out points (synthetic spirals data). Left: AdamQLR (untuned hyperparameters); right: Adam with learning rate $10^{-3}$. Made by: {glue:text}`qs_made`."}}
 grid = torch.linspace(-1.25, 1.25, 200)
 gx, gy = torch.meshgrid(grid, grid, indexing="xy")
 points = torch.stack([gx.flatten(), gy.flatten()], dim=1)

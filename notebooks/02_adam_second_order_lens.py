@@ -28,13 +28,21 @@ profile = "quick"
 import math
 
 import numpy as np
+import pandas as pd
 import torch
 from myst_nb import glue
 
 from adamqlr import AdamQLR
 from adamqlr.algorithm import adam_direction
 from adamqlr.curvature import ggn_quadratic
-from adamqlr.lens.adam import AdamLensConfig, adam_lens_run, adam_moments, rescaled_updates
+from adamqlr.lens.adam import (
+    AdamLensConfig,
+    adam_lens_run,
+    adam_moments,
+    rescaled_updates,
+    unit_groups,
+)
+from adamqlr.lens.bootstrap import bootstrap_correlations
 from adamqlr.lens.diagonals import (
     enumerate_squared_batch_gradient,
     expected_squared_batch_gradient,
@@ -46,6 +54,7 @@ from adamqlr.lens.training import batch_stream, fashion_mnist_setup
 from adamqlr.losses import CrossEntropyLoss
 from adamqlr.plots import set_theme
 from adamqlr.plots.derivations import plot_adam_lens
+from adamqlr.results.provenance import computation_text
 
 set_theme()
 config = AdamLensConfig.for_profile(profile)
@@ -197,7 +206,79 @@ glue("al_noise_share", noise_share, display=False)
 tiny = float((np.sqrt(diag_last["v_hat"]) < config.eps).mean())
 glue("al_tiny_share", tiny, display=False)
 
-# %% mystnb={"figure": {"caption": "Adam's $\\hat v$ on the Fashion-MNIST MLP (Adam, $\\eta = 10^{-3}$, $B = 50$), one point per parameter (hexagons count them, log colour scale), against the expected squared mini-batch gradient {eq}`eq-al-expectation`, the diagonal of the empirical Fisher (dashed: $\\hat v = \\mathrm{diag}\\,F_\\mathrm{emp}/B$) and the diagonal of the GGN, all exact at the current parameters over {glue:text}`al_reference` training images. Top: early in training; bottom: the last checkpoint.", "name": "fig-al-diagonals"}}
+# %% [markdown]
+# How much of the difference between the three correlations is signal? The cell below puts
+# bootstrap intervals (95%, percentile) on the last checkpoint's correlations in two ways:
+# resampling coordinates as if they were independent, and resampling whole *units* (a cluster
+# bootstrap; a coordinate's unit is the neuron its weight or bias feeds, so the 784 weights into one
+# hidden unit, which share its back-propagated error, move together). Every resample is shared by
+# the three correlations, so the paired differences get intervals too.
+
+# %%
+names = {"E[g_B^2]": "expected_sq", "diag F_emp": "f_emp", "diag G": "ggn"}
+cols = ["v_hat", *names.values()]
+positive = (diag_last[cols] > 0).all(axis=1).to_numpy()
+logs = np.log10(diag_last.loc[positive, cols].to_numpy())
+units = unit_groups(model64)
+assert len(units) == len(diag_last) == fp.vector.numel()
+others = {label: logs[:, k + 1] for k, label in enumerate(names)}
+boot = {}
+for how, groups in (("coordinates", None), ("units", units[positive])):
+    corr, diff = bootstrap_correlations(logs[:, 0], others, resamples=1000, seed=0, groups=groups)
+    boot[how] = (corr, diff)
+    # the point estimates are the table's
+    assert np.allclose(corr["corr"], [last[f"corr(log v_hat, log {n})"] for n in names])
+intervals = pd.concat(
+    {how: c.rename(columns={"corr": "corr(log v_hat, log X)"}) for how, (c, _) in boot.items()},
+    names=["resampled", "X"],
+)
+differences = pd.concat({how: diff for how, (_, diff) in boot.items()}, names=["resampled", None])
+corr_units = boot["units"][0]
+glue("al_n_units", int(len(np.unique(units))), display=False)
+for label, key in (("E[g_B^2]", "expected"), ("diag F_emp", "femp"), ("diag G", "ggn")):
+    for how in ("coordinates", "units"):
+        row = boot[how][0].loc[label]
+        glue(f"al_ci_{key}_{how}", f"[{row['low']:.2f}, {row['high']:.2f}]", display=False)
+
+
+def overlap(corr, a, b):
+    return corr.loc[a, "low"] <= corr.loc[b, "high"] and corr.loc[b, "low"] <= corr.loc[a, "high"]
+
+
+def ggn_verdict(corr):
+    """Whether the GGN's interval overlaps the empirical Fisher's and the expectation's."""
+    if overlap(corr, "diag G", "diag F_emp") or overlap(corr, "diag G", "E[g_B^2]"):
+        return "overlaps the other two: taken one at a time, the intervals do not separate them"
+    side = "above" if corr.loc["diag G", "corr"] > corr.loc["diag F_emp", "corr"] else "below"
+    return f"lies wholly {side} both of the other two"
+
+
+glue("al_verdict_coordinates", ggn_verdict(boot["coordinates"][0]), display=False)
+glue("al_verdict_units", ggn_verdict(corr_units), display=False)
+pair = differences.loc["units"].set_index(["first", "second"]).loc[("diag F_emp", "diag G")]
+low, high = -pair["high"], -pair["low"]  # corr(G) - corr(F_emp)
+glue("al_diff_ggn_femp_units", f"[{low:.3f}, {high:.3f}]", display=False)
+if low > 0 or high < 0:
+    paired = (
+        f"which excludes zero: on the same resamples the GGN's diagonal correlates with Adam's "
+        f"second moment {'better' if low > 0 else 'worse'} than the empirical Fisher's, by "
+        f"{-pair['difference']:.2f}, a small difference beside the correlations themselves"
+    )
+else:
+    paired = "which includes zero: the data do not separate the two"
+glue("al_paired_verdict", paired, display=False)
+print("paired, units:", paired)
+print("coordinates:", ggn_verdict(boot["coordinates"][0]))
+print("units:", ggn_verdict(corr_units))
+intervals
+
+# %% mystnb={"figure": {"caption": "Adam's $\\hat v$ on the Fashion-MNIST MLP (Adam, $\\eta = 10^{-3}$, $B = 50$), one point per parameter (hexagons count them, log colour scale), against the expected squared mini-batch gradient {eq}`eq-al-expectation`, the diagonal of the empirical Fisher (dashed: $\\hat v = \\mathrm{diag}\\,F_\\mathrm{emp}/B$) and the diagonal of the GGN, all exact at the current parameters over {glue:text}`al_reference` training images. Top: early in training; bottom: the last checkpoint. Made by: {glue:text}`al_made`.", "name": "fig-al-diagonals"}}
+made = (
+    f"one Adam run on Fashion-MNIST ({config.steps} steps, batch size {config.batch_size}, "
+    f"learning rate {config.lr:g}, seed {config.seed}), diagonals over {config.reference_size} "
+    f"training examples at steps {', '.join(map(str, config.checkpoints))}"
+)
+glue("al_made", computation_text(made, profile), display=False)
 fig = plot_adam_lens(result.diagonals, batch_size=config.batch_size)
 
 # %% [markdown]
@@ -211,9 +292,52 @@ fig = plot_adam_lens(result.diagonals, batch_size=config.batch_size)
 # {glue:text}`al_noise_share:.0%` of $\mathbb{E}[g_\mathcal{B}^2]$. Coordinate by coordinate the
 # correlation of $\log \hat v$ with the log of the expectation is {glue:text}`al_corr_expected:.2f`,
 # with the empirical Fisher {glue:text}`al_corr_femp:.2f`, and with the GGN
-# {glue:text}`al_corr_ggn:.2f`: $\hat v$ ranks the parameters roughly as the true curvature does,
-# but it is a noisy estimate of a different matrix, on a different scale (the GGN has units of
-# loss per parameter squared, $\hat v$ of a squared gradient).
+# {glue:text}`al_corr_ggn:.2f`. The differences are small, and the bootstrap decides how much to
+# read into them. Treating the coordinates as independent, the 95% intervals are
+# {glue:text}`al_ci_expected_coordinates`, {glue:text}`al_ci_femp_coordinates` and
+# {glue:text}`al_ci_ggn_coordinates`, and the GGN's {glue:text}`al_verdict_coordinates`. But the
+# coordinates are not independent: resampling the {glue:text}`al_n_units` units instead widens
+# the intervals to {glue:text}`al_ci_expected_units`, {glue:text}`al_ci_femp_units` and
+# {glue:text}`al_ci_ggn_units`, and the GGN's interval {glue:text}`al_verdict_units`. Because the
+# three correlations share $\hat v$ and every resample, their paired difference is measured more
+# finely than each alone: the GGN's minus the empirical Fisher's has the interval
+# {glue:text}`al_diff_ggn_femp_units` over units, {glue:text}`al_paired_verdict`. What matters
+# more is the size: all three correlations are moderate, so $\hat v$ ranks
+# the parameters roughly as the true curvature does, but it is a noisy estimate of a different
+# matrix, on a different scale (the GGN has units of loss per parameter squared, $\hat v$ of a
+# squared gradient). This is one network, one seed and one checkpoint.
+#
+# ## Why a square root
+#
+# If $\hat v$ estimates a diagonal Fisher, a Newton-like step would divide by it, $\hat m \oslash
+# \hat v$; Adam divides by its square root. Units say why. With $\theta$ in some unit $[\theta]$
+# and the loss in $[f]$, a gradient has units $[f]/[\theta]$, and so has $\sqrt{\hat v}$: the
+# direction $d = \hat m \oslash (\sqrt{\hat v} + \epsilon)$ is a pure number in every coordinate.
+# It is unchanged when the loss is multiplied by a constant $c > 0$ ($g \to c\,g$,
+# $\hat v \to c^2 \hat v$) and when one coordinate's gradient is scaled by $s_i$ (a
+# reparametrisation $\theta_i = s_i \phi_i$), as long as $\epsilon$ is negligible. Without the
+# root, $\hat m \oslash \hat v$ has units $[\theta]/[f]$, the wrong ones for a step in
+# $\theta$: multiplying the loss by $c$ would *shrink* the step by $c$, where a Newton step
+# $(C + \lambda I)^{-1} g$ with a true curvature ($[f]/[\theta]^2$, scaling with $c$ like $g$) is
+# unchanged. The empirical Fisher, a second moment of gradients, has units $([f]/[\theta])^2$;
+# it is a curvature only where it happens to approximate the Fisher, which
+# {cite:t}`kunstner2019limitations` show is rarer than often assumed: preconditioning with it can
+# distort the step badly even on simple problems. The square root sidesteps the question of units
+# by giving up on curvature altogether, at the price that $d$ carries none, and the step's
+# scale must come from elsewhere (the next section).
+#
+# The square root also fixes how large $d$'s entries can be. Writing
+# $\hat m_i / \sqrt{\hat v_i} = \operatorname{sign}(\hat m_i)\, \lvert \hat m_i \rvert /
+# \sqrt{\hat v_i}$, with $\hat v_i$ about the mean squared gradient and $\hat m_i$ about its
+# mean, the second factor is about $1 / \sqrt{1 + \sigma_i^2 / \mu_i^2}$ for a coordinate whose
+# gradient has mean $\mu_i$ and variance $\sigma_i^2$. {cite:t}`balles2018dissecting` read Adam
+# this way: a sign descent, damped per coordinate by the relative variance of its gradient. Where
+# the noise is small Adam *is* sign descent, $d \approx \operatorname{sign}(g)$; its first step is
+# exactly that ({ref}`ex-al-first-step`); where the noise dominates, as it does here for most
+# coordinates (a median noise share of {glue:text}`al_noise_share:.0%` above), the entries of $d$ shrink
+# towards zero in proportion to the gradient's signal-to-noise ratio. Neither reading is the
+# Newton step {eq}`eq-al-newton` with $C = \operatorname{diag} F_\text{emp}$; {eq}`eq-al-lens` is
+# the *form* of a damped Newton step, with a matrix in it that has the units of a gradient.
 #
 # ## Why the learning rate has to be tuned
 #

@@ -33,10 +33,11 @@ import torch
 from myst_nb import glue
 
 from adamqlr import AdamQLR
-from adamqlr.heuristics import predicted_change, step_size
+from adamqlr.heuristics import predicted_change, reduction_ratio, step_size
 from adamqlr.lens.line import StepSizeConfig, probe_step, step_size_study
 from adamqlr.plots import set_theme
 from adamqlr.plots.derivations import plot_line_models
+from adamqlr.results.provenance import computation_text
 
 set_theme()
 config = StepSizeConfig.for_profile(profile)
@@ -204,33 +205,106 @@ for step, probe in study.probes.items():
     )
 early, later = study.probes[first], study.probes[late]
 a_early = early.alpha_star("ggn", early.damping)
-true_early = float(np.interp(a_early, early.alphas, early.losses))
+true_early = float(study.stats[first]["trial_loss"])  # the loss after the step taken
 pred_early = float(early.model(np.array([a_early]), "ggn", early.damping)[0]) - early.f0
 glue("ss_pred_early", pred_early, display=False)
 glue("ss_true_early", true_early - early.f0, display=False)
 a_late = later.alpha_star("ggn", later.damping)
-true_late = float(np.interp(a_late, later.alphas, later.losses))
+true_late = float(study.stats[late]["trial_loss"])  # the loss after the step taken
 pred_late = float(later.model(np.array([a_late]), "ggn", later.damping)[0]) - later.f0
 glue("ss_pred_late", pred_late, display=False)
 glue("ss_true_late", true_late - later.f0, display=False)
 glue("ss_ratio_hg_late", later.q_hessian / later.q_ggn, display=False)
 
-# %% mystnb={"figure": {"caption": "The mini-batch loss along AdamQLR's direction (black) and the damped quadratic models {eq}`eq-ss-line` for four dampings, with the GGN (left) and the Hessian (right), at the first step (top) and after a short warm-up (bottom); dots and dotted lines mark each model's minimiser {eq}`eq-alpha-star`. The damping values are the one AdamQLR used ($\\lambda_t$), none, and the values that double or multiply by ten the model's curvature along $d$. Untuned AdamQLR on the Fashion-MNIST MLP, float64.", "name": "fig-ss-models"}}
+
+def damping_verdict(step: int, probe) -> tuple[float, str]:
+    """rho of the step AdamQLR took, and what its Levenberg-Marquardt rule did with it."""
+    stats = study.stats[step]
+    assert np.isclose(stats["loss"], probe.f0, rtol=1e-12)
+    rho = reduction_ratio(stats["trial_loss"] - stats["loss"], stats["predicted_change"])
+    assert np.isclose(rho, stats["rho"], rtol=1e-12)
+    rule = study.optimizer.damping_rule
+    lam, new = stats["damping_used"], rule.update(stats["damping_used"], rho)
+    assert new == stats["damping"], "the rule applied is the library's"
+    if new > lam:
+        verdict = (
+            f"below the rule's lower threshold {rule.low:g}: the model promised more than the "
+            f"loss delivered, and the rule raises the damping by a factor {new / lam:g}"
+        )
+    elif new < lam:
+        verdict = (
+            f"above the rule's upper threshold {rule.high:g}: the model is trusted, and the rule "
+            f"lowers the damping by a factor {new / lam:g}"
+        )
+    elif rho > rule.high:
+        verdict = (
+            f"above the rule's upper threshold {rule.high:g}, but the damping is already at its "
+            f"lower bound {rule.lower:g} and stays there"
+        )
+    elif rho < rule.low:
+        verdict = (
+            f"below the rule's lower threshold {rule.low:g}, but the damping is already at its "
+            f"upper bound {rule.upper:g} and stays there"
+        )
+    else:
+        verdict = (
+            f"between the rule's thresholds {rule.low:g} and {rule.high:g}: the rule leaves the "
+            "damping unchanged"
+        )
+    return rho, verdict
+
+
+for name, step, probe in (("early", first, early), ("late", late, later)):
+    rho, verdict = damping_verdict(step, probe)
+    glue(f"ss_rho_{name}", rho, display=False)
+    glue(f"ss_verdict_{name}", verdict, display=False)
+    print(f"step {step}: rho = {rho:.3f}; {verdict}")
+# where the true loss along the line is lowest: the grid's lowest point, refined by the parabola
+# through it and its two neighbours
+i_min = int(np.argmin(early.losses))
+assert 0 < i_min < len(early.alphas) - 1, "the true line minimum lies inside the probed range"
+curve = np.polyfit(early.alphas[i_min - 1 : i_min + 2], early.losses[i_min - 1 : i_min + 2], 2)
+line_min = float(-curve[1] / (2 * curve[0]) / a_early)
+grid_step = float(early.alphas[1] - early.alphas[0]) / a_early
+glue("ss_line_min_early", line_min, display=False)
+glue("ss_grid_step", grid_step, display=False)
+if abs(line_min - 1.0) <= 0.01:
+    line_verdict = "the model's minimiser sits on the true line minimum, within 1%"
+elif line_min > 1.0:
+    line_verdict = f"the model's minimiser stops {1 - 1 / line_min:.0%} short of it"
+else:
+    line_verdict = f"the model's minimiser overshoots it by {1 / line_min - 1:.0%}"
+glue("ss_line_verdict_early", line_verdict, display=False)
+print(f"step {first}: true line minimum at {line_min:.3f} alpha* (grid step {grid_step:.3f}); "
+      f"{line_verdict}")  # fmt: skip
+
+# %% mystnb={"figure": {"caption": "The mini-batch loss along AdamQLR's direction (black) and the damped quadratic models {eq}`eq-ss-line` for four dampings, with the GGN (left) and the Hessian (right), at the first step (top) and after a short warm-up (bottom); dots and dotted lines mark each model's minimiser {eq}`eq-alpha-star`. The damping values are the one AdamQLR used ($\\lambda_t$), none, and the values that double or multiply by ten the model's curvature along $d$. Untuned AdamQLR on the Fashion-MNIST MLP, float64. Made by: {glue:text}`ss_made`.", "name": "fig-ss-models"}}
+made = (
+    f"untuned AdamQLR on Fashion-MNIST at batch size {config.batch_size}, probed at steps "
+    f"{first} and {late}, seed {config.seed}"
+)
+glue("ss_made", computation_text(made, profile), display=False)
 fig = plot_line_models(figure_rows)
 
 # %% [markdown]
 # ## What the figure shows
 #
 # At the first step ({numref}`fig-ss-models`, top) Adam's direction is nearly the sign of the
-# gradient ({ref}`ex-al-first-step`), the loss along it is far from quadratic, and the
-# undamped model is too optimistic: at its minimiser it predicts a change of
-# {glue:text}`ss_pred_early:.3f`, the loss actually changes by {glue:text}`ss_true_early:.3f`.
-# This is the situation the damping exists for: a larger $\lambda$ gives a shorter, safer step,
-# and the reduction ratio (chapter {ref}`ch-damping`) detects the disagreement and raises $\lambda$. A
-# few steps later (bottom) the model fits the loss closely around its minimiser (predicted
-# {glue:text}`ss_pred_late:.4f`, actual {glue:text}`ss_true_late:.4f`), and the GGN and the
-# Hessian agree along $d$ ($d^\top H d / d^\top G d = ${glue:text}`ss_ratio_hg_late:.3f`), even
-# though the two matrices differ ({ref}`ch-curvature-products`).
+# gradient ({ref}`ex-al-first-step`). With the damping AdamQLR used, the model predicts a change
+# of {glue:text}`ss_pred_early:.3f` at its minimiser and the loss actually changes by
+# {glue:text}`ss_true_early:.3f`: the reduction ratio (chapter {ref}`ch-damping`) is
+# $\rho = ${glue:text}`ss_rho_early:.2f` (the loss delivers that fraction of the promised
+# decrease), {glue:text}`ss_verdict_early`. Along the line, the true loss is lowest at
+# {glue:text}`ss_line_min_early:.2f` $\alpha^*$ (a parabola through the lowest three points of the
+# probe's grid, spacing {glue:text}`ss_grid_step:.2f` $\alpha^*$):
+# {glue:text}`ss_line_verdict_early`.
+# The damping is there for the steps where the model is a poor guide to the step length, and $\rho$
+# is how the optimiser tells them apart. A few steps later (bottom) the model fits the loss
+# closely around its minimiser (predicted {glue:text}`ss_pred_late:.4f`, actual
+# {glue:text}`ss_true_late:.4f`; $\rho = ${glue:text}`ss_rho_late:.2f`,
+# {glue:text}`ss_verdict_late`), and the GGN and the Hessian agree along $d$
+# ($d^\top H d / d^\top G d = ${glue:text}`ss_ratio_hg_late:.3f`), even though the two matrices
+# differ ({ref}`ch-curvature-products`).
 #
 # ## What it means for AdamQLR
 #
@@ -242,8 +316,9 @@ fig = plot_line_models(figure_rows)
 #   line search on the mini-batch. For ReLU networks "the Hessian" is the curvature between
 #   kinks; at the scale of one step the kinks add curvature it does not see (up to
 #   {glue:text}`ss_kink_gap:.0%` over $[-h, h]$ here), one more reason the model is only
-#   trusted through $\rho$. Early on, or wherever the loss is far from quadratic along $d$,
-#   the model overshoots, and the damping has to correct it.
+#   trusted through $\rho$. Wherever the loss is far from quadratic along $d$ the model can
+#   promise more or less than the loss delivers; $\rho$ measures which, and the damping
+#   corrects the step length accordingly.
 # * The line search is on the *mini-batch*: $\alpha^*$ is the best step for the batch it was
 #   computed on, which is not the best step for the expected loss. This is a limitation the
 #   paper's untuned results inherit at small batch sizes.

@@ -33,6 +33,7 @@ from adamqlr.heuristics import LevenbergMarquardt
 from adamqlr.lens.damping import DAMPING_POLICIES, DampingConfig, damping_study, quadratic_rho_run
 from adamqlr.plots import set_theme
 from adamqlr.plots.derivations import plot_damping_traces
+from adamqlr.results.provenance import computation_text
 
 set_theme()
 config = DampingConfig.for_profile(profile)
@@ -196,10 +197,16 @@ glue(
     display=False,
 )
 
-# %% mystnb={"figure": {"caption": "AdamQLR on the Fashion-MNIST MLP at the untuned batch size 3200 under four damping policies: mini-batch loss, step size, damping and reduction ratio (the shaded band $1/4 \\le \\rho \\le 3/4$ leaves the damping unchanged).", "name": "fig-dm-large"}}
+# %% mystnb={"figure": {"caption": "AdamQLR on the Fashion-MNIST MLP at the untuned batch size 3200 under four damping policies: mini-batch loss, step size, damping and reduction ratio (the shaded band $1/4 \\le \\rho \\le 3/4$ leaves the damping unchanged). Made by: {glue:text}`dm_made`.", "name": "fig-dm-large"}}
+made = (
+    f"AdamQLR on Fashion-MNIST under {len(config.policies)} damping policies, "
+    + ", ".join(f"{steps} steps at batch size {batch}" for batch, steps in config.regimes.values())
+    + f", seeds {', '.join(map(str, config.seeds))}"
+)
+glue("dm_made", computation_text(made, profile), display=False)
 fig = plot_damping_traces(trace, large)
 
-# %% mystnb={"figure": {"caption": "The same four policies at batch size 50. A cross ends a run whose loss diverged (above $10^6$); triangles on the edge of the $\\rho$ panel mark values outside it.", "name": "fig-dm-small"}}
+# %% mystnb={"figure": {"caption": "The same four policies at batch size 50. A cross ends a run whose loss diverged (above $10^6$); triangles on the edge of the $\\rho$ panel mark values outside it. Made by: {glue:text}`dm_made`.", "name": "fig-dm-small"}}
 fig = plot_damping_traces(trace, small)
 
 # %% [markdown]

@@ -51,6 +51,7 @@ from adamqlr.lens.products import (
 )
 from adamqlr.plots import set_theme
 from adamqlr.plots.derivations import plot_curvature_matrices, plot_product_costs
+from adamqlr.results.provenance import computation_text
 
 set_theme()
 torch.manual_seed(0)
@@ -166,8 +167,13 @@ m = dense[ce.name]
 glue("cp_emp_gap", float(identities["||F_emp - F|| / ||F||"].iloc[0]), display=False)
 glue("cp_min_eig_h", float(identities["min eig H"].iloc[0]), display=False)
 glue("cp_tiny_p", ce.num_params, display=False)
+glue(
+    "cp_matrices_made",
+    computation_text(f"dense matrices of the {ce.num_params}-parameter network", profile),
+    display=False,
+)
 
-# %% mystnb={"figure": {"caption": "The curvature matrices of the 16-8-10 network on 32 pooled Fashion-MNIST images ({glue:text}`cp_tiny_p` parameters; thin lines separate the weight and bias tensors). $G = F$ {eq}`eq-cp-fisher`, the Hessian $H$, their difference $R$ {eq}`eq-cp-hessian-split`, and the empirical Fisher's difference from $F$ {eq}`eq-cp-empirical`. Each panel has its own symmetric colour scale (99th percentile of its absolute entries).", "name": "fig-cp-matrices"}}
+# %% mystnb={"figure": {"caption": "The curvature matrices of the 16-8-10 network on 32 pooled Fashion-MNIST images ({glue:text}`cp_tiny_p` parameters; thin lines separate the weight and bias tensors). $G = F$ {eq}`eq-cp-fisher`, the Hessian $H$, their difference $R$ {eq}`eq-cp-hessian-split`, and the empirical Fisher's difference from $F$ {eq}`eq-cp-empirical`. Each panel has its own symmetric colour scale (99th percentile of its absolute entries). Made by: {glue:text}`cp_matrices_made`.", "name": "fig-cp-matrices"}}
 fig = plot_curvature_matrices(
     {
         "$G = F$": m["G"].numpy(),
@@ -266,10 +272,16 @@ glue("cp_rr_fb", by_name[GRAD_AND_HESSIAN] / fb, display=False)
 glue("cp_step_ratio", (fb + ggn_cost + forward) / fb, display=False)
 glue("cp_step_ratio_hessian", (by_name[GRAD_AND_HESSIAN] + forward) / fb, display=False)
 glue("cp_setting", ", ".join(f"{k} {v}" for k, v in setting.items()), display=False)
+glue(
+    "cp_costs_made",
+    computation_text(f"{len(costs)} operations timed, " + ", ".join(
+        f"{k} {v}" for k, v in setting.items()), profile),
+    display=False,
+)
 print(setting)
 cost_table
 
-# %% mystnb={"figure": {"caption": "Measured cost of one call, in units of one forward pass (median over repeats; bars show half the interquartile range), on the Fashion-MNIST MLP 784-50-10: {glue:text}`cp_setting`. The curvature products are {eq}`eq-cp-jvp` (two implementations) and {eq}`eq-cp-hvp` along a random direction; the last bar is the gradient and the Hessian term together, as AdamQLR computes them.", "name": "fig-cp-cost"}}
+# %% mystnb={"figure": {"caption": "Measured cost of one call, in units of one forward pass (median over repeats; bars show half the interquartile range), on the Fashion-MNIST MLP 784-50-10: {glue:text}`cp_setting`. The curvature products are {eq}`eq-cp-jvp` (two implementations) and {eq}`eq-cp-hvp` along a random direction; the last bar is the gradient and the Hessian term together, as AdamQLR computes them. Made by: {glue:text}`cp_costs_made`.", "name": "fig-cp-cost"}}
 fig = plot_product_costs(costs)
 
 # %% [markdown]

@@ -37,6 +37,7 @@ from adamqlr.lens.trajectories import RosenbrockConfig, rosenbrock_study
 from adamqlr.losses import SquaredErrorLoss
 from adamqlr.plots import set_theme
 from adamqlr.plots.derivations import plot_rosenbrock
+from adamqlr.results.provenance import computation_text
 from adamqlr.tasks import get_task
 from adamqlr.tasks.rosenbrock import RosenbrockResiduals, rosenbrock
 
@@ -177,8 +178,10 @@ best_lrs = pd.DataFrame(
 ).T.rename(columns={"final_loss": "final loss f/4 (best of grid)"})
 best_lrs
 
-# %% mystnb={"figure": {"caption": "Rosenbrock, 200 steps from $(1, -1)$ (circle) towards the minimum $(1, 1)$ (star). Left: paths over log-scale contours of $f$ {eq}`eq-rb-f`. Right: the loss $f/4$ of every run (floored at $10^{-16}$); AdamQLR's step size $|\\alpha|$ (triangles mark negative $\\alpha$) and damping $\\lambda$ (crosses mark rejected steps). GD, GD + momentum and Adam use the best learning rate of a log grid; AdamQLR and K-FAC are untuned.", "name": "fig-rosenbrock"}}
+# %% mystnb={"figure": {"caption": "Rosenbrock, 200 steps from $(1, -1)$ (circle) towards the minimum $(1, 1)$ (star). Left: paths over log-scale contours of $f$ {eq}`eq-rb-f`. Right: the loss $f/4$ of every run (floored at $10^{-16}$); AdamQLR's step size $|\\alpha|$ (triangles mark negative $\\alpha$) and damping $\\lambda$ (crosses mark rejected steps). GD, GD + momentum and Adam use the best learning rate of a log grid; AdamQLR and K-FAC are untuned. Made by: {glue:text}`rb_made`.", "name": "fig-rosenbrock"}}
 qlr_labels = [label for label in study.trajectories if label.startswith("AdamQLR")]
+made = f"{len(study.trajectories)} optimisers, {config.describe()}"
+glue("rb_made", computation_text(made, profile), display=False)
 fig = plot_rosenbrock(study.trajectories, traced=qlr_labels)
 
 # %% [markdown]

@@ -32,7 +32,7 @@
 profile = "quick"
 compute = False
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -40,6 +40,7 @@ from myst_nb import glue
 
 from adamqlr.plots import set_theme
 from adamqlr.plots.experiments import plot_comparison
+from adamqlr.plots.tables import format_table
 from adamqlr.studies import notebook_records
 from adamqlr.studies.analysis import final_table, provenance_text, tuning_table
 from adamqlr.studies.core import arm_task
@@ -56,6 +57,7 @@ pd.set_option("display.width", 120)
 # reads: results/fashion-mnist/sgd/*/manifest.json
 # reads: results/fashion-mnist/kfac-untuned/*/manifest.json
 # reads: results/cifar-10/*/*/manifest.json
+# reads: results/tuning/*/*/trials-*.jsonl
 data = notebook_records("untuned-vs-tuned", profile, compute=compute)
 study = data.study
 tasks = list(dict.fromkeys(arm_task(study, arm) for arm in study.arms))
@@ -124,12 +126,12 @@ print(provenance_text(data.all_records()))
 # Every trial of every tuned arm, with its final validation loss (the objective of
 # {eq}`eq-ut-choice`) and the configuration chosen for the repeats:
 
-# %%
+# %% tags=["hide-input"]
 trials = tuning_table(data)
 trials["task"] = [arm_task(study, study.arm(a)) for a in trials["arm"]]
-trials.pivot_table(
+format_table(trials.pivot_table(
     index=["task", "label", "configuration"], values=["objective", "chosen"], aggfunc="first"
-)
+))
 
 # %% [markdown]
 # ## Loss against runtime
@@ -138,12 +140,12 @@ trials.pivot_table(
 # training loss (the loss of the batch before each step, as in the paper) and the test loss,
 # against optimisation time.
 
-# %%
+# %% tags=["hide-input"]
 runs = {titles[t]: data.by_label(task=t) for t in tasks}
 glue("ut_runs", provenance_text(data.all_records()), display=False)
 glue("ut_repeats", max(len(a.seeds) for a in study.arms), display=False)
 
-# %% mystnb={"figure": {"caption": "Untuned AdamQLR, Adam and K-FAC against AdamQLR, Adam and SGD tuned on a grid (rows: tasks; left: mini-batch training loss; right: test loss; log scale), against optimisation time. Lines: mean of 50 bootstrap medians over {glue:text}`ut_repeats` repeats; bands: one bootstrap standard deviation. Runs: {glue:text}`ut_runs`.", "name": "fig-ut-losses"}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Untuned AdamQLR, Adam and K-FAC against AdamQLR, Adam and SGD tuned on a grid (rows: tasks; left: mini-batch training loss; right: test loss; log scale), against optimisation time. Lines: mean of 50 bootstrap medians over {glue:text}`ut_repeats` repeats; bands: one bootstrap standard deviation. Runs: {glue:text}`ut_runs`.", "name": "fig-ut-losses"}}
 fig = plot_comparison(runs, ("train_loss", "test_loss"))
 plt.show()
 
@@ -151,7 +153,7 @@ plt.show()
 # On the classification task the paper also reports accuracy; {numref}`fig-ut-accuracy` shows
 # the test accuracy of the same runs.
 
-# %% mystnb={"figure": {"caption": "Test accuracy of the runs of {numref}`fig-ut-losses` on the classification task(s), against optimisation time (median and band as there). Runs: {glue:text}`ut_runs`.", "name": "fig-ut-accuracy"}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Test accuracy of the runs of {numref}`fig-ut-losses` on the classification task(s), against optimisation time (median and band as there). Runs: {glue:text}`ut_runs`.", "name": "fig-ut-accuracy"}}
 classification = {
     title: groups
     for title, groups in runs.items()
@@ -167,10 +169,10 @@ plt.show()
 # forward), as the bootstrap mean of the median over repeats, $\pm$ its bootstrap standard
 # deviation; also the number of steps and the optimisation time.
 
-# %%
+# %% tags=["hide-input"]
 metrics = ("train_loss", "test_loss", "test_accuracy")
 tables = {titles[t]: final_table(runs[titles[t]], metrics) for t in tasks}
-pd.concat(tables, names=["task", "optimiser"])
+format_table(pd.concat(tables, names=["task", "optimiser"]))
 
 # %% [markdown]
 # The verdict the claim needs, computed from the table: where untuned AdamQLR ranks by final
@@ -214,7 +216,7 @@ for title, row in verdict.iterrows():
     glue(f"ut_steps_{key}", f"{row['steps']} against {row['baseline steps']}", display=False)
 supported = int((verdict["test loss ratio"] <= 1.1).sum())
 glue("ut_supported", f"{supported} of {len(verdict)}", display=False)
-verdict
+format_table(verdict)
 
 # %% [markdown]
 # Two more facts the discussion uses: how quickly the damping of untuned AdamQLR reached its
@@ -223,7 +225,7 @@ verdict
 # (runs are bitwise repeatable on a CPU); their optimisation times then differ only through the
 # load of the machine.
 
-# %%
+# %% tags=["hide-input"]
 floor = {}
 for task in tasks:
     firsts = []

@@ -32,7 +32,7 @@
 profile = "quick"
 compute = False
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -40,6 +40,7 @@ from myst_nb import glue
 
 from adamqlr.plots import set_theme
 from adamqlr.plots.experiments import plot_adaptive, plot_comparison
+from adamqlr.plots.tables import format_table
 from adamqlr.studies import notebook_records
 from adamqlr.studies.analysis import final_table, provenance_text, tuning_table
 from adamqlr.studies.core import arm_task
@@ -53,6 +54,7 @@ pd.set_option("display.precision", 4)
 # reads: results/fashion-mnist/adamqlr-untuned/*/manifest.json
 # reads: results/fashion-mnist/adamqlr-untuned-hessian/*/manifest.json
 # reads: results/cifar-10/*/*/manifest.json
+# reads: results/tuning/*/*/trials-*.jsonl
 data = notebook_records("fisher-vs-hessian", profile, compute=compute)
 study = data.study
 tasks = list(dict.fromkeys(arm_task(study, arm) for arm in study.arms))
@@ -93,14 +95,18 @@ print(provenance_text(data.all_records()))
 # choice made by final validation loss as in {ref}`ch-untuned-vs-tuned`; the untuned defaults are
 # also run with each curvature.
 
-# %%
+# %% tags=["hide-input"]
 trials = tuning_table(data)
-trials.pivot_table(index=["label", "configuration"], values=["objective", "chosen"], aggfunc="first")
+format_table(
+    trials.pivot_table(
+        index=["label", "configuration"], values=["objective", "chosen"], aggfunc="first"
+    )
+)
 
 # %% [markdown]
 # ## Loss against runtime
 
-# %%
+# %% tags=["hide-input"]
 titles = {
     t: data.records[study.select(task=t)[0].id][0].provenance.get("task_title", t) for t in tasks
 }
@@ -108,7 +114,7 @@ runs = {titles[t]: data.by_label(task=t) for t in tasks}
 glue("fh_runs", provenance_text(data.all_records()), display=False)
 glue("fh_repeats", max(len(a.seeds) for a in study.arms), display=False)
 
-# %% mystnb={"figure": {"caption": "AdamQLR with Fisher (GGN) or Hessian curvature, tuned on the same grid and untuned, with tuned Adam for reference: mini-batch training loss (left) and test loss (right) against optimisation time. Lines: mean of 50 bootstrap medians over {glue:text}`fh_repeats` repeats; bands: one bootstrap standard deviation. Runs: {glue:text}`fh_runs`.", "name": "fig-fh-losses"}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "AdamQLR with Fisher (GGN) or Hessian curvature, tuned on the same grid and untuned, with tuned Adam for reference: mini-batch training loss (left) and test loss (right) against optimisation time. Lines: mean of 50 bootstrap medians over {glue:text}`fh_repeats` repeats; bands: one bootstrap standard deviation. Runs: {glue:text}`fh_runs`.", "name": "fig-fh-losses"}}
 fig = plot_comparison(runs, ("train_loss", "test_loss"))
 plt.show()
 
@@ -121,7 +127,7 @@ plt.show()
 # time per step; {numref}`fig-fh-adaptive` shows the step sizes and damping the two curvature
 # choices led to.
 
-# %%
+# %% tags=["hide-input"]
 def step_facts(records) -> dict[str, float]:
     frames = [r.metrics[r.metrics["step"] >= 1] for r in records]
     steps = sum(len(f) for f in frames)
@@ -173,9 +179,12 @@ else:
         "the Fisher variants cannot meet that case, since their curvature term is never negative"
     )
 glue("fh_rejections", sentence, display=False)
-facts
+format_table(facts.rename(columns={
+    "q <= 0 (share)": r"$q \le 0$ (share)",
+    "median |alpha| (accepted)": r"median $|\alpha|$ (accepted)",
+}))
 
-# %% mystnb={"figure": {"caption": "Step size $|\\alpha|$ and damping $\\lambda$ chosen by AdamQLR with each curvature (median over the repeats at every step) on the first task of {numref}`fig-fh-losses`. Runs: {glue:text}`fh_runs`.", "name": "fig-fh-adaptive"}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Step size $|\\alpha|$ and damping $\\lambda$ chosen by AdamQLR with each curvature (median over the repeats at every step) on the first task of {numref}`fig-fh-losses`. Runs: {glue:text}`fh_runs`.", "name": "fig-fh-adaptive"}}
 adaptive = {
     label: recs
     for label, recs in runs[main].items()
@@ -188,7 +197,7 @@ plt.show()
 # %% [markdown]
 # ## Final values
 
-# %%
+# %% tags=["hide-input"]
 tables = {
     title: final_table(groups, ("train_loss", "test_loss", "test_accuracy"))
     for title, groups in runs.items()
@@ -197,7 +206,7 @@ table = pd.concat(tables, names=["task", "optimiser"])
 hess = table.loc[(main, "AdamQLR (Hessian)"), "test_loss"]
 fisher = table.loc[(main, "AdamQLR (Fisher)"), "test_loss"]
 glue("fh_test_ratio", float(hess / fisher), display=False)
-table
+format_table(table)
 
 # %% [markdown]
 # ## What the figures say

@@ -34,7 +34,7 @@
 profile = "quick"
 compute = False
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -42,6 +42,7 @@ from myst_nb import glue
 
 from adamqlr.plots import set_theme
 from adamqlr.plots.experiments import draw_runs, plot_adaptive, plot_comparison
+from adamqlr.plots.tables import format_table
 from adamqlr.studies import notebook_records
 from adamqlr.studies.analysis import final_table, provenance_text, tuning_table
 from adamqlr.studies.core import arm_task
@@ -55,6 +56,7 @@ pd.set_option("display.precision", 4)
 # reads: results/fashion-mnist/adamqlr-untuned/*/manifest.json
 # reads: results/uci-energy/adamqlr-untuned/*/manifest.json
 # reads: results/cifar-10/*/*/manifest.json
+# reads: results/tuning/*/*/trials-*.jsonl
 data = notebook_records("damping", profile, compute=compute)
 study = data.study
 print(f"study {study.name!r}, profile {study.profile!r}: {len(study.arms)} arms")
@@ -81,16 +83,16 @@ print(provenance_text(data.all_records()))
 # tuned over the batch size only (it has no other hyperparameter), the damped one over the batch
 # size and $\lambda_0$ (grids below), each chosen by final validation loss.
 
-# %%
+# %% tags=["hide-input"]
 trials = tuning_table(data)
-trials.pivot_table(
+format_table(trials.pivot_table(
     index=["arm", "configuration"], values=["objective", "chosen"], aggfunc="first"
-)
+))
 
 # %% [markdown]
 # ## Loss against runtime
 
-# %%
+# %% tags=["hide-input"]
 main_tasks = list(dict.fromkeys(arm_task(study, a) for a in study.arms if a.group == ""))
 titles = {
     t: data.records[study.select(task=t)[0].id][0].provenance.get("task_title", t)
@@ -104,7 +106,7 @@ glue("dp_runs", provenance_text([r for g in runs.values() for rs in g.values() f
      display=False)
 glue("dp_repeats", max(len(a.seeds) for a in study.arms), display=False)
 
-# %% mystnb={"figure": {"caption": "AdamQLR with adaptive damping (tuned, and untuned) against AdamQLR without damping (batch size tuned) and tuned Adam: mini-batch training loss (left) and test loss (right) against optimisation time. Lines: mean of 50 bootstrap medians over {glue:text}`dp_repeats` repeats; bands: one bootstrap standard deviation. Runs: {glue:text}`dp_runs`.", "name": "fig-dp-losses"}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "AdamQLR with adaptive damping (tuned, and untuned) against AdamQLR without damping (batch size tuned) and tuned Adam: mini-batch training loss (left) and test loss (right) against optimisation time. Lines: mean of 50 bootstrap medians over {glue:text}`dp_repeats` repeats; bands: one bootstrap standard deviation. Runs: {glue:text}`dp_runs`.", "name": "fig-dp-losses"}}
 fig = plot_comparison(runs, ("train_loss", "test_loss"))
 plt.show()
 
@@ -113,14 +115,14 @@ plt.show()
 # damping of the AdamQLR variants, median over the repeats at every step. For the undamped
 # variant, $\lambda$ is zero and not drawn.
 
-# %% mystnb={"figure": {"caption": "Step size $|\\alpha|$ and damping $\\lambda$ of the AdamQLR variants of {numref}`fig-dp-losses` (median over the repeats at every step). Runs: {glue:text}`dp_runs`.", "name": "fig-dp-adaptive"}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Step size $|\\alpha|$ and damping $\\lambda$ of the AdamQLR variants of {numref}`fig-dp-losses` (median over the repeats at every step). Runs: {glue:text}`dp_runs`.", "name": "fig-dp-adaptive"}}
 first = titles[main_tasks[0]]
 qlr = {label: recs for label, recs in runs[first].items() if "AdamQLR" in label}
 axes = plot_adaptive(qlr)
 axes[0].legend(fontsize="small")
 plt.show()
 
-# %%
+# %% tags=["hide-input"]
 def damping_facts(records) -> dict[str, float]:
     frames = [r.metrics[r.metrics["step"] >= 1] for r in records]
     ms = 1e3 * np.median(
@@ -151,7 +153,10 @@ glue("dp_undamped_ratio",
 glue("dp_undamped_cost",
      float(facts.loc["AdamQLR (Undamped)", "ms per step"] / facts.loc["AdamQLR", "ms per step"]),
      display=False)
-pd.concat({"damping": facts, "final values": table}, axis=1)
+format_table(pd.concat({"damping": facts, "final values": table}, axis=1).rename(columns={
+    "median lambda": r"median $\lambda$",
+    "steps at floor 1e-8 (share)": r"steps at the floor $\lambda = 10^{-8}$ (share)",
+}))
 
 # %% [markdown]
 # The *median shrink factor* is $q / (q + \lambda \lVert d \rVert^2)$ of {eq}`eq-dp-alpha` at
@@ -175,13 +180,13 @@ pd.concat({"damping": facts, "final values": table}, axis=1)
 # spec switch `padding_dilution=True` reproduces the dilution (our loss then divides the
 # curvature term by the batch size rather than by the number of real rows).
 
-# %%
+# %% tags=["hide-input"]
 energy = {a.label: data.records[a.id] for a in study.select(task="uci-energy")}
 glue("dp_energy_runs", provenance_text([r for rs in energy.values() for r in rs]), display=False)
 ratio = 3200 / 588
 glue("dp_ratio", ratio, display=False)
 
-# %% mystnb={"figure": {"caption": "Untuned AdamQLR on UCI Energy at batch size 3200 (one 588-row batch per epoch), as intended and with the official code's padding dilution {eq}`eq-dp-dilution`. Top: mini-batch training loss and test loss against optimisation time (median and band as in {numref}`fig-dp-losses`); bottom: step size $|\\alpha|$ and damping $\\lambda$ (median over repeats) against the step. Runs: {glue:text}`dp_energy_runs`.", "name": "fig-dp-dilution"}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Untuned AdamQLR on UCI Energy at batch size 3200 (one 588-row batch per epoch), as intended and with the official code's padding dilution {eq}`eq-dp-dilution`. Top: mini-batch training loss and test loss against optimisation time (median and band as in {numref}`fig-dp-losses`); bottom: step size $|\\alpha|$ and damping $\\lambda$ (median over repeats) against the step. Runs: {glue:text}`dp_energy_runs`.", "name": "fig-dp-dilution"}}
 fig, axes = plt.subplots(2, 2, figsize=(9.0, 6.4))
 for axis, metric in zip(axes[0], ("train_loss", "test_loss"), strict=True):
     draw_runs(axis, energy, metric)
@@ -189,7 +194,7 @@ fig.legend(*axes[0, 1].get_legend_handles_labels(), loc="outside lower center", 
 plot_adaptive(energy, axes=axes[1])
 plt.show()
 
-# %%
+# %% tags=["hide-input"]
 labels = list(energy)
 clean_label = [lbl for lbl in labels if "dilution" not in lbl][0]
 dil_label = [lbl for lbl in labels if "dilution" in lbl][0]
@@ -224,7 +229,7 @@ glue("dp_dil_first_rejected", f"{facts.loc[dil_label, 'first rejected step (medi
 glue("dp_dil_accepted", float(facts.loc[dil_label, "accepted steps (share)"]), display=False)
 glue("dp_clean_test", float(facts.loc[clean_label, "final test loss (median)"]), display=False)
 glue("dp_dil_test", float(facts.loc[dil_label, "final test loss (median)"]), display=False)
-facts
+format_table(facts)
 
 # %% [markdown]
 # ## What the figures say

@@ -30,7 +30,7 @@
 profile = "quick"
 compute = False
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -38,6 +38,7 @@ from myst_nb import glue
 
 from adamqlr.plots import set_theme
 from adamqlr.plots.experiments import plot_comparison, plot_final_vs_value, plot_sensitivity
+from adamqlr.plots.tables import format_table
 from adamqlr.studies import notebook_records
 from adamqlr.studies.analysis import final_table, provenance_text, sensitivity_table
 from adamqlr.studies.core import arm_task
@@ -82,7 +83,7 @@ print(provenance_text(data.all_records()))
 # The unclipped runs record every step size the quadratic model chose. The share of steps with
 # $|\alpha| > 0.1$ is the share that the v2 untuned clip would have changed:
 
-# %%
+# %% tags=["hide-input"]
 unclipped = {a.id: a for a in study.arms if a.group == "" and "clipped" not in a.id}
 binding = {}
 for arm_id, arm in unclipped.items():
@@ -100,12 +101,16 @@ binding = pd.DataFrame(binding).T
 for title, row in binding.iterrows():
     glue(f"lc_bind_{title.lower().replace(' ', '_').replace('-', '_')}",
          float(row["|alpha| > 0.1 (share)"]), display=False)
-binding
+format_table(binding.rename(columns={
+    "|alpha| > 0.1 (share)": r"$|\alpha| > 0.1$ (share)",
+    "median |alpha|": r"median $|\alpha|$",
+    "90th percentile |alpha|": r"90th percentile of $|\alpha|$",
+}))
 
 # %% [markdown]
 # ## Untuned, with and without the clip
 
-# %%
+# %% tags=["hide-input"]
 tasks = list(dict.fromkeys(arm_task(study, a) for a in study.arms if a.group in ("", "clipped")))
 runs = {}
 for task in tasks:
@@ -116,11 +121,11 @@ glue("lc_runs", provenance_text([r for g in runs.values() for rs in g.values() f
      display=False)
 glue("lc_repeats", max(len(a.seeds) for a in study.arms), display=False)
 
-# %% mystnb={"figure": {"caption": "Untuned AdamQLR without a clip (the camera-ready setting) and with the arXiv-v2 untuned clip $\\alpha_\\mathrm{max} = 0.1$ {eq}`eq-lc-clip`: mini-batch training loss (left) and test loss (right) against the step (the clip adds no work to a step, so time would only add the noise of the shared machine). Lines: mean of 50 bootstrap medians over {glue:text}`lc_repeats` repeats; bands: one bootstrap standard deviation. Runs: {glue:text}`lc_runs`.", "name": "fig-lc-untuned"}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Untuned AdamQLR without a clip (the camera-ready setting) and with the arXiv-v2 untuned clip $\\alpha_\\mathrm{max} = 0.1$ {eq}`eq-lc-clip`: mini-batch training loss (left) and test loss (right) against the step (the clip adds no work to a step, so time would only add the noise of the shared machine). Lines: mean of 50 bootstrap medians over {glue:text}`lc_repeats` repeats; bands: one bootstrap standard deviation. Runs: {glue:text}`lc_runs`.", "name": "fig-lc-untuned"}}
 fig = plot_comparison(runs, ("train_loss", "test_loss"), time="step")
 plt.show()
 
-# %%
+# %% tags=["hide-input"]
 tables = {title: final_table(groups, ("train_loss", "test_loss")) for title, groups in runs.items()}
 table = pd.concat(tables, names=["task", "optimiser"])
 ratios = {}
@@ -130,12 +135,12 @@ for title, t in tables.items():
     ratios[title] = t.loc[clipped, "test_loss"] / t.loc[plain, "test_loss"]
     glue(f"lc_ratio_{title.lower().replace(' ', '_').replace('-', '_')}", float(ratios[title]),
          display=False)
-table
+format_table(table)
 
 # %% [markdown]
 # ## Sweeping $\alpha_\mathrm{max}$ around the tuned configuration
 
-# %%
+# %% tags=["hide-input"]
 sweep = data.by_label(group="lr_clip")
 values = {a.label: a.value for a in study.select(group="lr_clip")}
 tuned_choice = data.plans[study.select(group="lr_clip")[0].id].choice
@@ -143,8 +148,8 @@ glue("lc_sweep_runs", provenance_text([r for rs in sweep.values() for r in rs]),
 glue("lc_tuned", ", ".join(f"{k} = {v:g}" for k, v in tuned_choice.items()), display=False)
 print("tuned AdamQLR configuration the sweep starts from:", tuned_choice)
 
-# %% mystnb={"figure": {"caption": "Sensitivity to the clip $\\alpha_\\mathrm{max}$ on Fashion-MNIST, starting from the tuned AdamQLR ({glue:text}`lc_tuned`). Left: test loss against optimisation time, one median curve per value (colour: $\\alpha_\\mathrm{max}$, log scale); right: final test loss against $\\alpha_\\mathrm{max}$ (median over repeats, bars: range). Runs: {glue:text}`lc_sweep_runs`.", "name": "fig-lc-sweep"}}
-fig, axes = plt.subplots(1, 2, figsize=(11.0, 3.8), width_ratios=(1.4, 1))
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Sensitivity to the clip $\\alpha_\\mathrm{max}$ on Fashion-MNIST, starting from the tuned AdamQLR ({glue:text}`lc_tuned`). Left: test loss against optimisation time, one median curve per value (colour: $\\alpha_\\mathrm{max}$, log scale); right: final test loss against $\\alpha_\\mathrm{max}$ (median over repeats, bars: range). Runs: {glue:text}`lc_sweep_runs`.", "name": "fig-lc-sweep"}}
+fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.6), width_ratios=(1.4, 1))
 plot_sensitivity(sweep, values, "test_loss", ax=axes[0], colorbar_label=r"$\alpha_\mathrm{max}$")
 sens = sensitivity_table(data, "lr_clip", "test_loss")
 plot_final_vs_value(sens, ax=axes[1], xlabel=r"$\alpha_\mathrm{max}$", ylabel="final test loss")
@@ -155,8 +160,10 @@ glue("lc_best_value", f"{best['value']:g}", display=False)
 glue("lc_best_gain", float(best["median"] / largest["median"]), display=False)
 glue("lc_largest_value", f"{largest['value']:g}", display=False)
 
-# %%
-sens
+# %% tags=["hide-input"]
+format_table(
+    sens.rename(columns={"diverged": "non-finite runs"}), diverged=["median", "min", "max"]
+)
 
 # %% [markdown]
 # ## What the figures say

@@ -36,7 +36,7 @@
 profile = "quick"
 compute = False
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -44,6 +44,7 @@ from myst_nb import glue
 
 from adamqlr.plots import set_theme
 from adamqlr.plots.experiments import plot_final_vs_value, plot_sensitivity
+from adamqlr.plots.tables import format_table
 from adamqlr.studies import notebook_records
 from adamqlr.studies.analysis import provenance_text, sensitivity_table
 
@@ -52,6 +53,7 @@ pd.set_option("display.precision", 4)
 
 # reads: results/fashion-mnist/adamqlr/*/manifest.json
 # reads: results/fashion-mnist/adam/*/manifest.json
+# reads: results/tuning/*/*/trials-*.jsonl
 data = notebook_records("sensitivity", profile, compute=compute)
 study = data.study
 print(f"study {study.name!r}, profile {study.profile!r}: {len(study.arms)} arms")
@@ -83,7 +85,7 @@ print(provenance_text(data.all_records()))
 #
 # For Adam, the learning rate varies around the tuned Adam (same batch size).
 
-# %%
+# %% tags=["hide-input"]
 choice_qlr = data.plans[study.select(group="batch_size")[0].id].choice
 choice_adam = data.plans[study.select(group="adam_lr")[0].id].choice
 glue("se_tuned_qlr", ", ".join(f"{k} = {v:g}" for k, v in choice_qlr.items()), display=False)
@@ -98,7 +100,7 @@ GROUPS = {
     "amplification": ("amplification $k$", True),
     "adam_lr": ("Adam learning rate", True),
 }
-# The same names without TeX, for tables and glued text (table cells are not typeset).
+# The same names without TeX, for glued text (which is not typeset).
 PLAIN = {
     "batch_size": "batch size",
     "initial_damping": "initial damping λ₀",
@@ -115,8 +117,8 @@ glue("se_repeats", max(len(a.seeds) for a in study.arms), display=False)
 # {numref}`fig-se-curves` shows, for each swept quantity, the test loss against optimisation
 # time, one median curve per value, in the style of the paper's sensitivity figures.
 
-# %% mystnb={"figure": {"caption": "Test loss on Fashion-MNIST against optimisation time when one hyperparameter moves away from the tuned AdamQLR ({glue:text}`se_tuned_qlr`) or, bottom right, the learning rate away from the tuned Adam ({glue:text}`se_tuned_adam`). One line per value (mean of 50 bootstrap medians over {glue:text}`se_repeats` repeats; colour: the value, log scale). Runs: {glue:text}`se_runs`.", "name": "fig-se-curves"}}
-fig, axes = plt.subplots(2, 3, figsize=(13.5, 7.0))
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Test loss on Fashion-MNIST against optimisation time when one hyperparameter moves away from the tuned AdamQLR ({glue:text}`se_tuned_qlr`) or, bottom left, the learning rate away from the tuned Adam ({glue:text}`se_tuned_adam`). One line per value (mean of 50 bootstrap medians over {glue:text}`se_repeats` repeats; colour: the value, log scale). Runs: {glue:text}`se_runs`.", "name": "fig-se-curves"}}
+fig, axes = plt.subplots(3, 2, figsize=(9.0, 10.2))
 for ax, (group, (name, log)) in zip(axes.flat, GROUPS.items(), strict=False):
     arms = study.select(group=group)
     plot_sensitivity(
@@ -138,12 +140,14 @@ plt.show()
 # {numref}`fig-se-final` condenses each sweep to the final test loss per value (median over the
 # repeats, bars from the best to the worst repeat); the dotted line marks the tuned value. The
 # table after it gives the spread of each sweep: the worst over the best median final test loss
-# among the values, and how many runs diverged.
+# among the values, and how many runs ended on a non-finite loss (the tables show a final loss
+# above $10^6$ as *diverged*).
 
-# %% mystnb={"figure": {"caption": "Final test loss on Fashion-MNIST against each swept hyperparameter (median over {glue:text}`se_repeats` repeats, bars: range, crosses at the top: every repeat diverged); dotted: the tuned value. Runs: {glue:text}`se_runs`.", "name": "fig-se-final"}}
-fig, axes = plt.subplots(1, 5, figsize=(16.0, 3.4), sharey=True)
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Final test loss on Fashion-MNIST against each swept hyperparameter (median over {glue:text}`se_repeats` repeats, bars: range, crosses at the top: every repeat diverged); dotted: the tuned value. Runs: {glue:text}`se_runs`.", "name": "fig-se-final"}}
+fig, axes = plt.subplots(2, 3, figsize=(9.0, 6.4), sharey=True, layout="constrained")
+axes.flat[-1].set_visible(False)
 spread = {}
-for ax, (group, (name, log)) in zip(axes, GROUPS.items(), strict=True):
+for ax, (group, (name, log)) in zip(axes.flat, GROUPS.items(), strict=False):
     table = sensitivity_table(data, group, "test_loss")
     tuned = choice_adam.get("lr") if group == "adam_lr" else {
         "batch_size": choice_qlr.get("batch_size"),
@@ -152,7 +156,7 @@ for ax, (group, (name, log)) in zip(axes, GROUPS.items(), strict=True):
         "amplification": 1.0,
     }[group]
     plot_final_vs_value(table, ax=ax, log_x=log, xlabel=name, reference=tuned,
-                        ylabel="final test loss" if ax is axes[0] else None)  # fmt: skip
+                        ylabel="final test loss" if any(ax is a for a in axes[:, 0]) else None)  # fmt: skip
     finite = table["median"][np.isfinite(table["median"])]
     spread[name] = {
         "values": len(table),
@@ -182,16 +186,23 @@ glue(
     "supported" if hypothesis else "not supported",
     display=False,
 )
-spread.rename(index={GROUPS[key][0]: PLAIN[key] for key in GROUPS})
+format_table(
+    spread.rename(columns={"diverged runs": "non-finite runs"}),
+    diverged=["best median", "worst median", "worst / best"],
+)
 
 # %% [markdown]
 # The same numbers value by value:
 
-# %%
-pd.concat(
-    {PLAIN[g]: sensitivity_table(data, g, "test_loss").set_index("label") for g in GROUPS},
-    names=["sweep", "setting"],
-)[["median", "min", "max", "diverged", "runs"]]
+# %% tags=["hide-input"]
+format_table(
+    pd.concat(
+        {name: sensitivity_table(data, g, "test_loss").set_index("label")
+         for g, (name, _) in GROUPS.items()},
+        names=["sweep", "setting"],
+    )[["median", "min", "max", "diverged", "runs"]].rename(columns={"diverged": "non-finite runs"}),
+    diverged=["median", "min", "max"],
+)
 
 # %% [markdown]
 # ## What the figures say
@@ -213,7 +224,9 @@ pd.concat(
 # Among AdamQLR's hyperparameters, the largest spread belongs to the {glue:text}`se_most`.
 # Divergence is what makes a spread infinite: a batch that is too small for the quadratic model
 # gives steps whose predicted and actual changes disagree by more than the damping rule can catch
-# up with ({glue:text}`se_diverged_batch_size` of the batch-size runs diverged). The initial
+# up with ({glue:text}`se_diverged_batch_size` of the batch-size runs ended on a non-finite loss;
+# a run that blew up without one ends on a finite loss above $10^6$, which the tables show as
+# *diverged*). The initial
 # damping matters little because the rule moves $\lambda$ by a factor $\omega$ per step: within
 # a few dozen steps it forgets where it started (see {numref}`fig-dp-adaptive` in
 # {ref}`ch-damping-experiment`). Amplifying the step beyond the model's minimiser ($k > 1$) costs

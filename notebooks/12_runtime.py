@@ -31,7 +31,7 @@
 profile = "quick"
 compute = False
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -39,6 +39,7 @@ from myst_nb import glue
 
 from adamqlr.plots import set_theme
 from adamqlr.plots.experiments import draw_runs, plot_evaluations, plot_step_costs
+from adamqlr.plots.tables import format_table
 from adamqlr.studies import notebook_records
 from adamqlr.studies.analysis import provenance_text, relative_cost, step_costs
 
@@ -79,20 +80,20 @@ print(provenance_text(data.all_records()))
 # is the job of the benchmark script `benchmarks/step_cost.py`, which times the pieces side by
 # side.
 
-# %%
+# %% tags=["hide-input"]
 costs = step_costs(data.all_records())
 costs["label"] = costs["optimiser"].map({a.base.optimiser: a.label for a in study.arms})
 relative = relative_cost(costs, reference="adam")
 glue("rt_runs", provenance_text(data.all_records()), display=False)
 tasks = list(relative["task"].unique())
-relative
+format_table(relative)
 
-# %% mystnb={"figure": {"caption": "Time per optimisation step against batch size (left; for each run the median over its steps after the first, then the median over the runs; bars: the smallest to the largest run) and relative to Adam's at the same batch size (right), on the Fashion-MNIST MLP 784-50-10. Runs: {glue:text}`rt_runs`.", "name": "fig-rt-cost"}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Time per optimisation step against batch size (left; for each run the median over its steps after the first, then the median over the runs; bars: the smallest to the largest run) and relative to Adam's at the same batch size (right), on the Fashion-MNIST MLP 784-50-10. Runs: {glue:text}`rt_runs`.", "name": "fig-rt-cost"}}
 main = tasks[0]
 plot_step_costs(relative[relative["task"] == main])
 plt.show()
 
-# %%
+# %% tags=["hide-input"]
 def ratios(optimiser: str) -> pd.Series:
     rows = relative[(relative["task"] == main) & (relative["optimiser"] == optimiser)]
     return rows.set_index("batch_size")["ratio"].sort_index()
@@ -135,7 +136,7 @@ glue("rt_threads", ", ".join(map(str, threads)), display=False)
 # progress per step counts; against time, the cost per step stretches each curve. The next
 # figure draws the Fashion-MNIST runs of {ref}`ch-untuned-vs-tuned` both ways.
 
-# %%
+# %% tags=["hide-input"]
 main_runs = notebook_records("untuned-vs-tuned", profile, compute=compute)
 # reads: results/uci-energy/*/*/manifest.json
 fm = main_runs.by_label(task="fashion-mnist")
@@ -143,14 +144,14 @@ keep = ["AdamQLR (Untuned)", "AdamQLR", "Adam", "K-FAC (Untuned)"]
 fm = {label: fm[label] for label in keep if label in fm}
 glue("rt_main_runs", provenance_text([r for rs in fm.values() for r in rs]), display=False)
 
-# %% mystnb={"figure": {"caption": "Test loss on Fashion-MNIST of the runs of {numref}`fig-ut-losses` against the step (left: median over repeats at each evaluation, log scale) and against optimisation time (right: mean of 50 bootstrap medians, with band). Runs: {glue:text}`rt_main_runs`.", "name": "fig-rt-steps-time"}}
-fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.8))
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Test loss on Fashion-MNIST of the runs of {numref}`fig-ut-losses` against the step (left: median over repeats at each evaluation, log scale) and against optimisation time (right: mean of 50 bootstrap medians, with band). Runs: {glue:text}`rt_main_runs`.", "name": "fig-rt-steps-time"}}
+fig, axes = plt.subplots(1, 2, figsize=(8.8, 3.8))
 plot_evaluations(axes[0], fm, "test_loss", x="step")
 draw_runs(axes[1], fm, "test_loss")
 fig.legend(*axes[1].get_legend_handles_labels(), loc="outside lower center", ncol=2)
 plt.show()
 
-# %%
+# %% tags=["hide-input"]
 per_step = pd.DataFrame(
     {
         label: {
@@ -164,7 +165,7 @@ per_step = pd.DataFrame(
         for label, rs in fm.items()
     }
 ).T
-per_step
+format_table(per_step)
 
 # %% [markdown]
 # ## What the figures say

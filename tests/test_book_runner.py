@@ -215,6 +215,19 @@ def test_record_hashes_leave_out_records_of_other_profiles(tmp_path) -> None:
     assert broken in record_hashes(tmp_path, [pattern], "quick")[pattern]
 
 
+def test_record_hashes_count_trial_ledgers_of_the_page_profile_only(tmp_path) -> None:
+    folder = tmp_path / "results" / "tuning" / "task" / "opt"
+    folder.mkdir(parents=True)
+    (folder / "trials-quick.jsonl").write_text("{}\n")
+    pattern = "results/tuning/*/*/trials-*.jsonl"
+    before = record_hashes(tmp_path, [pattern], "quick")
+    assert list(before[pattern]) == ["results/tuning/task/opt/trials-quick.jsonl"]
+    (folder / "trials-paper.jsonl").write_text("{}\n")  # a paper campaign folding its trials
+    assert record_hashes(tmp_path, [pattern], "quick") == before
+    (folder / "trials-quick.jsonl").write_text("{}\n{}\n")
+    assert record_hashes(tmp_path, [pattern], "quick") != before
+
+
 @pytest.mark.parametrize(
     ("source", "message"),
     [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -183,6 +184,14 @@ def _manifests(root: Path) -> dict[str, str]:
     }
 
 
+def _ledger_rows(root: Path) -> list[dict]:
+    return [
+        json.loads(line)
+        for p in sorted(root.glob("tuning/*/*/trials-*.jsonl"))
+        for line in p.read_text().splitlines()
+    ]
+
+
 def test_campaign_with_two_jobs_survives_sigkill_and_resumes(tmp_path):
     """A smoke campaign on 2 workers, killed mid-way (SIGKILL to its process group), resumed."""
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
@@ -204,10 +213,13 @@ def test_campaign_with_two_jobs_survives_sigkill_and_resumes(tmp_path):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     after = _manifests(tmp_path)
-    for folder, text in before.items():  # nothing lost, nothing rerun
-        assert after[folder] == text
+    folded = _ledger_rows(tmp_path)
+    assert folded, "the finished trials are folded into the ledgers"
+    for folder, text in before.items():  # nothing lost (kept, or folded unchanged), nothing rerun
+        digest = hashlib.sha256(json.dumps(json.loads(text), sort_keys=True).encode()).hexdigest()
+        assert after.get(folder) == text or digest in {r["record_sha256"] for r in folded}
     made = [line for line in done.stderr.splitlines() if line.startswith("[")]
-    assert len(made) == len(after) - len(before)
+    assert len(made) == len(after) + len(folded) - len(before)
     assert missing(study, ResultStore(tmp_path)) == ([], [])
     prov = ResultStore(tmp_path).records()[0].provenance
     assert prov["campaign"]["jobs"] == 2 and 1 <= prov["concurrent_workers"] <= 2

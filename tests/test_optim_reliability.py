@@ -135,7 +135,8 @@ def _bad_params():
         (model, [w * 2], r"\(4, 5\) is not a parameter"),  # a non-leaf tensor
         (model, [w, w], r"0\.weight is given more than once"),
         (model, [{"params": [w]}, {"params": [w]}], r"0\.weight is given more than once"),
-        (model, [{"params": [w], "lr": 0.1}], r"'lr'.*no learning rate"),
+        (model, [{"params": [w], "lr": -0.1}], r"invalid lr: -0.1"),
+        (model, [{"params": [w], "momentum": 0.9}], r"'momentum'"),
         (model, [{"params": [w], "betas": (1.5, 0.9)}], "1.5"),
         (model, [{"params": [w], "eps": 0}], "eps"),
         (model, [{"params": []}], "no parameters"),

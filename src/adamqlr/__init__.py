@@ -7,6 +7,9 @@ through a Second-Order Lens" (ICML 2024). The optimisers are ``torch.optim.Optim
     opt = AdamQLR(model, loss="cross_entropy", curvature="fisher")
     stats = opt.step(inputs, targets)
 
+The baselines of the paper are here too: :class:`SGDQLR` (the same heuristics on the gradient),
+:class:`KFAC` (``adamqlr.kfac``) and :class:`BaydinSGD` (``adamqlr.baydin``).
+
 How the package is built: rooms in layers
 -----------------------------------------
 
@@ -17,7 +20,7 @@ a circle.
 ``tests/test_import_graph.py`` checks all of it, function-level imports and modules loaded by
 name included::
 
-    leaves      version profiles _random _state _validation
+    leaves      version profiles _random _state _validation _checks
     maths       losses                      losses with closed-form output Hessians
                 curvature                   d^T C d along a direction, matrix-free
                 heuristics                  K-FAC's step size, rho and damping, as functions
@@ -41,8 +44,10 @@ name included::
 
 import warnings
 
+from adamqlr.baydin import BaydinSGD
+from adamqlr.kfac import KFAC
 from adamqlr.losses import CrossEntropyLoss, Loss, SquaredErrorLoss, get_loss
-from adamqlr.optim import SGDQLR, AdamQLR, StepStats
+from adamqlr.optim import SGDQLR, AdamQLR, NonFiniteStepError, StallError, StepStats
 from adamqlr.version import ALGORITHM_VERSION, __version__
 
 # torch >= 2.14 warns, from inside its own forward-mode decompositions, that torch.jit.script is
@@ -55,10 +60,14 @@ warnings.filterwarnings(
 __all__ = [
     "ALGORITHM_VERSION",
     "AdamQLR",
+    "BaydinSGD",
     "CrossEntropyLoss",
+    "KFAC",
     "Loss",
+    "NonFiniteStepError",
     "SGDQLR",
     "SquaredErrorLoss",
+    "StallError",
     "StepStats",
     "__version__",
     "get_loss",

@@ -22,11 +22,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 __all__ = [
+    "DEFAULT_MAX_DAMPING",
+    "LOSS_RESOLUTION_ULPS",
     "LevenbergMarquardt",
     "Proposal",
     "clip_step_size",
     "damped_curvature",
+    "loss_difference_trustworthy",
+    "loss_resolution",
     "predicted_change",
     "propose_step",
     "reduction_ratio",
@@ -72,6 +78,72 @@ def predicted_change(
     """
     curv = damped_curvature(curvature, damping, sq_norm) if include_damping else curvature
     return -alpha * grad_dot_dir + 0.5 * alpha * alpha * curv
+
+
+#: How many units in the last place of the loss's dtype (at the loss's magnitude) a change of the
+#: loss must exceed before it is trusted: two evaluations of the same mini-batch loss (the gradient
+#: pass and the trial pass, which may sum in another order) can differ by a few ulps.
+LOSS_RESOLUTION_ULPS = 4.0
+
+#: The default upper bound on the damping of :class:`adamqlr.AdamQLR` and :class:`adamqlr.SGDQLR`.
+#: The paper bounds lambda only from below; without an upper bound a long run of rejected steps
+#: (e.g. non-finite batches, each doubling lambda) can drive lambda to infinity, where the step
+#: size is exactly zero. 1e8 is far above any damping a converging run uses (lambda enters
+#: ``q + lambda ||d||^2`` beside curvatures of order one per direction element).
+DEFAULT_MAX_DAMPING = 1e8
+
+
+def loss_resolution(
+    loss: float, dtype: torch.dtype = torch.float32, ulps: float = LOSS_RESOLUTION_ULPS
+) -> float:
+    """Return the smallest change of a loss of size ``loss`` in ``dtype`` that can be trusted.
+
+    That is ``ulps`` units in the last place of ``dtype`` at ``|loss|``: ``ulps * eps * 2^(e-1)``
+    for ``|loss| = m 2^e`` with ``m`` in [0.5, 1) (``eps`` is ``torch.finfo(dtype).eps``). At zero
+    (or below the smallest normal number) it is ``ulps`` times the smallest normal number.
+
+    Args:
+        loss: The loss value (the larger magnitude of the two being compared).
+        dtype: The floating-point dtype the loss was computed in.
+        ulps: How many units in the last place.
+
+    Raises:
+        ValueError: If ``dtype`` is not a floating-point dtype or ``ulps`` is negative or NaN.
+    """
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"invalid dtype: {dtype!r} (expected a floating-point torch.dtype)")
+    if not ulps >= 0.0:
+        raise ValueError(f"invalid ulps: {ulps!r} (expected >= 0)")
+    info = torch.finfo(dtype)
+    magnitude = abs(loss)
+    if not math.isfinite(magnitude):
+        return math.inf
+    if magnitude < info.tiny:
+        return ulps * info.tiny
+    _, exponent = math.frexp(magnitude)
+    return ulps * info.eps * math.ldexp(1.0, exponent - 1)
+
+
+def loss_difference_trustworthy(
+    old: float, new: float, dtype: torch.dtype = torch.float32, ulps: float = LOSS_RESOLUTION_ULPS
+) -> bool:
+    """Return whether ``new - old`` is larger than the rounding level of the loss in ``dtype``.
+
+    A difference of at most :func:`loss_resolution` ``(max(|old|, |new|), dtype, ulps)`` (in
+    particular an exact zero, when a step is too small to change the rounded loss at all) says
+    nothing about the step, so the reduction ratio must not be computed from it: rho would be 0
+    (or noise) and the damping would grow for no reason, which makes the next step smaller still.
+    Non-finite values are never trustworthy.
+
+    Args:
+        old: The loss before the step.
+        new: The loss after it (the trial loss).
+        dtype: The floating-point dtype both were computed in.
+        ulps: How many units in the last place the difference must exceed.
+    """
+    if not (math.isfinite(old) and math.isfinite(new)):
+        return False
+    return abs(new - old) > loss_resolution(max(abs(old), abs(new)), dtype, ulps)
 
 
 def reduction_ratio(true_change: float, model_change: float) -> float:
@@ -186,6 +258,21 @@ class LevenbergMarquardt:
         elif rho < self.low:
             damping = damping * self.increase
         return min(self.upper, max(self.lower, damping))
+
+    def after_unresolved(self, damping: float, model_change_resolved: bool) -> float:
+        """Return the damping after a step whose loss change was below the loss's resolution.
+
+        No reduction ratio can be computed (see :func:`loss_difference_trustworthy`). When the
+        model's predicted change was resolvable, the step was large enough to measure and the
+        damping is left unchanged. When the predicted change is itself below the resolution, the
+        step is too small to be measured at all, which happens when lambda has grown far beyond
+        the curvature (e.g. after a long run of rejected steps): lambda is then multiplied by
+        ``decrease``, so that the steps grow back until their effect can be measured and the
+        ordinary rule takes over again (a bad step is then seen, and undone by the increase).
+        """
+        if model_change_resolved:
+            return damping
+        return min(self.upper, max(self.lower, damping * self.decrease))
 
     def after_rejection(self, damping: float, curvature: float, sq_norm: float) -> float:
         """Return the damping after a rejected step.

@@ -89,7 +89,17 @@ class CrossEntropyLoss(Loss):
             raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
         self.ignore_index = ignore_index
 
-    def check_shapes(self, outputs: Tensor, targets: Tensor) -> None:  # noqa: D102
+    def check_shapes(self, outputs: Tensor, targets: Tensor) -> None:
+        """Check logits ``(*, C)`` against class-index targets ``(*)``, naming the bad value.
+
+        Besides the shapes: the targets must be ``torch.long`` (or ``torch.uint8``) class
+        indices in ``[0, C)`` or ``ignore_index``, and at least one must count. The range and
+        the count need one device-to-host transfer of three numbers.
+
+        Raises:
+            ValueError: Naming ``targets`` and the bad shape, dtype, class index, or that every
+                target is ``ignore_index`` (the mean over no positions is NaN).
+        """
         if outputs.dim() < 2 or outputs.shape[:-1] != targets.shape:
             raise ValueError(
                 "cross_entropy needs logits of shape (*, C) and integer targets of shape (*); got "
@@ -97,7 +107,32 @@ class CrossEntropyLoss(Loss):
             )
         if targets.is_floating_point():
             raise ValueError(
-                f"cross_entropy needs integer class targets, got dtype {targets.dtype}"
+                f"invalid targets: cross_entropy needs integer class targets, got dtype "
+                f"{targets.dtype}"
+            )
+        if targets.dtype not in (torch.long, torch.uint8):
+            raise ValueError(
+                f"invalid targets: dtype {targets.dtype} (cross_entropy needs torch.long class "
+                "indices; use targets.long())"
+            )
+        if targets.device != outputs.device:
+            raise ValueError(
+                f"invalid targets: on device {targets.device}, the outputs on {outputs.device}"
+            )
+        classes = outputs.shape[-1]
+        counted = targets != self.ignore_index
+        indices = targets.where(counted, 0).long()
+        low, high, count = torch.stack([indices.min(), indices.max(), counted.sum()]).tolist()
+        if count == 0:
+            raise ValueError(
+                f"invalid targets: every one of the {targets.numel()} targets equals ignore_index "
+                f"{self.ignore_index}, so the mean loss is over no positions"
+            )
+        if low < 0 or high >= classes:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"invalid targets: class index {bad} is out of range for {classes} classes "
+                f"(expected 0 <= targets < {classes}, or ignore_index {self.ignore_index})"
             )
 
     def _mask(self, targets: Tensor) -> Tensor:
@@ -175,11 +210,29 @@ class SquaredErrorLoss(Loss):
             return targets.unsqueeze(-1)
         return targets
 
-    def check_shapes(self, outputs: Tensor, targets: Tensor) -> None:  # noqa: D102
+    def check_shapes(self, outputs: Tensor, targets: Tensor) -> None:
+        """Check real-valued targets shaped like the outputs, naming the bad value.
+
+        Raises:
+            ValueError: Naming ``targets`` and its shape, its device, or its dtype: integer,
+                boolean or complex targets are refused rather than silently converted (class
+                indices belong with ``cross_entropy``; convert regression targets with
+                ``targets.float()``).
+        """
         if self._align(outputs, targets).shape != outputs.shape:
             raise ValueError(
                 "squared_error needs targets shaped like the outputs; got outputs "
                 f"{tuple(outputs.shape)} and targets {tuple(targets.shape)}"
+            )
+        if not targets.is_floating_point():
+            raise ValueError(
+                f"invalid targets: dtype {targets.dtype} (squared_error needs real floating-point "
+                "targets; integer targets are not converted silently: for class labels use "
+                "loss='cross_entropy', for numbers use targets.to(outputs.dtype))"
+            )
+        if targets.device != outputs.device:
+            raise ValueError(
+                f"invalid targets: on device {targets.device}, the outputs on {outputs.device}"
             )
 
     def value(self, outputs: Tensor, targets: Tensor) -> Tensor:  # noqa: D102

@@ -20,6 +20,14 @@ pass keeps its graph (``create_graph=True``) and ``H d`` is one more backward pa
 by construction, at the price of holding the gradient's graph until then. Models whose operations
 have no double backward (e.g. cuDNN RNNs) cannot use ``"hessian"``.
 
+In a training loop the optimisers follow ``torch.optim``'s conventions where they can: parameter
+groups with an ``lr`` (a factor on the step size, 1.0 by default, so torch's learning-rate
+schedulers work), :meth:`~QuadraticModelOptimizer.add_param_group`, ``state_dict`` round trips.
+Where they cannot, they say so: the step takes the batch (``opt.step(inputs, targets)``, no
+closure, no ``backward()`` before it), so gradient clipping is the ``max_grad_norm`` option. Bad
+batches and state dicts are refused with a ``ValueError`` naming the value (:mod:`adamqlr._checks`),
+and a run whose steps no longer change the loss is flagged (``StepStats.stalled``, ``on_stall``).
+
 Everything that touches every parameter (Adam's moments, the sums, the update) uses torch's
 ``_foreach`` kernels, and the host waits for the device three times per step: for the loss and
 the sums, for the curvature, and for the trial loss.
@@ -36,20 +44,41 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from adamqlr import _checks
 from adamqlr._state import OptimiserWideState
 from adamqlr._validation import check as _check
+from adamqlr._validation import integer as _integer
 from adamqlr._validation import real as _real
 from adamqlr.curvature import CURVATURES, CurvatureEngine, EngineCache
-from adamqlr.heuristics import LevenbergMarquardt, propose_step, reduction_ratio
+from adamqlr.heuristics import (
+    DEFAULT_MAX_DAMPING,
+    LevenbergMarquardt,
+    loss_difference_trustworthy,
+    loss_resolution,
+    propose_step,
+    reduction_ratio,
+)
 from adamqlr.losses import Loss, get_loss
 
-__all__ = ["AdamQLR", "NonFiniteStepError", "QuadraticModelOptimizer", "SGDQLR", "StepStats"]
+__all__ = [
+    "AdamQLR",
+    "NonFiniteStepError",
+    "QuadraticModelOptimizer",
+    "SGDQLR",
+    "StallError",
+    "StepStats",
+]
 
 _GLOBAL = "qlr"  # key of the optimiser-wide state (damping, step counters) in ``self.state``
+_ON_STALL = ("warn", "raise", "ignore")
 
 
 class NonFiniteStepError(FloatingPointError):
     """Raised by a step with ``on_nonfinite="raise"`` when a non-finite number appears."""
+
+
+class StallError(RuntimeError):
+    """Raised by a step with ``on_stall="raise"`` when the steps have stopped changing the loss."""
 
 
 class _Rejected(Exception):  # noqa: N818 - control flow inside a step, never seen outside
@@ -82,6 +111,13 @@ class StepStats:
         trial_loss: Mini-batch loss after the step (NaN when not computed).
         damping_used: The damping that entered the step size (the previous step's value).
         step: Number of accepted steps so far, this one included.
+        loss_unresolved: The trial loss differed from the loss by no more than the loss's
+            rounding level (:func:`adamqlr.heuristics.loss_difference_trustworthy`), so ``rho``
+            was not computed (NaN) and the damping followed
+            :meth:`adamqlr.heuristics.LevenbergMarquardt.after_unresolved` instead.
+        stalled: The last ``stall_patience`` damping-adaptation steps (this one included) all had
+            an unresolved loss change: the steps no longer change the loss.
+        grad_norm: The gradient's norm before ``max_grad_norm`` clipped it (NaN without it).
     """
 
     loss: float
@@ -97,6 +133,9 @@ class StepStats:
     trial_loss: float
     damping_used: float
     step: int
+    loss_unresolved: bool = False
+    stalled: bool = False
+    grad_norm: float = math.nan
 
     def as_dict(self) -> dict[str, Any]:
         """Return the statistics as a plain dict (for logging)."""
@@ -123,15 +162,19 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         initial_damping: float = 1e-3,
         damping_decrease: float = 0.5,
         damping_increase: float = 2.0,
-        damping_bounds: tuple[float, float] = (1e-8, math.inf),
+        damping_bounds: tuple[float, float] = (1e-8, DEFAULT_MAX_DAMPING),
         damping_interval: int = 1,
         damping_in_rho: bool = True,
         lr_clip: float | None = None,
         amplification: float = 1.0,
         undamped: bool = False,
         weight_decay: float = 0.0,
+        max_grad_norm: float | None = None,
         nonpositive_curvature: str = "reject",
         on_nonfinite: str = "skip",
+        on_stall: str = "warn",
+        stall_patience: int = 20,
+        resolve_loss: bool = True,
         ignore_index: int = -100,
         group_defaults: dict[str, Any] | None = None,
     ) -> None:
@@ -180,6 +223,14 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         _check("amplification", amplification, 0 < amplification < math.inf, "> 0 and finite")
         weight_decay = _real("weight_decay", weight_decay)
         _check("weight_decay", weight_decay, 0 <= weight_decay < 1, "in [0, 1)")
+        if max_grad_norm is not None:
+            max_grad_norm = _real("max_grad_norm", max_grad_norm)
+            _check(
+                "max_grad_norm",
+                max_grad_norm,
+                0 < max_grad_norm < math.inf,
+                "> 0 and finite, or None",
+            )
         _check(
             "nonpositive_curvature",
             nonpositive_curvature,
@@ -187,8 +238,12 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
             "'reject' or 'absolute'",
         )
         _check("on_nonfinite", on_nonfinite, on_nonfinite in ("skip", "raise"), "'skip' or 'raise'")
+        _check("on_stall", on_stall, on_stall in _ON_STALL, f"one of {_ON_STALL}")
+        stall_patience = _integer("stall_patience", stall_patience, 1)
+        _check("resolve_loss", resolve_loss, isinstance(resolve_loss, bool), "a bool")
 
-        names = {id(p): n for n, p in model.named_parameters()}
+        # add_param_group (called by torch for each group) needs the model to name the parameters
+        self.model = model
         source = model.parameters() if params is None else params
         if isinstance(source, Tensor):
             raise ValueError("invalid params: a single Tensor (expected an iterable of tensors)")
@@ -197,42 +252,9 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
             raise ValueError("invalid params: empty (the optimiser needs at least one parameter)")
         if not isinstance(groups[0], dict):
             groups = [{"params": groups}]
-        seen: set[int] = set()
-        for group in groups:
-            if not isinstance(group, dict) or "params" not in group:
-                raise ValueError(
-                    f"invalid params: group {group!r} (expected a dict with a 'params' entry)"
-                )
-            plist = group["params"]
-            plist = [plist] if isinstance(plist, Tensor) else list(plist)
-            if not plist:
-                raise ValueError("invalid params: a parameter group with no parameters")
-            for p in plist:
-                if not isinstance(p, Tensor) or id(p) not in names:
-                    raise ValueError(
-                        f"invalid params: {type(p).__name__} {tuple(getattr(p, 'shape', ()))} is "
-                        "not a parameter of the model (pass the model's own parameters)"
-                    )
-                if id(p) in seen:
-                    raise ValueError(
-                        f"invalid params: {names[id(p)]} is given more than once (each parameter "
-                        "may appear in one group, once)"
-                    )
-                seen.add(id(p))
-                if not p.is_floating_point() or p.is_complex():
-                    raise ValueError(
-                        f"invalid params: {names[id(p)]} has dtype {p.dtype} (expected a real "
-                        "floating-point dtype; complex parameters are not supported)"
-                    )
-            group["params"] = plist
-            group["param_names"] = [names[id(p)] for p in plist]
-
-        defaults = dict(weight_decay=weight_decay, **(group_defaults or {}))
+        defaults = dict(lr=1.0, weight_decay=weight_decay, **(group_defaults or {}))
         super().__init__(groups, defaults)
-        for group in self.param_groups:
-            self._validate_group(group)
 
-        self.model = model
         self.loss = loss_obj
         self.curvature = curvature
         self.damping_rule = lm
@@ -242,11 +264,70 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         self.lr_clip = lr_clip
         self.amplification = amplification
         self.undamped = undamped
+        self.max_grad_norm = max_grad_norm
         self.nonpositive_curvature = nonpositive_curvature
         self.on_nonfinite = on_nonfinite
+        self.on_stall = on_stall
+        self.stall_patience = stall_patience
+        self.resolve_loss = resolve_loss
         self.state[_GLOBAL] = self._fresh_global_state()
         self._engines = EngineCache(model, curvature, loss_obj)
         self._last_outputs: Tensor | None = None
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a parameter group, as :meth:`torch.optim.Optimizer.add_param_group` does.
+
+        The parameters must be the model's own (e.g. a layer unfrozen during fine-tuning); they
+        are named from ``model.named_parameters()`` (the name is how the curvature pass finds
+        them), so no ``param_names`` entry is needed. Options the group leaves out take the
+        optimiser's defaults (``lr`` 1.0, ``weight_decay``, and for :class:`AdamQLR` ``betas`` and
+        ``eps``); the new parameters start with empty state.
+
+        Raises:
+            ValueError: Naming the parameter or option, if a parameter is not the model's, is
+                already in a group, is not a real floating-point tensor, or an option is unknown
+                or invalid. The optimiser is unchanged then.
+        """
+        if not isinstance(param_group, dict) or "params" not in param_group:
+            raise ValueError(
+                f"invalid params: group {param_group!r} (expected a dict with a 'params' entry)"
+            )
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        plist = param_group["params"]
+        if isinstance(plist, set):
+            raise ValueError("invalid params: a set (its order changes between runs; pass a list)")
+        plist = [plist] if isinstance(plist, Tensor) else list(plist)
+        if not plist:
+            raise ValueError("invalid params: a parameter group with no parameters")
+        seen = {id(p) for group in self.param_groups for p in group["params"]}
+        for p in plist:
+            if not isinstance(p, Tensor) or id(p) not in names:
+                raise ValueError(
+                    f"invalid params: {type(p).__name__} {tuple(getattr(p, 'shape', ()))} is "
+                    "not a parameter of the model (pass the model's own parameters)"
+                )
+            if id(p) in seen:
+                raise ValueError(
+                    f"invalid params: {names[id(p)]} is given more than once (each parameter "
+                    "may appear in one group, once)"
+                )
+            seen.add(id(p))
+            if not p.is_floating_point() or p.is_complex():
+                raise ValueError(
+                    f"invalid params: {names[id(p)]} has dtype {p.dtype} (expected a real "
+                    "floating-point dtype; complex parameters are not supported)"
+                )
+        own = [names[id(p)] for p in plist]
+        given = param_group.get("param_names")
+        if given is not None and list(given) != own:
+            raise ValueError(
+                f"invalid param_names: {list(given)!r} (the model names these parameters {own!r};"
+                " leave param_names out, it is filled in)"
+            )
+        self._validate_group({**self.defaults, **param_group, "params": plist})
+        param_group["params"] = plist
+        param_group["param_names"] = own
+        super().add_param_group(param_group)
 
     # ----------------------------------------------------------------------------------- hooks
     def _validate_group(self, group: dict[str, Any]) -> None:
@@ -254,9 +335,14 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         if unknown:
             raise ValueError(
                 f"invalid parameter group option(s) {unknown} (a group accepts "
-                f"{sorted(self.defaults)}"
-                + (f"; {type(self).__name__} has no learning rate)" if "lr" in unknown else ")")
+                f"{sorted(self.defaults)})"
             )
+        self._validate_group_values(group)
+
+    def _validate_group_values(self, group: dict[str, Any]) -> None:
+        """Check the values of the options a group has (also those loaded from a state dict)."""
+        lr = _real("lr", group["lr"])
+        _check("lr", lr, 0 <= lr < math.inf, ">= 0 and finite (a factor on the step size)")
         wd = _real("weight_decay", group["weight_decay"])
         _check("weight_decay", wd, 0 <= wd < 1, "in [0, 1)")
 
@@ -290,7 +376,38 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
             "rejected_steps": 0,
             "nonfinite_steps": 0,
             "calls": 0,
+            "unresolved_streak": 0,
+            "stalls": 0,
         }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict saved by :meth:`state_dict` (the input is not modified).
+
+        Groups saved before an option existed (e.g. ``lr``) take its default. The parameter
+        names stay the model's own (the saved ones may differ, e.g. after wrapping the model).
+
+        Raises:
+            ValueError: Before anything is loaded, naming the entry and its value, for a state
+                dict from another optimiser (no ``'qlr'`` entry), from another model (other group
+                sizes, or state whose shapes are not the parameters'), with an invalid option
+                (``betas``, ``eps``, ``lr``, ``weight_decay``), or an invalid damping or counter.
+        """
+        _checks.check_loaded_state(
+            state_dict,
+            self.param_groups,
+            _GLOBAL,
+            self.defaults,
+            self._validate_group_values,
+            counters=("step", "rejected_steps", "nonfinite_steps", "calls", "unresolved_streak"),
+        )
+        names = [list(group["param_names"]) for group in self.param_groups]
+        # torch's own loader adds "differentiable" to the defaults; it is no option of ours
+        options = {k: v for k, v in self.defaults.items() if k != "differentiable"}
+        super().load_state_dict(state_dict)
+        for group, own in zip(self.param_groups, names, strict=True):
+            for key, value in options.items():
+                group.setdefault(key, value)
+            group["param_names"] = own
 
     def __getstate__(self) -> dict[str, Any]:
         # torch's Optimizer keeps only defaults, state and param groups; here the model, the loss
@@ -372,13 +489,17 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
             trial_loss=extra.get("trial_loss", math.nan),
             damping_used=damping_used,
             step=glob["step"],
+            stalled=glob["unresolved_streak"] >= self.stall_patience,
+            grad_norm=extra.get("grad_norm", math.nan),
         )
 
-    def _check_batch(self, inputs: object, targets: Tensor) -> None:
-        if not isinstance(targets, Tensor):
-            raise ValueError(f"invalid targets: {type(targets).__name__} (expected a Tensor)")
+    def _check_batch(self, inputs: object, targets: object) -> None:
+        devices = {p.device for group in self.param_groups for p in group["params"]}
+        _checks.check_batch(inputs, targets, devices)
 
-    def step(self, inputs: Any, targets: Tensor) -> StepStats:  # type: ignore[override]
+    def step(  # type: ignore[override]
+        self, inputs: Any = None, targets: Tensor | None = None, *, closure: Any = None
+    ) -> StepStats:
         """Take one full step on the mini-batch ``(inputs, targets)``.
 
         1. Forward and backward pass: loss ``f0`` and gradient ``g`` (this pass, an ordinary call
@@ -390,11 +511,30 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         4. On damping-adaptation steps: trial loss ``f1`` on the same batch, reduction ratio
            ``rho = (f1 - f0) / (M(alpha) - M(0))`` and the Levenberg-Marquardt update of lambda.
 
+        Unlike ``torch.optim`` optimisers, the step takes the batch, not gradients or a closure: it
+        computes the gradient itself (``zero_grad`` and ``loss.backward()`` are not needed, and
+        gradients left in ``.grad`` are overwritten), because the curvature and the trial loss
+        need the model evaluated on the same batch. For the same reason
+        ``torch.nn.utils.clip_grad_norm_`` before the step has no effect: use ``max_grad_norm``,
+        which clips the gradient inside the step (before Adam's moments, ``g^T d`` and the
+        step size see it). Each parameter group's ``lr`` multiplies the step size (see
+        :class:`AdamQLR`), so torch's learning-rate schedulers scale the steps.
+
         A non-finite loss, gradient, curvature or trial loss never reaches the parameters: the
         step is rejected (parameters and direction state unchanged), the damping is increased, a
         ``RuntimeWarning`` is issued, and ``StepStats.accepted`` is false (or
         :class:`NonFiniteStepError` is raised with ``on_nonfinite="raise"``). A non-positive
         damped curvature is handled as ``nonpositive_curvature`` says.
+
+        A trial loss that differs from the loss by no more than the loss's rounding level (a few
+        ulps of its dtype, :func:`adamqlr.heuristics.loss_difference_trustworthy`) gives no
+        reduction ratio: ``rho`` is NaN, ``StepStats.loss_unresolved`` is true, and the damping
+        is left alone, or lowered by ``damping_decrease`` when the predicted change was itself
+        below that level (the step was too small to be measured; this is how a damping driven
+        up by a run of rejected steps comes back down). When ``stall_patience`` adaptation steps
+        in a row are unresolved, the run has stalled: ``StepStats.stalled`` is true from then on
+        until a step changes the loss measurably, and one ``RuntimeWarning`` is issued (or
+        :class:`StallError` is raised after the step, with ``on_stall="raise"``).
 
         Random layers (dropout) see the same random numbers in the curvature and trial passes as
         in the gradient pass (the random state is replayed), so all of them evaluate the same
@@ -402,13 +542,29 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
 
         Args:
             inputs: The mini-batch inputs, passed to ``model(inputs)``.
-            targets: The mini-batch targets for the loss.
+            targets: The mini-batch targets for the loss (on the parameters' device; class
+                indices in ``[0, C)`` or ``ignore_index`` for cross-entropy, real values shaped
+                like the outputs for squared error).
+            closure: Not supported (accepted by name only to explain why): the step needs the
+                batch itself.
 
         Returns:
             The :class:`StepStats` of this step.
+
+        Raises:
+            TypeError: If no batch is given (``step()``, ``step(closure)``,
+                ``step(closure=...)``), with the call to use instead.
+            ValueError: Naming ``targets`` (or ``inputs``) and the bad value, for targets that
+                are not a tensor, an empty batch, a batch on another device than the parameters,
+                or targets the loss cannot use (see :meth:`adamqlr.losses.Loss.check_shapes`);
+                nothing changes then, except batch-norm running statistics when the problem is
+                found after the forward pass.
         """
+        if targets is None or closure is not None:
+            raise _checks.missing_batch_error(
+                type(self).__name__, closure if closure is not None else inputs
+            )
         self._check_batch(inputs, targets)
-        self.state[_GLOBAL]["calls"] += 1
         engine = self._engines.engine(inputs)
         try:
             # Everything but the engine's gradient pass runs without recording a graph.
@@ -424,11 +580,18 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         glob = self.state[_GLOBAL]
         step = glob["step"] + 1
 
-        # 1. Gradient pass: f0 and g (the engine keeps what the curvature needs).
+        # 1. Gradient pass: f0 and g (the engine keeps what the curvature needs), then the
+        # optional clipping of g (no host sync: the factor stays on the device).
         everything = [p for group in self.param_groups for p in group["params"]]
         for p in everything:
             p.grad = None
         f0_t, self._last_outputs = engine.gradient_pass(inputs, targets, everything)
+        glob["calls"] += 1  # a batch the loss refused (ValueError above) is no call
+        grad_norm_t = None
+        if self.max_grad_norm is not None:
+            grads = [p.grad for p in everything if p.grad is not None]
+            if grads:
+                grad_norm_t = _clip_gradients(grads, self.max_grad_norm)
 
         # 2. Direction d, group by group: nothing is written to the state until the commit.
         names: list[str] = []
@@ -437,6 +600,8 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         ds: list[Tensor] = []
         decays: list[float] = []
         checks: list[Tensor] = []
+        lrs: list[float] = []
+        group_dirs: list[list[Tensor]] = []
         pending: list[tuple[list[Tensor], list[Tensor], dict[str, Any], Any]] = []
         for group in self.param_groups:
             live = [
@@ -449,12 +614,17 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
             group_ps = [p for _, p in live]
             group_gs = [p.grad for p in group_ps]
             group_ds, group_checks, candidate = self._direction(group_ps, group_gs, group)
+            lr = float(group["lr"])
             names += [n for n, _ in live]
             ps += group_ps
             gs += group_gs
             ds += group_ds
             checks += group_checks
-            decays += [group["weight_decay"]] * len(live)
+            decays += [group["weight_decay"] * lr if lr != 1.0 else group["weight_decay"]] * len(
+                live
+            )
+            lrs.append(lr)
+            group_dirs.append(group_ds)
             pending.append((group_ps, group_gs, group, candidate))
         if not ds:
             f0 = float(f0_t)
@@ -462,23 +632,35 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
             nan = math.nan
             return StepStats(f0, 0.0, damping, nan, False, "no_gradient", nan, nan, nan, nan, nan,
                              damping, glob["step"])  # fmt: skip
+        # The groups' lr: the largest multiplies the step size, the others' ratios to it scale
+        # their groups' directions (all 1.0 by default: nothing to do).
+        lr_scale = max(lrs)
+        for group_ds, lr in zip(group_dirs, lrs, strict=True):
+            ratio = lr / lr_scale if lr_scale > 0.0 else 0.0
+            if ratio != 1.0:
+                torch._foreach_mul_(group_ds, ratio)
+        del group_dirs
 
         # 3. Curvature along d, then one host sync for the loss, g^T d, ||d||^2, the finiteness
         # of the new direction state (a finite gradient can still overflow Adam's second moment
         # in float32) and q. A non-finite gradient makes d non-finite, so ||d||^2 catches it.
         q_t = engine.along(names, ps, ds)
         dots = [_dot(g, d) for g, d in zip(gs, ds, strict=True)]
-        values = _host([f0_t, q_t, *dots, *torch._foreach_norm(ds), *checks])
+        extra_t = [] if grad_norm_t is None else [grad_norm_t]
+        values = _host([f0_t, q_t, *dots, *torch._foreach_norm(ds), *checks, *extra_t])
+        grad_norm = values.pop() if extra_t else math.nan
         f0, q = values[0], values[1]
         if not math.isfinite(f0):
-            raise _Rejected("nonfinite_loss", f0)
+            raise _Rejected("nonfinite_loss", f0, {"grad_norm": grad_norm})
         k = len(ds)
         grad_dot_dir = math.fsum(values[2 : 2 + k])
         sq_norm = math.fsum(v * v for v in values[2 + k : 2 + 2 * k])
         state_finite = all(math.isfinite(v) for v in values[2 + 2 * k :])
         if not (math.isfinite(grad_dot_dir) and math.isfinite(sq_norm) and state_finite):
-            raise _Rejected("nonfinite_gradient", f0)
-        extra = dict(curvature=q, grad_dot_dir=grad_dot_dir, direction_sq_norm=sq_norm)
+            raise _Rejected("nonfinite_gradient", f0, {"grad_norm": grad_norm})
+        extra = dict(
+            curvature=q, grad_dot_dir=grad_dot_dir, direction_sq_norm=sq_norm, grad_norm=grad_norm
+        )
         if not math.isfinite(q):
             raise _Rejected("nonfinite_curvature", f0, extra)
 
@@ -490,7 +672,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
             damping_used,
             sq_norm,
             alpha_max=self.lr_clip,
-            amplification=self.amplification,
+            amplification=self.amplification * lr_scale if lr_scale != 1.0 else self.amplification,
             include_damping=self.damping_in_rho,
             nonpositive_curvature=self.nonpositive_curvature,
         )
@@ -519,15 +701,27 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         if adapt and not math.isfinite(f1):
             raise _Rejected("nonfinite_trial_loss", f0, extra | {"trial_loss": f1})
 
-        # 6. Damping and commit.
+        # 6. Damping and commit. A loss change below the loss's rounding level gives no rho.
+        unresolved = False
         if adapt:
-            rho = reduction_ratio(f1 - f0, proposal.predicted_change)
-            glob["damping"] = self.damping_rule.update(damping_used, rho)
+            if not self.resolve_loss or loss_difference_trustworthy(f0, f1, f0_t.dtype):
+                rho = reduction_ratio(f1 - f0, proposal.predicted_change)
+                glob["damping"] = self.damping_rule.update(damping_used, rho)
+                glob["unresolved_streak"] = 0
+            else:
+                unresolved = True
+                change = proposal.predicted_change
+                if change != 0.0:  # a zero step teaches nothing about the damping
+                    resolution = loss_resolution(max(abs(f0), abs(f1)), f0_t.dtype)
+                    glob["damping"] = self.damping_rule.after_unresolved(
+                        damping_used, abs(change) > resolution
+                    )
+                glob["unresolved_streak"] += 1
         torch._foreach_copy_(ps, new)
         for group_ps, group_gs, group, candidate in pending:
             self._commit(group_ps, group_gs, group, candidate)
         glob["step"] = step
-        return StepStats(
+        stats = StepStats(
             loss=f0,
             lr=alpha,
             damping=glob["damping"],
@@ -541,7 +735,28 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
             trial_loss=f1,
             damping_used=damping_used,
             step=step,
+            loss_unresolved=unresolved,
+            stalled=glob["unresolved_streak"] >= self.stall_patience,
+            grad_norm=grad_norm,
         )
+        if unresolved and glob["unresolved_streak"] == self.stall_patience:
+            self._stalled(glob)
+        return stats
+
+    def _stalled(self, glob: dict[str, Any]) -> None:
+        """Say once that the last ``stall_patience`` steps have not changed the loss."""
+        glob["stalls"] += 1
+        message = (
+            f"{type(self).__name__}: the last {self.stall_patience} steps (to step {glob['step']}) "
+            "changed the loss by no more than its rounding level: training has stalled (damping "
+            f"{glob['damping']:.3g}; see StepStats.loss_unresolved). Check the data and the "
+            "learning-rate factor, or use a wider dtype."
+        )
+        if self.on_stall == "raise":
+            raise StallError(message)
+        if self.on_stall == "warn":
+            # _stalled <- _iteration <- step <- torch's step wrapper <- the caller
+            warnings.warn(message, RuntimeWarning, stacklevel=5)
 
     def __repr__(self) -> str:
         opts = (
@@ -577,11 +792,16 @@ class AdamQLR(QuadraticModelOptimizer):
         curvature: ``"fisher"`` (the generalised Gauss-Newton matrix, equal to the Fisher for these
             losses; one forward-mode JVP) or ``"hessian"`` (forward-over-reverse).
         params: The parameters to optimise (default: all of ``model``'s), or parameter groups
-            (dicts) with their own ``betas``, ``eps`` and ``weight_decay``.
+            (dicts) with their own ``lr``, ``betas``, ``eps`` and ``weight_decay``. More groups
+            can be added later with :meth:`add_param_group`.
         initial_damping: ``lambda_0`` (>= 0).
         damping_decrease: ``omega_dec`` in (0, 1): lambda is multiplied by it when rho > 3/4.
         damping_increase: ``omega_inc`` > 1: lambda is multiplied by it when rho < 1/4.
-        damping_bounds: ``(lower, upper)`` clip on lambda after each update.
+        damping_bounds: ``(lower, upper)`` clip on lambda after each update. The paper bounds
+            lambda only from below (1e-8); the default upper bound
+            :data:`adamqlr.heuristics.DEFAULT_MAX_DAMPING` (1e8) keeps a long run of rejected
+            steps from driving lambda to infinity, where the step size is zero. Pass
+            ``(1e-8, math.inf)`` for the paper's exact rule (the experiment runner does).
         damping_interval: Adapt the damping (and pay the trial forward pass) every this many steps.
         damping_in_rho: Whether the damping term enters rho's predicted change.
         lr_clip: Optional symmetric clip ``alpha_max`` on the step size.
@@ -590,12 +810,38 @@ class AdamQLR(QuadraticModelOptimizer):
         betas: Adam's ``(beta1, beta2)``, each in [0, 1).
         eps: Adam's epsilon (> 0), added outside the square root.
         weight_decay: Decoupled weight decay ``w`` in [0, 1): ``theta <- theta - alpha d - w theta``
-            (absolute, not scaled by the step size, as in the paper's code).
+            (absolute, not scaled by the step size, as in the paper's code; scaled by the group's
+            ``lr``, see below).
+        max_grad_norm: If given (> 0), the gradient is clipped to this total norm inside the
+            step, with the rule of ``torch.nn.utils.clip_grad_norm_``, before Adam's moments and
+            the step size see it (``StepStats.grad_norm`` is the norm before clipping).
+            ``clip_grad_norm_`` called before :meth:`step` has no effect, because the step
+            computes the gradient itself.
         nonpositive_curvature: ``"reject"`` (default: when ``q + lambda ||d||^2 <= 0``, no step is
             taken and lambda jumps to ``omega_inc * max(lambda, -q/||d||^2)``) or ``"absolute"``
             (divide by its absolute value, the saddle-free choice).
         on_nonfinite: ``"skip"`` (reject the step with a warning) or ``"raise"``.
+        on_stall: What to do when ``stall_patience`` damping-adaptation steps in a row changed
+            the loss by no more than its rounding level (``StepStats.stalled``): ``"warn"`` (one
+            ``RuntimeWarning`` per stall), ``"raise"`` (:class:`StallError`, after the step) or
+            ``"ignore"`` (the flag only).
+        stall_patience: How many such steps in a row make a stall (an int >= 1).
+        resolve_loss: Compute no reduction ratio from a loss change within the loss's rounding
+            level (the default; see :meth:`step`). ``False`` keeps the paper's rule, a ratio from
+            any loss difference, however small: the book's experiments run with it, so that they
+            run the paper's algorithm exactly.
         ignore_index: Target value skipped by the cross-entropy loss.
+
+    Parameter groups follow ``torch.optim``'s conventions. Each has an ``lr`` (default 1.0), a
+    factor on the step size chosen by the quadratic model, so torch's learning-rate schedulers
+    (``StepLR``, ``LambdaLR``, ``CosineAnnealingLR``, ...) scale the steps: with one group (or
+    every group at the same ``lr``) the step is ``theta <- theta - lr (alpha d + w theta)``, and
+    ``StepStats.lr`` is the applied ``lr * alpha`` (``alpha`` after ``lr_clip`` and
+    ``amplification``). The predicted change, and so rho, is that of the step actually taken.
+    Groups at different ``lr`` scale their part of the direction by ``lr / max(lr)`` before the
+    model chooses ``alpha``, which is then multiplied by the largest ``lr``. There is no ``lr``
+    argument to the constructor: ``lr`` is not a learning rate to tune, and 1.0 is the paper's
+    algorithm.
 
     Raises:
         ValueError: At construction, naming the argument and value, for any invalid setting.
@@ -609,14 +855,52 @@ class AdamQLR(QuadraticModelOptimizer):
         *,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
-        **kwargs: Any,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]] | None = None,
+        initial_damping: float = 1e-3,
+        damping_decrease: float = 0.5,
+        damping_increase: float = 2.0,
+        damping_bounds: tuple[float, float] = (1e-8, DEFAULT_MAX_DAMPING),
+        damping_interval: int = 1,
+        damping_in_rho: bool = True,
+        lr_clip: float | None = None,
+        amplification: float = 1.0,
+        undamped: bool = False,
+        weight_decay: float = 0.0,
+        max_grad_norm: float | None = None,
+        nonpositive_curvature: str = "reject",
+        on_nonfinite: str = "skip",
+        on_stall: str = "warn",
+        stall_patience: int = 20,
+        resolve_loss: bool = True,
+        ignore_index: int = -100,
     ) -> None:
         super().__init__(
-            model, loss, curvature, group_defaults=dict(betas=betas, eps=eps), **kwargs
+            model,
+            loss,
+            curvature,
+            params=params,
+            initial_damping=initial_damping,
+            damping_decrease=damping_decrease,
+            damping_increase=damping_increase,
+            damping_bounds=damping_bounds,
+            damping_interval=damping_interval,
+            damping_in_rho=damping_in_rho,
+            lr_clip=lr_clip,
+            amplification=amplification,
+            undamped=undamped,
+            weight_decay=weight_decay,
+            max_grad_norm=max_grad_norm,
+            nonpositive_curvature=nonpositive_curvature,
+            on_nonfinite=on_nonfinite,
+            on_stall=on_stall,
+            stall_patience=stall_patience,
+            resolve_loss=resolve_loss,
+            ignore_index=ignore_index,
+            group_defaults=dict(betas=betas, eps=eps),
         )
 
-    def _validate_group(self, group: dict[str, Any]) -> None:
-        super()._validate_group(group)
+    def _validate_group_values(self, group: dict[str, Any]) -> None:
+        super()._validate_group_values(group)
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"invalid betas: {betas!r} (expected a pair (beta1, beta2))")
@@ -700,6 +984,26 @@ def _moved(
     return ds
 
 
+def _clip_gradients(grads: list[Tensor], max_norm: float) -> Tensor:
+    """Scale ``grads`` in place to total norm at most ``max_norm``; return the norm before.
+
+    The rule of ``torch.nn.utils.clip_grad_norm_`` (factor ``max_norm / (norm + 1e-6)``, capped at
+    1), without a host sync. A non-finite norm makes the gradients non-finite, so the step rejects
+    them as it would the unclipped ones.
+    """
+    norms = torch._foreach_norm(grads)
+    wide = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
+    device = grads[0].device
+    total = torch.linalg.vector_norm(torch.stack([n.to(device, wide) for n in norms]))
+    factor = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    by_device: dict[torch.device, list[Tensor]] = {}
+    for g in grads:
+        by_device.setdefault(g.device, []).append(g)
+    for dev, group in by_device.items():
+        torch._foreach_mul_(group, factor.to(dev))
+    return total
+
+
 def _dot(a: Tensor, b: Tensor) -> Tensor:
     """Return ``a . b`` over all elements (no reshape for vectors)."""
     if a.dim() == 1 and b.dim() == 1:
@@ -730,6 +1034,55 @@ class SGDQLR(QuadraticModelOptimizer):
     ``alpha = ||g||^2 / (g^T C g + lambda ||g||^2)``. Exists to show that the heuristics do not
     depend on Adam; it takes every argument of :class:`AdamQLR` except ``betas`` and ``eps``.
     """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: str | Loss = "cross_entropy",
+        curvature: str = "fisher",
+        *,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]] | None = None,
+        initial_damping: float = 1e-3,
+        damping_decrease: float = 0.5,
+        damping_increase: float = 2.0,
+        damping_bounds: tuple[float, float] = (1e-8, DEFAULT_MAX_DAMPING),
+        damping_interval: int = 1,
+        damping_in_rho: bool = True,
+        lr_clip: float | None = None,
+        amplification: float = 1.0,
+        undamped: bool = False,
+        weight_decay: float = 0.0,
+        max_grad_norm: float | None = None,
+        nonpositive_curvature: str = "reject",
+        on_nonfinite: str = "skip",
+        on_stall: str = "warn",
+        stall_patience: int = 20,
+        resolve_loss: bool = True,
+        ignore_index: int = -100,
+    ) -> None:
+        super().__init__(
+            model,
+            loss,
+            curvature,
+            params=params,
+            initial_damping=initial_damping,
+            damping_decrease=damping_decrease,
+            damping_increase=damping_increase,
+            damping_bounds=damping_bounds,
+            damping_interval=damping_interval,
+            damping_in_rho=damping_in_rho,
+            lr_clip=lr_clip,
+            amplification=amplification,
+            undamped=undamped,
+            weight_decay=weight_decay,
+            max_grad_norm=max_grad_norm,
+            nonpositive_curvature=nonpositive_curvature,
+            on_nonfinite=on_nonfinite,
+            on_stall=on_stall,
+            stall_patience=stall_patience,
+            resolve_loss=resolve_loss,
+            ignore_index=ignore_index,
+        )
 
     def _direction(
         self, params: list[Tensor], grads: list[Tensor], group: dict[str, Any]

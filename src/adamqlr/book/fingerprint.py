@@ -198,8 +198,11 @@ def record_hashes(
 
 
 def _record_profile(path: str) -> str | None:
-    """Return the profile a run record's manifest names (``None`` for any other file)."""
-    if os.path.basename(path) != "manifest.json":
+    """Return the profile of a run record's manifest or a trial ledger (``None``: another file)."""
+    name = os.path.basename(path)
+    if name.startswith("trials-") and name.endswith(".jsonl"):  # trials-<profile>.jsonl
+        return name[len("trials-") : -len(".jsonl")]
+    if name != "manifest.json":
         return None
     try:
         with open(path, encoding="utf-8") as f:

@@ -7,7 +7,9 @@ Examples::
     adamqlr run --specs sweep.yaml --results /tmp/results
 
 A finished run is loaded, not rerun (``--force`` reruns it); an interrupted one resumes from its
-checkpoint.
+checkpoint. Records go to ``--results``, else ``$ADAMQLR_RESULTS``, else the user's data folder
+(``~/.local/share/adamqlr/results`` on Linux; :func:`results_folder`): never, unless asked, into
+the book's ``results/``, whose records the book's pages are drawn from.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import itertools
 import json
 import logging
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -23,7 +26,50 @@ from typing import Any
 
 from adamqlr.profiles import PROFILE_CHOICES, Profile, parse_profile
 
-__all__ = ["build_specs", "handle", "parse_assignment", "register"]
+__all__ = [
+    "build_specs",
+    "handle",
+    "parse_assignment",
+    "register",
+    "results_folder",
+    "user_data_folder",
+]
+
+
+def user_data_folder() -> Path:
+    """Return the per-user data folder of ``adamqlr``, as ``platformdirs.user_data_dir`` would.
+
+    ``$XDG_DATA_HOME/adamqlr`` (default ``~/.local/share/adamqlr``) on Linux and other Unix,
+    ``~/Library/Application Support/adamqlr`` on macOS, ``adamqlr`` in ``%LOCALAPPDATA%`` on
+    Windows.
+    """
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "adamqlr"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "adamqlr"
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "share"
+    return base / "adamqlr"
+
+
+def results_folder(option: str | os.PathLike[str] | None = None) -> Path:
+    """Return the store folder of ``adamqlr run``.
+
+    Args:
+        option: The ``--results`` argument, if given.
+
+    Returns:
+        ``option`` when given; else ``$ADAMQLR_RESULTS`` when set; else ``results`` in
+        :func:`user_data_folder` (``~/.local/share/adamqlr/results`` on Linux), so that trying
+        the command line never adds records to the book's ``results/``.
+    """
+    if option is not None:
+        return Path(option).expanduser()
+    env = os.environ.get("ADAMQLR_RESULTS")
+    if env:
+        return Path(env).expanduser()
+    return user_data_folder() / "results"
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
@@ -75,7 +121,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="train experiments and store their run records",
         description=textwrap.fill(
             "Train one experiment per (task, optimiser, seed) and write its run record to the "
-            "results store. Finished runs are loaded, not rerun; interrupted ones resume from "
+            "results store (default: ~/.local/share/adamqlr/results, not the book's results/). "
+            "Finished runs are loaded, not rerun; interrupted ones resume from "
             "their checkpoint.",
             88,
         ),
@@ -108,7 +155,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "such as '0-4' expands to one spec per seed)",
     )
     p.add_argument("--results", type=Path, help="results store folder (default: $ADAMQLR_RESULTS "
-                   "or results/ of the checkout)")  # fmt: skip
+                   "or ~/.local/share/adamqlr/results; the book's records are in results/ of "
+                   "the checkout)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--force", action="store_true", help="rerun even if a record exists")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their keys only")
@@ -223,7 +271,7 @@ def handle(args: argparse.Namespace) -> int:
     from adamqlr.experiment.runner import run
     from adamqlr.results.store import ResultStore
 
-    store = ResultStore(args.results)
+    store = ResultStore(results_folder(args.results))
     if args.dry_run:
         for spec in specs:
             print(f"{spec.key[:16]}  {store.status(spec):<8}  {spec}")

@@ -91,6 +91,7 @@ _QLR_KEYS = (
 def _qlr_kwargs(h: dict[str, Any]) -> dict[str, Any]:
     kwargs = {k: h[k] for k in _QLR_KEYS if k not in ("curvature", "damping_min")}
     kwargs["damping_bounds"] = (h["damping_min"], math.inf)
+    kwargs["resolve_loss"] = False  # the paper's rule: rho from any loss difference
     return kwargs
 
 

@@ -17,6 +17,7 @@ runs, not what it is: it is not part of the key (the record's provenance says wh
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -179,9 +180,12 @@ class RunSettings:
         d["hyperparameters"] = self.hparams
         return _jsonable(d)
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
-        """SHA-256 (hex) of the canonical JSON of the settings: the experiment's identity."""
+        """SHA-256 (hex) of the canonical JSON of the settings: the experiment's identity.
+
+        Computed once per instance (the settings are frozen and the key depends on nothing else).
+        """
         data = {
             k: v
             for k, v in self.as_dict().items()
@@ -329,9 +333,13 @@ class ExperimentSpec:
             eval_points=self.eval_points,
         )
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
-        """The experiment's key: :attr:`RunSettings.key` of the resolved settings."""
+        """The experiment's key: :attr:`RunSettings.key` of the resolved settings.
+
+        Computed once per instance: the registries it resolves against are complete by the time
+        a key is asked for.
+        """
         return self.settings().key
 
     # ------------------------------------------------------------------------- conversion

@@ -6,7 +6,8 @@ notebooks keep only narrative, parameters, assertions and figure calls
 
 * :mod:`adamqlr.lens.adam` and :mod:`adamqlr.lens.diagonals`: Adam's moments, its ``v_hat``
   against the exact diagonals of the empirical Fisher and of the generalised Gauss-Newton matrix,
-  and the rescaling argument for the learning rate ("Adam as a diagonal second-order method");
+  and the rescaling argument for the learning rate ("Adam as a diagonal second-order method"),
+  with :mod:`adamqlr.lens.bootstrap` for the intervals on its correlations;
 * :mod:`adamqlr.lens.line`: the loss and its damped quadratic models along AdamQLR's direction
   ("The step size from a damped quadratic model");
 * :mod:`adamqlr.lens.damping`: damping policies, the reduction ratio on the step's batch and on

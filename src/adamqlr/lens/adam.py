@@ -8,6 +8,8 @@ For the chapter "Adam as a diagonal second-order method":
 * :func:`adam_lens_run` trains the Fashion-MNIST MLP with Adam and, at chosen steps, sets ``v_hat``
   beside the exact diagonals of the empirical Fisher and of the GGN and beside the expected squared
   mini-batch gradient (:mod:`adamqlr.lens.diagonals`);
+* :func:`unit_groups` labels each parameter coordinate with the unit it belongs to (for a cluster
+  bootstrap over coordinates, :mod:`adamqlr.lens.bootstrap`);
 * :class:`Rescaled` and :func:`rescaled_updates` reparametrise a network as ``theta = s * phi`` to
   show which optimisers' updates depend on the parametrisation's scale.
 """
@@ -40,6 +42,7 @@ __all__ = [
     "adam_lens_run",
     "adam_moments",
     "rescaled_updates",
+    "unit_groups",
 ]
 
 
@@ -240,6 +243,35 @@ def adam_lens_run(config: AdamLensConfig, profile: Profile | str) -> AdamLensRes
         "dataset": data.meta.get("dataset", "Fashion-MNIST"),
     }
     return AdamLensResult(config, pd.concat(frames, ignore_index=True), pd.DataFrame(losses), meta)
+
+
+def unit_groups(model: nn.Module) -> np.ndarray:
+    """Label every parameter coordinate, in flat order, with the unit it belongs to.
+
+    A coordinate's unit is its module and its index along the tensor's first dimension: for a
+    dense layer's weight ``(out, in)`` and bias ``(out,)``, the output unit the coordinate feeds.
+    The weights into one unit share that unit's back-propagated error, so their squared gradients
+    move together; the labels let a bootstrap resample units instead of coordinates.
+
+    Args:
+        model: The network (its ``named_parameters()`` order is the flat order).
+
+    Returns:
+        An array of ``"<module>:<index>"`` strings, one per coordinate.
+
+    Raises:
+        ValueError: If the model has no parameters or a parameter is a scalar.
+    """
+    labels = []
+    for name, p in model.named_parameters():
+        if p.dim() == 0:
+            raise ValueError(f"invalid parameter {name}: a scalar has no unit")
+        module = name.rpartition(".")[0]
+        rows = np.arange(p.shape[0]).repeat(p.numel() // p.shape[0])
+        labels.append(np.char.add(f"{module}:", rows.astype(str)))
+    if not labels:
+        raise ValueError("invalid model: it has no parameters")
+    return np.concatenate(labels)
 
 
 # ------------------------------------------------------------------------------ rescaling

@@ -101,7 +101,7 @@ def plot_rosenbrock(
         raise ValueError(f"invalid traced labels: {unknown} (not among {labels})")
     colours = _colours(labels)
 
-    fig = plt.figure(figsize=(12, 6.2), layout="constrained")
+    fig = plt.figure(figsize=(9.0, 6.4), layout="constrained")
     grid = fig.add_gridspec(3, 2, width_ratios=(1.35, 1.0))
     ax_map = fig.add_subplot(grid[:, 0])
     ax_loss = fig.add_subplot(grid[0, 1])
@@ -154,7 +154,7 @@ def plot_rosenbrock(
 def plot_curvature_matrices(
     matrices: Mapping[str, np.ndarray], *, boundaries: Sequence[int] = (), quantile: float = 0.99
 ) -> Figure:
-    """Draw dense curvature matrices side by side as heatmaps on one symmetric colour scale each.
+    """Draw dense curvature matrices, two a row, as heatmaps on one symmetric colour scale each.
 
     Args:
         matrices: Title -> square matrix (e.g. ``G``, ``H``, ``H - G``, ``F_emp - G``).
@@ -170,10 +170,15 @@ def plot_curvature_matrices(
     """
     if not matrices:
         raise ValueError("invalid matrices: empty")
+    # At most two panels a row: the figure stays narrow enough to be read in the book's column.
+    cols = min(2, len(matrices))
+    rows = -(-len(matrices) // cols)
     fig, axes = plt.subplots(
-        1, len(matrices), figsize=(3.3 * len(matrices), 3.6), layout="constrained", squeeze=False
+        rows, cols, figsize=(4.2 * cols, 3.6 * rows), layout="constrained", squeeze=False
     )
-    for ax, (title, mat) in zip(axes[0], matrices.items(), strict=True):
+    for ax in axes.flat[len(matrices) :]:
+        ax.set_visible(False)
+    for ax, (title, mat) in zip(axes.flat, matrices.items(), strict=False):
         mat = np.asarray(mat, dtype=float)
         if mat.ndim != 2 or mat.shape[0] != mat.shape[1]:
             raise ValueError(f"invalid matrix {title!r}: shape {mat.shape} (expected square)")
@@ -266,7 +271,7 @@ def plot_adam_lens(
         ("ggn", r"$\mathrm{diag}\, G$", None, None),
     ]
     fig, axes = plt.subplots(
-        len(steps), 3, figsize=(12, 3.4 * len(steps)), layout="constrained", squeeze=False
+        len(steps), 3, figsize=(9.0, 2.9 * len(steps)), layout="constrained", squeeze=False
     )
     for row, step in enumerate(steps):
         part = diagonals[diagonals["step"] == step]
@@ -315,7 +320,7 @@ def plot_line_models(rows: Mapping[str, tuple[LineProbe, Mapping[str, float]]]) 
     if not rows:
         raise ValueError("invalid rows: empty")
     fig, axes = plt.subplots(
-        len(rows), 2, figsize=(11, 3.9 * len(rows)), layout="constrained", squeeze=False
+        len(rows), 2, figsize=(9.0, 3.5 * len(rows)), layout="constrained", squeeze=False
     )
     panels = (("ggn", "$C = G$ (GGN)"), ("hessian", "$C = H$ (Hessian)"))
     for row, (row_title, (probe, dampings)) in enumerate(rows.items()):
@@ -389,7 +394,7 @@ def plot_damping_traces(
     colours = dict(
         zip(labels, [base[i % 10] for i in (0, 2, 3, 4, 1, 5, 6, 7, 8, 9)], strict=False)
     )
-    fig, axes = plt.subplots(2, 2, figsize=(10.5, 6.0), sharex=True, layout="constrained")
+    fig, axes = plt.subplots(2, 2, figsize=(9.0, 6.0), sharex=True, layout="constrained")
     ax_loss, ax_lr, ax_damp, ax_rho = axes.flat
     lo_rho, hi_rho = rho_limits
     zero_damping = []

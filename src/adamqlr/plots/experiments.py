@@ -55,8 +55,13 @@ def _legend_below(fig: Figure, axes: Sequence[Axes], ncol: int | None = None) ->
         list(entries.values()),
         list(entries),
         loc="outside lower center",
-        ncol=ncol or min(len(entries), 3),
+        ncol=ncol or min(len(entries), _legend_columns(list(entries))),
     )
+
+
+def _legend_columns(labels: Sequence[str]) -> int:
+    """Three legend columns, or two when a label is long: the legend stays within ~9 in."""
+    return 3 if max((len(label) for label in labels), default=0) <= 22 else 2
 
 
 #: Qualifiers of a label that keep the family's colour ("Untuned" also dashes the line).
@@ -426,7 +431,8 @@ def plot_adaptive(
         The axes.
     """
     if axes is None:
-        _, grid = plt.subplots(1, len(columns), figsize=(4.3 * len(columns), 3.2), squeeze=False)
+        width = min(4.3 * len(columns), 9.0)  # narrow enough for the book's column
+        _, grid = plt.subplots(1, len(columns), figsize=(width, 3.2), squeeze=False)
         axes = list(grid[0])
     names = {"lr": r"step size $|\alpha|$", "damping": r"damping $\lambda$", "rho": r"$\rho$"}
     for ax, column in zip(axes, columns, strict=True):

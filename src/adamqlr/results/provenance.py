@@ -11,14 +11,22 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from adamqlr import version
 
-__all__ = ["REQUIRED_FIELDS", "device_name", "environment", "git_state", "validate_provenance"]
+__all__ = [
+    "REQUIRED_FIELDS",
+    "computation_text",
+    "device_name",
+    "environment",
+    "git_state",
+    "validate_provenance",
+    "where_text",
+]
 
 #: Fields every stored provenance has, with their JSON types.
 REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -46,12 +54,13 @@ REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
 }
 
 
-@lru_cache(maxsize=1)
-def git_state() -> dict[str, Any]:
+@lru_cache(maxsize=4)
+def git_state(paths: Sequence[str] = ()) -> dict[str, Any]:
     """Return ``{"commit": sha or None, "dirty": bool or None}`` of the source checkout.
 
     The package's own checkout is asked (``git rev-parse HEAD``, ``git status --porcelain
-    --untracked-files=no``). Where there is no git (e.g. a copied tree on a GPU machine),
+    --untracked-files=no``, limited to ``paths`` of the checkout when given: a tuple, e.g.
+    ``("src", "notebooks")``). Where there is no git (e.g. a copied tree on a GPU machine),
     ``ADAMQLR_GIT_COMMIT`` and ``ADAMQLR_GIT_DIRTY`` (``0``/``1``) are used if set.
     """
     repo = Path(__file__).resolve().parent.parent.parent.parent
@@ -62,7 +71,8 @@ def git_state() -> dict[str, Any]:
             capture_output=True, text=True, timeout=20, check=True,
         ).stdout.strip()  # fmt: skip
         status = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "--",
+             *paths],
             capture_output=True, text=True, timeout=60, check=True,
         ).stdout  # fmt: skip
         state = {"commit": commit or None, "dirty": bool(status.strip())}
@@ -136,3 +146,60 @@ def validate_provenance(prov: Mapping[str, Any]) -> list[str]:
     if isinstance(prov.get("git"), dict) and "commit" not in prov["git"]:
         problems.append("git has no commit field")
     return problems
+
+
+def computation_text(what: str, profile: str, device: str = "cpu") -> str:
+    """One sentence for the caption of a figure computed on its page rather than read from runs.
+
+    The same sentence (through :func:`where_text`) as
+    :func:`adamqlr.studies.analysis.provenance_text` gives for stored runs (profile, device,
+    torch, date, commit), for the computation that is running now: the derivation chapters
+    compute their figures when the page is executed.
+
+    Args:
+        what: What the page computed (``"two training runs of 300 steps, seed 0"``).
+        profile: The page's profile.
+        device: The torch device it computed on.
+
+    Returns:
+        ``"<what>; profile <profile>, on <device> (<name>), torch <version>, <date>, commit
+        <short hash> (computed when the page was executed)"``; the commit is marked ``+dirty``
+        when the library or notebook sources differed from it.
+
+    Raises:
+        ValueError: If ``what`` or ``profile`` is empty.
+    """
+    if not what.strip():
+        raise ValueError("what must say what was computed, got an empty string")
+    if not profile.strip():
+        raise ValueError("profile must be named, got an empty string")
+    from datetime import datetime, timezone
+
+    env = environment(device)
+    git = git_state(paths=("src", "notebooks"))  # a page rewritten in book/ does not count
+    commit = str(git.get("commit") or "unknown")[:7] + ("+dirty" if git.get("dirty") else "")
+    today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    d = {
+        "profiles": [profile],
+        "devices": [f"{device} ({env['device_name']})"],
+        "torch": [env["torch_version"]],
+        "dates": (today, today),
+        "commits": [commit],
+    }
+    return f"{what}; {where_text(d)} (computed when the page was executed)"
+
+
+def where_text(d: Mapping[str, Any]) -> str:
+    """Return the caption text of where and when runs were made.
+
+    Args:
+        d: ``profiles``, ``devices``, ``torch``, ``dates`` (first, last) and ``commits``, as
+            :func:`adamqlr.studies.analysis.describe_runs` gives them.
+    """
+    first, last = d["dates"]
+    dates = first if first == last else f"{first} to {last}"
+    commits = ", ".join(d["commits"][:3]) + (" and others" if len(d["commits"]) > 3 else "")
+    return (
+        f"profile {'/'.join(d['profiles'])}, on {'; '.join(d['devices'])}, "
+        f"torch {'/'.join(d['torch'])}, {dates}, commit {commits}"
+    )

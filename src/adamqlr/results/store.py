@@ -11,6 +11,9 @@ an argument chooses another)::
     .checkpoints/<key>.pt                 checkpoint of a run in progress (never committed)
     .locks/<key[:16]>.lock                one lock per experiment (writers and sweeps take it)
     tuning/...                            tuning tables of the studies' searches (not records)
+    tuning/<task>/<optimiser>/trials-<profile>.jsonl
+                                          ledgers: summaries of tuning trials whose full records
+                                          were folded away (:mod:`adamqlr.results.ledger`)
 
 Writing a record: data files first (each one atomically: temporary file in the same directory,
 ``fsync``, ``os.replace``, ``fsync`` of the directory), the manifest last, then the files the
@@ -24,6 +27,10 @@ process is gone, record folders without a manifest, data files no manifest names
 of finished records; it only touches an experiment whose lock it can take at once, so a live
 writer is never disturbed.
 
+A tuning trial may live as a row of a ledger instead of a folder (:meth:`ResultStore.summarise`):
+:meth:`ResultStore.status` and :meth:`ResultStore.load` look there when a spec has no folder, and
+load it as a one-row summary record.
+
 A record made by an older (or newer) algorithm (:data:`adamqlr.ALGORITHM_VERSION`) is *stale*:
 :meth:`ResultStore.load` raises :class:`StaleRecordError` unless ``allow_stale=True``, and
 :func:`adamqlr.experiment.run` reruns it.
@@ -36,6 +43,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -52,6 +60,7 @@ from adamqlr.results.atomic import (
     is_temporary,
     sweep_temporaries,
 )
+from adamqlr.results.ledger import LedgerError, TrialLedger, ledger_path, summary_row
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -308,6 +317,10 @@ class ResultStore:
         self.decode_spec = decode_spec
         self.root = Path(root).expanduser() if root is not None else default_root()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._ledgers: dict[Path, TrialLedger] = {}
+        #: A cache for values derived from records, keyed by what the caller chooses together
+        #: with :meth:`state`'s identity of the record (so a rewritten record is never served).
+        self.memo: dict[Any, Any] = {}
         if sweep:
             self.sweep()
 
@@ -326,6 +339,18 @@ class ResultStore:
 
     def _dir(self, task: str, optimiser: str, profile: str, seed: int, key: str) -> Path:
         return self.root / task / optimiser / f"{profile}-seed{seed}-{key[:16]}"
+
+    def ledger(self, task: str, optimiser: str, profile: str) -> TrialLedger:
+        """Return the tuning-trial ledger of ``(task, optimiser, profile)`` (see the module doc)."""
+        path = ledger_path(self.root, task, optimiser, profile)
+        if path not in self._ledgers:
+            self._ledgers[path] = TrialLedger(path, self.root / ".locks")
+        return self._ledgers[path]
+
+    def _ledger_row(self, settings: SettingsLike) -> tuple[TrialLedger, dict[str, Any]] | None:
+        ledger = self.ledger(settings.task, settings.optimiser, settings.profile)
+        row = ledger.get(settings.key)
+        return None if row is None else (ledger, row)
 
     def checkpoint_path(self, key: str) -> Path:
         """Where a run in progress keeps its checkpoint."""
@@ -427,12 +452,15 @@ class ResultStore:
         return removed
 
     def delete(self, spec: SpecLike) -> bool:
-        """Remove ``spec``'s record (manifest first). Returns whether one existed."""
+        """Remove ``spec``'s record (manifest first) and ledger row; return whether one existed."""
         settings = spec.settings()
         folder = self.record_dir(settings)
         with self.lock(settings.key):
+            in_ledger = self.ledger(settings.task, settings.optimiser, settings.profile).remove(
+                settings.key
+            )
             if not folder.exists():
-                return False
+                return in_ledger
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(folder / MANIFEST)
                 fsync_dir(folder)
@@ -464,19 +492,36 @@ class ResultStore:
     def status(self, spec: SpecLike | SettingsLike) -> str:
         """Return ``"missing"``, ``"complete"`` (current algorithm), ``"stale"`` or ``"corrupt"``.
 
-        Only the manifest is read; :meth:`load` also checks the files' hashes.
+        Only the manifest (or the ledger row) is read; :meth:`load` also checks the files' hashes.
+        """
+        return self.state(spec)[0]
+
+    def state(self, spec: SpecLike | SettingsLike) -> tuple[str, str | None]:
+        """Return :meth:`status` and an identity of the record that changes whenever it does.
+
+        The identity is the SHA-256 of the manifest (or the ledger row's own hash), ``None``
+        for a missing or corrupt record: readers that derive values from a record (a search's
+        objectives) cache them in :attr:`memo` under it.
         """
         settings = self._settings(spec)
         folder = self.record_dir(settings)
         try:
+            text = (folder / MANIFEST).read_bytes()
             manifest = self._read_manifest(folder)
         except FileNotFoundError:
-            return "missing"
+            try:
+                found = self._ledger_row(settings)
+            except LedgerError:
+                return "corrupt", None
+            if found is None:
+                return "missing", None
+            row = found[1]
+            return ("stale" if self.is_stale(row) else "complete"), "ledger:" + row["row_sha256"]
         except CorruptRecordError:
-            return "corrupt"
+            return "corrupt", None
         if manifest.get("key") != settings.key:
-            return "corrupt"
-        return "stale" if self.is_stale(manifest) else "complete"
+            return "corrupt", None
+        return ("stale" if self.is_stale(manifest) else "complete"), _sha256(text)
 
     def load(
         self,
@@ -505,6 +550,14 @@ class ResultStore:
                 folder, allow_stale=allow_stale, verify=verify, decode_spec=decode
             )
         except FileNotFoundError as err:
+            try:
+                found = self._ledger_row(settings)
+            except LedgerError as bad:
+                raise CorruptRecordError(str(bad)) from bad
+            if found is not None:
+                return self._summary_record(
+                    found[0], found[1], settings, allow_stale=allow_stale, decode_spec=decode
+                )
             command = spec.command() if hasattr(spec, "command") else ""
             raise MissingRecordError(
                 f"no run record for {spec} in {self.root}"
@@ -574,6 +627,105 @@ class ResultStore:
             path=folder,
             stale=stale,
         )
+
+    def _summary_record(
+        self,
+        ledger: TrialLedger,
+        row: Mapping[str, Any],
+        settings: SettingsLike,
+        *,
+        allow_stale: bool,
+        decode_spec: SpecDecoder | None = None,
+    ) -> RunRecord:
+        import pandas as pd
+
+        stale = self.is_stale(row)
+        if stale and not allow_stale:
+            raise StaleRecordError(
+                f"trial {row['key'][:16]}... in {ledger.path} was made by algorithm version "
+                f"{row['algorithm_version']}, this code is version {version.ALGORITHM_VERSION}: "
+                "rerun it (adamqlr run --force ...) or load it with allow_stale=True"
+            )
+        final = TrialLedger.final_values(row)
+        if row.get("final_step") is not None:
+            final["step"] = float(row["final_step"])
+        metrics = pd.DataFrame({k: [v] for k, v in final.items()})
+        provenance = dict(row["provenance"])
+        for name in ("key", "algorithm_version", "package_version", "schema_version",
+                     "stop_reason"):  # fmt: skip
+            provenance.setdefault(name, row[name])  # kept once, at the row's top level
+        spec = _spec_from(provenance.get("spec"), decode_spec or self.decode_spec)
+        # the row was found by these settings' key (the same settings the stored spec resolves to)
+        provenance["settings"] = (spec.settings() if spec is not None else settings).as_dict()
+        provenance["summary"] = True
+        manifest = {
+            k: row[k]
+            for k in ("key", "task", "optimiser", "profile", "seed", "algorithm_version",
+                      "package_version", "schema_version", "stop_reason", "rows", "written_at")
+        }  # fmt: skip
+        manifest.update(form="summary", files={}, record_sha256=row["record_sha256"])
+        return RunRecord(
+            spec=spec, metrics=metrics, provenance=provenance, manifest=manifest,
+            path=ledger.path, stale=stale,
+        )  # fmt: skip
+
+    def summarise(self, specs: Sequence[SpecLike]) -> list[Path]:
+        """Fold the full records of ``specs`` (tuning trials) into their ledgers.
+
+        Each record is loaded (hashes checked), its summary row written to the ledger of its
+        task, optimiser and profile (atomically), and only then is its folder deleted, under the
+        experiment's lock and only if the folder still holds the record that was summarised (a
+        concurrent forced rerun wins). Missing, corrupt and already-summarised specs are skipped,
+        so the call can be repeated; a kill at any point leaves every trial readable.
+
+        Args:
+            specs: The specs to fold (callers pass tuning trials, never repeats).
+
+        Returns:
+            The record folders removed.
+        """
+        by_ledger: dict[Path, list[tuple[SettingsLike, dict[str, Any]]]] = {}
+        for spec in specs:
+            settings = self._settings(spec)
+            folder = self.record_dir(settings)
+            try:
+                record = self.load_dir(folder, allow_stale=True)
+            except FileNotFoundError:
+                continue
+            except CorruptRecordError as err:
+                logger.warning("not summarising %s: %s", folder, err)
+                continue
+            if record.key != settings.key:
+                continue
+            frame = record.metrics
+            final = {
+                str(c): float(frame[c].dropna().iloc[-1]) if frame[c].notna().any() else math.nan
+                for c in frame.columns
+                if c != "step" and frame[c].dtype.kind in "fiub"
+            }
+            step = int(frame["step"].iloc[-1]) if "step" in frame and len(frame) else None
+            row = summary_row(record.manifest, record.provenance, final, step)
+            path = ledger_path(self.root, settings.task, settings.optimiser, settings.profile)
+            by_ledger.setdefault(path, []).append((settings, row))
+        removed: list[Path] = []
+        for entries in by_ledger.values():
+            s0 = entries[0][0]
+            self.ledger(s0.task, s0.optimiser, s0.profile).extend(row for _, row in entries)
+            for settings, row in entries:
+                folder = self.record_dir(settings)
+                with self.lock(settings.key):
+                    try:
+                        manifest = self._read_manifest(folder)
+                    except (FileNotFoundError, CorruptRecordError):
+                        continue
+                    now = _sha256(json.dumps(manifest, sort_keys=True).encode())
+                    if now != row["record_sha256"]:
+                        continue  # rewritten since it was read: keep the new record
+                    os.unlink(folder / MANIFEST)
+                    fsync_dir(folder)
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed.append(folder)
+        return removed
 
     # ------------------------------------------------------------------------------ query
     def manifests(

@@ -1,7 +1,8 @@
 """Tables the experiment chapters print from a study's records.
 
 * :func:`describe_runs` / :func:`provenance_text`: which runs a figure came from (device, dates,
-  commits, seeds, profile), for captions;
+  commits, seeds, profile), for captions (:func:`adamqlr.results.provenance.computation_text`
+  says the same of a figure that its page computes);
 * :func:`tuning_table`: every tuning trial of the tuned arms, its final validation loss, and the
   chosen configuration;
 * :func:`final_table`: the paper's final-value table (bootstrap median at the end of the longest
@@ -20,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from adamqlr.results.aggregate import final_summary
+from adamqlr.results.provenance import where_text
 from adamqlr.results.store import RunRecord
 from adamqlr.studies.core import StudyRecords, final_value
 
@@ -86,13 +88,7 @@ def describe_runs(records: Sequence[RunRecord]) -> dict[str, Any]:
 def provenance_text(records: Sequence[RunRecord]) -> str:
     """One sentence for a caption: how many runs, profile, device, dates, commits, seeds."""
     d = describe_runs(records)
-    first, last = d["dates"]
-    dates = first if first == last else f"{first} to {last}"
-    commits = ", ".join(d["commits"][:3]) + (" and others" if len(d["commits"]) > 3 else "")
-    return (
-        f"{d['runs']} runs, profile {'/'.join(d['profiles'])}, on {'; '.join(d['devices'])}, "
-        f"torch {'/'.join(d['torch'])}, {dates}, commit {commits}, seeds {d['seeds']}"
-    )
+    return f"{d['runs']} runs, {where_text(d)}, seeds {d['seeds']}"
 
 
 def _variation_text(variation: Mapping[str, Any] | None) -> str:

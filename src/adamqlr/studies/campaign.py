@@ -30,6 +30,13 @@ or ``adamqlr study run untuned-vs-tuned --profile quick --jobs 2``.
   then the records say so.
 * **Tuning tables.** At the end, each search's state is written as one small table
   (:func:`adamqlr.studies.tables.write_tuning_tables`), ``results/tuning/...``.
+* **Trial ledgers.** Every ``fold_every`` finished runs and at the end, the full records of
+  finished tuning trials are folded into one ledger per arm (:func:`adamqlr.studies.tables.
+  fold_trials`): the search reads the same final values, and the store stays small enough to
+  commit. Repeats keep their full records.
+* **Stopping.** ``SIGINT`` (Ctrl-C) or ``SIGTERM`` stops the campaign at once: the workers are
+  terminated (a run in flight keeps its last checkpoint and continues from it next time) and
+  the call raises :class:`CampaignInterrupted` (the command exits with status 130 or 143).
 * **Progress.** One line per finished run: runs done, runs left (and arms still waiting for their
   tuning), an ETA from the mean duration so far.
 """
@@ -37,13 +44,16 @@ or ``adamqlr study run untuned-vs-tuned --profile quick --jobs 2``.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import logging
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,15 +62,64 @@ from typing import Any, TextIO
 from adamqlr.experiment.spec import ExperimentSpec
 from adamqlr.profiles import Profile
 from adamqlr.results.store import ResultStore
-from adamqlr.studies.core import Study, plan
+from adamqlr.studies.core import ArmPlan, Study, plan
 
-__all__ = ["Campaign", "CampaignSummary", "DirtyTreeError", "campaign_order", "default_jobs"]
+__all__ = [
+    "Campaign",
+    "CampaignInterrupted",
+    "CampaignSummary",
+    "DirtyTreeError",
+    "campaign_order",
+    "default_jobs",
+]
 
 logger = logging.getLogger(__name__)
 
 
 class DirtyTreeError(RuntimeError):
     """A paper-profile campaign was asked to run from a tree with uncommitted changes."""
+
+
+class CampaignInterrupted(KeyboardInterrupt):
+    """A campaign was stopped by a signal (its number is :attr:`signum`); workers are gone."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"campaign stopped by signal {signum}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into :class:`CampaignInterrupted` in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set in the main thread
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise CampaignInterrupted(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _stop_workers(executor: cf.ProcessPoolExecutor, timeout: float = 10.0) -> None:
+    """Terminate the pool's worker processes and wait (briefly) for them to exit."""
+    processes = list((getattr(executor, "_processes", None) or {}).values())  # no public API
+    for proc in processes:
+        with contextlib.suppress(Exception):
+            proc.terminate()
+    executor.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + timeout
+    for proc in processes:
+        with contextlib.suppress(Exception):
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join(1.0)
 
 
 def default_jobs() -> int:
@@ -71,17 +130,28 @@ def default_jobs() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def campaign_order(studies: Sequence[Study], store: ResultStore) -> list[ExperimentSpec]:
+def campaign_order(
+    studies: Sequence[Study],
+    store: ResultStore,
+    plans: Sequence[Sequence[ArmPlan]] | None = None,
+) -> list[ExperimentSpec]:
     """Return the runs of ``studies`` known now that have no current record, in campaign order.
 
     Tuning trials first, interleaved across arms (each arm's first trial, then each arm's second,
     ...), then repeats interleaved seed-major (the first seed of every arm, then the second, ...).
     A run needed by several arms or studies appears once, at its first place.
+
+    Args:
+        studies: The studies.
+        store: The results store.
+        plans: ``[plan(study, store) for study in studies]`` if already worked out.
     """
+    if plans is None:
+        plans = [plan(study, store) for study in studies]
     trials: list[list[ExperimentSpec]] = []
     repeats: list[list[ExperimentSpec]] = []
-    for study in studies:
-        for p in plan(study, store):
+    for study_plans in plans:
+        for p in study_plans:
             trials.append(list(p.trials))
             repeats.append(list(p.repeats))
     ordered: list[ExperimentSpec] = []
@@ -101,8 +171,8 @@ def campaign_order(studies: Sequence[Study], store: ResultStore) -> list[Experim
     return out
 
 
-def _blocked(studies: Sequence[Study], store: ResultStore) -> int:
-    return sum(1 for s in studies for p in plan(s, store) if p.blocked)
+def _blocked(plans: Sequence[Sequence[ArmPlan]]) -> int:
+    return sum(1 for study_plans in plans for p in study_plans if p.blocked)
 
 
 # --------------------------------------------------------------------------------- the workers
@@ -206,9 +276,13 @@ class Campaign:
         allow_dirty: Run a ``paper``-profile campaign from a tree with uncommitted changes.
         stream: Where the progress lines go (default ``sys.stderr``; ``None``: nowhere).
         on_run: Called in the parent with each finished run's summary.
+        fold_every: Fold finished tuning trials into the ledgers after this many finished runs
+            (and at the end); ``0``: never fold.
+        protect: Further studies whose repeats must never be folded (see
+            :func:`adamqlr.studies.tables.fold_trials`).
 
     Raises:
-        ValueError: For ``jobs < 1`` or ``threads < 1``.
+        ValueError: For ``jobs < 1``, ``threads < 1`` or ``fold_every < 0``.
     """
 
     def __init__(
@@ -222,6 +296,8 @@ class Campaign:
         allow_dirty: bool = False,
         stream: TextIO | None = sys.stderr,
         on_run: Callable[[dict[str, Any]], None] | None = None,
+        fold_every: int = 50,
+        protect: Sequence[Study] = (),
     ) -> None:
         self.studies = list(studies)
         self.store = store if store is not None else ResultStore()
@@ -230,6 +306,10 @@ class Campaign:
             raise ValueError(f"invalid jobs: {jobs!r} (expected an int >= 1)")
         if threads is not None and threads < 1:
             raise ValueError(f"invalid threads: {threads!r} (expected an int >= 1)")
+        if not isinstance(fold_every, int) or fold_every < 0:
+            raise ValueError(f"invalid fold_every: {fold_every!r} (expected an int >= 0)")
+        self.fold_every = fold_every
+        self.protect = list(protect)
         self.threads = threads
         self.device = device
         self.allow_dirty = allow_dirty
@@ -261,8 +341,26 @@ class Campaign:
         if self.stream is not None:
             print(text, file=self.stream, flush=True)
 
+    def _fold(self) -> None:
+        if not self.fold_every:
+            return
+        from adamqlr.studies.tables import fold_trials
+
+        folded = fold_trials(self.studies, self.store, protect=self.protect)
+        if folded:
+            self._say(f"  folded {len(folded)} finished tuning trial(s) into the ledgers")
+
     def run(self) -> CampaignSummary:
-        """Run until nothing is missing (or only failed runs and what waits on them are left)."""
+        """Run until nothing is missing (or only failed runs and what waits on them are left).
+
+        Raises:
+            DirtyTreeError: See :meth:`check_tree`.
+            CampaignInterrupted: On SIGINT or SIGTERM (the workers are stopped first).
+        """
+        with _signals_raise():
+            return self._run()
+
+    def _run(self) -> CampaignSummary:
         state = self.check_tree()
         summary = CampaignSummary()
         t_start = time.perf_counter()
@@ -317,9 +415,10 @@ class Campaign:
                         continue
                     durations.append(time.perf_counter() - t0)
                     finished.append(result)
-                todo = campaign_order(self.studies, self.store)
+                plans = [plan(study, self.store) for study in self.studies]  # once per finished run
+                todo = campaign_order(self.studies, self.store, plans)
                 left = len([s for s in todo if s.key not in failed_keys])
-                blocked = _blocked(self.studies, self.store)
+                blocked = _blocked(plans)
                 mean = sum(durations) / len(durations) if durations else 0.0
                 for result in finished:  # one progress line per finished run
                     summary.made.append(result)
@@ -332,15 +431,19 @@ class Campaign:
                         f"{result['steps']} steps, {result['optimisation_time_s']:.1f} s "
                         "optimisation"
                     )
+                    if self.fold_every and len(summary.made) % self.fold_every == 0:
+                        self._fold()
         except BaseException:
-            executor.shutdown(wait=False, cancel_futures=True)
+            _stop_workers(executor)
             raise
         executor.shutdown(wait=True)
         from adamqlr.studies.tables import write_tuning_tables
 
         write_tuning_tables(self.studies, self.store)
-        summary.left = len(campaign_order(self.studies, self.store))
-        summary.blocked = _blocked(self.studies, self.store)
+        self._fold()
+        plans = [plan(study, self.store) for study in self.studies]
+        summary.left = len(campaign_order(self.studies, self.store, plans))
+        summary.blocked = _blocked(plans)
         summary.seconds = time.perf_counter() - t_start
         self._say(
             f"campaign {self.id}: {len(summary.made)} run(s) made, {len(summary.failed)} failed, "

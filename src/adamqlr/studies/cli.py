@@ -8,6 +8,7 @@ Examples::
     adamqlr study plan all --profile paper
     adamqlr study calibrate --profile paper
     adamqlr study run untuned-vs-tuned --profile paper --jobs 2
+    adamqlr study fold all --profile paper
 
 ``python -m adamqlr.studies ...`` is the same command.
 """
@@ -72,6 +73,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     _add_common(pl)
     pl.add_argument("--overhead", type=float, default=1.0,
                     help="seconds of start-up and evaluation per run (default 1)")  # fmt: skip
+    fo = sub.add_parser(
+        "fold", help="fold finished tuning trials' full records into the trial ledgers"
+    )
+    fo.add_argument("name", help="study name, or 'all'")
+    _add_common(fo)
     ca = sub.add_parser("calibrate", help="measure per-step costs into <results>/costs.json")
     ca.add_argument("name", nargs="?", default="all", help="study name, or 'all' (default)")
     _add_common(ca)
@@ -95,7 +101,7 @@ def handle(args: argparse.Namespace) -> int:
     action = getattr(args, "study_command", None)
     if action is None:
         print(
-            "adamqlr study: error: give an action: list, status, plan, calibrate or run",
+            "adamqlr study: error: give an action: list, status, plan, calibrate, fold or run",
             file=sys.stderr,
         )
         return 2
@@ -127,6 +133,12 @@ def handle(args: argparse.Namespace) -> int:
         print(describe(estimates, costs))
         return 0
     store = ResultStore(args.results)
+    if action == "fold":
+        from adamqlr.studies.tables import fold_trials
+
+        folded = fold_trials(studies, store, protect=_studies("all", args.profile))
+        print(f"folded {len(folded)} tuning-trial record(s) into the ledgers under {store.root}")
+        return 0
     if action == "list":
         for study in studies:
             trials = sum(
@@ -173,7 +185,7 @@ def handle(args: argparse.Namespace) -> int:
         else:
             print(f"{study.name} ({study.profile}): complete")
     if action == "run" and not args.dry_run and args.jobs != 0:
-        from adamqlr.studies.campaign import Campaign, DirtyTreeError
+        from adamqlr.studies.campaign import Campaign, CampaignInterrupted, DirtyTreeError
 
         try:
             campaign = Campaign(
@@ -183,11 +195,16 @@ def handle(args: argparse.Namespace) -> int:
                 threads=args.threads if args.threads is not None else 1,
                 device=args.device,
                 allow_dirty=args.allow_dirty,
+                protect=_studies("all", args.profile),
             )
             summary = campaign.run()
         except (DirtyTreeError, ValueError) as err:
             print(f"adamqlr study: error: {err}", file=sys.stderr)
             return 2
+        except CampaignInterrupted as err:
+            print(f"adamqlr study: {err}; finished runs are stored, run again to resume",
+                  file=sys.stderr)  # fmt: skip
+            return 128 + err.signum
         return 0 if summary.complete else 1
     return 1 if incomplete else 0
 

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from adamqlr.experiment.spec import ExperimentSpec
+from adamqlr.experiment.spec import ExperimentSpec, RunSettings
 from adamqlr.profiles import Profile, parse_profile
 from adamqlr.results.store import MissingRecordError, ResultStore, RunRecord
 
@@ -169,6 +169,10 @@ class Search:
         max_rungs: Largest number of rungs.
         stream: Names the search's random stream (e.g. ``"uci-energy/adam"``), so that searches
             with the same seed draw independently.
+        eval_points: Evaluation points of each trial run (``None``: as the study sets for its
+            other runs). A trial is judged by its final objective only, so a paper-scale search
+            sets 2 (evaluations before the first step, after it and after the last): on
+            Fashion-MNIST, evaluating 100 points of a short trial cost ten times its training.
     """
 
     space: Mapping[str, Any]
@@ -177,6 +181,7 @@ class Search:
     seed: int = 0
     max_rungs: int = 4
     stream: str = ""
+    eval_points: int | None = None
 
     def __post_init__(self) -> None:
         if self.n_trials < 1 or self.reduction_factor < 2 or self.max_rungs < 1:
@@ -184,6 +189,10 @@ class Search:
                 f"invalid search: n_trials={self.n_trials!r}, reduction_factor="
                 f"{self.reduction_factor!r}, max_rungs={self.max_rungs!r}"
             )
+        if self.eval_points is not None and (
+            not isinstance(self.eval_points, int) or self.eval_points < 2
+        ):
+            raise ValueError(f"invalid search: eval_points={self.eval_points!r} (expected >= 2)")
         object.__setattr__(self, "space", dict(self.space))
 
     @property
@@ -248,6 +257,9 @@ class Arm:
         value: The value of the varied quantity, for sensitivity colour scales.
         search: A random search with successive halving (instead of ``grid``) that chooses the
             configuration (see :class:`Search`).
+        trial_task: The task the tuning trials run on when it differs from the repeats' (the
+            paper tunes Rosenbrock from random starts, ``"rosenbrock-random-start"``, and runs
+            the choice from ``(1, -1)``); ``None``: the base's task.
     """
 
     id: str
@@ -261,6 +273,7 @@ class Arm:
     group: str = ""
     value: float | None = None
     search: Search | None = None
+    trial_task: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
@@ -305,6 +318,10 @@ class Arm:
             raise ValueError(f"arm {self.id!r} has no search")
         base = apply_variation(self.base, self.overrides)  # type: ignore[arg-type]
         spec = apply_variation(base, self.search.configuration(number))
+        if self.trial_task is not None:
+            spec = spec.replace(task=self.trial_task)
+        if self.search.eval_points is not None:
+            spec = spec.replace(eval_points=self.search.eval_points, eval_every=None)
         return scale_budget(spec.replace(seed=self.tune_seed + number), fraction)
 
     def trials(self) -> tuple[ExperimentSpec, ...]:
@@ -316,6 +333,8 @@ class Arm:
         if not self.grid:
             return ()
         base = apply_variation(self.base, self.overrides)  # type: ignore[arg-type]
+        if self.trial_task is not None:
+            base = base.replace(task=self.trial_task)
         return tuple(apply_variation(base, v).replace(seed=self.tune_seed) for v in self.grid)
 
     def repeats_of(self, spec: ExperimentSpec) -> tuple[ExperimentSpec, ...]:
@@ -350,6 +369,23 @@ class Study:
     chapter: str = ""
     finalise: Callable[[ExperimentSpec], ExperimentSpec] | None = field(default=None, compare=False)
     resolve: Callable[[str, Profile], Study] | None = field(default=None, compare=False, repr=False)
+    _trials: dict[tuple[str, int, float], tuple[ExperimentSpec, RunSettings]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def trial(self, arm: Arm, number: int, fraction: float) -> tuple[ExperimentSpec, RunSettings]:
+        """Return search trial ``number`` of ``arm`` on ``fraction`` of the budget, with settings.
+
+        The spec is finalised (:meth:`spec`). Cached per study: a campaign works out every
+        search's trials again after each run (thousands of specs under ``paper``), and they
+        never change.
+        """
+        memo_key = (arm.id, number, fraction)
+        hit = self._trials.get(memo_key)
+        if hit is None:
+            spec = self.spec(arm.trial_spec(number, fraction))
+            hit = self._trials[memo_key] = (spec, spec.settings())
+        return hit
 
     def spec(self, spec: ExperimentSpec) -> ExperimentSpec:
         """Apply the study's :attr:`finalise` policy (e.g. the evaluation cadence) to ``spec``."""
@@ -471,12 +507,28 @@ class ArmPlan:
 
 
 def _objective(
-    store: ResultStore, spec: ExperimentSpec, metric: str, allow_stale: bool
+    store: ResultStore,
+    spec: ExperimentSpec,
+    metric: str,
+    allow_stale: bool,
+    settings: RunSettings | None = None,
 ) -> float | None:
-    status = store.status(spec)
-    if status == "complete" or (status == "stale" and allow_stale):
-        return final_value(store.load(spec, allow_stale=allow_stale), metric)
-    return None
+    """Return the final ``metric`` of ``spec``'s record, or ``None`` while it has none.
+
+    Cached in the store's memo under the record's identity: a campaign works its plan out again
+    after every run, and reading thousands of metric tables each time would cost more than the
+    runs themselves.
+    """
+    status, ident = store.state(settings if settings is not None else spec)
+    if not (status == "complete" or (status == "stale" and allow_stale)):
+        return None
+    memo_key = ("final_value", (settings or spec).key, metric, allow_stale)
+    hit = store.memo.get(memo_key)
+    if hit is not None and hit[0] == ident:
+        return float(hit[1])
+    value = final_value(store.load(spec, allow_stale=allow_stale), metric)
+    store.memo[memo_key] = (ident, value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -510,9 +562,9 @@ def search_state(
             alive = sorted(ranked[:count])
         pending = 0
         for number in alive:
-            spec = study.spec(arm.trial_spec(number, fraction))
+            spec, settings = study.trial(arm, number, fraction)
             trials.append((number, rung, spec))
-            value = _objective(store, spec, arm.objective, allow_stale)
+            value = _objective(store, spec, arm.objective, allow_stale, settings)
             if value is None:
                 pending += 1
             else:
@@ -530,10 +582,10 @@ def search_state(
 
 
 def _choose(
-    study: Study, arm: Arm, store: ResultStore, allow_stale: bool
+    study: Study, arm: Arm, store: ResultStore, allow_stale: bool, state: SearchState | None
 ) -> tuple[Mapping[str, Any] | None, tuple[float, ...], str | None]:
     if arm.search is not None:
-        state = search_state(study, arm, store, allow_stale)
+        assert state is not None
         values = tuple(state.objectives.get((n, r), math.nan) for n, r, _ in state.trials)
         if state.choice is None:
             return None, values, f"{state.pending} tuning trial(s) of the current rung not run"
@@ -542,13 +594,12 @@ def _choose(
     objectives: list[float] = []
     pending = 0
     for spec in trials:
-        status = store.status(spec)
-        if status == "complete" or (status == "stale" and allow_stale):
-            record = store.load(spec, allow_stale=allow_stale)
-            objectives.append(final_value(record, arm.objective))
-        else:
+        value = _objective(store, spec, arm.objective, allow_stale)
+        if value is None:
             objectives.append(math.nan)
             pending += 1
+        else:
+            objectives.append(value)
     if pending:
         return None, tuple(objectives), f"{pending} of {len(trials)} tuning trials not run"
     best = min(range(len(trials)), key=lambda i: (objectives[i], i))
@@ -557,24 +608,31 @@ def _choose(
     return arm.grid[best], tuple(objectives), None
 
 
-def _trial_specs(
+def _tuning(
     study: Study, arm: Arm, store: ResultStore, allow_stale: bool
-) -> tuple[ExperimentSpec, ...]:
+) -> tuple[
+    Mapping[str, Any] | None,
+    tuple[float, ...],
+    str | None,
+    tuple[ExperimentSpec, ...],
+    tuple[Mapping[str, Any], ...],
+    tuple[int, ...],
+]:
+    """Return a tuned arm's choice, objectives, blocked reason, trials, variations and rungs."""
     if arm.search is not None:
-        return tuple(spec for _, _, spec in search_state(study, arm, store, allow_stale).trials)
-    return tuple(study.spec(t) for t in arm.trials())
-
-
-def _trial_labels(
-    study: Study, arm: Arm, store: ResultStore, allow_stale: bool
-) -> tuple[tuple[Mapping[str, Any], ...], tuple[int, ...]]:
-    if arm.search is not None:
-        state = search_state(study, arm, store, allow_stale)
+        state = search_state(study, arm, store, allow_stale)  # worked out once per arm
+        choice, objectives, blocked = _choose(study, arm, store, allow_stale, state)
         return (
+            choice,
+            objectives,
+            blocked,
+            tuple(spec for _, _, spec in state.trials),
             tuple(arm.search.configuration(n) for n, _, _ in state.trials),
             tuple(r for _, r, _ in state.trials),
         )
-    return tuple(arm.grid), tuple(0 for _ in arm.grid)
+    choice, objectives, blocked = _choose(study, arm, store, allow_stale, None)
+    trials = tuple(study.spec(t) for t in arm.trials())
+    return choice, objectives, blocked, trials, tuple(arm.grid), tuple(0 for _ in arm.grid)
 
 
 def plan(
@@ -593,20 +651,23 @@ def plan(
     store = store if store is not None else ResultStore()
     out = []
     for arm in study.arms:
+        variations: tuple[Mapping[str, Any], ...] = ()
+        rungs: tuple[int, ...] = ()
+        repeats: tuple[ExperimentSpec, ...] = ()
         if isinstance(arm.base, BestOf):
             other, ref = _referenced(study, arm.base)
-            choice, objectives, blocked = _choose(other, ref, store, allow_stale)
-            trials = _trial_specs(other, ref, store, allow_stale)
-            repeats: tuple[ExperimentSpec, ...] = ()
+            choice, objectives, blocked, trials, variations, rungs = _tuning(
+                other, ref, store, allow_stale
+            )
             if choice is not None:
                 base = apply_variation(apply_variation(ref.base, ref.overrides), choice)  # type: ignore[arg-type]
                 repeats = arm.repeats_of(apply_variation(base, arm.overrides))
             else:
                 blocked = f"waits for {other.name}:{ref.id} ({blocked})"
         elif arm.tuned:
-            choice, objectives, blocked = _choose(study, arm, store, allow_stale)
-            trials = _trial_specs(study, arm, store, allow_stale)
-            repeats = ()
+            choice, objectives, blocked, trials, variations, rungs = _tuning(
+                study, arm, store, allow_stale
+            )
             if choice is not None:
                 base = apply_variation(arm.base, arm.overrides)
                 repeats = arm.repeats_of(apply_variation(base, choice))
@@ -614,12 +675,6 @@ def plan(
             trials, choice, objectives, blocked = (), None, (), None
             repeats = arm.repeats_of(apply_variation(arm.base, arm.overrides))
         repeats = tuple(study.spec(r) for r in repeats)
-        if isinstance(arm.base, BestOf):
-            variations, rungs = _trial_labels(other, ref, store, allow_stale)
-        elif arm.tuned:
-            variations, rungs = _trial_labels(study, arm, store, allow_stale)
-        else:
-            variations, rungs = (), ()
         out.append(ArmPlan(arm, trials, repeats, choice, objectives, blocked, variations, rungs))
     return out
 

@@ -48,8 +48,9 @@ def _train_size(spec: ExperimentSpec) -> int:
     st = spec.settings()
     if st.train_size is not None:
         return st.train_size
-    sizes = {"rosenbrock": 1, "uci-energy": 588, "uci-protein": 34983, "fashion-mnist": 50000,
-             "cifar-10": 45000, "svhn": 61047}  # fmt: skip
+    sizes = {"rosenbrock": 1, "rosenbrock-random-start": 1, "uci-energy": 588,
+             "uci-protein": 34983, "fashion-mnist": 50000, "cifar-10": 45000,
+             "svhn": 61047}  # fmt: skip
     if spec.task in sizes:
         return sizes[spec.task]
     return len(get_task(spec.task).load_data(spec.profile).train)  # pragma: no cover
@@ -170,7 +171,8 @@ def calibrate(
             s for s in specs if (s.task, s.optimiser, s.profile) == (task, optimiser, profile)
         )
         size = _train_size(base)
-        wanted = sorted({min(b, size) for b in batches}) if task != "rosenbrock" else [1]
+        rosenbrock = task.startswith("rosenbrock")
+        wanted = [1] if rosenbrock else sorted({min(b, size) for b in batches})
         for batch in wanted:
             key = f"{task}|{optimiser}|{batch}"
             spec = base.replace(

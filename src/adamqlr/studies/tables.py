@@ -13,6 +13,11 @@ writes, under ``<results>/tuning/<task>/<optimiser>/<regime>-<profile>-<id>/``:
 changed protocol never overwrites another's table. The regime is ``fixed-epochs`` unless the
 base spec is limited by time only (then ``runtime-train`` or ``runtime-val`` by the objective).
 The same search used by two studies is written once. Files are written atomically.
+
+:func:`fold_trials` turns the full records of finished tuning trials into rows of the store's
+trial ledgers (:mod:`adamqlr.results.ledger`): the search reads the same final values from
+them, and a paper-scale campaign's thousands of trials fit in the repository. Repeats always keep
+their full records.
 """
 
 from __future__ import annotations
@@ -29,9 +34,9 @@ from typing import Any
 from adamqlr.experiment.spec import canonical_json
 from adamqlr.results.atomic import atomic_write_bytes
 from adamqlr.results.store import ResultStore
-from adamqlr.studies.core import Arm, Study, apply_variation, search_state
+from adamqlr.studies.core import Arm, Study, apply_variation, plan, search_state
 
-__all__ = ["regime_of", "tuning_protocol", "write_tuning_tables"]
+__all__ = ["fold_trials", "regime_of", "tuning_protocol", "write_tuning_tables"]
 
 
 def regime_of(arm: Arm) -> str:
@@ -63,6 +68,7 @@ def tuning_protocol(study: Study, arm: Arm) -> dict[str, Any]:
         "seed": arm.search.seed,
         "stream": arm.search.stream,
         "tune_seed": arm.tune_seed,
+        **({} if arm.search.eval_points is None else {"trial_eval_points": arm.search.eval_points}),
         "budget": {"epochs": st.epochs, "steps": st.steps, "seconds": st.seconds},
         "repeat_seeds": list(arm.seeds),
     }
@@ -117,3 +123,30 @@ def write_tuning_tables(
             atomic_write_bytes(folder / "trials.csv", buf.getvalue().encode())
             written[ident] = folder
     return list(written.values())
+
+
+def fold_trials(
+    studies: Sequence[Study], store: ResultStore, *, protect: Sequence[Study] = ()
+) -> list[Path]:
+    """Fold the full records of the studies' tuning trials into the store's trial ledgers.
+
+    A spec that is also a repeat of any arm of ``studies`` or ``protect`` is never folded. Safe
+    to call while a campaign runs and to repeat (see :meth:`ResultStore.summarise`).
+
+    Args:
+        studies: The studies whose trials to fold.
+        store: The results store.
+        protect: Further studies whose repeats must keep full records (e.g. every study of the
+            profile, in case one repeats a configuration another tunes).
+
+    Returns:
+        The record folders removed.
+    """
+    trials: dict[str, Any] = {}
+    repeats: set[str] = set()
+    for study in (*studies, *protect):
+        for p in plan(study, store):
+            if study in studies:
+                trials.update((s.key, s) for s in p.trials)
+            repeats.update(s.key for s in p.repeats)
+    return store.summarise([s for k, s in trials.items() if k not in repeats])

@@ -15,6 +15,7 @@ __all__ = ["PROFILES", "TASKS", "Split", "Task", "TaskData", "TaskProfile", "get
 #: Task name -> "module:Class".
 TASKS: dict[str, str] = {
     "rosenbrock": "adamqlr.tasks.rosenbrock:Rosenbrock",
+    "rosenbrock-random-start": "adamqlr.tasks.rosenbrock:RosenbrockRandomStart",
     "uci-energy": "adamqlr.tasks.uci:UCIEnergy",
     "uci-protein": "adamqlr.tasks.uci:UCIProtein",
     "fashion-mnist": "adamqlr.tasks.fashion_mnist:FashionMNIST",

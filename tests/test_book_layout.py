@@ -1,0 +1,151 @@
+"""Every built page fits a wide and a narrow window: tables and figures stay in their column.
+
+Headless Chromium opens each page of the built book at 1400 px and at 800 px and measures what
+the reader sees: no table and no figure is wider than the column it sits in (a wide table must
+scroll inside it), and no figure is shown at less than 70 % of its natural width, where its
+text would be too small to read (a figure drawn 16 inches wide and squeezed into the column).
+
+As in ``test_book_browser.py``: without ``/usr/bin/chromium`` (or ``ADAMQLR_CHROMIUM``) or
+Playwright the tests are skipped; the book is the session's strict build, or the built HTML
+folder named by ``ADAMQLR_BOOK_HTML`` (skipped when that folder holds no built book).
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from _book import PROJECT, built_book  # noqa: F401 (the session's build, used by html)
+
+CHROMIUM = os.environ.get("ADAMQLR_CHROMIUM", "/usr/bin/chromium")
+WIDTHS = (1400, 800)
+#: A figure shown below this share of its natural width is too small to read.
+SMALLEST_SHARE = 0.7
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not os.access(CHROMIUM, os.X_OK),
+        reason=f"no Chromium at {CHROMIUM} (install Debian's `chromium` package, as `make test` "
+        "does, or set ADAMQLR_CHROMIUM)",
+    ),
+]
+
+PAGES = PROJECT.toc_files()
+
+
+@pytest.fixture(scope="module")
+def html(request) -> Path:
+    given = os.environ.get("ADAMQLR_BOOK_HTML")
+    if given:
+        folder = Path(given)
+        if not (folder / "index.html").is_file():
+            pytest.skip(f"ADAMQLR_BOOK_HTML={given} holds no built book")
+        return folder
+    return request.getfixturevalue("built_book")
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def server(html) -> Iterator[str]:
+    handler = functools.partial(_Quiet, directory=str(html))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        chromium = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"],
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture(scope="module", params=WIDTHS, ids=lambda w: f"{w}px")
+def tab(request, browser, server):
+    context = browser.new_context(viewport={"width": request.param, "height": 900})
+    page = context.new_page()
+    page.route(
+        "**/*", lambda route: route.continue_() if route.request.url.startswith(server) else
+        route.abort()
+    )  # fmt: skip
+    page.set_default_timeout(30_000)
+    yield page
+    context.close()
+
+
+#: Each table and figure image of the article, its width, its column's content width, and
+#: (images) the natural width of the picture, once every image has loaded.
+_LAYOUT = r"""
+async () => {
+  const article = document.querySelector("article") || document.querySelector("main");
+  await Promise.all([...article.querySelectorAll("img")].map(im => im.complete ? null :
+    new Promise(done => { im.onload = im.onerror = done; })));
+  const content = el => {
+    const s = getComputedStyle(el);
+    return el.clientWidth - parseFloat(s.paddingLeft) - parseFloat(s.paddingRight);
+  };
+  const column = el => {
+    for (let up = el.parentElement; up; up = up.parentElement) {
+      if (up === article || up.matches("figure, .cell_output, section, .output")) {
+        if (getComputedStyle(up).display !== "inline") return content(up);
+      }
+    }
+    return content(article);
+  };
+  const name = el => (el.closest("figure") && el.closest("figure").id) || el.id ||
+    (el.getAttribute("src") || el.className || el.tagName).toString().split("/").pop().slice(0, 40);
+  const tables = [...article.querySelectorAll("table")].map(t => ({
+    name: name(t), width: t.getBoundingClientRect().width, column: column(t)}));
+  const images = [...article.querySelectorAll("figure img, .cell_output img")]
+    .filter(im => im.naturalWidth > 0)
+    .map(im => ({name: name(im), width: im.getBoundingClientRect().width, column: column(im),
+                 natural: im.naturalWidth}));
+  return {article: content(article), tables, images};
+}
+"""
+
+
+@pytest.mark.parametrize("docname", PAGES)
+def test_tables_and_figures_fit_their_column_and_stay_legible(tab, server, docname) -> None:
+    tab.goto(f"{server}/{docname}.html", wait_until="load")
+    report = tab.evaluate(_LAYOUT)
+    width = tab.viewport_size["width"]
+    assert report["article"] > 0.5 * min(width, 800), report["article"]  # the page has a column
+    wide = [
+        f"{item['name']}: {item['width']:.0f} px in a {item['column']:.0f} px column"
+        for item in report["tables"] + report["images"]
+        if item["width"] > item["column"] + 1
+    ]
+    assert not wide, f"{docname} at {width} px: wider than the column: {wide}"
+    small = [
+        f"{im['name']}: {im['width']:.0f} of {im['natural']} px"
+        for im in report["images"]
+        if im["width"] < SMALLEST_SHARE * im["natural"]
+    ]
+    assert not small, (
+        f"{docname} at {width} px: figures shown below {SMALLEST_SHARE:.0%} of their natural "
+        f"width (draw them narrower): {small}"
+    )
