@@ -24,9 +24,10 @@ PACKAGE = "adamqlr"
 #: Keep in step with the layering in ``src/adamqlr/__init__.py``.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("version", "profiles", "_random", "_state", "_validation", "_checks"),
+    ("backends", "outputs", "precision"),
     ("losses",),
     ("curvature",),
-    ("heuristics",),
+    ("heuristics", "distributed"),
     ("optim",),
     ("algorithm", "kfac", "baydin"),
     ("steppers",),

@@ -21,9 +21,10 @@ a circle.
 name included::
 
     leaves      version profiles _random _state _validation _checks
+                backends outputs precision  kernels allowed; a model's output; mixed precision
     maths       losses                      losses with closed-form output Hessians
                 curvature                   d^T C d along a direction, matrix-free
-                heuristics                  K-FAC's step size, rho and damping, as functions
+                heuristics distributed      step size, rho and damping; one step over ranks
                 optim                       AdamQLR and SGDQLR (torch optimisers)
                 algorithm kfac baydin       reference step; K-FAC; hypergradient SGD
                 steppers                    one training-loop interface for every optimiser

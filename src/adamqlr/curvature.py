@@ -29,6 +29,8 @@ from torch.func import functional_call, grad, jvp
 
 from adamqlr._random import replayed_rng
 from adamqlr.losses import Loss
+from adamqlr.outputs import OutputSelector, select_output
+from adamqlr.precision import wide
 
 __all__ = [
     "CURVATURES",
@@ -64,11 +66,17 @@ def copied_buffers(model: nn.Module) -> TensorDict:
     return {name: b.detach().clone() for name, b in model.named_buffers()}
 
 
-def _forward(model: nn.Module, params: Mapping[str, Tensor], inputs: object):
+def _forward(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    inputs: object,
+    output: OutputSelector = None,
+) -> Tensor:
     # The buffer copies are made here, inside whatever ``torch.func`` transform calls this, so
     # that batch norm's in-place update of them (running statistics, ``num_batches_tracked``)
     # mutates a tensor of this call, not a captured one, which the transforms refuse.
-    return functional_call(model, ({**params}, copied_buffers(model)), (inputs,), strict=False)
+    raw = functional_call(model, ({**params}, copied_buffers(model)), (inputs,), strict=False)
+    return select_output(raw, output)
 
 
 def loss_at(
@@ -77,6 +85,8 @@ def loss_at(
     inputs: object,
     targets: Tensor,
     loss: Loss,
+    *,
+    output: OutputSelector = None,
 ) -> Tensor:
     """Evaluate the mean loss at ``params`` without touching the model's parameters or buffers.
 
@@ -86,12 +96,14 @@ def loss_at(
         inputs: The mini-batch inputs.
         targets: The mini-batch targets.
         loss: The loss.
+        output: Which of the model's outputs the loss compares
+            (:func:`adamqlr.outputs.select_output`; ``None``: the model returns a tensor).
 
     Returns:
         The scalar loss (no graph is recorded).
     """
     with torch.no_grad():
-        outputs = _forward(model, params, inputs)
+        outputs = _forward(model, params, inputs, output)
         return loss.value(outputs, targets)
 
 
@@ -336,6 +348,7 @@ def ggn_quadratic(
     loss: Loss,
     *,
     method: str = "auto",
+    output: OutputSelector = None,
 ) -> Tensor:
     """Return ``d^T G d`` for the generalised Gauss-Newton matrix of the mean loss.
 
@@ -355,6 +368,9 @@ def ggn_quadratic(
             (``torch.autograd.forward_ad`` dual tensors through ``functional_call``) or
             ``"func"`` (``torch.func.jvp``). The last two give the same numbers; on CPU the
             former was as fast or faster in ``benchmarks/step_cost.py``.
+        output: Which of the model's outputs the loss compares
+            (:func:`adamqlr.outputs.select_output`); with a selector the layer-wise JVP is not
+            used (``"auto"`` means ``"forward_ad"``).
 
     Returns:
         A scalar tensor, non-negative up to rounding for convex losses.
@@ -366,7 +382,7 @@ def ggn_quadratic(
     if method not in methods:
         raise ValueError(f"unknown method {method!r}; expected one of {methods}")
     plan = None
-    if method in ("auto", "layerwise") and isinstance(inputs, Tensor):
+    if method in ("auto", "layerwise") and isinstance(inputs, Tensor) and output is None:
         plan = layerwise_plan(model)
     if plan is None and method == "layerwise":
         raise ValueError(f"the layer-wise JVP does not cover this model or input: {model!r}")
@@ -380,7 +396,7 @@ def ggn_quadratic(
         if method == "func":
 
             def outputs_of(*values: Tensor) -> Tensor:
-                return _forward(model, dict(zip(names, values, strict=True)), inputs)
+                return _forward(model, dict(zip(names, values, strict=True)), inputs, output)
 
             outputs, u = jvp(  # type: ignore[misc]  # torch types jvp as 2 or 3 values (has_aux)
                 outputs_of,
@@ -392,7 +408,7 @@ def ggn_quadratic(
                 duals = {
                     n: fwAD.make_dual(params[n].detach(), direction[n].detach()) for n in names
                 }
-                outputs, u = fwAD.unpack_dual(_forward(model, duals, inputs))
+                outputs, u = fwAD.unpack_dual(_forward(model, duals, inputs, output))
                 if u is None:  # no output depends on a parameter with a direction
                     u = torch.zeros_like(outputs)
         return loss.output_quadratic(outputs, u, targets)
@@ -405,6 +421,8 @@ def hessian_quadratic(
     inputs: object,
     targets: Tensor,
     loss: Loss,
+    *,
+    output: OutputSelector = None,
 ) -> Tensor:
     """Return ``d^T H d`` for the Hessian of the mean loss, by forward-over-reverse.
 
@@ -415,6 +433,8 @@ def hessian_quadratic(
         inputs: The mini-batch inputs.
         targets: The mini-batch targets.
         loss: The loss.
+        output: Which of the model's outputs the loss compares
+            (:func:`adamqlr.outputs.select_output`).
 
     Returns:
         A scalar tensor; it may be negative or zero where the loss is not convex along ``d``.
@@ -422,7 +442,7 @@ def hessian_quadratic(
     names = list(params)
 
     def loss_of(values: tuple[Tensor, ...]) -> Tensor:
-        outputs = _forward(model, dict(zip(names, values, strict=True)), inputs)
+        outputs = _forward(model, dict(zip(names, values, strict=True)), inputs, output)
         return loss.value(outputs, targets)
 
     primals = tuple(params[n].detach() for n in names)
@@ -483,7 +503,7 @@ def hessian_along_graph(
 
     def reduce(p: Tensor, d: Tensor, i: int) -> None:
         if p.grad is not None:
-            terms[i] = torch.dot(d.reshape(-1), p.grad.reshape(-1)).to(torch.float64)
+            terms[i] = torch.dot(wide(d).reshape(-1), wide(p.grad).reshape(-1)).to(torch.float64)
             p.grad = None
 
     # a gradient with no graph is constant in the parameters: its part of H d is zero
@@ -602,6 +622,9 @@ class CurvatureEngine:
 
     #: Short name, for tests and benchmarks.
     name: str = "engine"
+    #: Which of the model's outputs the loss compares (:func:`adamqlr.outputs.select_output`);
+    #: set by :func:`curvature_engine`.
+    output: OutputSelector = None
 
     def __init__(
         self,
@@ -631,7 +654,7 @@ class CurvatureEngine:
         return replayed_rng(*self._rng)
 
     def _outputs(self, inputs: Any) -> Tensor:
-        return self.model(inputs)
+        return select_output(self.model(inputs), self.output)
 
     # ------------------------------------------------------------------------- interface
     def gradient_pass(
@@ -694,7 +717,12 @@ class CurvatureEngine:
                 )
                 return self.loss.value(outputs, targets)
             return loss_at(
-                self.model, dict(zip(names, values, strict=True)), inputs, targets, self.loss
+                self.model,
+                dict(zip(names, values, strict=True)),
+                inputs,
+                targets,
+                self.loss,
+                output=self.output,
             )
 
     def release(self) -> None:
@@ -837,6 +865,7 @@ class ForwardModeFisher(CurvatureEngine):
                 targets,
                 self.loss,
                 method="forward_ad",
+                output=self.output,
             )
 
 
@@ -880,26 +909,37 @@ class GraphHessian(CurvatureEngine):
 
 
 def curvature_engine(
-    model: nn.Module, curvature: str, loss: Loss, *, tensor_inputs: bool = True
+    model: nn.Module,
+    curvature: str,
+    loss: Loss,
+    *,
+    tensor_inputs: bool = True,
+    output: OutputSelector = None,
 ) -> CurvatureEngine:
     """Return the cheapest engine that computes ``curvature`` for ``model``.
 
-    ``"fisher"``: :class:`LayerwiseFisher` when :func:`layerwise_plan` covers the model and the
-    inputs are one tensor, else :class:`ForwardModeFisher`; ``"hessian"``: :class:`GraphHessian`
-    (with the layer-wise trial forward when the plan applies).
+    ``"fisher"``: :class:`LayerwiseFisher` when :func:`layerwise_plan` covers the model, the
+    inputs are one tensor and no ``output`` selector is given, else :class:`ForwardModeFisher`;
+    ``"hessian"``: :class:`GraphHessian` (with the layer-wise trial forward when the plan
+    applies). ``output`` picks the tensor the loss compares from what the model returns
+    (:func:`adamqlr.outputs.select_output`).
 
     Raises:
         ValueError: If ``curvature`` is not one of :data:`CURVATURES`.
     """
     if curvature not in CURVATURES:
         raise ValueError(f"unknown curvature {curvature!r}; expected one of {CURVATURES}")
-    plan = layerwise_plan(model) if tensor_inputs else None
+    plan = layerwise_plan(model) if tensor_inputs and output is None else None
     stochastic = may_be_stochastic(model)
+    engine: CurvatureEngine
     if curvature == "hessian":
-        return GraphHessian(model, loss, plan, stochastic)
-    if plan is not None:
-        return LayerwiseFisher(model, loss, plan, stochastic)
-    return ForwardModeFisher(model, loss, None, stochastic)
+        engine = GraphHessian(model, loss, plan, stochastic)
+    elif plan is not None:
+        engine = LayerwiseFisher(model, loss, plan, stochastic)
+    else:
+        engine = ForwardModeFisher(model, loss, None, stochastic)
+    engine.output = output
+    return engine
 
 
 class EngineCache:
@@ -909,12 +949,17 @@ class EngineCache:
         model: The network.
         curvature: ``"fisher"`` or ``"hessian"``.
         loss: The loss.
+        output: Which of the model's outputs the loss compares
+            (:func:`adamqlr.outputs.select_output`).
     """
 
-    def __init__(self, model: nn.Module, curvature: str, loss: Loss) -> None:
+    def __init__(
+        self, model: nn.Module, curvature: str, loss: Loss, output: OutputSelector = None
+    ) -> None:
         self.model = model
         self.curvature = curvature
         self.loss = loss
+        self.output = output
         self._key: tuple[Any, ...] | None = None
         self._engine: CurvatureEngine | None = None
         #: How many times an engine was built (for tests).
@@ -925,7 +970,7 @@ class EngineCache:
         key = (isinstance(inputs, Tensor), model_signature(self.model))
         if self._engine is None or key != self._key:
             self._engine = curvature_engine(
-                self.model, self.curvature, self.loss, tensor_inputs=key[0]
+                self.model, self.curvature, self.loss, tensor_inputs=key[0], output=self.output
             )
             self._key = key
             self.builds += 1

@@ -9,17 +9,36 @@ product ``J d``). The last is what turns one forward-mode JVP into the Gauss-New
 The scaling of ``u^T H_L u`` is derived from the same reduction that defines the value, so the two
 can never disagree, whatever the output dimension (the official JAX code averages the MSE over
 output dimensions but sums its curvature over them; we do not copy that).
+
+Any other loss -- a ``torch.nn`` loss module (``nn.MSELoss``, ``nn.CrossEntropyLoss``,
+``nn.HuberLoss``, ...) or a function ``loss(outputs, targets) -> scalar`` -- is wrapped by
+:func:`get_loss` in an :class:`AutogradLoss`, whose output Hessian is exact, by double backward
+on the outputs. ``nn.MSELoss`` and ``nn.CrossEntropyLoss`` with settings that have a closed form
+keep the fast path (:class:`MeanSquaredErrorLoss`, :class:`TorchCrossEntropyLoss`). The output
+quadratic forms are accumulated in float32 or wider (:func:`adamqlr.precision.wide`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["CrossEntropyLoss", "Loss", "SquaredErrorLoss", "get_loss", "LOSSES"]
+from adamqlr.precision import wide
+
+__all__ = [
+    "AutogradLoss",
+    "CrossEntropyLoss",
+    "LOSSES",
+    "Loss",
+    "MeanSquaredErrorLoss",
+    "SquaredErrorLoss",
+    "TorchCrossEntropyLoss",
+    "get_loss",
+]
 
 
 class Loss(ABC):
@@ -146,6 +165,7 @@ class CrossEntropyLoss(Loss):
         )
 
     def output_quadratic(self, outputs: Tensor, u: Tensor, targets: Tensor) -> Tensor:  # noqa: D102
+        outputs, u = wide(outputs), wide(u)
         pu = torch.softmax(outputs, dim=-1) * u  # p u, computed once
         per_position = (pu * u).sum(-1) - pu.sum(-1) ** 2
         mask = self._mask(targets)
@@ -155,6 +175,7 @@ class CrossEntropyLoss(Loss):
     def output_bilinear(  # noqa: D102
         self, outputs: Tensor, u1: Tensor, u2: Tensor, targets: Tensor
     ) -> Tensor:
+        outputs, u1, u2 = wide(outputs), wide(u1), wide(u2)
         p = torch.softmax(outputs, dim=-1)
         per_position = (p * u1 * u2).sum(-1) - (p * u1).sum(-1) * (p * u2).sum(-1)
         mask = self._mask(targets)
@@ -241,17 +262,179 @@ class SquaredErrorLoss(Loss):
 
     def output_quadratic(self, outputs: Tensor, u: Tensor, targets: Tensor) -> Tensor:  # noqa: D102
         count = self.curvature_count if self.curvature_count is not None else outputs.shape[0]
-        return u.pow(2).sum() / count
+        return wide(u).pow(2).sum() / count
 
     def output_bilinear(  # noqa: D102
         self, outputs: Tensor, u1: Tensor, u2: Tensor, targets: Tensor
     ) -> Tensor:
         count = self.curvature_count if self.curvature_count is not None else outputs.shape[0]
-        return (u1 * u2).sum() / count
+        return (wide(u1) * wide(u2)).sum() / count
 
     def __repr__(self) -> str:
         extra = "" if self.curvature_count is None else f"curvature_count={self.curvature_count}"
         return f"SquaredErrorLoss({extra})"
+
+
+class TorchCrossEntropyLoss(CrossEntropyLoss):
+    """``torch.nn.CrossEntropyLoss()`` exactly: the class dimension is dimension 1.
+
+    Logits ``(N, C)`` or ``(N, C, d1, ...)`` and integer targets ``(N,)`` or ``(N, d1, ...)``,
+    mean over the counted positions, ``ignore_index`` skipped; the value is torch's own
+    ``F.cross_entropy``, the curvature the closed form of :class:`CrossEntropyLoss`. What
+    :func:`get_loss` returns for ``nn.CrossEntropyLoss`` with ``reduction="mean"``, no class
+    weights and no label smoothing.
+    """
+
+    name = "torch_cross_entropy"
+
+    def check_shapes(self, outputs: Tensor, targets: Tensor) -> None:
+        """Check logits ``(N, C, ...)`` against class-index targets ``(N, ...)``.
+
+        Then every check of :meth:`CrossEntropyLoss.check_shapes` (dtype, device, class range,
+        at least one counted target) on the class-last view.
+
+        Raises:
+            ValueError: Naming the bad shape or value; class-probability (floating) targets
+                included, which have no closed form here (pass the loss as a function instead to
+                get an :class:`AutogradLoss`).
+        """
+        if (
+            outputs.dim() < 2
+            or targets.dim() != outputs.dim() - 1
+            or targets.shape[:1] != outputs.shape[:1]
+            or targets.shape[1:] != outputs.shape[2:]
+        ):
+            raise ValueError(
+                "nn.CrossEntropyLoss needs logits of shape (N, C, ...) and integer targets of "
+                f"shape (N, ...); got outputs {tuple(outputs.shape)} and targets "
+                f"{tuple(targets.shape)}"
+            )
+        super().check_shapes(self._last(outputs), targets)
+
+    @staticmethod
+    def _last(t: Tensor) -> Tensor:
+        return t if t.dim() == 2 else t.movedim(1, -1)
+
+    def value(self, outputs: Tensor, targets: Tensor) -> Tensor:  # noqa: D102
+        return F.cross_entropy(outputs, targets, ignore_index=self.ignore_index)
+
+    def output_quadratic(self, outputs: Tensor, u: Tensor, targets: Tensor) -> Tensor:  # noqa: D102
+        return super().output_quadratic(self._last(outputs), self._last(u), targets)
+
+    def output_bilinear(  # noqa: D102
+        self, outputs: Tensor, u1: Tensor, u2: Tensor, targets: Tensor
+    ) -> Tensor:
+        last = self._last
+        return super().output_bilinear(last(outputs), last(u1), last(u2), targets)
+
+    def __repr__(self) -> str:
+        return f"TorchCrossEntropyLoss(ignore_index={self.ignore_index})"
+
+
+class MeanSquaredErrorLoss(Loss):
+    """``torch.nn.MSELoss(reduction=...)`` exactly: the squared error over every element.
+
+    ``reduction="mean"``: ``L = sum (y - t)^2 / numel``, output Hessian ``2 I / numel``;
+    ``reduction="sum"``: ``L = sum (y - t)^2``, output Hessian ``2 I``. Unlike torch, targets must
+    have the outputs' shape (torch broadcasts ``(N, 1)`` against ``(N,)`` to ``(N, N)`` with a
+    warning, which is rarely what was meant).
+
+    Args:
+        reduction: ``"mean"`` or ``"sum"``.
+    """
+
+    name = "mse_loss"
+
+    def __init__(self, reduction: str = "mean") -> None:
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"invalid reduction: {reduction!r} (expected 'mean' or 'sum')")
+        self.reduction = reduction
+
+    def check_shapes(self, outputs: Tensor, targets: Tensor) -> None:  # noqa: D102
+        if targets.shape != outputs.shape:
+            raise ValueError(
+                "nn.MSELoss needs targets shaped like the outputs; got outputs "
+                f"{tuple(outputs.shape)} and targets {tuple(targets.shape)}"
+            )
+
+    def value(self, outputs: Tensor, targets: Tensor) -> Tensor:  # noqa: D102
+        return F.mse_loss(outputs, targets, reduction=self.reduction)
+
+    def _scale(self, outputs: Tensor) -> float:
+        return 2.0 / outputs.numel() if self.reduction == "mean" else 2.0
+
+    def output_quadratic(self, outputs: Tensor, u: Tensor, targets: Tensor) -> Tensor:  # noqa: D102
+        return wide(u).pow(2).sum() * self._scale(outputs)
+
+    def output_bilinear(  # noqa: D102
+        self, outputs: Tensor, u1: Tensor, u2: Tensor, targets: Tensor
+    ) -> Tensor:
+        return (wide(u1) * wide(u2)).sum() * self._scale(outputs)
+
+    def __repr__(self) -> str:
+        return f"MeanSquaredErrorLoss(reduction={self.reduction!r})"
+
+
+class AutogradLoss(Loss):
+    """Any scalar loss ``fn(outputs, targets)``, its output-space Hessian exact by autograd.
+
+    ``u^T H_L u`` is a Hessian-vector product on the outputs: the gradient of ``fn`` with respect
+    to the (detached) outputs, with its graph, is differentiated once more along ``u`` (double
+    backward), and ``u . (H_L u)`` is summed in float32 or wider. Its cost is about two backward
+    passes through the *loss* only (not the network), on tensors the size of the outputs. The
+    Gauss-Newton matrix ``J^T H_L J`` it gives is positive semi-definite when ``fn`` is convex
+    in the outputs (``nn.MSELoss``, ``nn.CrossEntropyLoss``, ``nn.HuberLoss``, ...); it equals the
+    Fisher only for losses that are negative log-likelihoods of exponential families in natural
+    parameters.
+
+    Args:
+        fn: ``fn(outputs, targets)`` returning a 0-d tensor (a ``torch.nn`` loss module or any
+            function); it must be twice differentiable in ``outputs`` (piecewise, like
+            ``nn.HuberLoss``, is fine) and is assumed to be a *mean* (or sum) over the batch as
+            the user wants it: the curvature is that of exactly this value.
+        name: Short name for records and messages (default: the class or function name).
+
+    Raises:
+        ValueError: If ``fn`` is not callable.
+    """
+
+    def __init__(self, fn: Callable[[Tensor, Tensor], Tensor], name: str | None = None) -> None:
+        if not callable(fn):
+            raise ValueError(f"invalid loss: {fn!r} (expected a callable loss(outputs, targets))")
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", None) or type(fn).__name__
+
+    def value(self, outputs: Tensor, targets: Tensor) -> Tensor:  # noqa: D102
+        value = self.fn(outputs, targets)
+        if not isinstance(value, Tensor) or value.numel() != 1:
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(
+                f"loss {self.name!r} returned {shape}, expected a scalar tensor (use a mean or "
+                "sum reduction)"
+            )
+        return value.reshape(())
+
+    def output_hvp(self, outputs: Tensor, u: Tensor, targets: Tensor) -> Tensor:
+        """Return ``H_L u``, the output Hessian of :meth:`value` applied to ``u`` (no graph)."""
+        with torch.enable_grad():
+            z = outputs.detach().requires_grad_(True)
+            value = self.value(z, targets)
+            (g,) = torch.autograd.grad(value, z, create_graph=True, allow_unused=True)
+            if g is None or not g.requires_grad:  # the loss is affine in the outputs
+                return torch.zeros_like(outputs)
+            (hu,) = torch.autograd.grad(g, z, grad_outputs=u.detach(), allow_unused=True)
+        return torch.zeros_like(outputs) if hu is None else hu.detach()
+
+    def output_quadratic(self, outputs: Tensor, u: Tensor, targets: Tensor) -> Tensor:  # noqa: D102
+        return (wide(u) * wide(self.output_hvp(outputs, u, targets))).sum()
+
+    def output_bilinear(  # noqa: D102
+        self, outputs: Tensor, u1: Tensor, u2: Tensor, targets: Tensor
+    ) -> Tensor:
+        return (wide(u1) * wide(self.output_hvp(outputs, u2, targets))).sum()
+
+    def __repr__(self) -> str:
+        return f"AutogradLoss({self.fn!r})"
 
 
 #: Names accepted wherever a loss is given as a string.
@@ -262,18 +445,42 @@ LOSSES: dict[str, type[Loss]] = {
 }
 
 
-def get_loss(loss: str | Loss, **kwargs: object) -> Loss:
-    """Return a :class:`Loss` from a name (``"cross_entropy"``, ``"squared_error"``/``"mse"``).
+def _closed_form(module: nn.Module) -> Loss | None:
+    """Return the closed-form :class:`Loss` exactly equivalent to a torch loss module, or None."""
+    if type(module) is nn.MSELoss and module.reduction in ("mean", "sum"):
+        return MeanSquaredErrorLoss(module.reduction)
+    if (
+        type(module) is nn.CrossEntropyLoss
+        and module.reduction == "mean"
+        and module.weight is None
+        and module.label_smoothing == 0.0
+    ):
+        return TorchCrossEntropyLoss(ignore_index=module.ignore_index)
+    return None
+
+
+def get_loss(
+    loss: str | Loss | nn.Module | Callable[[Tensor, Tensor], Tensor], **kwargs: object
+) -> Loss:
+    """Return a :class:`Loss` from a name, a torch loss module or a function.
 
     Args:
-        loss: A loss name or an existing :class:`Loss`, which is returned unchanged.
-        **kwargs: Passed to the loss class (e.g. ``ignore_index``).
+        loss: A loss name (``"cross_entropy"``, ``"squared_error"``/``"mse"``), an existing
+            :class:`Loss` (returned unchanged), a ``torch.nn`` loss module, or a function
+            ``loss(outputs, targets) -> 0-d tensor``. ``nn.MSELoss`` (``reduction`` "mean" or
+            "sum") and ``nn.CrossEntropyLoss`` (``reduction="mean"``, no ``weight``, no label
+            smoothing) map to the exactly equivalent closed forms :class:`MeanSquaredErrorLoss`
+            and :class:`TorchCrossEntropyLoss`; any other module or function becomes an
+            :class:`AutogradLoss` (output Hessian by double backward). Note ``"mse"`` is the
+            paper's half squared error summed over outputs, not ``nn.MSELoss``.
+        **kwargs: Passed to the loss class of a name (e.g. ``ignore_index``).
 
     Returns:
         The loss object.
 
     Raises:
-        ValueError: If ``loss`` is neither a known name nor a :class:`Loss`.
+        ValueError: If ``loss`` is an unknown name or not callable, or options come with an
+            object.
     """
     if isinstance(loss, Loss):
         if kwargs:
@@ -281,6 +488,22 @@ def get_loss(loss: str | Loss, **kwargs: object) -> Loss:
                 f"loss options {sorted(kwargs)} given with a ready Loss object {loss!r}"
             )
         return loss
-    if isinstance(loss, str) and loss in LOSSES:
-        return LOSSES[loss](**kwargs)
-    raise ValueError(f"unknown loss {loss!r}; expected one of {sorted(LOSSES)} or a Loss instance")
+    if isinstance(loss, str):
+        if loss in LOSSES:
+            return LOSSES[loss](**kwargs)
+        raise ValueError(
+            f"unknown loss {loss!r}; expected one of {sorted(LOSSES)}, a Loss, a torch.nn loss "
+            "module or a function loss(outputs, targets)"
+        )
+    if callable(loss):
+        if kwargs:
+            raise ValueError(f"loss options {sorted(kwargs)} given with a loss object {loss!r}")
+        if isinstance(loss, nn.Module):
+            closed = _closed_form(loss)
+            if closed is not None:
+                return closed
+        return AutogradLoss(loss)
+    raise ValueError(
+        f"unknown loss {loss!r}; expected one of {sorted(LOSSES)}, a Loss, a torch.nn loss module "
+        "or a function loss(outputs, targets)"
+    )

@@ -27,6 +27,13 @@ Where they cannot, they say so: the step takes the batch (``opt.step(inputs, tar
 closure, no ``backward()`` before it), so gradient clipping is the ``max_grad_norm`` option. Bad
 batches and state dicts are refused with a ``ValueError`` naming the value (:mod:`adamqlr._checks`),
 and a run whose steps no longer change the loss is flagged (``StepStats.stalled``, ``on_stall``).
+Models people train today work as they are: attention runs with kernels that have the second
+derivatives the curvature needs (:mod:`adamqlr.backends`; a ``torch.compile``-d module is refused
+with the fix), any loss module or function gets its output-space Hessian by autograd and a model
+returning a dict or tuple takes ``output=`` (:mod:`adamqlr.losses`, :mod:`adamqlr.outputs`), the
+step's scalars are accumulated in float32 or wider under ``torch.autocast``
+(:mod:`adamqlr.precision`), and with a ``torch.distributed`` process group every rank takes the
+same step (:mod:`adamqlr.distributed`).
 
 Everything that touches every parameter (Adam's moments, the sums, the update) uses torch's
 ``_foreach`` kernels, and the host waits for the device three times per step: for the loss and
@@ -37,7 +44,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -49,7 +56,9 @@ from adamqlr._state import OptimiserWideState
 from adamqlr._validation import check as _check
 from adamqlr._validation import integer as _integer
 from adamqlr._validation import real as _real
+from adamqlr.backends import check_model, curvature_safe_attention
 from adamqlr.curvature import CURVATURES, CurvatureEngine, EngineCache
+from adamqlr.distributed import DistributedEngine, process_group, unwrap
 from adamqlr.heuristics import (
     DEFAULT_MAX_DAMPING,
     LevenbergMarquardt,
@@ -59,6 +68,8 @@ from adamqlr.heuristics import (
     reduction_ratio,
 )
 from adamqlr.losses import Loss, get_loss
+from adamqlr.outputs import OutputSelector, check_selector
+from adamqlr.precision import forget_cast_weights, rounding_dtype, wide
 
 __all__ = [
     "AdamQLR",
@@ -112,9 +123,11 @@ class StepStats:
         damping_used: The damping that entered the step size (the previous step's value).
         step: Number of accepted steps so far, this one included.
         loss_unresolved: The trial loss differed from the loss by no more than the loss's
-            rounding level (:func:`adamqlr.heuristics.loss_difference_trustworthy`), so ``rho``
-            was not computed (NaN) and the damping followed
-            :meth:`adamqlr.heuristics.LevenbergMarquardt.after_unresolved` instead.
+            rounding level (:func:`adamqlr.heuristics.loss_difference_trustworthy` in the least
+            precise dtype of the loss, the outputs and the autocast in force:
+            :func:`adamqlr.precision.rounding_dtype`), so ``rho`` was not computed (NaN) and the
+            damping followed :meth:`adamqlr.heuristics.LevenbergMarquardt.after_unresolved`
+            instead.
         stalled: The last ``stall_patience`` damping-adaptation steps (this one included) all had
             an unresolved loss change: the steps no longer change the loss.
         grad_norm: The gradient's norm before ``max_grad_norm`` clipped it (NaN without it).
@@ -155,7 +168,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
     def __init__(
         self,
         model: nn.Module,
-        loss: str | Loss = "cross_entropy",
+        loss: str | Loss | nn.Module | Callable[[Tensor, Tensor], Tensor] = "cross_entropy",
         curvature: str = "fisher",
         *,
         params: Iterable[Tensor] | Iterable[dict[str, Any]] | None = None,
@@ -176,10 +189,16 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         stall_patience: int = 20,
         resolve_loss: bool = True,
         ignore_index: int = -100,
+        output: OutputSelector = None,
+        distributed: bool | str | Any = "auto",
         group_defaults: dict[str, Any] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"invalid model: {model!r} (expected a torch.nn.Module)")
+        check_model(model)  # [loops] e.g. a torch.compile-d module, with the fix (backends.py)
+        check_selector(output)  # [loops] outputs.py
+        process_group(distributed)  # [loops] validates the setting (distributed.py)
+        model = unwrap(model)  # [loops] a DDP wrapper: the step averages over ranks itself
         if isinstance(loss, str) and loss == "cross_entropy":
             loss_obj = get_loss(loss, ignore_index=ignore_index)
         else:
@@ -271,7 +290,9 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         self.stall_patience = stall_patience
         self.resolve_loss = resolve_loss
         self.state[_GLOBAL] = self._fresh_global_state()
-        self._engines = EngineCache(model, curvature, loss_obj)
+        self.output = output
+        self.distributed = distributed
+        self._engines = EngineCache(model, curvature, loss_obj, output)
         self._last_outputs: Tensor | None = None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -422,7 +443,9 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:  # noqa: D105
         super().__setstate__(state)
         if self.__dict__.get("_engines") is None and "model" in self.__dict__:
-            self._engines = EngineCache(self.model, self.curvature, self.loss)
+            self._engines = EngineCache(
+                self.model, self.curvature, self.loss, self.__dict__.get("output")
+            )
             self._last_outputs = None
 
     @property
@@ -566,9 +589,13 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
             )
         self._check_batch(inputs, targets)
         engine = self._engines.engine(inputs)
+        group = process_group(self.__dict__.get("distributed", False))  # [loops] distributed.py
+        if group is not None:
+            engine = DistributedEngine(engine, group)  # type: ignore[assignment]
         try:
-            # Everything but the engine's gradient pass runs without recording a graph.
-            with torch.no_grad():
+            # Everything but the engine's gradient pass runs without recording a graph. [loops]
+            # Attention uses kernels that have forward-mode and double-backward rules.
+            with curvature_safe_attention(), torch.no_grad():
                 return self._iteration(engine, inputs, targets)
         except _Rejected as rejection:
             return self._reject(rejection)
@@ -647,7 +674,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         q_t = engine.along(names, ps, ds)
         dots = [_dot(g, d) for g, d in zip(gs, ds, strict=True)]
         extra_t = [] if grad_norm_t is None else [grad_norm_t]
-        values = _host([f0_t, q_t, *dots, *torch._foreach_norm(ds), *checks, *extra_t])
+        values = _host([f0_t, q_t, *dots, *_norms(ds), *checks, *extra_t])
         grad_norm = values.pop() if extra_t else math.nan
         f0, q = values[0], values[1]
         if not math.isfinite(f0):
@@ -702,9 +729,13 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
             raise _Rejected("nonfinite_trial_loss", f0, extra | {"trial_loss": f1})
 
         # 6. Damping and commit. A loss change below the loss's rounding level gives no rho.
+        # [loops] The rounding level is that of the least precise of the loss's dtype, the
+        # outputs' dtype and the autocast dtype (precision.rounding_dtype): under bfloat16
+        # autocast the loss is float32, computed from bfloat16 logits.
         unresolved = False
         if adapt:
-            if not self.resolve_loss or loss_difference_trustworthy(f0, f1, f0_t.dtype):
+            low = rounding_dtype(f0_t.dtype, self._last_outputs.dtype, device_type=f0_t.device.type)
+            if not self.resolve_loss or loss_difference_trustworthy(f0, f1, low):
                 rho = reduction_ratio(f1 - f0, proposal.predicted_change)
                 glob["damping"] = self.damping_rule.update(damping_used, rho)
                 glob["unresolved_streak"] = 0
@@ -712,12 +743,13 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
                 unresolved = True
                 change = proposal.predicted_change
                 if change != 0.0:  # a zero step teaches nothing about the damping
-                    resolution = loss_resolution(max(abs(f0), abs(f1)), f0_t.dtype)
+                    resolution = loss_resolution(max(abs(f0), abs(f1)), low)
                     glob["damping"] = self.damping_rule.after_unresolved(
                         damping_used, abs(change) > resolution
                     )
                 glob["unresolved_streak"] += 1
         torch._foreach_copy_(ps, new)
+        forget_cast_weights()  # [loops] autocast's cached copies are stale (precision.py)
         for group_ps, group_gs, group, candidate in pending:
             self._commit(group_ps, group_gs, group, candidate)
         glob["step"] = step
@@ -788,7 +820,11 @@ class AdamQLR(QuadraticModelOptimizer):
         loss: ``"cross_entropy"`` (mean over examples and token positions, like
             ``torch.nn.functional.cross_entropy``; positions whose target is ``ignore_index`` are
             skipped), ``"squared_error"``/``"mse"`` (mean over examples of half the squared error,
-            summed over output dimensions), or a :class:`adamqlr.losses.Loss`.
+            summed over output dimensions), a :class:`adamqlr.losses.Loss`, a ``torch.nn`` loss
+            module (``nn.MSELoss()``, ``nn.CrossEntropyLoss()``, ``nn.HuberLoss()``, ...) or a
+            function ``loss(outputs, targets) -> 0-d tensor``. Modules and functions get their
+            output-space Hessian by double backward (exact); ``nn.MSELoss`` and
+            ``nn.CrossEntropyLoss`` with closed forms keep them (:func:`adamqlr.losses.get_loss`).
         curvature: ``"fisher"`` (the generalised Gauss-Newton matrix, equal to the Fisher for these
             losses; one forward-mode JVP) or ``"hessian"`` (forward-over-reverse).
         params: The parameters to optimise (default: all of ``model``'s), or parameter groups
@@ -831,6 +867,18 @@ class AdamQLR(QuadraticModelOptimizer):
             any loss difference, however small: the book's experiments run with it, so that they
             run the paper's algorithm exactly.
         ignore_index: Target value skipped by the cross-entropy loss.
+        output: For a model that returns a dict, tuple or object: which tensor the loss
+            compares -- a key (``"logits"``), an index (``0``) or a callable
+            (``lambda out: out["logits"]``); see :mod:`adamqlr.outputs`. ``None``: the model
+            returns a tensor.
+        distributed: Average the step over the ranks of a ``torch.distributed`` process group,
+            so that every rank takes the same step on its shard of the batch: ``"auto"`` (when
+            a process group with more than one rank is initialised), ``True``, ``False`` or a
+            ``ProcessGroup``. The gradient, the loss, the curvature and the trial loss are
+            averaged (:mod:`adamqlr.distributed`); a ``DistributedDataParallel`` wrapper is
+            unwrapped and its own gradient averaging bypassed, so a plain module works too.
+            Every rank must call ``step`` equally often; pass ``False`` when the ranks train
+            different models (e.g. independent runs in one process group).
 
     Parameter groups follow ``torch.optim``'s conventions. Each has an ``lr`` (default 1.0), a
     factor on the step size chosen by the quadratic model, so torch's learning-rate schedulers
@@ -850,7 +898,7 @@ class AdamQLR(QuadraticModelOptimizer):
     def __init__(
         self,
         model: nn.Module,
-        loss: str | Loss = "cross_entropy",
+        loss: str | Loss | nn.Module | Callable[[Tensor, Tensor], Tensor] = "cross_entropy",
         curvature: str = "fisher",
         *,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -873,6 +921,8 @@ class AdamQLR(QuadraticModelOptimizer):
         stall_patience: int = 20,
         resolve_loss: bool = True,
         ignore_index: int = -100,
+        output: OutputSelector = None,
+        distributed: bool | str | Any = "auto",
     ) -> None:
         super().__init__(
             model,
@@ -896,6 +946,8 @@ class AdamQLR(QuadraticModelOptimizer):
             stall_patience=stall_patience,
             resolve_loss=resolve_loss,
             ignore_index=ignore_index,
+            output=output,
+            distributed=distributed,
             group_defaults=dict(betas=betas, eps=eps),
         )
 
@@ -1005,10 +1057,20 @@ def _clip_gradients(grads: list[Tensor], max_norm: float) -> Tensor:
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """Return ``a . b`` over all elements (no reshape for vectors)."""
+    """Return ``a . b`` over all elements (no reshape for vectors), in float32 or wider."""
+    a, b = wide(a), wide(b)  # [loops] 16-bit parameters: accumulate in float32 (precision.py)
     if a.dim() == 1 and b.dim() == 1:
         return torch.dot(a, b)
     return torch.dot(a.reshape(-1), b.reshape(-1))
+
+
+def _norms(tensors: list[Tensor]) -> list[Tensor]:
+    """Return the 2-norm of each tensor, accumulated in float32 or wider."""
+    if all(wide(t) is t for t in tensors):
+        return list(torch._foreach_norm(tensors))
+    # [loops] 16-bit parameters (precision.py); float64 if any parameter is float64
+    widest = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    return list(torch._foreach_norm(tensors, 2, dtype=widest))
 
 
 def _chunks(tensors: list[Tensor], limit: int) -> Iterator[list[int]]:
@@ -1038,7 +1100,7 @@ class SGDQLR(QuadraticModelOptimizer):
     def __init__(
         self,
         model: nn.Module,
-        loss: str | Loss = "cross_entropy",
+        loss: str | Loss | nn.Module | Callable[[Tensor, Tensor], Tensor] = "cross_entropy",
         curvature: str = "fisher",
         *,
         params: Iterable[Tensor] | Iterable[dict[str, Any]] | None = None,
@@ -1059,6 +1121,8 @@ class SGDQLR(QuadraticModelOptimizer):
         stall_patience: int = 20,
         resolve_loss: bool = True,
         ignore_index: int = -100,
+        output: OutputSelector = None,
+        distributed: bool | str | Any = "auto",
     ) -> None:
         super().__init__(
             model,
@@ -1082,6 +1146,8 @@ class SGDQLR(QuadraticModelOptimizer):
             stall_patience=stall_patience,
             resolve_loss=resolve_loss,
             ignore_index=ignore_index,
+            output=output,
+            distributed=distributed,
         )
 
     def _direction(
