@@ -182,7 +182,7 @@ def test_stale_record_is_reported_not_reused(tmp_path, monkeypatch):
     store = ResultStore(tmp_path)
     s = spec(steps=3)
     first = run(s, store=store, progress=False)
-    monkeypatch.setattr(adamqlr, "ALGORITHM_VERSION", adamqlr.ALGORITHM_VERSION + 1)
+    monkeypatch.setattr(adamqlr.version, "ALGORITHM_VERSION", adamqlr.ALGORITHM_VERSION + 1)
     assert store.status(s) == "stale"
     with pytest.raises(StaleRecordError, match="algorithm version"):
         store.load(s)
@@ -193,7 +193,7 @@ def test_stale_record_is_reported_not_reused(tmp_path, monkeypatch):
     with pytest.raises(MissingRecordError, match="stale"):
         store.load_many([s])
     again = run(s, store=store, progress=False)  # rerun, not reused
-    assert again.manifest["algorithm_version"] == adamqlr.ALGORITHM_VERSION
+    assert again.manifest["algorithm_version"] == adamqlr.version.ALGORITHM_VERSION
     assert again.provenance["finished_at"] >= first.provenance["finished_at"]
     assert not again.stale and store.status(s) == "complete"
 

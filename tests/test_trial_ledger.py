@@ -90,7 +90,7 @@ def test_a_ledger_row_of_another_algorithm_version_is_stale(tmp_path, monkeypatc
     spec = _spec()
     _save(store, spec, 0.25)
     store.summarise([spec])
-    monkeypatch.setattr(adamqlr, "ALGORITHM_VERSION", adamqlr.ALGORITHM_VERSION + 1)
+    monkeypatch.setattr(adamqlr.version, "ALGORITHM_VERSION", adamqlr.ALGORITHM_VERSION + 1)
     assert store.status(spec) == "stale"
     with pytest.raises(StaleRecordError, match="allow_stale"):
         store.load(spec)

@@ -284,9 +284,10 @@ def test_quick_profile_study_runs_end_to_end_and_repeats_load(tmp_path, monkeypa
                      time_cap_s=20.0)  # fmt: skip
     study, _ = open_study(cfg, storage)
     objective = SpecObjective(cfg, root=root, device="cpu")
+    from adamqlr.experiment import ExperimentSpec
     from adamqlr.results import ResultStore
 
-    stored = {r.key: r for r in ResultStore(root).records()}
+    stored = {r.key: r for r in ResultStore(root, decode_spec=ExperimentSpec.from_dict).records()}
     tune = trials_by_role(study, "tune")
     assert len(tune) == 3
     for t in tune:  # every tuning trial is a run record, capped at the study's time cap

@@ -9,6 +9,38 @@ through a Second-Order Lens" (ICML 2024). The optimisers are ``torch.optim.Optim
 
 The baselines of the paper are here too: :class:`SGDQLR` (the same heuristics on the gradient),
 :class:`KFAC` (``adamqlr.kfac``) and :class:`BaydinSGD` (``adamqlr.baydin``).
+
+How the package is built: rooms in layers
+-----------------------------------------
+
+Each top-level module or subpackage is a *room* with one job. Rooms sit in layers, listed below
+from the bottom layer up; a room imports only from rooms listed above it (never from its own
+layer, never from the package root, which only re-exports), and no modules import each other in
+a circle.
+``tests/test_import_graph.py`` checks all of it, function-level imports and modules loaded by
+name included::
+
+    leaves      version profiles _random _state _validation _checks
+                backends outputs precision  kernels allowed; a model's output; mixed precision
+    maths       losses                      losses with closed-form output Hessians
+                curvature                   d^T C d along a direction, matrix-free
+                heuristics distributed      step size, rho and damping; one step over ranks
+                optim                       AdamQLR and SGDQLR (torch optimisers)
+                algorithm kfac baydin       reference step; K-FAC; hypergradient SGD
+                steppers                    one training-loop interface for every optimiser
+                baselines                   K-FAC and Baydin SGD as named configurations
+    data        data                        checksummed files, mirror and cache
+                tasks                       the paper's tasks: data, model, loss, budgets
+    runs        results                     run records, written atomically, found by key
+                experiment                  a spec, its training loop, run and load
+                tune lens                   tuning studies; the derivation chapters' numbers
+                studies                     the experiment chapters' named studies
+    output      plots                       one theme and the paper's figure types
+                book                        run the notebooks, build the book
+                cli                         the adamqlr command
+
+:mod:`adamqlr.profiles` names the three profiles (``smoke``, ``quick``, ``paper``) and
+:mod:`adamqlr.version` the algorithm version that stamps every record.
 """
 
 import warnings
@@ -17,6 +49,7 @@ from adamqlr.baydin import BaydinSGD
 from adamqlr.kfac import KFAC
 from adamqlr.losses import CrossEntropyLoss, Loss, SquaredErrorLoss, get_loss
 from adamqlr.optim import SGDQLR, AdamQLR, NonFiniteStepError, StallError, StepStats
+from adamqlr.version import ALGORITHM_VERSION, __version__
 
 # torch >= 2.14 warns, from inside its own forward-mode decompositions, that torch.jit.script is
 # deprecated. It is not ours to act on, and on stderr it would fail the book's strict build.
@@ -24,13 +57,6 @@ warnings.filterwarnings(
     "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
 )
 
-__version__ = "0.1.0"
-
-#: Bumped whenever what a step computes changes (a formula, a default, a rule), so that stored run
-#: records made by an older algorithm are reported as stale instead of being silently reused. A
-#: change of floating-point evaluation order alone does not bump it; every record also stores the
-#: exact commit that made it.
-ALGORITHM_VERSION = 1
 
 __all__ = [
     "ALGORITHM_VERSION",

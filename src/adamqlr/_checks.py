@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -142,7 +142,7 @@ def check_loaded_state(
         if (
             isinstance(damping, bool)
             or not isinstance(damping, numbers.Real)
-            or not (0.0 <= damping < math.inf)
+            or not (0.0 <= cast(float, damping) < math.inf)
         ):
             raise ValueError(
                 f"invalid state_dict: damping {damping!r} (expected a finite real number >= 0)"

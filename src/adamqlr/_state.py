@@ -18,6 +18,9 @@ class OptimiserWideState:
 
     #: Key of the optimiser-wide entry in ``self.state``.
     global_key: str
+    #: torch's ``Optimizer.state``, which torch types as keyed by tensors only; here one key is the
+    #: string :attr:`global_key` (an annotation, no value: the attribute is torch's).
+    state: Any
 
     def _fresh_global_state(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -25,7 +28,7 @@ class OptimiserWideState:
     def state_dict(self) -> dict[str, Any]:  # noqa: D102
         state = super().state_dict()  # type: ignore[misc]
         key = self.global_key
-        state["state"] = {**state["state"], key: dict(self.state[key])}  # type: ignore[attr-defined]
+        state["state"] = {**state["state"], key: dict(self.state[key])}
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -37,4 +40,4 @@ class OptimiserWideState:
                 f"invalid state_dict: no {key!r} entry (was it saved by {type(self).__name__}?)"
             )
         super().load_state_dict(state_dict)  # type: ignore[misc]
-        self.state[key] = {**self._fresh_global_state(), **dict(self.state[key])}  # type: ignore[attr-defined]
+        self.state[key] = {**self._fresh_global_state(), **dict(self.state[key])}

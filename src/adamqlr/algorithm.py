@@ -150,7 +150,7 @@ class AdamQLRSettings:
         group, rule = optimizer.param_groups[0], optimizer.damping_rule
         return cls(
             curvature=optimizer.curvature,
-            betas=tuple(group["betas"]),  # type: ignore[arg-type]
+            betas=tuple(group["betas"]),
             eps=group["eps"],
             weight_decay=group["weight_decay"],
             initial_damping=optimizer.initial_damping,
@@ -222,7 +222,8 @@ def _stats(**values: Any) -> StepStats:
         predicted_change=nan,
         trial_loss=nan,
     )
-    return StepStats(**(defaults | values))
+    merged: dict[str, Any] = defaults | values
+    return StepStats(**merged)
 
 
 def _rejected(

@@ -1,6 +1,6 @@
 """Registry entries for the baselines this package implements: K-FAC and Baydin SGD.
 
-Importing this module adds to :mod:`adamqlr.experiment.optimisers`:
+The optimiser registry (:mod:`adamqlr.experiment.optimisers`) lists :data:`ENTRIES`:
 
 * ``"kfac"`` ("K-FAC"): :class:`adamqlr.kfac.KFAC` in adaptive mode, kfac-jax's settings in the
   paper (the authors' code, ``ab3dea5``): curvature EMA 0.95, inverses refreshed and damping adapted
@@ -23,17 +23,11 @@ from typing import Any
 from torch import nn
 
 from adamqlr.baydin import BaydinSGD
-from adamqlr.experiment.optimisers import (
-    OptimiserEntry,
-    QLRStepper,
-    Stepper,
-    TorchStepper,
-    register_optimiser,
-)
 from adamqlr.kfac import KFAC
 from adamqlr.losses import Loss
+from adamqlr.steppers import OptimiserEntry, QLRStepper, Stepper, TorchStepper
 
-__all__ = ["BAYDIN_SGD", "KFAC_ADAPTIVE", "KFAC_UNADAPTIVE", "KFAC_UNTUNED"]
+__all__ = ["BAYDIN_SGD", "ENTRIES", "KFAC_ADAPTIVE", "KFAC_UNADAPTIVE", "KFAC_UNTUNED"]
 
 _KFAC_COMMON: dict[str, Any] = {
     "initial_damping": 1.0,
@@ -44,7 +38,7 @@ _KFAC_COMMON: dict[str, Any] = {
 
 
 def _kfac(model: nn.Module, loss: Loss, h: dict[str, Any]) -> Stepper:
-    return QLRStepper(  # type: ignore[arg-type]
+    return QLRStepper(
         KFAC(
             model,
             loss,
@@ -61,7 +55,7 @@ def _kfac(model: nn.Module, loss: Loss, h: dict[str, Any]) -> Stepper:
 
 
 def _kfac_unadaptive(model: nn.Module, loss: Loss, h: dict[str, Any]) -> Stepper:
-    return QLRStepper(  # type: ignore[arg-type]
+    return QLRStepper(
         KFAC(
             model,
             loss,
@@ -88,45 +82,36 @@ _KFAC_ADAPTIVE_DEFAULTS = {
     "damping_interval": 1,
 }
 
-KFAC_ADAPTIVE = register_optimiser(
-    OptimiserEntry(
-        "kfac",
-        "K-FAC",
-        _kfac,
-        _KFAC_ADAPTIVE_DEFAULTS,
-        description="K-FAC with kfac-jax's adaptive lr, momentum and damping; lambda_0 1.0 (tuned)",
-    ),
-    replace=True,
+KFAC_ADAPTIVE = OptimiserEntry(
+    "kfac",
+    "K-FAC",
+    _kfac,
+    _KFAC_ADAPTIVE_DEFAULTS,
+    description="K-FAC with kfac-jax's adaptive lr, momentum and damping; lambda_0 1.0 (tuned)",
 )
-KFAC_UNADAPTIVE = register_optimiser(
-    OptimiserEntry(
-        "kfac-unadaptive",
-        "K-FAC (Unadaptive)",
-        _kfac_unadaptive,
-        {**_KFAC_COMMON, "lr": 1e-3, "momentum": 0.9},
-        description="K-FAC with fixed lr, momentum and damping (placeholders 1e-3, 0.9, 1.0)",
-    ),
-    replace=True,
+KFAC_UNADAPTIVE = OptimiserEntry(
+    "kfac-unadaptive",
+    "K-FAC (Unadaptive)",
+    _kfac_unadaptive,
+    {**_KFAC_COMMON, "lr": 1e-3, "momentum": 0.9},
+    description="K-FAC with fixed lr, momentum and damping (placeholders 1e-3, 0.9, 1.0)",
 )
-KFAC_UNTUNED = register_optimiser(
-    OptimiserEntry(
-        "kfac-untuned",
-        "K-FAC (Untuned)",
-        _kfac,
-        _KFAC_ADAPTIVE_DEFAULTS,
-        batch_size=3200,
-        task_batch_size={"penn-treebank": None, "rosenbrock": None},
-        description="adaptive K-FAC at lambda_0 = 1 and batch size 3200",
-    ),
-    replace=True,
+KFAC_UNTUNED = OptimiserEntry(
+    "kfac-untuned",
+    "K-FAC (Untuned)",
+    _kfac,
+    _KFAC_ADAPTIVE_DEFAULTS,
+    batch_size=3200,
+    task_batch_size={"penn-treebank": None, "rosenbrock": None},
+    description="adaptive K-FAC at lambda_0 = 1 and batch size 3200",
 )
-BAYDIN_SGD = register_optimiser(
-    OptimiserEntry(
-        "baydin-sgd",
-        "Baydin SGD",
-        _baydin,
-        {"lr": 1e-3, "hypergrad_lr": 1e-3},
-        description="SGD with hypergradient descent on the learning rate; placeholders 1e-3/1e-3",
-    ),
-    replace=True,
+BAYDIN_SGD = OptimiserEntry(
+    "baydin-sgd",
+    "Baydin SGD",
+    _baydin,
+    {"lr": 1e-3, "hypergrad_lr": 1e-3},
+    description="SGD with hypergradient descent on the learning rate; placeholders 1e-3/1e-3",
 )
+
+#: The baselines' entries, in the order the optimiser registry lists them.
+ENTRIES: tuple[OptimiserEntry, ...] = (KFAC_ADAPTIVE, KFAC_UNADAPTIVE, KFAC_UNTUNED, BAYDIN_SGD)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -167,7 +167,7 @@ def layerwise_plan(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
             if not own <= {"weight", "bias"} or "weight" not in own or list(module.children()):
                 return False  # e.g. a parametrization moved the weight
         elif kind in _ELEMENTWISE or kind in _PASSTHROUGH or kind is nn.Dropout:
-            if list(module.parameters()) or list(module.buffers()):
+            if [*module.parameters(), *module.buffers()]:
                 return False
         else:
             return False
@@ -192,17 +192,18 @@ def _tangent_step(
     """
     kind = type(layer)
     if kind is nn.Linear and record is not None:
+        linear = cast(nn.Linear, layer)
         w_name, b_name = f"{prefix}weight", f"{prefix}bias"
         dw, db = direction.get(w_name), direction.get(b_name)
         carried = None
         if t is not None:
-            carried = torch.nn.functional.linear(t, params.get(w_name, layer.weight).detach())
+            carried = torch.nn.functional.linear(t, params.get(w_name, linear.weight).detach())
         if dw is not None:
             own = torch.nn.functional.linear(record, dw, db)  # h dW^T + db
             return own if carried is None else own.add_(carried)
         if db is not None:
             return (
-                db.expand(*record.shape[:-1], layer.out_features)
+                db.expand(*record.shape[:-1], linear.out_features)
                 if carried is None
                 else (carried.add_(db))
             )
@@ -210,7 +211,7 @@ def _tangent_step(
     if t is None:
         return None
     if kind in _ELEMENTWISE:
-        return _ELEMENTWISE[kind](layer, t, record)
+        return _ELEMENTWISE[kind](layer, t, cast(Tensor, record))
     if kind is nn.Dropout:
         return t if record is None else t * record
     return layer(t)  # shape-only layers
@@ -250,17 +251,18 @@ def layerwise_forward(
             if params is None:
                 h = layer(h)
             else:
+                linear = cast(nn.Linear, layer)
                 h = torch.nn.functional.linear(
                     h,
-                    params.get(f"{prefix}weight", layer.weight),
-                    params.get(f"{prefix}bias", layer.bias),
+                    params.get(f"{prefix}weight", linear.weight),
+                    params.get(f"{prefix}bias", linear.bias),
                 )
         elif kind in _ELEMENTWISE:
             out = layer(h)
             record(out if kind in _USES_OUTPUT else h)
             h = out
-        elif kind is nn.Dropout and layer.training and layer.p > 0:
-            mask = torch.nn.functional.dropout(torch.ones_like(h), layer.p, True)
+        elif kind is nn.Dropout and layer.training and cast(nn.Dropout, layer).p > 0:
+            mask = torch.nn.functional.dropout(torch.ones_like(h), cast(nn.Dropout, layer).p, True)
             record(mask)
             h = h * mask
         else:
@@ -396,7 +398,7 @@ def ggn_quadratic(
             def outputs_of(*values: Tensor) -> Tensor:
                 return _forward(model, dict(zip(names, values, strict=True)), inputs, output)
 
-            outputs, u = jvp(
+            outputs, u = jvp(  # type: ignore[misc]  # torch types jvp as 2 or 3 values (has_aux)
                 outputs_of,
                 tuple(params[n].detach() for n in names),
                 tuple(direction[n].detach() for n in names),
@@ -445,7 +447,7 @@ def hessian_quadratic(
 
     primals = tuple(params[n].detach() for n in names)
     tangents = tuple(direction[n].detach() for n in names)
-    _, hvp = jvp(grad(loss_of), (primals,), (tangents,))
+    _, hvp = jvp(grad(loss_of), (primals,), (tangents,))  # type: ignore[misc]  # as above
     return sum((t * h).sum() for t, h in zip(tangents, hvp, strict=True))
 
 
@@ -810,8 +812,9 @@ class LayerwiseFisher(CurvatureEngine):
                 )
             del tape
             _, targets = self._batch  # type: ignore[misc]
-            u = torch.zeros_like(final) if u is None else u
-            return self.loss.output_quadratic(final, u, targets)
+            outputs = cast(Tensor, final)  # gradient_pass set it
+            u = torch.zeros_like(outputs) if u is None else u
+            return self.loss.output_quadratic(outputs, u, targets)
 
     def trial_loss(  # noqa: D102
         self,

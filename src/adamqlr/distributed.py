@@ -30,7 +30,7 @@ than one rank is used: pass ``distributed=False`` when the ranks train different
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -50,7 +50,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     if dist.is_available():
         wrappers += (nn.parallel.DistributedDataParallel,)
     while isinstance(model, wrappers):
-        model = model.module
+        model = cast(nn.Module, model.module)
     return model
 
 
@@ -114,13 +114,14 @@ def average_gradients(params: list[Tensor], group: Any) -> None:
             p.grad = torch.zeros_like(p)
         buckets.setdefault((p.grad.dtype, p.grad.device), []).append(p)
     for ps in buckets.values():
-        flat = torch.cat([p.grad.reshape(-1) for p in ps])
+        flat = torch.cat([cast(Tensor, p.grad).reshape(-1) for p in ps])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
         flat.div_(size)
         offset = 0
         for p in ps:
-            n = p.grad.numel()
-            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+            grad = cast(Tensor, p.grad)  # set above
+            n = grad.numel()
+            grad.copy_(flat[offset : offset + n].view_as(grad))
             offset += n
 
 

@@ -490,7 +490,7 @@ def get_loss(
         return loss
     if isinstance(loss, str):
         if loss in LOSSES:
-            return LOSSES[loss](**kwargs)  # type: ignore[arg-type]
+            return LOSSES[loss](**kwargs)
         raise ValueError(
             f"unknown loss {loss!r}; expected one of {sorted(LOSSES)}, a Loss, a torch.nn loss "
             "module or a function loss(outputs, targets)"

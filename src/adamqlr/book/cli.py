@@ -18,16 +18,17 @@ import logging
 import sys
 from typing import Any
 
-__all__ = ["register"]
+from adamqlr.profiles import PROFILES, profile_argument
 
-_PROFILES = ("smoke", "quick", "paper")
+__all__ = ["register"]
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile",
-        choices=_PROFILES,
+        type=profile_argument,
         default=None,
+        metavar="{" + ",".join(PROFILES) + "}",
         help="profile for the notebooks that run (default: the published page's profile if it "
         "is quick or paper, else the notebook's own default, normally quick)",
     )
@@ -109,10 +110,10 @@ def register(subparsers: Any) -> None:
     status.set_defaults(handler=_status)
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StderrHandler(logging.StreamHandler):
     """Write to whatever ``sys.stderr`` is at the time of each message."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 

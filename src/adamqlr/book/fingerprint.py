@@ -118,9 +118,7 @@ def _code_fingerprint(path: str | os.PathLike[str]) -> str:
 
 def package_dir() -> Path:
     """Return the folder of the installed ``adamqlr`` package (``src/adamqlr`` in a checkout)."""
-    import adamqlr
-
-    return Path(adamqlr.__file__).resolve().parent
+    return Path(__file__).resolve().parent.parent
 
 
 def code_fingerprints(
@@ -275,7 +273,7 @@ def gather_inputs(
         ValueError: If a parameter value is not JSON-serialisable (papermill could not inject it
             faithfully either), or a ``# reads:`` glob is invalid.
     """
-    from adamqlr import ALGORITHM_VERSION
+    from adamqlr.version import ALGORITHM_VERSION
 
     params = dict(sorted((parameters or {}).items()))
     try:

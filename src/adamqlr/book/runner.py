@@ -41,6 +41,8 @@ from typing import Any
 
 from adamqlr.book.fingerprint import code_fingerprints, gather_inputs, input_hash
 from adamqlr.book.project import NotebookEntry, Project
+from adamqlr.profiles import PROFILE_CHOICES, Profile, parse_profile
+from adamqlr.profiles import PROFILES as ALL_PROFILES
 
 __all__ = [
     "KERNEL_NAME",
@@ -66,9 +68,9 @@ KERNEL_NAME = "adamqlr"
 #: Key of the runner's record in the executed notebook's metadata.
 METADATA_KEY = "adamqlr"
 #: Profiles a notebook can run under (``design.md`` section 4).
-PROFILES: tuple[str, ...] = ("smoke", "quick", "paper")
+PROFILES: tuple[Profile, ...] = ALL_PROFILES
 #: Profiles that may be published; a page last run under ``smoke`` is re-run for the book.
-PUBLISHED_PROFILES: tuple[str, ...] = ("quick", "paper")
+PUBLISHED_PROFILES: tuple[Profile, ...] = (Profile.QUICK, Profile.PAPER)
 
 COLAB_TAG = "adamqlr-colab"
 PROVENANCE_TAG = "adamqlr-provenance"
@@ -193,15 +195,17 @@ def _parameters_cell(nb: Any, name: str) -> tuple[int, dict[str, Any]]:
             if isinstance(target, ast.Name):
                 with contextlib.suppress(ValueError):
                     defaults[target.id] = ast.literal_eval(node.value)
-    if defaults.get("profile") not in PROFILES:
+    try:
+        defaults["profile"] = parse_profile(defaults.get("profile"))  # type: ignore[arg-type]
+    except ValueError:
         raise ValueError(
-            f"notebook {name}: the parameters cell must set profile to one of {PROFILES}, "
+            f"notebook {name}: the parameters cell must set profile to one of {PROFILE_CHOICES}, "
             f"found {defaults.get('profile')!r}"
-        )
+        ) from None
     return index, defaults
 
 
-def source_profile(nb: Any, name: str = "notebook") -> str:
+def source_profile(nb: Any, name: str = "notebook") -> Profile:
     """Return the default profile that a source's ``parameters`` cell sets."""
     return _parameters_cell(nb, name)[1]["profile"]
 
@@ -220,7 +224,9 @@ def recorded_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
-def choose_profile(requested: str | None, recorded: Mapping[str, Any] | None, default: str) -> str:
+def choose_profile(
+    requested: Profile | str | None, recorded: Mapping[str, Any] | None, default: Profile | str
+) -> Profile:
     """Pick the profile a notebook runs under.
 
     The explicit request wins; otherwise the profile of the published page (so a page made on a
@@ -231,12 +237,10 @@ def choose_profile(requested: str | None, recorded: Mapping[str, Any] | None, de
         ValueError: If ``requested`` is not a profile.
     """
     if requested is not None:
-        if requested not in PROFILES:
-            raise ValueError(f"invalid profile {requested!r}; expected one of {PROFILES}")
-        return requested
+        return parse_profile(requested)
     if recorded and recorded.get("profile") in PUBLISHED_PROFILES:
-        return str(recorded["profile"])
-    return default
+        return parse_profile(recorded["profile"])
+    return parse_profile(default)
 
 
 # --------------------------------------------------------------------------- kernel and provenance
@@ -509,7 +513,7 @@ def execute_notebook(
     source: str | os.PathLike[str],
     target: str | os.PathLike[str],
     *,
-    profile: str | None = None,
+    profile: Profile | str | None = None,
     parameters: Mapping[str, Any] | None = None,
     root: str | os.PathLike[str] | None = None,
     failed_path: str | os.PathLike[str] | None = None,
@@ -546,7 +550,7 @@ def execute_notebook(
     import nbformat
     import papermill
 
-    from adamqlr import ALGORITHM_VERSION, __version__
+    from adamqlr.version import ALGORITHM_VERSION, __version__
 
     source, target = Path(source).resolve(), Path(target).resolve()
     root = Path(root).resolve() if root is not None else source.parent.parent
@@ -554,9 +558,7 @@ def execute_notebook(
     failed = Path(failed_path) if failed_path else target.with_name(f"{name}.failed.ipynb")
     nb = read_source(source)
     _, defaults = _parameters_cell(nb, name)
-    profile = profile or defaults["profile"]
-    if profile not in PROFILES:
-        raise ValueError(f"invalid profile {profile!r}; expected one of {PROFILES}")
+    profile = parse_profile(profile or defaults["profile"])
     params = dict(parameters or {})
     if "profile" in params:
         raise ValueError("pass the profile as profile=..., not inside parameters")
@@ -593,7 +595,7 @@ def execute_notebook(
             papermill.execute_notebook(
                 str(tmp_in),
                 str(tmp_out),
-                parameters={"profile": profile, **params},
+                parameters={"profile": profile.value, **params},
                 kernel_name=kernel_name,
                 language="python",
                 progress_bar=False,
@@ -615,6 +617,7 @@ def execute_notebook(
             if isinstance(error, (KeyboardInterrupt, SystemExit)):
                 raise error
             if problems:
+                assert executed is not None  # problems come only from an executed notebook
                 first = problems[0]
                 index = _source_index(executed, first.position)
                 cell = executed.cells[first.position]
@@ -644,7 +647,7 @@ def execute_notebook(
     code = code_fingerprints(provenance.get("modules", []))
     content = inputs.content_hash()
     record = {
-        "profile": profile,
+        "profile": profile.value,
         "parameters": params,
         "started": started.isoformat(timespec="seconds").replace("+00:00", "Z"),
         "duration_s": round(duration, 1),
@@ -713,7 +716,7 @@ class Freshness:
     """
 
     entry: NotebookEntry
-    profile: str
+    profile: Profile
     up_to_date: bool
     reasons: tuple[str, ...]
     recorded: dict[str, Any] | None
@@ -723,7 +726,7 @@ def freshness(
     project: Project,
     entry: NotebookEntry,
     *,
-    profile: str | None = None,
+    profile: Profile | str | None = None,
     parameters: Mapping[str, Any] | None = None,
 ) -> Freshness:
     """Compare a page's recorded inputs with the current ones.
@@ -787,7 +790,7 @@ class RunOutcome:
 
     name: str
     status: str
-    profile: str
+    profile: Profile
     detail: str = ""
     duration_s: float = 0.0
     warnings: list[str] = field(default_factory=list)
@@ -807,7 +810,7 @@ def _quiet_papermill() -> Iterator[None]:
 def run_book(
     project: Project,
     *,
-    profile: str | None = None,
+    profile: Profile | str | None = None,
     only: Sequence[str] | None = None,
     force: bool = False,
     keep_going: bool = False,
@@ -828,8 +831,8 @@ def run_book(
     Returns:
         One outcome per selected notebook (fewer when stopped by a failure).
     """
-    if profile is not None and profile not in PROFILES:
-        raise ValueError(f"invalid profile {profile!r}; expected one of {PROFILES}")
+    if profile is not None:
+        profile = parse_profile(profile)
     entries = [project.notebook(n) for n in only] if only else project.notebooks()
     outcomes: list[RunOutcome] = []
     for entry in entries:

@@ -9,7 +9,7 @@ SVHN's ``.mat`` files could not be obtained here, so only their published MD5s a
 
 from __future__ import annotations
 
-from adamqlr.data.store import FileSpec
+from adamqlr.data.files import FileSpec
 
 __all__ = ["REGISTRY", "ADAMQLR_OFFICIAL_COMMIT"]
 

@@ -25,13 +25,13 @@ rules (reliability goal S3):
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+
+from adamqlr.data.files import _HEX, FileSpec, file_digest
+from adamqlr.data.registry import REGISTRY
 
 __all__ = [
     "ChecksumError",
@@ -45,8 +45,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_HEX = {"sha256": re.compile(r"^[0-9a-f]{64}$"), "md5": re.compile(r"^[0-9a-f]{32}$")}
 
 
 class DataError(RuntimeError):
@@ -63,66 +61,6 @@ class ChecksumError(DataError, ValueError):
 
 class MissingDigestError(DataError, ValueError):
     """A data file has no digest to check it against, so it is not used."""
-
-
-@dataclass(frozen=True)
-class FileSpec:
-    """One data file: where it lives, where it comes from, and its digests.
-
-    Attributes:
-        key: ``"<dataset>/<file name>"``, the file's path inside the mirror and the cache.
-        sha256: Lower-case hex SHA-256 of the file, or ``None`` where it is not known.
-        md5: Lower-case hex MD5 as published by the dataset's maintainers, or ``None``.
-        url: Canonical download address, or ``None`` where no download exists.
-        how_to_obtain: One sentence for error messages: where a person gets the file.
-    """
-
-    key: str
-    sha256: str | None
-    md5: str | None = None
-    url: str | None = None
-    how_to_obtain: str = ""
-
-    def __post_init__(self) -> None:
-        parts = self.key.split("/")
-        if len(parts) != 2 or not all(parts) or any(p in (".", "..") for p in parts):
-            raise ValueError(f"FileSpec key must be '<dataset>/<file>', got {self.key!r}")
-        for kind in ("sha256", "md5"):
-            value = getattr(self, kind)
-            if value is not None and not _HEX[kind].match(value):
-                raise ValueError(f"{self.key}: {kind} must be lower-case hex, got {value!r}")
-
-    @property
-    def dataset(self) -> str:
-        """The folder of the file (``"fashion-mnist"``)."""
-        return self.key.split("/")[0]
-
-    @property
-    def filename(self) -> str:
-        """The file's own name."""
-        return self.key.split("/")[1]
-
-
-def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
-    """Return the hex digest of a file, read in 1 MiB chunks.
-
-    Args:
-        path: The file.
-        algorithm: ``"sha256"`` or ``"md5"``.
-
-    Returns:
-        The lower-case hex digest.
-
-    Raises:
-        ValueError: If ``algorithm`` is neither.
-    """
-    if algorithm not in _HEX:
-        raise ValueError(f"algorithm must be 'sha256' or 'md5', got {algorithm!r}")
-    h = hashlib.new(algorithm) if algorithm == "sha256" else hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def default_cache_dir() -> Path:
@@ -178,8 +116,6 @@ class DataStore:
         require_sha256: bool | None = None,
     ) -> None:
         if registry is None:
-            from adamqlr.data.registry import REGISTRY
-
             registry = REGISTRY
         for key, spec in registry.items():
             if key != spec.key:
@@ -203,9 +139,9 @@ class DataStore:
         extra = _read_digests_file(Path(digests_file)) if digests_file is not None else {}
         merged: dict[str, FileSpec] = dict(registry)
         for key, sha in extra.items():
-            spec = merged.get(key)
-            if spec is None:
+            if key not in merged:
                 continue
+            spec = merged[key]
             if spec.sha256 is not None and spec.sha256 != sha:
                 raise ValueError(
                     f"{digests_file}: SHA-256 {sha} for {key} contradicts the registry's "

@@ -8,8 +8,8 @@
     record = run(spec)              # trains, or returns the stored record if there is one
     record.metrics[["time", "train_loss", "test_loss"]]
 
-Names are imported lazily (PEP 562), so ``import adamqlr.experiment`` is cheap and the results
-store can import :mod:`adamqlr.experiment.spec` without a cycle.
+Names are imported lazily (PEP 562), so ``import adamqlr.experiment`` is cheap. The results store
+(:mod:`adamqlr.results`) sits below this package: it knows a spec only through a protocol.
 """
 
 from __future__ import annotations

@@ -24,6 +24,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from adamqlr.profiles import PROFILE_CHOICES, Profile, parse_profile
+
 __all__ = [
     "build_specs",
     "handle",
@@ -92,7 +94,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 def _epilog() -> str:
     from adamqlr.experiment.optimisers import get_optimiser, optimiser_names
-    from adamqlr.tasks import PROFILES, TASKS
+    from adamqlr.tasks import TASKS
 
     lines = ["tasks:", textwrap.fill(", ".join(TASKS), 88, initial_indent="  ",
                                      subsequent_indent="  ")]  # fmt: skip
@@ -102,7 +104,7 @@ def _epilog() -> str:
         lines.append(f"  {name:<24} {entry.label}: {entry.description}")
     lines += [
         "",
-        f"profiles: {', '.join(PROFILES)}",
+        f"profiles: {PROFILE_CHOICES}",
         "",
         "examples:",
         "  adamqlr run --task fashion-mnist --optimiser adamqlr-untuned --seeds 0-4",
@@ -130,7 +132,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--task", help="task name(s), comma-separated")
     p.add_argument("--optimiser", "--optimizer", dest="optimiser",
                    help="optimiser name(s), comma-separated")  # fmt: skip
-    p.add_argument("--profile", default="quick", help="smoke, quick or paper (default: quick)")
+    p.add_argument("--profile", default=Profile.QUICK.value,
+                   help=f"{PROFILE_CHOICES} (default: {Profile.QUICK})")  # fmt: skip
     p.add_argument("--seeds", default="0", help="seeds: 3, 0-4, 0,2,5 (default: 0)")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                    help="hyperparameter override (repeatable), e.g. --set lr=1e-3")  # fmt: skip
@@ -228,7 +231,7 @@ def build_specs(args: argparse.Namespace) -> list[Any]:
         ExperimentSpec(
             task=task,
             optimiser=opt,
-            profile=args.profile,
+            profile=parse_profile(args.profile),
             seed=seed,
             hyperparameters=hparams,
             batch_size=args.batch_size,

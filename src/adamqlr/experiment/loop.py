@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-import adamqlr
+from adamqlr import version
 from adamqlr.experiment.optimisers import Stepper, get_optimiser
 from adamqlr.experiment.spec import RunSettings
 from adamqlr.losses import CrossEntropyLoss, Loss, SquaredErrorLoss, get_loss
@@ -240,7 +240,7 @@ def evaluate(
 
 
 def _small_params(model: nn.Module, limit: int) -> list[tuple[str, Tensor]]:
-    params = list(model.named_parameters())
+    params: list[tuple[str, Tensor]] = list(model.named_parameters())
     if sum(p.numel() for _, p in params) > limit:
         return []
     return params
@@ -422,6 +422,7 @@ def train(
     clock = _Clock(dev)
     steps_per_epoch = math.ceil(len(train_split) / settings.batch_size)
     eval_points = getattr(settings, "eval_points", None)
+    is_eval_step: Callable[[int], bool]
     if eval_points is None:
         every = settings.eval_every
 
@@ -478,7 +479,7 @@ def train(
         state = {
             "format": CHECKPOINT_FORMAT,
             "key": settings.key,
-            "algorithm_version": adamqlr.ALGORITHM_VERSION,
+            "algorithm_version": version.ALGORITHM_VERSION,
             "model": model.state_dict(),
             "optimiser": stepper.state_dict(),
             "generator": generator.get_state(),
@@ -693,9 +694,9 @@ def _load_checkpoint(path: Path, settings: RunSettings, device: torch.device) ->
         reasons.append(f"format {state.get('format')!r} != {CHECKPOINT_FORMAT}")
     if state.get("key") != settings.key:
         reasons.append("it belongs to other settings")
-    if state.get("algorithm_version") != adamqlr.ALGORITHM_VERSION:
+    if state.get("algorithm_version") != version.ALGORITHM_VERSION:
         reasons.append(
-            f"algorithm version {state.get('algorithm_version')!r} != {adamqlr.ALGORITHM_VERSION}"
+            f"algorithm version {state.get('algorithm_version')!r} != {version.ALGORITHM_VERSION}"
         )
     if reasons:
         warnings.warn(

@@ -9,31 +9,31 @@ optimiser has (step size, damping, rho, ...).
 
 Baselines that torch has are torch's own (:class:`torch.optim.SGD`, :class:`torch.optim.Adam`),
 adapted by :class:`TorchStepper`; AdamQLR and SGDQLR are the package's optimisers, adapted by
-:class:`QLRStepper`.
+:class:`QLRStepper` (both in :mod:`adamqlr.steppers`, re-exported here). The K-FAC and
+Baydin-SGD baselines' entries come from :mod:`adamqlr.baselines`.
 
 Each entry lists *all* its hyperparameters with their defaults (the paper's placeholders or
 untuned values, from the authors' configuration files), so the resolved hyperparameters of a run
-are always complete and explicit in its record. Other modules add entries with
-:func:`register_optimiser` (the K-FAC and Baydin-SGD baselines do this): a module listed in
-:data:`OPTIMISER_PROVIDERS` is imported the first time the registry is consulted, so its
-entries appear in ``adamqlr run --help``.
+are always complete and explicit in its record. Your own code adds entries with
+:func:`register_optimiser`; a module listed in :data:`OPTIMISER_PROVIDERS` is imported the first
+time the registry is consulted, so its entries appear in ``adamqlr run --help``.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
-import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from adamqlr.losses import Loss, get_loss
-from adamqlr.optim import SGDQLR, AdamQLR, QuadraticModelOptimizer
+from adamqlr import baselines
+from adamqlr.losses import Loss
+from adamqlr.optim import SGDQLR, AdamQLR
+from adamqlr.steppers import OptimiserEntry, QLRStepper, Stepper, TorchStepper
 
 __all__ = [
     "OPTIMISERS",
@@ -46,214 +46,6 @@ __all__ = [
     "optimiser_names",
     "register_optimiser",
 ]
-
-
-@runtime_checkable
-class Stepper(Protocol):
-    """What the training loop needs from an optimiser.
-
-    ``step`` takes one mini-batch, does the whole optimisation step (forward, backward, update)
-    and returns statistics as plain floats: at least ``"loss"``, the mini-batch loss *before* the
-    update, plus the adaptive quantities the optimiser has (``"lr"``, ``"damping"``, ``"rho"``,
-    ...). ``state_dict``/``load_state_dict`` round-trip the optimiser state so that a run can be
-    checkpointed and resumed bitwise; the state must load with ``torch.load(weights_only=True)``.
-    """
-
-    def step(self, inputs: Any, targets: Tensor) -> dict[str, float]:
-        """Take one step on the mini-batch and return its statistics."""
-        ...
-
-    def state_dict(self) -> dict[str, Any]:
-        """Return the optimiser state."""
-        ...
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the optimiser state."""
-        ...
-
-    def last_outputs(self) -> Tensor | None:
-        """Return the network outputs of the last step's forward pass (detached), or ``None``.
-
-        They are the outputs at the parameters *before* that step, on its mini-batch, so the
-        training loop reads the mini-batch accuracy from them without another forward pass or a
-        hook on the model (a hook would keep an optimiser off its layer-wise fast path).
-        """
-        ...
-
-
-class TorchStepper:
-    """Adapt a ``torch.optim.Optimizer`` (SGD, Adam, ...) to the :class:`Stepper` protocol.
-
-    One step: ``zero_grad``, forward, loss, backward, ``optimizer.step()``. The returned ``"lr"`` is
-    the first parameter group's learning rate.
-
-    Args:
-        model: The network; ``model(inputs)`` gives the outputs the loss expects.
-        loss: The loss (:mod:`adamqlr.losses`).
-        optimizer: A torch optimiser over ``model``'s parameters.
-    """
-
-    def __init__(self, model: nn.Module, loss: Loss, optimizer: torch.optim.Optimizer) -> None:
-        self.model = model
-        self.loss = loss
-        self.optimizer = optimizer
-        self._last_outputs: Tensor | None = None
-
-    def step(self, inputs: Any, targets: Tensor) -> dict[str, float]:  # noqa: D102
-        self.optimizer.zero_grad(set_to_none=True)
-        outputs = self.model(inputs)
-        self._last_outputs = outputs.detach()
-        self.loss.check_shapes(outputs, targets)
-        loss = self.loss.value(outputs, targets)
-        loss.backward()
-        self.optimizer.step()
-        return {"loss": float(loss.detach()), "lr": float(self.optimizer.param_groups[0]["lr"])}
-
-    def last_outputs(self) -> Tensor | None:  # noqa: D102
-        return self._last_outputs
-
-    def state_dict(self) -> dict[str, Any]:  # noqa: D102
-        return self.optimizer.state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # noqa: D102
-        self.optimizer.load_state_dict(state_dict)
-
-    def __repr__(self) -> str:
-        return f"TorchStepper({type(self.optimizer).__name__})"
-
-
-class QLRStepper:
-    """Adapt :class:`adamqlr.AdamQLR` / :class:`adamqlr.SGDQLR` to the :class:`Stepper` protocol.
-
-    The statistics are :class:`adamqlr.StepStats` as floats (``accepted`` as 0/1; the rejection
-    reason, a string, is dropped: ``accepted == 0`` marks those steps).
-    """
-
-    def __init__(self, optimizer: QuadraticModelOptimizer) -> None:
-        self.optimizer = optimizer
-
-    def step(self, inputs: Any, targets: Tensor) -> dict[str, float]:  # noqa: D102
-        stats = self.optimizer.step(inputs, targets).as_dict()
-        return {k: float(v) for k, v in stats.items() if isinstance(v, (bool, int, float))}
-
-    def last_outputs(self) -> Tensor | None:  # noqa: D102
-        return self.optimizer.last_outputs()
-
-    def state_dict(self) -> dict[str, Any]:  # noqa: D102
-        return self.optimizer.state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # noqa: D102
-        self.optimizer.load_state_dict(state_dict)
-
-    def __repr__(self) -> str:
-        return f"QLRStepper({self.optimizer!r})"
-
-
-Builder = Callable[[nn.Module, Loss, dict[str, Any]], Stepper]
-
-_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-
-
-@dataclass(frozen=True)
-class OptimiserEntry:
-    """One named optimiser configuration.
-
-    Attributes:
-        name: Registry name (lower case, digits and hyphens), e.g. ``"adamqlr-untuned"``.
-        label: The label the paper's figures use, e.g. ``"AdamQLR (Untuned)"``.
-        builder: ``builder(model, loss, hparams) -> Stepper``; ``hparams`` is complete (defaults
-            merged with the overrides).
-        defaults: Every hyperparameter with its default value (JSON scalars, or tuples of them).
-        batch_size: Default batch size of this configuration (``None``: the task profile's).
-        task_batch_size: Per-task exceptions to ``batch_size`` (``None``: the task profile's),
-            e.g. untuned AdamQLR uses 3200 except on Penn Treebank.
-        description: One line for ``--help`` and the book.
-    """
-
-    name: str
-    label: str
-    builder: Builder
-    defaults: Mapping[str, Any] = field(default_factory=dict)
-    batch_size: int | None = None
-    task_batch_size: Mapping[str, int | None] = field(default_factory=dict)
-    description: str = ""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
-            raise ValueError(
-                f"invalid optimiser name {self.name!r} (expected lower-case letters, digits, '-')"
-            )
-        if not callable(self.builder):
-            raise ValueError(f"optimiser {self.name!r}: builder {self.builder!r} is not callable")
-        for size in [self.batch_size, *self.task_batch_size.values()]:
-            if size is not None and (
-                isinstance(size, bool) or not isinstance(size, int) or size < 1
-            ):
-                raise ValueError(f"optimiser {self.name!r}: invalid batch size {size!r}")
-        object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
-        object.__setattr__(self, "task_batch_size", MappingProxyType(dict(self.task_batch_size)))
-
-    def default_batch_size(self, task: str) -> int | None:
-        """Return this configuration's batch size on ``task`` (``None``: the task profile's)."""
-        return self.task_batch_size.get(task, self.batch_size)
-
-    def hyperparameters(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Return the defaults updated with ``overrides``, with values normalised.
-
-        Integers given for float-valued hyperparameters become floats (so ``lr=1`` and
-        ``lr=1.0`` are the same experiment) and lists become tuples.
-
-        Raises:
-            ValueError: If an override names an unknown hyperparameter or has an unusable value.
-        """
-        merged = dict(self.defaults)
-        for key, value in (overrides or {}).items():
-            if key not in self.defaults:
-                raise ValueError(
-                    f"unknown hyperparameter {key!r} for optimiser {self.name!r}; expected one of "
-                    f"{sorted(self.defaults)}"
-                )
-            merged[key] = _normalise_value(key, value, self.defaults[key])
-        return merged
-
-    def build(
-        self, model: nn.Module, loss: str | Loss, hparams: Mapping[str, Any] | None = None
-    ) -> Stepper:
-        """Return a :class:`Stepper` for ``model``.
-
-        Args:
-            model: The network to optimise.
-            loss: A loss name (``"cross_entropy"``, ``"squared_error"``) or a
-                :class:`adamqlr.losses.Loss`.
-            hparams: Overrides of :attr:`defaults`.
-
-        Raises:
-            ValueError: For unknown hyperparameters or values the optimiser rejects.
-        """
-        return self.builder(model, get_loss(loss), self.hyperparameters(hparams))
-
-
-def _normalise_value(key: str, value: Any, default: Any) -> Any:
-    if isinstance(value, list):
-        value = tuple(value)
-    if isinstance(value, tuple):
-        if isinstance(default, tuple) and len(default) == len(value):
-            return tuple(_normalise_value(key, v, d) for v, d in zip(value, default, strict=True))
-        return tuple(_normalise_value(key, v, None) for v in value)
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"invalid hyperparameter {key}={value!r} (expected a finite number)")
-    if (
-        isinstance(value, int)
-        and not isinstance(value, bool)
-        and (default is None or (isinstance(default, float)))
-    ):
-        return float(value)
-    if value is not None and not isinstance(value, (bool, int, float, str)):
-        raise ValueError(
-            f"invalid hyperparameter {key}={value!r} (expected a number, string, bool, null or "
-            "list)"
-        )
-    return value
 
 
 # ---------------------------------------------------------------------------------- builders
@@ -434,16 +226,17 @@ _BUILTIN: tuple[OptimiserEntry, ...] = (
     ),
 )
 
-_REGISTRY: dict[str, OptimiserEntry] = {e.name: e for e in _BUILTIN}
+_REGISTRY: dict[str, OptimiserEntry] = {e.name: e for e in (*_BUILTIN, *baselines.ENTRIES)}
 
 #: Read-only view of the registry, name -> entry. Use :func:`get_optimiser` for a name, which
 #: also imports the provider modules first.
 OPTIMISERS: Mapping[str, OptimiserEntry] = MappingProxyType(_REGISTRY)
 
-#: Modules that call :func:`register_optimiser` when imported (e.g. the K-FAC and Baydin-SGD
-#: baselines). Each is imported the first time the registry is listed or queried. A module
-#: that does not exist (yet) is skipped; any other import error propagates.
-OPTIMISER_PROVIDERS: list[str] = ["adamqlr.baselines"]
+#: Modules outside the package that call :func:`register_optimiser` when imported (a plug-in's
+#: own optimisers; the package's baselines are in the registry from the start). Each is imported
+#: the first time the registry is listed or queried. A module that does not exist is skipped;
+#: any other import error propagates.
+OPTIMISER_PROVIDERS: list[str] = []
 _loaded_providers: set[str] = set()
 
 

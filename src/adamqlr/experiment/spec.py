@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adamqlr.experiment.optimisers import get_optimiser
-from adamqlr.tasks import PROFILES, TASKS, get_task
+from adamqlr.profiles import Profile, parse_profile
+from adamqlr.tasks import TASKS, get_task
 
 __all__ = [
     "KEY_VERSION",
@@ -63,6 +64,8 @@ def canonical_json(obj: Any) -> str:
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, Profile):
+        return value.value
     if isinstance(value, tuple):
         return [_jsonable(v) for v in value]
     if isinstance(value, Mapping):
@@ -151,7 +154,7 @@ class RunSettings:
 
     task: str
     optimiser: str
-    profile: str
+    profile: Profile
     seed: int
     hyperparameters: tuple[tuple[str, Any], ...]
     batch_size: int
@@ -208,7 +211,7 @@ class ExperimentSpec:
         task: A name in :data:`adamqlr.tasks.TASKS`.
         optimiser: A name in the optimiser registry
             (:func:`~adamqlr.experiment.optimisers.get_optimiser`).
-        profile: ``"smoke"``, ``"quick"`` or ``"paper"``.
+        profile: A :class:`~adamqlr.profiles.Profile` (or its name, parsed at construction).
         seed: Non-negative int.
         hyperparameters: Overrides of the optimiser's defaults.
         batch_size: Mini-batch size (``None``: the optimiser's default, else the profile's).
@@ -229,7 +232,7 @@ class ExperimentSpec:
 
     task: str
     optimiser: str
-    profile: str = "quick"
+    profile: Profile = Profile.QUICK
     seed: int = 0
     hyperparameters: Any = ()
     batch_size: int | None = None
@@ -246,8 +249,7 @@ class ExperimentSpec:
         if not isinstance(self.task, str) or self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; expected one of {sorted(TASKS)}")
         entry = get_optimiser(self.optimiser)
-        if self.profile not in PROFILES:
-            raise ValueError(f"unknown profile {self.profile!r}; expected one of {list(PROFILES)}")
+        set_(self, "profile", parse_profile(self.profile))
         set_(self, "seed", _int("seed", self.seed, 0, optional=False))
         hp = self.hyperparameters
         if hp is None:

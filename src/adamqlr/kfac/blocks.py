@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -246,14 +248,15 @@ class KroneckerBlock(Block):
             if x.dim() == 3:  # unbatched input (C, H, W)
                 x = x.unsqueeze(0)
             pads = []
+            padding = cast(tuple[int, ...], m.padding)  # numbers: "same" is not supported here
             for axis in (1, 0):  # F.pad order: last dimension (width) first
                 size, out = x.shape[2 + axis], out_shape[-2 + axis]
-                k, s, d, p = m.kernel_size[axis], m.stride[axis], m.dilation[axis], m.padding[axis]
+                k, s, d, p = m.kernel_size[axis], m.stride[axis], m.dilation[axis], padding[axis]
                 extra = max(0, (out - 1) * s + d * (k - 1) + 1 - size - 2 * p)
                 pads += [extra // 2, extra - extra // 2]
             if any(pads):
                 x = F.pad(x, pads)
-            cols = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)  # (N, C*k*k, L)
+            cols = F.unfold(x, m.kernel_size, m.dilation, padding, m.stride)  # (N, C*k*k, L)
             if cols.shape[-1] != out_shape[-1] * out_shape[-2]:
                 raise ValueError(
                     f"K-FAC: cannot infer the patches of convolution {self.name!r}: "
@@ -392,7 +395,8 @@ class ScaleShiftBlock(Block):
             )
         if isinstance(m, nn.LayerNorm):
             return F.layer_norm(x, m.normalized_shape, None, None, m.eps)
-        return F.group_norm(x, m.num_groups, None, None, m.eps)
+        group = cast(nn.GroupNorm, m)
+        return F.group_norm(x, group.num_groups, None, None, group.eps)
 
     def _param_dims(self, dy: Tensor) -> tuple[int, ...]:
         """Dimensions of ``dy`` summed over to get one example's parameter gradient."""
@@ -461,7 +465,7 @@ class NaiveDiagonalBlock(Block):
         ]
 
 
-def build_blocks(model: nn.Module, params: list[tuple[str, Tensor]]) -> list[Block]:
+def build_blocks(model: nn.Module, params: Sequence[tuple[str, Tensor]]) -> list[Block]:
     """Assign every parameter in ``params`` to exactly one block.
 
     ``nn.Linear`` and supported ``nn.Conv2d`` layers whose parameters are all optimised (and used by
@@ -491,7 +495,7 @@ def build_blocks(model: nn.Module, params: list[tuple[str, Tensor]]) -> list[Blo
         if not own:
             continue
         if KroneckerBlock.supports(module) and any(p is module.weight for _, p in own):
-            block: Block = KroneckerBlock(mod_name, module, own)  # type: ignore[arg-type]
+            block: Block = KroneckerBlock(mod_name, module, own)
         elif ScaleShiftBlock.supports(module):
             block = ScaleShiftBlock(mod_name, module, own)
         else:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -521,11 +521,14 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
                     return _Pass(
                         loss_t.detach(), [None] * len(params), 0, outputs.detach(), None, None
                     )
-                grads = list(
+                grads: list[Tensor | None] = list(
                     torch.autograd.grad(loss_t, params, retain_graph=True, allow_unused=True)
                 )
                 num_terms = _num_terms(self.loss, outputs, targets)
-                wanted = [e for _, _, e in edges] + [p for b in naive for _, p in b.params]
+                # tensors and gradient edges together (torch's stub types a list of one kind)
+                wanted: list[Any] = [e for _, _, e in edges] + [
+                    p for b in naive for _, p in b.params
+                ]
                 if wanted:
                     if self.estimation == "exact":
                         for col in _hessian_sqrt_columns(self.loss, outputs, targets):
@@ -602,7 +605,9 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
                 inverses = {
                     k[len("inverse.") :]: v for k, v in st.items() if k.startswith("inverse.")
                 } or None
-                factors = {} if inverses is not None and block.kind == "kronecker" else None
+                factors: dict[str, Any] | None = (
+                    {} if inverses is not None and block.kind == "kronecker" else None
+                )
                 pre = block.precondition(
                     gs, self.factors(block) if factors is None else factors, inverses, damping
                 )
@@ -730,7 +735,7 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
         )
 
     def _trial_loss(
-        self, gradient_pass: _Pass, params: dict[str, Tensor], inputs: Any, targets: Tensor
+        self, gradient_pass: _Pass, params: Mapping[str, Tensor], inputs: Any, targets: Tensor
     ) -> Tensor:
         """Return the mini-batch loss at the updated parameters (call under the replayed state)."""
         plan = gradient_pass.plan

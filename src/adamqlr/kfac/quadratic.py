@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -94,7 +95,7 @@ def output_jvp(
         )
 
     with torch.no_grad():
-        return jvp(
+        return jvp(  # type: ignore[return-value]  # torch types jvp as 2 or 3 values (has_aux)
             outputs_of,
             tuple(params[n].detach() for n in names),
             tuple(direction[n].detach().to(params[n].dtype) for n in names),
@@ -210,7 +211,7 @@ def solve_quadratic_model(
     free = [i for i in range(k) if fixed[i] is None]
     for i in range(k):
         if fixed[i] is not None:
-            w[i] = float(fixed[i])
+            w[i] = float(cast(float, fixed[i]))
     if len(free) == k == 2:
         if bool((a_d[0, 1] == 0) & (a_d[1, 0] == 0) & (a_d[1, 1] == 0) & (b[1] == 0)):
             w[0] = -b[0] / a_d[0, 0]

@@ -14,6 +14,7 @@ the mask is kept; a pass made under the replayed random state draws the same mas
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -123,8 +124,8 @@ def forward_with_tape(
         elif kind in _DERIVATIVES:
             h = layer(h)
             tape.append(h.detach())
-        elif kind is nn.Dropout and layer.training and layer.p > 0:
-            mask = F.dropout(torch.ones_like(h), layer.p, True)
+        elif kind is nn.Dropout and layer.training and cast(nn.Dropout, layer).p > 0:
+            mask = F.dropout(torch.ones_like(h), cast(nn.Dropout, layer).p, True)
             tape.append(mask)
             h = h * mask
         else:
@@ -160,16 +161,17 @@ def output_tangents(
             kind = type(layer)
             if kind is nn.Linear:
                 assert record is not None
-                own = _dense_tangent(layer, record, names, vectors)
+                linear = cast(nn.Linear, layer)
+                own = _dense_tangent(linear, record, names, vectors)
                 if t is not None:
-                    carried = F.linear(t, layer.weight.detach())
+                    carried = F.linear(t, linear.weight.detach())
                     t = carried if own is None else carried.add_(own)
                 elif own is not None:
                     t = own.contiguous()
             elif t is None:
                 continue
             elif kind in _DERIVATIVES:
-                t = _DERIVATIVES[kind](t, record)
+                t = _DERIVATIVES[kind](t, cast(Tensor, record))
             elif record is not None:  # dropout mask
                 t = t * record
             elif kind is not nn.Identity:
@@ -180,7 +182,7 @@ def output_tangents(
 
 
 def _dense_tangent(
-    layer: nn.Module,
+    layer: nn.Linear,
     record: Tensor,
     names: Mapping[int, str],
     vectors: Sequence[Mapping[str, Tensor]],
@@ -193,18 +195,21 @@ def _dense_tangent(
     if not (has_w or has_b):
         return None
     out_f = layer.out_features
+    w_key, b_key = cast(str, w_name), cast(str, b_name)  # not None where has_w / has_b
+    layer_bias = cast(Tensor, layer.bias)  # not None where has_b
     weight = (
-        torch.cat([v[w_name] if w_name in v else torch.zeros_like(layer.weight) for v in vectors])
+        torch.cat([v[w_key] if w_key in v else torch.zeros_like(layer.weight) for v in vectors])
         if has_w
         else None
     )
     bias = (
-        torch.cat([v[b_name] if b_name in v else torch.zeros_like(layer.bias) for v in vectors])
+        torch.cat([v[b_key] if b_key in v else torch.zeros_like(layer_bias) for v in vectors])
         if has_b
         else None
     )
     if weight is None:
-        stacked = bias.expand(*record.shape[:-1], bias.shape[0])
+        only_bias = cast(Tensor, bias)
+        stacked = only_bias.expand(*record.shape[:-1], only_bias.shape[0])
     else:
         stacked = F.linear(record, weight.to(record.dtype), None if bias is None else bias)
     k = len(vectors)

@@ -20,7 +20,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -33,7 +33,7 @@ from adamqlr.lens.diagonals import expected_squared_batch_gradient, ggn_diagonal
 from adamqlr.lens.products import flat_params
 from adamqlr.lens.training import batch_stream, fashion_mnist_setup
 from adamqlr.losses import CrossEntropyLoss, Loss
-from adamqlr.tasks.base import PROFILES
+from adamqlr.profiles import Profile, pick
 
 __all__ = [
     "AdamLensConfig",
@@ -84,6 +84,14 @@ def adam_moments(optimizer: torch.optim.Adam) -> dict[str, Tensor]:
     return {"m_hat": m, "v_hat": v, "direction": algorithm.adam_direction(m, v, group["eps"])}
 
 
+#: The configuration's fields that differ from its defaults, by profile.
+_ADAM_LENS_SIZES: dict[Profile, dict[str, Any]] = {
+    Profile.SMOKE: dict(steps=40, checkpoints=(5, 40), reference_size=200),
+    Profile.QUICK: {},
+    Profile.PAPER: dict(steps=10_000, checkpoints=(10, 100, 1000, 10_000), reference_size=10_000),
+}
+
+
 @dataclass(frozen=True)
 class AdamLensConfig:
     """What the Adam-lens chapter runs under one profile.
@@ -113,19 +121,13 @@ class AdamLensConfig:
             )
 
     @classmethod
-    def for_profile(cls, profile: str) -> AdamLensConfig:
+    def for_profile(cls, profile: Profile | str) -> AdamLensConfig:
         """Return the configuration of ``profile``.
 
         Raises:
             ValueError: If ``profile`` is unknown.
         """
-        if profile not in PROFILES:
-            raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
-        if profile == "smoke":
-            return cls(steps=40, checkpoints=(5, 40), reference_size=200)
-        if profile == "paper":
-            return cls(steps=10_000, checkpoints=(10, 100, 1000, 10_000), reference_size=10_000)
-        return cls()
+        return cls(**pick(_ADAM_LENS_SIZES, profile))
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,7 @@ class AdamLensResult:
         return pd.DataFrame(rows).set_index("step")
 
 
-def adam_lens_run(config: AdamLensConfig, profile: str) -> AdamLensResult:
+def adam_lens_run(config: AdamLensConfig, profile: Profile | str) -> AdamLensResult:
     """Train the Fashion-MNIST MLP with Adam and compare ``v_hat`` with exact diagonals.
 
     At each checkpoint, with the parameters ``theta_t`` after step ``t``: Adam's ``v_hat``
@@ -349,7 +351,7 @@ def rescaled_updates(
         if s == 1.0:
             end = flat_params(base).vector
         else:
-            theta = {n: v.detach() for n, v in model.theta().items()}
+            theta = {n: v.detach() for n, v in cast(Any, model).theta().items()}
             end = torch.cat([theta[n].reshape(-1) for n, _ in base.named_parameters()])
         results.append(end - start)
     return results[0], results[1]

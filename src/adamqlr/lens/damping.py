@@ -23,9 +23,9 @@ from torch import nn
 
 from adamqlr.lens.training import batch_stream, evaluate_loss, fashion_mnist_setup, record_steps
 from adamqlr.losses import CrossEntropyLoss, SquaredErrorLoss
-from adamqlr.optim import AdamQLR
+from adamqlr.optim import AdamQLR, QuadraticModelOptimizer
+from adamqlr.profiles import Profile, pick
 from adamqlr.tasks import get_task
-from adamqlr.tasks.base import PROFILES
 
 __all__ = [
     "DAMPING_POLICIES",
@@ -41,6 +41,14 @@ DAMPING_POLICIES: dict[str, dict[str, Any]] = {
     "frozen at 1e-3": {"initial_damping": 1e-3, "damping_bounds": (1e-3, 1e-3)},
     "frozen at 1": {"initial_damping": 1.0, "damping_bounds": (1.0, 1.0)},
     "none (0)": {"initial_damping": 0.0, "damping_bounds": (0.0, 0.0)},
+}
+
+
+#: The configuration's fields that differ from its defaults, by profile.
+_DAMPING_SIZES: dict[Profile, dict[str, Any]] = {
+    Profile.SMOKE: dict(regimes={"B = 500": (500, 8), "B = 50": (50, 40)}),
+    Profile.QUICK: {},
+    Profile.PAPER: dict(seeds=(0, 1, 2, 3, 4)),
 }
 
 
@@ -66,19 +74,13 @@ class DampingConfig:
     heldout_size: int = 2000
 
     @classmethod
-    def for_profile(cls, profile: str) -> DampingConfig:
+    def for_profile(cls, profile: Profile | str) -> DampingConfig:
         """Return the configuration of ``profile``.
 
         Raises:
             ValueError: If ``profile`` is unknown.
         """
-        if profile not in PROFILES:
-            raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
-        if profile == "smoke":
-            return cls(regimes={"B = 500": (500, 8), "B = 50": (50, 40)})
-        if profile == "paper":
-            return cls(seeds=(0, 1, 2, 3, 4))
-        return cls()
+        return cls(**pick(_DAMPING_SIZES, profile))
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ class DampingStudy:
     final: pd.DataFrame
 
 
-def damping_study(config: DampingConfig, profile: str) -> DampingStudy:
+def damping_study(config: DampingConfig, profile: Profile | str) -> DampingStudy:
     """Train the Fashion-MNIST MLP with AdamQLR under each damping policy and regime.
 
     Args:
@@ -165,14 +167,14 @@ class _HeldOut:
         with torch.no_grad():
             return float(self.loss.value(self.model(self.inputs), self.targets))
 
-    def __call__(self, iteration: int, optimizer: AdamQLR) -> dict[str, float]:
+    def __call__(self, iteration: int, optimizer: QuadraticModelOptimizer) -> dict[str, Any]:
         del iteration, optimizer
         now = self._value()
         change, self.previous = now - self.previous, now
         return {"heldout_change": change}
 
 
-def quadratic_rho_run(profile: str, steps: int = 40, seed: int = 0) -> pd.DataFrame:
+def quadratic_rho_run(profile: Profile | str, steps: int = 40, seed: int = 0) -> pd.DataFrame:
     """Run untuned AdamQLR on linear least squares (UCI Energy, full batch, float64).
 
     A linear model with half the squared error has an exactly quadratic loss whose Hessian is its

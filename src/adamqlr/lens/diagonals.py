@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -70,7 +70,7 @@ def _layerwise_square_sums(
     model: nn.Module,
     layers: list[tuple[str, nn.Linear]],
     inputs: Tensor,
-    scalars: list[Callable[[Tensor], Tensor]],
+    scalars: Sequence[Callable[..., Tensor]],
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Sum over examples (and over ``scalars``) of the squared per-example gradients, by layer.
 
@@ -179,14 +179,14 @@ def gradient_moments(
                 total_sq[k] = total_sq.get(k, 0) + squares[k]
         return _flat(model, total) / n, _flat(model, total_sq) / n
     step = n if chunk_size is None else chunk_size
-    total = torch.zeros(flat_params(model).vector.numel(), dtype=torch.float64)
-    total_sq = torch.zeros_like(total)
+    acc = torch.zeros(flat_params(model).vector.numel(), dtype=torch.float64)
+    acc_sq = torch.zeros_like(acc)
     for start in range(0, n, step):
         stop = start + step
         g = per_example_grads(model, inputs[start:stop], targets[start:stop], loss).double()
-        total += g.sum(0)
-        total_sq += g.pow(2).sum(0)
-    return total / n, total_sq / n
+        acc += g.sum(0)
+        acc_sq += g.pow(2).sum(0)
+    return acc / n, acc_sq / n
 
 
 def output_hessian_factor(loss: Loss, outputs: Tensor) -> Tensor:
@@ -275,7 +275,7 @@ def ggn_diagonal(
 
     jac_fn = vmap(jacrev(outputs_one), in_dims=(None, 0))
     step = n if chunk_size is None else chunk_size
-    total = torch.zeros(fp.vector.numel(), dtype=torch.float64)
+    acc = torch.zeros(fp.vector.numel(), dtype=torch.float64)
     for start in range(0, n, step):
         x = inputs[start : start + step]
         with torch.no_grad():
@@ -283,8 +283,8 @@ def ggn_diagonal(
         factor = output_hessian_factor(loss, z)  # (b, K, K)
         jac = fp.flatten(jac_fn(params, x), batch_dims=2)  # (b, K, P)
         projected = torch.einsum("bkc,bkp->bcp", factor, jac)  # rows J_n^T a_nc
-        total += projected.double().pow(2).sum(dim=(0, 1))
-    return total / n
+        acc += projected.double().pow(2).sum(dim=(0, 1))
+    return acc / n
 
 
 def expected_squared_batch_gradient(

@@ -36,7 +36,7 @@ import math
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -48,9 +48,10 @@ from adamqlr.kfac import KFAC
 from adamqlr.lens.products import flat_params, pooled_images
 from adamqlr.lens.training import batch_stream
 from adamqlr.losses import CrossEntropyLoss, Loss, SquaredErrorLoss
+from adamqlr.profiles import Profile, pick
 from adamqlr.tasks import get_task
 from adamqlr.tasks._common import MLP
-from adamqlr.tasks.base import PROFILES, Split
+from adamqlr.tasks.base import Split
 
 __all__ = [
     "KFACHeuristicsConfig",
@@ -107,7 +108,7 @@ def _as_matrix(layer: nn.Linear, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``[W, b]`` (``out x (in [+1])``): the layout of one Kronecker block."""
     if layer.bias is None:
         return weight
-    return torch.cat([weight, bias.unsqueeze(1)], dim=1)
+    return torch.cat([weight, cast(Tensor, bias).unsqueeze(1)], dim=1)
 
 
 def kronecker_factors_exact(
@@ -148,7 +149,7 @@ def kronecker_factors_exact(
     n = inputs.shape[0]
     factors: dict[str, tuple[Tensor, Tensor]] = {}
     a = inputs.detach()
-    modules = list(model)
+    modules = list(cast(nn.Sequential, model))
     position = 0
     for index, layer in layers:
         with torch.no_grad():
@@ -463,8 +464,10 @@ def _batch_loss(model: nn.Module, params: Mapping[str, Tensor], inputs, targets,
 def _rel(x: float | Tensor, y: float | Tensor) -> float:
     """``|x - y| / max(|y|, tiny)`` (norms for tensors)."""
     if isinstance(x, Tensor):
-        return float((x - y).detach().norm() / max(float(y.detach().norm()), 1e-300))
-    return abs(x - y) / max(abs(y), 1e-300)
+        yt = cast(Tensor, y)
+        return float((x - yt).detach().norm() / max(float(yt.detach().norm()), 1e-300))
+    yf = cast(float, y)
+    return abs(x - yf) / max(abs(yf), 1e-300)
 
 
 def audit_kfac_run(
@@ -688,7 +691,7 @@ def landscape(
 
 # --------------------------------------------------------------------------------- the runs
 def tiny_classifier(
-    profile: str, seed: int = 0, *, train_size: int = 4096
+    profile: Profile | str, seed: int = 0, *, train_size: int = 4096
 ) -> tuple[nn.Sequential, Split, CrossEntropyLoss]:
     """Return the chapter's tiny classifier: Fashion-MNIST pooled to 4x4, a 16-8-10 ReLU MLP.
 
@@ -706,6 +709,16 @@ def tiny_classifier(
     split = Split(pooled_images(data.inputs[:k].double()), data.targets[:k])
     model = MLP((16, 8, 10), torch.Generator().manual_seed(seed)).double()
     return model, split, CrossEntropyLoss()
+
+
+#: The configuration's fields that differ from its defaults, by profile.
+_KFAC_HEURISTICS_SIZES: dict[Profile, dict[str, Any]] = {
+    Profile.SMOKE: dict(
+        steps=12, batch_size=64, train_size=512, seeds=(0,), snapshot_at=(2, 10), quadratic_steps=12
+    ),
+    Profile.QUICK: {},
+    Profile.PAPER: dict(steps=500, seeds=tuple(range(10))),
+}
 
 
 @dataclass(frozen=True)
@@ -729,20 +742,13 @@ class KFACHeuristicsConfig:
     quadratic_steps: int = 60
 
     @classmethod
-    def for_profile(cls, profile: str) -> KFACHeuristicsConfig:
+    def for_profile(cls, profile: Profile | str) -> KFACHeuristicsConfig:
         """Return the configuration of ``profile``.
 
         Raises:
             ValueError: If ``profile`` is unknown.
         """
-        if profile not in PROFILES:
-            raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
-        if profile == "smoke":
-            return cls(steps=12, batch_size=64, train_size=512, seeds=(0,), snapshot_at=(2, 10),
-                       quadratic_steps=12)  # fmt: skip
-        if profile == "paper":
-            return cls(steps=500, seeds=tuple(range(10)))
-        return cls()
+        return cls(**pick(_KFAC_HEURISTICS_SIZES, profile))
 
 
 @dataclass(frozen=True)
@@ -770,7 +776,9 @@ class KFACHeuristicsStudy:
     loss: Loss = field(default_factory=CrossEntropyLoss)
 
 
-def kfac_heuristics_study(config: KFACHeuristicsConfig, profile: str) -> KFACHeuristicsStudy:
+def kfac_heuristics_study(
+    config: KFACHeuristicsConfig, profile: Profile | str
+) -> KFACHeuristicsStudy:
     """Audit adaptive K-FAC on the tiny classifier, with exact and with sampled factors.
 
     Each seed runs twice from the same initial weights and batches: with ``estimation="exact"``
@@ -820,7 +828,7 @@ def kfac_heuristics_study(config: KFACHeuristicsConfig, profile: str) -> KFACHeu
     )
 
 
-def kfac_quadratic_run(profile: str, steps: int = 60, seed: int = 0) -> pd.DataFrame:
+def kfac_quadratic_run(profile: Profile | str, steps: int = 60, seed: int = 0) -> pd.DataFrame:
     """Audit adaptive K-FAC on linear least squares (UCI Energy, the full training set, float64).
 
     A linear model with half the squared error has an exactly quadratic loss whose Hessian is its

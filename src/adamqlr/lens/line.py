@@ -26,7 +26,7 @@ from adamqlr.curvature import ggn_quadratic, hessian_quadratic, loss_at
 from adamqlr.lens.training import batch_stream, fashion_mnist_setup, record_steps
 from adamqlr.losses import Loss
 from adamqlr.optim import AdamQLR
-from adamqlr.tasks.base import PROFILES
+from adamqlr.profiles import Profile, pick
 
 __all__ = [
     "LineProbe",
@@ -195,6 +195,14 @@ def probe_step(
     return LineProbe(f0, gtd, sq, q_g, q_h, optimizer.damping, alphas, losses, h, slope, curvature)
 
 
+#: The configuration's fields that differ from its defaults, by profile.
+_STEP_SIZE_SIZES: dict[Profile, dict[str, Any]] = {
+    Profile.SMOKE: dict(batch_size=500, warm_steps=5),
+    Profile.QUICK: {},
+    Profile.PAPER: dict(warm_steps=100),
+}
+
+
 @dataclass(frozen=True)
 class StepSizeConfig:
     """What the step-size chapter runs under one profile.
@@ -210,19 +218,13 @@ class StepSizeConfig:
     seed: int = 0
 
     @classmethod
-    def for_profile(cls, profile: str) -> StepSizeConfig:
+    def for_profile(cls, profile: Profile | str) -> StepSizeConfig:
         """Return the configuration of ``profile``.
 
         Raises:
             ValueError: If ``profile`` is unknown.
         """
-        if profile not in PROFILES:
-            raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
-        if profile == "smoke":
-            return cls(batch_size=500, warm_steps=5)
-        if profile == "paper":
-            return cls(warm_steps=100)
-        return cls()
+        return cls(**pick(_STEP_SIZE_SIZES, profile))
 
 
 @dataclass(frozen=True)
@@ -247,7 +249,7 @@ class StepSizeStudy:
     optimizer: AdamQLR
 
 
-def step_size_study(config: StepSizeConfig, profile: str) -> StepSizeStudy:
+def step_size_study(config: StepSizeConfig, profile: Profile | str) -> StepSizeStudy:
     """Train the Fashion-MNIST MLP with untuned AdamQLR (float64), probing two of its steps.
 
     The first step and step ``warm_steps + 1`` are probed (:func:`probe_step`) just before the

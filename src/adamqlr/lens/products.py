@@ -30,7 +30,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +38,7 @@ from torch.func import functional_call, grad, hessian, jacrev, vmap
 
 from adamqlr.curvature import ggn_quadratic, hessian_quadratic, layerwise_plan
 from adamqlr.losses import CrossEntropyLoss, Loss, SquaredErrorLoss
+from adamqlr.profiles import Profile, pick
 from adamqlr.tasks import get_task
 from adamqlr.tasks._common import MLP
 
@@ -332,7 +333,9 @@ def pooled_images(inputs: Tensor, side: int = 28, pooled: int = 4) -> Tensor:
     return inputs.reshape(-1, pooled, k, pooled, k).mean(dim=(2, 4)).reshape(-1, pooled * pooled)
 
 
-def tiny_problems(profile: str, *, batch_size: int = 32, seed: int = 0) -> list[TinyProblem]:
+def tiny_problems(
+    profile: Profile | str, *, batch_size: int = 32, seed: int = 0
+) -> list[TinyProblem]:
     """Return the chapter's two tiny problems on real data, in float64.
 
     * Fashion-MNIST images average-pooled to 4x4 pixels, a 16-8-10 ReLU MLP, softmax cross-entropy;
@@ -481,9 +484,13 @@ def time_products(
         wrt = list(model.parameters())
         value = loss.value(model(inputs), targets)
         grads = torch.autograd.grad(value, wrt, create_graph=True)
-        dot = sum((g * d).sum() for g, d in zip(grads, direction.values(), strict=True))
+        dot = cast(
+            Tensor, sum((g * d).sum() for g, d in zip(grads, direction.values(), strict=True))
+        )
         hvp = torch.autograd.grad(dot, wrt)
-        sum((h * d).sum() for h, d in zip(hvp, direction.values(), strict=True)).item()
+        cast(
+            Tensor, sum((h * d).sum() for h, d in zip(hvp, direction.values(), strict=True))
+        ).item()
 
     def ggn(method: str) -> Callable[[], object]:
         return lambda: ggn_quadratic(model, params, direction, inputs, targets, loss, method=method)
@@ -514,6 +521,14 @@ def time_products(
     return out
 
 
+#: The configuration's fields that differ from its defaults, by profile.
+_COST_SIZES: dict[Profile, dict[str, Any]] = {
+    Profile.SMOKE: dict(batch_size=256, repeats=5, warmup=1),
+    Profile.QUICK: {},
+    Profile.PAPER: dict(repeats=100, warmup=10),
+}
+
+
 @dataclass(frozen=True)
 class CostConfig:
     """What the cost measurement runs under one profile.
@@ -533,22 +548,18 @@ class CostConfig:
     threads: int = 1
 
     @classmethod
-    def for_profile(cls, profile: str) -> CostConfig:
+    def for_profile(cls, profile: Profile | str) -> CostConfig:
         """Return the configuration of ``profile``.
 
         Raises:
             ValueError: If ``profile`` is unknown.
         """
-        if profile == "smoke":
-            return cls(batch_size=256, repeats=5, warmup=1)
-        if profile == "quick":
-            return cls()
-        if profile == "paper":
-            return cls(repeats=100, warmup=10)
-        raise ValueError(f"unknown profile {profile!r}; expected 'smoke', 'quick' or 'paper'")
+        return cls(**pick(_COST_SIZES, profile))
 
 
-def cost_study(profile: str, *, seed: int = 0) -> tuple[list[ProductCost], dict[str, Any]]:
+def cost_study(
+    profile: Profile | str, *, seed: int = 0
+) -> tuple[list[ProductCost], dict[str, Any]]:
     """Time the operations of :func:`time_products` on the Fashion-MNIST MLP (784-50-10).
 
     Args:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from adamqlr.optim import QuadraticModelOptimizer
+from adamqlr.profiles import Profile
 from adamqlr.tasks import get_task
 from adamqlr.tasks.base import Split, Task, TaskData
 
@@ -123,7 +124,7 @@ def evaluate_loss(
 
 
 def fashion_mnist_setup(
-    profile: str, seed: int = 0, *, dtype: torch.dtype = torch.float32
+    profile: Profile | str, seed: int = 0, *, dtype: torch.dtype = torch.float32
 ) -> tuple[Task, TaskData, nn.Module]:
     """Return the Fashion-MNIST task, its data under ``profile`` and a fresh model in ``dtype``.
 

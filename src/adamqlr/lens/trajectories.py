@@ -27,7 +27,7 @@ import torch
 from adamqlr.kfac import KFAC
 from adamqlr.losses import SquaredErrorLoss
 from adamqlr.optim import AdamQLR
-from adamqlr.tasks.base import PROFILES
+from adamqlr.profiles import Profile, pick
 from adamqlr.tasks.rosenbrock import START, RosenbrockResiduals
 
 __all__ = [
@@ -250,6 +250,14 @@ def _log_grid(low: float, high: float, num: int) -> tuple[float, ...]:
     return tuple(float(v) for v in np.logspace(low, high, num))
 
 
+#: The configuration's fields that differ from its defaults, by profile.
+_ROSENBROCK_SIZES: dict[Profile, dict[str, Any]] = {
+    Profile.SMOKE: dict(lrs=_log_grid(-3, -1.5, 4), momenta=(0.9,)),
+    Profile.QUICK: {},
+    Profile.PAPER: dict(lrs=_log_grid(-6, 0, 61), momenta=(0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)),
+}
+
+
 @dataclass(frozen=True)
 class RosenbrockConfig:
     """What the Rosenbrock chapter runs under one profile.
@@ -274,19 +282,13 @@ class RosenbrockConfig:
         )
 
     @classmethod
-    def for_profile(cls, profile: str) -> RosenbrockConfig:
+    def for_profile(cls, profile: Profile | str) -> RosenbrockConfig:
         """Return the configuration of ``profile`` (all are cheap; they differ in grid density).
 
         Raises:
             ValueError: If ``profile`` is unknown.
         """
-        if profile not in PROFILES:
-            raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
-        if profile == "smoke":
-            return cls(lrs=_log_grid(-3, -1.5, 4), momenta=(0.9,))
-        if profile == "paper":
-            return cls(lrs=_log_grid(-6, 0, 61), momenta=(0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99))
-        return cls()
+        return cls(**pick(_ROSENBROCK_SIZES, profile))
 
 
 @dataclass(frozen=True)
@@ -343,7 +345,7 @@ def rosenbrock_study(config: RosenbrockConfig) -> RosenbrockStudy:
     Returns:
         The :class:`RosenbrockStudy`.
     """
-    kw = dict(steps=config.steps, start=config.start)
+    kw: dict[str, Any] = dict(steps=config.steps, start=config.start)
     tuning = {
         "GD": tune_learning_rate("gd", config.lrs, **kw),
         "GD + momentum": tune_learning_rate(
@@ -354,7 +356,7 @@ def rosenbrock_study(config: RosenbrockConfig) -> RosenbrockStudy:
     kinds = {"GD": "gd", "GD + momentum": "gd-momentum", "Adam": "adam"}
     trajectories: dict[str, Trajectory] = {}
     for label, table in tuning.items():
-        best = {k: float(v) for k, v in table.iloc[0].items() if k != "final_loss"}
+        best: dict[str, Any] = {k: float(v) for k, v in table.iloc[0].items() if k != "final_loss"}
         trajectories[label] = run_trajectory(kinds[label], label=label, **kw, **best)
     for label, curvature in (
         ("AdamQLR (Untuned, GGN)", "fisher"),

@@ -9,6 +9,7 @@ every figure of the book.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -18,6 +19,7 @@ from matplotlib import colors as mcolors
 from matplotlib.figure import Figure
 
 from adamqlr.lens.line import LineProbe
+from adamqlr.lens.products import ProductCost
 from adamqlr.lens.trajectories import Trajectory
 from adamqlr.plots.theme import KNOWN_LABELS, palette
 from adamqlr.tasks.rosenbrock import rosenbrock
@@ -108,7 +110,9 @@ def plot_rosenbrock(
 
     (x0, x1), (y0, y1) = ROSENBROCK_WINDOW
     xx, yy = np.meshgrid(np.linspace(x0, x1, grid_points), np.linspace(y0, y1, grid_points))
-    zz = np.clip(rosenbrock(xx, yy, a, b), ROSENBROCK_LEVELS[0], ROSENBROCK_LEVELS[-1])
+    # rosenbrock() is written for tensors and floats; numpy broadcasts through it the same way
+    z = rosenbrock(cast(Any, xx), cast(Any, yy), a, b)
+    zz = np.clip(z, ROSENBROCK_LEVELS[0], ROSENBROCK_LEVELS[-1])
     filled = ax_map.contourf(
         xx, yy, zz, levels=ROSENBROCK_LEVELS, norm=mcolors.LogNorm(), cmap="Greys_r", alpha=0.9
     )
@@ -190,7 +194,7 @@ def plot_curvature_matrices(
     return fig
 
 
-def plot_product_costs(costs: Sequence[object], *, reference: str = "forward") -> Figure:
+def plot_product_costs(costs: Sequence[ProductCost], *, reference: str = "forward") -> Figure:
     """Draw the measured cost of each operation in units of ``reference`` (a horizontal bar chart).
 
     Args:

@@ -49,8 +49,9 @@ def _legend_below(fig: Figure, axes: Sequence[Axes], ncol: int | None = None) ->
     for ax in axes:
         for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
             entries.setdefault(text, handle)
-        if ax.get_legend() is not None:
-            ax.get_legend().remove()
+        legend = ax.get_legend()
+        if legend is not None:
+            legend.remove()
     fig.legend(
         list(entries.values()),
         list(entries),
@@ -432,8 +433,8 @@ def plot_adaptive(
     """
     if axes is None:
         width = min(4.3 * len(columns), 9.0)  # narrow enough for the book's column
-        _, axes = plt.subplots(1, len(columns), figsize=(width, 3.2), squeeze=False)
-        axes = list(axes[0])
+        _, grid = plt.subplots(1, len(columns), figsize=(width, 3.2), squeeze=False)
+        axes = list(grid[0])
     names = {"lr": r"step size $|\alpha|$", "damping": r"damping $\lambda$", "rho": r"$\rho$"}
     for ax, column in zip(axes, columns, strict=True):
         drawn: list[np.ndarray] = []

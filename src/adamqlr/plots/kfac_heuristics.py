@@ -216,9 +216,9 @@ def plot_kfac_traces(
                 ax_rho.plot(it, np.clip(run[column], lo, hi), color=colour, linewidth=0.9,
                             label=label)  # fmt: skip
         for column in pis:
-            label = f"layer {column[3:]}" if k == 0 else None
+            pi_label = f"layer {column[3:]}" if k == 0 else None
             ax_pi.plot(it, run[column], color=layer_colours[column[3:]], alpha=alpha,
-                       linewidth=width, label=label)  # fmt: skip
+                       linewidth=width, label=pi_label)  # fmt: skip
     ax_rho.axhspan(0.25, 0.75, color="0.85", zorder=0)
     ax_rho.set(ylim=(lo - 0.05, hi + 0.05), ylabel=r"reduction ratio $\rho$", xlabel="step")
     ax_rho.legend(fontsize="small", loc="lower right")

@@ -63,7 +63,7 @@ def set_theme(context: str = "notebook", font_scale: float = 1.0) -> None:
     sns.set_theme(
         context=context, style="whitegrid", palette="colorblind", font_scale=font_scale, rc=RC
     )
-    mpl.rcParams.update(RC)
+    mpl.rcParams.update(RC)  # type: ignore[arg-type]  # matplotlib types the keys as literals
 
 
 def palette(labels: Iterable[str]) -> dict[str, tuple[float, float, float]]:

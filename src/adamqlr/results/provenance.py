@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import adamqlr
+from adamqlr import version
 
 __all__ = [
     "REQUIRED_FIELDS",
@@ -63,7 +63,7 @@ def git_state(paths: Sequence[str] = ()) -> dict[str, Any]:
     ``("src", "notebooks")``). Where there is no git (e.g. a copied tree on a GPU machine),
     ``ADAMQLR_GIT_COMMIT`` and ``ADAMQLR_GIT_DIRTY`` (``0``/``1``) are used if set.
     """
-    repo = Path(adamqlr.__file__).resolve().parent.parent.parent
+    repo = Path(__file__).resolve().parent.parent.parent.parent
     state: dict[str, Any] = {"commit": None, "dirty": None}
     try:
         commit = subprocess.run(
@@ -109,8 +109,8 @@ def environment(device: str) -> dict[str, Any]:
     import torch
 
     env: dict[str, Any] = {
-        "package_version": adamqlr.__version__,
-        "algorithm_version": adamqlr.ALGORITHM_VERSION,
+        "package_version": version.__version__,
+        "algorithm_version": version.ALGORITHM_VERSION,
         "torch_version": torch.__version__,
         "numpy_version": numpy.__version__,
         "python_version": platform.python_version(),

@@ -46,13 +46,13 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-import adamqlr
+from adamqlr import version
 from adamqlr.results.atomic import (
     atomic_write_bytes,
     file_lock,
@@ -65,7 +65,62 @@ from adamqlr.results.ledger import LedgerError, TrialLedger, ledger_path, summar
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from adamqlr.experiment.spec import ExperimentSpec, RunSettings
+
+class SettingsLike(Protocol):
+    """What the store reads from resolved settings (:class:`adamqlr.experiment.RunSettings`).
+
+    The store sits below :mod:`adamqlr.experiment` and knows a run only through these two
+    protocols, so that it never imports the layer that writes to it.
+    """
+
+    @property
+    def task(self) -> str:
+        """The task's name."""
+        ...
+
+    @property
+    def optimiser(self) -> str:
+        """The optimiser's registry name."""
+        ...
+
+    @property
+    def profile(self) -> str:
+        """The profile's name."""
+        ...
+
+    @property
+    def seed(self) -> int:
+        """The seed."""
+        ...
+
+    @property
+    def key(self) -> str:
+        """The experiment's key (SHA-256 hex)."""
+        ...
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the settings as JSON-ready data."""
+        ...
+
+
+class SpecLike(Protocol):
+    """What the store reads from an experiment (:class:`adamqlr.experiment.ExperimentSpec`)."""
+
+    def settings(self) -> SettingsLike:
+        """Return the resolved settings."""
+        ...
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the spec as JSON-ready data."""
+        ...
+
+    def command(self) -> str:
+        """Return the command line that runs it."""
+        ...
+
+
+#: Turns a record's stored spec (``provenance["spec"]``) back into a spec object.
+SpecDecoder = Callable[[dict[str, Any]], Any]
 
 __all__ = [
     "MANIFEST",
@@ -105,7 +160,7 @@ def _metrics_npz(metrics: pd.DataFrame) -> bytes:
             values = values.astype(float)
         arrays[f"c{i}"] = values
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]  # numpy types ** as allow_pickle
     return buf.getvalue()
 
 
@@ -151,7 +206,7 @@ def default_root() -> Path:
     env = os.environ.get("ADAMQLR_RESULTS")
     if env:
         return Path(env).expanduser()
-    package = Path(adamqlr.__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent
     repo = package.parent.parent
     if package.parent.name == "src" and (repo / "pyproject.toml").is_file():
         return repo / "results"
@@ -198,8 +253,10 @@ class RunRecord:
     """A stored run: its spec, its metric table and where it came from.
 
     Attributes:
-        spec: The experiment spec (``None`` if its task or optimiser is no longer registered;
-            ``provenance["spec"]`` always has it as data).
+        spec: The experiment spec: the caller's spec type for :meth:`ResultStore.load`, the
+            store's ``decode_spec`` for records found otherwise; ``None`` when it cannot be
+            decoded (no decoder, or a task or optimiser no longer registered).
+            ``provenance["spec"]`` always has it as data.
         metrics: The metric table, one row per step (row 0: the evaluation before training).
         provenance: Spec, resolved settings, device, versions, commit, times, data, stop reason.
         manifest: The manifest (schema version, key, algorithm version, files and hashes).
@@ -207,7 +264,7 @@ class RunRecord:
         stale: Whether the record was made by another algorithm version.
     """
 
-    spec: ExperimentSpec | None
+    spec: Any
     metrics: pd.DataFrame
     provenance: dict[str, Any]
     manifest: dict[str, Any]
@@ -245,9 +302,19 @@ class ResultStore:
     Args:
         root: The folder (default :func:`default_root`); created if missing.
         sweep: Clean up after killed writers on opening (see :meth:`sweep`).
+        decode_spec: How :meth:`load_dir` and :meth:`records` turn a stored spec back into an
+            object, e.g. :meth:`adamqlr.experiment.ExperimentSpec.from_dict` (``None``: their
+            records' ``spec`` is ``None``; :meth:`load` always decodes with the given spec's type).
     """
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, *, sweep: bool = True) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        sweep: bool = True,
+        decode_spec: SpecDecoder | None = None,
+    ) -> None:
+        self.decode_spec = decode_spec
         self.root = Path(root).expanduser() if root is not None else default_root()
         self.root.mkdir(parents=True, exist_ok=True)
         self._ledgers: dict[Path, TrialLedger] = {}
@@ -262,10 +329,10 @@ class ResultStore:
 
     # ------------------------------------------------------------------------------ paths
     @staticmethod
-    def _settings(spec: ExperimentSpec | RunSettings) -> RunSettings:
-        return spec.settings() if hasattr(spec, "settings") else spec  # type: ignore[return-value]
+    def _settings(spec: SpecLike | SettingsLike) -> SettingsLike:
+        return spec.settings() if hasattr(spec, "settings") else spec
 
-    def record_dir(self, spec: ExperimentSpec | RunSettings) -> Path:
+    def record_dir(self, spec: SpecLike | SettingsLike) -> Path:
         """Return the folder of ``spec``'s record (whether or not it exists)."""
         s = self._settings(spec)
         return self._dir(s.task, s.optimiser, s.profile, s.seed, s.key)
@@ -280,7 +347,7 @@ class ResultStore:
             self._ledgers[path] = TrialLedger(path, self.root / ".locks")
         return self._ledgers[path]
 
-    def _ledger_row(self, settings: RunSettings) -> tuple[TrialLedger, dict[str, Any]] | None:
+    def _ledger_row(self, settings: SettingsLike) -> tuple[TrialLedger, dict[str, Any]] | None:
         ledger = self.ledger(settings.task, settings.optimiser, settings.profile)
         row = ledger.get(settings.key)
         return None if row is None else (ledger, row)
@@ -298,7 +365,7 @@ class ResultStore:
     # ------------------------------------------------------------------------------ write
     def save(
         self,
-        spec: ExperimentSpec,
+        spec: SpecLike,
         metrics: pd.DataFrame,
         provenance: Mapping[str, Any],
         *,
@@ -325,7 +392,7 @@ class ResultStore:
             spec=spec.as_dict(),
             settings=settings.as_dict(),
         )
-        prov.setdefault("algorithm_version", adamqlr.ALGORITHM_VERSION)
+        prov.setdefault("algorithm_version", version.ALGORITHM_VERSION)
         meta = {
             "task": settings.task,
             "optimiser": settings.optimiser,
@@ -358,7 +425,7 @@ class ResultStore:
             "schema_version": SCHEMA_VERSION,
             "key": key,
             "algorithm_version": int(prov["algorithm_version"]),
-            "package_version": adamqlr.__version__,
+            "package_version": version.__version__,
             **meta,
             "stop_reason": prov.get("stop_reason"),
             "rows": int(len(metrics)),
@@ -384,7 +451,7 @@ class ResultStore:
             fsync_dir(folder)
         return removed
 
-    def delete(self, spec: ExperimentSpec) -> bool:
+    def delete(self, spec: SpecLike) -> bool:
         """Remove ``spec``'s record (manifest first) and ledger row; return whether one existed."""
         settings = spec.settings()
         folder = self.record_dir(settings)
@@ -413,23 +480,23 @@ class ResultStore:
         if manifest["schema_version"] not in SUPPORTED_SCHEMAS:
             raise CorruptRecordError(
                 f"record {folder} has schema version {manifest['schema_version']!r}; this adamqlr "
-                f"({adamqlr.__version__}) reads {SUPPORTED_SCHEMAS}: upgrade the package"
+                f"({version.__version__}) reads {SUPPORTED_SCHEMAS}: upgrade the package"
             )
         return manifest
 
     @staticmethod
     def is_stale(manifest: Mapping[str, Any]) -> bool:
         """Whether a manifest's algorithm version differs from :data:`adamqlr.ALGORITHM_VERSION`."""
-        return manifest.get("algorithm_version") != adamqlr.ALGORITHM_VERSION
+        return manifest.get("algorithm_version") != version.ALGORITHM_VERSION
 
-    def status(self, spec: ExperimentSpec | RunSettings) -> str:
+    def status(self, spec: SpecLike | SettingsLike) -> str:
         """Return ``"missing"``, ``"complete"`` (current algorithm), ``"stale"`` or ``"corrupt"``.
 
         Only the manifest (or the ledger row) is read; :meth:`load` also checks the files' hashes.
         """
         return self.state(spec)[0]
 
-    def state(self, spec: ExperimentSpec | RunSettings) -> tuple[str, str | None]:
+    def state(self, spec: SpecLike | SettingsLike) -> tuple[str, str | None]:
         """Return :meth:`status` and an identity of the record that changes whenever it does.
 
         The identity is the SHA-256 of the manifest (or the ledger row's own hash), ``None``
@@ -458,7 +525,7 @@ class ResultStore:
 
     def load(
         self,
-        spec: ExperimentSpec | RunSettings,
+        spec: SpecLike | SettingsLike,
         *,
         allow_stale: bool = False,
         verify: bool = True,
@@ -477,15 +544,20 @@ class ResultStore:
         """
         settings = self._settings(spec)
         folder = self.record_dir(settings)
+        decode = getattr(type(spec), "from_dict", None) if hasattr(spec, "settings") else None
         try:
-            record = self.load_dir(folder, allow_stale=allow_stale, verify=verify)
+            record = self.load_dir(
+                folder, allow_stale=allow_stale, verify=verify, decode_spec=decode
+            )
         except FileNotFoundError as err:
             try:
                 found = self._ledger_row(settings)
             except LedgerError as bad:
                 raise CorruptRecordError(str(bad)) from bad
             if found is not None:
-                return self._summary_record(found[0], found[1], allow_stale=allow_stale)
+                return self._summary_record(
+                    found[0], found[1], settings, allow_stale=allow_stale, decode_spec=decode
+                )
             command = spec.command() if hasattr(spec, "command") else ""
             raise MissingRecordError(
                 f"no run record for {spec} in {self.root}"
@@ -498,9 +570,16 @@ class ResultStore:
         return record
 
     def load_dir(
-        self, folder: str | os.PathLike[str], *, allow_stale: bool = False, verify: bool = True
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        allow_stale: bool = False,
+        verify: bool = True,
+        decode_spec: SpecDecoder | None = None,
     ) -> RunRecord:
         """Load the record in ``folder`` (see :meth:`load`).
+
+        ``decode_spec`` (default: the store's) decodes the record's spec.
 
         Raises:
             FileNotFoundError: No manifest in ``folder``.
@@ -532,7 +611,7 @@ class ResultStore:
         if stale and not allow_stale:
             raise StaleRecordError(
                 f"record {folder} was made by algorithm version {manifest.get('algorithm_version')}"
-                f", this code is version {adamqlr.ALGORITHM_VERSION}: rerun it (adamqlr run "
+                f", this code is version {version.ALGORITHM_VERSION}: rerun it (adamqlr run "
                 "--force ...) or load it with allow_stale=True"
             )
         try:
@@ -541,7 +620,7 @@ class ResultStore:
         except Exception as err:  # noqa: BLE001 - any parse failure is a corrupt record
             raise CorruptRecordError(f"{folder}: cannot parse record files: {err}") from err
         return RunRecord(
-            spec=_spec_from(provenance.get("spec")),
+            spec=_spec_from(provenance.get("spec"), decode_spec or self.decode_spec),
             metrics=metrics,
             provenance=provenance,
             manifest=manifest,
@@ -550,7 +629,13 @@ class ResultStore:
         )
 
     def _summary_record(
-        self, ledger: TrialLedger, row: Mapping[str, Any], *, allow_stale: bool
+        self,
+        ledger: TrialLedger,
+        row: Mapping[str, Any],
+        settings: SettingsLike,
+        *,
+        allow_stale: bool,
+        decode_spec: SpecDecoder | None = None,
     ) -> RunRecord:
         import pandas as pd
 
@@ -558,7 +643,7 @@ class ResultStore:
         if stale and not allow_stale:
             raise StaleRecordError(
                 f"trial {row['key'][:16]}... in {ledger.path} was made by algorithm version "
-                f"{row['algorithm_version']}, this code is version {adamqlr.ALGORITHM_VERSION}: "
+                f"{row['algorithm_version']}, this code is version {version.ALGORITHM_VERSION}: "
                 "rerun it (adamqlr run --force ...) or load it with allow_stale=True"
             )
         final = TrialLedger.final_values(row)
@@ -569,9 +654,9 @@ class ResultStore:
         for name in ("key", "algorithm_version", "package_version", "schema_version",
                      "stop_reason"):  # fmt: skip
             provenance.setdefault(name, row[name])  # kept once, at the row's top level
-        spec = _spec_from(provenance.get("spec"))
-        if spec is not None:
-            provenance["settings"] = spec.settings().as_dict()
+        spec = _spec_from(provenance.get("spec"), decode_spec or self.decode_spec)
+        # the row was found by these settings' key (the same settings the stored spec resolves to)
+        provenance["settings"] = (spec.settings() if spec is not None else settings).as_dict()
         provenance["summary"] = True
         manifest = {
             k: row[k]
@@ -584,7 +669,7 @@ class ResultStore:
             path=ledger.path, stale=stale,
         )  # fmt: skip
 
-    def summarise(self, specs: Sequence[ExperimentSpec]) -> list[Path]:
+    def summarise(self, specs: Sequence[SpecLike]) -> list[Path]:
         """Fold the full records of ``specs`` (tuning trials) into their ledgers.
 
         Each record is loaded (hashes checked), its summary row written to the ledger of its
@@ -599,7 +684,7 @@ class ResultStore:
         Returns:
             The record folders removed.
         """
-        by_ledger: dict[Path, list[tuple[RunSettings, dict[str, Any]]]] = {}
+        by_ledger: dict[Path, list[tuple[SettingsLike, dict[str, Any]]]] = {}
         for spec in specs:
             settings = self._settings(spec)
             folder = self.record_dir(settings)
@@ -701,9 +786,7 @@ class ResultStore:
         allow = bool(filters.get("include_stale"))
         return [self.load_dir(p, allow_stale=allow) for p in self.query(**filters)["path"]]
 
-    def load_many(
-        self, specs: Sequence[ExperimentSpec], *, allow_stale: bool = False
-    ) -> list[RunRecord]:
+    def load_many(self, specs: Sequence[SpecLike], *, allow_stale: bool = False) -> list[RunRecord]:
         """Load the records of ``specs``, or raise one error naming every missing or stale run.
 
         Raises:
@@ -802,19 +885,17 @@ class ResultStore:
                 yield path.parent, self._read_manifest(path.parent)
 
 
-def _spec_from(data: Any) -> ExperimentSpec | None:
-    if not isinstance(data, dict):
+def _spec_from(data: Any, decode: SpecDecoder | None) -> Any:
+    if decode is None or not isinstance(data, dict):
         return None
-    from adamqlr.experiment.spec import ExperimentSpec
-
     try:
-        return ExperimentSpec.from_dict(data)
+        return decode(data)
     except (ValueError, TypeError):
         return None
 
 
 def load(
-    spec: ExperimentSpec,
+    spec: SpecLike,
     *,
     root: str | os.PathLike[str] | None = None,
     allow_stale: bool = False,

@@ -21,7 +21,7 @@ tables the chapters print.
 """
 
 from adamqlr.studies.campaign import Campaign, CampaignSummary, DirtyTreeError
-from adamqlr.studies.catalogue import STUDIES, get_study, study_names
+from adamqlr.studies.catalogue import STUDIES, get_study, notebook_records, study_names
 from adamqlr.studies.core import (
     Arm,
     ArmPlan,
@@ -34,7 +34,6 @@ from adamqlr.studies.core import (
     final_value,
     grid,
     missing,
-    notebook_records,
     obtain,
     plan,
     run_study,

@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from adamqlr.experiment.spec import ExperimentSpec
+from adamqlr.profiles import Profile
 from adamqlr.results.store import ResultStore
 from adamqlr.studies.core import ArmPlan, Study, plan
 
@@ -184,7 +185,6 @@ def _init_worker(root: str, threads: int | None) -> None:
 
     if threads is not None:
         torch.set_num_threads(threads)
-    import adamqlr.baselines  # noqa: F401 - registers K-FAC and Baydin SGD
 
     _WORKER["store"] = ResultStore(root, sweep=False)
     _WORKER["data"] = {}
@@ -327,7 +327,7 @@ class Campaign:
         from adamqlr.results.provenance import git_state
 
         state = git_state()
-        paper = any(s.profile == "paper" for s in self.studies)
+        paper = any(s.profile is Profile.PAPER for s in self.studies)
         if paper and not self.allow_dirty and (state["dirty"] or state["commit"] is None):
             what = "has uncommitted changes" if state["dirty"] else "has no known commit"
             raise DirtyTreeError(

@@ -56,10 +56,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from adamqlr.experiment.spec import ExperimentSpec
-from adamqlr.studies.core import Arm, BestOf, Search, Study, set_resolver
+from adamqlr.profiles import Profile, parse_profile
+from adamqlr.results.store import ResultStore
+from adamqlr.studies.core import Arm, BestOf, Search, Study, StudyRecords, obtain
 from adamqlr.tune.spaces import search_space
 
-__all__ = ["STUDIES", "get_study", "study_names"]
+__all__ = ["STUDIES", "get_study", "notebook_records", "study_names"]
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,8 @@ _ALL_MAIN = (
     "baydin-sgd", "adamqlr", "adamqlr-untuned",
 )  # fmt: skip
 
-_PROFILES: dict[str, _Profile] = {
-    "smoke": _Profile(
+_PROFILES: dict[Profile, _Profile] = {
+    Profile.SMOKE: _Profile(
         seeds=(0,),
         tune_seed=1000,
         tasks_main=("uci-energy", "fashion-mnist"),
@@ -106,7 +108,7 @@ _PROFILES: dict[str, _Profile] = {
         runtime_caps={"uci-energy": 0.5},
         runtime_regime_optimisers=("adamqlr",),
     ),
-    "quick": _Profile(
+    Profile.QUICK: _Profile(
         seeds=(0, 1, 2),
         tune_seed=1000,
         tasks_main=("uci-energy", "uci-protein", "fashion-mnist"),
@@ -122,7 +124,7 @@ _PROFILES: dict[str, _Profile] = {
         runtime_regime_seeds=(0, 1, 2),
         rosenbrock_trials=8,
     ),
-    "paper": _Profile(
+    Profile.PAPER: _Profile(
         seeds=tuple(range(50)),
         tune_seed=1000,
         tasks_main=("uci-energy", "uci-protein", "fashion-mnist"),
@@ -150,7 +152,7 @@ _UNTUNED_OMEGA = (0.5, 2.0)
 _OMEGA = ("damping_decrease", "damping_increase")
 
 
-def _decades(lo: float, hi: float, per_decade: int) -> tuple[float, ...]:
+def _decades(lo: float, hi: float, per_decade: float) -> tuple[float, ...]:
     """10**x for x from lo to hi in steps of 1/per_decade (rounded to 12 significant figures)."""
     n = round((hi - lo) * per_decade)
     return tuple(float(f"{10 ** (lo + i / per_decade):.12g}") for i in range(n + 1))
@@ -173,8 +175,8 @@ _TRAIN_SIZE = {"uci-energy": 588, "uci-protein": 34983, "fashion-mnist": 50000, 
 #: with two points on its test-loss curve; so the studies set the cadence per batch size. Tasks not
 #: listed keep their profile's cadence (UCI Energy: every 10 steps; one step is one epoch there).
 _EVALS_PER_EPOCH = {
-    "quick": {"fashion-mnist": 4, "uci-protein": 2},
-    "paper": {"fashion-mnist": 10, "uci-protein": 4, "cifar-10": 2},
+    Profile.QUICK: {"fashion-mnist": 4, "uci-protein": 2},
+    Profile.PAPER: {"fashion-mnist": 10, "uci-protein": 4, "cifar-10": 2},
 }
 
 
@@ -213,11 +215,11 @@ _FIXED_LABELS = {
 }
 
 
-def _spec(task: str, optimiser: str, profile: str, **fields: Any) -> ExperimentSpec:
+def _spec(task: str, optimiser: str, profile: Profile, **fields: Any) -> ExperimentSpec:
     return ExperimentSpec(task, optimiser, profile=profile, **fields)
 
 
-def _fixed(task: str, optimiser: str, profile: str, label: str | None = None, **kw: Any) -> Arm:
+def _fixed(task: str, optimiser: str, profile: Profile, label: str | None = None, **kw: Any) -> Arm:
     p = _PROFILES[profile]
     name = kw.pop("id", optimiser)
     return Arm(
@@ -232,7 +234,7 @@ def _fixed(task: str, optimiser: str, profile: str, label: str | None = None, **
 def _tuned(
     task: str,
     optimiser: str,
-    profile: str,
+    profile: Profile,
     label: str | None = None,
     *,
     seeds: tuple[int, ...] | None = None,
@@ -264,7 +266,7 @@ def _tuned(
 
 
 # ------------------------------------------------------------------------------------ studies
-def _untuned_vs_tuned(profile: str) -> Study:
+def _untuned_vs_tuned(profile: Profile) -> Study:
     p = _PROFILES[profile]
     arms: list[Arm] = []
     for task in p.tasks_main:
@@ -288,7 +290,7 @@ def _untuned_vs_tuned(profile: str) -> Study:
     )
 
 
-def _fisher_vs_hessian(profile: str) -> Study:
+def _fisher_vs_hessian(profile: Profile) -> Study:
     p = _PROFILES[profile]
     arms: list[Arm] = []
     for task in p.tasks_ablation:
@@ -314,7 +316,7 @@ def _fisher_vs_hessian(profile: str) -> Study:
     )
 
 
-def _damping(profile: str) -> Study:
+def _damping(profile: Profile) -> Study:
     p = _PROFILES[profile]
     arms: list[Arm] = []
     for task in p.tasks_ablation:
@@ -353,7 +355,7 @@ def _damping(profile: str) -> Study:
     )
 
 
-def _lr_clipping(profile: str) -> Study:
+def _lr_clipping(profile: Profile) -> Study:
     p = _PROFILES[profile]
     arms: list[Arm] = []
     for task in p.tasks_clip:
@@ -385,7 +387,11 @@ def _lr_clipping(profile: str) -> Study:
                     seeds=p.grid_seeds,
                 )
             )
-    values = {"smoke": (1e-2,), "quick": _decades(-3, 0, 1), "paper": _decades(-4, 1, 2)}[profile]
+    values = {
+        Profile.SMOKE: (1e-2,),
+        Profile.QUICK: _decades(-3, 0, 1),
+        Profile.PAPER: _decades(-4, 1, 2),
+    }[profile]
     arms += _around(profile, "lr_clip", values, "α_max = {:.3g}")
     return Study(
         "lr-clipping",
@@ -403,7 +409,7 @@ def _lr_clipping(profile: str) -> Study:
 
 
 def _around(
-    profile: str,
+    profile: Profile,
     key: str | tuple[str, str],
     values: Sequence[Any],
     fmt: str,
@@ -436,30 +442,31 @@ def _around(
     return arms
 
 
-def _sensitivity(profile: str) -> Study:
-    grids = {
-        "smoke": {
+def _sensitivity(profile: Profile) -> Study:
+    table: dict[Profile, dict[str, tuple[float, ...]]] = {
+        Profile.SMOKE: {
             "batch_size": (50, 100),
             "initial_damping": (1e-8, 1.0),
             "stepping": (2.0, 4.0),
             "amplification": (0.5, 2.0),
             "adam_lr": (1e-3, 1e-2),
         },
-        "quick": {
+        Profile.QUICK: {
             "batch_size": (100, 400, 1600, 3200),
             "initial_damping": _decades(-8, 0, 0.5),
             "stepping": _powers2(0.5, 2.0, 0.5),
             "amplification": _powers2(-1, 1, 0.5),
             "adam_lr": _decades(-5, -1, 1),
         },
-        "paper": {
+        Profile.PAPER: {
             "batch_size": (50, 100, 200, 400, 800, 1600, 3200),
             "initial_damping": _decades(-8, 0, 2),
             "stepping": _powers2(0.2, 2.0, 0.2),
             "amplification": _powers2(-1, 1, 0.2),
             "adam_lr": _decades(-6, 0, 3),
         },
-    }[profile]
+    }
+    grids = table[profile]
     arms = (
         _around(profile, "batch_size", [int(b) for b in grids["batch_size"]], "batch {:d}")
         + _around(profile, "initial_damping", grids["initial_damping"], "λ₀ = {:.0e}")
@@ -546,7 +553,7 @@ _RUNTIME_OPTIMISERS = {
 }
 
 
-def _runtime(profile: str) -> Study:
+def _runtime(profile: Profile) -> Study:
     p = _PROFILES[profile]
     arms = []
     for task, batches in p.runtime_tasks.items():
@@ -593,7 +600,7 @@ _ROSENBROCK = {
 }
 
 
-def _rosenbrock(profile: str) -> Study:
+def _rosenbrock(profile: Profile) -> Study:
     p = _PROFILES[profile]
     arms = []
     for optimiser, label in _ROSENBROCK.items():
@@ -630,7 +637,7 @@ def _rosenbrock(profile: str) -> Study:
     )
 
 
-def _fixed_runtime(profile: str) -> Study:
+def _fixed_runtime(profile: Profile) -> Study:
     p = _PROFILES[profile]
     arms = []
     for task, cap in p.runtime_caps.items():
@@ -677,7 +684,7 @@ def _fixed_runtime(profile: str) -> Study:
 
 
 #: Study name -> builder(profile).
-STUDIES: dict[str, Callable[[str], Study]] = {
+STUDIES: dict[str, Callable[[Profile], Study]] = {
     "untuned-vs-tuned": _untuned_vs_tuned,
     "fisher-vs-hessian": _fisher_vs_hessian,
     "damping": _damping,
@@ -697,20 +704,58 @@ def study_names() -> list[str]:
     return list(STUDIES)
 
 
-def get_study(name: str, profile: str = "quick") -> Study:
-    """Return the study ``name`` under ``profile``.
+def get_study(name: str, profile: Profile | str = Profile.QUICK) -> Study:
+    """Return the study ``name`` under ``profile`` (a :class:`~adamqlr.profiles.Profile` or name).
 
     Raises:
         ValueError: For an unknown study or profile (the message lists the known ones).
     """
     if name not in STUDIES:
         raise ValueError(f"unknown study {name!r}; expected one of {study_names()}")
-    if profile not in _PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; expected one of {list(_PROFILES)}")
+    profile = parse_profile(profile)
     key = (name, profile)
     if key not in _CACHE:
-        _CACHE[key] = STUDIES[name](profile)
+        _CACHE[key] = dataclasses.replace(STUDIES[name](profile), resolve=get_study)
     return _CACHE[key]
 
 
-set_resolver(get_study)
+def notebook_records(
+    name: str,
+    profile: Profile | str,
+    *,
+    compute: bool = False,
+    store: ResultStore | None = None,
+    device: str | None = None,
+) -> StudyRecords:
+    """Return the records an experiment chapter draws, under the notebook's profile.
+
+    * ``quick`` and ``paper``: the study's records under that profile; if some are missing, they
+      are computed when ``compute`` is true, and otherwise :class:`StudyIncomplete` stops the
+      notebook, naming the missing runs and the command that makes them.
+    * ``smoke`` (the test suite): the committed ``quick`` records, read as they are (records of
+      an older algorithm version are accepted) and never computed. So the smoke run proves in
+      seconds that every cell of the chapter runs on real records; the computing path is tested
+      by the tests of :mod:`adamqlr.studies`, and staleness is caught when the book is built
+      under ``quick``.
+
+    Args:
+        name: The study's name.
+        profile: The notebook's profile.
+        compute: Compute missing runs (``quick``/``paper`` only).
+        store: The results store (default: the default store, ``results/`` of the checkout).
+        device: Device for computed runs.
+
+    Raises:
+        ValueError: For an unknown study or profile.
+        StudyIncomplete: If records are missing and not computed.
+    """
+    profile = parse_profile(profile)
+    smoke = profile is Profile.SMOKE
+    study = get_study(name, Profile.QUICK if smoke else profile)
+    return obtain(
+        study,
+        store,
+        compute=compute and not smoke,
+        allow_stale=smoke,
+        device=device,
+    )

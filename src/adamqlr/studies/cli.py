@@ -20,11 +20,14 @@ import logging
 import sys
 from pathlib import Path
 
+from adamqlr.profiles import PROFILE_CHOICES, Profile, profile_argument
+
 __all__ = ["handle", "main", "register"]
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default="quick", help="smoke, quick or paper (default: quick)")
+    p.add_argument("--profile", type=profile_argument, default=Profile.QUICK,
+                   help=f"{PROFILE_CHOICES} (default: {Profile.QUICK})")  # fmt: skip
     p.add_argument("--results", type=Path, help="results store folder (default: $ADAMQLR_RESULTS "
                    "or results/ of the checkout)")  # fmt: skip
 
@@ -83,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _studies(name: str, profile: str) -> list:
+def _studies(name: str, profile: Profile) -> list:
     from adamqlr.studies.catalogue import get_study, study_names
 
     names = study_names() if name == "all" else [name]

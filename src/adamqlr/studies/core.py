@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adamqlr.experiment.spec import ExperimentSpec, RunSettings
+from adamqlr.profiles import Profile, parse_profile
 from adamqlr.results.store import MissingRecordError, ResultStore, RunRecord
 
 __all__ = [
@@ -53,7 +54,6 @@ __all__ = [
     "final_value",
     "grid",
     "missing",
-    "notebook_records",
     "obtain",
     "plan",
     "run_study",
@@ -356,15 +356,19 @@ class Study:
         finalise: Applied to every spec the study resolves (trials and repeats), after the
             variations: a policy that depends on the resolved configuration, such as the
             evaluation cadence for the chosen batch size. Must be a pure function of the spec.
+        resolve: ``resolve(name, profile) -> Study``, how a :class:`BestOf` that names another
+            study finds it (the catalogue's :func:`~adamqlr.studies.catalogue.get_study` sets
+            its own); ``None`` for a study whose arms refer only to itself.
     """
 
     name: str
-    profile: str
+    profile: Profile
     title: str
     arms: tuple[Arm, ...]
     description: str = ""
     chapter: str = ""
     finalise: Callable[[ExperimentSpec], ExperimentSpec] | None = field(default=None, compare=False)
+    resolve: Callable[[str, Profile], Study] | None = field(default=None, compare=False, repr=False)
     _trials: dict[tuple[str, int, float], tuple[ExperimentSpec, RunSettings]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -388,6 +392,7 @@ class Study:
         return self.finalise(spec) if self.finalise is not None else spec
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "profile", parse_profile(self.profile))
         ids = [a.id for a in self.arms]
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
@@ -426,19 +431,8 @@ class Study:
 
     @property
     def command(self) -> str:
-        """Return the command that runs this study.
-
-        ``adamqlr study run ...`` when the ``study`` subcommand is registered in
-        :data:`adamqlr.cli.SUBCOMMANDS`, else the equivalent ``python -m adamqlr.studies run ...``.
-        """
-        from adamqlr.cli import SUBCOMMANDS
-
-        prefix = (
-            "adamqlr study"
-            if any(name == "study" for name, _ in SUBCOMMANDS)
-            else "python -m adamqlr.studies"
-        )
-        return f"{prefix} run {self.name} --profile {self.profile}"
+        """Return the command that runs this study (or ``python -m adamqlr.studies run ...``)."""
+        return f"adamqlr study run {self.name} --profile {self.profile}"
 
 
 def describe_spec(spec: ExperimentSpec) -> str:
@@ -453,24 +447,16 @@ def describe_spec(spec: ExperimentSpec) -> str:
     return " ".join([str(spec), *extras])
 
 
-#: Resolves ``(study name, profile)`` to a :class:`Study` (set by :mod:`adamqlr.studies.catalogue`;
-#: a function so that arms can refer to arms of other studies).
-_resolver: list[Callable[[str, str], Study]] = []
-
-
-def set_resolver(resolver: Callable[[str, str], Study]) -> None:
-    """Register the function that resolves a study name and profile to a :class:`Study`."""
-    _resolver[:] = [resolver]
-
-
-def _resolve(name: str, profile: str) -> Study:
-    if not _resolver:  # pragma: no cover - the catalogue registers itself on import
-        from adamqlr.studies import catalogue  # noqa: F401
-    return _resolver[0](name, profile)
-
-
 def _referenced(study: Study, ref: BestOf) -> tuple[Study, Arm]:
-    other = study if ref.study == study.name else _resolve(ref.study, study.profile)
+    if ref.study == study.name:
+        other = study
+    elif study.resolve is None:
+        raise ValueError(
+            f"study {study.name!r}: BestOf({ref.study!r}, {ref.arm!r}) refers to another study, "
+            "but the study has no resolve function (studies from get_study have one)"
+        )
+    else:
+        other = study.resolve(ref.study, study.profile)
     arm = other.arm(ref.arm)
     if not arm.tuned:
         raise ValueError(
@@ -683,11 +669,11 @@ def plan(
                 study, arm, store, allow_stale
             )
             if choice is not None:
-                base = apply_variation(arm.base, arm.overrides)  # type: ignore[arg-type]
+                base = apply_variation(arm.base, arm.overrides)
                 repeats = arm.repeats_of(apply_variation(base, choice))
         else:
             trials, choice, objectives, blocked = (), None, (), None
-            repeats = arm.repeats_of(apply_variation(arm.base, arm.overrides))  # type: ignore[arg-type]
+            repeats = arm.repeats_of(apply_variation(arm.base, arm.overrides))
         repeats = tuple(study.spec(r) for r in repeats)
         out.append(ArmPlan(arm, trials, repeats, choice, objectives, blocked, variations, rungs))
     return out
@@ -900,48 +886,3 @@ def obtain(
 def replace_arm(arm: Arm, **changes: Any) -> Arm:
     """Return a copy of ``arm`` with ``changes`` (validated again)."""
     return dataclasses.replace(arm, **changes)
-
-
-def notebook_records(
-    name: str,
-    profile: str,
-    *,
-    compute: bool = False,
-    store: ResultStore | None = None,
-    device: str | None = None,
-) -> StudyRecords:
-    """Return the records an experiment chapter draws, under the notebook's profile.
-
-    * ``quick`` and ``paper``: the study's records under that profile; if some are missing, they
-      are computed when ``compute`` is true, and otherwise :class:`StudyIncomplete` stops the
-      notebook, naming the missing runs and the command that makes them.
-    * ``smoke`` (the test suite): the committed ``quick`` records, read as they are (records of
-      an older algorithm version are accepted) and never computed. So the smoke run proves in
-      seconds that every cell of the chapter runs on real records; the computing path is tested
-      by the tests of :mod:`adamqlr.studies`, and staleness is caught when the book is built
-      under ``quick``.
-
-    Args:
-        name: The study's name.
-        profile: The notebook's profile.
-        compute: Compute missing runs (``quick``/``paper`` only).
-        store: The results store (default: the default store, ``results/`` of the checkout).
-        device: Device for computed runs.
-
-    Raises:
-        ValueError: For an unknown study or profile.
-        StudyIncomplete: If records are missing and not computed.
-    """
-    from adamqlr.studies.catalogue import get_study
-
-    if profile not in ("smoke", "quick", "paper"):
-        raise ValueError(f"unknown profile {profile!r}; expected 'smoke', 'quick' or 'paper'")
-    smoke = profile == "smoke"
-    study = get_study(name, "quick" if smoke else profile)
-    return obtain(
-        study,
-        store,
-        compute=compute and not smoke,
-        allow_stale=smoke,
-        device=device,
-    )

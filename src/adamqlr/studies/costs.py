@@ -64,7 +64,7 @@ def run_steps(spec: ExperimentSpec, seconds_per_step: float | None = None) -> fl
     steps = planned_steps(st, _train_size(spec))
     if st.seconds is not None and seconds_per_step:
         by_time = st.seconds / seconds_per_step
-        steps = by_time if steps is None else min(steps, by_time)
+        return float(by_time if steps is None else min(steps, by_time))
     return float(steps if steps is not None else 0.0)
 
 
@@ -159,7 +159,6 @@ def calibrate(
 
     import torch
 
-    import adamqlr.baselines  # noqa: F401 - registers K-FAC and Baydin SGD
     from adamqlr.experiment.loop import train
     from adamqlr.tasks import get_task
 

@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from adamqlr.data.store import DataStore
-from adamqlr.tasks.base import PROFILES, Split, Task, TaskData, TaskProfile
+from adamqlr.profiles import Profile, pick
+from adamqlr.tasks.base import Split, Task, TaskData, TaskProfile
 
 __all__ = [
     "DataTask",
@@ -141,7 +142,7 @@ class DataTask(Task):
     """
 
     #: Profile name -> budget; filled in by each task.
-    PROFILES: dict[str, TaskProfile] = {}
+    PROFILES: dict[Profile, TaskProfile] = {}
 
     def __init__(self, store: DataStore | None = None) -> None:
         self._store = store
@@ -153,15 +154,13 @@ class DataTask(Task):
             return DataStore()
         return self._store
 
-    def profile(self, name: str) -> TaskProfile:
+    def profile(self, name: Profile | str) -> TaskProfile:
         """Return the budget of this task under profile ``name``.
 
         Raises:
-            ValueError: If ``name`` is not one of :data:`~adamqlr.tasks.base.PROFILES`.
+            ValueError: If ``name`` names no profile (:func:`adamqlr.profiles.parse_profile`).
         """
-        if name not in PROFILES or name not in self.PROFILES:
-            raise ValueError(f"unknown profile {name!r}; expected one of {list(PROFILES)}")
-        return self.PROFILES[name]
+        return pick(self.PROFILES, name)
 
     def _files(self, keys: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Locate and verify ``keys``; return ``(paths by key, provenance for TaskData.meta)``."""

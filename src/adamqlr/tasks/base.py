@@ -14,10 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PROFILES", "Split", "Task", "TaskData", "TaskProfile"]
+from adamqlr.profiles import PROFILES, Profile
 
-#: The three profiles: seconds in the test suite, minutes on a reader's CPU, the paper on a GPU.
-PROFILES: tuple[str, ...] = ("smoke", "quick", "paper")
+__all__ = ["PROFILES", "Split", "Task", "TaskData", "TaskProfile"]
 
 
 @dataclass(frozen=True)
@@ -98,15 +97,15 @@ class Task(ABC):
     classification: bool
 
     @abstractmethod
-    def profile(self, name: str) -> TaskProfile:
-        """Return the budget of this task under profile ``name`` (one of :data:`PROFILES`)."""
+    def profile(self, name: Profile | str) -> TaskProfile:
+        """Return the budget of this task under profile ``name`` (see :mod:`adamqlr.profiles`)."""
 
     @abstractmethod
-    def load_data(self, profile: str) -> TaskData:
+    def load_data(self, profile: Profile | str) -> TaskData:
         """Load (download or read from the mirror, verify, preprocess) the splits."""
 
     @abstractmethod
-    def make_model(self, seed: int, profile: str) -> nn.Module:
+    def make_model(self, seed: int, profile: Profile | str) -> nn.Module:
         """Return a freshly initialised model, deterministic given ``seed``."""
 
     def batches(

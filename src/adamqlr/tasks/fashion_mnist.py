@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from adamqlr.data.readers import FormatError, read_idx
+from adamqlr.profiles import Profile
 from adamqlr.tasks._common import MLP, DataTask, first, standardise, to_split
 from adamqlr.tasks.base import TaskData, TaskProfile
 
@@ -35,7 +36,7 @@ class FashionMNIST(DataTask):
     classification = True
     n_train, n_val = 50_000, 10_000
     PROFILES = {
-        "smoke": TaskProfile(
+        Profile.SMOKE: TaskProfile(
             batch_size=50,
             epochs=1,
             eval_every=5,
@@ -44,8 +45,8 @@ class FashionMNIST(DataTask):
             test_size=500,
             model="mlp-784-50-10",
         ),
-        "quick": TaskProfile(batch_size=50, epochs=2, eval_every=100, model="mlp-784-50-10"),
-        "paper": TaskProfile(batch_size=50, epochs=10, eval_every=100, model="mlp-784-50-10"),
+        Profile.QUICK: TaskProfile(batch_size=50, epochs=2, eval_every=100, model="mlp-784-50-10"),
+        Profile.PAPER: TaskProfile(batch_size=50, epochs=10, eval_every=100, model="mlp-784-50-10"),
     }
 
     def load_data(self, profile: str) -> TaskData:

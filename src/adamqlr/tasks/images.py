@@ -40,6 +40,7 @@ from adamqlr.data.readers import (
     read_cifar10_python,
     read_svhn_mat,
 )
+from adamqlr.profiles import Profile
 from adamqlr.tasks._common import DataTask, first, haiku_linear_init_, standardise, to_split
 from adamqlr.tasks.base import Split, TaskData, TaskProfile
 
@@ -183,9 +184,9 @@ def pad_crop_flip(images: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, pad: int
 _RESNET = "resnet18-haiku-v1"
 
 
-def _image_profiles(batch: int, epochs: int) -> dict[str, TaskProfile]:
+def _image_profiles(batch: int, epochs: int) -> dict[Profile, TaskProfile]:
     return {
-        "smoke": TaskProfile(
+        Profile.SMOKE: TaskProfile(
             batch_size=32,
             epochs=1,
             eval_every=1,
@@ -194,7 +195,7 @@ def _image_profiles(batch: int, epochs: int) -> dict[str, TaskProfile]:
             test_size=32,
             model=_RESNET,
         ),
-        "quick": TaskProfile(
+        Profile.QUICK: TaskProfile(
             batch_size=128,
             epochs=2,
             eval_every=4,
@@ -203,7 +204,7 @@ def _image_profiles(batch: int, epochs: int) -> dict[str, TaskProfile]:
             test_size=256,
             model=_RESNET,
         ),
-        "paper": TaskProfile(batch_size=batch, epochs=epochs, eval_every=50, model=_RESNET),
+        Profile.PAPER: TaskProfile(batch_size=batch, epochs=epochs, eval_every=50, model=_RESNET),
     }
 
 

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from adamqlr.data.readers import FormatError, build_vocabulary, read_ptb_tokens
 from adamqlr.data.store import DataStore
+from adamqlr.profiles import Profile
 from adamqlr.tasks._common import DataTask, first
 from adamqlr.tasks.base import Split, TaskData, TaskProfile
 
@@ -208,7 +209,7 @@ class PennTreebank(DataTask):
     loss = "cross_entropy"
     classification = True
     PROFILES = {
-        "smoke": TaskProfile(
+        Profile.SMOKE: TaskProfile(
             batch_size=30,
             epochs=1,
             eval_every=1,
@@ -217,7 +218,7 @@ class PennTreebank(DataTask):
             test_size=30,
             model=_SMALL,
         ),
-        "quick": TaskProfile(
+        Profile.QUICK: TaskProfile(
             batch_size=30,
             epochs=1,
             eval_every=5,
@@ -226,7 +227,7 @@ class PennTreebank(DataTask):
             test_size=60,
             model=_SMALL,
         ),
-        "paper": TaskProfile(batch_size=30, epochs=100, eval_every=100, model="gpt2"),
+        Profile.PAPER: TaskProfile(batch_size=30, epochs=100, eval_every=100, model="gpt2"),
     }
 
     def __init__(
@@ -269,12 +270,14 @@ class PennTreebank(DataTask):
                     )
                 ids = [unk if i == -1 else i for i in ids]
             streams[s] = np.asarray(ids, dtype=np.int64)
-        splits = []
+        splits: dict[str, Split] = {}
         for s, n in (("train", n_train), ("valid", n_val), ("test", n_test)):
             x, y = windows(streams[s], self.seq_len)
-            splits.append(Split(torch.from_numpy(first(x, n)), torch.from_numpy(first(y, n))))
+            splits[s] = Split(torch.from_numpy(first(x, n)), torch.from_numpy(first(y, n)))
         return self._task_data(
-            *splits,
+            splits["train"],
+            splits["valid"],
+            splits["test"],
             profile,
             self.title,
             prov,

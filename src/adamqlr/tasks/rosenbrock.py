@@ -25,7 +25,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from adamqlr.tasks.base import PROFILES, Split, Task, TaskData, TaskProfile
+from adamqlr.profiles import Profile, parse_profile
+from adamqlr.tasks.base import Split, Task, TaskData, TaskProfile
 
 __all__ = ["Rosenbrock", "RosenbrockResiduals", "rosenbrock"]
 
@@ -115,20 +116,19 @@ class Rosenbrock(Task):
         self.b = float(b)
         self.start = start
 
-    def profile(self, name: str) -> TaskProfile:
+    def profile(self, name: Profile | str) -> TaskProfile:
         """Return the budget: 200 one-step epochs under every profile (it costs milliseconds).
 
         Raises:
-            ValueError: If ``name`` is not one of :data:`adamqlr.tasks.PROFILES`.
+            ValueError: If ``name`` names no profile (:func:`adamqlr.profiles.parse_profile`).
         """
-        if name not in PROFILES:
-            raise ValueError(f"unknown profile {name!r}; expected one of {PROFILES}")
+        parse_profile(name)
         return TaskProfile(batch_size=1, epochs=200.0, time_limit_s=900.0, eval_every=1)
 
     def _split(self) -> Split:
         return Split(inputs=torch.zeros(1, 1), targets=torch.zeros(2, 1))
 
-    def load_data(self, profile: str) -> TaskData:
+    def load_data(self, profile: Profile | str) -> TaskData:
         """Return three identical dummy splits (the loss does not depend on data).
 
         Raises:
@@ -143,7 +143,7 @@ class Rosenbrock(Task):
             meta={"dataset": "none (Rosenbrock function)", "a": self.a, "b": self.b},
         )
 
-    def make_model(self, seed: int, profile: str) -> RosenbrockResiduals:
+    def make_model(self, seed: int, profile: Profile | str) -> RosenbrockResiduals:
         """Return the residual model at the start point (drawn from ``seed`` if ``start`` is None).
 
         Raises:
@@ -152,7 +152,8 @@ class Rosenbrock(Task):
         self.profile(profile)
         if self.start is None:
             gen = torch.Generator().manual_seed(int(seed))
-            start = tuple(float(v) for v in torch.randn(2, generator=gen, dtype=torch.float64))
+            x0, y0 = (float(v) for v in torch.randn(2, generator=gen, dtype=torch.float64))
+            start = (x0, y0)
         else:
             start = self.start
         return RosenbrockResiduals(start=start, a=self.a, b=self.b)

@@ -35,6 +35,7 @@ from adamqlr.data.readers import (
 )
 from adamqlr.data.store import DataStore
 from adamqlr.losses import Loss, SquaredErrorLoss
+from adamqlr.profiles import Profile
 from adamqlr.tasks._common import MLP, DataTask, first, standardise, to_split
 from adamqlr.tasks.base import TaskData, TaskProfile
 
@@ -201,9 +202,9 @@ class UCIEnergy(UCITask):
         "energy_efficiency.csv": (tuple(f"X{i}" for i in range(1, 9)), "Y1"),
     }
     PROFILES = {
-        "smoke": TaskProfile(batch_size=588, epochs=5, eval_every=1, model="mlp-8-50-1"),
-        "quick": TaskProfile(batch_size=588, epochs=1000, eval_every=10, model="mlp-8-50-1"),
-        "paper": TaskProfile(batch_size=588, epochs=4000, eval_every=10, model="mlp-8-50-1"),
+        Profile.SMOKE: TaskProfile(batch_size=588, epochs=5, eval_every=1, model="mlp-8-50-1"),
+        Profile.QUICK: TaskProfile(batch_size=588, epochs=1000, eval_every=10, model="mlp-8-50-1"),
+        Profile.PAPER: TaskProfile(batch_size=588, epochs=4000, eval_every=10, model="mlp-8-50-1"),
     }
 
 
@@ -217,7 +218,7 @@ class UCIProtein(UCITask):
     n_inputs, hidden = 9, 100
     ORIGINALS = {"CASP.csv": (tuple(f"F{i}" for i in range(1, 10)), "RMSD")}
     PROFILES = {
-        "smoke": TaskProfile(
+        Profile.SMOKE: TaskProfile(
             batch_size=1000,
             epochs=2,
             eval_every=1,
@@ -226,6 +227,6 @@ class UCIProtein(UCITask):
             test_size=500,
             model="mlp-9-100-1",
         ),
-        "quick": TaskProfile(batch_size=1000, epochs=10, eval_every=35, model="mlp-9-100-1"),
-        "paper": TaskProfile(batch_size=1000, epochs=200, eval_every=35, model="mlp-9-100-1"),
+        Profile.QUICK: TaskProfile(batch_size=1000, epochs=10, eval_every=35, model="mlp-9-100-1"),
+        Profile.PAPER: TaskProfile(batch_size=1000, epochs=200, eval_every=35, model="mlp-9-100-1"),
     }

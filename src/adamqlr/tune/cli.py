@@ -21,6 +21,8 @@ import sys
 import textwrap
 from typing import Any
 
+from adamqlr.profiles import PROFILES, Profile, profile_argument
+
 __all__ = ["handle", "register"]
 
 _PROFILE_HELP = (
@@ -67,8 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         choices=("fixed-epochs", "runtime-train", "runtime-val"),
         help="objective and budget (default: fixed-epochs, validation loss)",
     )
-    p.add_argument("--profile", default="quick", choices=("smoke", "quick", "paper"),
-                   help=_PROFILE_HELP)  # fmt: skip
+    p.add_argument("--profile", type=profile_argument, default=Profile.QUICK,
+                   metavar="{" + ",".join(PROFILES) + "}", help=_PROFILE_HELP)  # fmt: skip
     p.add_argument("--trials", type=int, default=None, help="tuning trials (profile's default)")
     p.add_argument("--repeats", type=int, default=None, help="repeats of the best configuration")
     p.add_argument("--time-cap", type=float, default=None, help="seconds of optimisation per trial")
@@ -143,12 +145,10 @@ def handle(args: argparse.Namespace) -> int:
     except ImportError:
         print("adamqlr tune needs optuna: pip install 'adamqlr[tune]'", file=sys.stderr)
         return 2
-    from adamqlr.tune.objective import _load_baselines
     from adamqlr.tune.study import describe_study, open_study
 
     if not args.verbose:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-    _load_baselines()
     try:
         config = _config(args)
         if args.workers < 1:

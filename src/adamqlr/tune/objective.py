@@ -36,10 +36,6 @@ def objective_metric(regime: str) -> str:
     return "train_loss" if regime == "runtime-train" else "val_loss"
 
 
-def _load_baselines() -> None:
-    import adamqlr.baselines  # noqa: F401 - registers K-FAC and Baydin SGD
-
-
 class SpecObjective:
     """Run a trial as an experiment and return its final objective.
 
@@ -58,7 +54,6 @@ class SpecObjective:
         device: str = "auto",
         progress: bool = False,
     ) -> None:
-        _load_baselines()
         self.config = config
         self.root = root
         self.device = device
@@ -103,8 +98,9 @@ class SpecObjective:
             return "pruned" if report(float(value), float(row["time"])) else None
 
         record = run(spec, root=self.root, progress=self.progress, callback=callback)
-        column = record.metrics[self.metric].dropna() if self.metric in record.metrics else []
-        value = float(column.iloc[-1]) if len(column) else math.nan
+        metrics = record.metrics
+        column = metrics[self.metric].dropna() if self.metric in metrics else None
+        value = float(column.iloc[-1]) if column is not None and len(column) else math.nan
         stop = str(record.provenance.get("stop_reason", ""))
         attrs = {
             "record_key": record.key,

@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import optuna
 from optuna.pruners import SuccessiveHalvingPruner
@@ -55,6 +55,8 @@ from optuna.samplers import RandomSampler
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from adamqlr.profiles import PROFILES as ALL_PROFILES
+from adamqlr.profiles import Profile, parse_profile
 from adamqlr.tune.spaces import Choice, Dimension, LogUniform, OneMinus, is_untuned, search_space
 from adamqlr.tune.storage import open_storage
 
@@ -97,7 +99,16 @@ class _Budget:
 #: paper's caps (900 s; 3600 s on Penn Treebank and, in the runtime regimes, CIFAR-10); rungs every
 #: factor 4 from 1 s. ``quick`` (a reader's CPU): 8 trials, 3 repeats, a 60 s cap, rungs scaled
 #: by 60/900 (at 0.067, 0.27, 1.1, 4.3, 17 s). ``smoke`` (tests): 3 trials, 2 repeats, 10 s cap.
-PROFILES: tuple[str, ...] = ("smoke", "quick", "paper")
+PROFILES: tuple[Profile, ...] = ALL_PROFILES
+
+#: Profile -> (trials, repeats, time cap in seconds; ``None``: the paper's cap).
+_SIZES: dict[Profile, tuple[int, int, float | None]] = {
+    Profile.SMOKE: (3, 2, 10.0),
+    Profile.QUICK: (8, 3, 60.0),
+    Profile.PAPER: (200, 50, None),
+}
+#: Repeats under the paper's protocol where it is not the table's.
+_PAPER_REPEATS = {"penn-treebank": 10, "rosenbrock": 1}
 
 
 def _paper_cap(task: str, regime: str) -> float:
@@ -106,18 +117,20 @@ def _paper_cap(task: str, regime: str) -> float:
     return 900.0
 
 
-def _budget(profile: str, task: str, regime: str) -> _Budget:
+def _budget(profile: Profile, task: str, regime: str) -> _Budget:
     ref = _paper_cap(task, regime)
-    if profile == "paper":
-        repeats = {"penn-treebank": 10, "rosenbrock": 1}.get(task, 50)
-        return _Budget(200, repeats, ref, ref)
-    if profile == "quick":
-        return _Budget(8, 3, 60.0, ref)
-    return _Budget(3, 2, 10.0, ref)
+    trials, repeats, cap = _SIZES[profile]
+    if profile is Profile.PAPER:
+        repeats = _PAPER_REPEATS.get(task, repeats)
+    return _Budget(trials, repeats, ref if cap is None else cap, ref)
 
 
 def _positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not 0 < cast(float, value) < math.inf
+    ):
         raise ValueError(f"invalid {name}: {value!r} (expected a positive finite number)")
     return float(value)
 
@@ -138,7 +151,8 @@ class TuneConfig:
         task: Task name.
         optimiser: Optimiser registry name (tunable, or untuned: then only repeats run).
         regime: One of :data:`REGIMES`.
-        profile: ``"smoke"``, ``"quick"`` or ``"paper"``; also the task profile of every run.
+        profile: A :class:`~adamqlr.profiles.Profile` (or its name); also the task profile of
+            every run.
         n_trials: Tuning trials (0 for untuned configurations, whatever is given).
         n_repeats: Repeats of the best configuration.
         time_cap_s: Optimisation-time cap of a tuning trial (and of repeats in runtime regimes).
@@ -154,7 +168,7 @@ class TuneConfig:
     task: str
     optimiser: str
     regime: str = "fixed-epochs"
-    profile: str = "quick"
+    profile: Profile = Profile.QUICK
     n_trials: int | None = None
     n_repeats: int | None = None
     time_cap_s: float | None = None
@@ -173,8 +187,7 @@ class TuneConfig:
                 raise ValueError(f"invalid {name}: {value!r} (expected a name)")
         if self.regime not in REGIMES:
             raise ValueError(f"unknown regime {self.regime!r}; expected one of {REGIMES}")
-        if self.profile not in PROFILES:
-            raise ValueError(f"unknown profile {self.profile!r}; expected one of {PROFILES}")
+        object.__setattr__(self, "profile", parse_profile(self.profile))
         search_space(self.optimiser, self.task)  # raises for an optimiser without a space
         if self.n_trials is not None:
             _count("n_trials", self.n_trials)
@@ -239,7 +252,7 @@ class TuneConfig:
             "task": self.task,
             "optimiser": self.optimiser,
             "regime": self.regime,
-            "profile": self.profile,
+            "profile": self.profile.value,
             "n_trials": self.trials,
             "n_repeats": self.repeats,
             "time_cap_s": self.cap_s,
@@ -250,8 +263,8 @@ class TuneConfig:
         }
 
     def as_dict(self) -> dict[str, Any]:
-        """All fields, as given."""
-        return asdict(self)
+        """All fields, as given (the profile as its name)."""
+        return {**asdict(self), "profile": self.profile.value}
 
 
 # ----------------------------------------------------------------------------- the objective
