@@ -272,7 +272,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         if not isinstance(groups[0], dict):
             groups = [{"params": groups}]
         defaults = dict(lr=1.0, weight_decay=weight_decay, **(group_defaults or {}))
-        super().__init__(groups, defaults)
+        super().__init__(groups, defaults)  # type: ignore[arg-type]  # dicts or tensors, checked above
 
         self.loss = loss_obj
         self.curvature = curvature
@@ -721,7 +721,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
             f1_t = engine.trial_loss(names, new, alpha=alpha, decays=decays)
             f1, *norms = _host([f1_t, *new_norms])
         else:
-            norms = _host(new_norms)
+            norms = _host(list(new_norms))
         norm = sum(norms)
         if not math.isfinite(norm):
             raise _Rejected("nonfinite_step", f0, extra | {"trial_loss": f1})
@@ -1154,4 +1154,4 @@ class SGDQLR(QuadraticModelOptimizer):
         self, params: list[Tensor], grads: list[Tensor], group: dict[str, Any]
     ) -> tuple[list[Tensor], list[Tensor], Any]:
         # a copy: the step overwrites d with the new parameters, and g is the user's .grad
-        return torch._foreach_mul(grads, 1.0), [], None
+        return list(torch._foreach_mul(grads, 1.0)), [], None

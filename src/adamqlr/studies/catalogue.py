@@ -505,13 +505,17 @@ _MECHANISM_VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 )
 
 
-def _batch_mechanism(profile: str) -> Study:
-    batches = {
-        "smoke": (50, 3200),
-        "quick": (50, 100, 200, 400, 800, 1600, 3200),
-        "paper": (50, 100, 200, 400, 800, 1600, 3200),
+def _batch_mechanism(profile: Profile) -> Study:
+    batches: tuple[int, ...] = {
+        Profile.SMOKE: (50, 3200),
+        Profile.QUICK: (50, 100, 200, 400, 800, 1600, 3200),
+        Profile.PAPER: (50, 100, 200, 400, 800, 1600, 3200),
     }[profile]
-    seeds = {"smoke": (0,), "quick": tuple(range(10)), "paper": tuple(range(10))}[profile]
+    seeds: tuple[int, ...] = {
+        Profile.SMOKE: (0,),
+        Profile.QUICK: tuple(range(10)),
+        Profile.PAPER: tuple(range(10)),
+    }[profile]
     arms = [
         _fixed(
             "fashion-mnist",
