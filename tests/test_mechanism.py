@@ -22,6 +22,10 @@ def test_wilson_interval_matches_known_values():
     assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
     assert wilson_interval(10, 10)[1] == 1.0
     assert all(math.isnan(v) for v in wilson_interval(0, 0))
+    for n in range(1, 60):  # the interval always holds the estimate, despite rounding
+        for k in (0, n):
+            low, high = wilson_interval(k, n)
+            assert low <= k / n <= high
 
 
 def _save(store, spec, last, stop="epochs", step_stats=True):

@@ -546,7 +546,7 @@ def plot_divergence_rates(
         x = rows["value"].to_numpy(dtype=float)
         y = rows["rate"].to_numpy(dtype=float)
         low, high = rows["low"].to_numpy(dtype=float), rows["high"].to_numpy(dtype=float)
-        err = np.vstack([y - low, high - y])
+        err = np.maximum(np.vstack([y - low, high - y]), 0.0)
         ax.errorbar(x, y, yerr=err, color=colour, linestyle=dash, marker="o", capsize=3,
                     label=label)  # fmt: skip
     ax.set_xscale("log")
