@@ -284,25 +284,25 @@ for arm in sorted(mech.arms(group="default"), key=lambda a: a.value):
 summary = pd.DataFrame(rows).T
 summary.index.name = "batch size"
 small, big = summary.loc[smallest], summary.loc[largest]
-glue("se_mech_floor_small", small["step lambda reaches 1e-7"], display=False)
-glue("se_mech_floor_big", big["step lambda reaches 1e-7"], display=False)
+glue("se_mech_floor_small", float(small["step lambda reaches 1e-7"]), display=False)
+glue("se_mech_floor_big", float(big["step lambda reaches 1e-7"]), display=False)
 glue("se_mech_floor_runs_small", int(small["runs where lambda reached 1e-7"]), display=False)
 curv = small["median d'Gd/||d||^2, steps 1-20"] / big["median d'Gd/||d||^2, steps 1-20"]
 slope = small["median g'd/||d||^2, steps 1-20"] / big["median g'd/||d||^2, steps 1-20"]
-glue("se_mech_curv_ratio", curv, display=False)
-glue("se_mech_slope_ratio", slope, display=False)
+glue("se_mech_curv_ratio", float(curv), display=False)
+glue("se_mech_slope_ratio", float(slope), display=False)
 glue(
     "se_mech_curv_words",
     "about the same at both batch sizes" if 0.5 < curv < 2 else
     f"{curv:.1f} times {'larger' if curv > 1 else 'smaller'} at batch size {smallest}",
     display=False,
 )  # fmt: skip
-glue("se_mech_alpha_small", small["largest |alpha|, steps 1-20"], display=False)
-glue("se_mech_alpha_big", big["largest |alpha|, steps 1-20"], display=False)
+glue("se_mech_alpha_small", float(small["largest |alpha|, steps 1-20"]), display=False)
+glue("se_mech_alpha_big", float(big["largest |alpha|, steps 1-20"]), display=False)
 blow = summary["first step with training loss > 10x start"]
-glue("se_mech_blowup_small", blow.loc[smallest], display=False)
-glue("se_mech_accepted_small", small["steps accepted"], display=False)
-glue("se_mech_accepted_big", big["steps accepted"], display=False)
+glue("se_mech_blowup_small", float(blow.loc[smallest]), display=False)
+glue("se_mech_accepted_small", float(small["steps accepted"]), display=False)
+glue("se_mech_accepted_big", float(big["steps accepted"]), display=False)
 diverging = [int(b) for b in batches if rate("default", b)["rate"] > 0.5]
 glue("se_mech_diverging", ", ".join(map(str, diverging)) or "none", display=False)
 
@@ -328,17 +328,16 @@ per_batch = {
     for arm in sorted(mech.arms(group="default"), key=lambda a: a.value)
     for batch in [int(arm.value)]
 }
-fig, axes = plt.subplots(2, 2, figsize=(8.5, 6.0))
+fig, axes = plt.subplots(2, 2, figsize=(8.5, 6.0), layout="constrained")
 plot_adaptive(per_batch, ("lr", "damping", "rho", "curvature_per_norm"), axes=list(axes.flat))
 axes[1, 0].set_ylim(-1, 2)
 axes[1, 1].set_ylabel(r"$d^\top G d\, /\, \|d\|^2$")
 for ax in axes.flat:
     ax.set_xscale("log")
-axes[0, 0].legend(fontsize="x-small", ncol=2)
-fig.tight_layout()
+legend = axes[0, 0].legend(fontsize="x-small", ncol=2)
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Share of the {glue:text}`se_mech_seeds` seeds per batch size whose run diverged (a non-finite loss, or a final training loss above $10^6$), with 95% Wilson intervals: untuned AdamQLR as published, with the step size clipped at $\\alpha_\\max = 0.1$, and with the damping held at 1. Runs: {glue:text}`se_mech_runs`.", "name": "fig-se-divergence"}}
-plot_divergence_rates(rates)
+ax = plot_divergence_rates(rates)
 
 # %% [markdown]
 # Read together ({numref}`fig-se-mechanism`, {numref}`fig-se-divergence` and the table), the
