@@ -65,7 +65,7 @@ def plot_pi_damping(
     dampings = np.logspace(-8, 2, 61) if dampings is None else np.asarray(dampings)
     pi_scale = np.logspace(-2, 2, 81) if pi_scale is None else np.asarray(pi_scale)
     colours = _layer_colours(list(factors))
-    fig, (ax_pi, ax_eig) = plt.subplots(1, 2, figsize=(10.5, 3.8), layout="constrained")
+    fig, (ax_pi, ax_eig) = plt.subplots(1, 2, figsize=(8.8, 3.4), layout="constrained")
     for name, (a, g) in factors.items():
         colour = colours[name]
         size = a.shape[0] * g.shape[0]
@@ -131,7 +131,11 @@ def plot_quadratic_plane(
     if not planes:
         raise ValueError("invalid planes: empty (expected at least one step)")
     fig, axes = plt.subplots(
-        1, len(planes), figsize=(5.2 * len(planes), 4.2), layout="constrained", squeeze=False
+        1,
+        len(planes),
+        figsize=(min(4.4 * len(planes), 8.8), 3.8),
+        layout="constrained",
+        squeeze=False,
     )
     for ax, (snap, grid) in zip(axes[0], planes, strict=True):
         lrs = np.sort(grid["lr"].unique())
@@ -194,7 +198,7 @@ def plot_kfac_traces(
         raise ValueError("invalid trace: empty")
     seeds = sorted(trace["seed"].unique())
     pis = [c for c in trace.columns if c.startswith("pi_")]
-    fig, axes = plt.subplots(2, 3, figsize=(12.0, 6.2), sharex=True, layout="constrained")
+    fig, axes = plt.subplots(2, 3, figsize=(8.8, 5.2), sharex=True, layout="constrained")
     ax_loss, ax_lr, ax_mom, ax_damp, ax_rho, ax_pi = axes.flat
     base = sns.color_palette("colorblind", n_colors=10)
     layer_colours = _layer_colours([c[3:] for c in pis])
