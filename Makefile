@@ -14,6 +14,8 @@ TORCH_VERSION := 2.13.0
 # Where `make lock` finds torch's CPU wheels (a local folder of wheels works too).
 TORCH_WHEELS ?= https://download.pytorch.org/whl/cpu/torch/
 UV ?= uv
+# `--retries 1`: where PyTorch's index cannot be reached (an offline machine with torch's wheel in a
+# local --find-links folder), pip moves on at once instead of retrying it for every package.
 # Offline mirror of the data sets (see ../shared/data/README.md); users without one download.
 export ADAMQLR_DATA ?= $(abspath ../shared/data)
 export PYTHONHASHSEED = 0
@@ -23,7 +25,7 @@ export PYTHONHASHSEED = 0
 $(BIN)/.installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 ifneq ($(LOCK),)
-	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install -q --retries 1 --require-hashes -r $(LOCK)
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 else
 	$(BIN)/python -m pip install -q --extra-index-url https://download.pytorch.org/whl/cpu "torch==$(TORCH_VERSION)"
