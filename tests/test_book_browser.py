@@ -9,14 +9,11 @@ anything outside the book. Nothing is installed at run time: without ``/usr/bin/
 
 from __future__ import annotations
 
-import functools
-import http.server
 import os
-import threading
 from collections.abc import Iterator
 
 import pytest
-from _book import PROJECT, built_book  # noqa: F401
+from _book import PROJECT, built_book, serve  # noqa: F401
 
 CHROMIUM = os.environ.get("ADAMQLR_CHROMIUM", "/usr/bin/chromium")
 
@@ -30,22 +27,10 @@ pytestmark = [
 ]
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def server(built_book) -> Iterator[str]:  # noqa: F811
-    handler = functools.partial(_Quiet, directory=str(built_book))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serve(built_book) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,12 @@ folder named by ``ADAMQLR_BOOK_HTML`` (skipped when that folder holds no built b
 
 from __future__ import annotations
 
-import functools
-import http.server
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _book import PROJECT, built_book  # noqa: F401 (the session's build, used by html)
+from _book import PROJECT, built_book, serve  # noqa: F401 (the session's build, used by html)
 
 CHROMIUM = os.environ.get("ADAMQLR_CHROMIUM", "/usr/bin/chromium")
 WIDTHS = (1400, 800)
@@ -50,22 +47,10 @@ def html(request) -> Path:
     return request.getfixturevalue("built_book")
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def server(html) -> Iterator[str]:
-    handler = functools.partial(_Quiet, directory=str(html))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serve(html) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

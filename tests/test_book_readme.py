@@ -8,14 +8,12 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from _book import ROOT
-from tinytask import TINY_TASKS
+from tinytask import registered
 
 from adamqlr.cli import main
 from adamqlr.experiment.cli import results_folder, user_data_folder
 from adamqlr.results.store import ResultStore
-from adamqlr.tasks import TASKS
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 MAKE = shutil.which("make")
@@ -56,12 +54,7 @@ def test_the_environment_comes_from_the_hashed_lock_unless_told() -> None:
 
 @pytest.fixture
 def tiny_tasks(monkeypatch):
-    for name, where in TINY_TASKS.items():
-        monkeypatch.setitem(TASKS, name, where)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from registered(monkeypatch)
 
 
 def _files(folder) -> set[str]:

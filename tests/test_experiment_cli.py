@@ -5,25 +5,18 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from tinytask import TINY_TASKS
+from tinytask import registered
 
 from adamqlr.cli import main
 from adamqlr.experiment.cli import parse_assignment
 from adamqlr.experiment.optimisers import optimiser_names
 from adamqlr.experiment.spec import ExperimentSpec
 from adamqlr.results.store import ResultStore
-from adamqlr.tasks import TASKS
 
 
 @pytest.fixture(autouse=True)
 def tiny_tasks(monkeypatch):
-    for name, where in TINY_TASKS.items():
-        monkeypatch.setitem(TASKS, name, where)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from registered(monkeypatch)
 
 
 def cli(capsys, *args):

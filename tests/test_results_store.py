@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from tinytask import TINY_TASKS
+from tinytask import registered
 
 import adamqlr
 from adamqlr.experiment.runner import run
@@ -39,7 +39,6 @@ from adamqlr.results.store import (
     default_root,
     load,
 )
-from adamqlr.tasks import TASKS
 
 TESTS = Path(__file__).parent
 FIXTURES = TESTS / "fixtures" / "results_store"
@@ -47,12 +46,7 @@ FIXTURES = TESTS / "fixtures" / "results_store"
 
 @pytest.fixture(autouse=True)
 def tiny_tasks(monkeypatch):
-    for name, where in TINY_TASKS.items():
-        monkeypatch.setitem(TASKS, name, where)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from registered(monkeypatch)
 
 
 def spec(**kw):

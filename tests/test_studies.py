@@ -8,8 +8,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from tinytask import TINY_TASKS
+from tinytask import registered
 
 from adamqlr.experiment.spec import ExperimentSpec
 from adamqlr.results.store import ResultStore, RunRecord
@@ -31,19 +30,13 @@ from adamqlr.studies import (
     study_names,
 )
 from adamqlr.studies import cli as study_cli
-from adamqlr.tasks import TASKS
 
 matplotlib.use("Agg")
 
 
 @pytest.fixture(autouse=True)
 def tiny_tasks(monkeypatch):
-    for name, where in TINY_TASKS.items():
-        monkeypatch.setitem(TASKS, name, where)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from registered(monkeypatch)
 
 
 def tiny(optimiser="adam", **kw) -> ExperimentSpec:

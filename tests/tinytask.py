@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
 import torch
 from torch import nn
 
@@ -95,3 +98,15 @@ def register() -> None:
     from adamqlr.tasks import TASKS
 
     TASKS.update(TINY_TASKS)
+
+
+def registered(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Register :data:`TINY_TASKS` and use one torch thread while a test runs (fixture body)."""
+    from adamqlr.tasks import TASKS
+
+    for name, where in TINY_TASKS.items():
+        monkeypatch.setitem(TASKS, name, where)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
