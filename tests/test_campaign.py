@@ -103,6 +103,35 @@ def test_successive_halving_promotes_the_best_quarter_and_chooses(tmp_path):
     assert p.repeats[0].hparams["lr"] == arm.search.configuration(2)["lr"]
 
 
+def test_a_configuration_stopped_early_can_win_and_the_summary_says_so(tmp_path):
+    """Ray's rule (lowest last value among all trials) lets a lower rung's value win when the
+    full-budget values are worse (e.g. overfitting): the summary reports the rung it won at."""
+    from adamqlr.studies import analysis, obtain
+
+    space = search_space("adam", "uci-energy")
+    arm = Arm(
+        "a", "Adam", ExperimentSpec("uci-energy", "adam", profile="smoke"), seeds=(0, 1),
+        search=Search(space, 16, stream="test"),
+    )  # fmt: skip
+    study = Study("s", "smoke", "t", (arm,), chapter="x")
+    store = ResultStore(tmp_path)
+    for rung, values in enumerate(
+        (lambda n: float(n), lambda n: {0: 0.5, 1: 0.4, 2: 0.1, 3: 0.3}[n], lambda n: 0.45)
+    ):
+        state = search_state(study, arm, store)
+        for n, r, spec in state.trials:
+            if r == rung:
+                _fake(store, spec, values(n))
+    (p,) = plan(study, store)
+    assert p.choice == arm.search.configuration(3)  # 0.3 at rung 1 beats 0.45 at full budget
+    for spec in p.repeats:
+        _fake(store, spec, 0.5)
+    row = analysis.tuning_summary(obtain(study, store)).loc["Adam"]
+    assert row["rungs"] == 3 and row["chosen rung"] == 1
+    assert row["chosen objective"] == 0.3 and row["best at full budget"] == 0.45
+    assert row["configurations"] == 16 and row["trial runs"] == 16 + 4 + 1
+
+
 # -------------------------------------------------------------------------------- evaluation
 def test_eval_schedule_is_bounded_and_log_spaced():
     marks = [s for s in range(1, 10001) if eval_schedule(100, 10000)(s)]

@@ -219,6 +219,12 @@ def test_run_study_runs_stage_by_stage_and_obtain_loads(tmp_path):
     assert table["chosen"].sum() == 1
     chosen = table.loc[table["chosen"], "objective"].item()
     assert chosen == table["objective"].min()
+    summary = analysis.tuning_summary(data)
+    assert list(summary.index) == ["Adam"]
+    row = summary.loc["Adam"]
+    assert row["configurations"] == 2 and row["trial runs"] == 2 and row["rungs"] == 1
+    assert row["chosen rung"] == 0 and row["chosen objective"] == chosen
+    assert row["best at full budget"] == chosen and row["diverged trials"] == 0
 
 
 def test_obtain_computes_only_when_asked(tmp_path):

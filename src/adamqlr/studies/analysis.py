@@ -5,6 +5,8 @@
   says the same of a figure that its page computes);
 * :func:`tuning_table`: every tuning trial of the tuned arms, its final validation loss, and the
   chosen configuration;
+* :func:`tuning_summary`: one row per tuned arm: how many configurations and runs its search
+  took, what it chose and at which budget it judged the choice;
 * :func:`final_table`: the paper's final-value table (bootstrap median at the end of the longest
   run) per arm;
 * :func:`sensitivity_table`: the final value per setting of a sensitivity sweep, over seeds;
@@ -34,6 +36,7 @@ __all__ = [
     "relative_cost",
     "sensitivity_table",
     "step_costs",
+    "tuning_summary",
     "tuning_table",
 ]
 
@@ -137,6 +140,51 @@ def tuning_table(study_records: StudyRecords, arm_ids: Sequence[str] | None = No
     return pd.DataFrame(
         rows, columns=["arm", "label", "configuration", "objective", "chosen", "rung"]
     )
+
+
+def tuning_summary(
+    study_records: StudyRecords, arm_ids: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Summarise each tuned arm's search: its size, its choice and the budget it was judged at.
+
+    A successive-halving search judges configurations stopped at lower rungs by their value at
+    that rung's shorter budget, and the paper's rule (Ray's ``get_best_result``: the lowest last
+    value among all trials) lets such a configuration win over every full-budget one. Where the
+    objective rises late in training (overfitting), the chosen configuration was then never seen
+    at the budget its repeats run for; ``chosen rung`` below ``rungs - 1`` says so.
+
+    Args:
+        study_records: The output of :func:`adamqlr.studies.obtain`.
+        arm_ids: Tuned arms to include (default: all tuned arms).
+
+    Returns:
+        One row per arm (index: label): ``configurations``, ``trial runs``, ``rungs``,
+        ``choice`` (text), ``chosen rung``, ``chosen objective`` (its value at that rung),
+        ``best at full budget`` (the lowest objective among top-rung trials) and
+        ``diverged trials`` (share of configurations whose last value is ``inf``).
+    """
+    table = tuning_table(study_records, arm_ids)
+    rows = {}
+    ids = arm_ids if arm_ids is not None else list(study_records.trials)
+    for arm_id in ids:
+        p = study_records.plans[arm_id]
+        part = table[table["arm"] == arm_id]
+        if part.empty:
+            continue
+        top = max(p.rungs) if p.rungs else 0
+        chosen = part[part["chosen"]]
+        full = part[part["rung"] == top]["objective"]
+        rows[p.arm.label] = {
+            "configurations": len(part),
+            "trial runs": len(p.rungs),
+            "rungs": top + 1,
+            "choice": _variation_text(p.choice),
+            "chosen rung": int(chosen["rung"].iloc[0]) if len(chosen) else -1,
+            "chosen objective": float(chosen["objective"].iloc[0]) if len(chosen) else math.nan,
+            "best at full budget": float(full.min()) if len(full) else math.nan,
+            "diverged trials": float(np.isinf(part["objective"].to_numpy(dtype=float)).mean()),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def final_table(
