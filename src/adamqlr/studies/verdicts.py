@@ -197,7 +197,7 @@ class Comparison:
         """One sentence: which arm, what ratio, where, from how many runs."""
         a, b = self.labels
         return (
-            f"median {self.metric} of {a} is {self.interval_text()} that of {b} {self.where} "
+            f"median {self.metric.replace('_', ' ')} of {a} is {self.interval_text()} that of {b} {self.where} "
             f"({self.runs[0]} and {self.runs[1]} runs)"
         )
 
@@ -304,7 +304,7 @@ class Verdict:
             "inconclusive": "the interval contains parity",
         }[self.outcome]
         return (
-            f"{self.outcome}: {a}'s median {c.metric} {c.where} is {c.interval_text()} that of "
+            f"{self.outcome}: {a}'s median {c.metric.replace('_', ' ')} {c.where} is {c.interval_text()} that of "
             f"{b} ({c.runs[0]} and {c.runs[1]} runs; {reason}; claim: {claim})"
         )
 
