@@ -196,8 +196,9 @@ class Comparison:
     def text(self) -> str:
         """One sentence: which arm, what ratio, where, from how many runs."""
         a, b = self.labels
+        metric = self.metric.replace("_", " ")
         return (
-            f"median {self.metric.replace('_', ' ')} of {a} is {self.interval_text()} that of {b} {self.where} "
+            f"median {metric} of {a} is {self.interval_text()} that of {b} {self.where} "
             f"({self.runs[0]} and {self.runs[1]} runs)"
         )
 
@@ -303,8 +304,9 @@ class Verdict:
             else "the interval reaches above parity",
             "inconclusive": "the interval contains parity",
         }[self.outcome]
+        metric = c.metric.replace("_", " ")
         return (
-            f"{self.outcome}: {a}'s median {c.metric.replace('_', ' ')} {c.where} is {c.interval_text()} that of "
+            f"{self.outcome}: {a}'s median {metric} {c.where} is {c.interval_text()} that of "
             f"{b} ({c.runs[0]} and {c.runs[1]} runs; {reason}; claim: {claim})"
         )
 
