@@ -52,6 +52,7 @@ from adamqlr.lens.products import (
 from adamqlr.plots import set_theme
 from adamqlr.plots.derivations import plot_curvature_matrices, plot_product_costs
 from adamqlr.results.provenance import computation_text
+from adamqlr.studies.benchmarks import load_step_cost
 
 set_theme()
 torch.manual_seed(0)
@@ -272,6 +273,11 @@ glue("cp_rr_fb", by_name[GRAD_AND_HESSIAN] / fb, display=False)
 glue("cp_step_ratio", (fb + ggn_cost + forward) / fb, display=False)
 glue("cp_step_ratio_hessian", (by_name[GRAD_AND_HESSIAN] + forward) / fb, display=False)
 glue("cp_setting", ", ".join(f"{k} {v}" for k, v in setting.items()), display=False)
+# reads: results/benchmarks/step_cost-cpu.json
+bench = load_step_cost()
+glue("cp_bench_fisher", bench.ratio("mlp-3200", "adamqlr-fisher"), display=False)
+glue("cp_bench_hessian", bench.ratio("mlp-3200", "adamqlr-hessian"), display=False)
+glue("cp_bench", bench.text(), display=False)
 glue(
     "cp_costs_made",
     computation_text(f"{len(costs)} operations timed, " + ", ".join(
@@ -296,11 +302,17 @@ fig = plot_product_costs(costs)
 #   {glue:text}`cp_jvp_fb:.2f` forward+backward passes with the hand-written JVP
 #   ({glue:text}`cp_jvp_func_fb:.2f` with `torch.func.jvp`), and one Hessian product
 #   {glue:text}`cp_hvp_fb:.2f` as forward-over-reverse; the gradient and the Hessian term together,
-#   reverse over reverse, cost {glue:text}`cp_rr_fb:.2f`. An AdamQLR step (gradient, one GGN
-#   product, and one forward pass for $\rho$) therefore costs about
-#   {glue:text}`cp_step_ratio:.1f` times an Adam step on this machine, and about
-#   {glue:text}`cp_step_ratio_hessian:.1f` with the Hessian, before counting anything else the
-#   training loop does. These are single-thread CPU timings on a small network; the ratios depend
+#   reverse over reverse, cost {glue:text}`cp_rr_fb:.2f`. The pieces of an AdamQLR step
+#   (gradient, one GGN product, and one forward pass for $\rho$) therefore add up to about
+#   {glue:text}`cp_step_ratio:.1f` forward+backward passes, and about
+#   {glue:text}`cp_step_ratio_hessian:.1f` with the Hessian. Whole steps, timed side by side
+#   against `torch.optim.Adam` on the same network and batch size by the step-cost benchmark
+#   ({ref}`ch-runtime`, the book's one source for a step's cost), cost
+#   {glue:text}`cp_bench_fisher:.2f` and {glue:text}`cp_bench_hessian:.2f` Adam steps
+#   ({glue:text}`cp_bench`). The whole step costs less than its pieces timed alone because the
+#   step shares work between them: its JVP reuses the activations of the gradient pass instead of
+#   running the network forward again, and its trial forward reuses the first layer's product by
+#   linearity. These are single-thread CPU timings on a small network; the ratios depend
 #   on the hardware and on how well the framework's forward mode is optimised, which is why the
 #   library carries its own JVP for the common case.
 #
