@@ -197,8 +197,9 @@ def final_table(
     """Return the paper's final-value table: per label, each metric at the end of the longest run.
 
     Each entry is the bootstrap mean of the median over runs (shorter runs carried forward), with
-    its bootstrap standard deviation, as in the paper's tables; also the steps and the
-    optimisation time.
+    its bootstrap standard deviation, as in the paper's tables; also the generalisation gap (the
+    final test loss minus the final training loss, its error the sum of theirs, as the authors'
+    tables compute it), the steps and the optimisation time.
 
     Args:
         runs: ``{label: records}``.
@@ -207,8 +208,9 @@ def final_table(
         seed: Bootstrap seed.
 
     Returns:
-        One row per label; columns ``<metric>`` and ``<metric> ±`` for each metric, ``steps``,
-        ``time_s`` and ``runs``.
+        One row per label; columns ``<metric>`` and ``<metric> ±`` for each metric,
+        ``generalisation gap`` and ``generalisation gap ±`` (when both losses are among the
+        metrics), ``steps``, ``time_s`` and ``runs``.
     """
     rows = {}
     for label, records in runs.items():
@@ -220,6 +222,9 @@ def final_table(
         for m in present:
             row[m] = summary.loc[m, "mean"]
             row[f"{m} ±"] = summary.loc[m, "std"]
+        if "train_loss" in present and "test_loss" in present:
+            row["generalisation gap"] = row["test_loss"] - row["train_loss"]
+            row["generalisation gap ±"] = row["test_loss ±"] + row["train_loss ±"]
         row["steps"] = summary.loc["steps", "mean"]
         row["time_s"] = summary.loc["time_s", "mean"]
         row["runs"] = len(records)
