@@ -42,7 +42,12 @@ from adamqlr.plots import set_theme
 from adamqlr.plots.experiments import plot_comparison
 from adamqlr.plots.tables import format_table
 from adamqlr.studies import notebook_records
-from adamqlr.studies.analysis import final_table, provenance_text, tuning_summary
+from adamqlr.studies.analysis import (
+    final_table,
+    hyperparameter_table,
+    provenance_text,
+    tuning_summary,
+)
 from adamqlr.studies.verdicts import compare, edge_choices, judge, verdict_table
 from adamqlr.studies.core import arm_task
 
@@ -142,6 +147,12 @@ glue(
     display=False,
 )
 format_table(pd.concat(summaries, names=["task", "optimiser"]))
+
+# %% [markdown]
+# The chosen configurations, as in the paper's hyperparameter tables:
+
+# %% tags=["hide-input"]
+format_table(hyperparameter_table(data))
 
 # %% [markdown]
 # A choice at the edge of its search space suggests that the space, not the optimiser, limited

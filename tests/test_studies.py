@@ -225,6 +225,9 @@ def test_run_study_runs_stage_by_stage_and_obtain_loads(tmp_path):
     assert row["configurations"] == 2 and row["trial runs"] == 2 and row["rungs"] == 1
     assert row["chosen rung"] == 0 and row["chosen objective"] == chosen
     assert row["best at full budget"] == chosen and row["diverged trials"] == 0
+    hp = analysis.hyperparameter_table(data)
+    assert list(hp.index) == [("tiny-regression", "Adam")]
+    assert hp.loc[("tiny-regression", "Adam"), "lr"] == data.plans["tuned"].choice["lr"]
 
 
 def test_obtain_computes_only_when_asked(tmp_path):

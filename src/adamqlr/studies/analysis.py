@@ -7,6 +7,8 @@
   chosen configuration;
 * :func:`tuning_summary`: one row per tuned arm: how many configurations and runs its search
   took, what it chose and at which budget it judged the choice;
+* :func:`hyperparameter_table`: the configuration each tuned arm chose (the paper's
+  hyperparameter tables);
 * :func:`final_table`: the paper's final-value table (bootstrap median at the end of the longest
   run) per arm;
 * :func:`sensitivity_table`: the final value per setting of a sensitivity sweep, over seeds;
@@ -31,6 +33,7 @@ __all__ = [
     "describe_runs",
     "divergence_rates",
     "final_table",
+    "hyperparameter_table",
     "step_quantities",
     "provenance_text",
     "relative_cost",
@@ -185,6 +188,45 @@ def tuning_summary(
             "diverged trials": float(np.isinf(part["objective"].to_numpy(dtype=float)).mean()),
         }
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+#: The paper's hyperparameter-table columns, in its order (our registry names).
+HYPERPARAMETER_COLUMNS = (
+    "batch_size", "lr", "momentum", "weight_decay", "initial_damping", "damping_decrease",
+    "damping_increase", "eps", "hypergrad_lr",
+)  # fmt: skip
+
+
+def hyperparameter_table(
+    study_records: StudyRecords, arm_ids: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Return the configuration each tuned arm chose, one row per arm (the paper's tables).
+
+    Args:
+        study_records: The output of :func:`adamqlr.studies.obtain`.
+        arm_ids: Tuned arms to include (default: every tuned arm with a choice).
+
+    Returns:
+        Index ``(task, label)``; one column per chosen hyperparameter, in the order of
+        :data:`HYPERPARAMETER_COLUMNS` (then any other, alphabetically); NaN where an optimiser
+        has no such hyperparameter.
+    """
+    from adamqlr.studies.core import arm_task
+
+    rows = {}
+    ids = arm_ids if arm_ids is not None else list(study_records.plans)
+    for arm_id in ids:
+        p = study_records.plans[arm_id]
+        if not p.arm.tuned or p.choice is None:
+            continue
+        task = arm_task(study_records.study, p.arm)
+        rows[(task, p.arm.label)] = dict(p.choice)
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    if table.empty:
+        return table
+    table.index = pd.MultiIndex.from_tuples(table.index, names=["task", "optimiser"])
+    known = [c for c in HYPERPARAMETER_COLUMNS if c in table.columns]
+    return table[known + sorted(c for c in table.columns if c not in known)]
 
 
 def final_table(
