@@ -1,0 +1,48 @@
+"""The factorial design: every combination is a cell or excluded with a reason, never both."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from adamqlr.studies.factorial import CELLS, DAMPINGS, DIRECTIONS, EXCLUDED, RULES, cell
+
+
+def test_every_combination_is_a_cell_or_excluded_exactly_once():
+    combos = set(itertools.product(DIRECTIONS, RULES, DAMPINGS))
+    cells = [(c.direction, c.rule, c.damping) for c in CELLS]
+    assert len(cells) == len(set(cells))
+    assert set(cells) | set(EXCLUDED) == combos
+    assert not set(cells) & set(EXCLUDED)
+    assert len(CELLS) == 23 and len(EXCLUDED) == 4
+
+
+def test_cells_name_distinct_optimisers_and_the_papers_own_cells():
+    names = [c.optimiser for c in CELLS]
+    assert len(names) == len(set(names))
+    paper = {c.paper: c.key for c in CELLS if c.paper}
+    assert paper == {
+        "SGD Minimal": "sgd/constant/none",
+        "SGDQLR": "sgd/alpha/adaptive",
+        "Adam": "adam/constant/none",
+        "AdamQLR": "adam/alpha/adaptive",
+        "AdamQLR (Undamped)": "adam/alpha/none",
+        "K-FAC (Unadaptive)": "k-fac/constant/fixed",
+        "K-FAC": "k-fac/alpha-mom/adaptive",
+    }
+    assert cell("Adam", "alpha", "adaptive").label == "Adam · α* · adaptive λ"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("Adam", "constant", "adaptive"), "never uses λ"),
+        (("Lion", "alpha", "none"), "invalid direction 'Lion'"),
+        (("SGD", "line-search", "none"), "invalid rule 'line-search'"),
+        (("SGD", "alpha", "trust"), "invalid damping 'trust'"),
+    ],
+)
+def test_cell_refuses_unknown_or_excluded_combinations(args, message):
+    with pytest.raises(ValueError, match=message):
+        cell(*args)
