@@ -1,0 +1,106 @@
+"""Factorial effects: known additive effects are recovered, intervals cover them, bad input is
+named."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from adamqlr.results.store import RunRecord
+from adamqlr.studies.effects import capped_finals, factorial_effects
+
+A = {"sgd": 0.0, "adam": -0.5, "kfac": -0.7}
+B = {"alpha": 0.0, "mom": -0.1}
+C = {"none": 0.3, "fixed": 0.0, "adaptive": -0.05}
+
+
+def _design(noise=0.02, runs=30, interaction=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    values = {}
+    for a, b, c in itertools.product(A, B, C):
+        mu = A[a] + B[b] + C[c] + (interaction if (a, c) == ("sgd", "none") else 0.0)
+        values[(a, b, c)] = np.exp(mu + rng.normal(0, noise, runs))
+    return values
+
+
+def test_additive_effects_are_recovered_and_covered():
+    fx = factorial_effects(_design(), ("direction", "rule", "damping"), resamples=500)
+    main = fx.main.set_index(["factor", "level"])
+    for factor, truth in (("direction", A), ("rule", B), ("damping", C)):
+        centre = np.mean(list(truth.values()))
+        for lvl, t in truth.items():
+            row = main.loc[(factor, lvl)]
+            assert row["effect"] == pytest.approx(t - centre, abs=0.02)
+            assert (
+                row["low"] <= math.exp(t - centre) * 1.03
+                and row["high"] >= math.exp(t - centre) / 1.03
+            )
+    assert fx.ranges.loc["direction", "ratio"] == pytest.approx(math.exp(0.7), rel=0.03)
+    assert fx.ranges.loc["direction", "best"] == "kfac"
+    assert fx.ranges.loc["direction", "worst"] == "sgd"
+    assert fx.largest() == "direction"
+    assert fx.ordering("direction", "rule") == "supported"
+    assert fx.ordering("rule", "damping") == "not supported"
+    assert (fx.interactions["effect"].abs() < 0.02).all()  # additive: no interaction
+    assert len(fx.cells) == 18 and (fx.cells["runs"] == 30).all()
+
+
+def test_an_interaction_is_found_where_it_was_put():
+    fx = factorial_effects(_design(interaction=0.6), ("direction", "rule", "damping"),
+                           resamples=300)  # fmt: skip
+    rows = fx.interactions.set_index(["factors", "levels"])
+    hit = rows.loc[("direction × damping", "sgd × none")]
+    # a bump of 0.6 in one cell of a 3 x 3 table: 0.6 (1 - 1/3 - 1/3 + 1/9) = 0.6 * 4/9
+    assert hit["effect"] == pytest.approx(0.6 * 4 / 9, abs=0.02) and hit["low"] > 1
+    assert rows.loc[("direction × rule", "sgd × alpha"), "low"] < 1.02
+
+
+def test_deterministic_for_a_seed():
+    a = factorial_effects(_design(), ("d", "r", "p"), resamples=200, seed=4)
+    b = factorial_effects(_design(), ("d", "r", "p"), resamples=200, seed=4)
+    pd.testing.assert_frame_equal(a.ranges, b.ranges)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda v: v.pop(("sgd", "alpha", "none")), "unbalanced design"),
+        (lambda v: v.__setitem__(("sgd", "alpha", "none"), np.array([])), "has no runs"),
+        (
+            lambda v: v.__setitem__(("sgd", "alpha", "none"), np.array([1.0, np.inf])),
+            "not positive and finite",
+        ),
+        (lambda v: v.__setitem__(("sgd", "alpha"), np.array([1.0])), "has 2 levels"),
+    ],
+)
+def test_bad_designs_are_refused(mutate, message):
+    values = _design(runs=3)
+    mutate(values)
+    with pytest.raises(ValueError, match=message):
+        factorial_effects(values, ("d", "r", "p"), resamples=100)
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="invalid resamples 10"):
+        factorial_effects(_design(runs=3), ("d", "r", "p"), resamples=10)
+    with pytest.raises(ValueError, match="invalid level 0"):
+        factorial_effects(_design(runs=3), ("d", "r", "p"), level=0)
+
+
+def _record(values):
+    steps = np.arange(len(values), dtype=float)
+    frame = pd.DataFrame({"step": steps, "epoch": steps, "time": steps, "test_loss": values})
+    return RunRecord(spec=None, metrics=frame, provenance={}, manifest={"key": "k"}, path=Path("k"))
+
+
+def test_capped_finals_count_a_diverged_run_as_its_start():
+    runs = [_record([2.0, 1.0, 0.5]), _record([2.0, 5.0, np.inf]), _record([2.0, 3.0, 4.0])]
+    assert list(capped_finals(runs)) == [0.5, 2.0, 2.0]
+    assert list(capped_finals(runs, at=1)) == [1.0, 2.0, 2.0]
+    with pytest.raises(ValueError, match="runs without 'test_loss'"):
+        capped_finals([_record([2.0, 1.0])], at=-1)
