@@ -104,3 +104,20 @@ def test_capped_finals_count_a_diverged_run_as_its_start():
     assert list(capped_finals(runs, at=1)) == [1.0, 2.0, 2.0]
     with pytest.raises(ValueError, match="runs without 'test_loss'"):
         capped_finals([_record([2.0, 1.0])], at=-1)
+
+
+def test_plot_interactions_draws_one_line_per_level_per_panel():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from adamqlr.plots.factorial import plot_interactions
+
+    fx = factorial_effects(_design(runs=5), ("direction", "rule", "damping"), resamples=100)
+    fig = plot_interactions(fx, x="damping", lines="rule", panels="direction")
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 3 and [ax.get_title() for ax in axes] == list(A)
+    assert all(len(ax.lines) >= 2 for ax in axes) and axes[0].get_yscale() == "log"
+    with pytest.raises(ValueError, match="unknown factor 'batch'"):
+        plot_interactions(fx, x="batch", lines="rule", panels="direction")
+    with pytest.raises(ValueError, match="give panels="):
+        plot_interactions(fx, x="damping", lines="rule")

@@ -1,0 +1,86 @@
+"""Interaction plots of a factorial study (:mod:`adamqlr.studies.effects`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+from adamqlr.studies.effects import FactorialEffects
+
+__all__ = ["plot_interactions"]
+
+
+def plot_interactions(
+    effects: FactorialEffects,
+    x: str,
+    lines: str,
+    panels: str | None = None,
+    *,
+    ylabel: str = "median final test loss",
+    panel_size: tuple[float, float] = (2.9, 2.8),
+    titles: Sequence[str] | None = None,
+) -> Figure:
+    """Draw each cell's median and interval against one factor: lines and panels for two others.
+
+    One line per level of ``lines``, one panel per level of ``panels``.
+
+    Parallel lines mean no interaction between ``x`` and ``lines``; the vertical spread of the
+    lines is the effect of ``lines``, the slope of each line the effect of ``x``. The y axis is
+    logarithmic, like the effects' scale.
+
+    Args:
+        effects: The estimated effects (their ``cells`` table is drawn).
+        x: The factor along the x axis.
+        lines: The factor whose levels are the lines.
+        panels: The factor whose levels are the panels (``None``: one panel; then the design must
+            have exactly the two factors ``x`` and ``lines``).
+        ylabel: The y axis label.
+        panel_size: Width and height of one panel in inches.
+        titles: Panel titles (default: the panel factor's levels).
+
+    Returns:
+        The figure.
+
+    Raises:
+        ValueError: For a factor the design does not have, or a panel-less plot of a design with
+            more than two factors.
+    """
+    for name in (x, lines, *(() if panels is None else (panels,))):
+        if name not in effects.factors:
+            raise ValueError(f"unknown factor {name!r}; the design has {list(effects.factors)}")
+    if panels is None and len(effects.factors) != 2:
+        raise ValueError(f"give panels= for a design with factors {list(effects.factors)}")
+    panel_levels: tuple[str | None, ...] = (None,) if panels is None else effects.levels[panels]
+    fig, axes = plt.subplots(
+        1,
+        len(panel_levels),
+        figsize=(panel_size[0] * len(panel_levels), panel_size[1] + 0.7),
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
+    )
+    cells = effects.cells
+    xs = effects.levels[x]
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (ax, level) in enumerate(zip(axes[0], panel_levels, strict=True)):
+        part = cells if level is None else cells[cells[panels] == level]
+        for j, line in enumerate(effects.levels[lines]):
+            rows = part[part[lines] == line].set_index(x).reindex(xs)
+            pos = np.arange(len(xs)) + (j - (len(effects.levels[lines]) - 1) / 2) * 0.06
+            median = rows["median"].to_numpy(dtype=float)
+            err = np.vstack([median - rows["low"].to_numpy(), rows["high"].to_numpy() - median])
+            ax.errorbar(pos, median, yerr=err, marker="o", ms=4, capsize=2, lw=1.4,
+                        color=palette[j % len(palette)], label=str(line))  # fmt: skip
+        ax.set_xticks(np.arange(len(xs)), [str(v) for v in xs])
+        ax.set_xlabel(x)
+        ax.set_yscale("log")
+        if level is not None:
+            ax.set_title(titles[k] if titles else str(level), fontsize="medium")
+        if k == 0:
+            ax.set_ylabel(ylabel)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, title=lines, loc="outside lower center", ncol=len(labels))
+    return fig
