@@ -249,8 +249,8 @@ for title, groups in runs.items():
 table = pd.concat(
     {title: verdict_table([v for (t, _, _), v in verdicts.items() if t == title])
      for title in runs},  # fmt: skip
-    names=["task", "row"],
-).droplevel("row")
+    names=["task"],
+)
 for title, (best, at_time, at_epoch) in headline.items():
     key = title.lower().replace(" ", "_").replace("-", "_")
     glue(f"ut_best_{key}", best, display=False)

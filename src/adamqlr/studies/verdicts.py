@@ -296,18 +296,21 @@ class Verdict:
         """Return the outcome with its evidence, for a page."""
         c = self.comparison
         a, b = c.labels
-        claim = {"lower": "lower than", "not higher": "no higher than"}[self.claim]
-        reason = {
-            "supported": "the interval lies below parity",
-            "not supported": "the interval lies above parity"
-            if c.low > 1
-            else "the interval reaches above parity",
-            "inconclusive": "the interval contains parity",
-        }[self.outcome]
+        phrase = {
+            ("lower", "supported"): "lower, the interval lies wholly below parity",
+            ("lower", "not supported"): "not lower, the interval lies at or above parity",
+            ("lower", "inconclusive"): "not resolved, the interval contains parity",
+            ("not higher", "supported"): "lower, the interval lies wholly below parity",
+            ("not higher", "not supported"): "higher, the interval lies wholly above parity",
+            ("not higher", "inconclusive"): "no detectable difference, the interval contains "
+            "parity",
+        }[(self.claim, self.outcome)]
         metric = c.metric.replace("_", " ")
+        level = f"{100 * c.level:.0f} %"
         return (
-            f"{self.outcome}: {a}'s median {metric} {c.where} is {c.interval_text()} that of "
-            f"{b} ({c.runs[0]} and {c.runs[1]} runs; {reason}; claim: {claim})"
+            f"{a}'s median {metric} {c.where} is {c.ratio:.3g}× that of {b} ({level} CI "
+            f"{c.low:.3g}–{c.high:.3g}×, {c.runs[0]} and {c.runs[1]} runs): {phrase} "
+            f"({self.outcome})"
         )
 
 
@@ -342,9 +345,9 @@ def judge(comparison: Comparison, claim: Claim = "lower") -> Verdict:
 def verdict_table(verdicts: Sequence[Verdict]) -> pd.DataFrame:
     """Return several verdicts as one table, one row each.
 
-    Columns: ``claim`` (e.g. ``"AdamQLR (Hessian) lower than AdamQLR (Fisher)"``), ``metric``,
-    ``where`` (the matched point in words), ``ratio``, ``CI low``, ``CI high``, ``runs`` (e.g.
-    ``"50 / 50"``) and ``verdict``.
+    Index: ``claim`` (e.g. ``"AdamQLR (Hessian) lower than AdamQLR (Fisher)"``) and ``where``
+    (the matched point in words); columns ``metric``, ``ratio``, ``CI low``, ``CI high``,
+    ``runs`` (e.g. ``"50 / 50"``) and ``verdict``.
     """
     words = {"lower": "lower than", "not higher": "no higher than"}
     rows = []
@@ -353,8 +356,8 @@ def verdict_table(verdicts: Sequence[Verdict]) -> pd.DataFrame:
         rows.append(
             {
                 "claim": f"{c.labels[0]} {words[v.claim]} {c.labels[1]}",
-                "metric": c.metric,
                 "where": c.where,
+                "metric": c.metric.replace("_", " "),
                 "ratio": c.ratio,
                 "CI low": c.low,
                 "CI high": c.high,
@@ -362,9 +365,8 @@ def verdict_table(verdicts: Sequence[Verdict]) -> pd.DataFrame:
                 "verdict": v.outcome,
             }
         )
-    return pd.DataFrame(
-        rows, columns=["claim", "metric", "where", "ratio", "CI low", "CI high", "runs", "verdict"]
-    )
+    columns = ["claim", "where", "metric", "ratio", "CI low", "CI high", "runs", "verdict"]
+    return pd.DataFrame(rows, columns=columns).set_index(["claim", "where"])
 
 
 @dataclass(frozen=True)
