@@ -282,7 +282,8 @@ def test_the_signature_lists_every_argument(cls):
     expected = {
         "model", "loss", "curvature", "params", "initial_damping", "damping_decrease",
         "damping_increase", "damping_bounds", "damping_interval", "damping_in_rho", "lr_clip",
-        "amplification", "undamped", "weight_decay", "max_grad_norm", "nonpositive_curvature",
+        "amplification", "undamped", "damping_mode", "step_rule", "weight_decay", "max_grad_norm",
+        "nonpositive_curvature",
         "on_nonfinite", "on_stall", "stall_patience", "resolve_loss", "ignore_index", "output",
         "distributed",
     }  # fmt: skip

@@ -143,10 +143,19 @@ class AdamQLRSettings:
         """Return the settings of an :class:`adamqlr.AdamQLR` with one parameter group.
 
         Raises:
-            ValueError: If the optimiser has several parameter groups.
+            ValueError: If the optimiser has several parameter groups, or a damping mode or step
+                rule this reference does not write out (``damping_mode="fixed"``,
+                ``step_rule="alpha-momentum"``: :mod:`adamqlr.rules`).
         """
         if len(optimizer.param_groups) != 1:
             raise ValueError("invalid optimizer: expected one parameter group")
+        mode = getattr(optimizer, "damping_mode", "none" if optimizer.undamped else "adaptive")
+        rule = getattr(optimizer, "step_rule", "alpha")
+        if mode == "fixed" or rule != "alpha":
+            raise ValueError(
+                f"invalid optimizer: damping_mode={mode!r}, step_rule={rule!r} (the reference "
+                "iteration covers the adaptive and undamped modes of the 'alpha' rule)"
+            )
         group, rule = optimizer.param_groups[0], optimizer.damping_rule
         return cls(
             curvature=optimizer.curvature,

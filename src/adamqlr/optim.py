@@ -52,6 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from adamqlr import _checks
+from adamqlr import rules as _rules
 from adamqlr._state import OptimiserWideState
 from adamqlr._validation import check as _check
 from adamqlr._validation import integer as _integer
@@ -181,6 +182,8 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         lr_clip: float | None = None,
         amplification: float = 1.0,
         undamped: bool = False,
+        damping_mode: str | None = None,
+        step_rule: str = "alpha",
         weight_decay: float = 0.0,
         max_grad_norm: float | None = None,
         nonpositive_curvature: str = "reject",
@@ -218,6 +221,10 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
             lower=lower,
             upper=upper,
         )
+        _check("undamped", undamped, isinstance(undamped, bool), "a bool")
+        damping_mode = _rules.damping_mode(damping_mode, undamped)  # [rules] rules.py
+        step_rule = _rules.step_rule(step_rule)
+        undamped = damping_mode == "none"
         if not undamped:
             _check(
                 "initial_damping",
@@ -234,7 +241,6 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
             "an int >= 1",
         )
         _check("damping_in_rho", damping_in_rho, isinstance(damping_in_rho, bool), "a bool")
-        _check("undamped", undamped, isinstance(undamped, bool), "a bool")
         if lr_clip is not None:
             lr_clip = _real("lr_clip", lr_clip)
             _check("lr_clip", lr_clip, 0 < lr_clip < math.inf, "> 0 and finite, or None")
@@ -283,6 +289,8 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         self.lr_clip = lr_clip
         self.amplification = amplification
         self.undamped = undamped
+        self.damping_mode = damping_mode
+        self.step_rule = step_rule
         self.max_grad_norm = max_grad_norm
         self.nonpositive_curvature = nonpositive_curvature
         self.on_nonfinite = on_nonfinite
@@ -482,7 +490,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
                 f"{type(self).__name__} step {glob['step'] + 1}: {reason.replace('_', ' ')}"
             )
         damping_used = glob["damping"]
-        if not self.undamped:
+        if self.damping_mode == "adaptive":  # [rules] "fixed" and "none" keep lambda
             # The jump past negative curvature is for the step refused because of it; any other
             # rejection (e.g. a NaN trial loss after an "absolute" step) just raises lambda.
             glob["damping"] = self.damping_rule.after_rejection(
@@ -715,7 +723,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         # trial loss and the finiteness of the new parameters (a finite alpha times a finite d
         # can still overflow, or meet inf * 0).
         rho, f1 = math.nan, math.nan
-        adapt = not self.undamped and step % self.damping_interval == 0
+        adapt = self.damping_mode == "adaptive" and step % self.damping_interval == 0
         new_norms = torch._foreach_norm(new)
         if adapt:
             f1_t = engine.trial_loss(names, new, alpha=alpha, decays=decays)
@@ -793,7 +801,8 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
     def __repr__(self) -> str:
         opts = (
             f"loss={self.loss!r}, curvature={self.curvature!r}, damping={self.damping:.3g}, "
-            f"undamped={self.undamped}, lr_clip={self.lr_clip}, amplification={self.amplification}"
+            f"damping_mode={self.damping_mode!r}, step_rule={self.step_rule!r}, "
+            f"lr_clip={self.lr_clip}, amplification={self.amplification}"
         )
         return f"{type(self).__name__}({opts}, groups={len(self.param_groups)})"
 
@@ -840,9 +849,23 @@ class AdamQLR(QuadraticModelOptimizer):
             ``(1e-8, math.inf)`` for the paper's exact rule (the experiment runner does).
         damping_interval: Adapt the damping (and pay the trial forward pass) every this many steps.
         damping_in_rho: Whether the damping term enters rho's predicted change.
-        lr_clip: Optional symmetric clip ``alpha_max`` on the step size.
-        amplification: Factor ``k`` applied to the step size after clipping.
-        undamped: Use no damping at all (lambda = 0, no trial loss, no rho).
+        lr_clip: Optional symmetric clip ``alpha_max`` on the step size (with
+            ``step_rule="alpha-momentum"``: on the coefficient ``a`` of ``-d``; the momentum
+            coefficient is then chosen again by the model with ``a`` held at the clip).
+        amplification: Factor ``k`` applied to the step size after clipping (to both
+            coefficients with ``step_rule="alpha-momentum"``).
+        undamped: Use no damping at all (lambda = 0, no trial loss, no rho); the same as
+            ``damping_mode="none"``, kept for backward compatibility.
+        damping_mode: ``"adaptive"`` (Levenberg-Marquardt from rho, the default), ``"fixed"``
+            (lambda stays ``initial_damping``, also after a rejected step; no trial loss, no
+            rho, so no extra forward pass) or ``"none"`` (lambda = 0); ``None`` means
+            ``"none"`` if ``undamped`` else ``"adaptive"`` (:mod:`adamqlr.rules`).
+        step_rule: ``"alpha"`` (the paper's: ``theta <- theta - alpha d``, the default) or
+            ``"alpha-momentum"`` (K-FAC's joint learning rate and momentum on this direction:
+            ``theta <- theta + a v1 + b v2`` with ``v1 = -d`` and ``v2`` the previous update,
+            ``(a, b)`` minimising the damped quadratic model on their plane; the first step is
+            the ``"alpha"`` rule's). ``StepStats.lr`` is ``a``, ``StepStats.momentum`` is ``b``;
+            the plane costs a second curvature product per step (:mod:`adamqlr.rules`).
         betas: Adam's ``(beta1, beta2)``, each in [0, 1).
         eps: Adam's epsilon (> 0), added outside the square root.
         weight_decay: Decoupled weight decay ``w`` in [0, 1): ``theta <- theta - alpha d - w theta``
@@ -913,6 +936,8 @@ class AdamQLR(QuadraticModelOptimizer):
         lr_clip: float | None = None,
         amplification: float = 1.0,
         undamped: bool = False,
+        damping_mode: str | None = None,
+        step_rule: str = "alpha",
         weight_decay: float = 0.0,
         max_grad_norm: float | None = None,
         nonpositive_curvature: str = "reject",
@@ -938,6 +963,8 @@ class AdamQLR(QuadraticModelOptimizer):
             lr_clip=lr_clip,
             amplification=amplification,
             undamped=undamped,
+            damping_mode=damping_mode,
+            step_rule=step_rule,
             weight_decay=weight_decay,
             max_grad_norm=max_grad_norm,
             nonpositive_curvature=nonpositive_curvature,
@@ -1113,6 +1140,8 @@ class SGDQLR(QuadraticModelOptimizer):
         lr_clip: float | None = None,
         amplification: float = 1.0,
         undamped: bool = False,
+        damping_mode: str | None = None,
+        step_rule: str = "alpha",
         weight_decay: float = 0.0,
         max_grad_norm: float | None = None,
         nonpositive_curvature: str = "reject",
@@ -1138,6 +1167,8 @@ class SGDQLR(QuadraticModelOptimizer):
             lr_clip=lr_clip,
             amplification=amplification,
             undamped=undamped,
+            damping_mode=damping_mode,
+            step_rule=step_rule,
             weight_decay=weight_decay,
             max_grad_norm=max_grad_norm,
             nonpositive_curvature=nonpositive_curvature,
