@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("losses",),
     ("curvature",),
     ("heuristics", "distributed"),
+    ("rules",),
     ("optim",),
     ("algorithm", "kfac", "baydin"),
     ("steppers",),

@@ -530,6 +530,52 @@ def hessian_along_graph(
     return torch.stack([terms[i] for i in sorted(terms)]).sum()
 
 
+def _hessian_dots(
+    grads: list[Tensor],
+    params: list[Tensor],
+    vector: list[Tensor],
+    against: list[list[Tensor]],
+    *,
+    retain_graph: bool,
+) -> list[Tensor]:
+    """Return ``w^T H vector`` for each ``w`` in ``against``, as :func:`hessian_along_graph`.
+
+    One backward pass through the gradient's graph; each parameter's piece of ``H vector`` is
+    reduced as it arrives. ``retain_graph=True`` keeps the graph for another pass.
+    """
+    saved = [p.grad for p in params]
+    terms: list[dict[int, Tensor]] = [{} for _ in against]
+
+    def reduce(p: Tensor, i: int) -> None:
+        if p.grad is not None:
+            piece = wide(p.grad).reshape(-1)
+            for k, w in enumerate(against):
+                terms[k][i] = torch.dot(wide(w[i]).reshape(-1), piece).to(torch.float64)
+            p.grad = None
+
+    live = [(g, d) for g, d in zip(grads, vector, strict=True) if g.requires_grad]
+    handles = []
+    try:
+        for i, p in enumerate(params):
+            p.grad = None
+            handles.append(p.register_post_accumulate_grad_hook(lambda p, i=i: reduce(p, i)))
+        if live:
+            torch.autograd.backward(
+                [g for g, _ in live],
+                grad_tensors=[d for _, d in live],
+                inputs=params,
+                retain_graph=retain_graph,
+            )
+    finally:
+        for h in handles:
+            h.remove()
+        for p, g in zip(params, saved, strict=True):
+            p.grad = g
+    device = vector[0].device if vector else None
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    return [torch.stack([t[i] for i in sorted(t)]).sum() if t else zero for t in terms]
+
+
 #: Layers torch ships that draw random numbers in training mode (with their rate attribute).
 _RANDOM_LAYERS: tuple[type[nn.Module], ...] = (
     nn.modules.dropout._DropoutNd,
@@ -691,6 +737,27 @@ class CurvatureEngine:
         """
         raise NotImplementedError
 
+    def along_pair(
+        self,
+        names: list[str],
+        params: list[Tensor],
+        first: list[Tensor],
+        second: list[Tensor],
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Return ``(u^T C u, u^T C v, v^T C v)`` for two directions ``u`` and ``v``.
+
+        Called in place of :meth:`along` (what the gradient pass kept is dropped afterwards, as
+        there). The plane step of ``step_rule="alpha-momentum"`` (:mod:`adamqlr.rules`) needs
+        the three. ``u^T C u`` is computed exactly as :meth:`along` computes it.
+
+        Args:
+            names: Qualified names of the parameters with a direction.
+            params: Those parameters (their values at the gradient pass).
+            first: ``u``, one tensor per parameter.
+            second: ``v``, one tensor per parameter.
+        """
+        raise NotImplementedError
+
     def trial_loss(
         self,
         names: list[str],
@@ -792,29 +859,61 @@ class LayerwiseFisher(CurvatureEngine):
     def along(self, names: list[str], params: list[Tensor], directions: list[Tensor]) -> Tensor:  # noqa: D102
         tape, final = self._tape, self._final
         self._tape = None
-        plan = self.plan
         params_by_name = dict(zip(names, params, strict=True))
-        direction = dict(zip(names, directions, strict=True))
         with torch.no_grad():
-            if self._first is None:
-                u = layerwise_tangent(plan, tape, params_by_name, direction)  # type: ignore[arg-type]
-            else:
-                i = self._first
-                prefix, layer = plan[i]  # type: ignore[index]
-                t = _tangent_step(prefix, layer, tape[i], None, params_by_name, direction)  # type: ignore[index]
-                self._own = t
-                u = layerwise_tangent(
-                    plan[i + 1 :],  # type: ignore[index]
-                    tape[i + 1 :],  # type: ignore[index]
-                    params_by_name,
-                    direction,
-                    tangent=t,
-                )
+            u = self._tangent(tape, params_by_name, dict(zip(names, directions, strict=True)))
             del tape
             _, targets = self._batch  # type: ignore[misc]
             outputs = cast(Tensor, final)  # gradient_pass set it
             u = torch.zeros_like(outputs) if u is None else u
             return self.loss.output_quadratic(outputs, u, targets)
+
+    def _tangent(
+        self,
+        tape: list[Tensor | None] | None,
+        params_by_name: dict[str, Tensor],
+        direction: dict[str, Tensor],
+    ) -> Tensor | None:
+        """``J d`` from the tape; keeps the first linear layer's own tangent for the trial."""
+        plan = self.plan
+        if self._first is None:
+            return layerwise_tangent(plan, tape, params_by_name, direction)  # type: ignore[arg-type]
+        i = self._first
+        prefix, layer = plan[i]  # type: ignore[index]
+        t = _tangent_step(prefix, layer, tape[i], None, params_by_name, direction)  # type: ignore[index]
+        self._own = t
+        return layerwise_tangent(
+            plan[i + 1 :],  # type: ignore[index]
+            tape[i + 1 :],  # type: ignore[index]
+            params_by_name,
+            direction,
+            tangent=t,
+        )
+
+    def along_pair(  # noqa: D102
+        self,
+        names: list[str],
+        params: list[Tensor],
+        first: list[Tensor],
+        second: list[Tensor],
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        # Two tangent passes over the one tape (no forward pass), then the output-space forms.
+        tape, final = self._tape, self._final
+        self._tape = None
+        params_by_name = dict(zip(names, params, strict=True))
+        with torch.no_grad():
+            v = self._tangent(tape, params_by_name, dict(zip(names, second, strict=True)))
+            u = self._tangent(tape, params_by_name, dict(zip(names, first, strict=True)))
+            del tape
+            _, targets = self._batch  # type: ignore[misc]
+            outputs = cast(Tensor, final)
+            u = torch.zeros_like(outputs) if u is None else u
+            v = torch.zeros_like(outputs) if v is None else v
+            return (
+                self.loss.output_quadratic(outputs, u, targets),
+                self.loss.output_bilinear(outputs, u, v, targets),
+                self.loss.output_quadratic(outputs, v, targets),
+            )
 
     def trial_loss(  # noqa: D102
         self,
@@ -868,6 +967,47 @@ class ForwardModeFisher(CurvatureEngine):
                 output=self.output,
             )
 
+    def along_pair(  # noqa: D102
+        self,
+        names: list[str],
+        params: list[Tensor],
+        first: list[Tensor],
+        second: list[Tensor],
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        # One forward-mode JVP per direction, each with the gradient pass's random numbers.
+        inputs, targets = self._batch  # type: ignore[misc]
+        at = {n: p.detach() for n, p in zip(names, params, strict=True)}
+        tangents = []
+        for vectors in (first, second):
+            with self._replayed():
+                outputs, u = _output_tangent(
+                    self.model, at, dict(zip(names, vectors, strict=True)), inputs, self.output
+                )
+            tangents.append(u)
+        u, v = tangents
+        with torch.no_grad():
+            return (
+                self.loss.output_quadratic(outputs, u, targets),
+                self.loss.output_bilinear(outputs, u, v, targets),
+                self.loss.output_quadratic(outputs, v, targets),
+            )
+
+
+def _output_tangent(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    direction: Mapping[str, Tensor],
+    inputs: object,
+    output: OutputSelector,
+) -> tuple[Tensor, Tensor]:
+    """Return the outputs and ``J d`` by forward-mode autograd (as :func:`ggn_quadratic`)."""
+    with torch.no_grad(), fwAD.dual_level():
+        duals = {n: fwAD.make_dual(params[n].detach(), direction[n].detach()) for n in params}
+        outputs, u = fwAD.unpack_dual(_forward(model, duals, inputs, output))
+        if u is None:  # no output depends on a parameter with a direction
+            u = torch.zeros_like(outputs)
+        return outputs, u
+
 
 class GraphHessian(CurvatureEngine):
     """The Hessian through the gradient pass's graph (:func:`hessian_along_graph`).
@@ -902,6 +1042,20 @@ class GraphHessian(CurvatureEngine):
         grads = [self._grads[p] for p in params]
         self._grads = {}
         return hessian_along_graph(grads, params, directions)
+
+    def along_pair(  # noqa: D102
+        self,
+        names: list[str],
+        params: list[Tensor],
+        first: list[Tensor],
+        second: list[Tensor],
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        # Two backward passes through the gradient's graph: H u (dotted with u and v), then H v.
+        grads = [self._grads[p] for p in params]
+        self._grads = {}
+        uu, uv = _hessian_dots(grads, params, first, [first, second], retain_graph=True)
+        (vv,) = _hessian_dots(grads, params, second, [second], retain_graph=False)
+        return uu, uv, vv
 
     def release(self) -> None:  # noqa: D102
         super().release()

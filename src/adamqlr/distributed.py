@@ -152,6 +152,13 @@ class DistributedEngine:
         """See :meth:`adamqlr.curvature.CurvatureEngine.along`; averaged."""
         return _average(self.engine.along(names, params, directions), self.group)
 
+    def along_pair(
+        self, names: list[str], params: list[Tensor], first: list[Tensor], second: list[Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """See :meth:`adamqlr.curvature.CurvatureEngine.along_pair`; each averaged."""
+        uu, uv, vv = self.engine.along_pair(names, params, first, second)
+        return _average(uu, self.group), _average(uv, self.group), _average(vv, self.group)
+
     def trial_loss(self, names: list[str], values: list[Tensor], **kwargs: Any) -> Tensor:
         """See :meth:`adamqlr.curvature.CurvatureEngine.trial_loss`; averaged."""
         return _average(self.engine.trial_loss(names, values, **kwargs), self.group)

@@ -28,12 +28,14 @@ __all__ = [
     "DEFAULT_MAX_DAMPING",
     "LOSS_RESOLUTION_ULPS",
     "LevenbergMarquardt",
+    "PlaneProposal",
     "Proposal",
     "clip_step_size",
     "damped_curvature",
     "loss_difference_trustworthy",
     "loss_resolution",
     "predicted_change",
+    "propose_plane_step",
     "propose_step",
     "reduction_ratio",
     "step_size",
@@ -213,6 +215,129 @@ def propose_step(
     curv_for_model = q_damped if include_damping else q_damped - damping * sq_norm
     change = -alpha * grad_dot_dir + 0.5 * alpha * alpha * curv_for_model
     return Proposal(alpha, True, "", q_damped, change)
+
+
+#: Relative size of ``det G`` (against ``G_11 G_22``) below which the plane of the two vectors
+#: is taken to be a line: ``|cos|`` of the angle between them in the metric of ``G`` is then
+#: within ``5e-13`` of 1, where the solve would only amplify rounding.
+PLANE_DEGENERACY = 1e-12
+
+
+@dataclass(frozen=True)
+class PlaneProposal:
+    """A step on the plane of ``v1 = -d`` and ``v2`` (the previous update), from the model.
+
+    Attributes:
+        lr: The coefficient ``a`` of ``v1`` applied (after clipping and amplification); the
+            step along ``d`` alone would be ``alpha = a``. NaN if not ``accepted``.
+        momentum: The coefficient ``b`` of ``v2`` applied (0.0 when the plane is a line).
+        accepted: Whether the model admits a step.
+        reason: ``"nonpositive_curvature"`` when the damped ``G`` is not positive definite.
+        predicted_change: ``M(a, b) - M(0, 0)`` for the applied coefficients.
+    """
+
+    lr: float
+    momentum: float
+    accepted: bool
+    reason: str
+    predicted_change: float
+
+
+def _absolute(g11: float, g12: float, g22: float) -> tuple[float, float, float]:
+    """Return the symmetric 2x2 matrix with the same eigenvectors and absolute eigenvalues."""
+    mean, half = 0.5 * (g11 + g22), math.hypot(0.5 * (g11 - g22), g12)
+    low, high = mean - half, mean + half
+    if half == 0.0:
+        return abs(g11), 0.0, abs(g22)
+    # projector on the eigenvector of ``high``: (G - low I) / (high - low)
+    p11, p12, p22 = (g11 - low) / (2 * half), g12 / (2 * half), (g22 - low) / (2 * half)
+    a_hi, a_lo = abs(high), abs(low)
+    return (
+        a_lo + (a_hi - a_lo) * p11,
+        (a_hi - a_lo) * p12,
+        a_lo + (a_hi - a_lo) * p22,
+    )
+
+
+def propose_plane_step(
+    grad_dots: tuple[float, float],
+    curvature: tuple[float, float, float],
+    gram: tuple[float, float, float],
+    damping: float,
+    *,
+    alpha_max: float | None = None,
+    amplification: float = 1.0,
+    include_damping: bool = True,
+    nonpositive_curvature: str = "reject",
+) -> PlaneProposal:
+    """Choose a learning rate and a momentum from the damped quadratic model on a plane.
+
+    K-FAC's rule on any direction: with ``v1 = -d`` and ``v2`` the previous update, the step
+    ``delta = a v1 + b v2`` minimises ``M(a, b) = g^T delta + 1/2 delta^T (C + lambda I) delta``,
+    so ``(a, b) = -G^{-1} (g^T v1, g^T v2)`` with ``G_ij = v_i^T (C + lambda I) v_j``. With
+    ``v2 = 0`` it is :func:`propose_step` along ``d`` (``a = alpha``, ``b = 0``); so it is when
+    ``det G <= PLANE_DEGENERACY * G_11 G_22`` (the two vectors are parallel in ``G``'s metric, the
+    plane is a line, and the minimiser along ``v1`` is the model's minimiser on it).
+
+    Args:
+        grad_dots: ``(g^T v1, g^T v2)``.
+        curvature: ``(v1^T C v1, v1^T C v2, v2^T C v2)``.
+        gram: ``(v1^T v1, v1^T v2, v2^T v2)``.
+        damping: ``lambda``.
+        alpha_max: Optional symmetric clip on ``a``; when it clips, ``b`` is chosen again by the
+            model with ``a`` held: ``b = -(g^T v2 + G_12 a) / G_22``.
+        amplification: Factor ``k`` applied to both coefficients after clipping.
+        include_damping: Whether the damping enters the predicted change.
+        nonpositive_curvature: When ``G`` is not positive definite: ``"reject"`` proposes no
+            step (as :func:`propose_step` for ``q + lambda ||d||^2 <= 0``); ``"absolute"``
+            replaces ``G`` by its absolute value (the same eigenvectors, the eigenvalues'
+            magnitudes; the saddle-free choice), and still rejects a zero eigenvalue.
+
+    Returns:
+        The :class:`PlaneProposal`.
+    """
+    g1, g2 = grad_dots
+    c11, c12, c22 = curvature
+    n11, n12, n22 = gram
+    if n22 == 0.0 or n11 == 0.0:
+        # no second vector (or no first: nothing to choose along d, and the 1-D rule takes no
+        # step either)
+        one = propose_step(
+            -g1,
+            c11,
+            damping,
+            n11,
+            alpha_max=alpha_max,
+            amplification=amplification,
+            include_damping=include_damping,
+            nonpositive_curvature=nonpositive_curvature,
+        )
+        return PlaneProposal(one.alpha, 0.0, one.accepted, one.reason, one.predicted_change)
+    d11, d12, d22 = c11 + damping * n11, c12 + damping * n12, c22 + damping * n22
+    if nonpositive_curvature == "absolute" and not (d11 > 0 and d11 * d22 - d12 * d12 > 0):
+        d11, d12, d22 = _absolute(d11, d12, d22)
+    det = d11 * d22 - d12 * d12
+    if not (d11 > 0.0 and d22 > 0.0 and math.isfinite(det)):
+        return PlaneProposal(math.nan, math.nan, False, "nonpositive_curvature", math.nan)
+    if det <= PLANE_DEGENERACY * d11 * d22:
+        if det < -PLANE_DEGENERACY * d11 * d22:  # indefinite
+            return PlaneProposal(math.nan, math.nan, False, "nonpositive_curvature", math.nan)
+        line, a, b = True, -g1 / d11, 0.0  # the plane is a line: the minimiser along v1
+    else:
+        line = False
+        a = (-g1 * d22 + g2 * d12) / det
+        b = (-g2 * d11 + g1 * d12) / det
+    if alpha_max is not None and abs(a) > alpha_max:
+        a = clip_step_size(a, alpha_max)
+        if not line:
+            b = -(g2 + d12 * a) / d22
+    a, b = a * amplification, b * amplification
+    if include_damping:
+        m11, m12, m22 = d11, d12, d22
+    else:
+        m11, m12, m22 = d11 - damping * n11, d12 - damping * n12, d22 - damping * n22
+    change = g1 * a + g2 * b + 0.5 * (a * a * m11 + 2.0 * a * b * m12 + b * b * m22)
+    return PlaneProposal(a, b, True, "", change)
 
 
 @dataclass(frozen=True)

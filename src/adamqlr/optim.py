@@ -63,6 +63,8 @@ from adamqlr.distributed import DistributedEngine, process_group, unwrap
 from adamqlr.heuristics import (
     DEFAULT_MAX_DAMPING,
     LevenbergMarquardt,
+    PlaneProposal,
+    Proposal,
     loss_difference_trustworthy,
     loss_resolution,
     propose_step,
@@ -132,6 +134,10 @@ class StepStats:
         stalled: The last ``stall_patience`` damping-adaptation steps (this one included) all had
             an unresolved loss change: the steps no longer change the loss.
         grad_norm: The gradient's norm before ``max_grad_norm`` clipped it (NaN without it).
+        momentum: With ``step_rule="alpha-momentum"``, the coefficient ``b`` of the previous
+            update in the step ``theta <- theta - lr d + b v2`` (0.0 on the first step, and when
+            ``d`` and the previous update are parallel); NaN with the ``"alpha"`` rule and on a
+            rejected step.
     """
 
     loss: float
@@ -150,6 +156,7 @@ class StepStats:
     loss_unresolved: bool = False
     stalled: bool = False
     grad_norm: float = math.nan
+    momentum: float = math.nan
 
     def as_dict(self) -> dict[str, Any]:
         """Return the statistics as a plain dict (for logging)."""
@@ -679,10 +686,19 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         # 3. Curvature along d, then one host sync for the loss, g^T d, ||d||^2, the finiteness
         # of the new direction state (a finite gradient can still overflow Adam's second moment
         # in float32) and q. A non-finite gradient makes d non-finite, so ||d||^2 catches it.
-        q_t = engine.along(names, ps, ds)
+        # [rules] step_rule="alpha-momentum": the plane of d and the previous update (rules.py)
+        momentum_rule = self.__dict__.get("step_rule", "alpha") == "alpha-momentum"
+        plane = _rules.previous_update(self.state, ps) if momentum_rule else None
+        plane_t: list[Tensor] = []
+        if plane is None:
+            q_t = engine.along(names, ps, ds)
+        else:
+            q_t, cross_t, second_t = engine.along_pair(names, ps, ds, plane)
+            plane_t = [cross_t, second_t, *_rules.plane_scalars(gs, ds, plane)]
         dots = [_dot(g, d) for g, d in zip(gs, ds, strict=True)]
         extra_t = [] if grad_norm_t is None else [grad_norm_t]
-        values = _host([f0_t, q_t, *dots, *_norms(ds), *checks, *extra_t])
+        values = _host([f0_t, q_t, *dots, *_norms(ds), *checks, *extra_t, *plane_t])
+        plane_values = [values.pop() for _ in plane_t][::-1]
         grad_norm = values.pop() if extra_t else math.nan
         f0, q = values[0], values[1]
         if not math.isfinite(f0):
@@ -701,22 +717,48 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
 
         # 4. Proposal: the step size from the damped quadratic model.
         damping_used = glob["damping"]
-        proposal = propose_step(
-            grad_dot_dir,
-            q,
-            damping_used,
-            sq_norm,
-            alpha_max=self.lr_clip,
-            amplification=self.amplification * lr_scale if lr_scale != 1.0 else self.amplification,
-            include_damping=self.damping_in_rho,
-            nonpositive_curvature=self.nonpositive_curvature,
-        )
+        amplification = self.amplification * lr_scale if lr_scale != 1.0 else self.amplification
+        proposal: Proposal | PlaneProposal
+        if plane_values:  # [rules] the plane step (rules.py)
+            proposal = _rules.plane_proposal(
+                plane_values[2:],
+                curvature=q,
+                grad_dot_dir=grad_dot_dir,
+                sq_norm=sq_norm,
+                cross=plane_values[0],
+                second=plane_values[1],
+                damping=damping_used,
+                alpha_max=self.lr_clip,
+                amplification=amplification,
+                include_damping=self.damping_in_rho,
+                nonpositive_curvature=self.nonpositive_curvature,
+            )
+        else:
+            proposal = propose_step(
+                grad_dot_dir,
+                q,
+                damping_used,
+                sq_norm,
+                alpha_max=self.lr_clip,
+                amplification=amplification,
+                include_damping=self.damping_in_rho,
+                nonpositive_curvature=self.nonpositive_curvature,
+            )
         if not proposal.accepted:
             raise _Rejected(proposal.reason, f0, extra)
-        alpha = proposal.alpha
-        if not math.isfinite(alpha):
+        if isinstance(proposal, PlaneProposal):
+            alpha, momentum = proposal.lr, proposal.momentum
+        else:
+            alpha, momentum = proposal.alpha, math.nan
+        if not (math.isfinite(alpha) and (math.isfinite(momentum) or not plane_values)):
             raise _Rejected("nonfinite_step", f0, extra)
-        new = _moved(ps, ds, decays, alpha)  # written over d
+        update: list[Tensor] | None = None
+        if plane_values:
+            new, update = _rules.plane_step(ps, ds, plane, decays, alpha, momentum)
+        else:
+            if momentum_rule:  # the first step of the plane rule: the alpha rule, remembered
+                update, momentum = list(torch._foreach_mul(ds, -alpha)), 0.0
+            new = _moved(ps, ds, decays, alpha)  # written over d
         del ds
 
         # 5. Trial loss and reduction ratio, on damping-adaptation steps. One host sync for the
@@ -726,7 +768,9 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         adapt = self.damping_mode == "adaptive" and step % self.damping_interval == 0
         new_norms = torch._foreach_norm(new)
         if adapt:
-            f1_t = engine.trial_loss(names, new, alpha=alpha, decays=decays)
+            # the plane step is not -alpha d: the engine evaluates it directly
+            trial_alpha = None if plane_values else alpha
+            f1_t = engine.trial_loss(names, new, alpha=trial_alpha, decays=decays)
             f1, *norms = _host([f1_t, *new_norms])
         else:
             norms = _host(list(new_norms))
@@ -760,6 +804,8 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         forget_cast_weights()  # [loops] autocast's cached copies are stale (precision.py)
         for group_ps, group_gs, group, candidate in pending:
             self._commit(group_ps, group_gs, group, candidate)
+        if update is not None:  # [rules] the next step's second vector
+            _rules.remember_update(self.state, self.param_groups, ps, update)
         glob["step"] = step
         stats = StepStats(
             loss=f0,
@@ -778,6 +824,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
             loss_unresolved=unresolved,
             stalled=glob["unresolved_streak"] >= self.stall_patience,
             grad_norm=grad_norm,
+            momentum=momentum,
         )
         if unresolved and glob["unresolved_streak"] == self.stall_patience:
             self._stalled(glob)
