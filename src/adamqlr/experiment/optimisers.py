@@ -17,6 +17,30 @@ untuned values, from the authors' configuration files), so the resolved hyperpar
 are always complete and explicit in its record. Your own code adds entries with
 :func:`register_optimiser`; a module listed in :data:`OPTIMISER_PROVIDERS` is imported the first
 time the registry is consulted, so its entries appear in ``adamqlr run --help``.
+
+The factorial study's cells (:mod:`adamqlr.studies.factorial`) on the SGD and Adam directions are
+entries named ``<direction>-<rule>-<damping>``: direction ``sgd`` or ``adam``; rule ``alpha`` (the
+minimiser of the damped quadratic model along the direction, ``step_rule="alpha"``) or
+``alpha-mom`` (K-FAC's joint learning rate and momentum on the plane of the direction and the
+previous update, ``step_rule="alpha-momentum"``); damping ``none``, ``fixed`` (a tuned constant
+lambda) or ``adaptive`` (Levenberg-Marquardt), the ``damping_mode`` of :mod:`adamqlr.rules`.
+Three cells are configurations the paper already has: ``adam-alpha-adaptive`` builds exactly
+what ``adamqlr`` builds, ``adam-alpha-none`` what ``adamqlr-undamped`` builds and
+``sgd-alpha-adaptive`` what ``sgdqlr`` builds (the same builder and the same defaults). They are
+registered under the cell's own name all the same, so that a cell's runs are recorded, tuned and
+found under the cell's name and never mixed with the paper's configuration of the same
+algorithm (whose records may come from another search or profile); the study runs the cell
+names only. The constant-step cells are ``sgd`` and ``adam`` themselves. Four combinations are
+not registered, because the damping would enter nothing:
+
+* ``sgd-const-fixed``: SGD at a constant learning rate builds no quadratic model, so a fixed
+  lambda has no term to enter and the cell would be ``sgd`` under another name.
+* ``sgd-const-adaptive``: with no model there is no predicted change and so no reduction ratio
+  to adapt lambda from; lambda would be adapted for nothing and enter nothing.
+* ``adam-const-fixed``: Adam's constant-step update has no quadratic model either, so a fixed
+  lambda would leave every step as ``adam`` takes it.
+* ``adam-const-adaptive``: likewise no model change to compare the loss change with, so an
+  adaptive lambda would have no ratio to follow and no step to act on.
 """
 
 from __future__ import annotations
@@ -36,6 +60,7 @@ from adamqlr.optim import SGDQLR, AdamQLR
 from adamqlr.steppers import OptimiserEntry, QLRStepper, Stepper, TorchStepper
 
 __all__ = [
+    "CELL_ALIASES",
     "OPTIMISERS",
     "OPTIMISER_PROVIDERS",
     "OptimiserEntry",
@@ -88,8 +113,14 @@ _QLR_KEYS = (
 )
 
 
+#: Options only the factorial cells give (absent: the optimiser's defaults, "alpha" and the
+#: damping ``undamped`` implies), so the paper's entries resolve to the same hyperparameters.
+_RULE_KEYS = ("damping_mode", "step_rule")
+
+
 def _qlr_kwargs(h: dict[str, Any]) -> dict[str, Any]:
     kwargs = {k: h[k] for k in _QLR_KEYS if k not in ("curvature", "damping_min")}
+    kwargs |= {k: h[k] for k in _RULE_KEYS if k in h}
     kwargs["damping_bounds"] = (h["damping_min"], math.inf)
     kwargs["resolve_loss"] = False  # the paper's rule: rho from any loss difference
     return kwargs
@@ -226,7 +257,68 @@ _BUILTIN: tuple[OptimiserEntry, ...] = (
     ),
 )
 
-_REGISTRY: dict[str, OptimiserEntry] = {e.name: e for e in (*_BUILTIN, *baselines.ENTRIES)}
+
+# ---------------------------------------------------- the factorial's SGD and Adam cells
+_DIRECTION_WORDS = {"sgd": "SGD", "adam": "Adam"}
+_RULE_WORDS = {"alpha": "α*", "alpha-mom": "α*, μ*"}
+_DAMPING_WORDS = {"none": "no damping", "fixed": "fixed λ", "adaptive": "adaptive λ"}
+#: Cells that are the paper's configurations: the same builder and defaults as these entries.
+CELL_ALIASES: Mapping[str, str] = MappingProxyType(
+    {"adam-alpha-adaptive": "adamqlr", "adam-alpha-none": "adamqlr-undamped",
+     "sgd-alpha-adaptive": "sgdqlr"}
+)  # fmt: skip
+
+
+def _cell_defaults(direction: str, rule: str, damping: str) -> dict[str, Any]:
+    base = dict(_ADAMQLR_TUNED if direction == "adam" else _SGDQLR)
+    base["step_rule"] = "alpha-momentum" if rule == "alpha-mom" else "alpha"
+    base["damping_mode"] = damping
+    if damping == "none":
+        base |= {"undamped": True, "initial_damping": 0.0}
+    return base
+
+
+def _cells() -> tuple[OptimiserEntry, ...]:
+    builtin = {e.name: e for e in _BUILTIN}
+    entries = []
+    for direction in ("sgd", "adam"):
+        for rule in ("alpha", "alpha-mom"):
+            for damping in ("none", "fixed", "adaptive"):
+                name = f"{direction}-{rule}-{damping}"
+                label = (
+                    f"{_DIRECTION_WORDS[direction]} · {_RULE_WORDS[rule]} · "
+                    f"{_DAMPING_WORDS[damping]}"
+                )
+                target = CELL_ALIASES.get(name)
+                if target is not None:
+                    same = builtin[target]
+                    entries.append(
+                        OptimiserEntry(
+                            name,
+                            label,
+                            same.builder,
+                            same.defaults,
+                            description=f"the factorial cell that is {target!r} (the same "
+                            "optimiser, recorded under the cell's name)",
+                        )
+                    )
+                    continue
+                entries.append(
+                    OptimiserEntry(
+                        name,
+                        label,
+                        _adamqlr if direction == "adam" else _sgdqlr,
+                        _cell_defaults(direction, rule, damping),
+                        description=f"factorial cell: {_DIRECTION_WORDS[direction]} direction, "
+                        f"step rule {rule}, damping {damping}",
+                    )
+                )
+    return tuple(entries)
+
+
+_CELLS = _cells()
+
+_REGISTRY: dict[str, OptimiserEntry] = {e.name: e for e in (*_BUILTIN, *_CELLS, *baselines.ENTRIES)}
 
 #: Read-only view of the registry, name -> entry. Use :func:`get_optimiser` for a name, which
 #: also imports the provider modules first.

@@ -126,6 +126,20 @@ _SPACES: dict[str, dict[str, Dimension]] = {
     },
     "baydin-sgd": {"lr": LogUniform(1e-6, 1.0), "hypergrad_lr": LogUniform(1e-6, 1.0)},
 }
+# The factorial's SGD and Adam cells (``<direction>-<rule>-<damping>``, the registry's
+# ``adamqlr.experiment.optimisers``): "none" tunes only the batch size, "fixed" the constant
+# lambda, "adaptive" lambda_0 and both factors as ``adamqlr`` does.
+_CELL_SPACES: dict[str, dict[str, Dimension]] = {
+    "none": {},
+    "fixed": {"initial_damping": LogUniform(1e-8, 1.0)},
+    "adaptive": dict(_QLR_DAMPED),
+}
+_SPACES |= {
+    f"{direction}-{rule}-{damping}": dict(space)
+    for direction in ("sgd", "adam")
+    for rule in ("alpha", "alpha-mom")
+    for damping, space in _CELL_SPACES.items()
+}
 
 #: Read-only: optimiser name -> {hyperparameter: dimension} (batch size not included).
 SPACES: Mapping[str, Mapping[str, Dimension]] = MappingProxyType(
