@@ -9,7 +9,9 @@ the gradient itself.
 
 One call of :meth:`QuadraticModelOptimizer.step` on a mini-batch ``(inputs, targets)`` costs one
 forward and backward pass (the gradient), then the curvature along the direction on the same
-batch, and, on steps that adapt the damping, one more forward pass for the trial loss. With
+batch, and, on steps that adapt the damping, one more forward pass for the trial loss (never with
+``damping_mode="fixed"`` or ``"none"``; ``step_rule="alpha-momentum"`` adds a second curvature
+product, along the previous update: :mod:`adamqlr.rules` says what each costs). With
 ``"fisher"`` the curvature is one forward-mode JVP: for a sequential MLP that
 :func:`adamqlr.curvature.layerwise_plan` covers, the gradient pass itself runs layer by layer
 and keeps its activations, so the JVP computes tangents only
@@ -457,6 +459,9 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:  # noqa: D105
         super().__setstate__(state)
+        # [rules] an optimiser pickled before the damping modes and step rules existed
+        self.__dict__.setdefault("damping_mode", "none" if state.get("undamped") else "adaptive")
+        self.__dict__.setdefault("step_rule", "alpha")
         if self.__dict__.get("_engines") is None and "model" in self.__dict__:
             self._engines = EngineCache(
                 self.model, self.curvature, self.loss, self.__dict__.get("output")
@@ -687,7 +692,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         # of the new direction state (a finite gradient can still overflow Adam's second moment
         # in float32) and q. A non-finite gradient makes d non-finite, so ||d||^2 catches it.
         # [rules] step_rule="alpha-momentum": the plane of d and the previous update (rules.py)
-        momentum_rule = self.__dict__.get("step_rule", "alpha") == "alpha-momentum"
+        momentum_rule = self.step_rule == "alpha-momentum"
         plane = _rules.previous_update(self.state, ps) if momentum_rule else None
         plane_t: list[Tensor] = []
         if plane is None:
