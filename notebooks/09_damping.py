@@ -304,9 +304,10 @@ format_table(facts)
 #   {glue:text}`dp_ratio:.2f` when $\lambda \lVert d \rVert^2 \ll q$). A step that long
 #   overshoots the minimum of the quadratic model, so the loss *rises*, $\rho < 1/4$, and the rule
 #   doubles $\lambda$ each step; in {numref}`fig-dp-dilution` the loss grows faster than the
-#   damping, up to {glue:text}`dp_dil_max_loss:.3g`, until the gradients overflow and our
-#   optimiser rejects every step from step {glue:text}`dp_dil_first_rejected` (median over
-#   repeats; {glue:text}`dp_dil_accepted:.1%` of the steps accepted). The final test loss is
+#   damping, up to {glue:text}`dp_dil_max_loss:.3g`. From step
+#   {glue:text}`dp_dil_first_rejected` (median over repeats) our optimiser starts rejecting steps
+#   whose trial loss or curvature is not usable; over the whole run it accepts
+#   {glue:text}`dp_dil_accepted:.1%` of them. The final test loss is
 #   {glue:text}`dp_dil_test:.3g`, against {glue:text}`dp_clean_test:.3g` without the dilution.
 #   The official code would instead end such a run at the first non-finite loss. Either way, the
 #   untuned AdamQLR that the official code runs on UCI Energy is a different optimiser from the
