@@ -166,26 +166,35 @@ def tuning_summary(
         ``best at full budget`` (the lowest objective among top-rung trials) and
         ``diverged trials`` (share of configurations whose last value is ``inf``).
     """
-    table = tuning_table(study_records, arm_ids)
     rows = {}
     ids = arm_ids if arm_ids is not None else list(study_records.trials)
     for arm_id in ids:
         p = study_records.plans[arm_id]
-        part = table[table["arm"] == arm_id]
-        if part.empty:
+        if not p.trials:
             continue
-        top = max(p.rungs) if p.rungs else 0
-        chosen = part[part["chosen"]]
-        full = part[part["rung"] == top]["objective"]
+        # Each trial's last value (at the highest rung it reached), by trial: a search trial's
+        # seed is tune_seed + its number, a grid trial is its position. Several configurations
+        # may coincide (e.g. a search over the batch size alone), so trials, not texts, count.
+        last: dict[int, tuple[int, float]] = {}
+        for i, (spec, rung, value) in enumerate(zip(p.trials, p.rungs, p.objectives, strict=True)):
+            number = spec.seed - p.arm.tune_seed if p.arm.search is not None else i
+            if number not in last or rung > last[number][0]:
+                last[number] = (rung, float(value))
+        if any(math.isnan(v) for _, v in last.values()):
+            continue  # the search is not finished
+        top = max(p.rungs)
+        best = min(last, key=lambda n: (last[n][1], n))  # the search's own rule
+        full = [v for r, v in last.values() if r == top]
+        values = np.array([v for _, v in last.values()])
         rows[p.arm.label] = {
-            "configurations": len(part),
+            "configurations": len(last),
             "trial runs": len(p.rungs),
             "rungs": top + 1,
             "choice": _variation_text(p.choice),
-            "chosen rung": int(chosen["rung"].iloc[0]) if len(chosen) else -1,
-            "chosen objective": float(chosen["objective"].iloc[0]) if len(chosen) else math.nan,
-            "best at full budget": float(full.min()) if len(full) else math.nan,
-            "diverged trials": float(np.isinf(part["objective"].to_numpy(dtype=float)).mean()),
+            "chosen rung": last[best][0],
+            "chosen objective": last[best][1],
+            "best at full budget": min(full) if full else math.nan,
+            "diverged trials": float(np.isinf(values).mean()),
         }
     return pd.DataFrame.from_dict(rows, orient="index")
 
