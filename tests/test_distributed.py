@@ -27,6 +27,8 @@ SCENARIOS = {
     "fisher-ce": ("fisher", "cross_entropy", False),
     "hessian-ce": ("hessian", "cross_entropy", False),
     "fisher-mse-ddp": ("fisher", "squared_error", True),
+    "fisher-ce-plane": ("fisher", "cross_entropy", False),  # step_rule="alpha-momentum"
+    "hessian-ce-plane": ("hessian", "cross_entropy", False),
 }
 
 
@@ -48,13 +50,19 @@ def _batches(loss: str) -> list[tuple[Tensor, Tensor]]:
     return out
 
 
-def _train(model: nn.Module, curvature: str, loss: str, rank: int | None) -> dict[str, Tensor]:
-    opt = AdamQLR(model, loss, curvature)
+def _train(
+    model: nn.Module, curvature: str, loss: str, rank: int | None, rule: str = "alpha"
+) -> dict[str, Tensor]:
+    opt = AdamQLR(model, loss, curvature, step_rule=rule)
     for x, y in _batches(loss):
         if rank is not None:  # this rank's half of the global batch
             x, y = x.chunk(WORLD)[rank], y.chunk(WORLD)[rank]
         opt.step(x, y)
     return {n: p.detach().clone() for n, p in unwrap(model).named_parameters()}
+
+
+def _rule(scenario: str) -> str:
+    return "alpha-momentum" if scenario.endswith("-plane") else "alpha"
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
@@ -67,7 +75,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             model = _model()
             if ddp:
                 model = nn.parallel.DistributedDataParallel(model)
-            results[name] = _train(model, curvature, loss, rank)
+            results[name] = _train(model, curvature, loss, rank, _rule(name))
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -94,7 +102,7 @@ def test_ranks_stay_bitwise_equal(ranks, scenario: str) -> None:
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_two_ranks_equal_one_process_on_the_whole_batch(ranks, scenario: str) -> None:
     curvature, loss, _ = SCENARIOS[scenario]
-    single = _train(_model(), curvature, loss, None)
+    single = _train(_model(), curvature, loss, None, _rule(scenario))
     for name, value in ranks[0][scenario].items():
         torch.testing.assert_close(value, single[name], rtol=0, atol=1e-6)
 
