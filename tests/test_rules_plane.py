@@ -104,6 +104,7 @@ def test_second_step_solves_the_damped_model_on_the_plane(cls, engine):
 def test_adaptive_rho_uses_the_damped_model_change_of_the_step_taken():
     model = mlp((5, 4, 3), nn.Tanh)
     opt = AdamQLR(model, "cross_entropy", initial_damping=0.1, step_rule="alpha-momentum")
+    # the layer-wise engine evaluates the trial's first layer by linearity from both tangents
     for seed in (1, 2, 3):
         x, y = classification(model, seed=seed)
         stats = opt.step(x, y)
@@ -114,6 +115,7 @@ def test_adaptive_rho_uses_the_damped_model_change_of_the_step_taken():
             (stats.trial_loss - stats.loss) / stats.predicted_change, rel=1e-12
         )
     assert stats.momentum != 0.0 and math.isfinite(stats.momentum)
+    assert opt.curvature_engine.name == "layerwise-fisher"
 
 
 @pytest.mark.parametrize("cls", [SGDQLR, AdamQLR])

@@ -765,6 +765,7 @@ class CurvatureEngine:
         *,
         alpha: float | None = None,
         decays: list[float] | None = None,
+        momentum: float | None = None,
     ) -> Tensor:
         """Return the loss (0-d, no graph) on the gradient pass's batch with ``values`` in place.
 
@@ -775,6 +776,9 @@ class CurvatureEngine:
                 last :meth:`along`, the step size; an engine may then evaluate part of the
                 network by linearity (``None``: evaluate directly).
             decays: The weight decay ``w`` per parameter, with ``alpha``.
+            momentum: After :meth:`along_pair`, when ``values`` are
+                ``(1 - w) theta - alpha u + momentum v`` for its two directions: the coefficient
+                of ``v`` (``None``: the values are as ``alpha`` says).
         """
         inputs, targets = self._batch  # type: ignore[misc]
         with torch.no_grad(), self._replayed():
@@ -812,6 +816,8 @@ class LayerwiseFisher(CurvatureEngine):
     ``theta' = (1 - w) theta - alpha d`` is ``(1 - w) z - alpha (x dW^T + db)`` by linearity,
     from its output ``z`` in the gradient pass and its tangent, both already computed (equal to
     a direct evaluation up to rounding). This saves the largest matrix product of the trial pass.
+    After :meth:`along_pair` the trial step is ``-alpha u + momentum v`` and the first layer's
+    output moves by both tangents, ``-alpha (x du^T + du_b) + momentum (x dv^T + dv_b)``.
     """
 
     name = "layerwise-fisher"
@@ -829,6 +835,7 @@ class LayerwiseFisher(CurvatureEngine):
         self._first = first
         self._z: Tensor | None = None  # the first linear layer's output in the gradient pass
         self._own: Tensor | None = None  # its tangent, x dW^T + db
+        self._own_second: Tensor | None = None  # the same for along_pair's second direction
         self._first_names: tuple[str, ...] = ()
         if first is not None:
             prefix, layer = plan[first]
@@ -860,6 +867,7 @@ class LayerwiseFisher(CurvatureEngine):
         tape, final = self._tape, self._final
         self._tape = None
         params_by_name = dict(zip(names, params, strict=True))
+        self._own_second = None
         with torch.no_grad():
             u = self._tangent(tape, params_by_name, dict(zip(names, directions, strict=True)))
             del tape
@@ -903,6 +911,7 @@ class LayerwiseFisher(CurvatureEngine):
         params_by_name = dict(zip(names, params, strict=True))
         with torch.no_grad():
             v = self._tangent(tape, params_by_name, dict(zip(names, second, strict=True)))
+            self._own_second = self._own
             u = self._tangent(tape, params_by_name, dict(zip(names, first, strict=True)))
             del tape
             _, targets = self._batch  # type: ignore[misc]
@@ -922,9 +931,12 @@ class LayerwiseFisher(CurvatureEngine):
         *,
         alpha: float | None = None,
         decays: list[float] | None = None,
+        momentum: float | None = None,
     ) -> Tensor:
-        z, own = self._z, self._own
+        z, own, second = self._z, self._own, self._own_second
         if self._first is None or z is None or alpha is None or decays is None:
+            return super().trial_loss(names, values)
+        if momentum is not None and momentum != 0.0 and second is None:
             return super().trial_loss(names, values)
         # The first layer by linearity, when its parameters all moved alike (or none moved).
         moved = [w for n, w in zip(names, decays, strict=True) if n in self._first_names]
@@ -935,6 +947,8 @@ class LayerwiseFisher(CurvatureEngine):
             if moved:
                 w = moved[0]
                 z = torch.add(z.mul(1.0 - w) if w else z, own, alpha=-alpha)  # type: ignore[arg-type]
+                if momentum is not None and momentum != 0.0:
+                    z = z.add_(second, alpha=momentum)  # type: ignore[arg-type]
             outputs, _ = layerwise_forward(
                 self.plan[self._first + 1 :],  # type: ignore[index]
                 z,
@@ -945,7 +959,7 @@ class LayerwiseFisher(CurvatureEngine):
 
     def release(self) -> None:  # noqa: D102
         super().release()
-        self._tape = self._final = self._z = self._own = None
+        self._tape = self._final = self._z = self._own = self._own_second = None
 
 
 class ForwardModeFisher(CurvatureEngine):

@@ -773,9 +773,9 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         adapt = self.damping_mode == "adaptive" and step % self.damping_interval == 0
         new_norms = torch._foreach_norm(new)
         if adapt:
-            # the plane step is not -alpha d: the engine evaluates it directly
-            trial_alpha = None if plane_values else alpha
-            f1_t = engine.trial_loss(names, new, alpha=trial_alpha, decays=decays)
+            # [rules] the plane step is -alpha d + momentum v2 (the engine may use linearity)
+            plane_kw = {"momentum": momentum} if plane_values else {}
+            f1_t = engine.trial_loss(names, new, alpha=alpha, decays=decays, **plane_kw)
             f1, *norms = _host([f1_t, *new_norms])
         else:
             norms = _host(list(new_norms))

@@ -26,10 +26,11 @@ What the plane costs, per step, beside the ``"alpha"`` rule's: a second curvatur
 pass over the gradient pass's activations, no forward pass; for the forward-mode Fisher a second
 JVP, which is a second forward pass with tangents; for the Hessian a second backward pass through
 the gradient's graph), three more reductions per parameter (``g^T v2``, ``d^T v2``,
-``||v2||^2``, in the same host transfer as the others), one parameter-sized buffer of state (the
-previous update) and, with the layer-wise Fisher, a full trial forward pass where the ``"alpha"``
-rule evaluates the first linear layer by linearity. The first step costs what the ``"alpha"``
-rule's does, plus the copy of the update.
+``||v2||^2``, in the same host transfer as the others) and one parameter-sized buffer of state
+(the previous update); the trial forward pass (adaptive damping only) is the same one, and with
+the layer-wise Fisher it still evaluates the first linear layer by linearity, from both
+directions' tangents there. The first step costs what the ``"alpha"`` rule's does, plus the copy
+of the update.
 """
 
 from __future__ import annotations
