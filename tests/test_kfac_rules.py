@@ -396,3 +396,91 @@ def test_the_rules_apply_to_models_off_the_layerwise_path():
             stats = opt.step(x, y)
             assert stats.accepted and math.isfinite(stats.loss)
             assert math.isfinite(stats.rho) == (damping_update == "adaptive")
+
+
+# ------------------------------------------------------------------ the factorial's registry
+def _kfac_cells():
+    from adamqlr.studies.factorial import CELLS
+
+    return [c for c in CELLS if c.direction == "K-FAC"]
+
+
+def test_every_kfac_cell_of_the_factorial_is_registered_with_its_rules():
+    from adamqlr.baselines import KFAC_CELL_ALIASES, KFAC_CELLS
+    from adamqlr.experiment.optimisers import get_optimiser, optimiser_names
+
+    cells = _kfac_cells()
+    assert len(cells) == 9 and {c.optimiser for c in cells} == {e.name for e in KFAC_CELLS}
+    assert {c.optimiser for c in cells} <= set(optimiser_names())
+    step_rule = {"constant": "constant", "alpha": "alpha", "alpha-mom": "alpha-momentum"}
+    for cell in cells:
+        entry = get_optimiser(cell.optimiser)
+        opt = entry.build(tiny_net(), "cross_entropy", {}).optimizer
+        assert opt.step_rule == step_rule[cell.rule], cell
+        assert opt.damping_update == ("adaptive" if cell.damping == "adaptive" else "fixed"), cell
+        if cell.damping == "none":
+            assert opt.damping == NO_DAMPING and "damping_decay" not in entry.defaults
+        else:
+            assert opt.damping == 1.0  # the placeholder, tuned
+    # the two cells that are the paper's configurations: the same builder and defaults
+    assert dict(KFAC_CELL_ALIASES) == {
+        "kfac-alpha-mom-adaptive": "kfac",
+        "kfac-const-fixed": "kfac-unadaptive",
+    }
+    for cell_name, paper_name in KFAC_CELL_ALIASES.items():
+        cell_entry, paper_entry = get_optimiser(cell_name), get_optimiser(paper_name)
+        assert cell_entry.builder is paper_entry.builder
+        assert dict(cell_entry.defaults) == dict(paper_entry.defaults)
+    paper_cells = {c.optimiser: c.paper for c in cells if c.paper}
+    assert paper_cells == {
+        "kfac-alpha-mom-adaptive": "K-FAC",
+        "kfac-const-fixed": "K-FAC (Unadaptive)",
+    }
+
+
+def test_kfac_cells_search_spaces():
+    from adamqlr.experiment.optimisers import get_optimiser
+    from adamqlr.tune.spaces import LogUniform, OneMinus, search_space
+
+    for cell in _kfac_cells():
+        space = search_space(cell.optimiser, "fashion-mnist")
+        assert set(space) <= set(get_optimiser(cell.optimiser).defaults) | {"batch_size"}
+        expected = {"batch_size"}
+        if cell.rule == "constant":
+            expected |= {"lr", "momentum"}
+            assert space["lr"] == LogUniform(1e-6, 1.0)
+            assert space["momentum"] == OneMinus(1e-4, 0.3)
+        if cell.damping != "none":
+            expected.add("initial_damping")
+            assert space["initial_damping"] == LogUniform(1e-8, 1.0)
+        assert set(space) == expected, cell.optimiser
+    assert search_space("kfac-alpha-mom-adaptive", "svhn") == search_space("kfac", "svhn")
+    assert search_space("kfac-const-fixed", "svhn") == search_space("kfac-unadaptive", "svhn")
+    assert search_space("kfac-const-none", "penn-treebank")["lr"] == LogUniform(1e-4, 1e2)
+
+
+def _tiny_task(kind: str):
+    torch.manual_seed(0)
+    if kind == "regression":
+        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+        return model, "squared_error", torch.randn(32, 4), torch.randn(32, 2)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    return model, "cross_entropy", torch.randn(32, 4), torch.randint(0, 3, (32,))
+
+
+@pytest.mark.parametrize("kind", ["regression", "classification"])
+def test_every_kfac_cell_builds_and_takes_three_finite_steps(kind):
+    from adamqlr.experiment.optimisers import get_optimiser
+
+    for cell in _kfac_cells():
+        model, loss, x, y = _tiny_task(kind)
+        before = [p.detach().clone() for p in model.parameters()]
+        stepper = get_optimiser(cell.optimiser).build(model, loss, {})
+        for _ in range(3):
+            stats = stepper.step(x, y)
+            assert stats["accepted"] == 1.0, cell.optimiser
+            for key in ("loss", "lr", "momentum", "damping"):
+                assert math.isfinite(stats[key]), (cell.optimiser, key, stats[key])
+            assert math.isfinite(stats["rho"]) == (cell.damping == "adaptive"), cell.optimiser
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+        assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
