@@ -484,3 +484,20 @@ def test_every_kfac_cell_builds_and_takes_three_finite_steps(kind):
             assert math.isfinite(stats["rho"]) == (cell.damping == "adaptive"), cell.optimiser
         assert all(torch.isfinite(p).all() for p in model.parameters())
         assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
+
+
+def test_a_state_dict_of_other_rules_is_refused_naming_them():
+    loss = CrossEntropyLoss()
+    model = tiny_net()
+    opt = KFAC(model, loss, step_rule="alpha", damping_update="fixed")
+    opt.step(*batch(loss))
+    state = opt.state_dict()
+    with pytest.raises(ValueError, match="saved with step_rule='alpha'.*'alpha-momentum'"):
+        KFAC(model, loss, damping_update="fixed").load_state_dict(state)
+    with pytest.raises(ValueError, match="saved with damping_update='fixed'.*'adaptive'"):
+        KFAC(model, loss, step_rule="alpha").load_state_dict(state)
+    # a state dict saved before the options existed has neither key: it loads as it is
+    del state["state"]["kfac"]["step_rule"], state["state"]["kfac"]["damping_update"]
+    twin = KFAC(model, loss, step_rule="alpha", damping_update="fixed")
+    twin.load_state_dict(state)
+    assert twin.state["kfac"]["step_rule"] == "alpha"

@@ -303,7 +303,7 @@ def _tangent_gram(
 
 
 class KFAC(OptimiserWideState, torch.optim.Optimizer):
-    """K-FAC for ``nn.Linear`` and ``nn.Conv2d`` layers, adaptive (kfac-jax) or unadaptive.
+    """K-FAC for ``nn.Linear`` and ``nn.Conv2d`` layers, with a choice of step rule and damping.
 
     Kronecker-factored blocks for dense and convolution layers, diagonal blocks for normalisation
     layers' scale and shift and for any other parameter (:mod:`adamqlr.kfac.blocks`); factors from
@@ -506,6 +506,8 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
             "rejected_steps": 0,
             "calls": 0,
             "generator_state": None,
+            "step_rule": self.step_rule,
+            "damping_update": self.damping_update,
         }
 
     @property
@@ -533,7 +535,20 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
         return self._last_outputs
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict (the input is not modified), including the sampling generator."""
+        """Load a state dict (the input is not modified), including the sampling generator.
+
+        Raises:
+            ValueError: If the state dict was saved by a K-FAC with another step rule or damping
+                update (a state dict from before these options existed is taken as it is).
+        """
+        saved = state_dict.get("state", {}).get(_GLOBAL, {})
+        if isinstance(saved, Mapping):
+            for name in ("step_rule", "damping_update"):
+                if name in saved and saved[name] != getattr(self, name):
+                    raise ValueError(
+                        f"invalid state_dict: saved with {name}={saved[name]!r}, but this "
+                        f"optimiser has {name}={getattr(self, name)!r}"
+                    )
         super().load_state_dict(state_dict)
         self._last_outputs = None
         self._generator = None
