@@ -44,7 +44,7 @@ rank-deficient factor (e.g. a layer with more inputs than the batch has rows) is
 
 Departures from kfac-jax, all on failure paths: a non-finite loss, gradient, curvature statistic,
 coefficient or trial loss never reaches the parameters -- the step is skipped with a
-``RuntimeWarning`` (and, in adaptive mode, the damping raised as for ``rho < 1/4``); kfac-jax
+``RuntimeWarning`` (and, with adaptive damping, the damping raised as for ``rho < 1/4``); kfac-jax
 would apply the step. Burn-in is not offered (the paper's runs never perform it). ``l2_reg`` is 0.
 """
 
