@@ -521,8 +521,8 @@ glue("se_off_fig_stop", fig_stop, display=False)
 
 # %% [markdown]
 # {glue:text}`se_off_answer`; {glue:text}`se_off_safe_text` (runs diverged at batch sizes
-# {glue:text}`se_off_diverging`). At batch size 50 the authors'
-# step blew up at a median step {glue:text}`se_off_blowup_small:.0f` (ours, on the same batches:
+# {glue:text}`se_off_diverging`). At batch size 50 the authors' step blew up at a median step
+# {glue:text}`se_off_blowup_small:.0f` (ours, on the same batches:
 # {glue:text}`se_off_ours_blowup_small:.0f`), and their loop ended
 # {glue:text}`se_off_stopped_small` of those runs at a median step
 # {glue:text}`se_off_stop_small:.0f` (in all batch sizes: {glue:text}`se_off_reasons`): without
@@ -535,14 +535,15 @@ glue("se_off_fig_stop", fig_stop, display=False)
 # relatively (float32 rounding of the same arithmetic done in a different order), and this
 # difference grows from step to step, as it does on any chaotic trajectory, until the losses
 # part after a median {glue:text}`se_off_agree_small:.0f` steps at batch size 50
-# ({numref}`fig-se-official`; the last column of the table is therefore huge wherever ours did
-# not reject a step before the authors' run blew up). What this cannot reproduce: the authors'
+# ({numref}`fig-se-official`; the last column of the table is therefore huge wherever ours was
+# still stepping when the authors' run blew up). What this cannot reproduce: the authors'
 # mini-batch order (a JAX random permutation of the training set, so our batches are a
 # same-distribution stand-in, not theirs), XLA's float32 kernels (which round differently from
 # torch's, so even the same order would not give their trajectory bit for bit: the counts
-# above are of runs like theirs, not of their runs), their standardisation (statistics over training and
-# validation images; ours uses the training images only) and their held-out check on the full
-# validation and test sets (here the first 1,000 images of each, evaluated after every step).
+# above are of runs like theirs, not of their runs), their standardisation (statistics over
+# training and validation images; ours uses the training images only) and their held-out check
+# on the full validation and test sets (here the first 1,000 images of each, evaluated after
+# every step).
 
 # %% [markdown]
 # ## What the figures say
