@@ -9,7 +9,21 @@ The optimiser registry (:mod:`adamqlr.experiment.optimisers`) lists :data:`ENTRI
   (placeholders 1e-3, 0.9, 1.0; all tuned);
 * ``"kfac-untuned"`` ("K-FAC (Untuned)"): adaptive K-FAC at ``lambda_0 = 1`` and batch size 3200
   (the task's default batch on Penn Treebank and Rosenbrock);
-* ``"baydin-sgd"`` ("Baydin SGD"): :class:`adamqlr.baydin.BaydinSGD`, placeholders 1e-3 / 1e-3.
+* ``"baydin-sgd"`` ("Baydin SGD"): :class:`adamqlr.baydin.BaydinSGD`, placeholders 1e-3 / 1e-3;
+* the factorial study's K-FAC cells (:data:`KFAC_CELLS`, :mod:`adamqlr.studies.factorial`),
+  ``"kfac-<rule>-<damping>"``: rule ``const`` (``step_rule="constant"``: a tuned learning rate and
+  momentum, placeholders 1e-3 and 0.9), ``alpha`` (the 1-D minimiser of the damped quadratic model
+  along the K-FAC direction, no momentum) or ``alpha-mom`` (kfac-jax's joint learning rate and
+  momentum); damping ``none`` (``damping_update="fixed"`` at :data:`adamqlr.kfac.NO_DAMPING`,
+  1e-8: the damping also enters K-FAC's preconditioner, whose factors need some, so "none" is
+  kfac-jax's floor), ``fixed`` (a tuned constant lambda, placeholder 1.0) or ``adaptive``
+  (kfac-jax's Levenberg-Marquardt rule, ``lambda_0`` placeholder 1.0 as ``"kfac"``). Two cells are
+  the paper's configurations (:data:`KFAC_CELL_ALIASES`): ``kfac-alpha-mom-adaptive`` builds
+  exactly what ``"kfac"`` builds and ``kfac-const-fixed`` what ``"kfac-unadaptive"`` builds (the
+  same builder and the same defaults). They are registered under the cell's name all the same, as
+  the SGD and Adam cells are, so that the study's runs are recorded, tuned and found under the
+  cell's name only and never mixed with (or duplicated by) the paper's entries' records; the
+  study runs the cell names.
 
 K-FAC draws its sampled targets from torch's global generator, which the training loop seeds from
 the run's seed and checkpoints, so a run stays reproducible and resumable.
@@ -18,16 +32,26 @@ the run's seed and checkpoints, so a run stays reproducible and resumable.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from torch import nn
 
 from adamqlr.baydin import BaydinSGD
-from adamqlr.kfac import KFAC
+from adamqlr.kfac import KFAC, NO_DAMPING
 from adamqlr.losses import Loss
 from adamqlr.steppers import OptimiserEntry, QLRStepper, Stepper, TorchStepper
 
-__all__ = ["BAYDIN_SGD", "ENTRIES", "KFAC_ADAPTIVE", "KFAC_UNADAPTIVE", "KFAC_UNTUNED"]
+__all__ = [
+    "BAYDIN_SGD",
+    "ENTRIES",
+    "KFAC_ADAPTIVE",
+    "KFAC_CELLS",
+    "KFAC_CELL_ALIASES",
+    "KFAC_UNADAPTIVE",
+    "KFAC_UNTUNED",
+]
 
 _KFAC_COMMON: dict[str, Any] = {
     "initial_damping": 1.0,
@@ -66,6 +90,32 @@ def _kfac_unadaptive(model: nn.Module, loss: Loss, h: dict[str, Any]) -> Stepper
             ema_decay=h["ema_decay"],
             inverse_update_period=h["inverse_update_period"],
             estimation=h["estimation"],
+        )
+    )
+
+
+def _kfac_cell(model: nn.Module, loss: Loss, h: dict[str, Any]) -> Stepper:
+    """Build a factorial cell: K-FAC with ``h["step_rule"]`` and ``h["damping_update"]``."""
+    rules: dict[str, Any] = {}
+    if h["step_rule"] == "constant":
+        rules |= {"lr": h["lr"], "momentum": h["momentum"]}
+    if h["damping_update"] == "adaptive":
+        rules |= {
+            "damping_decay": h["damping_decay"],
+            "damping_bounds": (h["damping_min"], math.inf),
+            "damping_interval": h["damping_interval"],
+        }
+    return QLRStepper(
+        KFAC(
+            model,
+            loss,
+            step_rule=h["step_rule"],
+            damping_update=h["damping_update"],
+            initial_damping=h["initial_damping"],
+            ema_decay=h["ema_decay"],
+            inverse_update_period=h["inverse_update_period"],
+            estimation=h["estimation"],
+            **rules,
         )
     )
 
@@ -113,5 +163,75 @@ BAYDIN_SGD = OptimiserEntry(
     description="SGD with hypergradient descent on the learning rate; placeholders 1e-3/1e-3",
 )
 
+# ------------------------------------------------------------- the factorial's K-FAC cells
+_CELL_RULES = {"const": "constant", "alpha": "alpha", "alpha-mom": "alpha-momentum"}
+_RULE_WORDS = {"const": "tuned lr, μ", "alpha": "α*", "alpha-mom": "α*, μ*"}
+_DAMPING_WORDS = {"none": "no damping", "fixed": "fixed λ", "adaptive": "adaptive λ"}
+
+#: Cells that are the paper's configurations: the same builder and defaults as these entries.
+KFAC_CELL_ALIASES: Mapping[str, str] = MappingProxyType(
+    {"kfac-alpha-mom-adaptive": "kfac", "kfac-const-fixed": "kfac-unadaptive"}
+)
+
+
+def _cell_defaults(rule: str, damping: str) -> dict[str, Any]:
+    defaults: dict[str, Any] = {
+        **_KFAC_COMMON,
+        "step_rule": _CELL_RULES[rule],
+        "damping_update": "adaptive" if damping == "adaptive" else "fixed",
+    }
+    if rule == "const":
+        defaults |= {"lr": 1e-3, "momentum": 0.9}
+    if damping == "none":
+        defaults["initial_damping"] = NO_DAMPING
+    elif damping == "adaptive":
+        defaults |= {"damping_decay": 0.9, "damping_min": 1e-8, "damping_interval": 1}
+    return defaults
+
+
+def _kfac_cells() -> tuple[OptimiserEntry, ...]:
+    paper = {e.name: e for e in (KFAC_ADAPTIVE, KFAC_UNADAPTIVE)}
+    entries = []
+    for rule in _CELL_RULES:
+        for damping in ("none", "fixed", "adaptive"):
+            name = f"kfac-{rule}-{damping}"
+            label = f"K-FAC · {_RULE_WORDS[rule]} · {_DAMPING_WORDS[damping]}"
+            target = KFAC_CELL_ALIASES.get(name)
+            if target is not None:
+                same = paper[target]
+                entries.append(
+                    OptimiserEntry(
+                        name,
+                        label,
+                        same.builder,
+                        same.defaults,
+                        description=f"the factorial cell that is {target!r} (the same optimiser, "
+                        "recorded under the cell's name)",
+                    )
+                )
+                continue
+            entries.append(
+                OptimiserEntry(
+                    name,
+                    label,
+                    _kfac_cell,
+                    _cell_defaults(rule, damping),
+                    description=f"factorial cell: K-FAC direction, step rule {rule}, damping "
+                    f"{damping}"
+                    + (f" (lambda fixed at {NO_DAMPING:g})" if damping == "none" else ""),
+                )
+            )
+    return tuple(entries)
+
+
+#: The factorial's nine K-FAC cells, ``kfac-<const|alpha|alpha-mom>-<none|fixed|adaptive>``.
+KFAC_CELLS: tuple[OptimiserEntry, ...] = _kfac_cells()
+
 #: The baselines' entries, in the order the optimiser registry lists them.
-ENTRIES: tuple[OptimiserEntry, ...] = (KFAC_ADAPTIVE, KFAC_UNADAPTIVE, KFAC_UNTUNED, BAYDIN_SGD)
+ENTRIES: tuple[OptimiserEntry, ...] = (
+    KFAC_ADAPTIVE,
+    KFAC_UNADAPTIVE,
+    KFAC_UNTUNED,
+    BAYDIN_SGD,
+    *KFAC_CELLS,
+)

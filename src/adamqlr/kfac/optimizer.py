@@ -1,4 +1,4 @@
-"""K-FAC in PyTorch, with kfac-jax's adaptive heuristics or with fixed hyperparameters.
+"""K-FAC in PyTorch, with kfac-jax's adaptive heuristics, fixed hyperparameters, or any mix.
 
 One :meth:`KFAC.step` on a mini-batch, in kfac-jax's order (``Optimizer._step``):
 
@@ -9,23 +9,42 @@ One :meth:`KFAC.step` on a mini-batch, in kfac-jax's order (``Optimizer._step``)
    ``F_t = sum_k 0.95^k S_{t-k} / sum_k 0.95^k``;
 3. every ``inverse_update_period`` steps the damped inverses are refreshed with the current damping;
 4. the K-FAC direction ``Delta = F_tilde^{-1} g`` (block by block);
-5. the update ``delta = w_1 Delta + w_2 v`` with ``v`` the previous update:
+5. the update ``delta = w_1 Delta + w_2 v`` with ``v`` the previous update, by the step rule
+   (:data:`STEP_RULES`):
 
-   - ``mode="adaptive"``: ``w`` minimises the exact damped quadratic model on the mini-batch
-     (:func:`adamqlr.kfac.quadratic.solve_quadratic_model`); on the first step only ``w_1`` is free
-     and ``w_2 = 0``;
-   - ``mode="unadaptive"``: ``w = (-lr, momentum)``, momentum 0 on the first step;
+   - ``"alpha-momentum"`` (kfac-jax's adaptive learning rate and momentum): ``w`` minimises the
+     exact damped quadratic model ``Q(w) = 1/2 w^T (A + lambda D) w + w^T b`` on the mini-batch
+     (:func:`adamqlr.kfac.quadratic.solve_quadratic_model`); on the first step only ``w_1`` is
+     free and ``w_2 = 0``;
+   - ``"alpha"``: the same model restricted to ``w_2 = 0``: ``w_1 = -g^T Delta / (Delta^T C Delta
+     + lambda ||Delta||^2)``, the exact minimiser along ``Delta`` (AdamQLR's rule on K-FAC's
+     direction; kfac-jax with an adaptive learning rate and momentum fixed at 0);
+   - ``"constant"``: ``w = (-lr, momentum)``, momentum 0 on the first step;
 
 6. ``theta <- theta + delta``;
-7. (adaptive, every ``damping_interval`` steps) the trial loss on the same batch, the reduction
-   ratio ``rho = (f_new - f_old) / (Q(w) - Q(0))`` with the *undamped* model change (kfac-jax's
-   ``include_damping_in_quad_change=False``), a NaN ``rho`` read as -100, and the
-   Levenberg-Marquardt update of :class:`adamqlr.heuristics.LevenbergMarquardt` with factors 0.9
-   and 1/0.9 and the bound ``lambda >= 1e-8``.
+7. by the damping update (:data:`DAMPING_UPDATES`): ``"fixed"`` keeps ``lambda = initial_damping``;
+   ``"adaptive"`` (every ``damping_interval`` steps) computes the trial loss on the same batch,
+   the reduction ratio ``rho = (f_new - f_old) / (Q(w) - Q(0))`` with the *undamped* model change
+   (kfac-jax's ``include_damping_in_quad_change=False``; ``damping_in_rho=True`` includes it), a
+   NaN ``rho`` read as -100, and the Levenberg-Marquardt update of
+   :class:`adamqlr.heuristics.LevenbergMarquardt` with factors 0.9 and 1/0.9 and the bound
+   ``lambda >= 1e-8``. With the ``"constant"`` rule, ``Q(w) - Q(0)`` is the model's change at the
+   step taken, ``1/2 delta^T C delta + g^T delta`` (plus ``lambda/2 ||delta||^2`` with
+   ``damping_in_rho``), with the exact curvature ``C`` of the mini-batch: kfac-jax's
+   ``_compute_quad_change_for_damping`` with ``always_use_exact_qmodel_for_damping_adjustment=True``
+   (its default uses the K-FAC approximation of ``C`` there; the exact ``C`` makes ``rho`` the same
+   measurement under every step rule, so that only the rule differs between the factorial's cells).
+
+``mode`` is shorthand: ``"adaptive"`` is ``("alpha-momentum", "adaptive")`` (the paper's K-FAC),
+``"unadaptive"`` is ``("constant", "fixed")`` (K-FAC (Unadaptive)). The damping also enters the
+preconditioner (pi-adjusted factored Tikhonov), so K-FAC has no truly undamped cell: "no damping"
+is ``damping_update="fixed"`` with ``initial_damping`` at the floor 1e-8 (kfac-jax's
+``min_damping``, and the lower bound of the adaptive rule here): with ``lambda = 0`` a
+rank-deficient factor (e.g. a layer with more inputs than the batch has rows) is singular.
 
 Departures from kfac-jax, all on failure paths: a non-finite loss, gradient, curvature statistic,
 coefficient or trial loss never reaches the parameters -- the step is skipped with a
-``RuntimeWarning`` (and, in adaptive mode, the damping raised as for ``rho < 1/4``); kfac-jax
+``RuntimeWarning`` (and, with adaptive damping, the damping raised as for ``rho < 1/4``); kfac-jax
 would apply the step. Burn-in is not offered (the paper's runs never perform it). ``l2_reg`` is 0.
 """
 
@@ -60,10 +79,32 @@ from adamqlr.kfac.tangents import (
 )
 from adamqlr.losses import CrossEntropyLoss, Loss, SquaredErrorLoss, get_loss
 
-__all__ = ["KFAC", "KFACStepStats", "MODES", "sample_targets"]
+__all__ = [
+    "DAMPING_UPDATES",
+    "KFAC",
+    "KFACStepStats",
+    "MODES",
+    "NO_DAMPING",
+    "STEP_RULES",
+    "sample_targets",
+]
 
 #: The two modes: kfac-jax's adaptive learning rate, momentum and damping, or all three fixed.
 MODES: tuple[str, ...] = ("adaptive", "unadaptive")
+#: How the learning rate and momentum are chosen: fixed; the 1-D minimiser of the damped quadratic
+#: model along the K-FAC direction (momentum 0); the 2-D minimiser over direction and velocity.
+STEP_RULES: tuple[str, ...] = ("constant", "alpha", "alpha-momentum")
+#: How the damping evolves: constant at ``initial_damping``, or the Levenberg-Marquardt rule.
+DAMPING_UPDATES: tuple[str, ...] = ("fixed", "adaptive")
+#: The smallest damping K-FAC uses (kfac-jax's ``min_damping``): "no damping" for the K-FAC
+#: direction is ``damping_update="fixed"`` at this value, since the damping also regularises the
+#: inverted Kronecker factors and cannot be 0 in general.
+NO_DAMPING: float = 1e-8
+#: What each mode is shorthand for: ``(step_rule, damping_update)``.
+_MODE_RULES: dict[str, tuple[str, str]] = {
+    "adaptive": ("alpha-momentum", "adaptive"),
+    "unadaptive": ("constant", "fixed"),
+}
 
 _GLOBAL = "kfac"  # key of the optimiser-wide state in ``self.state``
 _NAN_RHO = -100.0  # kfac-jax's replacement for a NaN reduction ratio
@@ -151,6 +192,41 @@ def sample_targets(
     raise ValueError(f"cannot sample targets for loss {loss!r}; use estimation='empirical'")
 
 
+def _resolve_rules(
+    mode: str | None, step_rule: str | None, damping_update: str | None
+) -> tuple[str, str]:
+    """Return ``(step_rule, damping_update)`` from the constructor's three options.
+
+    Raises:
+        ValueError: For an unknown value, or a rule that contradicts ``mode`` (naming both).
+    """
+    if mode is not None:
+        _check("mode", mode, mode in MODES, f"one of {MODES} or None")
+    if step_rule is not None:
+        _check("step_rule", step_rule, step_rule in STEP_RULES, f"one of {STEP_RULES}")
+    if damping_update is not None:
+        _check(
+            "damping_update",
+            damping_update,
+            damping_update in DAMPING_UPDATES,
+            f"one of {DAMPING_UPDATES}",
+        )
+    if mode is None:
+        return step_rule or "alpha-momentum", damping_update or "adaptive"
+    implied = _MODE_RULES[mode]
+    for name, given, meant in (
+        ("step_rule", step_rule, implied[0]),
+        ("damping_update", damping_update, implied[1]),
+    ):
+        if given is not None and given != meant:
+            raise ValueError(
+                f"invalid {name}: {given!r} contradicts mode={mode!r}, which means "
+                f"step_rule={implied[0]!r}, damping_update={implied[1]!r} (pass mode=None to "
+                "combine the rules freely)"
+            )
+    return implied
+
+
 def _num_terms(loss: Loss, outputs: Tensor, targets: Tensor) -> int:
     if isinstance(loss, CrossEntropyLoss):
         return max(1, int((targets != loss.ignore_index).sum()))
@@ -227,22 +303,37 @@ def _tangent_gram(
 
 
 class KFAC(OptimiserWideState, torch.optim.Optimizer):
-    """K-FAC for ``nn.Linear`` and ``nn.Conv2d`` layers, adaptive (kfac-jax) or unadaptive.
+    """K-FAC for ``nn.Linear`` and ``nn.Conv2d`` layers, with a choice of step rule and damping.
 
     Kronecker-factored blocks for dense and convolution layers, diagonal blocks for normalisation
     layers' scale and shift and for any other parameter (:mod:`adamqlr.kfac.blocks`); factors from
     gradients at sampled targets (kfac-jax's ``"fisher_gradients"``), averaged with decay 0.95 and
     inverted with pi-adjusted factored Tikhonov damping.
 
-    In ``"adaptive"`` mode (the paper's "K-FAC"), the learning rate and momentum are chosen every
-    step from the exact damped quadratic model over the K-FAC direction and the previous update, and
-    the damping follows the Levenberg-Marquardt rule with factors 0.9 and 1/0.9 (kfac-jax's
-    defaults); ``rho`` uses the undamped model change. In ``"unadaptive"`` mode ("K-FAC
-    (Unadaptive)"), the learning rate, momentum and damping are fixed.
+    The step-size rule and the damping update are independent options (every K-FAC cell of the
+    direction x step rule x damping factorial is one configuration):
+
+    ======================  ===============================================================
+    ``step_rule``           learning rate ``-w_1`` and momentum ``w_2``
+    ======================  ===============================================================
+    ``"constant"``          ``lr`` and ``momentum`` as given (momentum 0 on the first step)
+    ``"alpha"``             ``w_1`` minimises the exact damped quadratic model along
+                            ``Delta``; ``w_2 = 0`` (no velocity is kept)
+    ``"alpha-momentum"``    ``(w_1, w_2)`` minimise it on the plane of ``Delta`` and the
+                            previous update (kfac-jax's adaptive learning rate and momentum)
+    ======================  ===============================================================
+
+    ``damping_update="fixed"`` keeps ``lambda = initial_damping`` (at :data:`NO_DAMPING`, 1e-8, the
+    factorial's "none"); ``"adaptive"`` applies the Levenberg-Marquardt rule with factors 0.9 and
+    1/0.9 (kfac-jax's defaults) to ``rho``, computed from the undamped model change at the step
+    taken. ``mode="adaptive"`` (the paper's "K-FAC") is ``("alpha-momentum", "adaptive")``;
+    ``mode="unadaptive"`` ("K-FAC (Unadaptive)") is ``("constant", "fixed")``.
 
     Example::
 
         opt = KFAC(model, loss="cross_entropy", mode="adaptive", initial_damping=1.0)
+        # the same optimiser: KFAC(model, "cross_entropy", step_rule="alpha-momentum",
+        #                          damping_update="adaptive", initial_damping=1.0)
         for inputs, targets in loader:
             stats = opt.step(inputs, targets)
             print(stats.loss, stats.lr, stats.momentum, stats.damping, stats.rho)
@@ -251,12 +342,20 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
         model: The network; every parameter that requires a gradient is optimised.
         loss: ``"cross_entropy"``, ``"squared_error"``/``"mse"`` or a
             :class:`~adamqlr.losses.Loss` (others only with ``estimation="empirical"``).
-        mode: ``"adaptive"`` or ``"unadaptive"``.
-        lr: Fixed learning rate (unadaptive only; default 1e-3, the paper's placeholder).
-        momentum: Fixed momentum in [0, 1) (unadaptive only; default 0.9).
-        initial_damping: ``lambda_0`` (the fixed damping in unadaptive mode), >= 0.
+        mode: Shorthand for both rules: ``"adaptive"`` = ``("alpha-momentum", "adaptive")``,
+            ``"unadaptive"`` = ``("constant", "fixed")``. ``None`` (default): from ``step_rule``
+            and ``damping_update``, or ``"adaptive"`` when neither is given.
+        step_rule: One of :data:`STEP_RULES` (default ``"alpha-momentum"``, or the mode's). Given
+            with ``mode`` it must agree with it.
+        damping_update: One of :data:`DAMPING_UPDATES` (default ``"adaptive"``, or the mode's).
+            Given with ``mode`` it must agree with it.
+        lr: Fixed learning rate (``step_rule="constant"`` only; default 1e-3, the paper's
+            placeholder).
+        momentum: Fixed momentum in [0, 1) (``step_rule="constant"`` only; default 0.9).
+        initial_damping: ``lambda_0`` (the damping throughout with ``damping_update="fixed"``),
+            >= 0.
         damping_decay: Factor in (0, 1): ``lambda`` is multiplied by it when ``rho > 3/4`` and
-            divided by it when ``rho < 1/4``.
+            divided by it when ``rho < 1/4`` (adaptive damping only).
         damping_bounds: ``(lower, upper)`` clip on ``lambda`` after each adaptation.
         damping_interval: Adapt the damping every this many steps (kfac-jax's
             ``damping_adaptation_interval``; the paper: 1).
@@ -283,8 +382,10 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
         self,
         model: nn.Module,
         loss: str | Loss = "cross_entropy",
-        mode: str = "adaptive",
+        mode: str | None = None,
         *,
+        step_rule: str | None = None,
+        damping_update: str | None = None,
         lr: float | None = None,
         momentum: float | None = None,
         initial_damping: float = 1.0,
@@ -305,7 +406,7 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
             if isinstance(loss, str) and loss == "cross_entropy"
             else get_loss(loss)
         )
-        _check("mode", mode, mode in MODES, f"one of {MODES}")
+        step_rule, damping_update = _resolve_rules(mode, step_rule, damping_update)
         _check("estimation", estimation, estimation in ESTIMATIONS, f"one of {ESTIMATIONS}")
         if estimation != "empirical" and not isinstance(
             loss_obj, (CrossEntropyLoss, SquaredErrorLoss)
@@ -314,12 +415,18 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
                 f"invalid estimation: {estimation!r} needs a predictive distribution, which loss "
                 f"{loss_obj!r} does not define (use estimation='empirical')"
             )
-        if mode == "adaptive":
+        if step_rule != "constant":
+            chooser = f"mode={mode!r}" if mode is not None else f"step_rule={step_rule!r}"
             for name, value in (("lr", lr), ("momentum", momentum)):
                 if value is not None:
+                    what = (
+                        "fixes it at 0"
+                        if name == "momentum" and step_rule == "alpha"
+                        else "chooses it each step"
+                    )
                     raise ValueError(
-                        f"invalid {name}: {value!r} (mode='adaptive' chooses it each step; pass "
-                        "None or use mode='unadaptive')"
+                        f"invalid {name}: {value!r} ({chooser} {what}; pass None or use "
+                        "step_rule='constant')"
                     )
         else:
             lr = _real("lr", 1e-3 if lr is None else lr)
@@ -360,7 +467,12 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
         )
         self.model = model
         self.loss = loss_obj
-        self.mode = mode
+        self.step_rule = step_rule
+        self.damping_update = damping_update
+        #: The shorthand these rules are, or ``None`` for the other combinations.
+        self.mode: str | None = next(
+            (m for m, rules in _MODE_RULES.items() if rules == (step_rule, damping_update)), None
+        )
         self.initial_damping = initial_damping
         self.damping_interval = _int("damping_interval", damping_interval, 1)
         self.damping_in_rho = damping_in_rho
@@ -394,6 +506,8 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
             "rejected_steps": 0,
             "calls": 0,
             "generator_state": None,
+            "step_rule": self.step_rule,
+            "damping_update": self.damping_update,
         }
 
     @property
@@ -421,7 +535,20 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
         return self._last_outputs
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict (the input is not modified), including the sampling generator."""
+        """Load a state dict (the input is not modified), including the sampling generator.
+
+        Raises:
+            ValueError: If the state dict was saved by a K-FAC with another step rule or damping
+                update (a state dict from before these options existed is taken as it is).
+        """
+        saved = state_dict.get("state", {}).get(_GLOBAL, {})
+        if isinstance(saved, Mapping):
+            for name in ("step_rule", "damping_update"):
+                if name in saved and saved[name] != getattr(self, name):
+                    raise ValueError(
+                        f"invalid state_dict: saved with {name}={saved[name]!r}, but this "
+                        f"optimiser has {name}={getattr(self, name)!r}"
+                    )
         super().load_state_dict(state_dict)
         self._last_outputs = None
         self._generator = None
@@ -442,7 +569,7 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
     def _skip(self, reason: str, loss: float, **extra: float) -> KFACStepStats:
         glob = self.state[_GLOBAL]
         damping_used = glob["damping"]
-        if self.mode == "adaptive":
+        if self.damping_update == "adaptive":
             glob["damping"] = self.damping_rule.update(damping_used, _NAN_RHO)
         glob["rejected_steps"] += 1
         warnings.warn(
@@ -620,8 +747,11 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
         """Take one K-FAC step on the mini-batch ``(inputs, targets)``.
 
         Costs one forward and two backward passes (``"exact"`` estimation: one backward per
-        output dimension), the block inverses on refresh steps, and in adaptive mode one or two
-        forward-mode JVPs and one trial forward pass.
+        output dimension), the block inverses on refresh steps, one curvature product per vector
+        of the quadratic model (the ``"alpha"`` rule: 1; ``"alpha-momentum"``: 1 on the first
+        step, then 2; ``"constant"`` with adaptive damping: 1, for ``rho``; each one forward-mode
+        JVP, or a tangent pass over the gradient pass's tape for a sequential network), and with
+        adaptive damping one trial forward pass.
 
         Args:
             inputs: The mini-batch inputs, passed to ``model(inputs)``.
@@ -667,42 +797,57 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
             self._refresh_inverses(damping)
         direction = self._precondition(grads, damping)
         params = {n: p for n, p in self._named if n in grads}
-        velocity = {
-            n: self.state[p].get("velocity", torch.zeros_like(p)) for n, p in params.items()
-        }
+        velocity = (
+            {n: self.state[p].get("velocity", torch.zeros_like(p)) for n, p in params.items()}
+            if self.step_rule != "alpha"
+            else {}
+        )
+        adapt = self.damping_update == "adaptive" and step_index % self.damping_interval == 0
+        random_state = (cpu_rng, cuda_rng)
 
         quad_change = math.nan
-        if self.mode == "adaptive":
-            inner = _inner_products([direction, velocity, grads])  # one pass over the parameters
-            has_velocity = step_index > 0 and float(inner[1, 1]) > 0.0
-            vectors = [direction, velocity] if has_velocity else [direction]
-            k = len(vectors)
-            if gradient_pass.tape is not None:
-                curv = _tangent_gram(self, gradient_pass, vectors, targets)
+        if self.step_rule != "constant":
+            if self.step_rule == "alpha-momentum":
+                inner = _inner_products([direction, velocity, grads])  # one pass over the params
+                has_velocity = step_index > 0 and float(inner[1, 1]) > 0.0
+                vectors = [direction, velocity] if has_velocity else [direction]
+                k = len(vectors)
+                gram, grad_dots = inner[:k, :k], inner[:k, 2]
             else:
-                detached = {n: p.detach() for n, p in params.items()}
-                curv = curvature_gram(
-                    self.model, detached, vectors, inputs, targets, self.loss, (cpu_rng, cuda_rng)
-                )
-            sol = solve_quadratic_model(curv, inner[:k, :k], inner[:k, 2], damping)
-            w1, w2 = sol.coefficients[0], (sol.coefficients[1] if k == 2 else 0.0)
+                inner = _inner_products([direction, grads])
+                vectors = [direction]
+                gram, grad_dots = inner[:1, :1], inner[:1, 1]
+            curv = self._curvature(gradient_pass, params, vectors, inputs, targets, random_state)
+            sol = solve_quadratic_model(curv, gram, grad_dots, damping)
+            w1, w2 = sol.coefficients[0], (sol.coefficients[1] if len(vectors) == 2 else 0.0)
             quad_change = sol.quad_change_damped if self.damping_in_rho else sol.quad_change
             if not (sol.ok and math.isfinite(quad_change)):
                 return self._skip("nonfinite_coefficients", f0, quad_change=quad_change)
+            delta = (
+                {n: w1 * direction[n] + w2 * velocity[n] for n in params}
+                if velocity
+                else {n: w1 * direction[n] for n in params}
+            )
         else:
             if not _all_finite(direction.values()):
                 return self._skip("nonfinite_update", f0)
             group = self.param_groups[0]
             w1, w2 = -float(group["lr"]), (float(group["momentum"]) if step_index > 0 else 0.0)
+            delta = {n: w1 * direction[n] + w2 * velocity[n] for n in params}
+            if adapt:  # the model's change at the step taken, for rho
+                quad_change = self._step_quad_change(
+                    gradient_pass, params, delta, grads, damping, inputs, targets, random_state
+                )
+                if not math.isfinite(quad_change):
+                    return self._skip("nonfinite_quad_change", f0, quad_change=quad_change)
 
-        delta = {n: w1 * direction[n] + w2 * velocity[n] for n in params}
-        old = {n: p.detach().clone() for n, p in params.items()} if self.mode == "adaptive" else {}
+        old = {n: p.detach().clone() for n, p in params.items()} if adapt else {}
         with torch.no_grad():
             for n, p in params.items():
                 p.add_(delta[n].to(p.dtype))
 
         rho, f1 = math.nan, math.nan
-        if self.mode == "adaptive" and step_index % self.damping_interval == 0:
+        if adapt:
             with _replayed_rng(cpu_rng, cuda_rng):
                 f1 = float(self._trial_loss(gradient_pass, params, inputs, targets))
             if not math.isfinite(f1):
@@ -717,8 +862,9 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
                 damping, _NAN_RHO if math.isnan(rho) else rho
             )
 
-        for n, p in params.items():
-            self.state[p]["velocity"] = delta[n].to(p.dtype)
+        if self.step_rule != "alpha":  # the "alpha" rule never reads a velocity: keep none
+            for n, p in params.items():
+                self.state[p]["velocity"] = delta[n].to(p.dtype)
         glob["step"] = step_index + 1
         return KFACStepStats(
             loss=f0,
@@ -733,6 +879,49 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
             damping_used=damping,
             step=step_index + 1,
         )
+
+    def _curvature(
+        self,
+        gradient_pass: _Pass,
+        params: Mapping[str, Tensor],
+        vectors: list[dict[str, Tensor]],
+        inputs: Any,
+        targets: Tensor,
+        random_state: tuple[Tensor, list[Tensor] | None],
+    ) -> Tensor:
+        """Return ``A_ij = v_i^T C v_j`` for the exact curvature ``C`` of the batch (float64, CPU).
+
+        From the gradient pass's layer-wise tape when there is one, else by forward-mode JVPs
+        under the gradient pass's random state (call before the parameters move).
+        """
+        if gradient_pass.tape is not None:
+            return _tangent_gram(self, gradient_pass, vectors, targets)
+        detached = {n: p.detach() for n, p in params.items()}
+        return curvature_gram(
+            self.model, detached, vectors, inputs, targets, self.loss, random_state
+        )
+
+    def _step_quad_change(
+        self,
+        gradient_pass: _Pass,
+        params: Mapping[str, Tensor],
+        delta: dict[str, Tensor],
+        grads: dict[str, Tensor],
+        damping: float,
+        inputs: Any,
+        targets: Tensor,
+        random_state: tuple[Tensor, list[Tensor] | None],
+    ) -> float:
+        """Return the quadratic model's change ``Q(delta) - Q(0)`` at a given step ``delta``.
+
+        ``1/2 delta^T C delta + g^T delta``, plus ``lambda/2 ||delta||^2`` when
+        ``damping_in_rho``: the model of :func:`~adamqlr.kfac.quadratic.solve_quadratic_model`
+        over the single vector ``delta`` with its coefficient held at 1.
+        """
+        inner = _inner_products([delta, grads])
+        curv = self._curvature(gradient_pass, params, [delta], inputs, targets, random_state)
+        sol = solve_quadratic_model(curv, inner[:1, :1], inner[:1, 1], damping, fixed=[1.0])
+        return sol.quad_change_damped if self.damping_in_rho else sol.quad_change
 
     def _trial_loss(
         self, gradient_pass: _Pass, params: Mapping[str, Tensor], inputs: Any, targets: Tensor
@@ -751,6 +940,7 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
         for b in self.blocks:
             kinds[b.kind] = kinds.get(b.kind, 0) + 1
         return (
-            f"KFAC(mode={self.mode!r}, loss={self.loss!r}, damping={self.damping:.3g}, "
+            f"KFAC(step_rule={self.step_rule!r}, damping_update={self.damping_update!r}, "
+            f"loss={self.loss!r}, damping={self.damping:.3g}, "
             f"estimation={self.estimation!r}, blocks={kinds})"
         )

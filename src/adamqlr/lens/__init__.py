@@ -16,5 +16,8 @@ notebooks keep only narrative, parameters, assertions and figure calls
 * :mod:`adamqlr.lens.products`: dense curvature matrices of tiny networks, per-example gradients
   and the measured cost of curvature products ("Curvature products without matrices");
 * :mod:`adamqlr.lens.trajectories`: optimiser paths on the Rosenbrock function ("Rosenbrock");
+* :mod:`adamqlr.lens.official` and :mod:`adamqlr.lens.official_divergence`: the authors' AdamQLR
+  step and stopping rule written plainly, and whether it diverges at small batch sizes as ours
+  does ("Sensitivity to the hyperparameters");
 * :mod:`adamqlr.lens.training`: the small training loops and data access these share.
 """

@@ -105,6 +105,25 @@ _QLR_DAMPED = {
     "damping_increase": LogUniform(1.0, 4.0),  # independent of the decrease factor, as in the code
 }
 
+_KFAC_CONSTANT_STEP: dict[str, Dimension] = {
+    "lr": LogUniform(1e-6, 1.0),
+    "momentum": OneMinus(1e-4, 0.3),
+}
+# The factorial's K-FAC cells (``kfac-<rule>-<damping>``, :data:`adamqlr.baselines.KFAC_CELLS`):
+# the constant rule tunes the learning rate and momentum as ``kfac-unadaptive`` does; fixed and
+# adaptive damping tune lambda (lambda_0) over LogU[1e-8, 1] as ``kfac-unadaptive`` and ``kfac``
+# do (kfac-jax's decay factor is not tuned); "none" (lambda at the 1e-8 floor) tunes nothing but
+# the rule's own parameters, so the 1-D and 2-D rules' "none" cells tune only the batch size.
+# ``kfac-const-fixed`` has ``kfac-unadaptive``'s space, ``kfac-alpha-mom-adaptive`` ``kfac``'s.
+_KFAC_CELL_SPACES: dict[str, dict[str, Dimension]] = {
+    f"kfac-{rule}-{damping}": {
+        **(_KFAC_CONSTANT_STEP if rule == "const" else {}),
+        **({} if damping == "none" else {"initial_damping": LogUniform(1e-8, 1.0)}),
+    }
+    for rule in ("const", "alpha", "alpha-mom")
+    for damping in ("none", "fixed", "adaptive")
+}
+
 _SPACES: dict[str, dict[str, Dimension]] = {
     "sgd": {"lr": LogUniform(1e-6, 1e-1)},
     "sgd-full": {
@@ -124,6 +143,7 @@ _SPACES: dict[str, dict[str, Dimension]] = {
         "momentum": OneMinus(1e-4, 0.3),
         "initial_damping": LogUniform(1e-8, 1.0),
     },
+    **_KFAC_CELL_SPACES,
     "baydin-sgd": {"lr": LogUniform(1e-6, 1.0), "hypergrad_lr": LogUniform(1e-6, 1.0)},
 }
 # The factorial's SGD and Adam cells (``<direction>-<rule>-<damping>``, the registry's
