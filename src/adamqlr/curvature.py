@@ -640,6 +640,18 @@ class CurvatureEngine:
         self._batch: tuple[Any, Tensor] | None = None
         self._rng: tuple[Tensor, list[Tensor] | None] | None = None
 
+    @property
+    def may_use_attention(self) -> bool:
+        """Whether the model's passes may reach an attention kernel (:mod:`adamqlr.backends`).
+
+        ``False`` only with a layer-wise plan: the model is then a ``Sequential`` of linear
+        layers, elementwise activations, shape-only layers and dropout with no hooks
+        (:func:`layerwise_plan`), so no pass calls ``scaled_dot_product_attention`` or
+        ``nn.MultiheadAttention``. The engine is rebuilt when the model changes, so this holds
+        for every step that uses it.
+        """
+        return self.plan is None
+
     # --------------------------------------------------------------------------- helpers
     def _capture(self, inputs: Any, targets: Tensor, params: list[Tensor]) -> None:
         self._batch = (inputs, targets)
