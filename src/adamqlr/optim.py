@@ -616,6 +616,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         everything = [p for group in self.param_groups for p in group["params"]]
         for p in everything:
             p.grad = None
+        previous_outputs = self._last_outputs
         f0_t, self._last_outputs = engine.gradient_pass(inputs, targets, everything)
         glob["calls"] += 1  # a batch the loss refused (ValueError above) is no call
         grad_norm_t = None
@@ -682,6 +683,17 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         grad_norm = values.pop() if extra_t else math.nan
         f0, q = values[0], values[1]
         if not math.isfinite(f0):
+            # The targets' value checks were left to a failing loss (curvature.checked_value):
+            # one whose value is NaN without failing (e.g. every target ignore_index) is refused
+            # here, as before the pass: no call counted, no gradient, the last outputs kept.
+            try:
+                self.loss.check_values(self._last_outputs, targets)
+            except ValueError:
+                glob["calls"] -= 1
+                for p in everything:
+                    p.grad = None
+                self._last_outputs = previous_outputs
+                raise
             raise _Rejected("nonfinite_loss", f0, {"grad_norm": grad_norm})
         k = len(ds)
         grad_dot_dir = math.fsum(values[2 : 2 + k])
