@@ -232,7 +232,7 @@ format_table(pd.concat(tables, names=["task", "optimiser"]))
 # *supported* when the interval lies below parity, *not supported* when it lies above, and
 # *inconclusive* when it contains parity.
 
-# %% tags=["hide-input"]
+# %%
 TUNED_BASELINES = ("Adam", "SGD Minimal", "AdamQLR")
 verdicts, headline = {}, {}
 for title, groups in runs.items():

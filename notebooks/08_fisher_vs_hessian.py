@@ -276,7 +276,7 @@ format_table(pd.concat(tables, names=["task", "optimiser"]))
 # repeats). A claim is *supported* when the whole interval lies on its side of parity, *not
 # supported* when it lies on the other side, and *inconclusive* when it contains parity.
 
-# %% tags=["hide-input"]
+# %%
 arm_runs = runs[main]
 pairs = [
     ("AdamQLR (Hessian)", "AdamQLR (Fisher)", "lower"),

@@ -155,7 +155,7 @@ axes = plot_adaptive(qlr)
 axes[0].legend(fontsize="small")
 plt.show()
 
-# %% tags=["hide-input"]
+# %%
 def damping_facts(records) -> dict[str, float]:
     frames = [r.metrics[r.metrics["step"] >= 1] for r in records]
     if records[0].settings["hyperparameters"].get("undamped"):

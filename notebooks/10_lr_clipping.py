@@ -157,7 +157,7 @@ format_table(table)
 # median final test loss" (95 % bootstrap interval of the ratio, clipped over unclipped, at the
 # end of the epoch budget; a diverged run counts as an infinite loss).
 
-# %% tags=["hide-input"]
+# %%
 by_batch = {}
 for arm in sorted(study.select(group="clip_batch"), key=lambda a: (a.value, a.label)):
     clipped = "α_max" in arm.label

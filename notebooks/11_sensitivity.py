@@ -191,7 +191,7 @@ plt.show()
 # biases its ratio upward; the intervals are for comparing quantities, not for a test of that
 # one value.
 
-# %% tags=["hide-input"]
+# %%
 spread = pd.DataFrame(spread).T
 TUNED = {"batch_size": choice_qlr.get("batch_size"), "initial_damping":
          choice_qlr.get("initial_damping"), "stepping_factor": choice_qlr.get("damping_increase"),

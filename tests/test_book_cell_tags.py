@@ -24,7 +24,7 @@ DERIVATIONS = sorted(
     p for p in NOTEBOOKS.glob("*.py") if p.name[:2].isdigit() and 2 <= int(p.name[:2]) <= 6
 )
 #: Glued names that hold a page's verdict: the cell computing one stays visible.
-VERDICTS = ("ut_supported", "se_hypothesis")
+VERDICTS = ("ut_tally", "fh_agreement", "dp_v_epoch", "lc_small_verdict", "se_hypothesis")
 
 
 def _code_cells(path):

@@ -210,3 +210,24 @@ def test_not_a_state_dict_is_named():
     opt, _, _ = _stepped()
     with pytest.raises(ValueError, match="invalid state_dict: a list"):
         opt.load_state_dict([])  # type: ignore[arg-type]
+
+
+def test_value_checks_of_valid_targets_cost_no_sync_on_cpu(monkeypatch):
+    # The class-range check is left to a failing (or NaN) loss on the CPU: a valid step does not
+    # read the targets' values, and a bad one is still refused by name (tests above).
+    opt, x, y = _stepped()
+    calls = []
+    monkeypatch.setattr(opt.loss, "check_values", lambda *a: calls.append(a))
+    for _ in range(3):
+        opt.step(x, y)
+    assert calls == []
+
+
+def test_a_refused_all_ignored_batch_counts_no_call_and_leaves_no_gradient():
+    opt, x, y = _stepped(ignore_index=-1)
+    outputs, calls = opt.last_outputs(), opt.state["qlr"]["calls"]
+    with pytest.raises(ValueError, match=r"every one of the 7 targets equals ignore_index -1"):
+        opt.step(x, torch.full_like(y, -1))
+    assert opt.state["qlr"]["calls"] == calls
+    assert all(p.grad is None for p in opt.model.parameters())
+    assert opt.last_outputs() is outputs

@@ -611,6 +611,31 @@ def may_be_stochastic(model: nn.Module) -> bool:
     return False
 
 
+def checked_value(loss: Loss, outputs: Tensor, targets: Tensor) -> Tensor:
+    """Return ``loss.value(outputs, targets)`` after the loss's checks, with no host sync on CPU.
+
+    :meth:`~adamqlr.losses.Loss.check_layout` always comes first. The checks of the targets'
+    values (:meth:`~adamqlr.losses.Loss.check_values`, e.g. class indices in range, one
+    device-to-host transfer) come first too, except on the CPU, where a bad class index makes
+    the loss itself raise: there they are made only then, so that the clear ``ValueError``
+    replaces torch's error, and a valid batch costs no extra sync. (Targets the value does not
+    refuse but the checks do, e.g. all ``ignore_index``, give a non-finite loss: the optimiser
+    makes the checks when it reads one, :meth:`adamqlr.optim.QuadraticModelOptimizer.step`.)
+
+    Raises:
+        ValueError: From the loss's checks, naming the bad value.
+    """
+    loss.check_layout(outputs, targets)
+    if outputs.device.type != "cpu":  # a bad class index is a device-side assert there
+        loss.check_values(outputs, targets)
+        return loss.value(outputs, targets)
+    try:
+        return loss.value(outputs, targets)
+    except (IndexError, RuntimeError):
+        loss.check_values(outputs, targets)  # raises the clear error, if that was the cause
+        raise
+
+
 def model_signature(model: nn.Module) -> tuple[Any, ...]:
     """Return a cheap fingerprint of what a step's plan depends on in ``model``.
 
@@ -686,6 +711,18 @@ class CurvatureEngine:
         self._batch: tuple[Any, Tensor] | None = None
         self._rng: tuple[Tensor, list[Tensor] | None] | None = None
 
+    @property
+    def may_use_attention(self) -> bool:
+        """Whether the model's passes may reach an attention kernel (:mod:`adamqlr.backends`).
+
+        ``False`` only with a layer-wise plan: the model is then a ``Sequential`` of linear
+        layers, elementwise activations, shape-only layers and dropout with no hooks
+        (:func:`layerwise_plan`), so no pass calls ``scaled_dot_product_attention`` or
+        ``nn.MultiheadAttention``. The engine is rebuilt when the model changes, so this holds
+        for every step that uses it.
+        """
+        return self.plan is None
+
     # --------------------------------------------------------------------------- helpers
     def _capture(self, inputs: Any, targets: Tensor, params: list[Tensor]) -> None:
         self._batch = (inputs, targets)
@@ -718,8 +755,7 @@ class CurvatureEngine:
         self._capture(inputs, targets, params)
         with torch.enable_grad():
             outputs = self._outputs(inputs)
-            self.loss.check_shapes(outputs, targets)
-            value = self.loss.value(outputs, targets)
+            value = checked_value(self.loss, outputs, targets)
             if value.requires_grad:
                 self._backward(value, params)
         return value.detach(), outputs.detach()

@@ -78,7 +78,26 @@ class Loss(ABC):
     def check_shapes(self, outputs: Tensor, targets: Tensor) -> None:  # noqa: B027
         """Raise ``ValueError`` naming the shapes when outputs and targets cannot be compared.
 
-        The base implementation accepts everything; subclasses override it.
+        The base implementation accepts everything; subclasses override it. It makes every
+        check, those of :meth:`check_layout` and of :meth:`check_values`.
+        """
+
+    def check_layout(self, outputs: Tensor, targets: Tensor) -> None:
+        """Make the checks of :meth:`check_shapes` that read no tensor's values (no host sync).
+
+        Shapes, dtypes, devices. The default is :meth:`check_shapes` itself (for a loss that
+        does not split its checks, every check is made here).
+        """
+        self.check_shapes(outputs, targets)
+
+    def check_values(self, outputs: Tensor, targets: Tensor) -> None:  # noqa: B027
+        """Make the checks of :meth:`check_shapes` that read the targets' values (one host sync).
+
+        E.g. class indices in range. An optimiser step makes them only when the loss fails or
+        comes out non-finite on the CPU (where an out-of-range class index makes
+        :meth:`value` raise, and no valid one a NaN), so that a valid batch costs no
+        transfer; on other devices (where a bad index is a device-side assert) before
+        :meth:`value`. The default accepts everything.
         """
 
     def __repr__(self) -> str:
@@ -119,6 +138,11 @@ class CrossEntropyLoss(Loss):
             ValueError: Naming ``targets`` and the bad shape, dtype, class index, or that every
                 target is ``ignore_index`` (the mean over no positions is NaN).
         """
+        CrossEntropyLoss.check_layout(self, outputs, targets)
+        CrossEntropyLoss.check_values(self, outputs, targets)
+
+    def check_layout(self, outputs: Tensor, targets: Tensor) -> None:
+        """Check shapes, dtype and device as :meth:`check_shapes` does (no host sync)."""
         if outputs.dim() < 2 or outputs.shape[:-1] != targets.shape:
             raise ValueError(
                 "cross_entropy needs logits of shape (*, C) and integer targets of shape (*); got "
@@ -138,6 +162,9 @@ class CrossEntropyLoss(Loss):
             raise ValueError(
                 f"invalid targets: on device {targets.device}, the outputs on {outputs.device}"
             )
+
+    def check_values(self, outputs: Tensor, targets: Tensor) -> None:
+        """Check class range and count as :meth:`check_shapes` does (one host sync)."""
         classes = outputs.shape[-1]
         counted = targets != self.ignore_index
         indices = targets.where(counted, 0).long()
@@ -298,6 +325,18 @@ class TorchCrossEntropyLoss(CrossEntropyLoss):
                 included, which have no closed form here (pass the loss as a function instead to
                 get an :class:`AutogradLoss`).
         """
+        self._check_class_dim(outputs, targets)
+        super().check_shapes(self._last(outputs), targets)
+
+    def check_layout(self, outputs: Tensor, targets: Tensor) -> None:  # noqa: D102
+        self._check_class_dim(outputs, targets)
+        super().check_layout(self._last(outputs), targets)
+
+    def check_values(self, outputs: Tensor, targets: Tensor) -> None:  # noqa: D102
+        super().check_values(self._last(outputs), targets)
+
+    @staticmethod
+    def _check_class_dim(outputs: Tensor, targets: Tensor) -> None:
         if (
             outputs.dim() < 2
             or targets.dim() != outputs.dim() - 1
@@ -309,7 +348,6 @@ class TorchCrossEntropyLoss(CrossEntropyLoss):
                 f"shape (N, ...); got outputs {tuple(outputs.shape)} and targets "
                 f"{tuple(targets.shape)}"
             )
-        super().check_shapes(self._last(outputs), targets)
 
     @staticmethod
     def _last(t: Tensor) -> Tensor:

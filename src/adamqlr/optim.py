@@ -44,6 +44,7 @@ the sums, for the curvature, and for the trial loss.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -74,7 +75,7 @@ from adamqlr.heuristics import (
 )
 from adamqlr.losses import Loss, get_loss
 from adamqlr.outputs import OutputSelector, check_selector
-from adamqlr.precision import forget_cast_weights, rounding_dtype, wide
+from adamqlr.precision import forget_cast_weights, rounding_dtype, wide, wide_dtype
 
 __all__ = [
     "AdamQLR",
@@ -612,10 +613,13 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         group = process_group(self.__dict__.get("distributed", False))  # [loops] distributed.py
         if group is not None:
             engine = DistributedEngine(engine, group)  # type: ignore[assignment]
+        # [loops] Attention uses kernels that have forward-mode and double-backward rules
+        # (backends.py). A model that cannot reach an attention kernel (decided once per model
+        # signature, with the engine) skips the process-wide switches (~30 us a step).
+        guard = curvature_safe_attention() if engine.may_use_attention else contextlib.nullcontext()
         try:
-            # Everything but the engine's gradient pass runs without recording a graph. [loops]
-            # Attention uses kernels that have forward-mode and double-backward rules.
-            with curvature_safe_attention(), torch.no_grad():
+            # Everything but the engine's gradient pass runs without recording a graph.
+            with guard, torch.no_grad():
                 return self._iteration(engine, inputs, targets)
         except _Rejected as rejection:
             return self._reject(rejection)
@@ -632,6 +636,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         everything = [p for group in self.param_groups for p in group["params"]]
         for p in everything:
             p.grad = None
+        previous_outputs = self._last_outputs
         f0_t, self._last_outputs = engine.gradient_pass(inputs, targets, everything)
         glob["calls"] += 1  # a batch the loss refused (ValueError above) is no call
         grad_norm_t = None
@@ -700,13 +705,24 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         else:
             q_t, cross_t, second_t = engine.along_pair(names, ps, ds, plane)
             plane_t = [cross_t, second_t, *_rules.plane_scalars(gs, ds, plane)]
-        dots = [_dot(g, d) for g, d in zip(gs, ds, strict=True)]
+        dots = _dots(gs, ds)
         extra_t = [] if grad_norm_t is None else [grad_norm_t]
         values = _host([f0_t, q_t, *dots, *_norms(ds), *checks, *extra_t, *plane_t])
         plane_values = [values.pop() for _ in plane_t][::-1]
         grad_norm = values.pop() if extra_t else math.nan
         f0, q = values[0], values[1]
         if not math.isfinite(f0):
+            # The targets' value checks were left to a failing loss (curvature.checked_value):
+            # one whose value is NaN without failing (e.g. every target ignore_index) is refused
+            # here, as before the pass: no call counted, no gradient, the last outputs kept.
+            try:
+                self.loss.check_values(self._last_outputs, targets)
+            except ValueError:
+                glob["calls"] -= 1
+                for p in everything:
+                    p.grad = None
+                self._last_outputs = previous_outputs
+                raise
             raise _Rejected("nonfinite_loss", f0, {"grad_norm": grad_norm})
         k = len(ds)
         grad_dot_dir = math.fsum(values[2 : 2 + k])
@@ -1135,9 +1151,21 @@ def _clip_gradients(grads: list[Tensor], max_norm: float) -> Tensor:
     return total
 
 
+def _all_wide(tensors: Iterable[Tensor]) -> bool:
+    """Whether every tensor is float32 or wider already (one check per distinct dtype)."""
+    return all(wide_dtype(dtype) == dtype for dtype in {t.dtype for t in tensors})
+
+
+def _dots(a: list[Tensor], b: list[Tensor]) -> list[Tensor]:
+    """Return ``a_i . b_i`` per pair, in float32 or wider (one dtype check for the lists)."""
+    if _all_wide(a) and _all_wide(b):
+        return [_dot(x, y) for x, y in zip(a, b, strict=True)]
+    # [loops] 16-bit parameters: accumulate in float32 (precision.py)
+    return [_dot(wide(x), wide(y)) for x, y in zip(a, b, strict=True)]
+
+
 def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """Return ``a . b`` over all elements (no reshape for vectors), in float32 or wider."""
-    a, b = wide(a), wide(b)  # [loops] 16-bit parameters: accumulate in float32 (precision.py)
+    """Return ``a . b`` over all elements (no reshape for vectors), in their dtype."""
     if a.dim() == 1 and b.dim() == 1:
         return torch.dot(a, b)
     return torch.dot(a.reshape(-1), b.reshape(-1))
@@ -1145,7 +1173,7 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
 
 def _norms(tensors: list[Tensor]) -> list[Tensor]:
     """Return the 2-norm of each tensor, accumulated in float32 or wider."""
-    if all(wide(t) is t for t in tensors):
+    if _all_wide(tensors):
         return list(torch._foreach_norm(tensors))
     # [loops] 16-bit parameters (precision.py); float64 if any parameter is float64
     widest = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32

@@ -53,8 +53,13 @@ def rounding_dtype(*dtypes: torch.dtype, device_type: str | None = None) -> torc
         device_type: ``"cpu"``, ``"cuda"``, ...: the device whose autocast state counts
             (``None``: no autocast is considered).
     """
+    autocast = device_type is not None and torch.is_autocast_enabled(device_type)
+    if not autocast and dtypes and dtypes[0].is_floating_point:
+        first = dtypes[0]
+        if all(d == first for d in dtypes):  # the usual case, without building the list
+            return first
     candidates = [d for d in dtypes if d.is_floating_point]
-    if device_type is not None and torch.is_autocast_enabled(device_type):
+    if autocast and device_type is not None:
         candidates.append(torch.get_autocast_dtype(device_type))
     if not candidates:
         return torch.float64

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib import colors as mcolors
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from adamqlr.lens.line import LineProbe
@@ -31,6 +32,7 @@ __all__ = [
     "plot_line_models",
     "plot_product_costs",
     "plot_rosenbrock",
+    "plot_rosenbrock_records",
 ]
 
 
@@ -57,6 +59,85 @@ def _colours(labels: Sequence[str]) -> dict[str, tuple[float, float, float]]:
 #: The paper's Rosenbrock window and contour levels.
 ROSENBROCK_WINDOW = ((-1.5, 1.5), (-1.8, 1.2))
 ROSENBROCK_LEVELS = np.logspace(-4, 4, 81)
+
+
+def _rosenbrock_map(
+    fig: Figure,
+    ax: Axes,
+    paths: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    colours: Mapping[str, Any],
+    *,
+    a: float,
+    b: float,
+    grid_points: int,
+) -> None:
+    """Draw log contours of ``f`` over the paper's window and each path from its start (circle)."""
+    (x0, x1), (y0, y1) = ROSENBROCK_WINDOW
+    xx, yy = np.meshgrid(np.linspace(x0, x1, grid_points), np.linspace(y0, y1, grid_points))
+    # rosenbrock() is written for tensors and floats; numpy broadcasts through it the same way
+    z = rosenbrock(cast(Any, xx), cast(Any, yy), a, b)
+    zz = np.clip(z, ROSENBROCK_LEVELS[0], ROSENBROCK_LEVELS[-1])
+    filled = ax.contourf(
+        xx, yy, zz, levels=ROSENBROCK_LEVELS, norm=mcolors.LogNorm(), cmap="Greys_r", alpha=0.9
+    )
+    fig.colorbar(filled, ax=ax, label="Rosenbrock $f(x, y)$", ticks=np.logspace(-4, 4, 9))
+    for label, (x, y) in paths.items():
+        ax.plot(x, y, "-o", color=colours[label], markersize=2.5, linewidth=1.0, label=label)
+    x, y = next(iter(paths.values()))
+    ax.plot(x[0], y[0], "o", color="white", markeredgecolor="black", markersize=8)
+    ax.plot(a, a * a, "*", color="gold", markeredgecolor="black", markersize=16, zorder=5)
+    ax.set(xlim=(x0, x1), ylim=(y0, y1), xlabel="$x$", ylabel="$y$", aspect="equal")
+    ax.legend(loc="lower left", fontsize="small", framealpha=0.9)
+
+
+def plot_rosenbrock_records(
+    runs: Mapping[str, Any],
+    *,
+    a: float = 1.0,
+    b: float = 100.0,
+    grid_points: int = 400,
+    loss_floor: float = 1e-16,
+) -> Figure:
+    """Draw Rosenbrock runs from their records: paths over log contours, and the loss by step.
+
+    Each record logs the position (``param.x``, ``param.y``) and the loss ``f / 4`` there
+    (``test_loss``: the task's evaluation is the function itself) at its evaluation steps, so the
+    paths are drawn through the logged positions only.
+
+    Args:
+        runs: Label -> run record (or metric DataFrame), in legend order.
+        a: Rosenbrock's ``a``.
+        b: Rosenbrock's ``b``.
+        grid_points: Resolution of the contour grid along each axis.
+        loss_floor: Smallest loss drawn (a run that reaches the minimum exactly stays visible).
+
+    Returns:
+        The figure.
+
+    Raises:
+        ValueError: If ``runs`` is empty or a record lacks the position or loss columns.
+    """
+    if not runs:
+        raise ValueError("invalid runs: empty")
+    frames = {label: getattr(r, "metrics", r) for label, r in runs.items()}
+    for label, frame in frames.items():
+        missing = [c for c in ("step", "param.x", "param.y", "test_loss") if c not in frame]
+        if missing:
+            raise ValueError(f"run {label!r} has no {missing}")
+    colours = _colours(list(frames))
+    fig = plt.figure(figsize=(9.0, 4.4), layout="constrained")
+    grid = fig.add_gridspec(1, 2, width_ratios=(1.35, 1.0))
+    ax_map, ax_loss = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
+    paths = {}
+    for label, frame in frames.items():
+        rows = frame.dropna(subset=["param.x", "param.y"])
+        paths[label] = (rows["param.x"].to_numpy(), rows["param.y"].to_numpy())
+        loss = frame.dropna(subset=["test_loss"])
+        ax_loss.plot(loss["step"], np.maximum(loss["test_loss"].to_numpy(), loss_floor),
+                     color=colours[label], linewidth=1.3, label=label)  # fmt: skip
+    _rosenbrock_map(fig, ax_map, paths, colours, a=a, b=b, grid_points=grid_points)
+    ax_loss.set(yscale="log", ylabel="loss $f/4$", xlabel="step", ylim=(loss_floor / 3, None))
+    return fig
 
 
 def plot_rosenbrock(
@@ -108,24 +189,15 @@ def plot_rosenbrock(
     ax_lr = fig.add_subplot(grid[1, 1], sharex=ax_loss)
     ax_damp = fig.add_subplot(grid[2, 1], sharex=ax_loss)
 
-    (x0, x1), (y0, y1) = ROSENBROCK_WINDOW
-    xx, yy = np.meshgrid(np.linspace(x0, x1, grid_points), np.linspace(y0, y1, grid_points))
-    # rosenbrock() is written for tensors and floats; numpy broadcasts through it the same way
-    z = rosenbrock(cast(Any, xx), cast(Any, yy), a, b)
-    zz = np.clip(z, ROSENBROCK_LEVELS[0], ROSENBROCK_LEVELS[-1])
-    filled = ax_map.contourf(
-        xx, yy, zz, levels=ROSENBROCK_LEVELS, norm=mcolors.LogNorm(), cmap="Greys_r", alpha=0.9
+    _rosenbrock_map(
+        fig,
+        ax_map,
+        {label: (t.x, t.y) for label, t in trajectories.items()},
+        colours,
+        a=a,
+        b=b,
+        grid_points=grid_points,
     )
-    fig.colorbar(filled, ax=ax_map, label="Rosenbrock $f(x, y)$", ticks=np.logspace(-4, 4, 9))
-    for label, t in trajectories.items():
-        ax_map.plot(
-            t.x, t.y, "-o", color=colours[label], markersize=2.5, linewidth=1.0, label=label
-        )
-    first = next(iter(trajectories.values()))
-    ax_map.plot(first.x[0], first.y[0], "o", color="white", markeredgecolor="black", markersize=8)
-    ax_map.plot(a, a * a, "*", color="gold", markeredgecolor="black", markersize=16, zorder=5)
-    ax_map.set(xlim=(x0, x1), ylim=(y0, y1), xlabel="$x$", ylabel="$y$", aspect="equal")
-    ax_map.legend(loc="lower left", fontsize="small", framealpha=0.9)
 
     for label, t in trajectories.items():
         steps = np.arange(len(t.loss))
