@@ -27,6 +27,7 @@
 profile = "quick"
 
 # %%
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -36,8 +37,11 @@ from adamqlr.curvature import ggn_quadratic, hessian_quadratic
 from adamqlr.lens.trajectories import RosenbrockConfig, rosenbrock_study
 from adamqlr.losses import SquaredErrorLoss
 from adamqlr.plots import set_theme
-from adamqlr.plots.derivations import plot_rosenbrock
+from adamqlr.plots.derivations import plot_rosenbrock, plot_rosenbrock_records
+from adamqlr.plots.tables import format_table
 from adamqlr.results.provenance import computation_text
+from adamqlr.studies import notebook_records
+from adamqlr.studies.analysis import hyperparameter_table, provenance_text
 from adamqlr.tasks import get_task
 from adamqlr.tasks.rosenbrock import RosenbrockResiduals, rosenbrock
 
@@ -260,6 +264,58 @@ for i in range(1, kfac_run.steps):
     checked += 1
 assert checked >= 1
 print(f"K-FAC's steps 2..{checked + 1} are the damped Gauss-Newton steps of eq-rb-kfac")
+
+# %% [markdown]
+# ## As the paper tuned them
+#
+# The runs above give each first-order baseline the best learning rate *for the plotted start*.
+# The paper tuned differently: every tuned optimiser gets a random search with successive halving
+# on the final training loss, each trial starting from its own random point (each coordinate drawn
+# from $\mathcal{N}(0, 1)$, as in the authors' code {cite:p}`clarke2024code`), and the chosen
+# configuration then runs once from $(1, -1)$. That is the `rosenbrock` study, whose records this
+# section reads (their evaluations are logged at a subset of the 200 steps, so the paths pass
+# through the logged positions only).
+
+# %% tags=["hide-input"]
+# reads: results/rosenbrock/*/*/manifest.json
+# reads: results/tuning/rosenbrock-random-start/*/trials-*.jsonl
+protocol = notebook_records("rosenbrock", profile)
+protocol_runs = {a.label: protocol.records[a.id][0] for a in protocol.study.arms}
+protocol_final = pd.DataFrame(
+    {
+        label: {
+            "final loss f/4": float(r.metrics["test_loss"].dropna().iloc[-1]),
+            "final distance to (1, 1)": float(np.hypot(
+                r.metrics["param.x"].dropna().iloc[-1] - 1.0,
+                r.metrics["param.y"].dropna().iloc[-1] - 1.0)),
+        }
+        for label, r in protocol_runs.items()
+    }
+).T  # fmt: skip
+searches = [a.search for a in protocol.study.arms if a.search is not None]
+glue("rb_protocol_runs", provenance_text(protocol.all_records()), display=False)
+glue("rb_protocol_trials", searches[0].n_trials if searches else 0, display=False)
+best_tuned = protocol_final.drop(
+    index=[k for k in protocol_final.index if "Untuned" in k]
+)["final loss f/4"]
+glue("rb_protocol_best", str(best_tuned.idxmin()), display=False)
+glue("rb_protocol_best_loss", float(best_tuned.min()), display=False)
+format_table(pd.concat(
+    {"final": protocol_final,
+     "chosen configuration": hyperparameter_table(protocol).droplevel("task")},
+    axis=1,
+))  # fmt: skip
+
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "The paper's Rosenbrock protocol: each tuned optimiser's chosen configuration (a random search of {glue:text}`rb_protocol_trials` configurations with successive halving, trials from random starts) and untuned AdamQLR with the Hessian, 200 steps from $(1, -1)$. Left: paths through the logged positions; right: the loss $f/4$ (floored at $10^{-16}$). Runs: {glue:text}`rb_protocol_runs`.", "name": "fig-rosenbrock-protocol"}}
+fig = plot_rosenbrock_records(protocol_runs)
+plt.show()
+
+# %% [markdown]
+# Tuned as the paper tuned it, the lowest final loss among the tuned optimisers is
+# {glue:text}`rb_protocol_best`'s, {glue:text}`rb_protocol_best_loss:.2g`. A configuration chosen
+# from random starts has to work from anywhere, not from $(1, -1)$ in particular; that is why a
+# tuned baseline here can end worse than the best grid value for the plotted start above, or, as
+# a momentum method tuned on easier starts can, diverge from this one.
 
 # %% [markdown]
 # ## What it means for AdamQLR
