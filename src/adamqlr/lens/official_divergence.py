@@ -32,8 +32,8 @@ from adamqlr.experiment.optimisers import get_optimiser
 from adamqlr.lens.official import run_official
 from adamqlr.losses import get_loss
 from adamqlr.profiles import Profile, parse_profile
+from adamqlr.results.aggregate import wilson_interval
 from adamqlr.results.atomic import atomic_write_json
-from adamqlr.studies.analysis import wilson_interval
 from adamqlr.tasks import get_task
 from adamqlr.tasks.base import Split, Task, TaskData
 

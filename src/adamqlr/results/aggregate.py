@@ -18,6 +18,7 @@ code's was not). Everything here is pandas and numpy; :mod:`adamqlr.plots.runs` 
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -25,7 +26,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["align_runs", "bootstrap_median", "final_summary", "round_sig", "summarise_runs"]
+__all__ = [
+    "align_runs",
+    "bootstrap_median",
+    "final_summary",
+    "round_sig",
+    "summarise_runs",
+    "wilson_interval",
+]
 
 
 def _frame(run: Any) -> pd.DataFrame:
@@ -207,3 +215,16 @@ def final_summary(
         boot = bootstrap_median(finals, resamples=resamples, seed=seed).iloc[0]
         rows["steps" if quantity == "step" else "time_s"] = (boot["mean"], boot["std"])
     return pd.DataFrame.from_dict(rows, orient="index", columns=["mean", "std"])
+
+
+def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Return the Wilson score interval of a proportion ``k / n`` (``(nan, nan)`` for ``n = 0``)."""
+    if n == 0:
+        return math.nan, math.nan
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))  # rounding at k = 0, n

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from adamqlr.results.aggregate import final_summary
+from adamqlr.results.aggregate import final_summary, wilson_interval
 from adamqlr.results.provenance import where_text
 from adamqlr.results.store import RunRecord
 from adamqlr.studies.core import StudyRecords, final_value
@@ -393,19 +393,6 @@ def relative_cost(costs: pd.DataFrame, reference: str = "adam") -> pd.DataFrame:
     grouped["ratio_low"] = grouped["low_s"] / unit
     grouped["ratio_high"] = grouped["high_s"] / unit
     return grouped
-
-
-def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Return the Wilson score interval of a proportion ``k / n`` (``(nan, nan)`` for ``n = 0``)."""
-    if n == 0:
-        return math.nan, math.nan
-    from statistics import NormalDist
-
-    z = NormalDist().inv_cdf(0.5 + level / 2)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))  # rounding at k = 0, n
 
 
 def _diverged(record: RunRecord, metric: str = "train_loss", blowup: float = 1e6) -> bool:
