@@ -46,3 +46,20 @@ def test_cells_name_distinct_optimisers_and_the_papers_own_cells():
 def test_cell_refuses_unknown_or_excluded_combinations(args, message):
     with pytest.raises(ValueError, match=message):
         cell(*args)
+
+
+def test_the_study_tunes_every_cell_with_the_same_budget():
+    from adamqlr.experiment.optimisers import get_optimiser
+    from adamqlr.studies import get_study
+
+    paper = get_study("factorial", "paper")
+    assert len(paper.arms) == 3 * len(CELLS)
+    assert {a.search.n_trials for a in paper.arms} == {64}
+    assert {len(a.seeds) for a in paper.arms} == {20}
+    assert {a.base.task for a in paper.arms} == {"uci-energy", "uci-protein", "fashion-mnist"}
+    for c in CELLS:
+        get_optimiser(c.optimiser)  # every cell is a registered optimiser
+        arm = paper.arm(f"fashion-mnist/factorial/{c.key}")
+        assert arm.label == c.label and "batch_size" in arm.search.space
+    quick = get_study("factorial", "quick")
+    assert {a.search.n_trials for a in quick.arms} == {4} and len(quick.arms) == 2 * len(CELLS)

@@ -13,6 +13,8 @@ study                  chapter and question
 ``rosenbrock``         06: the paper's Rosenbrock trajectories, tuned as the paper tuned them
 ``fixed-runtime``      07: the paper's two fixed-runtime regimes (tuned on training or
                        validation loss under a time cap)
+``factorial``          15: which heuristic does the work: direction x step-size rule x
+                       damping, every cell tuned with the same budget
 =====================  ====================================================================
 
 **Tuning.** The paper tunes every "tuned" optimiser with 200 random-search samples under ASHA
@@ -59,6 +61,7 @@ from adamqlr.experiment.spec import ExperimentSpec
 from adamqlr.profiles import Profile, parse_profile
 from adamqlr.results.store import ResultStore
 from adamqlr.studies.core import Arm, BestOf, Search, Study, StudyRecords, obtain
+from adamqlr.studies.factorial import CELLS as FACTORIAL_CELLS
 from adamqlr.tune.spaces import search_space
 
 __all__ = ["STUDIES", "get_study", "notebook_records", "study_names"]
@@ -85,6 +88,9 @@ class _Profile:
     rosenbrock_trials: int = 2
     eval_points: int | None = None
     trial_eval_points: int | None = None  # evaluations of a tuning trial (see Search)
+    factorial_tasks: tuple[str, ...] = ("uci-energy",)  # chapter 15
+    factorial_trials: int = 2  # the same search budget for every cell
+    factorial_seeds: tuple[int, ...] = (0,)
 
 
 #: Every optimiser of the paper's main comparison (issue: the campaign at the paper's protocol).
@@ -123,6 +129,9 @@ _PROFILES: dict[Profile, _Profile] = {
         runtime_caps={"uci-energy": 2.0, "fashion-mnist": 4.0},
         runtime_regime_seeds=(0, 1, 2),
         rosenbrock_trials=8,
+        factorial_tasks=("uci-energy", "fashion-mnist"),
+        factorial_trials=4,
+        factorial_seeds=(0, 1, 2),
     ),
     Profile.PAPER: _Profile(
         seeds=tuple(range(50)),
@@ -144,6 +153,9 @@ _PROFILES: dict[Profile, _Profile] = {
         rosenbrock_trials=200,
         eval_points=100,
         trial_eval_points=2,
+        factorial_tasks=("uci-energy", "uci-protein", "fashion-mnist"),
+        factorial_trials=64,
+        factorial_seeds=tuple(range(20)),
     ),
 }
 
@@ -687,6 +699,38 @@ def _fixed_runtime(profile: Profile) -> Study:
     )
 
 
+def _factorial(profile: Profile) -> Study:
+    p = _PROFILES[profile]
+    arms = [
+        _tuned(
+            task,
+            c.optimiser,
+            profile,
+            label=c.label,
+            seeds=p.factorial_seeds,
+            n_trials=p.factorial_trials,
+            id=f"{task}/factorial/{c.key}",
+            group=c.key,
+        )
+        for task in p.factorial_tasks
+        for c in FACTORIAL_CELLS
+    ]
+    return Study(
+        "factorial",
+        profile,
+        "Which heuristic does the work: direction x step-size rule x damping",
+        tuple(arms),
+        description=(
+            "Every cell of the factorial of adamqlr.studies.factorial (the gradient, Adam's or "
+            "K-FAC's direction; a tuned constant learning rate, the quadratic model's alpha, or "
+            "K-FAC's joint learning rate and momentum; no, fixed or adaptive damping), each tuned "
+            "by a random search of the same size with successive halving, then repeated."
+        ),
+        chapter="15_which_heuristic",
+        finalise=_cadence,
+    )
+
+
 #: Study name -> builder(profile).
 STUDIES: dict[str, Callable[[Profile], Study]] = {
     "untuned-vs-tuned": _untuned_vs_tuned,
@@ -698,6 +742,7 @@ STUDIES: dict[str, Callable[[Profile], Study]] = {
     "runtime": _runtime,
     "rosenbrock": _rosenbrock,
     "fixed-runtime": _fixed_runtime,
+    "factorial": _factorial,
 }
 
 _CACHE: dict[tuple[str, str], Study] = {}

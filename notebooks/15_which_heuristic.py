@@ -1,0 +1,278 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python (adamqlr)
+#     language: python
+#     name: adamqlr
+# ---
+
+# %% [markdown]
+# (ch-which-heuristic)=
+# # Which heuristic does the work?
+#
+# **Question.** A second-order optimiser such as K-FAC {cite:p}`martens2015kfac` is three things
+# at once: a *direction* (the gradient preconditioned by a curvature model), a *step-size rule*
+# (a learning rate, and in K-FAC a momentum, chosen from a damped quadratic model), and a
+# *damping* rule (Levenberg-Marquardt, driven by how well the model predicted the last step). The
+# paper {cite:p}`clarke24a` asks how much of the optimiser's success comes from the heuristics
+# rather than from the curvature, and answers in part: AdamQLR puts K-FAC's step-size and damping
+# heuristics on Adam's direction, and K-FAC (Unadaptive) takes them away from K-FAC. This chapter
+# crosses every piece with every other and asks, task by task, which factor moves the final loss
+# most.
+
+# %% tags=["parameters"]
+# "quick": read the committed quick-profile run records; "paper": read paper-profile records,
+# or stop with the list of missing runs and the command that makes them; "smoke" (the tests):
+# read the quick records as they are, never compute. compute=True makes missing runs instead.
+profile = "quick"
+compute = False
+
+# %% tags=["hide-input"]
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from myst_nb import glue
+
+from adamqlr.plots import set_theme
+from adamqlr.plots.factorial import plot_interactions
+from adamqlr.plots.tables import format_table
+from adamqlr.studies import notebook_records
+from adamqlr.studies.analysis import provenance_text, tuning_summary
+from adamqlr.studies.core import arm_task
+from adamqlr.studies.effects import capped_finals, factorial_effects
+from adamqlr.studies.factorial import CELLS, EXCLUDED, cell
+from adamqlr.studies.verdicts import compare, edge_choices, judge, verdict_table
+
+set_theme()
+pd.set_option("display.precision", 4)
+
+# reads: results/uci-energy/*/*/manifest.json
+# reads: results/uci-protein/*/*/manifest.json
+# reads: results/fashion-mnist/*/*/manifest.json
+# reads: results/tuning/*/*/trials-*.jsonl
+data = notebook_records("factorial", profile, compute=compute)
+study = data.study
+tasks = list(dict.fromkeys(arm_task(study, arm) for arm in study.arms))
+titles = {
+    t: data.records[study.select(task=t)[0].id][0].provenance.get("task_title", t) for t in tasks
+}
+print(f"study {study.name!r}, profile {study.profile!r}: {len(study.arms)} arms on {tasks}")
+print(provenance_text(data.all_records()))
+
+# %% [markdown]
+# ## Three factors
+#
+# Write $g$ for the mini-batch gradient, $d$ for the direction (pointing uphill, like $g$),
+# $C$ for the curvature matrix (the Fisher, which is the generalised Gauss-Newton matrix for these
+# losses) and $\Delta_{t-1}$ for the previous update. The factors and their levels are:
+#
+# - **direction** $d$: the gradient itself (SGD); Adam's $\hat m / (\sqrt{\hat v} + \epsilon)$
+#   {cite:p}`kingma2015adam`; K-FAC's $\tilde F^{-1} g$ with the Kronecker-factored curvature
+#   (damped inside its factors, {ref}`ch-kfac-heuristics`);
+# - **step-size rule**: a *constant* learning rate $\eta$ (and, for K-FAC, momentum $\mu$), tuned;
+#   $\alpha$: the minimiser of the damped quadratic model along $d$, AdamQLR's rule
+#   ({ref}`ch-step-size`),
+#
+#   $$
+#   \alpha^\star = \frac{g^\top d}{d^\top C d + \lambda \lVert d \rVert^2}, \qquad
+#   \Delta = -\alpha^\star d ;
+#   $$ (eq-wh-alpha)
+#
+#   $\alpha$-mom: K-FAC's joint choice of a step along $-d$ and along the previous update, from the
+#   same model on the plane they span,
+#
+#   $$
+#   \begin{pmatrix} a \\ b \end{pmatrix} = -G^{-1}
+#   \begin{pmatrix} g^\top v_1 \\ g^\top v_2 \end{pmatrix}, \quad
+#   G_{ij} = v_i^\top (C + \lambda I) v_j, \quad v_1 = -d,\; v_2 = \Delta_{t-1}, \qquad
+#   \Delta = a v_1 + b v_2 ;
+#   $$ (eq-wh-alpha-mom)
+# - **damping** $\lambda$: none; *fixed* at a tuned value; *adaptive*, the Levenberg-Marquardt
+#   rule of {ref}`ch-damping` (lower $\lambda$ when the reduction ratio $\rho$ says the model was
+#   accurate, raise it when not). For the K-FAC direction, $\lambda$ also damps the curvature
+#   blocks that make the direction, so "none" there means the smallest damping the factors allow.
+#
+# Every combination that makes sense is one registered optimiser. The paper's own optimisers are
+# cells of the design: SGD Minimal, Adam, AdamQLR (Adam, $\alpha$, adaptive), AdamQLR (Undamped),
+# K-FAC ($\alpha$-mom, adaptive) and K-FAC (Unadaptive) (constant, fixed).
+
+# %% tags=["hide-input"]
+design = pd.DataFrame(
+    [{"direction": c.direction, "step-size rule": c.rule, "damping": c.damping,
+      "optimiser": c.optimiser, "in the paper": c.paper or "–"} for c in CELLS]
+)  # fmt: skip
+excluded = pd.DataFrame(
+    [{"direction": d, "step-size rule": r, "damping": p, "why it is left out": why}
+     for (d, r, p), why in EXCLUDED.items()]
+)  # fmt: skip
+glue("wh_cells", len(CELLS), display=False)
+glue("wh_excluded", len(EXCLUDED), display=False)
+format_table(design.set_index(["direction", "step-size rule", "damping"]))
+
+# %% [markdown]
+# The {glue:text}`wh_cells` cells above are the design; {glue:text}`wh_excluded` combinations are
+# left out because they would duplicate another cell:
+
+# %% tags=["hide-input"]
+format_table(excluded.set_index(["direction", "step-size rule", "damping"]))
+
+# %% [markdown]
+# ## An equal budget for every cell
+#
+# A heuristic that needs careful tuning should not be credited with what the tuning found, nor
+# should a cell lose because its search was smaller. Every cell is therefore tuned the same way:
+# the same number of configurations drawn from its search space (batch size and whatever the
+# cell's rules leave free: the learning rate and momentum of a constant rule, the fixed
+# $\lambda$, the initial $\lambda$ and stepping factors of the adaptive rule), successive halving
+# with reduction factor 4 on fractions of the epoch budget, the choice by final validation loss,
+# then repeats with fresh seeds.
+
+# %% tags=["hide-input"]
+searches = [a.search for a in study.arms if a.search is not None]
+first_spec = data.records[study.arms[0].id][0].spec
+repeats = max(len(a.seeds) for a in study.arms)
+glue(
+    "wh_scale",
+    f"profile {study.profile}: "
+    + ", ".join(
+        f"{data.records[study.select(task=t)[0].id][0].spec.settings().epochs:g} epochs of "
+        f"{titles[t]}"
+        for t in tasks
+    )
+    + f"; every cell tuned by a random search of {searches[0].n_trials} configurations with "
+    f"successive halving, then {repeats} repeats",
+    display=False,
+)
+glue("wh_runs", provenance_text(data.all_records()), display=False)
+summaries = {
+    titles[t]: tuning_summary(data, [a.id for a in study.select(task=t)]) for t in tasks
+}
+edges = edge_choices(data.plans)
+glue(
+    "wh_edges",
+    f"{len(edges)} tuned choices lie at an edge of their search space"
+    + (": " + "; ".join(e.text() for e in edges[:8]) + ("; …" if len(edges) > 8 else "")
+       if edges else ""),
+    display=False,
+)  # fmt: skip
+format_table(pd.concat(summaries, names=["task", "cell"])[
+    ["configurations", "trial runs", "choice", "chosen rung", "chosen objective"]
+])  # fmt: skip
+
+# %% [markdown]
+# Scale: {glue:text}`wh_scale`. {glue:text}`wh_edges`.
+#
+# ## Every cell's result
+#
+# The table gives each cell's median final test loss over its repeats at the end of the epoch
+# budget, with a 95 % bootstrap interval (2000 resamples). A run that diverged counts as no better
+# than its starting loss, so that one blown-up run does not make a cell's median infinite.
+
+# %% tags=["hide-input"]
+finals: dict[str, dict[tuple[str, str, str], np.ndarray]] = {}
+rows = []
+for t in tasks:
+    finals[t] = {}
+    for c in CELLS:
+        arm = study.arm(f"{t}/factorial/{c.key}")
+        records = data.records[arm.id]
+        epochs = float(records[0].spec.settings().epochs)
+        values = capped_finals(records, "test_loss", at=epochs)
+        finals[t][(c.direction, c.rule, c.damping)] = values
+        boot = np.median(
+            np.random.default_rng(0).choice(values, size=(2000, len(values))), axis=1
+        )
+        rows.append({"task": titles[t], "direction": c.direction, "rule": c.rule,
+                     "damping": c.damping, "median": float(np.median(values)),
+                     "CI low": float(np.quantile(boot, 0.025)),
+                     "CI high": float(np.quantile(boot, 0.975)), "runs": len(values)})  # fmt: skip
+results = pd.DataFrame(rows).set_index(["task", "direction", "rule", "damping"])
+format_table(results)
+
+# %% [markdown]
+# ## Main effects and interactions
+#
+# The design is balanced on the two quadratic-model rules ($\alpha$ and $\alpha$-mom), which every
+# direction has with every damping: 18 cells per task. On those cells, the *range* of a factor is
+# how many times higher the median final test loss of its worst level is than that of its best,
+# averaged over the other two factors (on the log scale; {mod}`adamqlr.studies.effects`). The
+# factor with the largest range is the one whose choice matters most. {numref}`fig-wh-interactions`
+# draws the cells themselves: parallel lines mean that the damping's effect does not depend on the
+# step-size rule.
+
+# %%
+FACTORS = ("direction", "rule", "damping")
+effects = {}
+range_rows = []
+for t in tasks:
+    balanced = {k: v for k, v in finals[t].items() if k[1] in ("alpha", "alpha-mom")}
+    fx = factorial_effects(balanced, FACTORS)
+    effects[t] = fx
+    for factor, row in fx.ranges.iterrows():
+        range_rows.append({"task": titles[t], "factor": factor, "worst / best": row["ratio"],
+                           "CI low": row["low"], "CI high": row["high"], "best": row["best"],
+                           "worst": row["worst"]})  # fmt: skip
+ranges = pd.DataFrame(range_rows).set_index(["task", "factor"])
+sentences = []
+for t, fx in effects.items():
+    largest = fx.largest()
+    others = [f for f in FACTORS if f != largest]
+    verdicts = [fx.ordering(largest, other) for other in others]
+    sentences.append(
+        f"on {titles[t]}, the {largest} has the largest range, "
+        f"{fx.ranges.loc[largest, 'ratio']:.3g}× (95 % CI {fx.ranges.loc[largest, 'low']:.3g}–"
+        f"{fx.ranges.loc[largest, 'high']:.3g}×; best level {fx.ranges.loc[largest, 'best']}), "
+        "and that it matters more than the "
+        + " and the ".join(f"{o} is {v}" for o, v in zip(others, verdicts, strict=True))
+    )
+glue("wh_order", "; ".join(sentences), display=False)
+format_table(ranges)
+
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Median final test loss of the 18 balanced cells per task (panels: direction; x: damping; lines: step-size rule; bars: 95 % bootstrap intervals; log scale). Runs: {glue:text}`wh_runs`.", "name": "fig-wh-interactions"}}
+for t in tasks:
+    panel_titles = [f"{titles[t]}: {d}" for d in effects[t].levels["direction"]]
+    fig = plot_interactions(
+        effects[t], x="damping", lines="rule", panels="direction", titles=panel_titles
+    )
+    plt.show()
+
+# %% [markdown]
+# ## The paper's partial answer
+#
+# The paper answers the question with two comparisons: AdamQLR against Adam (K-FAC's heuristics
+# added to Adam's direction) and K-FAC against K-FAC (Unadaptive) (K-FAC's heuristics taken away
+# from its direction). Both are cells of this design, tuned with the same budget:
+
+# %% tags=["hide-input"]
+paper_pairs = [
+    (cell("Adam", "alpha", "adaptive"), cell("Adam", "constant", "none")),
+    (cell("K-FAC", "alpha-mom", "adaptive"), cell("K-FAC", "constant", "fixed")),
+]
+paper_rows = []
+for t in tasks:
+    for a, b in paper_pairs:
+        ra = data.records[study.arm(f"{t}/factorial/{a.key}").id]
+        rb = data.records[study.arm(f"{t}/factorial/{b.key}").id]
+        epochs = float(ra[0].spec.settings().epochs)
+        c = compare(ra, rb, "test_loss", axis="epoch", at=epochs,
+                    labels=(f"{a.paper} ({titles[t]})", f"{b.paper} ({titles[t]})"))  # fmt: skip
+        paper_rows.append(judge(c, "lower"))
+paper_table = verdict_table(paper_rows)
+glue("wh_paper", "; ".join(v.text() for v in paper_rows), display=False)
+format_table(paper_table)
+
+# %% [markdown]
+# ## What the runs say
+#
+# These statements describe the records named in the captions ({glue:text}`wh_scale`).
+#
+# - **Which factor matters most.** Over the balanced cells, {glue:text}`wh_order`.
+#
+# **Against the paper.** The paper's own two comparisons, rerun as cells of this design:
+# {glue:text}`wh_paper`. Where the direction has the largest range, the curvature model (or
+# Adam's diagonal substitute for it) matters more than the heuristics wrapped around it; where
+# the step-size rule or the damping has it, the heuristics do the work.
