@@ -1,9 +1,11 @@
-"""Every built page fits a wide and a narrow window: tables and figures stay in their column.
+"""Every built page fits a wide, a narrow and a phone-sized window: nothing overflows its column.
 
-Headless Chromium opens each page of the built book at 1400 px and at 800 px and measures what
-the reader sees: no table and no figure is wider than the column it sits in (a wide table must
-scroll inside it), and no figure is shown at less than 70 % of its natural width, where its
-text would be too small to read (a figure drawn 16 inches wide and squeezed into the column).
+Headless Chromium opens each page of the built book at 1400, 800 and 390 px and measures what the
+reader sees: no table, no figure and no displayed equation is wider than the column it sits in (a
+wide table or equation must scroll inside it), and, at 800 px and wider, no figure is shown at
+less than 70 % of its natural width, where its text would be too small to read (a figure drawn 16
+inches wide and squeezed into the column). On a phone every figure is scaled down; there the test
+only asks that it fit.
 
 As in ``test_book_browser.py``: without ``/usr/bin/chromium`` (or ``ADAMQLR_CHROMIUM``) or
 Playwright the tests are skipped; the book is the session's strict build, or the built HTML
@@ -20,7 +22,9 @@ import pytest
 from _book import PROJECT, built_book, serve  # noqa: F401 (the session's build, used by html)
 
 CHROMIUM = os.environ.get("ADAMQLR_CHROMIUM", "/usr/bin/chromium")
-WIDTHS = (1400, 800)
+WIDTHS = (1400, 800, 390)
+#: Below this window width figures are expected to shrink (a phone): only their fit is checked.
+LEGIBLE_FROM = 800
 #: A figure shown below this share of its natural width is too small to read.
 SMALLEST_SHARE = 0.7
 
@@ -108,27 +112,34 @@ async () => {
     .filter(im => im.naturalWidth > 0)
     .map(im => ({name: name(im), width: im.getBoundingClientRect().width, column: column(im),
                  natural: im.naturalWidth}));
-  return {article: content(article), tables, images};
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) await MathJax.startup.promise;
+  const equations = [...article.querySelectorAll("mjx-container")]
+    .filter(m => getComputedStyle(m).display === "block")
+    .map(m => ({name: "equation " + ((m.closest("[id]") || {}).id || ""),
+                width: m.getBoundingClientRect().width, column: column(m)}));
+  return {article: content(article), tables, images, equations};
 }
 """
 
 
 @pytest.mark.parametrize("docname", PAGES)
-def test_tables_and_figures_fit_their_column_and_stay_legible(tab, server, docname) -> None:
+def test_tables_figures_and_equations_fit_their_column_and_stay_legible(
+    tab, server, docname
+) -> None:
     tab.goto(f"{server}/{docname}.html", wait_until="load")
     report = tab.evaluate(_LAYOUT)
     width = tab.viewport_size["width"]
-    assert report["article"] > 0.5 * min(width, 800), report["article"]  # the page has a column
+    assert report["article"] > 0.5 * min(width, 800) - 40, report["article"]  # a column
     wide = [
         f"{item['name']}: {item['width']:.0f} px in a {item['column']:.0f} px column"
-        for item in report["tables"] + report["images"]
+        for item in report["tables"] + report["images"] + report["equations"]
         if item["width"] > item["column"] + 1
     ]
     assert not wide, f"{docname} at {width} px: wider than the column: {wide}"
     small = [
         f"{im['name']}: {im['width']:.0f} of {im['natural']} px"
         for im in report["images"]
-        if im["width"] < SMALLEST_SHARE * im["natural"]
+        if width >= LEGIBLE_FROM and im["width"] < SMALLEST_SHARE * im["natural"]
     ]
     assert not small, (
         f"{docname} at {width} px: figures shown below {SMALLEST_SHARE:.0%} of their natural "
