@@ -1136,6 +1136,11 @@ def _host(tensors: list[Tensor]) -> list[float]:
     return torch.stack([t.to(torch.float64) for t in flat]).tolist()
 
 
+#: Where :func:`_cpu_scalar` makes its tensors (explicitly: a default device set by the caller
+#: must not apply).
+_CPU = torch.device("cpu")
+
+
 def _cpu_scalar_dtype(*lists: list[Tensor]) -> torch.dtype | None:
     """Return the tensors' dtype if they are all CPU float32 or all CPU float64, else ``None``.
 
@@ -1163,7 +1168,7 @@ def _cpu_scalar(value: float, dtype: torch.dtype | None) -> float | Tensor:
     ``torch.full`` rounds it). Only for float32 and float64 (:func:`_cpu_scalar_dtype`): the
     16-bit dtypes compute in float32, so a 16-bit 0-d tensor would round the number further.
     """
-    return value if dtype is None else torch.full((), value, dtype=dtype)
+    return value if dtype is None else torch.full((), value, dtype=dtype, device=_CPU)
 
 
 def _moved(
