@@ -20,6 +20,7 @@ quadratic forms are accumulated in float32 or wider (:func:`adamqlr.precision.wi
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
@@ -289,17 +290,36 @@ class SquaredErrorLoss(Loss):
 
     def output_quadratic(self, outputs: Tensor, u: Tensor, targets: Tensor) -> Tensor:  # noqa: D102
         count = self.curvature_count if self.curvature_count is not None else outputs.shape[0]
-        return wide(u).pow(2).sum() / count
+        return _divided(wide(u).pow(2).sum(), count)
 
     def output_bilinear(  # noqa: D102
         self, outputs: Tensor, u1: Tensor, u2: Tensor, targets: Tensor
     ) -> Tensor:
         count = self.curvature_count if self.curvature_count is not None else outputs.shape[0]
-        return (wide(u1) * wide(u2)).sum() / count
+        return _divided((wide(u1) * wide(u2)).sum(), count)
 
     def __repr__(self) -> str:
         extra = "" if self.curvature_count is None else f"curvature_count={self.curvature_count}"
         return f"SquaredErrorLoss({extra})"
+
+
+def _divided(total: Tensor, count: int) -> Tensor:
+    """Return ``total / count``.
+
+    [loops] On the CPU, ``total / count`` wraps ``count`` in a 0-d tensor and converts it to
+    ``total``'s dtype (``aten::to``, ``_to_copy``, ``copy_``: a few us) before the division;
+    for float32 and float64 the converted divisor is kept (:func:`_cpu_divisor`) and the same
+    division runs without the conversion.
+    """
+    if total.is_cpu and (total.dtype is torch.float32 or total.dtype is torch.float64):
+        return total / _cpu_divisor(count, total.dtype)
+    return total / count
+
+
+@functools.lru_cache(maxsize=64)
+def _cpu_divisor(count: int, dtype: torch.dtype) -> Tensor:
+    with torch.inference_mode(False):  # an ordinary tensor, usable by any later step
+        return torch.full((), count, dtype=dtype, device="cpu")
 
 
 class TorchCrossEntropyLoss(CrossEntropyLoss):
