@@ -89,7 +89,7 @@ def values_at(
         at: The point; ``inf`` (default): each run's last value.
 
     Returns:
-        One value per run: the last finite value logged at or before ``at``; ``inf`` when the run
+        For each run, the last finite value logged at or before ``at``; ``inf`` when the run
         logged a non-finite value (diverged) at or before ``at``; NaN when it logged nothing
         that early.
 
