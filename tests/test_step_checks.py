@@ -194,6 +194,20 @@ def test_invalid_loaded_values_are_named_and_nothing_is_loaded(edit, match):
     assert _unchanged(opt, before)
 
 
+def test_a_damping_that_reached_infinity_resumes_when_the_damping_has_no_upper_bound():
+    """Under the paper's rule (no upper bound) repeated increases can reach inf: the optimiser
+    must resume from its own state (a campaign's interrupted run did not); with a finite upper
+    bound inf is unreachable and refused."""
+    bounds = (1e-8, math.inf)
+    source, x, y = _stepped(damping_bounds=bounds)
+    saved = _edited(source, _set_global("damping", math.inf))
+    opt, _, _ = _stepped(damping_bounds=bounds)
+    opt.load_state_dict(saved)
+    assert opt.damping == math.inf
+    with pytest.raises(ValueError, match=r"damping inf \(expected a finite real number >= 0\)"):
+        _stepped()[0].load_state_dict(saved)
+
+
 def test_loading_a_wrapped_models_state_keeps_the_models_own_names():
     opt, x, y = _stepped()
     saved = opt.state_dict()

@@ -79,6 +79,7 @@ def check_loaded_state(
     defaults: dict[str, Any],
     validate_group: Callable[[dict[str, Any]], None],
     counters: Iterable[str],
+    max_damping: float = math.inf,
 ) -> None:
     """Check a state dict against the optimiser before anything is loaded.
 
@@ -89,6 +90,9 @@ def check_loaded_state(
         defaults: The optimiser's group defaults (filled into groups saved without them).
         validate_group: Checks the option values of one group, raising ``ValueError``.
         counters: Keys of the optimiser-wide state that must be ints >= 0.
+        max_damping: The optimiser's upper bound on the damping. With no finite bound (the
+            paper's rule) repeated increases can reach ``inf``, a state the optimiser can be in
+            and must be able to resume from; with a finite bound, ``inf`` is refused.
 
     Raises:
         ValueError: Naming the group, parameter, option or entry and its value: a different
@@ -139,14 +143,14 @@ def check_loaded_state(
         return  # the caller's loader says that the entry is missing
     if "damping" in glob:
         damping = glob["damping"]
+        reachable = math.isinf(max_damping) and damping == math.inf
         if (
             isinstance(damping, bool)
             or not isinstance(damping, numbers.Real)
-            or not (0.0 <= cast(float, damping) < math.inf)
+            or not (0.0 <= cast(float, damping) < math.inf or reachable)
         ):
-            raise ValueError(
-                f"invalid state_dict: damping {damping!r} (expected a finite real number >= 0)"
-            )
+            bound = "a real number >= 0" if math.isinf(max_damping) else "a finite real number >= 0"
+            raise ValueError(f"invalid state_dict: damping {damping!r} (expected {bound})")
     for key in counters:
         if key in glob:
             _counter(key, glob[key])

@@ -438,6 +438,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
             self.defaults,
             self._validate_group_values,
             counters=("step", "rejected_steps", "nonfinite_steps", "calls", "unresolved_streak"),
+            max_damping=self.damping_rule.upper,
         )
         names = [list(group["param_names"]) for group in self.param_groups]
         # torch's own loader adds "differentiable" to the defaults; it is no option of ours
