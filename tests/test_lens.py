@@ -10,6 +10,7 @@ from _models import mlp
 from torch import nn
 
 from adamqlr import AdamQLR
+from adamqlr.experiment.loop import evaluate
 from adamqlr.lens.adam import (
     AdamLensConfig,
     Rescaled,
@@ -43,7 +44,7 @@ from adamqlr.lens.products import (
     time_products,
     tiny_problems,
 )
-from adamqlr.lens.training import batch_stream, evaluate_loss, record_steps
+from adamqlr.lens.training import batch_stream, record_steps
 from adamqlr.lens.trajectories import (
     RosenbrockConfig,
     rosenbrock_study,
@@ -327,9 +328,23 @@ def test_batch_stream_covers_each_epoch_once_and_record_steps_logs_every_step():
     frame = record_steps(opt, stream, 5, label="run", callback=lambda i, o: {"seen": i})
     assert list(frame["iteration"]) == [1, 2, 3, 4, 5] and (frame["label"] == "run").all()
     assert (frame["seen"] == frame["iteration"]).all() and {"lr", "damping", "rho"} <= set(frame)
-    assert evaluate_loss(model, split, loss, batch_size=5) == pytest.approx(
-        loss.value(model(x), y).item()
-    )
+
+
+def test_the_runner_evaluate_is_the_example_weighted_mean_the_damping_chapter_reports():
+    """:func:`adamqlr.experiment.loop.evaluate` (the damping chapter's test loss) equals, bit for
+    bit, the chunked example-weighted mean the chapter computed with its own loop before."""
+    model, x, y, loss = problem("cross_entropy", n=12)
+    model = model.float()
+    split = Split(x.float(), y)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, 12, 5):
+            xb, yb = split.inputs[start : start + 5], split.targets[start : start + 5]
+            total += float(loss.value(model(xb), yb)) * len(xb)
+            count += len(xb)
+    ours = evaluate(model, split, loss, device=torch.device("cpu"), chunk=5, accuracy=False)
+    assert ours["loss"] == total / count
+    assert ours["loss"] != float(loss.value(model(split.inputs[:5]), split.targets[:5]))
 
 
 # ------------------------------------------------------------------- real data (mirror)
