@@ -307,8 +307,8 @@ def _divided(total: Tensor, count: int) -> Tensor:
 
     [loops] On the CPU, ``total / count`` wraps ``count`` in a 0-d tensor and converts it to
     ``total``'s dtype (``aten::to``, ``_to_copy``, ``copy_``: a few us) before the division;
-    for float32 and float64 the converted divisor is kept (:func:`adamqlr.precision.cpu_number`) and the same
-    division runs without the conversion.
+    for float32 and float64 the converted divisor is kept
+    (:func:`adamqlr.precision.cpu_number`) and the same division runs without the conversion.
     """
     if total.is_cpu and (total.dtype is torch.float32 or total.dtype is torch.float64):
         return total / cpu_number(count, total.dtype)
