@@ -92,4 +92,3 @@ def cpu_number(value: float, dtype: torch.dtype) -> Tensor:
     """
     with torch.inference_mode(False):  # an ordinary tensor, usable by any later step
         return torch.full((), value, dtype=dtype, device="cpu")
-
