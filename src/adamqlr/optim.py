@@ -49,7 +49,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -64,8 +64,6 @@ from adamqlr.backends import check_model, curvature_safe_attention
 from adamqlr.curvature import CURVATURES, CurvatureEngine, EngineCache
 from adamqlr.distributed import DistributedEngine, process_group, unwrap
 from adamqlr.heuristics import (
-    DEFAULT_MAX_DAMPING,
-    LevenbergMarquardt,
     PlaneProposal,
     Proposal,
     loss_difference_trustworthy,
@@ -76,6 +74,10 @@ from adamqlr.heuristics import (
 from adamqlr.losses import Loss, get_loss
 from adamqlr.outputs import OutputSelector, check_selector
 from adamqlr.precision import forget_cast_weights, rounding_dtype, wide, wide_dtype
+from adamqlr.rules import DEFAULT_DAMPING, DEFAULT_STEP_SIZE, Damping, FlatOptions, StepSize
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "AdamQLR",
@@ -182,19 +184,10 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         loss: str | Loss | nn.Module | Callable[[Tensor, Tensor], Tensor] = "cross_entropy",
         curvature: str = "fisher",
         *,
-        params: Iterable[Tensor] | Iterable[dict[str, Any]] | None = None,
-        initial_damping: float = 1e-3,
-        damping_decrease: float = 0.5,
-        damping_increase: float = 2.0,
-        damping_bounds: tuple[float, float] = (1e-8, DEFAULT_MAX_DAMPING),
-        damping_interval: int = 1,
-        damping_in_rho: bool = True,
-        lr_clip: float | None = None,
-        amplification: float = 1.0,
-        undamped: bool = False,
-        damping_mode: str | None = None,
-        step_rule: str = "alpha",
+        damping: Damping | None = DEFAULT_DAMPING,
+        step_size: StepSize = DEFAULT_STEP_SIZE,
         weight_decay: float = 0.0,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]] | None = None,
         max_grad_norm: float | None = None,
         nonpositive_curvature: str = "reject",
         on_nonfinite: str = "skip",
@@ -205,6 +198,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         output: OutputSelector = None,
         distributed: bool | str | Any = "auto",
         group_defaults: dict[str, Any] | None = None,
+        **flat: Unpack[FlatOptions],
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"invalid model: {model!r} (expected a torch.nn.Module)")
@@ -217,45 +211,14 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         else:
             loss_obj = get_loss(loss)
         _check("curvature", curvature, curvature in CURVATURES, f"one of {CURVATURES}")
-        initial_damping = _real("initial_damping", initial_damping)
-        _check("initial_damping", initial_damping, 0 <= initial_damping < math.inf, ">= 0, finite")
-        if not isinstance(damping_bounds, (tuple, list)) or len(damping_bounds) != 2:
-            raise ValueError(
-                f"invalid damping_bounds: {damping_bounds!r} (expected (lower, upper))"
-            )
-        lower = _real("damping_bounds lower", damping_bounds[0])
-        upper = _real("damping_bounds upper", damping_bounds[1])
-        lm = LevenbergMarquardt(
-            decrease=_real("damping_decrease", damping_decrease),
-            increase=_real("damping_increase", damping_increase),
-            lower=lower,
-            upper=upper,
+        # [rules] the one path from the arguments (grouped, or the old flat keywords) to the
+        # settings (rules.py); the flat attributes below are read by the step
+        damping, step_size = _rules.grouped(
+            damping, step_size, flat, owner=f"{type(self).__name__}.__init__()"
         )
-        _check("undamped", undamped, isinstance(undamped, bool), "a bool")
-        damping_mode = _rules.damping_mode(damping_mode, undamped)  # [rules] rules.py
-        step_rule = _rules.step_rule(step_rule)
-        undamped = damping_mode == "none"
-        if not undamped:
-            _check(
-                "initial_damping",
-                initial_damping,
-                lower <= initial_damping <= upper,
-                f"within damping_bounds {tuple(damping_bounds)}",
-            )
-        _check(
-            "damping_interval",
-            damping_interval,
-            isinstance(damping_interval, int)
-            and not isinstance(damping_interval, bool)
-            and damping_interval >= 1,
-            "an int >= 1",
+        damping_mode, initial_damping, lm, damping_interval, damping_in_rho = _rules.damping_parts(
+            damping
         )
-        _check("damping_in_rho", damping_in_rho, isinstance(damping_in_rho, bool), "a bool")
-        if lr_clip is not None:
-            lr_clip = _real("lr_clip", lr_clip)
-            _check("lr_clip", lr_clip, 0 < lr_clip < math.inf, "> 0 and finite, or None")
-        amplification = _real("amplification", amplification)
-        _check("amplification", amplification, 0 < amplification < math.inf, "> 0 and finite")
         weight_decay = _real("weight_decay", weight_decay)
         _check("weight_decay", weight_decay, 0 <= weight_decay < 1, "in [0, 1)")
         if max_grad_norm is not None:
@@ -292,15 +255,21 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
 
         self.loss = loss_obj
         self.curvature = curvature
+        #: The damping setting (:class:`~adamqlr.rules.AdaptiveDamping`,
+        #: :class:`~adamqlr.rules.FixedDamping` or ``None``) and the
+        #: :class:`~adamqlr.rules.StepSize`; the attributes after them are their parts, as the
+        #: step reads them.
+        self.damping_setting = damping
+        self.step_size = step_size
         self.damping_rule = lm
-        self.initial_damping = 0.0 if undamped else initial_damping
+        self.initial_damping = initial_damping
         self.damping_interval = damping_interval
         self.damping_in_rho = damping_in_rho
-        self.lr_clip = lr_clip
-        self.amplification = amplification
-        self.undamped = undamped
+        self.lr_clip = step_size.clip
+        self.amplification = step_size.amplification
+        self.undamped = damping_mode == "none"
         self.damping_mode = damping_mode
-        self.step_rule = step_rule
+        self.step_rule = step_size.rule
         self.max_grad_norm = max_grad_norm
         self.nonpositive_curvature = nonpositive_curvature
         self.on_nonfinite = on_nonfinite
@@ -993,21 +962,12 @@ class AdamQLR(QuadraticModelOptimizer):
         loss: str | Loss | nn.Module | Callable[[Tensor, Tensor], Tensor] = "cross_entropy",
         curvature: str = "fisher",
         *,
+        damping: Damping | None = DEFAULT_DAMPING,
+        step_size: StepSize = DEFAULT_STEP_SIZE,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
-        params: Iterable[Tensor] | Iterable[dict[str, Any]] | None = None,
-        initial_damping: float = 1e-3,
-        damping_decrease: float = 0.5,
-        damping_increase: float = 2.0,
-        damping_bounds: tuple[float, float] = (1e-8, DEFAULT_MAX_DAMPING),
-        damping_interval: int = 1,
-        damping_in_rho: bool = True,
-        lr_clip: float | None = None,
-        amplification: float = 1.0,
-        undamped: bool = False,
-        damping_mode: str | None = None,
-        step_rule: str = "alpha",
         weight_decay: float = 0.0,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]] | None = None,
         max_grad_norm: float | None = None,
         nonpositive_curvature: str = "reject",
         on_nonfinite: str = "skip",
@@ -1017,24 +977,16 @@ class AdamQLR(QuadraticModelOptimizer):
         ignore_index: int = -100,
         output: OutputSelector = None,
         distributed: bool | str | Any = "auto",
+        **flat: Unpack[FlatOptions],
     ) -> None:
         super().__init__(
             model,
             loss,
             curvature,
-            params=params,
-            initial_damping=initial_damping,
-            damping_decrease=damping_decrease,
-            damping_increase=damping_increase,
-            damping_bounds=damping_bounds,
-            damping_interval=damping_interval,
-            damping_in_rho=damping_in_rho,
-            lr_clip=lr_clip,
-            amplification=amplification,
-            undamped=undamped,
-            damping_mode=damping_mode,
-            step_rule=step_rule,
+            damping=damping,
+            step_size=step_size,
             weight_decay=weight_decay,
+            params=params,
             max_grad_norm=max_grad_norm,
             nonpositive_curvature=nonpositive_curvature,
             on_nonfinite=on_nonfinite,
@@ -1045,6 +997,7 @@ class AdamQLR(QuadraticModelOptimizer):
             output=output,
             distributed=distributed,
             group_defaults=dict(betas=betas, eps=eps),
+            **flat,
         )
 
     def _validate_group_values(self, group: dict[str, Any]) -> None:
@@ -1263,19 +1216,10 @@ class SGDQLR(QuadraticModelOptimizer):
         loss: str | Loss | nn.Module | Callable[[Tensor, Tensor], Tensor] = "cross_entropy",
         curvature: str = "fisher",
         *,
-        params: Iterable[Tensor] | Iterable[dict[str, Any]] | None = None,
-        initial_damping: float = 1e-3,
-        damping_decrease: float = 0.5,
-        damping_increase: float = 2.0,
-        damping_bounds: tuple[float, float] = (1e-8, DEFAULT_MAX_DAMPING),
-        damping_interval: int = 1,
-        damping_in_rho: bool = True,
-        lr_clip: float | None = None,
-        amplification: float = 1.0,
-        undamped: bool = False,
-        damping_mode: str | None = None,
-        step_rule: str = "alpha",
+        damping: Damping | None = DEFAULT_DAMPING,
+        step_size: StepSize = DEFAULT_STEP_SIZE,
         weight_decay: float = 0.0,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]] | None = None,
         max_grad_norm: float | None = None,
         nonpositive_curvature: str = "reject",
         on_nonfinite: str = "skip",
@@ -1285,24 +1229,16 @@ class SGDQLR(QuadraticModelOptimizer):
         ignore_index: int = -100,
         output: OutputSelector = None,
         distributed: bool | str | Any = "auto",
+        **flat: Unpack[FlatOptions],
     ) -> None:
         super().__init__(
             model,
             loss,
             curvature,
-            params=params,
-            initial_damping=initial_damping,
-            damping_decrease=damping_decrease,
-            damping_increase=damping_increase,
-            damping_bounds=damping_bounds,
-            damping_interval=damping_interval,
-            damping_in_rho=damping_in_rho,
-            lr_clip=lr_clip,
-            amplification=amplification,
-            undamped=undamped,
-            damping_mode=damping_mode,
-            step_rule=step_rule,
+            damping=damping,
+            step_size=step_size,
             weight_decay=weight_decay,
+            params=params,
             max_grad_norm=max_grad_norm,
             nonpositive_curvature=nonpositive_curvature,
             on_nonfinite=on_nonfinite,
@@ -1312,6 +1248,7 @@ class SGDQLR(QuadraticModelOptimizer):
             ignore_index=ignore_index,
             output=output,
             distributed=distributed,
+            **flat,
         )
 
     def _direction(
