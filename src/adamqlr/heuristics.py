@@ -401,7 +401,7 @@ class LevenbergMarquardt:
         return cls(decrease, 1.0 / decrease, lower=lower, upper=upper, low=low, high=high)
 
     def __post_init__(self) -> None:
-        for name, value in (
+        for field_name, number in (
             ("damping_decrease", self.decrease),
             ("damping_increase", self.increase),
             ("damping_bounds lower", self.lower),
@@ -409,7 +409,7 @@ class LevenbergMarquardt:
             ("rho threshold low", self.low),
             ("rho threshold high", self.high),
         ):
-            _real(name, value)  # a real number, not NaN (a string would fail below, unnamed)
+            _real(field_name, number)  # a real number, not NaN (a string would fail below)
         checks = [
             ("damping_decrease", self.decrease, 0.0 < self.decrease < 1.0, "in (0, 1)"),
             ("damping_increase", self.increase, 1.0 < self.increase < math.inf, "> 1 and finite"),

@@ -3,15 +3,19 @@
 :class:`QuadraticModelOptimizer` holds everything that does not depend on the direction: the
 gradient pass, the curvature along the direction, the step size from the damped quadratic model,
 the trial loss, the reduction ratio and the Levenberg-Marquardt damping (all from
-:mod:`adamqlr.heuristics`), and the guards against non-finite numbers. A subclass supplies only the
-direction: :class:`AdamQLR` Adam's bias-corrected ``m_hat / (sqrt(v_hat) + eps)``, :class:`SGDQLR`
-the gradient itself.
+:mod:`adamqlr.heuristics`), and the guards against non-finite numbers. The options are grouped as
+the paper groups them: the damping rule (``damping``, :class:`adamqlr.rules.AdaptiveDamping`,
+:class:`~adamqlr.rules.FixedDamping` or ``None``), the step-size rule with its clip and
+amplification (``step_size``, :class:`adamqlr.rules.StepSize`), Adam's ``betas`` and ``eps``;
+the old flat keywords (``initial_damping=``, ``lr_clip=``, ...) map onto them. A subclass
+supplies only the direction: :class:`AdamQLR` Adam's bias-corrected
+``m_hat / (sqrt(v_hat) + eps)``, :class:`SGDQLR` the gradient itself.
 
 One call of :meth:`QuadraticModelOptimizer.step` on a mini-batch ``(inputs, targets)`` costs one
 forward and backward pass (the gradient), then the curvature along the direction on the same
 batch, and, on steps that adapt the damping, one more forward pass for the trial loss (never with
-``damping_mode="fixed"`` or ``"none"``; ``step_rule="alpha-momentum"`` adds a second curvature
-product, along the previous update: :mod:`adamqlr.rules` says what each costs). With
+``damping=FixedDamping(...)`` or ``None``; ``step_size=StepSize("alpha-momentum")`` adds a second
+curvature product, along the previous update: :mod:`adamqlr.rules` says what each costs). With
 ``"fisher"`` the curvature is one forward-mode JVP: for a sequential MLP that
 :func:`adamqlr.curvature.layerwise_plan` covers, the gradient pass itself runs layer by layer
 and keeps its activations, so the JVP computes tangents only
@@ -855,9 +859,20 @@ class AdamQLR(QuadraticModelOptimizer):
     quadratic model along ``d``: ``theta <- theta - alpha d`` with
     ``alpha = g^T d / (d^T C d + lambda ||d||^2)``.
 
+    The options are grouped as the paper groups them: the damping rule is one object
+    (``damping``), the step-size rule with its clip and amplification another (``step_size``),
+    Adam's constants are ``betas`` and ``eps``.
+
     Example::
 
-        opt = AdamQLR(model, loss="cross_entropy")
+        from adamqlr import AdamQLR, AdaptiveDamping, LevenbergMarquardt, StepSize
+
+        opt = AdamQLR(model, loss="cross_entropy")          # the paper's untuned setting
+        tuned = AdamQLR(
+            model,
+            damping=AdaptiveDamping(1.0, LevenbergMarquardt.tied(0.95)),  # increase 1/0.95
+            step_size=StepSize(clip=0.1),
+        )
         for inputs, targets in loader:
             stats = opt.step(inputs, targets)   # no zero_grad/backward: the step does it
             print(stats.loss, stats.lr, stats.damping, stats.rho)
@@ -874,41 +889,44 @@ class AdamQLR(QuadraticModelOptimizer):
             ``nn.CrossEntropyLoss`` with closed forms keep them (:func:`adamqlr.losses.get_loss`).
         curvature: ``"fisher"`` (the generalised Gauss-Newton matrix, equal to the Fisher for these
             losses; one forward-mode JVP) or ``"hessian"`` (forward-over-reverse).
-        params: The parameters to optimise (default: all of ``model``'s), or parameter groups
-            (dicts) with their own ``lr``, ``betas``, ``eps`` and ``weight_decay``. More groups
-            can be added later with :meth:`add_param_group`.
-        initial_damping: ``lambda_0`` (>= 0).
-        damping_decrease: ``omega_dec`` in (0, 1): lambda is multiplied by it when rho > 3/4.
-        damping_increase: ``omega_inc`` > 1: lambda is multiplied by it when rho < 1/4.
-        damping_bounds: ``(lower, upper)`` clip on lambda after each update. The paper bounds
-            lambda only from below (1e-8); the default upper bound
-            :data:`adamqlr.heuristics.DEFAULT_MAX_DAMPING` (1e8) keeps a long run of rejected
-            steps from driving lambda to infinity, where the step size is zero. Pass
-            ``(1e-8, math.inf)`` for the paper's exact rule (the experiment runner does).
-        damping_interval: Adapt the damping (and pay the trial forward pass) every this many steps.
-        damping_in_rho: Whether the damping term enters rho's predicted change.
-        lr_clip: Optional symmetric clip ``alpha_max`` on the step size (with
-            ``step_rule="alpha-momentum"``: on the coefficient ``a`` of ``-d``; the momentum
-            coefficient is then chosen again by the model with ``a`` held at the clip).
-        amplification: Factor ``k`` applied to the step size after clipping (to both
-            coefficients with ``step_rule="alpha-momentum"``).
-        undamped: Use no damping at all (lambda = 0, no trial loss, no rho); the same as
-            ``damping_mode="none"``, kept for backward compatibility.
-        damping_mode: ``"adaptive"`` (Levenberg-Marquardt from rho, the default), ``"fixed"``
-            (lambda stays ``initial_damping``, also after a rejected step; no trial loss, no
-            rho, so no extra forward pass) or ``"none"`` (lambda = 0); ``None`` means
-            ``"none"`` if ``undamped`` else ``"adaptive"`` (:mod:`adamqlr.rules`).
-        step_rule: ``"alpha"`` (the paper's: ``theta <- theta - alpha d``, the default) or
-            ``"alpha-momentum"`` (K-FAC's joint learning rate and momentum on this direction:
-            ``theta <- theta + a v1 + b v2`` with ``v1 = -d`` and ``v2`` the previous update,
-            ``(a, b)`` minimising the damped quadratic model on their plane; the first step is
-            the ``"alpha"`` rule's). ``StepStats.lr`` is ``a``, ``StepStats.momentum`` is ``b``;
-            the plane costs a second curvature product per step (:mod:`adamqlr.rules`).
-        betas: Adam's ``(beta1, beta2)``, each in [0, 1).
+        damping: The damping rule (:mod:`adamqlr.rules`).
+            :class:`~adamqlr.rules.AdaptiveDamping` ``(initial, rule, interval, in_rho)``: the
+            paper's -- ``lambda`` starts at ``initial`` (``lambda_0``) and the
+            :class:`~adamqlr.heuristics.LevenbergMarquardt` ``rule`` multiplies it by
+            ``decrease`` when ``rho > 3/4`` and by ``increase`` when ``rho < 1/4``, then clips it
+            to ``[lower, upper]``, every ``interval`` steps (each costs a trial forward pass);
+            ``LevenbergMarquardt.tied(decrease)`` ties ``increase = 1 / decrease``. The default,
+            ``AdaptiveDamping()``, is ``lambda_0 = 1e-3``, factors 0.5/2, bounds
+            ``(1e-8, DEFAULT_MAX_DAMPING)``: the paper bounds lambda only from below, and the
+            upper bound :data:`adamqlr.heuristics.DEFAULT_MAX_DAMPING` (1e8) keeps a long run of
+            rejected steps from driving lambda to infinity, where the step size is zero (a rule
+            built without ``upper`` is the paper's exact one; the experiment runner uses it).
+            :class:`~adamqlr.rules.FixedDamping` ``(value)``: ``lambda`` stays ``value``, also
+            after a rejected step; no trial loss, no rho, so no extra forward pass.
+            ``None``: no damping at all (lambda = 0, no trial loss, no rho).
+        step_size: The step-size rule, :class:`~adamqlr.rules.StepSize`
+            ``(rule, clip, amplification)``. ``rule``: ``"alpha"`` (the paper's,
+            ``theta <- theta - alpha d``, the default) or ``"alpha-momentum"`` (K-FAC's joint
+            learning rate and momentum on this direction: ``theta <- theta + a v1 + b v2`` with
+            ``v1 = -d`` and ``v2`` the previous update, ``(a, b)`` minimising the damped quadratic
+            model on their plane; the first step is the ``"alpha"`` rule's; ``StepStats.lr`` is
+            ``a``, ``StepStats.momentum`` is ``b``; the plane costs a second curvature product
+            per step). ``clip``: optional symmetric clip ``alpha_max`` on the step size (on ``a``
+            with ``"alpha-momentum"``; ``b`` is then chosen again by the model with ``a`` held at
+            the clip). ``amplification``: factor ``k`` on the step size after clipping (on both
+            coefficients with ``"alpha-momentum"``). The default ``StepSize()`` is the paper's
+            untuned rule: ``"alpha"``, no clip, ``k = 1``.
+        betas: Adam's ``(beta1, beta2)``, each in [0, 1). With ``eps``, a parameter group's
+            option (as in ``torch.optim.Adam``), so they stay two arguments.
         eps: Adam's epsilon (> 0), added outside the square root.
         weight_decay: Decoupled weight decay ``w`` in [0, 1): ``theta <- theta - alpha d - w theta``
             (absolute, not scaled by the step size, as in the paper's code; scaled by the group's
             ``lr``, see below).
+        params: The parameters to optimise (default: all of ``model``'s), or parameter groups
+            (dicts) with their own ``lr``, ``betas``, ``eps`` and ``weight_decay``. More groups
+            can be added later with :meth:`add_param_group`.
+
+    Advanced (keyword-only switches that few runs change):
         max_grad_norm: If given (> 0), the gradient is clipped to this total norm inside the
             step, with the rule of ``torch.nn.utils.clip_grad_norm_``, before Adam's moments and
             the step size see it (``StepStats.grad_norm`` is the norm before clipping).
@@ -940,6 +958,18 @@ class AdamQLR(QuadraticModelOptimizer):
             unwrapped and its own gradient averaging bypassed, so a plain module works too.
             Every rank must call ``step`` equally often; pass ``False`` when the ranks train
             different models (e.g. independent runs in one process group).
+
+    Flat keywords: the options that ``damping`` and ``step_size`` group are also accepted one by
+    one, as before they were grouped (the grouped form is preferred; the experiment registry and
+    the tuner keep their flat configuration keys and build the objects from them with
+    :func:`adamqlr.rules.grouped`). ``initial_damping`` (``lambda_0``, >= 0; the value of a
+    fixed damping), ``damping_decrease`` and ``damping_increase`` (the rule's factors),
+    ``damping_bounds`` (``(lower, upper)``), ``damping_interval`` and ``damping_in_rho`` build
+    the ``damping``; ``damping_mode`` (``"adaptive"``, ``"fixed"`` or ``"none"``; ``None``:
+    ``"none"`` if ``undamped`` else ``"adaptive"``) and the legacy ``undamped`` (``True`` is
+    ``damping_mode="none"``) choose its kind. ``step_rule``, ``lr_clip`` and ``amplification``
+    build the ``step_size``. Given beside an explicit ``damping`` or ``step_size`` object, a
+    flat keyword must agree with it (a ``ValueError`` names both otherwise).
 
     Parameter groups follow ``torch.optim``'s conventions. Each has an ``lr`` (default 1.0), a
     factor on the step size chosen by the quadratic model, so torch's learning-rate schedulers

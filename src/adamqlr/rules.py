@@ -1,25 +1,33 @@
 """The damping and step-size rules of :class:`adamqlr.AdamQLR` and :class:`adamqlr.SGDQLR`.
 
-The optimisers take two options that pick a cell of the factorial study (direction x step-size
-rule x damping, :mod:`adamqlr.studies.factorial`):
+The optimisers take two settings that pick a cell of the factorial study (direction x step-size
+rule x damping, :mod:`adamqlr.studies.factorial`), each one frozen object, as the paper groups
+them:
 
-``damping_mode`` (:data:`DAMPING_MODES`)
-    ``"adaptive"`` (the default, the paper's AdamQLR): lambda starts at ``initial_damping`` and
-    the Levenberg-Marquardt rule adapts it from the reduction ratio ``rho`` every
-    ``damping_interval`` steps, which costs one more forward pass (the trial loss) on those steps.
-    ``"fixed"``: lambda stays ``initial_damping`` for the whole run, also after a rejected step;
-    no trial loss and no ``rho`` are computed (``StepStats.rho`` and ``trial_loss`` are NaN), so a
-    step costs what an undamped one does. ``"none"``: lambda = 0, no trial loss, no ``rho``
-    (the old ``undamped=True``, which stays as an alias).
+``damping``: :class:`AdaptiveDamping`, :class:`FixedDamping` or ``None`` (:data:`DAMPING_MODES`)
+    :class:`AdaptiveDamping` (``"adaptive"``, the default, the paper's AdamQLR): lambda starts at
+    ``initial`` and its :class:`~adamqlr.heuristics.LevenbergMarquardt` rule adapts it from the
+    reduction ratio ``rho`` every ``interval`` steps, which costs one more forward pass (the
+    trial loss) on those steps. :class:`FixedDamping` (``"fixed"``): lambda stays ``value`` for
+    the whole run, also after a rejected step; no trial loss and no ``rho`` are computed
+    (``StepStats.rho`` and ``trial_loss`` are NaN), so a step costs what an undamped one does.
+    ``None`` (``"none"``): lambda = 0, no trial loss, no ``rho``.
 
-``step_rule`` (:data:`STEP_RULES`)
+``step_size``: :class:`StepSize` (``rule`` one of :data:`STEP_RULES`, ``clip``, ``amplification``)
     ``"alpha"`` (the default, the paper's): ``theta <- theta - alpha d`` with ``alpha`` the
     minimiser of the damped quadratic model along the direction ``d``
-    (:func:`adamqlr.heuristics.propose_step`). ``"alpha-momentum"``: K-FAC's joint choice of a
-    learning rate and a momentum, on any direction: with ``v1 = -d`` and ``v2`` the previous
-    update, the step ``a v1 + b v2`` minimises the damped quadratic model on the plane of the two
+    (:func:`adamqlr.heuristics.propose_step`), clipped to ``[-clip, clip]`` and multiplied by
+    ``amplification``. ``"alpha-momentum"``: K-FAC's joint choice of a learning rate and a
+    momentum, on any direction: with ``v1 = -d`` and ``v2`` the previous update, the step
+    ``a v1 + b v2`` minimises the damped quadratic model on the plane of the two
     (:func:`adamqlr.heuristics.propose_plane_step`); at the first step (no previous update) it is
     exactly the ``"alpha"`` rule.
+
+The flat keywords these objects group (``initial_damping``, ``damping_decrease``, ...,
+``damping_mode``, ``undamped``, ``step_rule``, ``lr_clip``, ``amplification``:
+:class:`FlatOptions`) are still accepted; :func:`grouped` maps them onto the objects, the one path
+from an optimiser's arguments to its settings. The experiment registry and the tuner keep their
+flat configuration keys (run records are keyed by them) and build the objects the same way.
 
 What the plane costs, per step, beside the ``"alpha"`` rule's: a second curvature product
 (:meth:`adamqlr.curvature.CurvatureEngine.along_pair`: for the layer-wise Fisher a second tangent
