@@ -76,7 +76,7 @@ def test_each_object_refuses_a_bad_value_by_name(build, match):
 
 def test_the_objects_are_frozen_and_the_defaults_are_the_papers_untuned_setting():
     assert DEFAULT_DAMPING == AdaptiveDamping(
-        1e-3, LevenbergMarquardt(0.5, 2.0, 1e-8, 1e8), 1, True
+        1e-3, LevenbergMarquardt(0.5, 2.0, 1e-8, 1e8), 1, None
     )
     assert DEFAULT_DAMPING.rule.upper == DEFAULT_MAX_DAMPING
     assert DEFAULT_STEP_SIZE == StepSize("alpha", None, 1.0)
@@ -84,6 +84,8 @@ def test_the_objects_are_frozen_and_the_defaults_are_the_papers_untuned_setting(
         DEFAULT_DAMPING.initial = 1.0  # type: ignore[misc]
     opt = AdamQLR(mlp())
     assert opt.damping_setting is DEFAULT_DAMPING and opt.step_size is DEFAULT_STEP_SIZE
+    assert opt.damping_in_rho is True  # in_rho None: AdamQLR's convention, the paper's code
+    assert AdamQLR(mlp(), damping=FixedDamping(0.1, in_rho=False)).damping_in_rho is False
 
 
 def test_tied_derives_the_increase_from_the_decrease():

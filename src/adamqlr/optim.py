@@ -895,7 +895,9 @@ class AdamQLR(QuadraticModelOptimizer):
             :class:`~adamqlr.heuristics.LevenbergMarquardt` ``rule`` multiplies it by
             ``decrease`` when ``rho > 3/4`` and by ``increase`` when ``rho < 1/4``, then clips it
             to ``[lower, upper]``, every ``interval`` steps (each costs a trial forward pass);
-            ``LevenbergMarquardt.tied(decrease)`` ties ``increase = 1 / decrease``. The default,
+            ``in_rho`` (default ``None``: yes, as in the paper's code) says whether the damping
+            enters rho's predicted change; ``LevenbergMarquardt.tied(decrease)`` ties
+            ``increase = 1 / decrease``. The default,
             ``AdaptiveDamping()``, is ``lambda_0 = 1e-3``, factors 0.5/2, bounds
             ``(1e-8, DEFAULT_MAX_DAMPING)``: the paper bounds lambda only from below, and the
             upper bound :data:`adamqlr.heuristics.DEFAULT_MAX_DAMPING` (1e8) keeps a long run of

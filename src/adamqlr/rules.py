@@ -80,6 +80,7 @@ __all__ = [
     "damping_parts",
     "flat_view",
     "grouped",
+    "refuse_conflicts",
     "step_size_from_flat",
     "plane_proposal",
     "plane_scalars",
@@ -131,6 +132,10 @@ def step_rule(rule: str) -> str:
 
 
 # --------------------------------------------------------------------------- grouped options
+def _bool_or_none(value: object) -> bool:
+    return value is None or isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class AdaptiveDamping:
     """The paper's damping: ``lambda`` starts at ``initial`` and ``rule`` adapts it from ``rho``.
@@ -152,8 +157,9 @@ class AdaptiveDamping:
             rejected steps from driving ``lambda`` to infinity; a rule built without ``upper``
             is the paper's exact, unbounded one.
         interval: Adapt ``lambda`` (and pay the trial forward pass) every this many steps.
-        in_rho: Whether the damping term enters ``rho``'s predicted change (the paper's code:
-            yes; kfac-jax: no).
+        in_rho: Whether the damping term enters ``rho``'s predicted change; ``None`` (default):
+            the optimiser's convention (:class:`adamqlr.AdamQLR`: yes, as the paper's code;
+            :class:`adamqlr.KFAC`: no, as kfac-jax).
 
     Raises:
         ValueError: Naming the field and its value, for an invalid one.
@@ -162,7 +168,7 @@ class AdaptiveDamping:
     initial: float = 1e-3
     rule: LevenbergMarquardt = LevenbergMarquardt(upper=DEFAULT_MAX_DAMPING)
     interval: int = 1
-    in_rho: bool = True
+    in_rho: bool | None = None
 
     def __post_init__(self) -> None:
         _check(
@@ -180,7 +186,7 @@ class AdaptiveDamping:
             f"within the rule's bounds ({self.rule.lower!r}, {self.rule.upper!r})",
         )
         _integer("AdaptiveDamping interval", self.interval, 1)
-        _check("AdaptiveDamping in_rho", self.in_rho, isinstance(self.in_rho, bool), "a bool")
+        _check("AdaptiveDamping in_rho", self.in_rho, _bool_or_none(self.in_rho), "a bool or None")
 
 
 @dataclass(frozen=True)
@@ -193,19 +199,20 @@ class FixedDamping:
     Attributes:
         value: ``lambda``, >= 0 and finite.
         in_rho: Whether the damping term enters the predicted change (``StepStats
-            .predicted_change``; no ``rho`` is computed from it).
+            .predicted_change``; no ``rho`` is computed from it); ``None`` (default): the
+            optimiser's convention, as for :class:`AdaptiveDamping`.
 
     Raises:
         ValueError: Naming the field and its value, for an invalid one.
     """
 
     value: float
-    in_rho: bool = True
+    in_rho: bool | None = None
 
     def __post_init__(self) -> None:
         value = _real("FixedDamping value", self.value)
         _check("FixedDamping value", self.value, 0.0 <= value < math.inf, ">= 0, finite")
-        _check("FixedDamping in_rho", self.in_rho, isinstance(self.in_rho, bool), "a bool")
+        _check("FixedDamping in_rho", self.in_rho, _bool_or_none(self.in_rho), "a bool or None")
 
 
 #: A damping setting; ``None`` in its place means no damping (``lambda = 0``).
@@ -265,7 +272,7 @@ class FlatOptions(TypedDict, total=False):
     damping_increase: float
     damping_bounds: tuple[float, float]
     damping_interval: int
-    damping_in_rho: bool
+    damping_in_rho: bool | None
     undamped: bool
     damping_mode: str | None
     step_rule: str
@@ -280,7 +287,7 @@ DAMPING_KEYWORDS: dict[str, Any] = {
     "damping_increase": 2.0,
     "damping_bounds": (1e-8, DEFAULT_MAX_DAMPING),
     "damping_interval": 1,
-    "damping_in_rho": True,
+    "damping_in_rho": None,  # the optimiser's convention (AdamQLR: True)
     "undamped": False,
     "damping_mode": None,
 }
@@ -330,7 +337,7 @@ def damping_from_flat(flat: Mapping[str, Any]) -> Damping | None:
         "an int >= 1",
     )
     in_rho = opts["damping_in_rho"]
-    _check("damping_in_rho", in_rho, isinstance(in_rho, bool), "a bool")
+    _check("damping_in_rho", in_rho, _bool_or_none(in_rho), "a bool")
     if mode == "none":
         return None
     if mode == "fixed":
@@ -355,11 +362,11 @@ def step_size_from_flat(flat: Mapping[str, Any]) -> StepSize:
     return StepSize(rule, clip, k)
 
 
-def flat_view(setting: Damping | StepSize | None) -> dict[str, Any]:
-    """Return the flat keywords that ``setting`` fixes, with their values.
+def flat_view(setting: Damping | StepSize | None, *, in_rho: bool = True) -> dict[str, Any]:
+    """Return the flat keywords of :class:`adamqlr.AdamQLR` that ``setting`` fixes, with values.
 
     A keyword that does not apply (e.g. ``damping_decrease`` for a :class:`FixedDamping`) is
-    absent.
+    absent. ``in_rho`` is the optimiser's convention, the value of an ``in_rho`` of ``None``.
     """
     if isinstance(setting, StepSize):
         return {
@@ -369,7 +376,8 @@ def flat_view(setting: Damping | StepSize | None) -> dict[str, Any]:
         }
     if setting is None:
         return {"undamped": True, "damping_mode": "none"}
-    common = {"undamped": False, "damping_in_rho": setting.in_rho}
+    own = setting.in_rho
+    common = {"undamped": False, "damping_in_rho": in_rho if own is None else own}
     if isinstance(setting, FixedDamping):
         return {**common, "damping_mode": "fixed", "initial_damping": setting.value}
     rule = setting.rule
@@ -392,16 +400,22 @@ def _agrees(key: str, given: Any, held: Any) -> bool:
     return bool(given == held)
 
 
-def _merge(name: str, setting: Any, default: Any, flat: Mapping[str, Any], build: Any) -> Any:
-    """Return ``setting``, or what the flat keywords build when ``setting`` was not given."""
-    if not flat:
-        return setting
-    if setting is default:  # not given: the flat keywords describe the setting
-        return build(flat)
-    held = flat_view(setting)
+def refuse_conflicts(
+    name: str, setting: object, flat: Mapping[str, Any], held: Mapping[str, Any]
+) -> None:
+    """Raise unless every flat keyword in ``flat`` agrees with ``held``, what ``setting`` fixes.
+
+    A keyword given as ``None`` where ``None`` means "from the others" (``damping_mode``,
+    ``damping_update``) or "the optimiser's convention" (``damping_in_rho``) says nothing and
+    is skipped.
+
+    Raises:
+        ValueError: Naming the keyword, its value and ``name=setting``, for a keyword that
+            ``setting`` has not (it does not apply) or holds at another value.
+    """
     for key, given in flat.items():
-        if key == "damping_mode" and given is None:
-            continue  # "from undamped": says nothing beside an object
+        if given is None and key in ("damping_mode", "damping_update", "damping_in_rho"):
+            continue
         if key not in held:
             raise ValueError(
                 f"invalid {key}: {given!r} given with {name}={setting!r}, which has no {key} "
@@ -412,6 +426,15 @@ def _merge(name: str, setting: Any, default: Any, flat: Mapping[str, Any], build
                 f"invalid {key}: {given!r} conflicts with {name}={setting!r}, which has "
                 f"{key}={held[key]!r} (pass one of them; the grouped {name}= is preferred)"
             )
+
+
+def _merge(name: str, setting: Any, default: Any, flat: Mapping[str, Any], build: Any) -> Any:
+    """Return ``setting``, or what the flat keywords build when ``setting`` was not given."""
+    if not flat:
+        return setting
+    if setting is default:  # not given: the flat keywords describe the setting
+        return build(flat)
+    refuse_conflicts(name, setting, flat, flat_view(setting))
     return setting
 
 
@@ -454,20 +477,22 @@ def grouped(
 
 
 def damping_parts(
-    damping: Damping | None,
+    damping: Damping | None, *, in_rho: bool = True
 ) -> tuple[str, float, LevenbergMarquardt, int, bool]:
     """Return ``(mode, lambda_0, rule, interval, in_rho)`` for a damping setting.
 
     ``mode`` is one of :data:`DAMPING_MODES`. A fixed (or no) damping has the rule that keeps
-    ``lambda`` where it is (bounds ``[lambda, lambda]``), adapts never (interval 1, unused) and
-    leaves the damping in the predicted change as given (``None``: ``True``; ``lambda = 0``).
+    ``lambda`` where it is (bounds ``[lambda, lambda]``) and adapts never (interval 1, unused).
+    The keyword ``in_rho`` is the optimiser's convention, taken where the setting's is ``None``
+    (and with no damping, where ``lambda = 0`` makes it moot).
     """
     if damping is None:
-        return "none", 0.0, LevenbergMarquardt(lower=0.0, upper=0.0), 1, True
+        return "none", 0.0, LevenbergMarquardt(lower=0.0, upper=0.0), 1, in_rho
+    own = in_rho if damping.in_rho is None else damping.in_rho
     if isinstance(damping, FixedDamping):
         value = damping.value
-        return "fixed", value, LevenbergMarquardt(lower=value, upper=value), 1, damping.in_rho
-    return "adaptive", damping.initial, damping.rule, damping.interval, damping.in_rho
+        return "fixed", value, LevenbergMarquardt(lower=value, upper=value), 1, own
+    return "adaptive", damping.initial, damping.rule, damping.interval, own
 
 
 #: Key of the previous update in the per-parameter state (``step_rule="alpha-momentum"``).
