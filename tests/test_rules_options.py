@@ -307,3 +307,88 @@ def test_the_registry_builds_the_grouped_objects_from_its_flat_keys():
             assert damping.rule.increase == h["damping_increase"]  # 1.0526 stays as recorded
             assert damping.rule.upper == math.inf and damping.rule.lower == h["damping_min"]
         assert kwargs["step_size"].clip == h["lr_clip"]
+
+
+# ---------------------------------------------------------------------------------- K-FAC
+def _kfac_trajectory(steps: int = 4, **kwargs):
+    from adamqlr import KFAC
+
+    model = mlp((5, 4, 3), nn.Tanh)
+    opt = KFAC(model, "cross_entropy", seed=0, **kwargs)
+    stats = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for k in range(steps):
+            x, y = classification(model, seed=30 + k)
+            stats.append(opt.step(x, y).as_dict())
+    return [p.detach().clone() for p in model.parameters()], stats, opt
+
+
+KFAC_CASES = {
+    "default": (dict(), dict(damping=AdaptiveDamping(1.0, LevenbergMarquardt.tied(0.9)))),
+    "adaptive": (
+        dict(
+            initial_damping=0.3,
+            damping_decay=0.8,
+            damping_bounds=(1e-6, 50.0),
+            damping_interval=2,
+            damping_in_rho=True,
+        ),
+        dict(
+            damping=AdaptiveDamping(
+                0.3, LevenbergMarquardt.tied(0.8, lower=1e-6, upper=50.0), 2, True
+            )
+        ),
+    ),
+    "fixed": (
+        dict(damping_update="fixed", initial_damping=0.2),
+        dict(damping=FixedDamping(0.2)),
+    ),
+    "none": (
+        dict(step_rule="alpha", damping_update="fixed", initial_damping=1e-8),
+        dict(step_rule="alpha", damping=None),
+    ),
+    "unadaptive": (
+        dict(mode="unadaptive", lr=0.1, momentum=0.5, initial_damping=0.1),
+        dict(mode="unadaptive", lr=0.1, momentum=0.5, damping=FixedDamping(0.1)),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(KFAC_CASES))
+def test_kfac_takes_the_same_damping_objects_bitwise(case):
+    flat, grouped_kwargs = KFAC_CASES[case]
+    p_flat, s_flat, o_flat = _kfac_trajectory(**flat)
+    p_grp, s_grp, o_grp = _kfac_trajectory(**grouped_kwargs)
+    assert all(torch.equal(a, b) for a, b in zip(p_flat, p_grp, strict=True))
+    for a, b in zip(s_flat, s_grp, strict=True):
+        assert all(_same(a[k], b[k]) for k in a), (a, b)
+    for name in ("damping_update", "initial_damping", "damping_interval", "damping_in_rho"):
+        assert getattr(o_flat, name) == getattr(o_grp, name), name
+    if o_flat.damping_update == "adaptive":
+        assert o_flat.damping_rule == o_grp.damping_rule
+
+
+def test_kfac_takes_an_untied_rule_and_refuses_conflicts_by_name():
+    from adamqlr import KFAC
+
+    untied = AdaptiveDamping(1.0, LevenbergMarquardt(0.5, 3.0))
+    assert KFAC(mlp(), damping=untied).damping_rule.increase == 3.0
+    agreeing = AdaptiveDamping(1.0, LevenbergMarquardt.tied(0.9))
+    assert KFAC(mlp(), damping=agreeing, damping_decay=0.9, mode="adaptive").damping == 1.0
+    for kwargs, match in [
+        (
+            dict(damping=untied, damping_decay=0.5),
+            r"damping_decay: 0\.5 given with damping=.*has no",
+        ),
+        (dict(damping=FixedDamping(0.1), initial_damping=0.2), r"initial_damping: 0\.2 conflicts"),
+        (dict(damping=None, damping_update="adaptive"), r"damping_update: 'adaptive' conflicts"),
+        (
+            dict(damping=FixedDamping(0.1), mode="adaptive"),
+            r"damping: FixedDamping.*mode='adaptive'",
+        ),
+        (dict(damping=agreeing, damping_in_rho=True), r"damping_in_rho: True conflicts"),
+        (dict(damping=0.1), r"invalid damping: 0\.1"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            KFAC(mlp(), **kwargs)
