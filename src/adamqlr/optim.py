@@ -50,10 +50,11 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -80,7 +81,9 @@ from adamqlr.outputs import OutputSelector, check_selector
 from adamqlr.precision import forget_cast_weights, rounding_dtype, wide, wide_dtype
 from adamqlr.rules import DEFAULT_DAMPING, DEFAULT_STEP_SIZE, Damping, FlatOptions, StepSize
 
-if TYPE_CHECKING:
+if sys.version_info >= (3, 11):  # imported, not only for mypy: the API page evaluates the hints
+    from typing import Unpack
+else:  # pragma: no cover - Python 3.10
     from typing_extensions import Unpack
 
 __all__ = [
@@ -861,7 +864,8 @@ class AdamQLR(QuadraticModelOptimizer):
 
     The options are grouped as the paper groups them: the damping rule is one object
     (``damping``), the step-size rule with its clip and amplification another (``step_size``),
-    Adam's constants are ``betas`` and ``eps``.
+    Adam's constants are ``betas`` and ``eps``. The switches under *Advanced* are keyword-only and
+    rarely changed.
 
     Example::
 
@@ -928,7 +932,7 @@ class AdamQLR(QuadraticModelOptimizer):
             (dicts) with their own ``lr``, ``betas``, ``eps`` and ``weight_decay``. More groups
             can be added later with :meth:`add_param_group`.
 
-    Advanced (keyword-only switches that few runs change):
+    Advanced:
         max_grad_norm: If given (> 0), the gradient is clipped to this total norm inside the
             step, with the rule of ``torch.nn.utils.clip_grad_norm_``, before Adam's moments and
             the step size see it (``StepStats.grad_norm`` is the norm before clipping).

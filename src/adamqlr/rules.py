@@ -141,18 +141,20 @@ class AdaptiveDamping:
     """The paper's damping: ``lambda`` starts at ``initial`` and ``rule`` adapts it from ``rho``.
 
     ``damping_mode="adaptive"``. Every ``interval`` steps the trial loss is computed (one more
-    forward pass), then ``rho``, and :meth:`LevenbergMarquardt.update` gives the next ``lambda``.
+    forward pass), then ``rho``, and the rule's
+    :meth:`~adamqlr.heuristics.LevenbergMarquardt.update` gives the next ``lambda``.
 
-    ``lambda_0`` lives here, beside the rule, and not in :class:`LevenbergMarquardt`: the rule is
-    the map from one ``lambda`` to the next (K-FAC and the reference iteration share it), while a
-    damping *setting* is incomplete without its starting point (the paper tunes ``lambda_0``
-    with the factors, and a fixed damping is nothing but its value). So a setting is one object:
+    ``lambda_0`` lives here, beside the rule, and not in the
+    :class:`~adamqlr.heuristics.LevenbergMarquardt` rule: the rule is the map from one ``lambda``
+    to the next (K-FAC and the reference iteration share it), while a damping *setting* is
+    incomplete without its starting point (the paper tunes ``lambda_0`` with the factors, and a
+    fixed damping is nothing but its value). So a setting is one object:
     ``AdaptiveDamping(1.0, LevenbergMarquardt.tied(0.95))``.
 
     Attributes:
         initial: ``lambda_0``, >= 0 and within the rule's ``[lower, upper]``.
-        rule: The :class:`LevenbergMarquardt` rule. The default is the paper's untuned one
-            (0.5 / 2, bounded below by 1e-8) with the upper bound
+        rule: The :class:`~adamqlr.heuristics.LevenbergMarquardt` rule. The default is the
+            paper's untuned one (0.5 / 2, bounded below by 1e-8) with the upper bound
             :data:`adamqlr.heuristics.DEFAULT_MAX_DAMPING` (1e8), which keeps a long run of
             rejected steps from driving ``lambda`` to infinity; a rule built without ``upper``
             is the paper's exact, unbounded one.

@@ -394,8 +394,8 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
             tied, the interval and ``in_rho``, ``None`` meaning K-FAC's no),
             :class:`~adamqlr.rules.FixedDamping` (``lambda`` throughout) or ``None`` (fixed at
             :data:`NO_DAMPING`: the damping also regularises the inverted factors). Default
-            :data:`DEFAULT_KFAC_DAMPING`, the flat keywords' defaults; given with ``mode``, its
-            kind must agree with the mode's damping update.
+            :data:`adamqlr.kfac.DEFAULT_KFAC_DAMPING`, the flat keywords' defaults; given with
+            ``mode``, its kind must agree with the mode's damping update.
         step_rule: One of :data:`STEP_RULES` (default ``"alpha-momentum"``, or the mode's). Given
             with ``mode`` it must agree with it.
         damping_update: One of :data:`DAMPING_UPDATES` (default ``"adaptive"``, or the mode's).
