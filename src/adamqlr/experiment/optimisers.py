@@ -171,7 +171,8 @@ _ADAMQLR_UNTUNED: dict[str, Any] = {
     "eps": 1e-8,
 }
 #: The tuned configuration's placeholders (the authors' configuration files); tuning overwrites
-#: them.
+#: them. ``1.0526`` is the authors' rounded ``1/0.95``, kept as written because the run records
+#: are keyed by these values; in code, ``LevenbergMarquardt.tied(0.95)`` is the exact tied rule.
 _ADAMQLR_TUNED = {
     **_ADAMQLR_UNTUNED,
     "initial_damping": 1.0,
