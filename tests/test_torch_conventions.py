@@ -15,10 +15,11 @@ from torch import nn
 
 import adamqlr
 from adamqlr import SGDQLR, AdamQLR
+from adamqlr.testing import flat_params
 
 
 def _flat(model: nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return flat_params(model).vector
 
 
 def _first_step(lr: float | None = None, **kwargs):

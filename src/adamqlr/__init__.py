@@ -32,6 +32,7 @@ name included::
                 rules                       damping and step-size settings; the plane step
                 optim                       AdamQLR and SGDQLR (torch optimisers)
                 algorithm kfac baydin       reference step; K-FAC; hypergradient SGD
+                testing                     dense float64 oracles for tests and chapters
                 steppers                    one training-loop interface for every optimiser
                 baselines                   K-FAC and Baydin SGD as named configurations
     data        data                        checksummed files, mirror and cache

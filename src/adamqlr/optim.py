@@ -78,7 +78,7 @@ from adamqlr.heuristics import (
 )
 from adamqlr.losses import Loss, get_loss
 from adamqlr.outputs import OutputSelector, check_selector
-from adamqlr.precision import forget_cast_weights, rounding_dtype, wide, wide_dtype
+from adamqlr.precision import cpu_number, forget_cast_weights, rounding_dtype, wide, wide_dtype
 from adamqlr.rules import DEFAULT_DAMPING, DEFAULT_STEP_SIZE, Damping, FlatOptions, StepSize
 
 if sys.version_info >= (3, 11):  # imported, not only for mypy: the API page evaluates the hints
@@ -682,9 +682,10 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         else:
             q_t, cross_t, second_t = engine.along_pair(names, ps, ds, plane)
             plane_t = [cross_t, second_t, *_rules.plane_scalars(gs, ds, plane)]
-        dots = _dots(gs, ds)
+        wide_enough = _all_wide(gs) and _all_wide(ds)  # one dtype check for both reductions
+        dots = _dots(gs, ds, wide_enough)
         extra_t = [] if grad_norm_t is None else [grad_norm_t]
-        values = _host([f0_t, q_t, *dots, *_norms(ds), *checks, *extra_t, *plane_t])
+        values = _host([f0_t, q_t, *dots, *_norms(ds, wide_enough), *checks, *extra_t, *plane_t])
         plane_values = [values.pop() for _ in plane_t][::-1]
         grad_norm = values.pop() if extra_t else math.nan
         f0, q = values[0], values[1]
@@ -1074,7 +1075,7 @@ class AdamQLR(QuadraticModelOptimizer):
         # of them: the one-tensor overload of _foreach_add_ reads it back with .item().)
         dtype = _cpu_scalar_dtype(ms, vs)
         m = torch._foreach_lerp(ms, grads, 1.0 - beta1)
-        v = torch._foreach_mul(vs, _cpu_scalar(beta2, dtype))
+        v = torch._foreach_mul(vs, beta2 if dtype is None else cpu_number(beta2, dtype))
         torch._foreach_addcmul_(v, grads, grads, value=1.0 - beta2)
         # A non-finite m makes d non-finite, which the step catches; a v that overflows to inf
         # makes d zero instead, so v is the one to check.
@@ -1198,9 +1199,15 @@ def _all_wide(tensors: Iterable[Tensor]) -> bool:
     return all(wide_dtype(dtype) == dtype for dtype in {t.dtype for t in tensors})
 
 
-def _dots(a: list[Tensor], b: list[Tensor]) -> list[Tensor]:
-    """Return ``a_i . b_i`` per pair, in float32 or wider (one dtype check for the lists)."""
-    if _all_wide(a) and _all_wide(b):
+def _dots(a: list[Tensor], b: list[Tensor], wide_enough: bool | None = None) -> list[Tensor]:
+    """Return ``a_i . b_i`` per pair, in float32 or wider.
+
+    ``wide_enough``: whether both lists are float32 or wider already, if the caller knows
+    (``None``: checked here, once per list).
+    """
+    if wide_enough is None:
+        wide_enough = _all_wide(a) and _all_wide(b)
+    if wide_enough:
         return [_dot(x, y) for x, y in zip(a, b, strict=True)]
     # [loops] 16-bit parameters: accumulate in float32 (precision.py)
     return [_dot(wide(x), wide(y)) for x, y in zip(a, b, strict=True)]
@@ -1213,9 +1220,12 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
     return torch.dot(a.reshape(-1), b.reshape(-1))
 
 
-def _norms(tensors: list[Tensor]) -> list[Tensor]:
-    """Return the 2-norm of each tensor, accumulated in float32 or wider."""
-    if _all_wide(tensors):
+def _norms(tensors: list[Tensor], wide_enough: bool | None = None) -> list[Tensor]:
+    """Return the 2-norm of each tensor, accumulated in float32 or wider.
+
+    ``wide_enough``: as for :func:`_dots`.
+    """
+    if wide_enough if wide_enough is not None else _all_wide(tensors):
         return list(torch._foreach_norm(tensors))
     # [loops] 16-bit parameters (precision.py); float64 if any parameter is float64
     widest = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
