@@ -135,3 +135,24 @@ def test_trial_pass_calls_the_activations_forward_directly_with_the_same_numbers
         fast, tape = layerwise_forward(plan, x, keep=False)
         assert tape == []
         assert torch.equal(fast, model(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kept_number_made_inside_a_torch_func_transform_does_not_escape_it(dtype):
+    """The first squared error of a process may be inside ``torch.func.hessian``: the kept 0.5
+    is made outside the transform, so later calls, inside or outside one, still work."""
+    from adamqlr.losses import SquaredErrorLoss
+    from adamqlr.precision import cpu_number
+
+    cpu_number.cache_clear()
+    loss = SquaredErrorLoss()
+    targets = torch.randn(4, 2, dtype=dtype)
+    outputs = torch.randn(4, 2, dtype=dtype)
+    hess = torch.func.hessian(lambda o: loss.value(o, targets))(outputs)
+    assert torch.equal(hess.reshape(8, 8), torch.eye(8, dtype=dtype) / 4)
+    again = torch.func.hessian(lambda o: loss.value(o, targets))(outputs)
+    assert torch.equal(again, hess)
+    assert (
+        loss.value(outputs, targets).item()
+        == (0.5 * (outputs - targets).pow(2)).sum(1).mean().item()
+    )

@@ -90,5 +90,7 @@ def cpu_number(value: float, dtype: torch.dtype) -> Tensor:
         value: The number (a constant of the algorithm, e.g. 0.5 or a batch size).
         dtype: ``torch.float32`` or ``torch.float64``.
     """
-    with torch.inference_mode(False):  # an ordinary tensor, usable by any later step
+    # An ordinary tensor, usable by any later step: not an inference tensor, and not wrapped by a
+    # torch.func transform that happens to be active at the first call (it would escape it).
+    with torch.inference_mode(False), torch._C._DisableFuncTorch():
         return torch.full((), value, dtype=dtype, device="cpu")
