@@ -25,7 +25,7 @@ name included::
     maths       losses                      losses with closed-form output Hessians
                 curvature                   d^T C d along a direction, matrix-free
                 heuristics distributed      step size, rho and damping; one step over ranks
-                rules                       damping modes; the plane (momentum) step rule
+                rules heldout               damping modes; the plane step rule; held-out rho
                 optim                       AdamQLR and SGDQLR (torch optimisers)
                 algorithm kfac baydin       reference step; K-FAC; hypergradient SGD
                 steppers                    one training-loop interface for every optimiser
