@@ -48,10 +48,12 @@ def _lm(damping: float, rho: float, lower: float = 1e-8) -> float:
     return max(lower, damping)
 
 
-@pytest.mark.parametrize("cls", [AdamQLR, SGDQLR])
-def test_heldout_rho_is_the_next_batch_change_over_the_previous_prediction(cls):
+@pytest.mark.parametrize(
+    ("cls", "curvature"), [(AdamQLR, "fisher"), (SGDQLR, "fisher"), (AdamQLR, "hessian")]
+)
+def test_heldout_rho_is_the_next_batch_change_over_the_previous_prediction(cls, curvature):
     model = mlp((5, 4, 3), nn.Tanh)
-    opt = cls(model, "cross_entropy", initial_damping=0.1, rho_data="next")
+    opt = cls(model, "cross_entropy", curvature, initial_damping=0.1, rho_data="next")
     batches = _batches(model, 6)
     thetas, stats = [], []
     for x, y in batches:
@@ -75,7 +77,7 @@ def test_heldout_rho_is_the_next_batch_change_over_the_previous_prediction(cls):
         verdicts.add((expected > 0.75) - (expected < 0.25))
     # the same-batch ratio of the same first step differs (it is measured on batch 1)
     same_model = mlp((5, 4, 3), nn.Tanh)
-    same = cls(same_model, "cross_entropy", initial_damping=0.1).step(*batches[0])
+    same = cls(same_model, "cross_entropy", curvature, initial_damping=0.1).step(*batches[0])
     assert same.predicted_change == stats[0].predicted_change
     assert same.rho != stats[1].rho
     assert verdicts  # at least one verdict checked
@@ -92,6 +94,17 @@ def test_heldout_costs_the_same_forward_passes_and_skips_the_first():
         counts[rho_data] = loss.calls
     # 5 gradient passes; "same" adds 5 trial passes, "next" 4 (step 1 judges nothing)
     assert counts == {"same": 10, "next": 9}
+
+
+def test_with_a_damping_interval_only_adapting_steps_are_judged_by_the_next():
+    model = mlp((5, 4, 3), nn.Tanh)
+    loss = CountingCE()
+    opt = AdamQLR(model, loss, initial_damping=0.1, damping_interval=2, rho_data="next")
+    stats = [opt.step(x, y) for x, y in _batches(model, 5)]
+    # steps 2 and 4 adapt: steps 3 and 5 judge them; 5 gradient passes and 2 judging passes
+    assert [math.isnan(s.rho) for s in stats] == [True, True, False, True, False]
+    assert loss.calls == 7
+    assert stats[3].damping_used == stats[2].damping  # step 4 judges nothing
 
 
 def test_default_is_rho_data_same_bitwise():
