@@ -47,6 +47,16 @@ What a bad rho does
     loss is known (a non-finite loss) leaves the pending judgement for the step after it; the
     old loss being non-finite gives no rho (lambda unchanged).
 
+What to expect of the damping
+    The Levenberg-Marquardt thresholds (lower lambda above 3/4, raise it below 1/4) rest on the
+    same-batch ratio tending to 1 as the step shrinks (the model is exact to first order). The
+    held-out ratio does not: for a small step ``delta_t = -alpha_t d_t`` it tends to
+    ``g_{t+1}^T d_t / g_t^T d_t``, how far the next batch's gradient agrees with this batch's
+    along ``d_t``, which mini-batch noise can put below 1/4 (or below 0) however small the step.
+    Where it does, the rule keeps raising lambda until the steps no longer change the loss
+    measurably: the run stops diverging, but also stops learning. With the full batch
+    (``B_{t+1} = B_t``) the two ratios agree up to the one-step delay.
+
 What the statistics say
     With ``rho_data="next"``, ``StepStats.rho`` and ``StepStats.trial_loss`` of step ``t+1`` are
     the held-out ratio of step ``t`` and ``L_{B_{t+1}}(theta_t)`` (NaN on the first step and
