@@ -31,6 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("rules", "heldout"),
     ("optim",),
     ("algorithm", "kfac", "baydin"),
+    ("testing",),
     ("steppers",),
     ("baselines",),
     ("data",),

@@ -7,6 +7,10 @@ through a Second-Order Lens" (ICML 2024). The optimisers are ``torch.optim.Optim
     opt = AdamQLR(model, loss="cross_entropy", curvature="fisher")
     stats = opt.step(inputs, targets)
 
+Its options are grouped as the paper groups them: ``damping=`` an :class:`AdaptiveDamping`
+(``lambda_0`` and a :class:`LevenbergMarquardt` rule), a :class:`FixedDamping` or ``None``, and
+``step_size=`` a :class:`StepSize` (rule, clip, amplification).
+
 The baselines of the paper are here too: :class:`SGDQLR` (the same heuristics on the gradient),
 :class:`KFAC` (``adamqlr.kfac``) and :class:`BaydinSGD` (``adamqlr.baydin``).
 
@@ -25,9 +29,10 @@ name included::
     maths       losses                      losses with closed-form output Hessians
                 curvature                   d^T C d along a direction, matrix-free
                 heuristics distributed      step size, rho and damping; one step over ranks
-                rules heldout               damping modes; the plane step rule; held-out rho
+                rules heldout               damping and step-size settings; held-out rho
                 optim                       AdamQLR and SGDQLR (torch optimisers)
                 algorithm kfac baydin       reference step; K-FAC; hypergradient SGD
+                testing                     dense float64 oracles for tests and chapters
                 steppers                    one training-loop interface for every optimiser
                 baselines                   K-FAC and Baydin SGD as named configurations
     data        data                        checksummed files, mirror and cache
@@ -47,9 +52,11 @@ name included::
 import warnings
 
 from adamqlr.baydin import BaydinSGD
+from adamqlr.heuristics import LevenbergMarquardt
 from adamqlr.kfac import KFAC
 from adamqlr.losses import CrossEntropyLoss, Loss, SquaredErrorLoss, get_loss
 from adamqlr.optim import SGDQLR, AdamQLR, NonFiniteStepError, StallError, StepStats
+from adamqlr.rules import AdaptiveDamping, FixedDamping, StepSize
 from adamqlr.version import ALGORITHM_VERSION, __version__
 
 # torch >= 2.14 warns, from inside its own forward-mode decompositions, that torch.jit.script is
@@ -62,14 +69,18 @@ warnings.filterwarnings(
 __all__ = [
     "ALGORITHM_VERSION",
     "AdamQLR",
+    "AdaptiveDamping",
     "BaydinSGD",
     "CrossEntropyLoss",
+    "FixedDamping",
     "KFAC",
+    "LevenbergMarquardt",
     "Loss",
     "NonFiniteStepError",
     "SGDQLR",
     "SquaredErrorLoss",
     "StallError",
+    "StepSize",
     "StepStats",
     "__version__",
     "get_loss",
