@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("losses",),
     ("curvature",),
     ("heuristics", "distributed"),
-    ("rules",),
+    ("rules", "heldout"),
     ("optim",),
     ("algorithm", "kfac", "baydin"),
     ("testing",),

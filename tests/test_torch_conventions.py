@@ -287,7 +287,7 @@ def test_the_signature_lists_every_argument(cls):
     expected = {
         "model", "loss", "curvature", "damping", "step_size", "weight_decay", "params",
         "max_grad_norm", "nonpositive_curvature", "on_nonfinite", "on_stall", "stall_patience",
-        "resolve_loss", "ignore_index", "output", "distributed",
+        "resolve_loss", "ignore_index", "output", "distributed", "rho_data",
     }  # fmt: skip
     if cls is AdamQLR:
         expected |= {"betas", "eps"}

@@ -29,7 +29,7 @@ name included::
     maths       losses                      losses with closed-form output Hessians
                 curvature                   d^T C d along a direction, matrix-free
                 heuristics distributed      step size, rho and damping; one step over ranks
-                rules                       damping and step-size settings; the plane step
+                rules heldout               damping and step-size settings; held-out rho
                 optim                       AdamQLR and SGDQLR (torch optimisers)
                 algorithm kfac baydin       reference step; K-FAC; hypergradient SGD
                 testing                     dense float64 oracles for tests and chapters

@@ -15,7 +15,9 @@ One call of :meth:`QuadraticModelOptimizer.step` on a mini-batch ``(inputs, targ
 forward and backward pass (the gradient), then the curvature along the direction on the same
 batch, and, on steps that adapt the damping, one more forward pass for the trial loss (never with
 ``damping=FixedDamping(...)`` or ``None``; ``step_size=StepSize("alpha-momentum")`` adds a second
-curvature product, along the previous update: :mod:`adamqlr.rules` says what each costs). With
+curvature product, along the previous update: :mod:`adamqlr.rules` says what each costs; with
+``rho_data="next"`` the trial forward pass is at the previous parameters on this batch
+instead, :mod:`adamqlr.heldout`). With
 ``"fisher"`` the curvature is one forward-mode JVP: for a sequential MLP that
 :func:`adamqlr.curvature.layerwise_plan` covers, the gradient pass itself runs layer by layer
 and keeps its activations, so the JVP computes tangents only
@@ -60,6 +62,7 @@ import torch
 from torch import Tensor, nn
 
 from adamqlr import _checks
+from adamqlr import heldout as _heldout
 from adamqlr import rules as _rules
 from adamqlr._state import OptimiserWideState
 from adamqlr._validation import check as _check
@@ -123,7 +126,10 @@ class StepStats:
         loss: Mini-batch loss *before* the step.
         lr: Step size ``alpha`` applied (0.0 when the step was rejected).
         damping: Damping ``lambda`` after this step's update (the value the next step uses).
-        rho: Reduction ratio (NaN when not computed on this step).
+        rho: Reduction ratio (NaN when not computed on this step). With ``rho_data="next"``,
+            the held-out ratio of the previous step, measured on this step's batch
+            (:mod:`adamqlr.heldout`); ``trial_loss`` is then that batch's loss at the previous
+            parameters.
         accepted: Whether the parameters moved.
         reason: Why a step was rejected (``"nonfinite_loss"``, ``"nonfinite_gradient"`` (also
             when the new Adam moments overflow), ``"nonfinite_curvature"``,
@@ -193,6 +199,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         *,
         damping: Damping | None = DEFAULT_DAMPING,
         step_size: StepSize = DEFAULT_STEP_SIZE,
+        rho_data: str = "same",
         weight_decay: float = 0.0,
         params: Iterable[Tensor] | Iterable[dict[str, Any]] | None = None,
         max_grad_norm: float | None = None,
@@ -226,6 +233,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         damping_mode, initial_damping, lm, damping_interval, damping_in_rho = _rules.damping_parts(
             damping
         )
+        rho_data = _heldout.rho_data(rho_data, damping_mode)  # [heldout] heldout.py
         weight_decay = _real("weight_decay", weight_decay)
         _check("weight_decay", weight_decay, 0 <= weight_decay < 1, "in [0, 1)")
         if max_grad_norm is not None:
@@ -277,6 +285,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         self.undamped = damping_mode == "none"
         self.damping_mode = damping_mode
         self.step_rule = step_size.rule
+        self.rho_data = rho_data
         self.max_grad_norm = max_grad_norm
         self.nonpositive_curvature = nonpositive_curvature
         self.on_nonfinite = on_nonfinite
@@ -440,6 +449,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         # [rules] an optimiser pickled before the damping modes and step rules existed
         self.__dict__.setdefault("damping_mode", "none" if state.get("undamped") else "adaptive")
         self.__dict__.setdefault("step_rule", "alpha")
+        self.__dict__.setdefault("rho_data", "same")
         if self.__dict__.get("_engines") is None and "model" in self.__dict__:
             self._engines = EngineCache(
                 self.model, self.curvature, self.loss, self.__dict__.get("output")
@@ -702,6 +712,14 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
                 self._last_outputs = previous_outputs
                 raise
             raise _Rejected("nonfinite_loss", f0, {"grad_norm": grad_norm})
+        heldout = self.rho_data == "next"
+        rho, f1, unresolved = math.nan, math.nan, False
+        if heldout:  # [heldout] the previous step judged on this batch (heldout.py)
+            low = rounding_dtype(f0_t.dtype, self._last_outputs.dtype, device_type=f0_t.device.type)
+            rho, f1, unresolved = _heldout.judge_previous(
+                self.state, glob, self.param_groups, engine, self.damping_rule, f0, low,
+                self.resolve_loss,
+            )  # fmt: skip
         k = len(ds)
         grad_dot_dir = math.fsum(values[2 : 2 + k])
         sq_norm = math.fsum(v * v for v in values[2 + k : 2 + 2 * k])
@@ -763,10 +781,10 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         # 5. Trial loss and reduction ratio, on damping-adaptation steps. One host sync for the
         # trial loss and the finiteness of the new parameters (a finite alpha times a finite d
         # can still overflow, or meet inf * 0).
-        rho, f1 = math.nan, math.nan
         adapt = self.damping_mode == "adaptive" and step % self.damping_interval == 0
+        trial = adapt and not heldout
         new_norms = torch._foreach_norm(new)
-        if adapt:
+        if trial:
             # [rules] the plane step is -alpha d + momentum v2 (the engine may use linearity)
             plane_kw = {"momentum": momentum} if plane_values else {}
             f1_t = engine.trial_loss(names, new, alpha=alpha, decays=decays, **plane_kw)
@@ -776,15 +794,14 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         norm = sum(norms)
         if not math.isfinite(norm):
             raise _Rejected("nonfinite_step", f0, extra | {"trial_loss": f1})
-        if adapt and not math.isfinite(f1):
+        if trial and not math.isfinite(f1):
             raise _Rejected("nonfinite_trial_loss", f0, extra | {"trial_loss": f1})
 
         # 6. Damping and commit. A loss change below the loss's rounding level gives no rho.
         # [loops] The rounding level is that of the least precise of the loss's dtype, the
         # outputs' dtype and the autocast dtype (precision.rounding_dtype): under bfloat16
         # autocast the loss is float32, computed from bfloat16 logits.
-        unresolved = False
-        if adapt:
+        if trial:
             low = rounding_dtype(f0_t.dtype, self._last_outputs.dtype, device_type=f0_t.device.type)
             if not self.resolve_loss or loss_difference_trustworthy(f0, f1, low):
                 rho = reduction_ratio(f1 - f0, proposal.predicted_change)
@@ -799,6 +816,8 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
                         damping_used, abs(change) > resolution
                     )
                 glob["unresolved_streak"] += 1
+        elif adapt:  # [heldout] theta_t and M_t wait for the next batch (heldout.py)
+            _heldout.remember(self.state, glob, self.param_groups, ps, proposal.predicted_change)
         torch._foreach_copy_(ps, new)
         forget_cast_weights()  # [loops] autocast's cached copies are stale (precision.py)
         for group_ps, group_gs, group, candidate in pending:
@@ -925,6 +944,13 @@ class AdamQLR(QuadraticModelOptimizer):
             untuned rule: ``"alpha"``, no clip, ``k = 1``.
         betas: Adam's ``(beta1, beta2)``, each in [0, 1). With ``eps``, a parameter group's
             option (as in ``torch.optim.Adam``), so they stay two arguments.
+        rho_data: Where rho's actual loss change is measured: ``"same"`` (the paper's rule, the
+            default: on the step's own mini-batch, by the trial forward pass) or ``"next"`` (on
+            the next step's mini-batch, data the step was not fitted to:
+            ``rho_t = (L_{t+1}(theta_{t+1}) - L_{t+1}(theta_t)) / M_t``, which then sets the
+            damping of step ``t+1``; the same number of forward passes, one parameter-sized
+            buffer more; :mod:`adamqlr.heldout` says why, what it costs and what to expect).
+            ``"next"`` needs adaptive damping.
         eps: Adam's epsilon (> 0), added outside the square root.
         weight_decay: Decoupled weight decay ``w`` in [0, 1): ``theta <- theta - alpha d - w theta``
             (absolute, not scaled by the step size, as in the paper's code; scaled by the group's
@@ -1003,6 +1029,7 @@ class AdamQLR(QuadraticModelOptimizer):
         step_size: StepSize = DEFAULT_STEP_SIZE,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        rho_data: str = "same",
         weight_decay: float = 0.0,
         params: Iterable[Tensor] | Iterable[dict[str, Any]] | None = None,
         max_grad_norm: float | None = None,
@@ -1022,6 +1049,7 @@ class AdamQLR(QuadraticModelOptimizer):
             curvature,
             damping=damping,
             step_size=step_size,
+            rho_data=rho_data,
             weight_decay=weight_decay,
             params=params,
             max_grad_norm=max_grad_norm,
@@ -1264,6 +1292,7 @@ class SGDQLR(QuadraticModelOptimizer):
         *,
         damping: Damping | None = DEFAULT_DAMPING,
         step_size: StepSize = DEFAULT_STEP_SIZE,
+        rho_data: str = "same",
         weight_decay: float = 0.0,
         params: Iterable[Tensor] | Iterable[dict[str, Any]] | None = None,
         max_grad_norm: float | None = None,
@@ -1283,6 +1312,7 @@ class SGDQLR(QuadraticModelOptimizer):
             curvature,
             damping=damping,
             step_size=step_size,
+            rho_data=rho_data,
             weight_decay=weight_decay,
             params=params,
             max_grad_norm=max_grad_norm,

@@ -121,7 +121,7 @@ _QLR_KEYS = (
 
 #: Options only the factorial cells give (absent: the optimiser's defaults, "alpha" and the
 #: damping ``undamped`` implies), so the paper's entries resolve to the same hyperparameters.
-_RULE_KEYS = ("damping_mode", "step_rule")
+_RULE_KEYS = ("damping_mode", "step_rule", "rho_data")
 
 
 def _qlr_kwargs(h: dict[str, Any]) -> dict[str, Any]:
@@ -271,6 +271,24 @@ _BUILTIN: tuple[OptimiserEntry, ...] = (
         _sgdqlr,
         _SGDQLR,
         description="the same heuristics on the gradient direction (lambda_0 1, 0.9/2.0)",
+    ),
+    # rho measured on the next mini-batch (adamqlr.heldout): the factorial's extra row and the
+    # batch-mechanism study's held-out arms
+    OptimiserEntry(
+        "adamqlr-heldout",
+        "AdamQLR (held-out ρ)",
+        _adamqlr,
+        {**_ADAMQLR_TUNED, "rho_data": "next"},
+        description="AdamQLR with rho on the next mini-batch (rho_data='next'; tuned placeholders)",
+    ),
+    OptimiserEntry(
+        "adamqlr-untuned-heldout",
+        "AdamQLR (Untuned, held-out ρ)",
+        _adamqlr,
+        {**_ADAMQLR_UNTUNED, "rho_data": "next"},
+        batch_size=_UNTUNED_BATCH,
+        task_batch_size=_UNTUNED_EXCEPTIONS,
+        description="untuned AdamQLR with rho on the next mini-batch (rho_data='next')",
     ),
 )
 
