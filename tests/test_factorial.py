@@ -90,3 +90,41 @@ def test_the_heldout_row_is_adamqlr_with_rho_on_the_next_batch_beside_its_cell()
     }
     heldout, adamqlr = get_optimiser(row.optimiser), get_optimiser(base.optimiser)
     assert dict(heldout.defaults) == {**adamqlr.defaults, "rho_data": "next"}
+
+
+def test_cells_and_registry_entries_share_one_vocabulary():
+    """The chapter's cell labels are the registry's labels of the same optimisers (one table of
+    words, :func:`adamqlr.rules.cell_label`), K-FAC's constant rule naming its tuned momentum."""
+    from adamqlr.experiment.optimisers import OPTIMISERS
+
+    for c in CELLS:
+        entry = OPTIMISERS[c.optimiser]
+        if c.rule == "constant" and c.direction != "K-FAC":
+            assert c.label == f"{c.direction} · tuned lr · no damping"  # SGD Minimal, Adam
+            continue
+        assert c.label == entry.label, c.optimiser
+    kfac_constant = [c for c in CELLS if c.direction == "K-FAC" and c.rule == "constant"]
+    assert kfac_constant and all("tuned lr, μ" in c.label for c in kfac_constant)
+
+
+def test_cell_label_refuses_unknown_words():
+    from adamqlr.rules import cell_label
+
+    assert cell_label("Adam", "alpha", "adaptive") == "Adam · α* · adaptive λ"
+    with pytest.raises(ValueError, match="invalid rule: 'alpha-momentum'"):
+        cell_label("Adam", "alpha-momentum", "adaptive")
+    with pytest.raises(ValueError, match="invalid damping: 'lm'"):
+        cell_label("Adam", "alpha", "lm")
+
+
+def test_a_cell_that_is_a_paper_configuration_builds_it_under_its_own_name():
+    from adamqlr.experiment.optimisers import OPTIMISERS
+
+    for cell_name, paper in [
+        ("adam-alpha-adaptive", "adamqlr"),
+        ("kfac-const-fixed", "kfac-unadaptive"),
+    ]:
+        cell_entry, paper_entry = OPTIMISERS[cell_name], OPTIMISERS[paper]
+        assert cell_entry.builder is paper_entry.builder
+        assert dict(cell_entry.defaults) == dict(paper_entry.defaults)
+        assert repr(paper) in cell_entry.description

@@ -41,6 +41,7 @@ from torch import nn
 from adamqlr.baydin import BaydinSGD
 from adamqlr.kfac import KFAC, NO_DAMPING
 from adamqlr.losses import Loss
+from adamqlr.rules import cell_label
 from adamqlr.steppers import OptimiserEntry, QLRStepper, Stepper, TorchStepper
 
 __all__ = [
@@ -165,8 +166,6 @@ BAYDIN_SGD = OptimiserEntry(
 
 # ------------------------------------------------------------- the factorial's K-FAC cells
 _CELL_RULES = {"const": "constant", "alpha": "alpha", "alpha-mom": "alpha-momentum"}
-_RULE_WORDS = {"const": "tuned lr, μ", "alpha": "α*", "alpha-mom": "α*, μ*"}
-_DAMPING_WORDS = {"none": "no damping", "fixed": "fixed λ", "adaptive": "adaptive λ"}
 
 #: Cells that are the paper's configurations: the same builder and defaults as these entries.
 KFAC_CELL_ALIASES: Mapping[str, str] = MappingProxyType(
@@ -195,20 +194,10 @@ def _kfac_cells() -> tuple[OptimiserEntry, ...]:
     for rule in _CELL_RULES:
         for damping in ("none", "fixed", "adaptive"):
             name = f"kfac-{rule}-{damping}"
-            label = f"K-FAC · {_RULE_WORDS[rule]} · {_DAMPING_WORDS[damping]}"
+            label = cell_label("K-FAC", "constant" if rule == "const" else rule, damping)
             target = KFAC_CELL_ALIASES.get(name)
             if target is not None:
-                same = paper[target]
-                entries.append(
-                    OptimiserEntry(
-                        name,
-                        label,
-                        same.builder,
-                        same.defaults,
-                        description=f"the factorial cell that is {target!r} (the same optimiser, "
-                        "recorded under the cell's name)",
-                    )
-                )
+                entries.append(paper[target].as_cell(name, label))
                 continue
             entries.append(
                 OptimiserEntry(

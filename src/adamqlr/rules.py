@@ -46,6 +46,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, TypeAlias, TypedDict
 
 import torch
@@ -65,16 +66,19 @@ from adamqlr.precision import wide
 __all__ = [
     "DAMPING_KEYWORDS",
     "DAMPING_MODES",
+    "DAMPING_WORDS",
     "DEFAULT_DAMPING",
     "DEFAULT_STEP_SIZE",
     "PREVIOUS_UPDATE",
     "STEP_RULES",
+    "STEP_RULE_WORDS",
     "STEP_SIZE_KEYWORDS",
     "AdaptiveDamping",
     "Damping",
     "FixedDamping",
     "FlatOptions",
     "StepSize",
+    "cell_label",
     "damping_from_flat",
     "damping_mode",
     "damping_parts",
@@ -94,6 +98,42 @@ __all__ = [
 DAMPING_MODES: tuple[str, ...] = ("adaptive", "fixed", "none")
 #: The step-size rules, see the module docstring.
 STEP_RULES: tuple[str, ...] = ("alpha", "alpha-momentum")
+
+#: How labels name the factorial's step-size rules (``"constant"``: a tuned learning rate, with
+#: K-FAC also a tuned momentum; ``"alpha"``: the 1-D quadratic model's step; ``"alpha-mom"``: the
+#: 2-D learning rate and momentum), one vocabulary for the registry's cell entries and the
+#: factorial chapter (:func:`cell_label`).
+STEP_RULE_WORDS: Mapping[str, str] = MappingProxyType(
+    {"constant": "tuned lr", "alpha": "α*", "alpha-mom": "α*, μ*"}
+)
+#: How labels name the damping rules (:data:`DAMPING_MODES`).
+DAMPING_WORDS: Mapping[str, str] = MappingProxyType(
+    {"none": "no damping", "fixed": "fixed λ", "adaptive": "adaptive λ"}
+)
+
+
+def cell_label(direction: str, rule: str, damping: str) -> str:
+    """Return the label of a factorial cell, e.g. ``"Adam · α* · adaptive λ"``.
+
+    K-FAC's constant rule tunes its momentum beside the learning rate (as K-FAC (Unadaptive)
+    does), so its cells read ``"K-FAC · tuned lr, μ · ..."``.
+
+    Args:
+        direction: ``"SGD"``, ``"Adam"`` or ``"K-FAC"`` (as labels write it).
+        rule: ``"constant"``, ``"alpha"`` or ``"alpha-mom"``.
+        damping: ``"none"``, ``"fixed"`` or ``"adaptive"``.
+
+    Raises:
+        ValueError: Naming the rule or damping that has no word.
+    """
+    if rule not in STEP_RULE_WORDS:
+        raise ValueError(f"invalid rule: {rule!r} (expected one of {sorted(STEP_RULE_WORDS)})")
+    if damping not in DAMPING_WORDS:
+        raise ValueError(f"invalid damping: {damping!r} (expected one of {sorted(DAMPING_WORDS)})")
+    words = STEP_RULE_WORDS[rule]
+    if rule == "constant" and direction == "K-FAC":
+        words += ", μ"
+    return f"{direction} · {words} · {DAMPING_WORDS[damping]}"
 
 
 def damping_mode(mode: str | None, undamped: bool) -> str:

@@ -206,6 +206,24 @@ class OptimiserEntry:
         object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
         object.__setattr__(self, "task_batch_size", MappingProxyType(dict(self.task_batch_size)))
 
+    def as_cell(self, name: str, label: str) -> OptimiserEntry:
+        """Return this configuration as a factorial cell, under the cell's name and label.
+
+        The same builder and defaults: the cell's searches and repeats are records of its own.
+
+        Args:
+            name: The cell's registry name, e.g. ``"adam-alpha-adaptive"``.
+            label: The cell's label (:func:`adamqlr.rules.cell_label`).
+        """
+        return OptimiserEntry(
+            name,
+            label,
+            self.builder,
+            self.defaults,
+            description=f"the factorial cell that is {self.name!r} (the same optimiser, recorded "
+            "under the cell's name)",
+        )
+
     def default_batch_size(self, task: str) -> int | None:
         """Return this configuration's batch size on ``task`` (``None``: the task profile's)."""
         return self.task_batch_size.get(task, self.batch_size)

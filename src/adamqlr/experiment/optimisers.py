@@ -60,6 +60,7 @@ from adamqlr.optim import SGDQLR, AdamQLR
 from adamqlr.rules import (
     DAMPING_KEYWORDS,
     STEP_SIZE_KEYWORDS,
+    cell_label,
     damping_from_flat,
     step_size_from_flat,
 )
@@ -295,8 +296,6 @@ _BUILTIN: tuple[OptimiserEntry, ...] = (
 
 # ---------------------------------------------------- the factorial's SGD and Adam cells
 _DIRECTION_WORDS = {"sgd": "SGD", "adam": "Adam"}
-_RULE_WORDS = {"alpha": "α*", "alpha-mom": "α*, μ*"}
-_DAMPING_WORDS = {"none": "no damping", "fixed": "fixed λ", "adaptive": "adaptive λ"}
 #: Cells that are the paper's configurations: the same builder and defaults as these entries.
 CELL_ALIASES: Mapping[str, str] = MappingProxyType(
     {"adam-alpha-adaptive": "adamqlr", "adam-alpha-none": "adamqlr-undamped",
@@ -320,23 +319,10 @@ def _cells() -> tuple[OptimiserEntry, ...]:
         for rule in ("alpha", "alpha-mom"):
             for damping in ("none", "fixed", "adaptive"):
                 name = f"{direction}-{rule}-{damping}"
-                label = (
-                    f"{_DIRECTION_WORDS[direction]} · {_RULE_WORDS[rule]} · "
-                    f"{_DAMPING_WORDS[damping]}"
-                )
+                label = cell_label(_DIRECTION_WORDS[direction], rule, damping)
                 target = CELL_ALIASES.get(name)
                 if target is not None:
-                    same = builtin[target]
-                    entries.append(
-                        OptimiserEntry(
-                            name,
-                            label,
-                            same.builder,
-                            same.defaults,
-                            description=f"the factorial cell that is {target!r} (the same "
-                            "optimiser, recorded under the cell's name)",
-                        )
-                    )
+                    entries.append(builtin[target].as_cell(name, label))
                     continue
                 entries.append(
                     OptimiserEntry(

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from adamqlr.rules import cell_label
+
 __all__ = ["CELLS", "DAMPINGS", "DIRECTIONS", "EXCLUDED", "EXTRA_CELLS", "RULES", "Cell", "cell"]
 
 #: The directions, in the order the chapter draws them.
@@ -35,8 +37,6 @@ RULES: tuple[str, ...] = ("constant", "alpha", "alpha-mom")
 #: The damping rules.
 DAMPINGS: tuple[str, ...] = ("none", "fixed", "adaptive")
 
-_RULE_WORDS = {"constant": "tuned lr", "alpha": "α*", "alpha-mom": "α*, μ*"}
-_DAMPING_WORDS = {"none": "no damping", "fixed": "fixed λ", "adaptive": "adaptive λ"}
 _VARIANT_WORDS = {"heldout-rho": "held-out ρ"}
 
 
@@ -64,7 +64,7 @@ class Cell:
     @property
     def label(self) -> str:
         """The cell's name on figures, e.g. ``"Adam · α* · adaptive λ"``."""
-        label = f"{self.direction} · {_RULE_WORDS[self.rule]} · {_DAMPING_WORDS[self.damping]}"
+        label = cell_label(self.direction, self.rule, self.damping)
         return f"{label} · {_VARIANT_WORDS[self.variant]}" if self.variant else label
 
     @property
