@@ -112,6 +112,9 @@ def test_unchanged_is_skipped_changed_reruns_force_reruns(tmp_path, capsys) -> N
 
     assert run(tmp_path, "--force") == 0
     assert "(forced)" in capsys.readouterr().err
+    ids = [cell["id"] for cell in json.loads(first)["cells"]]
+    assert [cell["id"] for cell in json.loads(page.read_text())["cells"]] == ids  # no churn
+    assert len(set(ids)) == len(ids)
 
     assert main(["book", "status", "--root", str(tmp_path)]) == 0
     (tmp_path / "notebooks" / "tiny.py").write_text(TINY.format(body="z = 4"))

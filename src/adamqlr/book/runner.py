@@ -668,6 +668,7 @@ def execute_notebook(
     }
     executed.metadata[METADATA_KEY] = record
     _hide_default_parameters(executed)
+    _stable_cell_ids(executed)
     pm_meta = executed.metadata.get("papermill", {})
     pm_meta["input_path"], pm_meta["output_path"] = record["source"], _relative(target, root)
     executed.metadata["kernelspec"] = dict(PORTABLE_KERNELSPEC)
@@ -676,6 +677,25 @@ def execute_notebook(
     with contextlib.suppress(FileNotFoundError):
         failed.unlink()
     return record
+
+
+def _stable_cell_ids(nb: Any) -> None:
+    """Give every cell an id drawn from its type and source, not at random.
+
+    nbformat and papermill give each cell a random id on every run, so re-executing an unchanged
+    page rewrote every id and a rerun showed a diff on every cell. An id made from the cell's
+    content stays the same across runs (a repeated cell gets a ``-N`` suffix), so a page whose
+    outputs did not change differs only in its recorded commit and times.
+    """
+    import hashlib
+
+    seen: dict[str, int] = {}
+    for cell in nb.cells:
+        text = f"{cell.get('cell_type', '')}\0{cell.get('source', '')}"
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+        count = seen.get(digest, 0)
+        seen[digest] = count + 1
+        cell["id"] = digest if count == 0 else f"{digest}-{count}"
 
 
 def _hide_default_parameters(nb: Any) -> None:
