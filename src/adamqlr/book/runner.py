@@ -39,7 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adamqlr.book.fingerprint import code_fingerprints, gather_inputs, input_hash
+from adamqlr.book.fingerprint import (
+    cached_digest,
+    code_fingerprints,
+    disk_cache,
+    gather_inputs,
+    input_hash,
+)
 from adamqlr.book.project import NotebookEntry, Project
 from adamqlr.profiles import PROFILE_CHOICES, Profile, parse_profile
 from adamqlr.profiles import PROFILES as ALL_PROFILES
@@ -58,6 +64,7 @@ __all__ = [
     "read_source",
     "recorded_metadata",
     "run_book",
+    "save_caches",
     "source_profile",
 ]
 
@@ -760,10 +767,9 @@ def freshness(
     Returns:
         The verdict, with the reasons when stale.
     """
-    nb = read_source(entry.source)
+    default, code_cells = _source_summary(entry.source, entry.name)
     recorded = recorded_metadata(entry.target)
-    chosen = choose_profile(profile, recorded, source_profile(nb, entry.name))
-    code_cells = [c.source for c in nb.cells if c.cell_type == "code"]
+    chosen = choose_profile(profile, recorded, default)
     inputs = gather_inputs(project.root, entry.source, code_cells, chosen, parameters)
     if recorded is None:
         return Freshness(entry, chosen, False, ("never executed",), None)
@@ -790,6 +796,30 @@ def freshness(
     if current != recorded.get("input_hash") and not reasons:
         reasons.append("input hash differs")
     return Freshness(entry, chosen, not reasons, tuple(reasons), recorded)
+
+
+def _source_summary(source: str | os.PathLike[str], name: str) -> tuple[Profile, list[str]]:
+    """Return a source's default profile and its code cells, parsed once per version of the file.
+
+    Parsing the 15 Jupytext sources took a good part of ``adamqlr book status``; the summary is
+    kept in the on-disk cache of :mod:`adamqlr.book.fingerprint`, valid while the file is
+    unchanged. A source whose ``parameters`` cell is invalid raises (and is not cached).
+    """
+
+    def summary(path: Path) -> dict[str, Any]:
+        nb = read_source(path)
+        return {
+            "profile": source_profile(nb, name).value,
+            "code": [c.source for c in nb.cells if c.cell_type == "code"],
+        }
+
+    found = cached_digest(source, "source-summary-1", summary)
+    return parse_profile(found["profile"]), list(found["code"])
+
+
+def save_caches() -> None:
+    """Write the digests computed by this process to the on-disk cache (see ``freshness``)."""
+    disk_cache().save()
 
 
 # --------------------------------------------------------------------------- the whole book
@@ -855,6 +885,22 @@ def run_book(
         profile = parse_profile(profile)
     entries = [project.notebook(n) for n in only] if only else project.notebooks()
     outcomes: list[RunOutcome] = []
+    try:
+        _run_entries(project, entries, outcomes, profile, force, cell_timeout, keep_going)
+    finally:
+        save_caches()
+    return outcomes
+
+
+def _run_entries(
+    project: Project,
+    entries: Sequence[NotebookEntry],
+    outcomes: list[RunOutcome],
+    profile: Profile | str | None,
+    force: bool,
+    cell_timeout: float | None,
+    keep_going: bool,
+) -> None:
     for entry in entries:
         state = freshness(project, entry, profile=profile)
         if state.up_to_date and not force:
@@ -888,4 +934,3 @@ def run_book(
         outcomes.append(
             RunOutcome(entry.name, "executed", state.profile, why, record["duration_s"], warnings)
         )
-    return outcomes
