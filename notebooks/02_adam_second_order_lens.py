@@ -49,12 +49,12 @@ from adamqlr.lens.diagonals import (
     ggn_diagonal,
     gradient_moments,
 )
-from adamqlr.lens.products import flat_params, per_example_grads
 from adamqlr.lens.training import batch_stream, fashion_mnist_setup
 from adamqlr.losses import CrossEntropyLoss
 from adamqlr.plots import set_theme
 from adamqlr.plots.derivations import plot_adam_lens
 from adamqlr.results.provenance import computation_text
+from adamqlr.testing import flat_params, per_example_grads
 
 set_theme()
 config = AdamLensConfig.for_profile(profile)

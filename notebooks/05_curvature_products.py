@@ -41,18 +41,20 @@ from adamqlr.lens.products import (
     GRAD_AND_HESSIAN,
     HESSIAN_FOR,
     cost_study,
-    dense_empirical_fisher,
-    dense_fisher,
-    dense_ggn,
-    dense_hessian,
-    dense_residual_term,
-    flat_params,
     tiny_problems,
 )
 from adamqlr.plots import set_theme
 from adamqlr.plots.derivations import plot_curvature_matrices, plot_product_costs
 from adamqlr.results.provenance import computation_text
 from adamqlr.studies.benchmarks import load_step_cost
+from adamqlr.testing import (
+    dense_empirical_fisher,
+    dense_fisher,
+    dense_ggn,
+    dense_hessian,
+    dense_residual_term,
+    flat_params,
+)
 
 set_theme()
 torch.manual_seed(0)
@@ -137,7 +139,8 @@ dense = {}
 rows = []
 for pr in problems:
     args = (pr.model, pr.inputs, pr.targets, pr.loss)
-    G, H, R = dense_ggn(*args), dense_hessian(*args), dense_residual_term(*args)
+    G, R = dense_ggn(*args), dense_residual_term(*args)
+    H = dense_hessian(*args, method="func")  # torch.func.hessian: exact without batch norm
     F, F_emp = dense_fisher(pr.model, pr.inputs, pr.loss), dense_empirical_fisher(*args)
     dense[pr.name] = dict(G=G, H=H, R=R, F=F, F_emp=F_emp)
     scale = G.abs().max()

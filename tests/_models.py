@@ -1,20 +1,20 @@
-"""Tiny float64 models and independent curvature oracles shared by the core's tests.
+"""Tiny float64 models, problems and loss oracles shared by the core's tests.
 
 The oracles never call :mod:`adamqlr.curvature` or :mod:`adamqlr.losses`: the loss values are
-written here again from torch primitives, dense matrices come from ``torch.func.jacrev`` /
-``torch.func.hessian`` over a flat parameter vector, and the curvlinops operators come from
-curvlinops-for-pytorch 3.0.1.
+written here again from torch primitives, the dense matrices are those of :mod:`adamqlr.testing`
+(``torch.func.jacrev`` / ``torch.func.hessian`` or double backward over a flat parameter vector,
+fed with these loss values), and the curvlinops operators come from curvlinops-for-pytorch 3.0.1.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, hessian, jacrev
+
+from adamqlr.testing import flatten, without_running_stats
 
 DTYPE = torch.float64
 
@@ -52,23 +52,6 @@ class ConvBN(nn.Module):
         x = torch.relu(self.bn1(self.conv1(x)))
         x = torch.tanh(self.bn2(self.conv2(x)))
         return self.head(x.flatten(1))
-
-
-def without_running_stats(model: nn.Module) -> nn.Module:
-    """A deep copy whose batch norms keep no running statistics (same train-mode function).
-
-    In training mode batch norm normalises with the batch statistics whether or not it tracks
-    running ones, so the copy computes the same function; it just has no in-place buffer update,
-    which ``torch.func.hessian`` (vmap over forward mode) and curvlinops' vmapped products reject.
-    """
-    model = copy.deepcopy(model)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.track_running_stats = False
-            m.running_mean = None
-            m.running_var = None
-            m.num_batches_tracked = None
-    return model
 
 
 # ------------------------------------------------------------------------------- problems
@@ -110,65 +93,11 @@ def oracle_se(z: Tensor, y: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------- flat parameters
-def named_params(model: nn.Module) -> dict[str, Tensor]:
-    return {n: p.detach() for n, p in model.named_parameters()}
-
-
-def flatten(tensors: dict[str, Tensor]) -> Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors.values()])
-
-
-def unflatten(flat: Tensor, like: dict[str, Tensor]) -> dict[str, Tensor]:
-    out, i = {}, 0
-    for name, t in like.items():
-        out[name] = flat[i : i + t.numel()].reshape(t.shape)
-        i += t.numel()
-    return out
-
-
 def random_direction(model: nn.Module, seed: int = 2) -> dict[str, Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {
         n: torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in model.named_parameters()
     }
-
-
-# --------------------------------------------------------------------------- dense oracles
-def _flat_function(model: nn.Module, x: Tensor) -> tuple[Callable[[Tensor], Tensor], Tensor]:
-    model = without_running_stats(model)
-    like = named_params(model)
-
-    def outputs(theta: Tensor) -> Tensor:
-        return functional_call(model, unflatten(theta, like), (x,))
-
-    return outputs, flatten(like)
-
-
-def dense_ggn(model: nn.Module, x: Tensor, y: Tensor, loss_value) -> Tensor:
-    """``G = J^T H_L J`` from ``jacrev`` of the outputs and ``hessian`` of the loss in outputs."""
-    f, theta = _flat_function(model, x)
-    z = f(theta)
-    jac = jacrev(f)(theta).reshape(z.numel(), theta.numel())
-    h_out = hessian(lambda zz: loss_value(zz.reshape(z.shape), y))(z.reshape(-1))
-    return jac.T @ h_out @ jac
-
-
-def dense_hessian(model: nn.Module, x: Tensor, y: Tensor, loss_value, *, transform: bool = False):
-    """The full Hessian of the mean loss in the flat parameters.
-
-    By default row by row with ``torch.autograd`` double backward (reverse over reverse, no
-    ``vmap``). With ``transform=True`` it is ``torch.func.hessian`` instead, which torch 2.13 gets
-    wrong through a train-mode batch norm whose input depends on the parameters (the rows of the
-    affine weight against earlier layers come out wrong and asymmetric under ``vmap``); the tests
-    use that variant only as a cross-check where it holds.
-    """
-    f, theta = _flat_function(model, x)
-    if transform:
-        return hessian(lambda t: loss_value(f(t), y))(theta)
-    t = theta.clone().requires_grad_(True)
-    g = torch.autograd.grad(loss_value(f(t), y), t, create_graph=True)[0]
-    rows = [torch.autograd.grad(g[i], t, retain_graph=True)[0] for i in range(t.numel())]
-    return torch.stack(rows)
 
 
 # ----------------------------------------------------------------------- curvlinops oracles
@@ -213,11 +142,6 @@ def curvlinops_matrix(kind: str, model: nn.Module, x: Tensor, y: Tensor, loss: s
     params = [p for p in model.parameters() if p.requires_grad]
     op = cls(model, loss_func, params, [(x, y)], check_deterministic=False)
     return op, scale
-
-
-def quadratic(matrix: Tensor, d: dict[str, Tensor]) -> float:
-    v = flatten(d)
-    return float(v @ matrix @ v)
 
 
 def curvlinops_quadratic(kind: str, model, x, y, loss: str, d: dict[str, Tensor], **kw) -> float:

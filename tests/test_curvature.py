@@ -9,13 +9,9 @@ from _models import (
     ConvBN,
     classification,
     curvlinops_quadratic,
-    dense_ggn,
-    dense_hessian,
     mlp,
-    named_params,
     oracle_ce,
     oracle_se,
-    quadratic,
     random_direction,
     regression,
     sequence,
@@ -30,6 +26,7 @@ from adamqlr.curvature import (
     quadratic_form,
 )
 from adamqlr.losses import CrossEntropyLoss, SquaredErrorLoss
+from adamqlr.testing import dense_ggn, dense_hessian, named_params, quadratic
 
 TOL = 1e-10
 
@@ -110,7 +107,7 @@ def test_hessian_equals_curvlinops_and_torch_func_hessian(name):
     d = random_direction(model)
     ours = float(hessian_quadratic(model, named_params(model), d, x, y, loss))
     oracle = curvlinops_quadratic("hessian", model, x, y, cl_loss, d, **kw)
-    transform = quadratic(dense_hessian(model, x, y, value, transform=True), d)
+    transform = quadratic(dense_hessian(model, x, y, value, method="func"), d)
     assert _close(ours, oracle), (ours, oracle)
     assert _close(ours, transform), (ours, transform)
 

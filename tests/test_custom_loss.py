@@ -14,7 +14,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, hessian, jacrev
 
 from adamqlr import AdamQLR
 from adamqlr.curvature import ggn_quadratic
@@ -25,6 +24,7 @@ from adamqlr.losses import (
     TorchCrossEntropyLoss,
     get_loss,
 )
+from adamqlr.testing import dense_ggn, flat_params, quadratic
 
 DTYPE = torch.float64
 
@@ -93,24 +93,11 @@ def _dense_ggn_quadratic(
     y: Tensor,
     loss_value: Callable[[Tensor, Tensor], Tensor],
     direction: dict[str, Tensor],
-    select: Callable[[object], Tensor] = lambda o: o,  # type: ignore[assignment,return-value]
+    select: Callable[[object], Tensor] | None = None,
 ) -> float:
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for _, p in model.named_parameters()]
-    theta = torch.cat([p.detach().reshape(-1) for _, p in model.named_parameters()])
-
-    def f(flat: Tensor) -> Tensor:
-        params, i = {}, 0
-        for n, s in zip(names, shapes, strict=True):
-            params[n] = flat[i : i + s.numel()].reshape(s)
-            i += s.numel()
-        return select(functional_call(model, params, (x,)))
-
-    z = f(theta)
-    jac = jacrev(f)(theta).reshape(z.numel(), theta.numel())
-    h_out = hessian(lambda zz: loss_value(zz.reshape(z.shape), y))(z.reshape(-1))
-    v = torch.cat([direction[n].reshape(-1) for n in names])
-    return float(v @ (jac.T @ h_out @ jac) @ v)
+    """``d^T J^T H_L J d`` from :func:`adamqlr.testing.dense_ggn` (``jacrev`` and ``hessian``)."""
+    v = flat_params(model).flatten(direction)
+    return quadratic(dense_ggn(model, x, y, loss_value, select=select), v)
 
 
 def _direction(model: nn.Module, seed: int = 2) -> dict[str, Tensor]:

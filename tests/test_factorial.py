@@ -6,7 +6,15 @@ import itertools
 
 import pytest
 
-from adamqlr.studies.factorial import CELLS, DAMPINGS, DIRECTIONS, EXCLUDED, RULES, cell
+from adamqlr.studies.factorial import (
+    CELLS,
+    DAMPINGS,
+    DIRECTIONS,
+    EXCLUDED,
+    EXTRA_CELLS,
+    RULES,
+    cell,
+)
 
 
 def test_every_combination_is_a_cell_or_excluded_exactly_once():
@@ -53,7 +61,7 @@ def test_the_study_tunes_every_cell_with_the_same_budget():
     from adamqlr.studies import get_study
 
     paper = get_study("factorial", "paper")
-    assert len(paper.arms) == 3 * len(CELLS)
+    assert len(paper.arms) == 3 * (len(CELLS) + len(EXTRA_CELLS))
     assert {a.search.n_trials for a in paper.arms} == {64}
     assert {len(a.seeds) for a in paper.arms} == {20}
     assert {a.base.task for a in paper.arms} == {"uci-energy", "uci-protein", "fashion-mnist"}
@@ -62,4 +70,23 @@ def test_the_study_tunes_every_cell_with_the_same_budget():
         arm = paper.arm(f"fashion-mnist/factorial/{c.key}")
         assert arm.label == c.label and "batch_size" in arm.search.space
     quick = get_study("factorial", "quick")
-    assert {a.search.n_trials for a in quick.arms} == {4} and len(quick.arms) == len(CELLS)
+    assert {a.search.n_trials for a in quick.arms} == {4}
+    assert len(quick.arms) == len(CELLS) + len(EXTRA_CELLS)
+    for c in EXTRA_CELLS:  # the extra rows: tuned with the same budget as every cell
+        get_optimiser(c.optimiser)
+        arm = paper.arm(f"uci-protein/factorial/{c.key}")
+        assert arm.label == c.label and arm.search.n_trials == 64 and len(arm.seeds) == 20
+
+
+def test_the_heldout_row_is_adamqlr_with_rho_on_the_next_batch_beside_its_cell():
+    from adamqlr.experiment.optimisers import get_optimiser
+
+    (row,) = EXTRA_CELLS
+    base = cell(row.direction, row.rule, row.damping)
+    assert base.paper == "AdamQLR" and row.key == "adam/alpha/adaptive/heldout-rho"
+    assert row.label == "Adam · α* · adaptive λ · held-out ρ"
+    assert row.key not in {c.key for c in CELLS} and row.optimiser not in {
+        c.optimiser for c in CELLS
+    }
+    heldout, adamqlr = get_optimiser(row.optimiser), get_optimiser(base.optimiser)
+    assert dict(heldout.defaults) == {**adamqlr.defaults, "rho_data": "next"}

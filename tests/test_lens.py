@@ -6,11 +6,11 @@ import os
 import numpy as np
 import pytest
 import torch
-from _models import curvlinops_quadratic, mlp, random_direction
+from _models import mlp
 from torch import nn
 
 from adamqlr import AdamQLR
-from adamqlr.curvature import ggn_quadratic, hessian_quadratic
+from adamqlr.experiment.loop import evaluate
 from adamqlr.lens.adam import (
     AdamLensConfig,
     Rescaled,
@@ -40,18 +40,11 @@ from adamqlr.lens.products import (
     GGN_LAYERWISE,
     GRAD_AND_HESSIAN,
     HESSIAN_FOR,
-    dense_empirical_fisher,
-    dense_fisher,
-    dense_ggn,
-    dense_hessian,
-    dense_residual_term,
-    flat_params,
-    per_example_grads,
     pooled_images,
     time_products,
     tiny_problems,
 )
-from adamqlr.lens.training import batch_stream, evaluate_loss, record_steps
+from adamqlr.lens.training import batch_stream, record_steps
 from adamqlr.lens.trajectories import (
     RosenbrockConfig,
     rosenbrock_study,
@@ -60,6 +53,15 @@ from adamqlr.lens.trajectories import (
 )
 from adamqlr.losses import CrossEntropyLoss, SquaredErrorLoss
 from adamqlr.tasks.base import Split
+from adamqlr.testing import (
+    dense_empirical_fisher,
+    dense_fisher,
+    dense_ggn,
+    dense_hessian,
+    dense_residual_term,
+    flat_params,
+    per_example_grads,
+)
 
 F64 = torch.float64
 
@@ -86,66 +88,6 @@ KINDS = ["cross_entropy", "squared_error"]
 
 
 # ------------------------------------------------------------------------------ products
-@pytest.mark.parametrize("kind", KINDS)
-def test_dense_matrices_agree_with_curvlinops_and_the_library(kind):
-    model, x, y, loss = problem(kind)
-    fp = flat_params(model)
-    d = random_direction(model)
-    v = fp.flatten(d)
-    ggn, hess = dense_ggn(model, x, y, loss), dense_hessian(model, x, y, loss)
-    params = {n: p.detach() for n, p in model.named_parameters()}
-    assert float(v @ ggn @ v) == pytest.approx(curvlinops_quadratic("fisher", model, x, y, kind, d))
-    assert float(v @ hess @ v) == pytest.approx(
-        curvlinops_quadratic("hessian", model, x, y, kind, d)
-    )
-    assert float(v @ ggn @ v) == pytest.approx(ggn_quadratic(model, params, d, x, y, loss).item())
-    assert float(v @ hess @ v) == pytest.approx(
-        hessian_quadratic(model, params, d, x, y, loss).item()
-    )
-    assert torch.allclose(ggn, ggn.T) and torch.linalg.eigvalsh(ggn).min() > -1e-12
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_true_fisher_equals_ggn_but_the_empirical_fisher_does_not(kind):
-    model, x, y, loss = problem(kind)
-    ggn = dense_ggn(model, x, y, loss)
-    assert torch.allclose(dense_fisher(model, x, loss), ggn, atol=1e-12)
-    assert not torch.allclose(dense_empirical_fisher(model, x, y, loss), ggn, atol=1e-3)
-
-
-def test_per_example_grads_average_to_the_batch_gradient_and_unflatten():
-    model, x, y, loss = problem("cross_entropy")
-    grads = per_example_grads(model, x, y, loss, chunk_size=4)
-    loss.value(model(x), y).backward()
-    fp = flat_params(model)
-    batch = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
-    assert grads.shape == (6, fp.vector.numel())
-    assert torch.allclose(grads.mean(0), batch)
-    named = fp.unflatten(grads)
-    assert named["0.weight"].shape == (6, 5, 4)
-    assert torch.equal(fp.flatten(named, batch_dims=1), grads)
-    with pytest.raises(ValueError, match="last dimension 3"):
-        fp.unflatten(torch.zeros(3, dtype=F64))
-
-
-def test_oracles_refuse_buffers_and_unknown_losses():
-    bn = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)).double()
-    x, y = torch.randn(5, 4, dtype=F64), torch.randint(0, 3, (5,))
-    with pytest.raises(ValueError, match="buffers"):
-        dense_ggn(bn, x, y, CrossEntropyLoss())
-
-    class Other(CrossEntropyLoss.__mro__[1]):
-        def value(self, outputs, targets):
-            return outputs.sum()
-
-        def output_quadratic(self, outputs, u, targets):
-            return u.sum()
-
-    model, x, y, _ = problem("cross_entropy")
-    with pytest.raises(ValueError, match="invalid loss"):
-        per_example_grads(model, x, y, Other())
-
-
 def test_time_products_reports_four_operations_relative_to_the_forward_pass():
     model, x, y, loss = problem("cross_entropy", n=32)
     costs = time_products(model, x, y, loss, repeats=3, warmup=1)
@@ -386,9 +328,23 @@ def test_batch_stream_covers_each_epoch_once_and_record_steps_logs_every_step():
     frame = record_steps(opt, stream, 5, label="run", callback=lambda i, o: {"seen": i})
     assert list(frame["iteration"]) == [1, 2, 3, 4, 5] and (frame["label"] == "run").all()
     assert (frame["seen"] == frame["iteration"]).all() and {"lr", "damping", "rho"} <= set(frame)
-    assert evaluate_loss(model, split, loss, batch_size=5) == pytest.approx(
-        loss.value(model(x), y).item()
-    )
+
+
+def test_the_runner_evaluate_is_the_example_weighted_mean_the_damping_chapter_reports():
+    """:func:`adamqlr.experiment.loop.evaluate` (the damping chapter's test loss) equals, bit for
+    bit, the chunked example-weighted mean the chapter computed with its own loop before."""
+    model, x, y, loss = problem("cross_entropy", n=12)
+    model = model.float()
+    split = Split(x.float(), y)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, 12, 5):
+            xb, yb = split.inputs[start : start + 5], split.targets[start : start + 5]
+            total += float(loss.value(model(xb), yb)) * len(xb)
+            count += len(xb)
+    ours = evaluate(model, split, loss, device=torch.device("cpu"), chunk=5, accuracy=False)
+    assert ours["loss"] == total / count
+    assert ours["loss"] != float(loss.value(model(split.inputs[:5]), split.targets[:5]))
 
 
 # ------------------------------------------------------------------- real data (mirror)

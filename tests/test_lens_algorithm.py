@@ -19,8 +19,8 @@ from adamqlr import AdamQLR, algorithm
 from adamqlr.algorithm import AdamQLRSettings, AdamQLRState
 from adamqlr.lens.adam import adam_moments
 from adamqlr.lens.line import adam_direction
-from adamqlr.lens.products import flat_params
 from adamqlr.losses import CrossEntropyLoss
+from adamqlr.testing import flat_params
 
 #: Relative agreement with the optimiser, by dtype: float64 to 1e-12, float32 to its rounding.
 REL = {torch.float64: 1e-12, torch.float32: 1e-6}

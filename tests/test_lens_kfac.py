@@ -27,8 +27,9 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call, grad, hessian, jacrev
+from torch.func import functional_call
 
+from adamqlr import testing
 from adamqlr.heuristics import LevenbergMarquardt
 from adamqlr.kfac import KFAC, pi_damped_factors, solve_quadratic_model
 from adamqlr.lens.kfac_heuristics import (
@@ -38,13 +39,13 @@ from adamqlr.lens.kfac_heuristics import (
     cross_term_trace,
     damping_eigenvalues,
     dense_kfac_direction,
-    ggn_gram,
     kronecker_factors_exact,
     lm_damping,
     pi_adjustment,
     solve_two_coefficients,
 )
 from adamqlr.losses import CrossEntropyLoss, SquaredErrorLoss
+from adamqlr.testing import flat_params, ggn_gram
 
 DT = torch.float64
 TOL = 1e-10
@@ -71,25 +72,16 @@ LOSS_IDS = ["cross_entropy", "squared_error"]
 
 
 # --------------------------------------------------------------------------------- the oracles
-def names_shapes(model):
-    return [(n, p.shape) for n, p in model.named_parameters()]
-
-
 def flat_of(model) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return flat_params(model).vector
 
 
 def unflatten(model, vec: torch.Tensor) -> dict[str, torch.Tensor]:
-    out, i = {}, 0
-    for n, shape in names_shapes(model):
-        k = math.prod(shape)
-        out[n] = vec[i : i + k].reshape(shape)
-        i += k
-    return out
+    return flat_params(model).unflatten(vec)
 
 
 def flat_dict(model, named) -> torch.Tensor:
-    return torch.cat([named[n].detach().reshape(-1) for n, _ in names_shapes(model)])
+    return flat_params(model).flatten({n: t.detach() for n, t in named.items()})
 
 
 def mean_loss(model, loss, vec, x, y) -> torch.Tensor:
@@ -97,20 +89,13 @@ def mean_loss(model, loss, vec, x, y) -> torch.Tensor:
 
 
 def dense_gradient(model, loss, vec, x, y) -> torch.Tensor:
-    return grad(lambda v: mean_loss(model, loss, v, x, y))(vec)
+    """The gradient of the mean loss at the flat parameters ``vec`` (:mod:`adamqlr.testing`)."""
+    return testing.dense_gradient(model, x, y, loss, at=vec)
 
 
 def dense_ggn(model, loss, vec, x, y) -> torch.Tensor:
-    """``J^T H J`` for the mean loss, with the batch's outputs stacked into one vector."""
-    outputs = functional_call(model, unflatten(model, vec), (x,))
-    shape = outputs.shape
-
-    def outs(v):
-        return functional_call(model, unflatten(model, v), (x,)).reshape(-1)
-
-    jac = jacrev(outs)(vec)  # (N K, P)
-    h = hessian(lambda z: loss.value(z.reshape(shape), y))(outputs.detach().reshape(-1))
-    return jac.T @ h @ jac
+    """``J^T H J`` for the mean loss at ``vec``, the batch's outputs stacked into one vector."""
+    return testing.dense_ggn(model, x, y, loss, at=vec)
 
 
 def layer_slices(model) -> dict[str, slice]:

@@ -8,15 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _models import DTYPE, oracle_ce, oracle_se
-from torch.func import hessian
 
 from adamqlr.losses import LOSSES, CrossEntropyLoss, Loss, SquaredErrorLoss, get_loss
+from adamqlr.testing import dense_output_hessian, quadratic
 
 
 def _dense_output_quadratic(value, z, u, y) -> float:
-    h = hessian(lambda zz: value(zz.reshape(z.shape), y))(z.reshape(-1))
-    v = u.reshape(-1)
-    return float(v @ h @ v)
+    return quadratic(dense_output_hessian(value, z, y), u.reshape(-1))
 
 
 def _gen(seed=0):

@@ -6,19 +6,11 @@ import math
 
 import pytest
 import torch
-from _models import (
-    DTYPE,
-    classification,
-    dense_ggn,
-    dense_hessian,
-    flatten,
-    mlp,
-    oracle_ce,
-    regression,
-)
+from _models import DTYPE, classification, mlp, oracle_ce, regression
 from torch import nn
 
 from adamqlr import SGDQLR, AdamQLR, StepStats
+from adamqlr.testing import dense_ggn, dense_hessian, flatten
 
 
 def _grads(model: nn.Module) -> dict[str, torch.Tensor]:

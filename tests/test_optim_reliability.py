@@ -683,7 +683,9 @@ class _FixedMask(nn.Module):
 @pytest.mark.parametrize("wrap", [False, True], ids=["sequential", "custom-forward"])
 @pytest.mark.parametrize("curvature", ["fisher", "hessian"])
 def test_curvature_and_trial_passes_reuse_the_gradient_pass_masks(wrap, curvature):
-    from _models import dense_ggn, dense_hessian, flatten, oracle_ce
+    from _models import oracle_ce
+
+    from adamqlr.testing import dense_ggn, dense_hessian, flatten
 
     net = _dropout_net()
     model = _Wrapped(net) if wrap else net

@@ -7,11 +7,12 @@ import warnings
 
 import pytest
 import torch
-from _models import classification, flatten, mlp, named_params, oracle_ce
+from _models import classification, mlp, oracle_ce
 from torch import nn
 
 from adamqlr import SGDQLR, AdamQLR
 from adamqlr.losses import CrossEntropyLoss
+from adamqlr.testing import flatten, named_params
 
 
 class CountingCE(CrossEntropyLoss):

@@ -12,22 +12,14 @@ import warnings
 
 import pytest
 import torch
-from _models import (
-    DTYPE,
-    classification,
-    dense_ggn,
-    dense_hessian,
-    flatten,
-    mlp,
-    named_params,
-    oracle_ce,
-)
+from _models import DTYPE, classification, mlp, oracle_ce
 from torch import nn
 
 from adamqlr import SGDQLR, AdamQLR
 from adamqlr.heuristics import propose_plane_step, propose_step
 from adamqlr.kfac.quadratic import solve_quadratic_model
 from adamqlr.rules import PREVIOUS_UPDATE
+from adamqlr.testing import dense_ggn, dense_hessian, flatten, named_params
 
 ENGINES = {
     "layerwise-fisher": ("fisher", None),

@@ -83,7 +83,7 @@ def test_an_alias_cell_builds_exactly_its_target_under_its_own_name(cell, target
 def test_the_paper_entries_resolve_to_the_same_hyperparameters_as_before():
     # the cells' options are absent from the paper's entries, whose records keep their keys
     for name in ("adamqlr", "adamqlr-undamped", "sgdqlr", "adamqlr-untuned"):
-        assert not {"damping_mode", "step_rule"} & set(get_optimiser(name).defaults)
+        assert not {"damping_mode", "step_rule", "rho_data"} & set(get_optimiser(name).defaults)
 
 
 @pytest.mark.parametrize("name", CELL_NAMES)
@@ -106,3 +106,23 @@ def test_search_spaces_follow_the_damping(name, task):
     assert set(space) - {"batch_size"} <= set(get_optimiser(name).defaults)
     if name in CELL_ALIASES:
         assert space == search_space(CELL_ALIASES[name], task)
+
+
+@pytest.mark.parametrize(
+    ("name", "paper"),
+    [("adamqlr-heldout", "adamqlr"), ("adamqlr-untuned-heldout", "adamqlr-untuned")],
+)
+def test_the_heldout_entries_are_the_paper_entries_with_rho_on_the_next_batch(name, paper):
+    entry, original = get_optimiser(name), get_optimiser(paper)
+    assert dict(entry.defaults) == {**original.defaults, "rho_data": "next"}
+    assert entry.batch_size == original.batch_size
+    assert search_space(name, "uci-energy") == search_space(paper, "uci-energy")
+    model = mlp((5, 4, 3), nn.Tanh)
+    stepper = entry.build(model, "cross_entropy")
+    assert stepper.optimizer.rho_data == "next"
+    rows = [stepper.step(*classification(model, seed=s)) for s in range(3)]
+    assert math.isnan(rows[0]["rho"]) and all(math.isfinite(r["rho"]) for r in rows[1:])
+    assert (
+        get_optimiser(paper).build(mlp((5, 4, 3), nn.Tanh), "cross_entropy").optimizer.rho_data
+        == "same"
+    )

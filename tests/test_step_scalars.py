@@ -89,3 +89,70 @@ def test_host_reads_cpu_values_as_stack_tolist_does():
     got = _host(values)
     assert all(isinstance(v, float) for v in got)
     assert [repr(v) for v in got] == [repr(v) for v in expected]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_squared_error_with_kept_half_equals_python_half(dtype):
+    """``SquaredErrorLoss.value`` multiplies by a kept 0-d 0.5 on the CPU: the value and the
+    gradient are bit for bit those of ``0.5 * r**2``."""
+    from adamqlr.losses import SquaredErrorLoss
+
+    gen = torch.Generator().manual_seed(1)
+    outputs = torch.randn(37, 3, generator=gen, dtype=dtype) * 1e3
+    targets = torch.randn(37, 3, generator=gen, dtype=dtype)
+    mine = outputs.clone().requires_grad_()
+    ref = outputs.clone().requires_grad_()
+    value = SquaredErrorLoss().value(mine, targets)
+    expected = 0.5 * (ref - targets).pow(2).reshape(37, -1).sum(-1).mean()
+    value.backward()
+    expected.backward()
+    assert value.item() == expected.item()
+    assert torch.equal(mine.grad, ref.grad)
+
+
+def test_kept_numbers_are_ordinary_tensors_made_once():
+    from adamqlr.precision import cpu_number
+
+    with torch.inference_mode():
+        first = cpu_number(0.5, torch.float32)
+    assert not first.is_inference()  # usable by a later step that records a graph
+    assert cpu_number(0.5, torch.float32) is first
+    assert cpu_number(0.5, torch.float64).dtype == torch.float64
+    assert first.dim() == 0 and first.item() == 0.5
+
+
+def test_trial_pass_calls_the_activations_forward_directly_with_the_same_numbers():
+    """Without a tape, ``layerwise_forward`` skips ``Module.__call__`` for activations: the
+    outputs equal the module's own forward bit for bit."""
+    from adamqlr.curvature import layerwise_forward, layerwise_plan
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 9), nn.ReLU(), nn.Linear(9, 9), nn.Tanh(), nn.Linear(9, 2))
+    x = torch.randn(11, 5)
+    plan = layerwise_plan(model)
+    assert plan is not None
+    with torch.no_grad():
+        fast, tape = layerwise_forward(plan, x, keep=False)
+        assert tape == []
+        assert torch.equal(fast, model(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kept_number_made_inside_a_torch_func_transform_does_not_escape_it(dtype):
+    """The first squared error of a process may be inside ``torch.func.hessian``: the kept 0.5
+    is made outside the transform, so later calls, inside or outside one, still work."""
+    from adamqlr.losses import SquaredErrorLoss
+    from adamqlr.precision import cpu_number
+
+    cpu_number.cache_clear()
+    loss = SquaredErrorLoss()
+    targets = torch.randn(4, 2, dtype=dtype)
+    outputs = torch.randn(4, 2, dtype=dtype)
+    hess = torch.func.hessian(lambda o: loss.value(o, targets))(outputs)
+    assert torch.equal(hess.reshape(8, 8), torch.eye(8, dtype=dtype) / 4)
+    again = torch.func.hessian(lambda o: loss.value(o, targets))(outputs)
+    assert torch.equal(again, hess)
+    assert (
+        loss.value(outputs, targets).item()
+        == (0.5 * (outputs - targets).pow(2)).sum(1).mean().item()
+    )

@@ -15,10 +15,11 @@ from torch import nn
 
 import adamqlr
 from adamqlr import SGDQLR, AdamQLR
+from adamqlr.testing import flat_params
 
 
 def _flat(model: nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return flat_params(model).vector
 
 
 def _first_step(lr: float | None = None, **kwargs):
@@ -274,28 +275,32 @@ def test_add_param_group_accepts_a_later_layer_and_refuses_bad_groups():
 # ------------------------------------------------------------------------------- signature
 @pytest.mark.parametrize("cls", [AdamQLR, SGDQLR])
 def test_the_signature_lists_every_argument(cls):
+    from adamqlr.rules import DEFAULT_DAMPING, FlatOptions
+
     signature = inspect.signature(cls)
-    kinds = {p.kind for p in signature.parameters.values()}
-    assert inspect.Parameter.VAR_KEYWORD not in kinds
-    assert inspect.Parameter.VAR_POSITIONAL not in kinds
-    names = set(signature.parameters)
+    kinds = {p.name: p.kind for p in signature.parameters.values()}
+    assert inspect.Parameter.VAR_POSITIONAL not in kinds.values()
+    # the one ``**`` is the typed flat keywords of the grouped settings (rules.FlatOptions)
+    assert [n for n, k in kinds.items() if k is inspect.Parameter.VAR_KEYWORD] == ["flat"]
+    assert signature.parameters["flat"].annotation == "Unpack[FlatOptions]"
+    names = set(signature.parameters) - {"flat"}
     expected = {
-        "model", "loss", "curvature", "params", "initial_damping", "damping_decrease",
-        "damping_increase", "damping_bounds", "damping_interval", "damping_in_rho", "lr_clip",
-        "amplification", "undamped", "damping_mode", "step_rule", "weight_decay", "max_grad_norm",
-        "nonpositive_curvature",
-        "on_nonfinite", "on_stall", "stall_patience", "resolve_loss", "ignore_index", "output",
-        "distributed",
+        "model", "loss", "curvature", "damping", "step_size", "weight_decay", "params",
+        "max_grad_norm", "nonpositive_curvature", "on_nonfinite", "on_stall", "stall_patience",
+        "resolve_loss", "ignore_index", "output", "distributed", "rho_data",
     }  # fmt: skip
     if cls is AdamQLR:
         expected |= {"betas", "eps"}
     assert names == expected
     for p in signature.parameters.values():
         assert p.annotation is not inspect.Parameter.empty, p.name
-        if p.name != "model":
+        if p.name not in ("model", "flat"):
             assert p.default is not inspect.Parameter.empty, p.name
         assert p.name in AdamQLR.__doc__, p.name  # every argument is documented
-    assert signature.parameters["initial_damping"].default == 1e-3
+    for name in FlatOptions.__annotations__:  # and every flat keyword
+        assert f"``{name}``" in AdamQLR.__doc__, name
+    assert signature.parameters["damping"].default is DEFAULT_DAMPING
+    assert DEFAULT_DAMPING.initial == 1e-3
 
 
 # --------------------------------------------------------------------------------- exports

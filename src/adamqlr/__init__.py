@@ -7,6 +7,10 @@ through a Second-Order Lens" (ICML 2024). The optimisers are ``torch.optim.Optim
     opt = AdamQLR(model, loss="cross_entropy", curvature="fisher")
     stats = opt.step(inputs, targets)
 
+Its options are grouped as the paper groups them: ``damping=`` an :class:`AdaptiveDamping`
+(``lambda_0`` and a :class:`LevenbergMarquardt` rule), a :class:`FixedDamping` or ``None``, and
+``step_size=`` a :class:`StepSize` (rule, clip, amplification).
+
 The baselines of the paper are here too: :class:`SGDQLR` (the same heuristics on the gradient),
 :class:`KFAC` (``adamqlr.kfac``) and :class:`BaydinSGD` (``adamqlr.baydin``).
 
@@ -25,9 +29,10 @@ name included::
     maths       losses                      losses with closed-form output Hessians
                 curvature                   d^T C d along a direction, matrix-free
                 heuristics distributed      step size, rho and damping; one step over ranks
-                rules                       damping modes; the plane (momentum) step rule
+                rules heldout               damping and step-size settings; held-out rho
                 optim                       AdamQLR and SGDQLR (torch optimisers)
                 algorithm kfac baydin       reference step; K-FAC; hypergradient SGD
+                testing                     dense float64 oracles for tests and chapters
                 steppers                    one training-loop interface for every optimiser
                 baselines                   K-FAC and Baydin SGD as named configurations
     data        data                        checksummed files, mirror and cache
@@ -52,15 +57,18 @@ from adamqlr.version import ALGORITHM_VERSION, __version__
 
 if TYPE_CHECKING:  # what the names below are, for type checkers and editors
     from adamqlr.baydin import BaydinSGD
+    from adamqlr.heuristics import LevenbergMarquardt
     from adamqlr.kfac import KFAC
     from adamqlr.losses import CrossEntropyLoss, Loss, SquaredErrorLoss, get_loss
     from adamqlr.optim import SGDQLR, AdamQLR, NonFiniteStepError, StallError, StepStats
+    from adamqlr.rules import AdaptiveDamping, FixedDamping, StepSize
 
 #: The names the package root re-exports, and the module of each. They are imported on first use
 #: (``from adamqlr import AdamQLR`` works as ever), so that ``import adamqlr.book`` or
 #: ``adamqlr book status`` does not pay for importing torch (seconds) when it needs none.
 _EXPORTS: dict[str, str] = {
     "BaydinSGD": "adamqlr.baydin",
+    "LevenbergMarquardt": "adamqlr.heuristics",
     "KFAC": "adamqlr.kfac",
     "CrossEntropyLoss": "adamqlr.losses",
     "Loss": "adamqlr.losses",
@@ -71,6 +79,9 @@ _EXPORTS: dict[str, str] = {
     "NonFiniteStepError": "adamqlr.optim",
     "StallError": "adamqlr.optim",
     "StepStats": "adamqlr.optim",
+    "AdaptiveDamping": "adamqlr.rules",
+    "FixedDamping": "adamqlr.rules",
+    "StepSize": "adamqlr.rules",
 }
 
 # torch >= 2.14 warns, from inside its own forward-mode decompositions, that torch.jit.script is
@@ -96,14 +107,18 @@ def __dir__() -> list[str]:
 __all__ = [
     "ALGORITHM_VERSION",
     "AdamQLR",
+    "AdaptiveDamping",
     "BaydinSGD",
     "CrossEntropyLoss",
+    "FixedDamping",
     "KFAC",
+    "LevenbergMarquardt",
     "Loss",
     "NonFiniteStepError",
     "SGDQLR",
     "SquaredErrorLoss",
     "StallError",
+    "StepSize",
     "StepStats",
     "__version__",
     "get_loss",

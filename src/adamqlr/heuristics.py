@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from adamqlr._validation import real as _real
+
 __all__ = [
     "DEFAULT_MAX_DAMPING",
     "LOSS_RESOLUTION_ULPS",
@@ -348,6 +350,13 @@ class LevenbergMarquardt:
     ``rho < low``; otherwise unchanged; then clipped to ``[lower, upper]``. The comparisons are
     strict, so a NaN ``rho`` leaves ``lambda`` unchanged (as in the official code).
 
+    The starting value ``lambda_0`` is not part of the rule: the rule is the map from one
+    ``lambda`` to the next, shared by every optimiser here (K-FAC's included) and by the reference
+    iteration; :class:`adamqlr.rules.AdaptiveDamping` pairs it with a starting value.
+
+    Where the paper ties the two factors (``omega_inc = 1 / omega_dec``, as K-FAC does), build the
+    rule with :meth:`tied`, so that a setting carries one factor, not a rounded reciprocal.
+
     Attributes:
         decrease: Factor ``omega_dec`` in (0, 1).
         increase: Factor ``omega_inc`` > 1.
@@ -355,6 +364,10 @@ class LevenbergMarquardt:
         upper: Upper bound on ``lambda`` (none in the paper).
         low: Threshold below which the damping increases (1/4).
         high: Threshold above which the damping decreases (3/4).
+
+    Raises:
+        ValueError: Naming the field and its value, for a value that is not a real number or is
+            out of range.
     """
 
     decrease: float = 0.5
@@ -364,7 +377,39 @@ class LevenbergMarquardt:
     low: float = 0.25
     high: float = 0.75
 
+    @classmethod
+    def tied(
+        cls,
+        decrease: float,
+        *,
+        lower: float = 1e-8,
+        upper: float = math.inf,
+        low: float = 0.25,
+        high: float = 0.75,
+    ) -> LevenbergMarquardt:
+        """Return the rule with ``increase = 1 / decrease`` (K-FAC's, and the paper's tuned form).
+
+        ``LevenbergMarquardt.tied(0.95)`` raises ``lambda`` by ``1 / 0.95`` (computed, not the
+        rounded ``1.0526``) when ``rho < low``.
+
+        Raises:
+            ValueError: Naming the value, unless ``decrease`` is a real number in (0, 1).
+        """
+        decrease = _real("damping_decrease", decrease)
+        if not 0.0 < decrease < 1.0:
+            raise ValueError(f"invalid damping_decrease: {decrease!r} (expected in (0, 1))")
+        return cls(decrease, 1.0 / decrease, lower=lower, upper=upper, low=low, high=high)
+
     def __post_init__(self) -> None:
+        for field_name, number in (
+            ("damping_decrease", self.decrease),
+            ("damping_increase", self.increase),
+            ("damping_bounds lower", self.lower),
+            ("damping_bounds upper", self.upper),
+            ("rho threshold low", self.low),
+            ("rho threshold high", self.high),
+        ):
+            _real(field_name, number)  # a real number, not NaN (a string would fail below)
         checks = [
             ("damping_decrease", self.decrease, 0.0 < self.decrease < 1.0, "in (0, 1)"),
             ("damping_increase", self.increase, 1.0 < self.increase < math.inf, "> 1 and finite"),

@@ -3,15 +3,21 @@
 :class:`QuadraticModelOptimizer` holds everything that does not depend on the direction: the
 gradient pass, the curvature along the direction, the step size from the damped quadratic model,
 the trial loss, the reduction ratio and the Levenberg-Marquardt damping (all from
-:mod:`adamqlr.heuristics`), and the guards against non-finite numbers. A subclass supplies only the
-direction: :class:`AdamQLR` Adam's bias-corrected ``m_hat / (sqrt(v_hat) + eps)``, :class:`SGDQLR`
-the gradient itself.
+:mod:`adamqlr.heuristics`), and the guards against non-finite numbers. The options are grouped as
+the paper groups them: the damping rule (``damping``, :class:`adamqlr.rules.AdaptiveDamping`,
+:class:`~adamqlr.rules.FixedDamping` or ``None``), the step-size rule with its clip and
+amplification (``step_size``, :class:`adamqlr.rules.StepSize`), Adam's ``betas`` and ``eps``;
+the old flat keywords (``initial_damping=``, ``lr_clip=``, ...) map onto them. A subclass
+supplies only the direction: :class:`AdamQLR` Adam's bias-corrected
+``m_hat / (sqrt(v_hat) + eps)``, :class:`SGDQLR` the gradient itself.
 
 One call of :meth:`QuadraticModelOptimizer.step` on a mini-batch ``(inputs, targets)`` costs one
 forward and backward pass (the gradient), then the curvature along the direction on the same
 batch, and, on steps that adapt the damping, one more forward pass for the trial loss (never with
-``damping_mode="fixed"`` or ``"none"``; ``step_rule="alpha-momentum"`` adds a second curvature
-product, along the previous update: :mod:`adamqlr.rules` says what each costs). With
+``damping=FixedDamping(...)`` or ``None``; ``step_size=StepSize("alpha-momentum")`` adds a second
+curvature product, along the previous update: :mod:`adamqlr.rules` says what each costs; with
+``rho_data="next"`` the trial forward pass is at the previous parameters on this batch
+instead, :mod:`adamqlr.heldout`). With
 ``"fisher"`` the curvature is one forward-mode JVP: for a sequential MLP that
 :func:`adamqlr.curvature.layerwise_plan` covers, the gradient pass itself runs layer by layer
 and keeps its activations, so the JVP computes tangents only
@@ -46,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -55,6 +62,7 @@ import torch
 from torch import Tensor, nn
 
 from adamqlr import _checks
+from adamqlr import heldout as _heldout
 from adamqlr import rules as _rules
 from adamqlr._state import OptimiserWideState
 from adamqlr._validation import check as _check
@@ -64,8 +72,6 @@ from adamqlr.backends import check_model, curvature_safe_attention
 from adamqlr.curvature import CURVATURES, CurvatureEngine, EngineCache
 from adamqlr.distributed import DistributedEngine, process_group, unwrap
 from adamqlr.heuristics import (
-    DEFAULT_MAX_DAMPING,
-    LevenbergMarquardt,
     PlaneProposal,
     Proposal,
     loss_difference_trustworthy,
@@ -75,7 +81,13 @@ from adamqlr.heuristics import (
 )
 from adamqlr.losses import Loss, get_loss
 from adamqlr.outputs import OutputSelector, check_selector
-from adamqlr.precision import forget_cast_weights, rounding_dtype, wide, wide_dtype
+from adamqlr.precision import cpu_number, forget_cast_weights, rounding_dtype, wide, wide_dtype
+from adamqlr.rules import DEFAULT_DAMPING, DEFAULT_STEP_SIZE, Damping, FlatOptions, StepSize
+
+if sys.version_info >= (3, 11):  # imported, not only for mypy: the API page evaluates the hints
+    from typing import Unpack
+else:  # pragma: no cover - Python 3.10
+    from typing_extensions import Unpack
 
 __all__ = [
     "AdamQLR",
@@ -114,7 +126,10 @@ class StepStats:
         loss: Mini-batch loss *before* the step.
         lr: Step size ``alpha`` applied (0.0 when the step was rejected).
         damping: Damping ``lambda`` after this step's update (the value the next step uses).
-        rho: Reduction ratio (NaN when not computed on this step).
+        rho: Reduction ratio (NaN when not computed on this step). With ``rho_data="next"``,
+            the held-out ratio of the previous step, measured on this step's batch
+            (:mod:`adamqlr.heldout`); ``trial_loss`` is then that batch's loss at the previous
+            parameters.
         accepted: Whether the parameters moved.
         reason: Why a step was rejected (``"nonfinite_loss"``, ``"nonfinite_gradient"`` (also
             when the new Adam moments overflow), ``"nonfinite_curvature"``,
@@ -182,19 +197,11 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         loss: str | Loss | nn.Module | Callable[[Tensor, Tensor], Tensor] = "cross_entropy",
         curvature: str = "fisher",
         *,
-        params: Iterable[Tensor] | Iterable[dict[str, Any]] | None = None,
-        initial_damping: float = 1e-3,
-        damping_decrease: float = 0.5,
-        damping_increase: float = 2.0,
-        damping_bounds: tuple[float, float] = (1e-8, DEFAULT_MAX_DAMPING),
-        damping_interval: int = 1,
-        damping_in_rho: bool = True,
-        lr_clip: float | None = None,
-        amplification: float = 1.0,
-        undamped: bool = False,
-        damping_mode: str | None = None,
-        step_rule: str = "alpha",
+        damping: Damping | None = DEFAULT_DAMPING,
+        step_size: StepSize = DEFAULT_STEP_SIZE,
+        rho_data: str = "same",
         weight_decay: float = 0.0,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]] | None = None,
         max_grad_norm: float | None = None,
         nonpositive_curvature: str = "reject",
         on_nonfinite: str = "skip",
@@ -205,6 +212,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         output: OutputSelector = None,
         distributed: bool | str | Any = "auto",
         group_defaults: dict[str, Any] | None = None,
+        **flat: Unpack[FlatOptions],
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"invalid model: {model!r} (expected a torch.nn.Module)")
@@ -217,45 +225,15 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         else:
             loss_obj = get_loss(loss)
         _check("curvature", curvature, curvature in CURVATURES, f"one of {CURVATURES}")
-        initial_damping = _real("initial_damping", initial_damping)
-        _check("initial_damping", initial_damping, 0 <= initial_damping < math.inf, ">= 0, finite")
-        if not isinstance(damping_bounds, (tuple, list)) or len(damping_bounds) != 2:
-            raise ValueError(
-                f"invalid damping_bounds: {damping_bounds!r} (expected (lower, upper))"
-            )
-        lower = _real("damping_bounds lower", damping_bounds[0])
-        upper = _real("damping_bounds upper", damping_bounds[1])
-        lm = LevenbergMarquardt(
-            decrease=_real("damping_decrease", damping_decrease),
-            increase=_real("damping_increase", damping_increase),
-            lower=lower,
-            upper=upper,
+        # [rules] the one path from the arguments (grouped, or the old flat keywords) to the
+        # settings (rules.py); the flat attributes below are read by the step
+        damping, step_size = _rules.grouped(
+            damping, step_size, flat, owner=f"{type(self).__name__}.__init__()"
         )
-        _check("undamped", undamped, isinstance(undamped, bool), "a bool")
-        damping_mode = _rules.damping_mode(damping_mode, undamped)  # [rules] rules.py
-        step_rule = _rules.step_rule(step_rule)
-        undamped = damping_mode == "none"
-        if not undamped:
-            _check(
-                "initial_damping",
-                initial_damping,
-                lower <= initial_damping <= upper,
-                f"within damping_bounds {tuple(damping_bounds)}",
-            )
-        _check(
-            "damping_interval",
-            damping_interval,
-            isinstance(damping_interval, int)
-            and not isinstance(damping_interval, bool)
-            and damping_interval >= 1,
-            "an int >= 1",
+        damping_mode, initial_damping, lm, damping_interval, damping_in_rho = _rules.damping_parts(
+            damping
         )
-        _check("damping_in_rho", damping_in_rho, isinstance(damping_in_rho, bool), "a bool")
-        if lr_clip is not None:
-            lr_clip = _real("lr_clip", lr_clip)
-            _check("lr_clip", lr_clip, 0 < lr_clip < math.inf, "> 0 and finite, or None")
-        amplification = _real("amplification", amplification)
-        _check("amplification", amplification, 0 < amplification < math.inf, "> 0 and finite")
+        rho_data = _heldout.rho_data(rho_data, damping_mode)  # [heldout] heldout.py
         weight_decay = _real("weight_decay", weight_decay)
         _check("weight_decay", weight_decay, 0 <= weight_decay < 1, "in [0, 1)")
         if max_grad_norm is not None:
@@ -292,15 +270,22 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
 
         self.loss = loss_obj
         self.curvature = curvature
+        #: The damping setting (:class:`~adamqlr.rules.AdaptiveDamping`,
+        #: :class:`~adamqlr.rules.FixedDamping` or ``None``) and the
+        #: :class:`~adamqlr.rules.StepSize`; the attributes after them are their parts, as the
+        #: step reads them.
+        self.damping_setting = damping
+        self.step_size = step_size
         self.damping_rule = lm
-        self.initial_damping = 0.0 if undamped else initial_damping
+        self.initial_damping = initial_damping
         self.damping_interval = damping_interval
         self.damping_in_rho = damping_in_rho
-        self.lr_clip = lr_clip
-        self.amplification = amplification
-        self.undamped = undamped
+        self.lr_clip = step_size.clip
+        self.amplification = step_size.amplification
+        self.undamped = damping_mode == "none"
         self.damping_mode = damping_mode
-        self.step_rule = step_rule
+        self.step_rule = step_size.rule
+        self.rho_data = rho_data
         self.max_grad_norm = max_grad_norm
         self.nonpositive_curvature = nonpositive_curvature
         self.on_nonfinite = on_nonfinite
@@ -464,6 +449,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         # [rules] an optimiser pickled before the damping modes and step rules existed
         self.__dict__.setdefault("damping_mode", "none" if state.get("undamped") else "adaptive")
         self.__dict__.setdefault("step_rule", "alpha")
+        self.__dict__.setdefault("rho_data", "same")
         if self.__dict__.get("_engines") is None and "model" in self.__dict__:
             self._engines = EngineCache(
                 self.model, self.curvature, self.loss, self.__dict__.get("output")
@@ -706,9 +692,10 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         else:
             q_t, cross_t, second_t = engine.along_pair(names, ps, ds, plane)
             plane_t = [cross_t, second_t, *_rules.plane_scalars(gs, ds, plane)]
-        dots = _dots(gs, ds)
+        wide_enough = _all_wide(gs) and _all_wide(ds)  # one dtype check for both reductions
+        dots = _dots(gs, ds, wide_enough)
         extra_t = [] if grad_norm_t is None else [grad_norm_t]
-        values = _host([f0_t, q_t, *dots, *_norms(ds), *checks, *extra_t, *plane_t])
+        values = _host([f0_t, q_t, *dots, *_norms(ds, wide_enough), *checks, *extra_t, *plane_t])
         plane_values = [values.pop() for _ in plane_t][::-1]
         grad_norm = values.pop() if extra_t else math.nan
         f0, q = values[0], values[1]
@@ -725,6 +712,14 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
                 self._last_outputs = previous_outputs
                 raise
             raise _Rejected("nonfinite_loss", f0, {"grad_norm": grad_norm})
+        heldout = self.rho_data == "next"
+        rho, f1, unresolved = math.nan, math.nan, False
+        if heldout:  # [heldout] the previous step judged on this batch (heldout.py)
+            low = rounding_dtype(f0_t.dtype, self._last_outputs.dtype, device_type=f0_t.device.type)
+            rho, f1, unresolved = _heldout.judge_previous(
+                self.state, glob, self.param_groups, engine, self.damping_rule, f0, low,
+                self.resolve_loss,
+            )  # fmt: skip
         k = len(ds)
         grad_dot_dir = math.fsum(values[2 : 2 + k])
         sq_norm = math.fsum(v * v for v in values[2 + k : 2 + 2 * k])
@@ -786,10 +781,10 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         # 5. Trial loss and reduction ratio, on damping-adaptation steps. One host sync for the
         # trial loss and the finiteness of the new parameters (a finite alpha times a finite d
         # can still overflow, or meet inf * 0).
-        rho, f1 = math.nan, math.nan
         adapt = self.damping_mode == "adaptive" and step % self.damping_interval == 0
+        trial = adapt and not heldout
         new_norms = torch._foreach_norm(new)
-        if adapt:
+        if trial:
             # [rules] the plane step is -alpha d + momentum v2 (the engine may use linearity)
             plane_kw = {"momentum": momentum} if plane_values else {}
             f1_t = engine.trial_loss(names, new, alpha=alpha, decays=decays, **plane_kw)
@@ -799,15 +794,14 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         norm = sum(norms)
         if not math.isfinite(norm):
             raise _Rejected("nonfinite_step", f0, extra | {"trial_loss": f1})
-        if adapt and not math.isfinite(f1):
+        if trial and not math.isfinite(f1):
             raise _Rejected("nonfinite_trial_loss", f0, extra | {"trial_loss": f1})
 
         # 6. Damping and commit. A loss change below the loss's rounding level gives no rho.
         # [loops] The rounding level is that of the least precise of the loss's dtype, the
         # outputs' dtype and the autocast dtype (precision.rounding_dtype): under bfloat16
         # autocast the loss is float32, computed from bfloat16 logits.
-        unresolved = False
-        if adapt:
+        if trial:
             low = rounding_dtype(f0_t.dtype, self._last_outputs.dtype, device_type=f0_t.device.type)
             if not self.resolve_loss or loss_difference_trustworthy(f0, f1, low):
                 rho = reduction_ratio(f1 - f0, proposal.predicted_change)
@@ -822,6 +816,8 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
                         damping_used, abs(change) > resolution
                     )
                 glob["unresolved_streak"] += 1
+        elif adapt:  # [heldout] theta_t and M_t wait for the next batch (heldout.py)
+            _heldout.remember(self.state, glob, self.param_groups, ps, proposal.predicted_change)
         torch._foreach_copy_(ps, new)
         forget_cast_weights()  # [loops] autocast's cached copies are stale (precision.py)
         for group_ps, group_gs, group, candidate in pending:
@@ -886,9 +882,21 @@ class AdamQLR(QuadraticModelOptimizer):
     quadratic model along ``d``: ``theta <- theta - alpha d`` with
     ``alpha = g^T d / (d^T C d + lambda ||d||^2)``.
 
+    The options are grouped as the paper groups them: the damping rule is one object
+    (``damping``), the step-size rule with its clip and amplification another (``step_size``),
+    Adam's constants are ``betas`` and ``eps``. The switches under *Advanced* are keyword-only and
+    rarely changed.
+
     Example::
 
-        opt = AdamQLR(model, loss="cross_entropy")
+        from adamqlr import AdamQLR, AdaptiveDamping, LevenbergMarquardt, StepSize
+
+        opt = AdamQLR(model, loss="cross_entropy")          # the paper's untuned setting
+        tuned = AdamQLR(
+            model,
+            damping=AdaptiveDamping(1.0, LevenbergMarquardt.tied(0.95)),  # increase 1/0.95
+            step_size=StepSize(clip=0.1),
+        )
         for inputs, targets in loader:
             stats = opt.step(inputs, targets)   # no zero_grad/backward: the step does it
             print(stats.loss, stats.lr, stats.damping, stats.rho)
@@ -905,41 +913,53 @@ class AdamQLR(QuadraticModelOptimizer):
             ``nn.CrossEntropyLoss`` with closed forms keep them (:func:`adamqlr.losses.get_loss`).
         curvature: ``"fisher"`` (the generalised Gauss-Newton matrix, equal to the Fisher for these
             losses; one forward-mode JVP) or ``"hessian"`` (forward-over-reverse).
-        params: The parameters to optimise (default: all of ``model``'s), or parameter groups
-            (dicts) with their own ``lr``, ``betas``, ``eps`` and ``weight_decay``. More groups
-            can be added later with :meth:`add_param_group`.
-        initial_damping: ``lambda_0`` (>= 0).
-        damping_decrease: ``omega_dec`` in (0, 1): lambda is multiplied by it when rho > 3/4.
-        damping_increase: ``omega_inc`` > 1: lambda is multiplied by it when rho < 1/4.
-        damping_bounds: ``(lower, upper)`` clip on lambda after each update. The paper bounds
-            lambda only from below (1e-8); the default upper bound
-            :data:`adamqlr.heuristics.DEFAULT_MAX_DAMPING` (1e8) keeps a long run of rejected
-            steps from driving lambda to infinity, where the step size is zero. Pass
-            ``(1e-8, math.inf)`` for the paper's exact rule (the experiment runner does).
-        damping_interval: Adapt the damping (and pay the trial forward pass) every this many steps.
-        damping_in_rho: Whether the damping term enters rho's predicted change.
-        lr_clip: Optional symmetric clip ``alpha_max`` on the step size (with
-            ``step_rule="alpha-momentum"``: on the coefficient ``a`` of ``-d``; the momentum
-            coefficient is then chosen again by the model with ``a`` held at the clip).
-        amplification: Factor ``k`` applied to the step size after clipping (to both
-            coefficients with ``step_rule="alpha-momentum"``).
-        undamped: Use no damping at all (lambda = 0, no trial loss, no rho); the same as
-            ``damping_mode="none"``, kept for backward compatibility.
-        damping_mode: ``"adaptive"`` (Levenberg-Marquardt from rho, the default), ``"fixed"``
-            (lambda stays ``initial_damping``, also after a rejected step; no trial loss, no
-            rho, so no extra forward pass) or ``"none"`` (lambda = 0); ``None`` means
-            ``"none"`` if ``undamped`` else ``"adaptive"`` (:mod:`adamqlr.rules`).
-        step_rule: ``"alpha"`` (the paper's: ``theta <- theta - alpha d``, the default) or
-            ``"alpha-momentum"`` (K-FAC's joint learning rate and momentum on this direction:
-            ``theta <- theta + a v1 + b v2`` with ``v1 = -d`` and ``v2`` the previous update,
-            ``(a, b)`` minimising the damped quadratic model on their plane; the first step is
-            the ``"alpha"`` rule's). ``StepStats.lr`` is ``a``, ``StepStats.momentum`` is ``b``;
-            the plane costs a second curvature product per step (:mod:`adamqlr.rules`).
-        betas: Adam's ``(beta1, beta2)``, each in [0, 1).
+        damping: The damping rule (:mod:`adamqlr.rules`).
+            :class:`~adamqlr.rules.AdaptiveDamping` ``(initial, rule, interval, in_rho)``: the
+            paper's -- ``lambda`` starts at ``initial`` (``lambda_0``) and the
+            :class:`~adamqlr.heuristics.LevenbergMarquardt` ``rule`` multiplies it by
+            ``decrease`` when ``rho > 3/4`` and by ``increase`` when ``rho < 1/4``, then clips it
+            to ``[lower, upper]``, every ``interval`` steps (each costs a trial forward pass);
+            ``in_rho`` (default ``None``: yes, as in the paper's code) says whether the damping
+            enters rho's predicted change; ``LevenbergMarquardt.tied(decrease)`` ties
+            ``increase = 1 / decrease``. The default,
+            ``AdaptiveDamping()``, is ``lambda_0 = 1e-3``, factors 0.5/2, bounds
+            ``(1e-8, DEFAULT_MAX_DAMPING)``: the paper bounds lambda only from below, and the
+            upper bound :data:`adamqlr.heuristics.DEFAULT_MAX_DAMPING` (1e8) keeps a long run of
+            rejected steps from driving lambda to infinity, where the step size is zero (a rule
+            built without ``upper`` is the paper's exact one; the experiment runner uses it).
+            :class:`~adamqlr.rules.FixedDamping` ``(value)``: ``lambda`` stays ``value``, also
+            after a rejected step; no trial loss, no rho, so no extra forward pass.
+            ``None``: no damping at all (lambda = 0, no trial loss, no rho).
+        step_size: The step-size rule, :class:`~adamqlr.rules.StepSize`
+            ``(rule, clip, amplification)``. ``rule``: ``"alpha"`` (the paper's,
+            ``theta <- theta - alpha d``, the default) or ``"alpha-momentum"`` (K-FAC's joint
+            learning rate and momentum on this direction: ``theta <- theta + a v1 + b v2`` with
+            ``v1 = -d`` and ``v2`` the previous update, ``(a, b)`` minimising the damped quadratic
+            model on their plane; the first step is the ``"alpha"`` rule's; ``StepStats.lr`` is
+            ``a``, ``StepStats.momentum`` is ``b``; the plane costs a second curvature product
+            per step). ``clip``: optional symmetric clip ``alpha_max`` on the step size (on ``a``
+            with ``"alpha-momentum"``; ``b`` is then chosen again by the model with ``a`` held at
+            the clip). ``amplification``: factor ``k`` on the step size after clipping (on both
+            coefficients with ``"alpha-momentum"``). The default ``StepSize()`` is the paper's
+            untuned rule: ``"alpha"``, no clip, ``k = 1``.
+        betas: Adam's ``(beta1, beta2)``, each in [0, 1). With ``eps``, a parameter group's
+            option (as in ``torch.optim.Adam``), so they stay two arguments.
+        rho_data: Where rho's actual loss change is measured: ``"same"`` (the paper's rule, the
+            default: on the step's own mini-batch, by the trial forward pass) or ``"next"`` (on
+            the next step's mini-batch, data the step was not fitted to:
+            ``rho_t = (L_{t+1}(theta_{t+1}) - L_{t+1}(theta_t)) / M_t``, which then sets the
+            damping of step ``t+1``; the same number of forward passes, one parameter-sized
+            buffer more; :mod:`adamqlr.heldout` says why, what it costs and what to expect).
+            ``"next"`` needs adaptive damping.
         eps: Adam's epsilon (> 0), added outside the square root.
         weight_decay: Decoupled weight decay ``w`` in [0, 1): ``theta <- theta - alpha d - w theta``
             (absolute, not scaled by the step size, as in the paper's code; scaled by the group's
             ``lr``, see below).
+        params: The parameters to optimise (default: all of ``model``'s), or parameter groups
+            (dicts) with their own ``lr``, ``betas``, ``eps`` and ``weight_decay``. More groups
+            can be added later with :meth:`add_param_group`.
+
+    Advanced:
         max_grad_norm: If given (> 0), the gradient is clipped to this total norm inside the
             step, with the rule of ``torch.nn.utils.clip_grad_norm_``, before Adam's moments and
             the step size see it (``StepStats.grad_norm`` is the norm before clipping).
@@ -972,6 +992,18 @@ class AdamQLR(QuadraticModelOptimizer):
             Every rank must call ``step`` equally often; pass ``False`` when the ranks train
             different models (e.g. independent runs in one process group).
 
+    Flat keywords: the options that ``damping`` and ``step_size`` group are also accepted one by
+    one, as before they were grouped (the grouped form is preferred; the experiment registry and
+    the tuner keep their flat configuration keys and build the objects from them with
+    :func:`adamqlr.rules.grouped`). ``initial_damping`` (``lambda_0``, >= 0; the value of a
+    fixed damping), ``damping_decrease`` and ``damping_increase`` (the rule's factors),
+    ``damping_bounds`` (``(lower, upper)``), ``damping_interval`` and ``damping_in_rho`` build
+    the ``damping``; ``damping_mode`` (``"adaptive"``, ``"fixed"`` or ``"none"``; ``None``:
+    ``"none"`` if ``undamped`` else ``"adaptive"``) and the legacy ``undamped`` (``True`` is
+    ``damping_mode="none"``) choose its kind. ``step_rule``, ``lr_clip`` and ``amplification``
+    build the ``step_size``. Given beside an explicit ``damping`` or ``step_size`` object, a
+    flat keyword must agree with it (a ``ValueError`` names both otherwise).
+
     Parameter groups follow ``torch.optim``'s conventions. Each has an ``lr`` (default 1.0), a
     factor on the step size chosen by the quadratic model, so torch's learning-rate schedulers
     (``StepLR``, ``LambdaLR``, ``CosineAnnealingLR``, ...) scale the steps: with one group (or
@@ -993,21 +1025,13 @@ class AdamQLR(QuadraticModelOptimizer):
         loss: str | Loss | nn.Module | Callable[[Tensor, Tensor], Tensor] = "cross_entropy",
         curvature: str = "fisher",
         *,
+        damping: Damping | None = DEFAULT_DAMPING,
+        step_size: StepSize = DEFAULT_STEP_SIZE,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
-        params: Iterable[Tensor] | Iterable[dict[str, Any]] | None = None,
-        initial_damping: float = 1e-3,
-        damping_decrease: float = 0.5,
-        damping_increase: float = 2.0,
-        damping_bounds: tuple[float, float] = (1e-8, DEFAULT_MAX_DAMPING),
-        damping_interval: int = 1,
-        damping_in_rho: bool = True,
-        lr_clip: float | None = None,
-        amplification: float = 1.0,
-        undamped: bool = False,
-        damping_mode: str | None = None,
-        step_rule: str = "alpha",
+        rho_data: str = "same",
         weight_decay: float = 0.0,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]] | None = None,
         max_grad_norm: float | None = None,
         nonpositive_curvature: str = "reject",
         on_nonfinite: str = "skip",
@@ -1017,24 +1041,17 @@ class AdamQLR(QuadraticModelOptimizer):
         ignore_index: int = -100,
         output: OutputSelector = None,
         distributed: bool | str | Any = "auto",
+        **flat: Unpack[FlatOptions],
     ) -> None:
         super().__init__(
             model,
             loss,
             curvature,
-            params=params,
-            initial_damping=initial_damping,
-            damping_decrease=damping_decrease,
-            damping_increase=damping_increase,
-            damping_bounds=damping_bounds,
-            damping_interval=damping_interval,
-            damping_in_rho=damping_in_rho,
-            lr_clip=lr_clip,
-            amplification=amplification,
-            undamped=undamped,
-            damping_mode=damping_mode,
-            step_rule=step_rule,
+            damping=damping,
+            step_size=step_size,
+            rho_data=rho_data,
             weight_decay=weight_decay,
+            params=params,
             max_grad_norm=max_grad_norm,
             nonpositive_curvature=nonpositive_curvature,
             on_nonfinite=on_nonfinite,
@@ -1045,6 +1062,7 @@ class AdamQLR(QuadraticModelOptimizer):
             output=output,
             distributed=distributed,
             group_defaults=dict(betas=betas, eps=eps),
+            **flat,
         )
 
     def _validate_group_values(self, group: dict[str, Any]) -> None:
@@ -1085,7 +1103,7 @@ class AdamQLR(QuadraticModelOptimizer):
         # of them: the one-tensor overload of _foreach_add_ reads it back with .item().)
         dtype = _cpu_scalar_dtype(ms, vs)
         m = torch._foreach_lerp(ms, grads, 1.0 - beta1)
-        v = torch._foreach_mul(vs, _cpu_scalar(beta2, dtype))
+        v = torch._foreach_mul(vs, beta2 if dtype is None else cpu_number(beta2, dtype))
         torch._foreach_addcmul_(v, grads, grads, value=1.0 - beta2)
         # A non-finite m makes d non-finite, which the step catches; a v that overflows to inf
         # makes d zero instead, so v is the one to check.
@@ -1209,9 +1227,15 @@ def _all_wide(tensors: Iterable[Tensor]) -> bool:
     return all(wide_dtype(dtype) == dtype for dtype in {t.dtype for t in tensors})
 
 
-def _dots(a: list[Tensor], b: list[Tensor]) -> list[Tensor]:
-    """Return ``a_i . b_i`` per pair, in float32 or wider (one dtype check for the lists)."""
-    if _all_wide(a) and _all_wide(b):
+def _dots(a: list[Tensor], b: list[Tensor], wide_enough: bool | None = None) -> list[Tensor]:
+    """Return ``a_i . b_i`` per pair, in float32 or wider.
+
+    ``wide_enough``: whether both lists are float32 or wider already, if the caller knows
+    (``None``: checked here, once per list).
+    """
+    if wide_enough is None:
+        wide_enough = _all_wide(a) and _all_wide(b)
+    if wide_enough:
         return [_dot(x, y) for x, y in zip(a, b, strict=True)]
     # [loops] 16-bit parameters: accumulate in float32 (precision.py)
     return [_dot(wide(x), wide(y)) for x, y in zip(a, b, strict=True)]
@@ -1224,9 +1248,12 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
     return torch.dot(a.reshape(-1), b.reshape(-1))
 
 
-def _norms(tensors: list[Tensor]) -> list[Tensor]:
-    """Return the 2-norm of each tensor, accumulated in float32 or wider."""
-    if _all_wide(tensors):
+def _norms(tensors: list[Tensor], wide_enough: bool | None = None) -> list[Tensor]:
+    """Return the 2-norm of each tensor, accumulated in float32 or wider.
+
+    ``wide_enough``: as for :func:`_dots`.
+    """
+    if wide_enough if wide_enough is not None else _all_wide(tensors):
         return list(torch._foreach_norm(tensors))
     # [loops] 16-bit parameters (precision.py); float64 if any parameter is float64
     widest = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
@@ -1263,19 +1290,11 @@ class SGDQLR(QuadraticModelOptimizer):
         loss: str | Loss | nn.Module | Callable[[Tensor, Tensor], Tensor] = "cross_entropy",
         curvature: str = "fisher",
         *,
-        params: Iterable[Tensor] | Iterable[dict[str, Any]] | None = None,
-        initial_damping: float = 1e-3,
-        damping_decrease: float = 0.5,
-        damping_increase: float = 2.0,
-        damping_bounds: tuple[float, float] = (1e-8, DEFAULT_MAX_DAMPING),
-        damping_interval: int = 1,
-        damping_in_rho: bool = True,
-        lr_clip: float | None = None,
-        amplification: float = 1.0,
-        undamped: bool = False,
-        damping_mode: str | None = None,
-        step_rule: str = "alpha",
+        damping: Damping | None = DEFAULT_DAMPING,
+        step_size: StepSize = DEFAULT_STEP_SIZE,
+        rho_data: str = "same",
         weight_decay: float = 0.0,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]] | None = None,
         max_grad_norm: float | None = None,
         nonpositive_curvature: str = "reject",
         on_nonfinite: str = "skip",
@@ -1285,24 +1304,17 @@ class SGDQLR(QuadraticModelOptimizer):
         ignore_index: int = -100,
         output: OutputSelector = None,
         distributed: bool | str | Any = "auto",
+        **flat: Unpack[FlatOptions],
     ) -> None:
         super().__init__(
             model,
             loss,
             curvature,
-            params=params,
-            initial_damping=initial_damping,
-            damping_decrease=damping_decrease,
-            damping_increase=damping_increase,
-            damping_bounds=damping_bounds,
-            damping_interval=damping_interval,
-            damping_in_rho=damping_in_rho,
-            lr_clip=lr_clip,
-            amplification=amplification,
-            undamped=undamped,
-            damping_mode=damping_mode,
-            step_rule=step_rule,
+            damping=damping,
+            step_size=step_size,
+            rho_data=rho_data,
             weight_decay=weight_decay,
+            params=params,
             max_grad_norm=max_grad_norm,
             nonpositive_curvature=nonpositive_curvature,
             on_nonfinite=on_nonfinite,
@@ -1312,6 +1324,7 @@ class SGDQLR(QuadraticModelOptimizer):
             ignore_index=ignore_index,
             output=output,
             distributed=distributed,
+            **flat,
         )
 
     def _direction(

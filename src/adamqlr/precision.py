@@ -26,10 +26,12 @@ outputs, and so the loss and the curvature's output-space vectors, carry 8 (bflo
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
-__all__ = ["forget_cast_weights", "rounding_dtype", "wide", "wide_dtype"]
+__all__ = ["cpu_number", "forget_cast_weights", "rounding_dtype", "wide", "wide_dtype"]
 
 _LOW = (torch.float16, torch.bfloat16)
 
@@ -72,3 +74,23 @@ def forget_cast_weights() -> None:
     ``torch.clear_autocast_cache``: cheap, and a no-op outside an autocast region.
     """
     torch.clear_autocast_cache()
+
+
+@functools.lru_cache(maxsize=64)
+def cpu_number(value: float, dtype: torch.dtype) -> Tensor:
+    """Return ``value`` as a 0-d CPU tensor of ``dtype``, made once per pair and kept.
+
+    [loops] On the CPU, ``tensor * 0.5`` wraps the number in a 0-d tensor and converts it to the
+    tensor's dtype (``aten::to``, ``_to_copy``, ``copy_``: a few us) before the operation; with
+    a kept 0-d tensor of the same dtype the operation runs without the conversion and gives the
+    same numbers for float32 and float64 tensors (the CPU kernels compute with the number
+    rounded to the tensor's dtype). Use it only for constants: each distinct value is kept.
+
+    Args:
+        value: The number (a constant of the algorithm, e.g. 0.5 or a batch size).
+        dtype: ``torch.float32`` or ``torch.float64``.
+    """
+    # An ordinary tensor, usable by any later step: not an inference tensor, and not wrapped by a
+    # torch.func transform that happens to be active at the first call (it would escape it).
+    with torch.inference_mode(False), torch._C._DisableFuncTorch():
+        return torch.full((), value, dtype=dtype, device="cpu")

@@ -57,6 +57,12 @@ from torch import nn
 from adamqlr import baselines
 from adamqlr.losses import Loss
 from adamqlr.optim import SGDQLR, AdamQLR
+from adamqlr.rules import (
+    DAMPING_KEYWORDS,
+    STEP_SIZE_KEYWORDS,
+    damping_from_flat,
+    step_size_from_flat,
+)
 from adamqlr.steppers import OptimiserEntry, QLRStepper, Stepper, TorchStepper
 
 __all__ = [
@@ -115,13 +121,23 @@ _QLR_KEYS = (
 
 #: Options only the factorial cells give (absent: the optimiser's defaults, "alpha" and the
 #: damping ``undamped`` implies), so the paper's entries resolve to the same hyperparameters.
-_RULE_KEYS = ("damping_mode", "step_rule")
+_RULE_KEYS = ("damping_mode", "step_rule", "rho_data")
 
 
 def _qlr_kwargs(h: dict[str, Any]) -> dict[str, Any]:
-    kwargs = {k: h[k] for k in _QLR_KEYS if k not in ("curvature", "damping_min")}
-    kwargs |= {k: h[k] for k in _RULE_KEYS if k in h}
-    kwargs["damping_bounds"] = (h["damping_min"], math.inf)
+    """Return the optimiser's arguments from the flat configuration (its keys key the records).
+
+    The damping and step-size keys become the grouped settings by the optimiser's own mapping
+    (:func:`adamqlr.rules.damping_from_flat`), so a run builds what the flat keywords built.
+    """
+    flat = {k: h[k] for k in _QLR_KEYS if k not in ("curvature", "damping_min")}
+    flat |= {k: h[k] for k in _RULE_KEYS if k in h}
+    flat["damping_bounds"] = (h["damping_min"], math.inf)
+    damping = {k: v for k, v in flat.items() if k in DAMPING_KEYWORDS}
+    step = {k: v for k, v in flat.items() if k in STEP_SIZE_KEYWORDS}
+    kwargs = {k: v for k, v in flat.items() if k not in damping and k not in step}
+    kwargs["damping"] = damping_from_flat(damping)
+    kwargs["step_size"] = step_size_from_flat(step)
     kwargs["resolve_loss"] = False  # the paper's rule: rho from any loss difference
     return kwargs
 
@@ -155,7 +171,8 @@ _ADAMQLR_UNTUNED: dict[str, Any] = {
     "eps": 1e-8,
 }
 #: The tuned configuration's placeholders (the authors' configuration files); tuning overwrites
-#: them.
+#: them. ``1.0526`` is the authors' rounded ``1/0.95``, kept as written because the run records
+#: are keyed by these values; in code, ``LevenbergMarquardt.tied(0.95)`` is the exact tied rule.
 _ADAMQLR_TUNED = {
     **_ADAMQLR_UNTUNED,
     "initial_damping": 1.0,
@@ -254,6 +271,24 @@ _BUILTIN: tuple[OptimiserEntry, ...] = (
         _sgdqlr,
         _SGDQLR,
         description="the same heuristics on the gradient direction (lambda_0 1, 0.9/2.0)",
+    ),
+    # rho measured on the next mini-batch (adamqlr.heldout): the factorial's extra row and the
+    # batch-mechanism study's held-out arms
+    OptimiserEntry(
+        "adamqlr-heldout",
+        "AdamQLR (held-out ρ)",
+        _adamqlr,
+        {**_ADAMQLR_TUNED, "rho_data": "next"},
+        description="AdamQLR with rho on the next mini-batch (rho_data='next'; tuned placeholders)",
+    ),
+    OptimiserEntry(
+        "adamqlr-untuned-heldout",
+        "AdamQLR (Untuned, held-out ρ)",
+        _adamqlr,
+        {**_ADAMQLR_UNTUNED, "rho_data": "next"},
+        batch_size=_UNTUNED_BATCH,
+        task_batch_size=_UNTUNED_EXCEPTIONS,
+        description="untuned AdamQLR with rho on the next mini-batch (rho_data='next')",
     ),
 )
 

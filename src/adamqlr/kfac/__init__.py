@@ -25,6 +25,7 @@ from adamqlr.kfac.blocks import (
 )
 from adamqlr.kfac.optimizer import (
     DAMPING_UPDATES,
+    DEFAULT_KFAC_DAMPING,
     KFAC,
     MODES,
     NO_DAMPING,
@@ -42,6 +43,7 @@ from adamqlr.kfac.quadratic import (
 
 __all__ = [
     "DAMPING_UPDATES",
+    "DEFAULT_KFAC_DAMPING",
     "ESTIMATIONS",
     "KFAC",
     "MODES",

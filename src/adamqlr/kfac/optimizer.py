@@ -78,8 +78,10 @@ from adamqlr.kfac.tangents import (
     sequential_plan,
 )
 from adamqlr.losses import CrossEntropyLoss, Loss, SquaredErrorLoss, get_loss
+from adamqlr.rules import AdaptiveDamping, Damping, FixedDamping, refuse_conflicts
 
 __all__ = [
+    "DEFAULT_KFAC_DAMPING",
     "DAMPING_UPDATES",
     "KFAC",
     "KFACStepStats",
@@ -105,6 +107,12 @@ _MODE_RULES: dict[str, tuple[str, str]] = {
     "adaptive": ("alpha-momentum", "adaptive"),
     "unadaptive": ("constant", "fixed"),
 }
+
+#: K-FAC's default damping: ``lambda_0 = 1`` (the paper's placeholder, tuned), kfac-jax's factor
+#: 0.9 tied (``increase = 1/0.9``), bounds ``[1e-8, inf)``, adapted every step, the damping left
+#: out of rho (``in_rho=None``: K-FAC's convention). ``KFAC(damping=...)`` takes any
+#: :class:`~adamqlr.rules.AdaptiveDamping`, :class:`~adamqlr.rules.FixedDamping` or ``None``.
+DEFAULT_KFAC_DAMPING = AdaptiveDamping(1.0, LevenbergMarquardt.tied(0.9))
 
 _GLOBAL = "kfac"  # key of the optimiser-wide state in ``self.state``
 _NAN_RHO = -100.0  # kfac-jax's replacement for a NaN reduction ratio
@@ -227,6 +235,34 @@ def _resolve_rules(
     return implied
 
 
+def _flat_view(damping: Damping | None) -> dict[str, Any]:
+    """Return K-FAC's flat damping keywords that ``damping`` fixes, with their values.
+
+    ``damping_decay`` only for a rule whose factors are tied (``increase == 1 / decrease``), the
+    only rules that keyword can describe.
+    """
+    if damping is None:
+        return {"damping_update": "fixed", "initial_damping": NO_DAMPING}
+    in_rho = False if damping.in_rho is None else damping.in_rho
+    if isinstance(damping, FixedDamping):
+        return {
+            "damping_update": "fixed",
+            "initial_damping": damping.value,
+            "damping_in_rho": in_rho,
+        }
+    rule = damping.rule
+    view = {
+        "damping_update": "adaptive",
+        "initial_damping": damping.initial,
+        "damping_bounds": (rule.lower, rule.upper),
+        "damping_interval": damping.interval,
+        "damping_in_rho": in_rho,
+    }
+    if rule.increase == 1.0 / rule.decrease:
+        view["damping_decay"] = rule.decrease
+    return view
+
+
 def _num_terms(loss: Loss, outputs: Tensor, targets: Tensor) -> int:
     if isinstance(loss, CrossEntropyLoss):
         return max(1, int((targets != loss.ignore_index).sum()))
@@ -329,11 +365,18 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
     taken. ``mode="adaptive"`` (the paper's "K-FAC") is ``("alpha-momentum", "adaptive")``;
     ``mode="unadaptive"`` ("K-FAC (Unadaptive)") is ``("constant", "fixed")``.
 
+    The damping is one object, as for :class:`adamqlr.AdamQLR`: ``damping=`` an
+    :class:`~adamqlr.rules.AdaptiveDamping` (``damping_update="adaptive"``), a
+    :class:`~adamqlr.rules.FixedDamping` (``"fixed"``) or ``None`` (fixed at :data:`NO_DAMPING`);
+    the flat keywords below (``initial_damping``, ``damping_decay``, ...) still work, and given
+    beside an object must agree with it.
+
     Example::
 
         opt = KFAC(model, loss="cross_entropy", mode="adaptive", initial_damping=1.0)
         # the same optimiser: KFAC(model, "cross_entropy", step_rule="alpha-momentum",
         #                          damping_update="adaptive", initial_damping=1.0)
+        # and: KFAC(model, damping=AdaptiveDamping(1.0, LevenbergMarquardt.tied(0.9)))
         for inputs, targets in loader:
             stats = opt.step(inputs, targets)
             print(stats.loss, stats.lr, stats.momentum, stats.damping, stats.rho)
@@ -344,7 +387,15 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
             :class:`~adamqlr.losses.Loss` (others only with ``estimation="empirical"``).
         mode: Shorthand for both rules: ``"adaptive"`` = ``("alpha-momentum", "adaptive")``,
             ``"unadaptive"`` = ``("constant", "fixed")``. ``None`` (default): from ``step_rule``
-            and ``damping_update``, or ``"adaptive"`` when neither is given.
+            and ``damping_update`` (or ``damping``), or ``"adaptive"`` when neither is given.
+        damping: The damping rule, the objects :class:`adamqlr.AdamQLR` takes:
+            :class:`~adamqlr.rules.AdaptiveDamping` (``lambda_0``, a
+            :class:`~adamqlr.heuristics.LevenbergMarquardt` rule, whose factors need not be
+            tied, the interval and ``in_rho``, ``None`` meaning K-FAC's no),
+            :class:`~adamqlr.rules.FixedDamping` (``lambda`` throughout) or ``None`` (fixed at
+            :data:`NO_DAMPING`: the damping also regularises the inverted factors). Default
+            :data:`adamqlr.kfac.DEFAULT_KFAC_DAMPING`, the flat keywords' defaults; given with
+            ``mode``, its kind must agree with the mode's damping update.
         step_rule: One of :data:`STEP_RULES` (default ``"alpha-momentum"``, or the mode's). Given
             with ``mode`` it must agree with it.
         damping_update: One of :data:`DAMPING_UPDATES` (default ``"adaptive"``, or the mode's).
@@ -353,14 +404,16 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
             placeholder).
         momentum: Fixed momentum in [0, 1) (``step_rule="constant"`` only; default 0.9).
         initial_damping: ``lambda_0`` (the damping throughout with ``damping_update="fixed"``),
-            >= 0.
+            >= 0 (``None``: 1.0).
         damping_decay: Factor in (0, 1): ``lambda`` is multiplied by it when ``rho > 3/4`` and
-            divided by it when ``rho < 1/4`` (adaptive damping only).
-        damping_bounds: ``(lower, upper)`` clip on ``lambda`` after each adaptation.
+            divided by it when ``rho < 1/4`` (adaptive damping only; ``None``: 0.9). The rule is
+            ``LevenbergMarquardt.tied(damping_decay)``.
+        damping_bounds: ``(lower, upper)`` clip on ``lambda`` after each adaptation (``None``:
+            ``(1e-8, inf)``).
         damping_interval: Adapt the damping every this many steps (kfac-jax's
-            ``damping_adaptation_interval``; the paper: 1).
+            ``damping_adaptation_interval``; the paper: 1; ``None``: 1).
         damping_in_rho: Include the damping in the model change used for ``rho`` (kfac-jax and the
-            paper: no).
+            paper: no; ``None``: no).
         ema_decay: Decay of the factors' moving averages, in [0, 1).
         inverse_update_period: Refresh the damped inverses every this many steps.
         estimation: ``"sampled"`` (default), ``"exact"`` or ``"empirical"``
@@ -384,15 +437,16 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
         loss: str | Loss = "cross_entropy",
         mode: str | None = None,
         *,
+        damping: Damping | None = DEFAULT_KFAC_DAMPING,
         step_rule: str | None = None,
         damping_update: str | None = None,
         lr: float | None = None,
         momentum: float | None = None,
-        initial_damping: float = 1.0,
-        damping_decay: float = 0.9,
-        damping_bounds: tuple[float, float] = (1e-8, math.inf),
-        damping_interval: int = 1,
-        damping_in_rho: bool = False,
+        initial_damping: float | None = None,
+        damping_decay: float | None = None,
+        damping_bounds: tuple[float, float] | None = None,
+        damping_interval: int | None = None,
+        damping_in_rho: bool | None = None,
         ema_decay: float = 0.95,
         inverse_update_period: int = 1,
         estimation: str = "sampled",
@@ -406,6 +460,35 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
             if isinstance(loss, str) and loss == "cross_entropy"
             else get_loss(loss)
         )
+        given = damping is not DEFAULT_KFAC_DAMPING
+        if given:  # the object is the damping; a flat keyword beside it must agree with it
+            _check(
+                "damping",
+                damping,
+                damping is None or isinstance(damping, (AdaptiveDamping, FixedDamping)),
+                "AdaptiveDamping(...), FixedDamping(value) or None (fixed at NO_DAMPING)",
+            )
+            flat = {
+                "damping_update": damping_update,
+                "initial_damping": initial_damping,
+                "damping_decay": damping_decay,
+                "damping_bounds": damping_bounds,
+                "damping_interval": damping_interval,
+                "damping_in_rho": damping_in_rho,
+            }
+            refuse_conflicts(
+                "damping",
+                damping,
+                {k: v for k, v in flat.items() if v is not None},
+                _flat_view(damping),
+            )
+            damping_update = "adaptive" if isinstance(damping, AdaptiveDamping) else "fixed"
+            if mode in _MODE_RULES and _MODE_RULES[mode][1] != damping_update:
+                raise ValueError(
+                    f"invalid damping: {damping!r} contradicts mode={mode!r}, which means "
+                    f"damping_update={_MODE_RULES[mode][1]!r} (pass mode=None to combine the "
+                    "rules freely)"
+                )
         step_rule, damping_update = _resolve_rules(mode, step_rule, damping_update)
         _check("estimation", estimation, estimation in ESTIMATIONS, f"one of {ESTIMATIONS}")
         if estimation != "empirical" and not isinstance(
@@ -433,25 +516,48 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
             _check("lr", lr, 0.0 < lr < math.inf, "> 0 and finite")
             momentum = _real("momentum", 0.9 if momentum is None else momentum)
             _check("momentum", momentum, 0.0 <= momentum < 1.0, "in [0, 1)")
-        initial_damping = _real("initial_damping", initial_damping)
-        _check(
-            "initial_damping", initial_damping, 0.0 <= initial_damping < math.inf, ">= 0, finite"
-        )
-        damping_decay = _real("damping_decay", damping_decay)
-        _check("damping_decay", damping_decay, 0.0 < damping_decay < 1.0, "in (0, 1)")
-        if not isinstance(damping_bounds, (tuple, list)) or len(damping_bounds) != 2:
-            raise ValueError(
-                f"invalid damping_bounds: {damping_bounds!r} (expected (lower, upper))"
+        if not given:  # the flat keywords, each at K-FAC's default when left out
+            initial_damping = _real(
+                "initial_damping", 1.0 if initial_damping is None else initial_damping
             )
-        self.damping_rule = LevenbergMarquardt(
-            decrease=damping_decay,
-            increase=1.0 / damping_decay,
-            lower=_real("damping_bounds lower", damping_bounds[0]),
-            upper=_real("damping_bounds upper", damping_bounds[1]),
-        )
+            _check(
+                "initial_damping",
+                initial_damping,
+                0.0 <= initial_damping < math.inf,
+                ">= 0, finite",
+            )
+            damping_decay = _real("damping_decay", 0.9 if damping_decay is None else damping_decay)
+            _check("damping_decay", damping_decay, 0.0 < damping_decay < 1.0, "in (0, 1)")
+            if damping_bounds is None:
+                damping_bounds = (1e-8, math.inf)
+            if not isinstance(damping_bounds, (tuple, list)) or len(damping_bounds) != 2:
+                raise ValueError(
+                    f"invalid damping_bounds: {damping_bounds!r} (expected (lower, upper))"
+                )
+            rule = LevenbergMarquardt.tied(
+                damping_decay,
+                lower=_real("damping_bounds lower", damping_bounds[0]),
+                upper=_real("damping_bounds upper", damping_bounds[1]),
+            )
+            interval = 1 if damping_interval is None else damping_interval
+            in_rho = False if damping_in_rho is None else damping_in_rho
+        elif damping is None:  # no damping: K-FAC's floor, fixed
+            initial_damping, rule, interval, in_rho = (
+                NO_DAMPING,
+                DEFAULT_KFAC_DAMPING.rule,
+                1,
+                False,
+            )
+        elif isinstance(damping, FixedDamping):
+            initial_damping, rule, interval = damping.value, DEFAULT_KFAC_DAMPING.rule, 1
+            in_rho = False if damping.in_rho is None else damping.in_rho
+        else:
+            initial_damping, rule, interval = damping.initial, damping.rule, damping.interval
+            in_rho = False if damping.in_rho is None else damping.in_rho
+        self.damping_rule = rule
         ema_decay = _real("ema_decay", ema_decay)
         _check("ema_decay", ema_decay, 0.0 <= ema_decay < 1.0, "in [0, 1)")
-        _check("damping_in_rho", damping_in_rho, isinstance(damping_in_rho, bool), "a bool")
+        _check("damping_in_rho", in_rho, isinstance(in_rho, bool), "a bool")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
             raise ValueError(f"invalid seed: {seed!r} (expected an int or None)")
 
@@ -474,8 +580,8 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
             (m for m, rules in _MODE_RULES.items() if rules == (step_rule, damping_update)), None
         )
         self.initial_damping = initial_damping
-        self.damping_interval = _int("damping_interval", damping_interval, 1)
-        self.damping_in_rho = damping_in_rho
+        self.damping_interval = _int("damping_interval", interval, 1)
+        self.damping_in_rho = in_rho
         self.ema_decay = ema_decay
         self.inverse_update_period = _int("inverse_update_period", inverse_update_period, 1)
         self.estimation = estimation

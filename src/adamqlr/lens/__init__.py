@@ -13,11 +13,16 @@ notebooks keep only narrative, parameters, assertions and figure calls
 * :mod:`adamqlr.lens.damping`: damping policies, the reduction ratio on the step's batch and on
   held-out data, and the exact-quadratic case ("Levenberg-Marquardt damping and the reduction
   ratio");
-* :mod:`adamqlr.lens.products`: dense curvature matrices of tiny networks, per-example gradients
-  and the measured cost of curvature products ("Curvature products without matrices");
+* :mod:`adamqlr.lens.products`: the tiny problems on real data and the measured cost of curvature
+  products ("Curvature products without matrices");
 * :mod:`adamqlr.lens.trajectories`: optimiser paths on the Rosenbrock function ("Rosenbrock");
 * :mod:`adamqlr.lens.official` and :mod:`adamqlr.lens.official_divergence`: the authors' AdamQLR
   step and stopping rule written plainly, and whether it diverges at small batch sizes as ours
   does ("Sensitivity to the hyperparameters");
 * :mod:`adamqlr.lens.training`: the small training loops and data access these share.
+
+The dense float64 matrices the chapters set beside the library's products (Jacobian, GGN, Hessian,
+Fishers, per-example gradients) are :mod:`adamqlr.testing`'s, the oracles the test suite uses;
+Adam's moments and direction are :mod:`adamqlr.algorithm`'s, and a whole split's loss is
+:func:`adamqlr.experiment.loop.evaluate`.
 """

@@ -30,10 +30,10 @@ from torch.func import functional_call
 
 from adamqlr import algorithm
 from adamqlr.lens.diagonals import expected_squared_batch_gradient, ggn_diagonal, gradient_moments
-from adamqlr.lens.products import flat_params
 from adamqlr.lens.training import batch_stream, fashion_mnist_setup
 from adamqlr.losses import CrossEntropyLoss, Loss
 from adamqlr.profiles import Profile, pick
+from adamqlr.testing import flat_params
 
 __all__ = [
     "AdamLensConfig",

@@ -21,7 +21,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from adamqlr.lens.training import batch_stream, evaluate_loss, fashion_mnist_setup, record_steps
+from adamqlr.experiment.loop import evaluate
+from adamqlr.lens.training import batch_stream, fashion_mnist_setup, record_steps
 from adamqlr.losses import CrossEntropyLoss, SquaredErrorLoss
 from adamqlr.optim import AdamQLR, QuadraticModelOptimizer
 from adamqlr.profiles import Profile, pick
@@ -146,7 +147,14 @@ def damping_study(config: DampingConfig, profile: Profile | str) -> DampingStudy
                         "diverged": float(trace.loc[bad[0], "iteration"]) if len(bad) else np.nan,
                         "rejected steps": int((~trace["accepted"]).sum()),
                         "final batch loss": float(tail.mean()),
-                        "test loss": evaluate_loss(model, data.test, CrossEntropyLoss()),
+                        "test loss": evaluate(
+                            model,
+                            data.test,
+                            CrossEntropyLoss(),
+                            device=torch.device("cpu"),
+                            chunk=5000,
+                            accuracy=False,
+                        )["loss"],
                     }
                 )
     trace = pd.concat(traces, ignore_index=True)

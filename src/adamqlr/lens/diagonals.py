@@ -30,8 +30,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
-from adamqlr.lens.products import _check_loss, _require_no_buffers, flat_params, per_example_grads
 from adamqlr.losses import CrossEntropyLoss, Loss
+from adamqlr.testing import _check_loss, _require_no_buffers, flat_params, per_example_grads
 
 __all__ = [
     "METHODS",
@@ -122,10 +122,6 @@ def _layerwise_square_sums(
     return sums, squares
 
 
-def _flat(model: nn.Module, named: dict[str, Tensor]) -> Tensor:
-    return torch.cat([named[n].reshape(-1) for n, _ in model.named_parameters()])
-
-
 def gradient_moments(
     model: nn.Module,
     inputs: Tensor,
@@ -150,7 +146,7 @@ def gradient_moments(
 
     Returns:
         ``(g_bar, diag_f_emp)``, both in the parameter order of
-        :func:`adamqlr.lens.products.flat_params`, accumulated in float64.
+        :func:`adamqlr.testing.flat_params`, accumulated in float64.
 
     Raises:
         ValueError: If the model has buffers, the loss is not supported, there are no examples,
@@ -177,7 +173,7 @@ def gradient_moments(
             for k in sums:
                 total[k] = total.get(k, 0) + sums[k]
                 total_sq[k] = total_sq.get(k, 0) + squares[k]
-        return _flat(model, total) / n, _flat(model, total_sq) / n
+        return flat_params(model).flatten(total) / n, flat_params(model).flatten(total_sq) / n
     step = n if chunk_size is None else chunk_size
     acc = torch.zeros(flat_params(model).vector.numel(), dtype=torch.float64)
     acc_sq = torch.zeros_like(acc)
@@ -266,7 +262,7 @@ def ggn_diagonal(
             _, squares = _layerwise_square_sums(model, layers, x, columns)
             for k, v in squares.items():
                 total[k] = total.get(k, 0) + v
-        return _flat(model, total) / n
+        return flat_params(model).flatten(total) / n
     fp = flat_params(model)
     params = fp.unflatten(fp.vector)
 

@@ -42,16 +42,17 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, hessian, jacrev, vmap
+from torch.func import hessian, jacrev, vmap
 
 from adamqlr.kfac import KFAC
-from adamqlr.lens.products import flat_params, pooled_images
+from adamqlr.lens.products import pooled_images
 from adamqlr.lens.training import batch_stream
 from adamqlr.losses import CrossEntropyLoss, Loss, SquaredErrorLoss
 from adamqlr.profiles import Profile, pick
 from adamqlr.tasks import get_task
 from adamqlr.tasks._common import MLP
 from adamqlr.tasks.base import Split
+from adamqlr.testing import _check_loss, ggn_gram
 
 __all__ = [
     "KFACHeuristicsConfig",
@@ -62,7 +63,6 @@ __all__ = [
     "cross_term_trace",
     "damping_eigenvalues",
     "dense_kfac_direction",
-    "ggn_gram",
     "kfac_heuristics_study",
     "kfac_quadratic_run",
     "kronecker_factors_exact",
@@ -97,11 +97,6 @@ def _linear_layers(model: nn.Module) -> list[tuple[int, nn.Linear]]:
     if not layers:
         raise ValueError("invalid model: it has no nn.Linear layer")
     return layers
-
-
-def _check_loss(loss: Loss) -> None:
-    if not isinstance(loss, (CrossEntropyLoss, SquaredErrorLoss)):
-        raise ValueError(f"invalid loss: {loss!r} (expected CrossEntropyLoss or SquaredErrorLoss)")
 
 
 def _as_matrix(layer: nn.Linear, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -169,48 +164,6 @@ def kronecker_factors_exact(
             a = s
         position = index + 1
     return factors
-
-
-def ggn_gram(
-    model: nn.Module,
-    inputs: Tensor,
-    targets: Tensor,
-    loss: Loss,
-    vectors: Sequence[Tensor],
-) -> Tensor:
-    """Return ``V^T G V`` for flat parameter vectors ``V`` and the GGN ``G`` of the mean loss.
-
-    ``G = (1/N) sum_n J_n^T H_n J_n`` with per-example Jacobians ``J_n`` of the outputs with
-    respect to the flat parameters and per-example output Hessians ``H_n``, both from
-    ``torch.func`` (the same matrix as :func:`adamqlr.lens.products.dense_ggn`, without forming
-    it: ``U_n = J_n V``, then ``(1/N) sum_n U_n^T H_n U_n``).
-
-    Args:
-        model: A network without buffers.
-        inputs: The batch's inputs.
-        targets: Its targets.
-        loss: :class:`~adamqlr.losses.CrossEntropyLoss` or
-            :class:`~adamqlr.losses.SquaredErrorLoss`.
-        vectors: Flat vectors in the order of ``model.named_parameters()``.
-
-    Returns:
-        The ``k x k`` matrix (float64).
-    """
-    _check_loss(loss)
-    fp = flat_params(model)
-
-    def output_one(flat: Tensor, x: Tensor) -> Tensor:
-        return functional_call(model, fp.unflatten(flat), (x.unsqueeze(0),)).squeeze(0)
-
-    def term(z: Tensor, t: Tensor) -> Tensor:
-        return loss.value(z.unsqueeze(0), t.unsqueeze(0))
-
-    jac = vmap(jacrev(output_one), in_dims=(None, 0))(fp.vector, inputs)  # (N, K, P)
-    with torch.no_grad():
-        outputs = model(inputs)
-    h_out = vmap(hessian(term))(outputs.reshape(jac.shape[:2]), targets)  # (N, K, K)
-    u = jac.reshape(jac.shape[0], jac.shape[1], -1) @ torch.stack(list(vectors)).double().T
-    return torch.einsum("nki,nkl,nlj->ij", u, h_out, u) / inputs.shape[0]
 
 
 # ---------------------------------------------------------------------------- the damping
@@ -484,7 +437,7 @@ def audit_kfac_run(
     """Run adaptive :class:`~adamqlr.kfac.KFAC` and recompute every step independently.
 
     Before each step: the gradient ``g`` (autograd), a copy of the network for the GGN products
-    on the batch (:func:`ggn_gram`), the exact per-batch factors
+    on the batch (:func:`adamqlr.testing.ggn_gram`), the exact per-batch factors
     (:func:`kronecker_factors_exact`) and the previous update ``v`` (from the optimiser's state).
     After it: the library's factors (the moving averages the step used), from which ``Delta``
     follows by :func:`dense_kfac_direction`; then ``A``, ``D``, ``b``, the coefficients by

@@ -1,31 +1,15 @@
-"""Dense curvature matrices of tiny networks, per-example gradients, and the cost of products.
+"""The tiny problems and the measured cost of curvature products (chapter "Curvature products").
 
 The book's chapter "Curvature products without matrices" derives how AdamQLR gets ``d^T C d``
 from one Jacobian-vector product (``C`` the generalised Gauss-Newton matrix, GGN) or one
-forward-over-reverse product (``C`` the Hessian) without forming ``C``. This module builds the
-matrices that the products avoid, so that every identity can be checked against them on a network
-small enough to hold ``C`` (a few hundred parameters), and it times the products on a real one.
-
-Every matrix is the curvature of the *mean* mini-batch loss ``f = (1/N) sum_n l_n`` with respect to
-the flattened parameters, in the order of ``model.named_parameters()``:
-
-* :func:`dense_hessian`: ``H = d^2 f / d theta^2`` (``torch.func.hessian``);
-* :func:`dense_ggn`: ``G = J^T H_L J`` with ``J`` the Jacobian of all outputs and ``H_L`` the
-  Hessian of ``f`` with respect to them, both from automatic differentiation (no closed forms);
-* :func:`dense_fisher`: the true Fisher
-  ``F = (1/N) sum_n E_{y ~ p(y|x_n)} [grad l_n(y) grad l_n(y)^T]``, the expectation computed
-  *exactly* from per-example gradients (a sum over classes for softmax cross-entropy; symmetric
-  sigma points, exact for second moments, for the unit-variance Gaussian of the squared error);
-* :func:`dense_empirical_fisher`: ``F_emp = (1/N) sum_n grad l_n grad l_n^T`` with the data's
-  targets.
-
-These are test oracles and teaching tools for networks without buffers (no batch norm): they are
-quadratic in the number of parameters.
+forward-over-reverse product (``C`` the Hessian) without forming ``C``. The matrices the products
+avoid are built by the dense oracles of :mod:`adamqlr.testing`; this module holds what the chapter
+adds: :func:`tiny_problems`, two networks small enough to hold ``C`` (a few hundred parameters) on
+real data, and :func:`time_products` / :func:`cost_study`, the products timed on a real network.
 """
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections.abc import Callable
@@ -34,7 +18,6 @@ from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, hessian, jacrev, vmap
 
 from adamqlr.curvature import ggn_quadratic, hessian_quadratic, layerwise_plan
 from adamqlr.losses import CrossEntropyLoss, Loss, SquaredErrorLoss
@@ -50,247 +33,13 @@ __all__ = [
     "GRAD_AND_HESSIAN",
     "HESSIAN_FOR",
     "CostConfig",
-    "FlatParams",
     "ProductCost",
     "TinyProblem",
     "cost_study",
-    "dense_empirical_fisher",
-    "dense_fisher",
-    "dense_ggn",
-    "dense_hessian",
-    "dense_residual_term",
-    "flat_params",
-    "per_example_grads",
     "pooled_images",
     "time_products",
     "tiny_problems",
 ]
-
-
-@dataclass(frozen=True)
-class FlatParams:
-    """A model's parameters as one flat vector, and the way back.
-
-    Attributes:
-        names: Parameter names, in ``model.named_parameters()`` order.
-        shapes: Their shapes.
-        vector: The concatenated, detached values.
-    """
-
-    names: tuple[str, ...]
-    shapes: tuple[torch.Size, ...]
-    vector: Tensor
-
-    @property
-    def sizes(self) -> list[int]:
-        """Number of entries of each parameter."""
-        return [math.prod(s) for s in self.shapes]
-
-    def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
-        """Split a flat vector (or the last dimension of a batch of them) into named tensors.
-
-        Raises:
-            ValueError: If the last dimension does not match the number of parameters.
-        """
-        if flat.shape[-1] != self.vector.numel():
-            raise ValueError(
-                f"invalid flat vector: last dimension {flat.shape[-1]} (expected "
-                f"{self.vector.numel()} parameters)"
-            )
-        lead = flat.shape[:-1]
-        parts = torch.split(flat, self.sizes, dim=-1)
-        return {
-            n: part.reshape(tuple(lead) + tuple(shape))
-            for n, shape, part in zip(self.names, self.shapes, parts, strict=True)
-        }
-
-    def flatten(self, named: dict[str, Tensor], batch_dims: int = 0) -> Tensor:
-        """Concatenate named tensors (with ``batch_dims`` leading dimensions) into flat vectors."""
-        return torch.cat(
-            [named[n].reshape(*named[n].shape[:batch_dims], -1) for n in self.names], dim=-1
-        )
-
-
-def flat_params(model: nn.Module) -> FlatParams:
-    """Return the model's parameters as a :class:`FlatParams` (values detached)."""
-    named = [(n, p.detach()) for n, p in model.named_parameters()]
-    return FlatParams(
-        names=tuple(n for n, _ in named),
-        shapes=tuple(p.shape for _, p in named),
-        vector=torch.cat([p.reshape(-1) for _, p in named]),
-    )
-
-
-def _require_no_buffers(model: nn.Module) -> dict[str, Tensor]:
-    buffers = dict(model.named_buffers())
-    if buffers:
-        raise ValueError(
-            f"invalid model: it has buffers {sorted(buffers)[:3]}...; the dense oracles and "
-            "per-example gradients are defined for networks without buffers (no batch norm)"
-        )
-    return buffers
-
-
-def _check_loss(loss: Loss) -> None:
-    if not isinstance(loss, (CrossEntropyLoss, SquaredErrorLoss)):
-        raise ValueError(f"invalid loss: {loss!r} (expected CrossEntropyLoss or SquaredErrorLoss)")
-    if isinstance(loss, SquaredErrorLoss) and loss.curvature_count is not None:
-        raise ValueError(f"invalid loss: {loss!r} (curvature_count must be None here)")
-
-
-def per_example_grads(
-    model: nn.Module,
-    inputs: Tensor,
-    targets: Tensor,
-    loss: Loss,
-    *,
-    chunk_size: int | None = None,
-) -> Tensor:
-    """Return the gradient of each example's loss ``l_n``, flattened: shape ``(N, P)``.
-
-    ``l_n`` is ``loss`` evaluated on the batch made of example ``n`` alone, so the mean of the rows
-    is the gradient of the mean loss (for cross-entropy without ignored positions).
-
-    Args:
-        model: A network without buffers; ``model(inputs[n:n+1])`` is one example's output.
-        inputs: Inputs, examples first.
-        targets: Targets, examples first.
-        loss: :class:`~adamqlr.losses.CrossEntropyLoss` or
-            :class:`~adamqlr.losses.SquaredErrorLoss`.
-        chunk_size: Examples per vectorised chunk (``None``: all at once); bounds the memory.
-
-    Returns:
-        The per-example gradients, in the parameter order of :func:`flat_params`.
-
-    Raises:
-        ValueError: If the model has buffers or the loss is not one of the two supported.
-    """
-    buffers = _require_no_buffers(model)
-    _check_loss(loss)
-    fp = flat_params(model)
-    params = fp.unflatten(fp.vector)
-
-    def loss_one(p: dict[str, Tensor], x: Tensor, t: Tensor) -> Tensor:
-        out = functional_call(model, (p, buffers), (x.unsqueeze(0),))
-        return loss.value(out, t.unsqueeze(0))
-
-    grads = vmap(grad(loss_one), in_dims=(None, 0, 0), chunk_size=chunk_size)(
-        params, inputs, targets
-    )
-    return fp.flatten(grads, batch_dims=1)
-
-
-def _outputs_fn(model: nn.Module, fp: FlatParams, inputs: Tensor) -> Callable[[Tensor], Tensor]:
-    buffers = _require_no_buffers(model)
-
-    def outputs(flat: Tensor) -> Tensor:
-        return functional_call(model, (fp.unflatten(flat), buffers), (inputs,))
-
-    return outputs
-
-
-def dense_hessian(model: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss) -> Tensor:
-    """Return the Hessian ``H`` (P x P) of the mean loss with respect to the flat parameters.
-
-    Raises:
-        ValueError: If the model has buffers or the loss is not supported.
-    """
-    _check_loss(loss)
-    fp = flat_params(model)
-    outputs = _outputs_fn(model, fp, inputs)
-    return hessian(lambda flat: loss.value(outputs(flat), targets))(fp.vector)
-
-
-def dense_ggn(model: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss) -> Tensor:
-    """Return the generalised Gauss-Newton matrix ``G = J^T H_L J`` (P x P) of the mean loss.
-
-    ``J`` (all outputs by all parameters) and ``H_L`` (the Hessian of the mean loss with respect to
-    all outputs) both come from automatic differentiation, so this oracle shares no closed form
-    with :func:`adamqlr.curvature.ggn_quadratic`.
-
-    Raises:
-        ValueError: If the model has buffers or the loss is not supported.
-    """
-    _check_loss(loss)
-    fp = flat_params(model)
-    outputs = _outputs_fn(model, fp, inputs)
-    z = outputs(fp.vector)
-    jac = jacrev(outputs)(fp.vector).reshape(z.numel(), -1)
-    h_out = hessian(lambda out: loss.value(out.reshape(z.shape), targets))(z.reshape(-1))
-    return jac.T @ h_out @ jac
-
-
-def _fisher_samples(loss: Loss, outputs: Tensor) -> tuple[Tensor, Tensor]:
-    """Return targets ``(N, S, ...)`` and weights ``(N, S)`` with exact weighted second moments.
-
-    For cross-entropy the S = C samples are all classes with weights ``softmax(z)``. For the squared
-    error (a unit-variance Gaussian around the output) they are the 2K sigma points
-    ``z +/- sqrt(K) e_k`` with weights ``1/(2K)``, which reproduce the mean and covariance exactly,
-    and the per-example gradient is linear in the target, so its second moment is exact too.
-    """
-    n = outputs.shape[0]
-    if isinstance(loss, CrossEntropyLoss):
-        classes = outputs.shape[-1]
-        targets = torch.arange(classes).expand(n, classes)
-        return targets, torch.softmax(outputs, dim=-1)
-    k = outputs.reshape(n, -1).shape[1]
-    eye = torch.eye(k, dtype=outputs.dtype) * math.sqrt(k)
-    shifts = torch.cat([eye, -eye]).reshape(2 * k, *outputs.shape[1:])
-    targets = outputs.unsqueeze(1) + shifts.unsqueeze(0)
-    return targets, torch.full((n, 2 * k), 1.0 / (2 * k), dtype=outputs.dtype)
-
-
-def dense_fisher(model: nn.Module, inputs: Tensor, loss: Loss) -> Tensor:
-    """Return the true Fisher ``F`` (P x P) of the model's predictive distribution, exactly.
-
-    ``F = (1/N) sum_n sum_s w_ns grad l_n(y_ns) grad l_n(y_ns)^T``, where the targets ``y_ns`` and
-    weights ``w_ns`` reproduce the expectation over ``y ~ p(y | x_n)`` exactly (all classes weighted
-    by the softmax for cross-entropy; sigma points for the unit-variance Gaussian of the squared
-    error). Built from per-example gradients only: no output Hessian enters.
-
-    Raises:
-        ValueError: If the model has buffers or the loss is not supported.
-    """
-    _check_loss(loss)
-    with torch.no_grad():
-        outputs = model(inputs)
-    sample_targets, weights = _fisher_samples(loss, outputs)
-    n, s = weights.shape
-    feature_shape = inputs.shape[1:]
-    rep_inputs = inputs.unsqueeze(1).expand(n, s, *feature_shape).reshape(n * s, *feature_shape)
-    grads = per_example_grads(
-        model, rep_inputs, sample_targets.reshape(n * s, *sample_targets.shape[2:]), loss
-    )
-    weighted = grads * weights.reshape(-1, 1).sqrt()
-    return weighted.T @ weighted / n
-
-
-def dense_residual_term(model: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss) -> Tensor:
-    """Return ``R = (1/N) sum_n sum_k (dl_n/dz_nk) d^2 z_nk / d theta^2`` (P x P), so ``H = G + R``.
-
-    Computed as the Hessian of ``theta -> sum_n w_n . z_n(theta)`` with the output gradients
-    ``w_n = d f / d z_n`` of the *mean* loss held fixed: the network's own curvature weighted by
-    the residuals, the part of the Hessian that the GGN drops.
-
-    Raises:
-        ValueError: If the model has buffers or the loss is not supported.
-    """
-    _check_loss(loss)
-    fp = flat_params(model)
-    outputs = _outputs_fn(model, fp, inputs)
-    z = outputs(fp.vector).detach().requires_grad_(True)
-    (weights,) = torch.autograd.grad(loss.value(z, targets), z)
-    return hessian(lambda flat: (outputs(flat) * weights).sum())(fp.vector)
-
-
-def dense_empirical_fisher(model: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss) -> Tensor:
-    """Return the empirical Fisher ``(1/N) sum_n g_n g_n^T`` (P x P) with the data's targets.
-
-    Raises:
-        ValueError: If the model has buffers or the loss is not supported.
-    """
-    grads = per_example_grads(model, inputs, targets, loss)
-    return grads.T @ grads / grads.shape[0]
 
 
 # ------------------------------------------------------------------------------ problems

@@ -3,7 +3,8 @@
 The chapters train for a few hundred steps and look *inside* the optimiser at chosen steps, which
 the wall-clock-honest loop of :mod:`adamqlr.experiment` is not built for. These helpers keep that
 logic in the package: an endless stream of shuffled mini-batches, and a loop that records every
-:class:`adamqlr.StepStats` of a quadratic-model optimiser.
+:class:`adamqlr.StepStats` of a quadratic-model optimiser. A whole split's loss is the experiment
+runner's :func:`adamqlr.experiment.loop.evaluate`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from adamqlr.profiles import Profile
 from adamqlr.tasks import get_task
 from adamqlr.tasks.base import Split, Task, TaskData
 
-__all__ = ["batch_stream", "evaluate_loss", "fashion_mnist_setup", "record_steps"]
+__all__ = ["batch_stream", "fashion_mnist_setup", "record_steps"]
 
 
 def batch_stream(
@@ -93,34 +94,6 @@ def record_steps(
     if label is not None:
         frame.insert(0, "label", label)
     return frame
-
-
-def evaluate_loss(
-    model: nn.Module, split: Split, loss: Any, *, batch_size: int = 5000, dtype=None
-) -> float:
-    """Return the mean loss of ``model`` over a whole split (no gradient).
-
-    Args:
-        model: The network.
-        split: The data.
-        loss: A :class:`adamqlr.losses.Loss`.
-        batch_size: Examples per forward pass.
-        dtype: If given, inputs (and floating targets) are converted to it.
-
-    Returns:
-        The example-weighted mean loss.
-    """
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(split), batch_size):
-            x = split.inputs[start : start + batch_size]
-            t = split.targets[start : start + batch_size]
-            if dtype is not None:
-                x = x.to(dtype)
-                t = t.to(dtype) if t.is_floating_point() else t
-            total += float(loss.value(model(x), t)) * len(x)
-            count += len(x)
-    return total / count
 
 
 def fashion_mnist_setup(

@@ -14,7 +14,8 @@ study                  chapter and question
 ``fixed-runtime``      07: the paper's two fixed-runtime regimes (tuned on training or
                        validation loss under a time cap)
 ``factorial``          15: which heuristic does the work: direction x step-size rule x
-                       damping, every cell tuned with the same budget
+                       damping, every cell tuned with the same budget (and one extra
+                       row: AdamQLR with rho on the next mini-batch)
 =====================  ====================================================================
 
 **Tuning.** The paper tunes every "tuned" optimiser with 200 random-search samples under ASHA
@@ -62,6 +63,7 @@ from adamqlr.profiles import Profile, parse_profile
 from adamqlr.results.store import ResultStore
 from adamqlr.studies.core import Arm, BestOf, Search, Study, StudyRecords, obtain
 from adamqlr.studies.factorial import CELLS as FACTORIAL_CELLS
+from adamqlr.studies.factorial import EXTRA_CELLS as FACTORIAL_EXTRA_CELLS
 from adamqlr.tune.spaces import search_space
 
 __all__ = ["STUDIES", "get_study", "notebook_records", "study_names"]
@@ -220,12 +222,14 @@ _TUNED_LABELS = {
     "adamqlr": "AdamQLR",
     "adamqlr-hessian": "AdamQLR (Hessian)",
     "adamqlr-undamped": "AdamQLR (Undamped)",
+    "adamqlr-heldout": "AdamQLR (held-out ρ)",
 }
 _FIXED_LABELS = {
     "adamqlr-untuned": "AdamQLR (Untuned)",
     "adam-untuned": "Adam (Untuned)",
     "kfac-untuned": "K-FAC (Untuned)",
     "adamqlr-untuned-hessian": "AdamQLR (Untuned, Hessian)",
+    "adamqlr-untuned-heldout": "AdamQLR (Untuned, held-out ρ)",
 }
 
 
@@ -517,6 +521,12 @@ _MECHANISM_VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     # lambda = 1 throughout: the damping never adapts within the budget
     ("fixed-damping", "fixed λ = 1", {"initial_damping": 1.0, "damping_interval": 10**9}),
 )
+#: Variants that are another registered optimiser: (id, label, optimiser). rho on the next
+#: mini-batch (adamqlr.heldout) is an option of the optimiser, not an override of the paper's
+#: untuned entry, whose records keep their hyperparameters.
+_MECHANISM_OPTIMISERS: tuple[tuple[str, str, str], ...] = (
+    ("heldout-rho", "held-out ρ", "adamqlr-untuned-heldout"),
+)
 
 
 def _batch_mechanism(profile: Profile) -> Study:
@@ -546,6 +556,21 @@ def _batch_mechanism(profile: Profile) -> Study:
         for variant, label, overrides in _MECHANISM_VARIANTS
         for batch in batches
     ]
+    arms += [
+        _fixed(
+            "fashion-mnist",
+            optimiser,
+            profile,
+            label=f"batch {batch}, {label}",
+            id=f"adamqlr-untuned/batch={batch}/{variant}",
+            fields={"batch_size": batch},
+            group=variant,
+            value=float(batch),
+            seeds=seeds,
+        )
+        for variant, label, optimiser in _MECHANISM_OPTIMISERS
+        for batch in batches
+    ]
     return Study(
         "batch-mechanism",
         profile,
@@ -554,7 +579,8 @@ def _batch_mechanism(profile: Profile) -> Study:
         description=(
             "Untuned AdamQLR on Fashion-MNIST at batch sizes 50 to 3200, ten seeds each: as "
             "published (adaptive damping from 1e-3, no clipping), with the step size clipped at "
-            "alpha_max = 0.1, and with the damping held at 1. Each record keeps every step's "
+            "alpha_max = 0.1, with the damping held at 1, and with rho measured on the next "
+            "mini-batch (rho_data='next'). Each record keeps every step's "
             "g^T d, d^T G d, ||d||^2, alpha, lambda and rho."
         ),
         chapter="11_sensitivity",
@@ -715,7 +741,7 @@ def _factorial(profile: Profile) -> Study:
             group=c.key,
         )
         for task in p.factorial_tasks
-        for c in FACTORIAL_CELLS
+        for c in (*FACTORIAL_CELLS, *FACTORIAL_EXTRA_CELLS)
     ]
     return Study(
         "factorial",
@@ -726,7 +752,8 @@ def _factorial(profile: Profile) -> Study:
             "Every cell of the factorial of adamqlr.studies.factorial (the gradient, Adam's or "
             "K-FAC's direction; a tuned constant learning rate, the quadratic model's alpha, or "
             "K-FAC's joint learning rate and momentum; no, fixed or adaptive damping), each tuned "
-            "by a random search of the same size with successive halving, then repeated."
+            "by a random search of the same size with successive halving, then repeated; and "
+            "one extra row, AdamQLR with rho measured on the next mini-batch."
         ),
         chapter="15_which_heuristic",
         finalise=_cadence,

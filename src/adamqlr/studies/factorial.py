@@ -16,14 +16,17 @@ with every other:
   driven by the reduction ratio ``rho``).
 
 Each cell is one registered optimiser (:data:`CELLS`). Cells that make no sense are named in
-:data:`EXCLUDED` with the reason, not silently dropped.
+:data:`EXCLUDED` with the reason, not silently dropped. :data:`EXTRA_CELLS` are rows beyond the
+balanced design (they enter no main effect or interaction): AdamQLR with its reduction ratio
+measured on the next mini-batch instead of the step's own (``rho_data="next"``,
+:mod:`adamqlr.heldout`), compared with the AdamQLR cell.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CELLS", "DAMPINGS", "DIRECTIONS", "EXCLUDED", "RULES", "Cell", "cell"]
+__all__ = ["CELLS", "DAMPINGS", "DIRECTIONS", "EXCLUDED", "EXTRA_CELLS", "RULES", "Cell", "cell"]
 
 #: The directions, in the order the chapter draws them.
 DIRECTIONS: tuple[str, ...] = ("SGD", "Adam", "K-FAC")
@@ -34,6 +37,7 @@ DAMPINGS: tuple[str, ...] = ("none", "fixed", "adaptive")
 
 _RULE_WORDS = {"constant": "tuned lr", "alpha": "α*", "alpha-mom": "α*, μ*"}
 _DAMPING_WORDS = {"none": "no damping", "fixed": "fixed λ", "adaptive": "adaptive λ"}
+_VARIANT_WORDS = {"heldout-rho": "held-out ρ"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,8 @@ class Cell:
         damping: One of :data:`DAMPINGS`.
         optimiser: The registry name of the optimiser that is this cell.
         paper: The paper's name for the cell when it has one (e.g. ``"AdamQLR"``), else ``""``.
+        variant: ``""`` for a cell of the balanced design; for an extra row (:data:`EXTRA_CELLS`)
+            what it changes in the cell of the same factors, e.g. ``"heldout-rho"``.
     """
 
     direction: str
@@ -53,16 +59,19 @@ class Cell:
     damping: str
     optimiser: str
     paper: str = ""
+    variant: str = ""
 
     @property
     def label(self) -> str:
         """The cell's name on figures, e.g. ``"Adam · α* · adaptive λ"``."""
-        return f"{self.direction} · {_RULE_WORDS[self.rule]} · {_DAMPING_WORDS[self.damping]}"
+        label = f"{self.direction} · {_RULE_WORDS[self.rule]} · {_DAMPING_WORDS[self.damping]}"
+        return f"{label} · {_VARIANT_WORDS[self.variant]}" if self.variant else label
 
     @property
     def key(self) -> str:
         """A short identifier, e.g. ``"adam/alpha/adaptive"``."""
-        return f"{self.direction.lower()}/{self.rule}/{self.damping}"
+        key = f"{self.direction.lower()}/{self.rule}/{self.damping}"
+        return f"{key}/{self.variant}" if self.variant else key
 
 
 def _quadratic_cells(direction: str, prefix: str, paper: dict[str, str]) -> list[Cell]:
@@ -100,6 +109,11 @@ CELLS: tuple[Cell, ...] = (
         for rule in RULES
         for damping in DAMPINGS
     ),
+)
+
+#: Rows beyond the balanced design, each beside the cell of the same factors.
+EXTRA_CELLS: tuple[Cell, ...] = (
+    Cell("Adam", "alpha", "adaptive", "adamqlr-heldout", variant="heldout-rho"),
 )
 
 #: The combinations left out, with the reason.

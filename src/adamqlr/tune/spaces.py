@@ -135,6 +135,7 @@ _SPACES: dict[str, dict[str, Dimension]] = {
     "adam-tuned-eps": {"lr": LogUniform(1e-6, 1.0), "eps": LogUniform(1e-8, 1.0)},
     "adamqlr": dict(_QLR_DAMPED),
     "adamqlr-hessian": dict(_QLR_DAMPED),
+    "adamqlr-heldout": dict(_QLR_DAMPED),  # rho on the next mini-batch: the same search
     "adamqlr-undamped": {},  # only the batch size (7 values), though 200 samples are still drawn
     "sgdqlr": dict(_QLR_DAMPED),
     "kfac": {"initial_damping": LogUniform(1e-8, 1.0)},
@@ -168,7 +169,13 @@ SPACES: Mapping[str, Mapping[str, Dimension]] = MappingProxyType(
 
 #: Configurations that are run as given, never tuned (their repeats only).
 UNTUNED: frozenset[str] = frozenset(
-    {"adam-untuned", "adamqlr-untuned", "adamqlr-untuned-hessian", "kfac-untuned"}
+    {
+        "adam-untuned",
+        "adamqlr-untuned",
+        "adamqlr-untuned-hessian",
+        "adamqlr-untuned-heldout",
+        "kfac-untuned",
+    }
 )
 
 #: Learning-rate keys whose range is widened on Penn Treebank, per optimiser (all by default).
