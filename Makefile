@@ -22,7 +22,16 @@ export PYTHONHASHSEED = 0
 
 .PHONY: env book rerun test lint bench clean-book lock
 
-$(BIN)/.installed: pyproject.toml $(LOCK)
+# The torch build installed (cpu, or the CUDA tag of TORCH_CUDA) is a prerequisite too: asking for
+# another one (`make book TORCH_CUDA=cu128` after a plain `make book`, or back) reinstalls.
+TORCH_BUILD := $(BIN)/.torch-$(or $(TORCH_CUDA),cpu)
+
+$(TORCH_BUILD):
+	mkdir -p $(BIN)
+	rm -f $(BIN)/.torch-*
+	touch $@
+
+$(BIN)/.installed: pyproject.toml $(LOCK) $(TORCH_BUILD)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 ifneq ($(LOCK),)
 	$(BIN)/python -m pip install -q --retries 1 --require-hashes -r $(LOCK)

@@ -101,6 +101,19 @@ def built_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(result["html"])
 
 
+@pytest.fixture(scope="session")
+def book_html(request: pytest.FixtureRequest) -> Path:
+    """The built HTML the browser tests open: the folder named by ``ADAMQLR_BOOK_HTML`` (a book
+    already built, e.g. by a fresh clone's ``make book``), else the session's strict build."""
+    given = os.environ.get("ADAMQLR_BOOK_HTML")
+    if given:
+        folder = Path(given)
+        if not (folder / "index.html").is_file():
+            pytest.skip(f"ADAMQLR_BOOK_HTML={given} holds no built book")
+        return folder
+    return request.getfixturevalue("built_book")
+
+
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass

@@ -3,8 +3,9 @@
 The book is served from a local HTTP server; every request to another host is refused and
 recorded, so the tests are offline and show what a reader without a network sees: every page's
 equations must be rendered by the MathJax copy the book serves itself, and no page may ask for
-anything outside the book. Nothing is installed at run time: without ``/usr/bin/chromium``
-(``make test`` installs it) the tests are skipped.
+anything outside the book. The book is the session's strict build, or the built HTML folder named
+by ``ADAMQLR_BOOK_HTML`` (e.g. a fresh clone's ``_build/html``). Nothing is installed at run
+time: without ``/usr/bin/chromium`` (``make test`` installs it) the tests are skipped.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from _book import PROJECT, built_book, serve  # noqa: F401
+from _book import PROJECT, book_html, built_book, serve  # noqa: F401
 
 CHROMIUM = os.environ.get("ADAMQLR_CHROMIUM", "/usr/bin/chromium")
 
@@ -28,8 +29,8 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def server(built_book) -> Iterator[str]:  # noqa: F811
-    with serve(built_book) as url:
+def server(book_html) -> Iterator[str]:  # noqa: F811
+    with serve(book_html) as url:
         yield url
 
 
@@ -160,12 +161,12 @@ PAGES = PROJECT.toc_files()
 
 
 @pytest.mark.parametrize("docname", PAGES)
-def test_page_math_renders_offline_from_the_book(page, server, built_book, docname) -> None:  # noqa: F811
+def test_page_math_renders_offline_from_the_book(page, server, book_html, docname) -> None:  # noqa: F811
     _open(page, f"{server}/{docname}.html")
     report = page.evaluate(_MATH_REPORT)
     mathjax = [s for s in report["scripts"] if "mathjax" in s.lower()]
     assert all(s.startswith(server) for s in mathjax), mathjax
-    source = (built_book / f"{docname}.html").read_text(encoding="utf-8")
+    source = (book_html / f"{docname}.html").read_text(encoding="utf-8")
     if 'class="math' in source:
         assert mathjax, f"{docname} has math but loads no MathJax"
         assert report["math"] > 0 and report["rendered"] >= report["math"], report

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from _book import PROJECT, built_book, serve  # noqa: F401 (the session's build, used by html)
+from _book import PROJECT, book_html, built_book, serve  # noqa: F401 (used by the fixtures)
 
 CHROMIUM = os.environ.get("ADAMQLR_CHROMIUM", "/usr/bin/chromium")
 WIDTHS = (1400, 800, 390)
@@ -41,19 +40,8 @@ PAGES = PROJECT.toc_files()
 
 
 @pytest.fixture(scope="module")
-def html(request) -> Path:
-    given = os.environ.get("ADAMQLR_BOOK_HTML")
-    if given:
-        folder = Path(given)
-        if not (folder / "index.html").is_file():
-            pytest.skip(f"ADAMQLR_BOOK_HTML={given} holds no built book")
-        return folder
-    return request.getfixturevalue("built_book")
-
-
-@pytest.fixture(scope="module")
-def server(html) -> Iterator[str]:
-    with serve(html) as url:
+def server(book_html) -> Iterator[str]:  # noqa: F811
+    with serve(book_html) as url:
         yield url
 
 

@@ -93,3 +93,37 @@ def test_results_option_and_environment_choose_the_folder(tmp_path, monkeypatch)
     assert results_folder() == tmp_path / "home" / ".local" / "share" / "adamqlr" / "results"
     assert str(results_folder("results")) == "results"
     assert "--results results" in README
+
+
+@pytest.mark.skipif(MAKE is None, reason="no make")
+def test_asking_for_another_torch_build_reinstalls(tmp_path) -> None:
+    """`make book TORCH_CUDA=cu128` after a plain `make book` installs the CUDA build (the
+    environment's stamp alone would say "up to date"), and a plain one afterwards goes back."""
+    venv = tmp_path / "venv"
+
+    def dry(**variables: str) -> str:
+        args = [MAKE, "-n", "-f", str(ROOT / "Makefile"), "env", f"VENV={venv}"]
+        args += [f"{k}={v}" for k, v in variables.items()]
+        return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / ".torch-cpu").touch()
+    stamp = venv / "bin" / ".installed"
+    stamp.touch()
+    import os
+    import time
+
+    newest = max(
+        time.time(),
+        *(p.stat().st_mtime for p in (ROOT / "pyproject.toml", ROOT / "requirements-book.lock")),
+    )
+
+    os.utime(stamp, (newest + 10, newest + 10))
+    assert "pip install" not in dry()  # a plain make book: up to date
+    cuda = dry(TORCH_CUDA="cu128")
+    assert '"torch==2.13.0+cu128" --index-url https://download.pytorch.org/whl/cu128' in cuda
+    (venv / "bin" / ".torch-cpu").unlink()
+    (venv / "bin" / ".torch-cu128").touch()
+    os.utime(stamp, (newest + 20, newest + 20))
+    back = dry()
+    assert "--require-hashes -r requirements-book.lock" in back and "cu128" not in back

@@ -112,6 +112,9 @@ def test_unchanged_is_skipped_changed_reruns_force_reruns(tmp_path, capsys) -> N
 
     assert run(tmp_path, "--force") == 0
     assert "(forced)" in capsys.readouterr().err
+    ids = [cell["id"] for cell in json.loads(first)["cells"]]
+    assert [cell["id"] for cell in json.loads(page.read_text())["cells"]] == ids  # no churn
+    assert len(set(ids)) == len(ids)
 
     assert main(["book", "status", "--root", str(tmp_path)]) == 0
     (tmp_path / "notebooks" / "tiny.py").write_text(TINY.format(body="z = 4"))
@@ -159,8 +162,9 @@ def test_library_code_the_notebook_ran_is_an_input(tmp_path) -> None:
     page = tmp_path / "book" / "tiny.ipynb"
     nb = json.loads(page.read_text())
     code = nb["metadata"][METADATA_KEY]["code"]
-    assert {"__init__.py", "optim.py", "book/__init__.py", "book/demo.py"} <= set(code)
+    assert {"__init__.py", "book/__init__.py", "book/demo.py"} <= set(code)
     assert "book/runner.py" not in code  # the runner is not part of what the notebook ran
+    assert "optim.py" not in code  # nor the optimisers, which the package root loads on demand
     entry = project.notebook("tiny")
     assert freshness(project, entry).up_to_date
     code["book/demo.py"] = "0" * 64  # as if demo.py had changed since the run
@@ -359,7 +363,7 @@ def test_one_repository_url_everywhere() -> None:
 # ----------------------------------------------------------------------------- status speed
 
 
-def test_status_fingerprints_each_module_once(monkeypatch) -> None:
+def test_status_fingerprints_each_module_once(monkeypatch, tmp_path) -> None:
     from adamqlr.book import fingerprint
     from adamqlr.book.project import Project
 
@@ -367,6 +371,7 @@ def test_status_fingerprints_each_module_once(monkeypatch) -> None:
     calls: list[str] = []
     real = fingerprint._code_fingerprint
     monkeypatch.setattr(fingerprint, "_FINGERPRINTS", {})
+    monkeypatch.setattr(fingerprint, "_DISK", fingerprint.StampedCache(tmp_path / "h.json"))
     monkeypatch.setattr(fingerprint, "_code_fingerprint", lambda p: calls.append(str(p)) or real(p))
     states = [freshness(project, entry) for entry in project.notebooks()]
     assert len(states) >= 12
@@ -386,3 +391,86 @@ def test_cached_fingerprint_follows_edits(tmp_path) -> None:
     assert second != first
     module.write_text('"""Doc."""\nx = 2\n')  # a docstring is not code
     assert code_fingerprint(module) == second
+
+
+def test_digests_are_kept_between_processes_while_the_file_is_unchanged(
+    tmp_path, monkeypatch
+) -> None:
+    import os
+    import time
+
+    from adamqlr.book import fingerprint
+    from adamqlr.book.fingerprint import StampedCache, sha256_file
+
+    monkeypatch.setattr(fingerprint, "RACY_SECONDS", 0.05)  # a file older than this is cached
+    record = tmp_path / "manifest.json"
+    record.write_text('{"profile": "quick"}')
+    old = time.time() - 3600
+    os.utime(record, (old, old))
+    time.sleep(0.1)
+    calls: list[str] = []
+
+    def digest(path):
+        calls.append(str(path))
+        return sha256_file(path)
+
+    cache = StampedCache(tmp_path / "cache" / "h.json")
+    first = cache.get(record, "sha256", digest)
+    assert cache.get(record, "sha256", digest) == first and len(calls) == 1
+    cache.save()
+    again = StampedCache(tmp_path / "cache" / "h.json")  # another process
+    assert again.get(record, "sha256", digest) == first and len(calls) == 1
+    record.write_text('{"profile": "paper"}')  # same size; its times change
+    os.utime(record, (old, old))  # even with the old modification time: ctime tells
+    time.sleep(0.1)
+    changed = again.get(record, "sha256", digest)
+    assert changed != first and changed == sha256_file(record) and len(calls) == 2
+
+
+def test_a_file_just_written_is_hashed_but_not_cached(tmp_path) -> None:
+    from adamqlr.book.fingerprint import StampedCache, sha256_file
+
+    fresh = tmp_path / "fresh.json"
+    fresh.write_text("{}")
+    cache = StampedCache(tmp_path / "h.json")
+    calls: list[int] = []
+    for _ in range(2):
+        assert cache.get(fresh, "sha256", lambda p: calls.append(1) or sha256_file(p))
+    assert len(calls) == 2  # within the file system's time resolution an edit could hide
+    cache.save()
+    assert not (tmp_path / "h.json").exists()
+
+
+def test_an_unwritable_cache_costs_time_only(tmp_path) -> None:
+    from adamqlr.book.fingerprint import StampedCache
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    cache = StampedCache(blocker / "h.json")
+    module = tmp_path / "m.py"
+    module.write_text("x = 1\n")
+    import os
+
+    os.utime(module, (1, 1))
+    cache._load()
+    cache._entries = {str(module): {"stamp": [0, 0, 0, 0]}}
+    cache._dirty = True
+    cache.save()  # no error
+    assert cache.get(module, "x", lambda p: 7) == 7
+
+
+def test_book_commands_do_not_import_torch() -> None:
+    """`adamqlr book status` answers in about a second: importing the package root loads its
+    optimisers (and torch, seconds) only when one is asked for."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, adamqlr, adamqlr.cli, adamqlr.book.cli, adamqlr.book.runner, "
+        "adamqlr.book.build; assert 'torch' not in sys.modules, 'torch imported'; "
+        "from adamqlr import AdamQLR, KFAC, get_loss; import adamqlr.optim; "
+        "assert adamqlr.AdamQLR is adamqlr.optim.AdamQLR; "
+        "assert set(adamqlr.__all__) <= set(dir(adamqlr))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -50,20 +50,58 @@ name included::
 """
 
 import warnings
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-from adamqlr.baydin import BaydinSGD
-from adamqlr.heuristics import LevenbergMarquardt
-from adamqlr.kfac import KFAC
-from adamqlr.losses import CrossEntropyLoss, Loss, SquaredErrorLoss, get_loss
-from adamqlr.optim import SGDQLR, AdamQLR, NonFiniteStepError, StallError, StepStats
-from adamqlr.rules import AdaptiveDamping, FixedDamping, StepSize
 from adamqlr.version import ALGORITHM_VERSION, __version__
+
+if TYPE_CHECKING:  # what the names below are, for type checkers and editors
+    from adamqlr.baydin import BaydinSGD
+    from adamqlr.heuristics import LevenbergMarquardt
+    from adamqlr.kfac import KFAC
+    from adamqlr.losses import CrossEntropyLoss, Loss, SquaredErrorLoss, get_loss
+    from adamqlr.optim import SGDQLR, AdamQLR, NonFiniteStepError, StallError, StepStats
+    from adamqlr.rules import AdaptiveDamping, FixedDamping, StepSize
+
+#: The names the package root re-exports, and the module of each. They are imported on first use
+#: (``from adamqlr import AdamQLR`` works as ever), so that ``import adamqlr.book`` or
+#: ``adamqlr book status`` does not pay for importing torch (seconds) when it needs none.
+_EXPORTS: dict[str, str] = {
+    "BaydinSGD": "adamqlr.baydin",
+    "LevenbergMarquardt": "adamqlr.heuristics",
+    "KFAC": "adamqlr.kfac",
+    "CrossEntropyLoss": "adamqlr.losses",
+    "Loss": "adamqlr.losses",
+    "SquaredErrorLoss": "adamqlr.losses",
+    "get_loss": "adamqlr.losses",
+    "SGDQLR": "adamqlr.optim",
+    "AdamQLR": "adamqlr.optim",
+    "NonFiniteStepError": "adamqlr.optim",
+    "StallError": "adamqlr.optim",
+    "StepStats": "adamqlr.optim",
+    "AdaptiveDamping": "adamqlr.rules",
+    "FixedDamping": "adamqlr.rules",
+    "StepSize": "adamqlr.rules",
+}
 
 # torch >= 2.14 warns, from inside its own forward-mode decompositions, that torch.jit.script is
 # deprecated. It is not ours to act on, and on stderr it would fail the book's strict build.
 warnings.filterwarnings(
     "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
 )
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'adamqlr' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
 
 
 __all__ = [

@@ -199,13 +199,15 @@ def _build(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from adamqlr.book.project import ProjectError
-    from adamqlr.book.runner import freshness
+    from adamqlr.book.runner import freshness, save_caches
 
     try:
         project = _project(args)
         states = [freshness(project, entry) for entry in project.notebooks()]
     except (ProjectError, ValueError) as err:
         return _usage_error(err)
+    finally:
+        save_caches()
     for state in states:
         verdict = "up to date" if state.up_to_date else "STALE: " + "; ".join(state.reasons)
         print(f"{state.entry.name:<32} {state.profile:<6} {verdict}")

@@ -17,6 +17,13 @@ inputs are
 
 Items 1 to 4 are known before a run and form the *content hash*; item 5 is known only after it.
 The recorded ``input_hash`` combines the content hash with the code fingerprints.
+
+Hashing the same files (some 8,000 run records and 80 modules) for every ``adamqlr book status``
+took seconds, so digests are kept between processes in :class:`StampedCache`
+(``$ADAMQLR_CACHE/book-hashes.json``, default ``~/.cache/adamqlr``): a file's digest is reused
+while its inode, size, modification and change times are those it was hashed at, and a file
+modified within two seconds of being hashed is not cached at all (an edit within the file
+system's timestamp resolution could otherwise go unseen, the "racy git" problem).
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,9 +44,12 @@ from typing import Any
 __all__ = [
     "RUNNER_VERSION",
     "Inputs",
+    "StampedCache",
+    "cached_digest",
     "code_fingerprint",
     "code_fingerprints",
     "declared_reads",
+    "disk_cache",
     "gather_inputs",
     "input_hash",
     "package_dir",
@@ -84,6 +96,102 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
 #: ``adamqlr book status`` asks for the same ~30 modules once per page.
 _FINGERPRINTS: dict[tuple[str, int, int, int], str] = {}
 
+#: A file modified this recently (seconds) is hashed but its digest is not kept on disk.
+RACY_SECONDS = 2.0
+
+
+def _stamp(stat: os.stat_result) -> list[int]:
+    return [stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+
+
+class StampedCache:
+    """Digests of files kept on disk between processes, valid while the file is unchanged.
+
+    An entry is ``{absolute path: {"stamp": [inode, size, mtime_ns, ctime_ns], kind: value}}``; a
+    lookup whose stamp differs is a miss. The file is written atomically; an unreadable or
+    unwritable cache only makes lookups miss. Entries of files that no longer exist are dropped
+    when it is saved.
+
+    Args:
+        path: The JSON file (default ``$ADAMQLR_CACHE/book-hashes.json`` or
+            ``~/.cache/adamqlr/book-hashes.json``).
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        if path is None:
+            folder = os.environ.get("ADAMQLR_CACHE") or os.path.join("~", ".cache", "adamqlr")
+            path = os.path.join(os.path.expanduser(folder), "book-hashes.json")
+        self.path = Path(path)
+        self._entries: dict[str, dict[str, Any]] | None = None
+        self._dirty = False
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        if self._entries is None:
+            try:
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+                self._entries = data if isinstance(data, dict) else {}
+            except (OSError, ValueError):
+                self._entries = {}
+        return self._entries
+
+    def get(self, path: str | os.PathLike[str], kind: str, compute: Callable[[Path], Any]) -> Any:
+        """Return ``compute(path)``, from the cache while the file is unchanged.
+
+        Args:
+            path: The file.
+            kind: What is computed (``"sha256"``, ``"code"``, ...): one file has one value per
+                kind.
+            compute: The function of the file's path (its result must be JSON).
+
+        Returns:
+            The value.
+        """
+        real = os.path.abspath(path)  # not realpath: its lstat of every folder cost seconds
+        stat = os.stat(real)
+        stamp = _stamp(stat)
+        entries = self._load()
+        entry = entries.get(real)
+        if entry is not None and entry.get("stamp") == stamp and kind in entry:
+            return entry[kind]
+        value = compute(Path(real))
+        if time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) > RACY_SECONDS * 1e9:
+            if entry is None or entry.get("stamp") != stamp:
+                entry = entries[real] = {"stamp": stamp}
+            entry[kind] = value
+            self._dirty = True
+        return value
+
+    def save(self) -> None:
+        """Write the cache (atomically) if anything was added; keep entries of existing files."""
+        if not self._dirty or self._entries is None:
+            return
+        entries = {k: v for k, v in self._entries.items() if os.path.exists(k)}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".book-hashes-")
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(entries, fh, separators=(",", ":"))
+            os.replace(tmp, self.path)
+        except OSError:
+            return  # a cache that cannot be written only costs time
+        self._entries, self._dirty = entries, False
+
+
+_DISK: StampedCache | None = None
+
+
+def disk_cache() -> StampedCache:
+    """Return this process's :class:`StampedCache` (made on first use)."""
+    global _DISK
+    if _DISK is None:
+        _DISK = StampedCache()
+    return _DISK
+
+
+def cached_digest(path: str | os.PathLike[str], kind: str, compute: Callable[[Path], Any]) -> Any:
+    """Return ``compute(path)`` through the process's on-disk :class:`StampedCache`."""
+    return disk_cache().get(path, kind, compute)
+
 
 def code_fingerprint(path: str | os.PathLike[str]) -> str:
     """Fingerprint a Python file by what it does: its syntax tree without docstrings.
@@ -103,7 +211,7 @@ def code_fingerprint(path: str | os.PathLike[str]) -> str:
     key = (os.path.realpath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
     cached = _FINGERPRINTS.get(key)
     if cached is None:
-        cached = _FINGERPRINTS[key] = _code_fingerprint(path)
+        cached = _FINGERPRINTS[key] = cached_digest(path, "code", _code_fingerprint)
     return cached
 
 
@@ -193,7 +301,10 @@ def record_hashes(
             for p in glob.glob(str(root / pattern), recursive=True)
             if os.path.isfile(p) and (profile is None or _record_profile(p) in (None, profile))
         )
-        out[pattern] = {Path(p).relative_to(root).as_posix(): sha256_file(p) for p in files}
+        out[pattern] = {
+            Path(p).relative_to(root).as_posix(): cached_digest(p, "sha256", sha256_file)
+            for p in files
+        }
     return out
 
 
@@ -204,6 +315,10 @@ def _record_profile(path: str) -> str | None:
         return name[len("trials-") : -len(".jsonl")]
     if name != "manifest.json":
         return None
+    return cached_digest(path, "profile", _manifest_profile)
+
+
+def _manifest_profile(path: str | os.PathLike[str]) -> str | None:
     try:
         with open(path, encoding="utf-8") as f:
             profile = json.load(f).get("profile")

@@ -39,7 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adamqlr.book.fingerprint import code_fingerprints, gather_inputs, input_hash
+from adamqlr.book.fingerprint import (
+    cached_digest,
+    code_fingerprints,
+    disk_cache,
+    gather_inputs,
+    input_hash,
+)
 from adamqlr.book.project import NotebookEntry, Project
 from adamqlr.profiles import PROFILE_CHOICES, Profile, parse_profile
 from adamqlr.profiles import PROFILES as ALL_PROFILES
@@ -58,6 +64,7 @@ __all__ = [
     "read_source",
     "recorded_metadata",
     "run_book",
+    "save_caches",
     "source_profile",
 ]
 
@@ -668,6 +675,7 @@ def execute_notebook(
     }
     executed.metadata[METADATA_KEY] = record
     _hide_default_parameters(executed)
+    _stable_cell_ids(executed)
     pm_meta = executed.metadata.get("papermill", {})
     pm_meta["input_path"], pm_meta["output_path"] = record["source"], _relative(target, root)
     executed.metadata["kernelspec"] = dict(PORTABLE_KERNELSPEC)
@@ -676,6 +684,25 @@ def execute_notebook(
     with contextlib.suppress(FileNotFoundError):
         failed.unlink()
     return record
+
+
+def _stable_cell_ids(nb: Any) -> None:
+    """Give every cell an id drawn from its type and source, not at random.
+
+    nbformat and papermill give each cell a random id on every run, so re-executing an unchanged
+    page rewrote every id and a rerun showed a diff on every cell. An id made from the cell's
+    content stays the same across runs (a repeated cell gets a ``-N`` suffix), so a page whose
+    outputs did not change differs only in its recorded commit and times.
+    """
+    import hashlib
+
+    seen: dict[str, int] = {}
+    for cell in nb.cells:
+        text = f"{cell.get('cell_type', '')}\0{cell.get('source', '')}"
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+        count = seen.get(digest, 0)
+        seen[digest] = count + 1
+        cell["id"] = digest if count == 0 else f"{digest}-{count}"
 
 
 def _hide_default_parameters(nb: Any) -> None:
@@ -740,10 +767,9 @@ def freshness(
     Returns:
         The verdict, with the reasons when stale.
     """
-    nb = read_source(entry.source)
+    default, code_cells = _source_summary(entry.source, entry.name)
     recorded = recorded_metadata(entry.target)
-    chosen = choose_profile(profile, recorded, source_profile(nb, entry.name))
-    code_cells = [c.source for c in nb.cells if c.cell_type == "code"]
+    chosen = choose_profile(profile, recorded, default)
     inputs = gather_inputs(project.root, entry.source, code_cells, chosen, parameters)
     if recorded is None:
         return Freshness(entry, chosen, False, ("never executed",), None)
@@ -770,6 +796,30 @@ def freshness(
     if current != recorded.get("input_hash") and not reasons:
         reasons.append("input hash differs")
     return Freshness(entry, chosen, not reasons, tuple(reasons), recorded)
+
+
+def _source_summary(source: str | os.PathLike[str], name: str) -> tuple[Profile, list[str]]:
+    """Return a source's default profile and its code cells, parsed once per version of the file.
+
+    Parsing the 15 Jupytext sources took a good part of ``adamqlr book status``; the summary is
+    kept in the on-disk cache of :mod:`adamqlr.book.fingerprint`, valid while the file is
+    unchanged. A source whose ``parameters`` cell is invalid raises (and is not cached).
+    """
+
+    def summary(path: Path) -> dict[str, Any]:
+        nb = read_source(path)
+        return {
+            "profile": source_profile(nb, name).value,
+            "code": [c.source for c in nb.cells if c.cell_type == "code"],
+        }
+
+    found = cached_digest(source, "source-summary-1", summary)
+    return parse_profile(found["profile"]), list(found["code"])
+
+
+def save_caches() -> None:
+    """Write the digests computed by this process to the on-disk cache (see ``freshness``)."""
+    disk_cache().save()
 
 
 # --------------------------------------------------------------------------- the whole book
@@ -835,6 +885,22 @@ def run_book(
         profile = parse_profile(profile)
     entries = [project.notebook(n) for n in only] if only else project.notebooks()
     outcomes: list[RunOutcome] = []
+    try:
+        _run_entries(project, entries, outcomes, profile, force, cell_timeout, keep_going)
+    finally:
+        save_caches()
+    return outcomes
+
+
+def _run_entries(
+    project: Project,
+    entries: Sequence[NotebookEntry],
+    outcomes: list[RunOutcome],
+    profile: Profile | str | None,
+    force: bool,
+    cell_timeout: float | None,
+    keep_going: bool,
+) -> None:
     for entry in entries:
         state = freshness(project, entry, profile=profile)
         if state.up_to_date and not force:
@@ -868,4 +934,3 @@ def run_book(
         outcomes.append(
             RunOutcome(entry.name, "executed", state.profile, why, record["duration_s"], warnings)
         )
-    return outcomes
