@@ -34,7 +34,7 @@ def _frame() -> pd.DataFrame:
 
 def test_diverged_losses_are_named_and_other_numbers_rounded() -> None:
     text = format_table(_frame()).text
-    assert list(text["test_loss"]) == ["0.1235", DIVERGED, DIVERGED, DIVERGED]
+    assert list(text["test loss"]) == ["0.1235", DIVERGED, DIVERGED, DIVERGED]
     assert list(text["objective"]) == ["1.5", DIVERGED, "0.25", "2"]
     assert list(text["steps"]) == ["1000", "250", "12", "–"]
     assert list(text["chosen"]) == ["yes", "no", "no", "yes"]
@@ -47,9 +47,9 @@ def test_named_columns_and_threshold_choose_what_counts_as_diverged() -> None:
     frame = _frame()
     assert format_table(frame, diverged=["ratio"]).text["ratio"].tolist()[:2] == [DIVERGED] * 2
     loose = format_table(frame, diverged_above=1e40).text
-    assert loose["test_loss"].tolist()[1] == "3.9e+32"
+    assert loose["test loss"].tolist()[1] == "3.9e+32"
     multi = pd.concat({"final values": frame}, axis=1)
-    assert format_table(multi).text[("final values", "test_loss")].tolist()[1] == DIVERGED
+    assert format_table(multi).text[("final values", "test loss")].tolist()[1] == DIVERGED
     assert format_table(multi, diverged=["final values ratio"]).text.iloc[1, 5] == DIVERGED
 
 
@@ -64,6 +64,61 @@ def test_dollar_labels_become_typeset_math_and_html_is_processed() -> None:
     frame = _frame()
     format_table(frame)
     assert frame.equals(_frame())  # the input is not changed
+
+
+def test_values_and_their_errors_share_a_cell_and_the_numbers_stay_apart() -> None:
+    frame = pd.DataFrame(
+        {
+            "train_loss": [0.41234, 5.47e24, math.nan],
+            "train_loss ±": [0.003141, 0.2, 0.1],
+            "test_accuracy": [0.9, 0.8, 0.7],
+            "test_accuracy ±": [0.01, math.nan, 0.02],
+            "time_s": [1.5, 2.0, 3.0],
+        },
+        index=["A", "B", "C"],
+    )
+    table = format_table(frame)
+    assert list(table.text.columns) == ["train loss", "test accuracy", "time (s)"]
+    assert table.text["train loss"].tolist() == ["0.4123 ±\u00a00.0031", DIVERGED, DIVERGED]
+    assert table.text["test accuracy"].tolist() == ["0.9 ±\u00a00.01", "0.8", "0.7 ±\u00a00.02"]
+    assert "train_loss ±" in frame.columns  # the numbers themselves stay apart
+    apart = format_table(frame, errors=False).text
+    assert list(apart.columns) == ["train loss", "train_loss ±", "test accuracy",
+                                   "test_accuracy ±", "time (s)"]  # fmt: skip
+    multi = format_table(pd.concat({"final values": frame}, axis=1)).text
+    assert multi[("final values", "train loss")].tolist()[0] == "0.4123 ±\u00a00.0031"
+    assert multi.columns.nlevels == 2 and len(multi.columns) == 3
+
+
+def test_intervals_share_a_cell_and_absurd_ratios_read_diverged() -> None:
+    frame = pd.DataFrame(
+        {
+            "label": ["$k = 2$", "SGD", "Adam"],
+            "ratio": [1.068, 1.281e13, 0.8224],
+            "ratio_low": [0.9242, 1.264e6, math.nan],
+            "ratio_high": [1.113, 3.738e13, 1.337],
+            "median_s": [0.0005275, 0.001, 0.002],
+        }
+    )
+    table = format_table(
+        frame, diverged=["ratio"], intervals={"ratio": ("ratio_low", "ratio_high")}
+    )
+    assert list(table.text.columns) == ["label", "ratio", "median (s)"]
+    assert table.text["ratio"].tolist() == ["1.068 [0.9242,\u00a01.113]", DIVERGED, "0.8224"]
+    assert table.text["label"].tolist()[0] == r"\(k = 2\)"
+    # A bound past the threshold of a value that did not diverge says so.
+    frame.loc[0, "ratio_high"] = 3e7
+    text = format_table(frame, diverged=["ratio"], intervals={"ratio": ("ratio_low", "ratio_high")})
+    assert text.text["ratio"].tolist()[0] == "1.068 [0.9242,\u00a0> 1e+06]"
+    # The unnamed 0, 1, 2 index is hidden; a named one, or one asked for, is shown.
+    assert not table.index and ">0<" not in table.to_html()
+    assert format_table(frame, index=True).index
+    assert format_table(frame.set_index("label")).index
+    assert format_table(frame, headers={"median_s": "median step (s)"}).text.columns[-1] == (
+        "median step (s)"
+    )
+    with pytest.raises(ValueError, match="intervals names column 'nope'"):
+        format_table(frame, intervals={"ratio": ("nope", "ratio_high")})
 
 
 @pytest.mark.parametrize(

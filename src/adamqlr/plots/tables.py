@@ -10,14 +10,25 @@ turns a numeric :class:`pandas.DataFrame` into a :class:`FormattedTable` whose c
   ``diverged``: a run that blew up has no meaningful final loss, and ``3.9e+32`` reads as one;
 * row, column and index-name labels written with TeX between dollars, as in the figures
   (``"median $\lambda$"``), as inline TeX ``\(...\)`` inside a table of class
-  ``mathjax_process``, which the book's MathJax typesets (table cells are otherwise not typeset).
+  ``mathjax_process``, which the book's MathJax typesets (table cells are otherwise not typeset);
+  text cells written the same way are typeset too;
+* a value and its error in one cell: a column ``c`` followed by ``c ±`` (as
+  :func:`adamqlr.studies.analysis.final_table` writes them) shows as ``0.4123 ± 0.0031``, and a
+  value with an interval (``intervals``) as ``0.8224 [0.7946, 1.337]``; a line may break before
+  the ``±`` or the ``[``, so that a table of many such columns still fits a page's column;
+* the library's snake_case column names (``test_loss``, ``time_s``, ``initial_damping``, ...)
+  under readers' headers (``test loss``, ``time (s)``, ``initial $\lambda$``: :data:`HEADERS`),
+  with further headers from ``headers``;
+* an unnamed default row index (0, 1, 2, ...) hidden: it carries nothing for a reader.
+
+The numeric frame itself is never changed: code computes with it, the page shows its text.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any
@@ -25,7 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["DIVERGED", "FormattedTable", "format_number", "format_table"]
+__all__ = ["DIVERGED", "HEADERS", "FormattedTable", "format_number", "format_table"]
 
 #: The text of a diverged run's value.
 DIVERGED = "diverged"
@@ -34,6 +45,26 @@ MISSING = "–"
 #: Substrings of a column label that mark the column as holding losses.
 LOSS_WORDS = ("loss", "objective")
 _DOLLARS = re.compile(r"\$([^$]+)\$")
+#: The suffix of a column holding the error of the column named before it.
+ERROR_SUFFIX = " ±"
+#: Significant digits of an error shown next to its value.
+ERROR_DIGITS = 2
+#: Readers' headers for the column names the library's tables use.
+HEADERS: dict[str, str] = {
+    "train_loss": "train loss",
+    "test_loss": "test loss",
+    "val_loss": "validation loss",
+    "train_accuracy": "train accuracy",
+    "test_accuracy": "test accuracy",
+    "val_accuracy": "validation accuracy",
+    "time_s": "time (s)",
+    "median_s": "median (s)",
+    "batch_size": "batch size",
+    "weight_decay": "weight decay",
+    "initial_damping": "initial $\\lambda$",
+    "damping_decrease": "$\\lambda$ decrease",
+    "damping_increase": "$\\lambda$ increase",
+}
 
 
 def format_number(value: Any, *, digits: int = 4, integer: bool = False) -> str:
@@ -102,25 +133,41 @@ def _diverged(value: Any, threshold: float) -> bool:
     return not math.isfinite(x) or abs(x) > threshold
 
 
+def _partner(label: Any, suffix: str) -> Any:
+    if isinstance(label, tuple):
+        return (*label[:-1], f"{label[-1]}{suffix}")
+    return f"{label}{suffix}"
+
+
+def _bound_text(value: Any, *, loss: bool, digits: int, threshold: float) -> str:
+    if value is None or (isinstance(value, Real) and math.isnan(float(value))):
+        return MISSING
+    if loss and value is not None and _diverged(value, threshold):
+        return f"> {threshold:g}" if isinstance(value, Real) and float(value) > 0 else DIVERGED
+    return format_number(value, digits=digits)
+
+
 @dataclass(frozen=True)
 class FormattedTable:
     """A table ready to display: text cells, with HTML and plain-text renderings.
 
     Attributes:
         text: The cells as strings, with the (possibly TeX) labels.
+        index: Whether the row labels are shown.
     """
 
     text: pd.DataFrame
+    index: bool = True
 
     def to_html(self) -> str:
         """Return the table as HTML, of class ``mathjax_process`` so that its TeX is typeset."""
-        return self.text.to_html(classes=["mathjax_process"], escape=True)
+        return self.text.to_html(classes=["mathjax_process"], escape=True, index=self.index)
 
     def _repr_html_(self) -> str:
         return self.to_html()
 
     def __repr__(self) -> str:
-        return self.text.to_string()
+        return self.text.to_string(index=self.index)
 
 
 def format_table(
@@ -129,39 +176,98 @@ def format_table(
     digits: int = 4,
     diverged: Collection[Any] = (),
     diverged_above: float = 1e6,
+    errors: bool = True,
+    intervals: Mapping[Any, tuple[Any, Any]] | None = None,
+    headers: Mapping[Any, str] | None = None,
+    index: bool | None = None,
 ) -> FormattedTable:
     r"""Format a table of results for the book (see the module's docstring for the rules).
 
     Args:
         frame: The table (a Series is shown as one column).
-        digits: Significant digits of the numbers.
+        digits: Significant digits of the numbers (an error gets two).
         diverged: Further columns (labels, or a MultiIndex label joined by spaces) whose
             non-finite or huge values mean a diverged run.
         diverged_above: In those columns, a value whose magnitude exceeds this is ``diverged``.
+        errors: Show each column ``c`` that has a column ``c ±`` as one column ``value ± error``.
+        intervals: ``{column: (low column, high column)}``: show each such column as one column
+            ``value [low, high]`` (in a diverged column, a huge bound reads ``> diverged_above``).
+        headers: Column headers (any level) to show in place of the frame's, on top of
+            :data:`HEADERS`; TeX between dollars is typeset.
+        index: Show the row labels (default: unless they are an unnamed ``0, 1, 2, ...``).
 
     Returns:
         The :class:`FormattedTable`; ``frame`` itself is not changed.
 
     Raises:
-        ValueError: If ``digits`` is smaller than 1 or ``diverged_above`` is not positive.
+        ValueError: If ``digits`` is smaller than 1, ``diverged_above`` is not positive, or a
+            column named in ``intervals`` is not in the frame.
     """
     if digits < 1:
         raise ValueError(f"digits must be at least 1, got {digits!r}")
     if not diverged_above > 0:
         raise ValueError(f"diverged_above must be positive, got {diverged_above!r}")
     data = frame.to_frame() if isinstance(frame, pd.Series) else frame
-    text = pd.DataFrame(index=data.index, columns=data.columns, dtype=object)
-    for j, label in enumerate(data.columns):
-        column = data.iloc[:, j]
-        integer = _is_integer_column(column)
+    labels = list(data.columns)
+    spans = dict(intervals or {})
+    for value, bounds in spans.items():
+        for label in (value, *bounds):
+            if label not in labels:
+                raise ValueError(f"intervals names column {label!r}, which the table has not")
+    error_of = {}
+    if errors:
+        for label in labels:
+            if label not in spans and _partner(label, ERROR_SUFFIX) in labels:
+                error_of[label] = _partner(label, ERROR_SUFFIX)
+    hidden = set(error_of.values()) | {b for bounds in spans.values() for b in bounds}
+    position = {label: j for j, label in enumerate(labels)}
+
+    def column(label: Any) -> list[Any]:
+        return data.iloc[:, position[label]].tolist()
+
+    cells: dict[Any, list[str]] = {}
+    for label in labels:
+        if label in hidden and label not in error_of and label not in spans:
+            continue
+        series = data.iloc[:, position[label]]
+        integer = _is_integer_column(series)
         loss = _is_loss_column(label, diverged)
-        text.iloc[:, j] = [
-            DIVERGED
-            if loss and value is not None and _diverged(value, diverged_above)
-            else format_number(value, digits=digits, integer=integer)
-            for value in column.tolist()
-        ]
+        texts = []
+        for row, value in enumerate(series.tolist()):
+            if loss and value is not None and _diverged(value, diverged_above):
+                texts.append(DIVERGED)
+                continue
+            text = format_number(value, digits=digits, integer=integer)
+            if isinstance(value, str):
+                text = _math_label(text)
+            if label in error_of:
+                error = column(error_of[label])[row]
+                if isinstance(error, Real) and math.isfinite(float(error)):
+                    text = f"{text} ±\u00a0{format_number(error, digits=ERROR_DIGITS)}"
+            elif label in spans and text != MISSING:
+                low, high = (
+                    _bound_text(column(b)[row], loss=loss, digits=digits, threshold=diverged_above)
+                    for b in spans[label]
+                )
+                if MISSING not in (low, high):
+                    text = f"{text} [{low},\u00a0{high}]"
+            texts.append(text)
+        cells[label] = texts
+    text = pd.DataFrame(cells, index=data.index, dtype=object)
+    if isinstance(data.columns, pd.MultiIndex):
+        text.columns = pd.MultiIndex.from_tuples(list(cells), names=data.columns.names)
+    else:
+        text.columns = pd.Index(list(cells), name=data.columns.name, dtype=object)
+    names = {**HEADERS, **(headers or {})}
+    text = text.rename(columns=lambda c: names.get(c, c) if isinstance(c, str) else c)
     text = text.rename(index=_math_label, columns=_math_label)
     text.index = text.index.set_names([_math_label(n) for n in text.index.names])
     text.columns = text.columns.set_names([_math_label(n) for n in text.columns.names])
-    return FormattedTable(text)
+    if index is None:
+        index = not (
+            isinstance(data.index, pd.RangeIndex)
+            and data.index.name is None
+            and data.index.start == 0
+            and data.index.step == 1
+        )
+    return FormattedTable(text, index=index)
