@@ -16,6 +16,7 @@ returns the figure or axes; the notebooks only choose what to show.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ from adamqlr.results.aggregate import summarise_runs
 __all__ = [
     "draw_runs",
     "line_style",
+    "panel_title",
     "plot_adaptive",
     "plot_comparison",
     "plot_divergence_rates",
@@ -193,6 +195,35 @@ def plot_evaluations(
     return ax
 
 
+def panel_title(title: str, label: str, width: float, fontsize: str | float = "medium") -> str:
+    """Return ``"title: label"`` wrapped to fit a panel ``width`` inches wide.
+
+    A title that fits stays on one line; one that does not puts the label on its own line, and
+    any line still too long is wrapped at spaces (an average glyph is taken as 0.55 em wide), so
+    that the titles of neighbouring panels never run into each other.
+
+    Args:
+        title: The panel's subject (a task, a regime).
+        label: What the panel shows (a metric's label).
+        width: The width available to the title, in inches.
+        fontsize: The title's font size (points or a matplotlib size name).
+
+    Returns:
+        The title, with line breaks where needed.
+
+    Raises:
+        ValueError: If ``width`` is not positive.
+    """
+    if not width > 0:
+        raise ValueError(f"width must be positive, got {width!r}")
+    points = mpl.font_manager.FontProperties(size=fontsize).get_size_in_points()
+    chars = max(8, int(width * 72 / (0.55 * points)))
+    one = f"{title}: {label}"
+    if len(one) <= chars:
+        return one
+    return "\n".join(textwrap.fill(line, chars) for line in (f"{title}:", label))
+
+
 def plot_comparison(
     runs: Mapping[str, Mapping[str, Sequence[Any]]],
     metrics: Sequence[str] = ("train_loss", "test_loss"),
@@ -248,7 +279,8 @@ def plot_comparison(
                 ax.set_visible(False)
                 continue
             draw_runs(ax, present, metric, time=time, points=points)
-            ax.set_title(f"{title}: {METRIC_LABELS.get(metric, metric)}", fontsize="medium")
+            label = METRIC_LABELS.get(metric, metric)
+            ax.set_title(panel_title(title, label, panel_size[0] * 0.85), fontsize="medium")
             ax.set_ylabel(METRIC_LABELS.get(metric, metric) if c == 0 else "")
             if ylims and (title, metric) in ylims:
                 ax.set_ylim(*ylims[(title, metric)])
