@@ -53,6 +53,7 @@ from adamqlr.lens.training import batch_stream, fashion_mnist_setup
 from adamqlr.losses import CrossEntropyLoss
 from adamqlr.plots import set_theme
 from adamqlr.plots.derivations import plot_adam_lens
+from adamqlr.plots.tables import format_table
 from adamqlr.results.provenance import computation_text
 from adamqlr.testing import flat_params, per_example_grads
 
@@ -189,7 +190,18 @@ print("layer-wise diagonals = torch.func per-example diagonals = e_i^T G e_i")
 # %%
 result = adam_lens_run(config, profile)
 summary = result.summary()
-summary
+# The table's headers as formulas (the columns keep their plain names for the code below).
+SYMBOLS = {
+    "E[g_B^2]": r"$\mathbb{E}[g_\mathcal{B}^2]$",
+    "diag F_emp": r"$\operatorname{diag} F_\text{emp}$",
+    "diag G": r"$\operatorname{diag} G$",
+}
+format_table(summary, headers={
+    **{f"corr(log v_hat, log {name})": rf"corr. of $\log \hat v$ with $\log {symbol[1:]}"
+       for name, symbol in SYMBOLS.items()},
+    "median v_hat / E[g_B^2]": r"median $\hat v / \mathbb{E}[g_\mathcal{B}^2]$",
+    "median B v_hat / diag F_emp": r"median $B \hat v / \operatorname{diag} F_\text{emp}$",
+})  # fmt: skip
 
 # %%
 last = summary.iloc[-1]
@@ -270,7 +282,11 @@ glue("al_paired_verdict", paired, display=False)
 print("paired, units:", paired)
 print("coordinates:", ggn_verdict(boot["coordinates"][0]))
 print("units:", ggn_verdict(corr_units))
-intervals
+format_table(
+    intervals.rename(index=SYMBOLS),
+    intervals={"corr(log v_hat, log X)": ("low", "high")},
+    headers={"corr(log v_hat, log X)": r"corr. of $\log \hat v$ with $\log X$ [95 % interval]"},
+)
 
 # %% mystnb={"figure": {"caption": "Adam's $\\hat v$ on the Fashion-MNIST MLP (Adam, $\\eta = 10^{-3}$, $B = 50$), one point per parameter (hexagons count them, log colour scale), against the expected squared mini-batch gradient {eq}`eq-al-expectation`, the diagonal of the empirical Fisher (dashed: $\\hat v = \\mathrm{diag}\\,F_\\mathrm{emp}/B$) and the diagonal of the GGN, all exact at the current parameters over {glue:text}`al_reference` training images. Top: early in training; bottom: the last checkpoint. Made by: {glue:text}`al_made`.", "name": "fig-al-diagonals"}}
 made = (

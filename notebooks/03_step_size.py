@@ -37,6 +37,7 @@ from adamqlr.heuristics import predicted_change, reduction_ratio, step_size
 from adamqlr.lens.line import StepSizeConfig, probe_step, step_size_study
 from adamqlr.plots import set_theme
 from adamqlr.plots.derivations import plot_line_models
+from adamqlr.plots.tables import format_table
 from adamqlr.results.provenance import computation_text
 
 set_theme()
@@ -122,7 +123,12 @@ for step, probe in study.probes.items():
         }
     )
 table = pd.DataFrame(rows).set_index("step")
-table
+format_table(table, headers={
+    "f": "$f$", "g^T d": r"$g^\top d$", "||d||^2": r"$\|d\|^2$", "d^T G d": r"$d^\top G d$",
+    "d^T H d": r"$d^\top H d$", "lambda": r"$\lambda$",
+    "alpha* (eq-alpha-star)": r"$\alpha^*$ computed here",
+    "alpha taken by AdamQLR": r"$\alpha$ taken by AdamQLR",
+})  # fmt: skip
 
 # %% [markdown]
 # The checks: the step AdamQLR took is {eq}`eq-alpha-star` with the curvature and the damping it
@@ -188,7 +194,7 @@ for step in range(3):
     assert np.isclose(probe.fd_curvature, probe.q_hessian, rtol=1e-4), "eq-ss-taylor, curvature"
     smooth_opt.step(x, t)
 print("smooth network: finite differences = -g^T d and d^T H d at 3 steps")
-kinks
+format_table(kinks, headers={"d^T H d (autodiff)": r"$d^\top H d$ (autodiff)"})
 
 # %%
 figure_rows = {}

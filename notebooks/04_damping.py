@@ -33,6 +33,7 @@ from adamqlr.heuristics import LevenbergMarquardt
 from adamqlr.lens.damping import DAMPING_POLICIES, DampingConfig, damping_study, quadratic_rho_run
 from adamqlr.plots import set_theme
 from adamqlr.plots.derivations import plot_damping_traces
+from adamqlr.plots.tables import format_table
 from adamqlr.results.provenance import computation_text
 
 set_theme()
@@ -117,7 +118,11 @@ floor_step = int(quad.loc[quad["damping"] <= 1e-8, "iteration"].iloc[0])
 assert floor_step == 17
 glue("dm_floor_step", floor_step, display=False)
 print(f"eq-dm-quadratic holds; the damping reaches 1e-8 at step {floor_step}")
-quad[["iteration", "loss", "lr", "damping_used", "rho"]].head(8)
+format_table(
+    quad[["iteration", "loss", "lr", "damping_used", "rho"]].head(8),
+    headers={"iteration": "step", "lr": r"$\alpha$", "damping_used": r"$\lambda$",
+             "rho": r"$\rho$"},  # fmt: skip
+)
 
 # %% [markdown]
 # ## Frozen, removed and adaptive damping in training
@@ -131,7 +136,11 @@ quad[["iteration", "loss", "lr", "damping_used", "rho"]].head(8)
 
 # %%
 study = damping_study(config, profile)
-study.final
+# A final loss above 1e6 reads "diverged", the rule the study itself uses.
+format_table(
+    study.final.set_index(["regime", "label", "seed"]),
+    headers={"diverged": "diverged at step"},
+)
 
 # %% [markdown]
 # Before looking at the traces, the checks: on every accepted step of every run, the predicted
@@ -243,7 +252,10 @@ heldout.columns = ["median rho (same batch)", "median rho (held-out images)"]
 row = heldout.loc[(large, "adaptive (untuned)")]
 glue("dm_rho_same", float(row.iloc[0]), display=False)
 glue("dm_rho_heldout", float(row.iloc[1]), display=False)
-heldout
+format_table(heldout, headers={
+    "median rho (same batch)": r"median $\rho$ (same batch)",
+    "median rho (held-out images)": r"median $\rho$ (held-out images)",
+})
 
 # %% [markdown]
 # ## What it means for AdamQLR
