@@ -174,13 +174,13 @@ print("d^T G d and d^T H d match eq-rb-ggn and eq-rb-hessian; H > 0 exactly belo
 # %%
 study = rosenbrock_study(config)
 summary = study.summary()
-summary
+format_table(summary, headers={"final loss f/4": "final loss $f/4$"})
 
 # %%
 best_lrs = pd.DataFrame(
     {label: table.iloc[0] for label, table in study.tuning.items()}
 ).T.rename(columns={"final_loss": "final loss f/4 (best of grid)"})
-best_lrs
+format_table(best_lrs, headers={"final loss f/4 (best of grid)": "final loss $f/4$ (best of grid)"})
 
 # %% mystnb={"figure": {"caption": "Rosenbrock, 200 steps from $(1, -1)$ (circle) towards the minimum $(1, 1)$ (star). Left: paths over log-scale contours of $f$ {eq}`eq-rb-f`. Right: the loss $f/4$ of every run (floored at $10^{-16}$); AdamQLR's step size $|\\alpha|$ (triangles mark negative $\\alpha$) and damping $\\lambda$ (crosses mark rejected steps). GD, GD + momentum and Adam use the best learning rate of a log grid; AdamQLR and K-FAC are untuned. Made by: {glue:text}`rb_made`.", "name": "fig-rosenbrock"}}
 qlr_labels = [label for label in study.trajectories if label.startswith("AdamQLR")]
@@ -304,7 +304,7 @@ format_table(pd.concat(
     {"final": protocol_final,
      "chosen configuration": hyperparameter_table(protocol).droplevel("task")},
     axis=1,
-))  # fmt: skip
+), headers={"final loss f/4": "loss $f/4$", "final distance to (1, 1)": "distance to $(1, 1)$"})  # fmt: skip
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "The paper's Rosenbrock protocol: each tuned optimiser's chosen configuration (a random search of {glue:text}`rb_protocol_trials` configurations with successive halving, trials from random starts) and untuned AdamQLR with the Hessian, 200 steps from $(1, -1)$. Left: paths through the logged positions; right: the loss $f/4$ (floored at $10^{-16}$). Runs: {glue:text}`rb_protocol_runs`.", "name": "fig-rosenbrock-protocol"}}
 fig = plot_rosenbrock_records(protocol_runs)
