@@ -239,7 +239,12 @@ elif any(highs["batch_size"] < lows[k] for k in others):
 else:
     hypothesis = "inconclusive"
 glue("se_hypothesis", hypothesis, display=False)
-format_table(effects)
+format_table(
+    effects,
+    diverged=["worst / reference"],  # a ratio above 1e6 is a diverged run's, not a number to read
+    intervals={"worst / reference": ("CI low", "CI high")},
+    headers={"worst / reference": "worst / reference [95 % CI]"},
+)
 
 # %% [markdown]
 # And the raw spread of each sweep: the worst over the best median final test loss among its
@@ -369,7 +374,14 @@ def brake_verdict(group: str) -> str:
 
 glue("se_mech_fixed_verdict", brake_verdict("fixed-damping"), display=False)
 glue("se_mech_clip_verdict", brake_verdict("clipped"), display=False)
-format_table(summary.reset_index())
+format_table(summary, headers={
+    "step lambda reaches 1e-7": r"step $\lambda$ reaches $10^{-7}$",
+    "median d'Gd/||d||^2, steps 1-20": r"median $d^\top G d / \|d\|^2$, steps 1–20",
+    "median g'd/||d||^2, steps 1-20": r"median $g^\top d / \|d\|^2$, steps 1–20",
+    "largest |alpha|, steps 1-20": r"largest $|\alpha|$, steps 1–20",
+    "first step with training loss > 10x start": "first step with training loss > 10× start",
+    "runs where lambda reached 1e-7": r"runs where $\lambda$ reached $10^{-7}$",
+})  # fmt: skip
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Untuned AdamQLR on Fashion-MNIST, one line per batch size (median over seeds): the step size, the damping, the reduction ratio and the curvature along the direction per unit length, over the first steps (the published variant: adaptive damping, no clipping). Runs: {glue:text}`se_mech_runs`.", "name": "fig-se-mechanism"}}
 per_batch = {

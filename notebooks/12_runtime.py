@@ -127,7 +127,12 @@ costs["label"] = costs["optimiser"].map({a.base.optimiser: a.label for a in stud
 relative = relative_cost(costs, reference="adam")
 glue("rt_runs", provenance_text(data.all_records()), display=False)
 tasks = list(relative["task"].unique())
-format_table(relative)
+format_table(
+    relative.drop(columns="optimiser"),  # the label names the optimiser
+    intervals={"median_s": ("low_s", "high_s"), "ratio": ("ratio_low", "ratio_high")},
+    headers={"label": "optimiser", "median_s": "median step time (s) [fastest, slowest run]",
+             "ratio": "× Adam's [fastest, slowest run]"},
+)  # fmt: skip
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Time per optimisation step against batch size (left; for each run the median over its steps after the first, then the median over the runs; bars: the smallest to the largest run) and relative to Adam's at the same batch size (right), on the Fashion-MNIST MLP 784-50-10. Runs: {glue:text}`rt_runs`.", "name": "fig-rt-cost"}}
 main = tasks[0]
