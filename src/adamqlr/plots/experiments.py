@@ -280,7 +280,7 @@ def plot_comparison(
                 continue
             draw_runs(ax, present, metric, time=time, points=points)
             label = METRIC_LABELS.get(metric, metric)
-            ax.set_title(panel_title(title, label, panel_size[0] * 0.85), fontsize="medium")
+            ax.set_title(panel_title(title, label, panel_size[0] * 0.95), fontsize="medium")
             ax.set_ylabel(METRIC_LABELS.get(metric, metric) if c == 0 else "")
             if ylims and (title, metric) in ylims:
                 ax.set_ylim(*ylims[(title, metric)])
