@@ -27,6 +27,8 @@
 profile = "quick"
 
 # %%
+import re
+
 import numpy as np
 import pandas as pd
 import torch
@@ -45,6 +47,7 @@ from adamqlr.lens.products import (
 )
 from adamqlr.plots import set_theme
 from adamqlr.plots.derivations import plot_curvature_matrices, plot_product_costs
+from adamqlr.plots.tables import format_table
 from adamqlr.results.provenance import computation_text
 from adamqlr.studies.benchmarks import load_step_cost
 from adamqlr.testing import (
@@ -161,7 +164,11 @@ for pr in problems:
         }
     )
 identities = pd.DataFrame(rows).set_index("problem")
-identities
+format_table(identities, headers={
+    "P": "$P$", "max |H - (G + R)|": r"$\max |H - (G + R)|$", "max |F - G|": r"$\max |F - G|$",
+    "min eig G": "smallest eigenvalue of $G$", "min eig H": "smallest eigenvalue of $H$",
+    "||F_emp - F|| / ||F||": r"$\|F_\text{emp} - F\| / \|F\|$",
+})  # fmt: skip
 
 # %%
 ce = problems[0]
@@ -288,7 +295,8 @@ glue(
     display=False,
 )
 print(setting)
-cost_table
+# "d^T G d (layer-wise JVP)" -> "$d^\top G d$ (layer-wise JVP)": the operations as formulas
+format_table(cost_table.rename(index=lambda op: re.sub(r"d\^T (\w) d", r"$d^\\top \1 d$", op)))
 
 # %% mystnb={"figure": {"caption": "Measured cost of one call, in units of one forward pass (median over repeats; bars show half the interquartile range), on the Fashion-MNIST MLP 784-50-10: {glue:text}`cp_setting`. The curvature products are {eq}`eq-cp-jvp` (two implementations) and {eq}`eq-cp-hvp` along a random direction; the last bar is the gradient and the Hessian term together, as AdamQLR computes them. Made by: {glue:text}`cp_costs_made`.", "name": "fig-cp-cost"}}
 fig = plot_product_costs(costs)
