@@ -156,3 +156,15 @@ def test_every_table_of_the_experiment_chapters_goes_through_format_table(path) 
     assert tables, f"{path.name} displays no table"
     for expression in tables:
         assert expression.startswith("format_table("), f"{path.name}: {expression[:80]}"
+
+
+def test_settings_in_text_cells_read_as_settings_and_can_break() -> None:
+    frame = pd.DataFrame(
+        {"choice": ["initial_damping=0.293, batch_size=100", "lr=0.01", r"$\lambda=10^{-8}$"]}
+    )
+    text = format_table(frame).text["choice"].tolist()
+    assert text == [
+        r"initial \(\lambda\) = 0.293, batch size = 100",
+        "lr = 0.01",
+        r"\(\lambda=10^{-8}\)",
+    ]

@@ -11,7 +11,9 @@ turns a numeric :class:`pandas.DataFrame` into a :class:`FormattedTable` whose c
 * row, column and index-name labels written with TeX between dollars, as in the figures
   (``"median $\lambda$"``), as inline TeX ``\(...\)`` inside a table of class
   ``mathjax_process``, which the book's MathJax typesets (table cells are otherwise not typeset);
-  text cells written the same way are typeset too;
+  text cells written the same way are typeset too, and a setting ``batch_size=100`` in a text
+  cell (as the tuning summaries write the chosen configuration) reads ``batch size = 100``, so
+  that a long configuration can break between its settings;
 * a value and its error in one cell: a column ``c`` followed by ``c ±`` (as
   :func:`adamqlr.studies.analysis.final_table` writes them) shows as ``0.4123 ± 0.0031``, and a
   value with an interval (``intervals``) as ``0.8224 [0.7946, 1.337]``; a line may break before
@@ -100,6 +102,15 @@ def format_number(value: Any, *, digits: int = 4, integer: bool = False) -> str:
             return str(int(x))
         return f"{x:.{digits}g}"
     return str(value)
+
+
+_SETTING = re.compile(r"(?<![\\\w])([a-z][a-z0-9_]*)=(?=\S)")
+
+
+def _setting_text(match: re.Match[str]) -> str:
+    r"""``initial_damping=`` -> ``initial $\lambda$ = ``, ``lr=`` -> ``lr = ``."""
+    name = match.group(1)
+    return f"{HEADERS.get(name, name)} = "
 
 
 def _label_text(label: Any) -> str:
@@ -239,7 +250,7 @@ def format_table(
                 continue
             text = format_number(value, digits=digits, integer=integer)
             if isinstance(value, str):
-                text = _math_label(text)
+                text = _math_label(_SETTING.sub(_setting_text, text))
             if label in error_of:
                 error = column(error_of[label])[row]
                 if isinstance(error, Real) and math.isfinite(float(error)):
