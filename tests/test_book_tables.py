@@ -163,8 +163,9 @@ def test_settings_in_text_cells_read_as_settings_and_can_break() -> None:
         {"choice": ["initial_damping=0.293, batch_size=100", "lr=0.01", r"$\lambda=10^{-8}$"]}
     )
     text = format_table(frame).text["choice"].tolist()
+    nbsp = "\u00a0=\u00a0"  # no line break around the sign
     assert text == [
-        r"initial \(\lambda\) = 0.293, batch size = 100",
-        "lr = 0.01",
+        rf"initial \(\lambda\){nbsp}0.293, batch size{nbsp}100",
+        f"lr{nbsp}0.01",
         r"\(\lambda=10^{-8}\)",
     ]

@@ -110,7 +110,7 @@ _SETTING = re.compile(r"(?<![\\\w])([a-z][a-z0-9_]*)=(?=\S)")
 def _setting_text(match: re.Match[str]) -> str:
     r"""``initial_damping=`` -> ``initial $\lambda$ = ``, ``lr=`` -> ``lr = ``."""
     name = match.group(1)
-    return f"{HEADERS.get(name, name)} = "
+    return f"{HEADERS.get(name, name)}\u00a0=\u00a0"  # a line breaks between settings
 
 
 def _label_text(label: Any) -> str:
