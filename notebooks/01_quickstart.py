@@ -82,6 +82,7 @@ from myst_nb import glue
 from adamqlr import AdamQLR
 from adamqlr.book.demo import accuracy, mlp, spirals
 from adamqlr.plots import plot_traces, set_theme
+from adamqlr.plots.tables import format_table
 from adamqlr.results.provenance import computation_text
 
 set_theme()
@@ -201,7 +202,12 @@ def summary(frame: pd.DataFrame, model: torch.nn.Module) -> dict[str, float]:
 
 
 table = pd.DataFrame({label: summary(runs[label], models[label]) for label in runs})
-table.map(lambda v: "–" if pd.isna(v) else f"{v:.4g}")
+format_table(table.rename(index={  # the symbols as formulas; numbers to 4 significant digits
+    "median step size |alpha|": r"median step size $|\alpha|$",
+    "steps with alpha < 0": r"steps with $\alpha < 0$",
+    "rho > 3/4 (share)": r"$\rho > 3/4$ (share)",
+    "rho < 1/4 (share)": r"$\rho < 1/4$ (share)",
+}))  # fmt: skip
 
 # %% [markdown]
 # Where each network puts its class boundaries, over the held-out points, is shown in
