@@ -83,13 +83,22 @@ def test_paper_factorial_parts_by_task_and_by_pattern():
 @pytest.mark.parametrize(
     ("arm_filter", "message"),
     [
-        (ArmFilter(arms=("nope/*",)), r"--arm 'nope/\*' matches no arm id of tiny-study; ids are "
-         r"e.g. fixed, tuned, around"),  # fmt: skip
+        (
+            ArmFilter(arms=("nope/*",)),
+            r"--arm 'nope/\*' matches no arm id of tiny-study; ids are "
+            r"e.g. fixed, tuned, around",
+        ),  # fmt: skip
         (ArmFilter(exclude=("typo",)), r"--exclude-arm 'typo' matches no arm id"),
-        (ArmFilter(tasks=("mnist",)), r"--task 'mnist' matches no arm of tiny-study; its tasks "
-         r"are \['tiny-regression'\]"),  # fmt: skip
-        (ArmFilter(arms=("fixed",), exclude=("f*",)), r"the filter --arm fixed --exclude-arm "
-         r"'f\*' keeps no arm of tiny-study"),  # fmt: skip
+        (
+            ArmFilter(tasks=("mnist",)),
+            r"--task 'mnist' matches no arm of tiny-study; its tasks "
+            r"are \['tiny-regression'\]",
+        ),  # fmt: skip
+        (
+            ArmFilter(arms=("fixed",), exclude=("f*",)),
+            r"the filter --arm fixed --exclude-arm "
+            r"'f\*' keeps no arm of tiny-study",
+        ),  # fmt: skip
     ],
 )
 def test_a_filter_that_selects_nothing_is_an_error(arm_filter, message):

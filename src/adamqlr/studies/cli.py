@@ -47,7 +47,7 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
                    help="only the arms whose id matches this shell-style pattern, e.g. "
                    "'fashion-mnist/*' or '*/k-fac/*' (repeatable)")  # fmt: skip
     g.add_argument("--exclude-arm", action="append", default=[], metavar="PATTERN",
-                   help="leave out the arms whose id matches this pattern (repeatable)")  # fmt: skip
+                   help="leave out the arms whose id matches PATTERN (repeatable)")  # fmt: skip
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

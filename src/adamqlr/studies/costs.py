@@ -393,9 +393,7 @@ def breakdown(estimates: Sequence[StudyEstimate], by: str) -> dict[str, PartEsti
     return rows
 
 
-def describe(
-    estimates: Sequence[StudyEstimate], costs: CostTable, *, by: str | None = None
-) -> str:
+def describe(estimates: Sequence[StudyEstimate], costs: CostTable, *, by: str | None = None) -> str:
     """Format estimates as a table, with the total, and a breakdown ``by`` task, optimiser or arm.
 
     Raises:

@@ -84,7 +84,7 @@ class ArmFilter:
 
 
 def _some(ids: Sequence[str]) -> str:
-    """A few of ``ids``, spread over the list (so every task shows), and how many there are."""
+    """Return a few of ``ids``, spread over the list (so every task shows), and their count."""
     if len(ids) <= _SHOWN:
         return ", ".join(ids)
     shown = [ids[i * len(ids) // _SHOWN] for i in range(_SHOWN)]
