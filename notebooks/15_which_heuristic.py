@@ -343,13 +343,14 @@ for t in tasks:
                          "not higher")  # fmt: skip
         by_time = judge(compare(ra, rb, "test_loss", axis="time", labels=labels), "not higher")
         heldout_verdicts += [by_epoch, by_time]
-        c = by_epoch.comparison
-        word = {"supported": "lower", "not supported": "higher",
-                "inconclusive": "not distinguishable"}[by_epoch.outcome]  # fmt: skip
+        words = {"supported": "lower", "not supported": "higher",
+                 "inconclusive": "not distinguishable"}  # fmt: skip
+        e, m = by_epoch.comparison, by_time.comparison
         heldout_words.append(
-            f"on {titles[t]} the held-out row's median final test loss is {c.ratio:.3g}× "
-            f"AdamQLR's (95 % CI {c.low:.3g}–{c.high:.3g}×, {c.runs[0]} and {c.runs[1]} runs "
-            f"{c.where}): {word}"
+            f"on {titles[t]}, {e.where} the held-out row's median test loss is "
+            f"{e.interval_text()} AdamQLR's ({e.runs[0]} and {e.runs[1]} runs): "
+            f"{words[by_epoch.outcome]}; {m.where} it is {m.interval_text()}: "
+            f"{words[by_time.outcome]}"
         )
 glue("wh_heldout", "; ".join(heldout_words), display=False)
 format_table(verdict_table(heldout_verdicts))
