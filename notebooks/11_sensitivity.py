@@ -60,7 +60,7 @@ from adamqlr.studies.analysis import (
     sensitivity_table,
     step_quantities,
 )
-from adamqlr.studies.verdicts import compare
+from adamqlr.studies.verdicts import compare, judge, verdict_table
 
 set_theme()
 pd.set_option("display.precision", 4)
@@ -279,13 +279,16 @@ format_table(
 # $\alpha = g^\top d / (d^\top G d + \lambda \lVert d\rVert^2)$ {eq}`eq-alpha-star`, the damping
 # $\lambda$, the reduction ratio $\rho$, and the curvature along the direction,
 # $d^\top G d / \lVert d\rVert^2$. A separate study runs untuned AdamQLR at seven batch sizes with
-# ten seeds each, three ways: as published (adaptive damping from $10^{-3}$, no clipping), with the
-# step size clipped at $\alpha_\max = 0.1$, and with the damping held at $\lambda = 1$.
+# ten seeds each, four ways: as published (adaptive damping from $10^{-3}$, no clipping), with the
+# step size clipped at $\alpha_\max = 0.1$, with the damping held at $\lambda = 1$, and with
+# $\rho$ measured on the next mini-batch instead of the step's own (`rho_data="next"`,
+# {ref}`wh-heldout`).
 
 # %% tags=["hide-input"]
 # reads: results/fashion-mnist/adamqlr-untuned/*/manifest.json
+# reads: results/fashion-mnist/adamqlr-untuned-heldout/*/manifest.json
 mech = notebook_records("batch-mechanism", profile, compute=compute)
-variants = ["default", "clipped", "fixed-damping"]
+variants = ["default", "clipped", "fixed-damping", "heldout-rho"]
 rates = divergence_rates(mech, variants)
 glue("se_mech_runs", provenance_text(mech.all_records()), display=False)
 glue("se_mech_seeds", max(len(a.seeds) for a in mech.study.arms), display=False)
@@ -297,6 +300,8 @@ def rate(group: str, batch: int) -> pd.Series:
 
 batches = sorted(rates["value"].unique())
 smallest, largest = int(batches[0]), int(batches[-1])
+glue("se_mech_smallest", smallest, display=False)
+glue("se_mech_largest", largest, display=False)
 for group in variants:
     for batch in (smallest, largest):
         row = rate(group, batch)
@@ -374,6 +379,7 @@ def brake_verdict(group: str) -> str:
 
 glue("se_mech_fixed_verdict", brake_verdict("fixed-damping"), display=False)
 glue("se_mech_clip_verdict", brake_verdict("clipped"), display=False)
+glue("se_mech_heldout_div", brake_verdict("heldout-rho"), display=False)
 format_table(summary, headers={
     "step lambda reaches 1e-7": r"step $\lambda$ reaches $10^{-7}$",
     "median d'Gd/||d||^2, steps 1-20": r"median $d^\top G d / \|d\|^2$, steps 1–20",
@@ -397,8 +403,8 @@ for ax in axes.flat:
     ax.set_xscale("log")
 legend = axes[0, 0].legend(fontsize="x-small", ncol=2)
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "Share of the {glue:text}`se_mech_seeds` seeds per batch size whose run diverged (a non-finite loss, or a final training loss above $10^6$), with 95% Wilson intervals: untuned AdamQLR as published, with the step size clipped at $\\alpha_\\max = 0.1$, and with the damping held at 1. Runs: {glue:text}`se_mech_runs`.", "name": "fig-se-divergence"}}
-ax = plot_divergence_rates(rates)
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Share of the {glue:text}`se_mech_seeds` seeds per batch size whose run diverged (a non-finite loss, or a final training loss above $10^6$), with 95% Wilson intervals: untuned AdamQLR as published, with the step size clipped at $\\alpha_\\max = 0.1$, with the damping held at 1, and with $\\rho$ measured on the next mini-batch (the variants are shifted slightly apart along the batch-size axis so that equal rates stay visible). Runs: {glue:text}`se_mech_runs`.", "name": "fig-se-divergence"}}
+ax = plot_divergence_rates(rates, dodge=0.04)
 
 # %% [markdown]
 # Read together ({numref}`fig-se-mechanism`, {numref}`fig-se-divergence` and the table), the
@@ -425,6 +431,134 @@ ax = plot_divergence_rates(rates)
 # {glue:text}`se_mech_fixed_verdict`; with the step size clipped at 0.1,
 # {glue:text}`se_mech_clip_verdict`. The same-batch $\rho$ is optimistic by construction; chapter
 # {ref}`ch-damping` measures how much lower it is on held-out data.
+
+# %% [markdown]
+# ### ρ on the next batch: a brake that locks
+#
+# Measuring $\rho$ on the next mini-batch {eq}`eq-wh-heldout-rho` removes the same-batch optimism
+# that lets $\lambda$ fall to zero. {numref}`fig-se-heldout` draws what the damping does instead,
+# beside the published variant at the smallest and the largest batch size; the table compares
+# its final test losses at every batch size with the published variant's and with those of the
+# damping held at 1 (the claim: held-out $\rho$ ends no higher), a diverged run counting with its
+# blown-up loss.
+
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Untuned AdamQLR on Fashion-MNIST with $\\rho$ on the step's own mini-batch (as published) and on the next one, at the smallest and the largest batch size (median over seeds): step size, damping and reduction ratio per step. Runs: {glue:text}`se_mech_runs`.", "name": "fig-se-heldout"}}
+by_variant = {
+    f"batch {int(arm.value)}, {label}": mech.records[arm.id]
+    for group, label in (("default", "as published"), ("heldout-rho", "held-out ρ"))
+    for arm in sorted(mech.arms(group=group), key=lambda a: a.value)
+    if int(arm.value) in (smallest, largest)
+}
+fig, axes = plt.subplots(1, 3, figsize=(9.0, 3.2), layout="constrained")
+plot_adaptive(by_variant, ("lr", "damping", "rho"), axes=list(axes))
+# colour: the variant; line style: the batch size
+cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+colours = {"as published": cycle[0], "held-out ρ": cycle[1]}
+for ax in axes:
+    ax.set_xscale("log")
+    for line in ax.get_lines():
+        batch, _, variant = line.get_label().partition(", ")
+        if variant in colours:
+            line.set_color(colours[variant])
+            line.set_linestyle("-" if batch == f"batch {smallest}" else ":")
+axes[2].set_ylim(-1, 2)
+legend = axes[1].legend(fontsize="x-small")
+
+# %%
+def by_batch(group: str) -> dict[int, list]:
+    return {int(a.value): mech.records[a.id] for a in mech.arms(group=group)}
+
+
+def sizes(batches: list[int]) -> str:
+    return f"batch size{'s' if len(batches) > 1 else ''} {', '.join(map(str, batches))}"
+
+
+def held_against(group: str, name: str) -> tuple[dict, dict[str, list[int]], str]:
+    """Held-out ρ against another variant at every batch size: verdicts, outcomes, a sentence."""
+    held, other = by_batch("heldout-rho"), by_batch(group)
+    verdicts = {}
+    for batch in sorted(held):
+        epochs = float(held[batch][0].spec.settings().epochs)
+        found = compare(held[batch], other[batch], "test_loss", axis="epoch", at=epochs,
+                        labels=(f"batch {batch}, held-out ρ", f"batch {batch}, {name}"))  # fmt: skip
+        verdicts[batch] = judge(found, "not higher")
+    outcomes = {
+        word: [b for b, v in verdicts.items() if v.outcome == outcome]
+        for outcome, word in (("supported", "lower"), ("not supported", "higher"),
+                              ("inconclusive", "not distinguishable"))
+    }  # fmt: skip
+    spans = [sorted({v.comparison.runs[i] for v in verdicts.values()}) for i in (0, 1)]
+    n_held, n_other = (f"{r[0]}" if len(r) == 1 else f"{r[0]}–{r[-1]}" for r in spans)
+    first = next(iter(verdicts.values())).comparison
+    text = (
+        f"against {name}, held-out ρ's median final test loss {first.where} is "
+        + "; ".join(f"{word} at {sizes(bs)}" for word, bs in outcomes.items() if bs)
+        + f" ({n_held} runs with held-out ρ and {n_other} with {name} per batch size; 95 % "
+        "bootstrap intervals of the ratio of medians)"
+    )
+    return verdicts, outcomes, text
+
+
+heldout_verdicts, outcomes, text = held_against("default", "the published variant")
+glue("se_heldout_verdict", text, display=False)
+fixed_verdicts, fixed_outcomes, fixed_text = held_against("fixed-damping", "the damping held at 1")
+glue("se_heldout_fixed", fixed_text, display=False)
+diverging_default = [
+    b for b in sorted(by_batch("heldout-rho")) if rate("default", b)["rate"] > 0.5
+]
+helps, hurts = outcomes["lower"], outcomes["higher"]
+glue(
+    "se_heldout_where",
+    (f"it helps at {sizes(helps)}" if helps else "it helps at no batch size")
+    + (f" (the published variant diverged in most runs at {sizes(diverging_default)})"
+       if diverging_default else "")
+    + (f" and hurts at {sizes(hurts)}" if hurts else " and hurts at none")
+    + (f"; against the simpler brake of a damping held at 1 it is higher at "
+       f"{sizes(fixed_outcomes['higher'])}" if fixed_outcomes["higher"] else ""),
+    display=False,
+)  # fmt: skip
+low_c, fixed_c = heldout_verdicts[smallest].comparison, fixed_verdicts[smallest].comparison
+glue(
+    "se_heldout_small",
+    f"{low_c.medians[0]:.3g} with held-out ρ, {low_c.medians[1]:.3g} as published and "
+    f"{fixed_c.medians[1]:.3g} with the damping held at 1",
+    display=False,
+)
+format_table(verdict_table([*heldout_verdicts.values(), *fixed_verdicts.values()]))
+
+# %% tags=["hide-input"]
+late = {}
+for batch in (smallest, largest):
+    for group, label in (("default", "as published"), ("heldout-rho", "held-out ρ")):
+        arm = next(a for a in mech.arms(group=group) if int(a.value) == batch)
+        finals = pd.DataFrame(
+            [step_quantities(r).iloc[-1][["damping", "lr"]] for r in mech.records[arm.id]]
+        )
+        late[(batch, label)] = {"median final λ": finals["damping"].median(),
+                                "median final |α|": finals["lr"].abs().median(),
+                                "runs": len(finals)}  # fmt: skip
+late = pd.DataFrame(late).T
+late.index.names = ["batch size", "variant"]
+held_lambda = late.xs("held-out ρ", level="variant")["median final λ"]
+glue("se_heldout_lambda_small", float(held_lambda.loc[smallest]), display=False)
+glue("se_heldout_lambda_large", float(held_lambda.loc[largest]), display=False)
+format_table(late)
+
+# %% [markdown]
+# The held-out ratio is not optimistic, and it is not centred on 1 either: for a small step it
+# tends to $g_{t+1}^\top d_t / g_t^\top d_t$, how well the next batch's gradient agrees with this
+# one's along the step, which mini-batch noise can hold below the threshold of $1/4$ under which
+# the rule raises $\lambda$, however small the step. Where it does, the damping climbs until the
+# steps no longer change the loss measurably and then stays there: the median final $\lambda$
+# with held-out $\rho$ is {glue:text}`se_heldout_lambda_small:.3g` at batch size
+# {glue:text}`se_mech_smallest` and {glue:text}`se_heldout_lambda_large:.3g` at
+# {glue:text}`se_mech_largest` ({numref}`fig-se-heldout` and the table of final values). That
+# freeze is a brake: with held-out $\rho$, {glue:text}`se_mech_heldout_div`. Whether it also
+# locks learning shows in the final losses: {glue:text}`se_heldout_verdict`;
+# {glue:text}`se_heldout_fixed`. In short, {glue:text}`se_heldout_where`. At batch size
+# {glue:text}`se_mech_smallest` the median final test losses are {glue:text}`se_heldout_small`.
+# {ref}`wh-heldout` compares held-out $\rho$ with tuned AdamQLR on every task of the
+# factorial, where its search also chooses the batch size.
 
 # %% [markdown]
 # (se-official)=

@@ -14,7 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from adamqlr.losses import CrossEntropyLoss, SquaredErrorLoss
 from adamqlr.testing import flatten, without_running_stats
+
+F64 = torch.float64
 
 DTYPE = torch.float64
 
@@ -217,3 +220,34 @@ class Faulty(nn.Module):
             mask.view(-1)[0] = 1.0
             return z * (1.0 + mask * value)  # one entry bad, in the primal and in the tangent
         return z
+
+
+def problem(kind: str, n: int = 6, seed: int = 1):
+    """A float64 MLP, its batch and loss: ``"cross_entropy"`` (3 classes) or squared error."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g, dtype=F64)
+    if kind == "cross_entropy":
+        return (
+            mlp((4, 5, 3), seed=seed),
+            x,
+            torch.randint(0, 3, (n,), generator=g),
+            CrossEntropyLoss(),
+        )
+    return (
+        mlp((4, 5, 2), seed=seed),
+        x,
+        torch.randn(n, 2, generator=g, dtype=F64),
+        SquaredErrorLoss(),
+    )
+
+
+class CountingCE(CrossEntropyLoss):
+    """Cross-entropy that counts its evaluations (one per forward pass of a step)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def value(self, outputs, targets):  # noqa: D102
+        self.calls += 1
+        return super().value(outputs, targets)

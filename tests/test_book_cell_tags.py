@@ -1,9 +1,9 @@
 """Experiment pages hide their data and drawing code behind a toggle; derivations show theirs.
 
-Chapters 07-12 read run records, draw them and tabulate them: the code is plumbing, so every code
-cell carries Jupyter Book's ``hide-input`` tag (a "show code" toggle), except the parameters cell
-(removed from the page) and the cells that decide the page's verdict, which stay in view. The
-derivation chapters 02-06 keep the code that is the explanation visible.
+Chapters 07-12 and 15 read run records, draw them and tabulate them: the code is plumbing, so
+every code cell carries Jupyter Book's ``hide-input`` tag (a "show code" toggle), except the
+parameters cell (removed from the page) and the cells that decide the page's verdict, which stay
+in view. The derivation chapters 02-06 keep the code that is the explanation visible.
 """
 
 from __future__ import annotations
@@ -17,14 +17,28 @@ from _book import ROOT
 from adamqlr.book.runner import COLAB_TAG, PROVENANCE_TAG
 
 NOTEBOOKS = ROOT / "notebooks"
+#: The chapters that read run records: 07-12 and 15 (13 and 14 derive and demonstrate).
+EXPERIMENT_CHAPTERS = (7, 8, 9, 10, 11, 12, 15)
 EXPERIMENTS = sorted(
-    p for p in NOTEBOOKS.glob("*.py") if p.name[:2].isdigit() and 7 <= int(p.name[:2]) <= 12
+    p
+    for p in NOTEBOOKS.glob("*.py")
+    if p.name[:2].isdigit() and int(p.name[:2]) in EXPERIMENT_CHAPTERS
 )
 DERIVATIONS = sorted(
     p for p in NOTEBOOKS.glob("*.py") if p.name[:2].isdigit() and 2 <= int(p.name[:2]) <= 6
 )
 #: Glued names that hold a page's verdict: the cell computing one stays visible.
-VERDICTS = ("ut_tally", "fh_agreement", "dp_v_epoch", "lc_small_verdict", "se_hypothesis")
+VERDICTS = (
+    "ut_tally",
+    "fh_agreement",
+    "dp_v_epoch",
+    "lc_small_verdict",
+    "se_hypothesis",
+    "se_heldout_verdict",
+    "wh_order",
+    "wh_paper",
+    "wh_heldout",
+)
 
 
 def _code_cells(path):
@@ -41,7 +55,7 @@ def _decides_verdict(cell) -> bool:
 
 
 def test_the_chapters_are_found() -> None:
-    assert [p.name[:2] for p in EXPERIMENTS] == ["07", "08", "09", "10", "11", "12"]
+    assert [p.name[:2] for p in EXPERIMENTS] == ["07", "08", "09", "10", "11", "12", "15"]
     assert [p.name[:2] for p in DERIVATIONS] == ["02", "03", "04", "05", "06"]
 
 

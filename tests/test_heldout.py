@@ -9,26 +9,13 @@ import warnings
 
 import pytest
 import torch
-from _models import classification, mlp, oracle_ce
+from _models import CountingCE, classification, mlp, oracle_ce
 from torch import nn
 from torch.func import functional_call
 
 from adamqlr import SGDQLR, AdamQLR
 from adamqlr.heldout import PENDING_CHANGE, PREVIOUS_PARAMS
-from adamqlr.losses import CrossEntropyLoss
 from adamqlr.testing import flatten, named_params
-
-
-class CountingCE(CrossEntropyLoss):
-    """Cross-entropy that counts its evaluations (one per forward pass)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    def value(self, outputs, targets):  # noqa: D102
-        self.calls += 1
-        return super().value(outputs, targets)
 
 
 def _batches(model, n):

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from _models import mlp
+from _models import mlp, problem
 from torch import nn
 
 from adamqlr import AdamQLR
@@ -64,24 +64,6 @@ from adamqlr.testing import (
 )
 
 F64 = torch.float64
-
-
-def problem(kind: str, n: int = 6, seed: int = 1):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 4, generator=g, dtype=F64)
-    if kind == "cross_entropy":
-        return (
-            mlp((4, 5, 3), seed=seed),
-            x,
-            torch.randint(0, 3, (n,), generator=g),
-            CrossEntropyLoss(),
-        )
-    return (
-        mlp((4, 5, 2), seed=seed),
-        x,
-        torch.randn(n, 2, generator=g, dtype=F64),
-        SquaredErrorLoss(),
-    )
 
 
 KINDS = ["cross_entropy", "squared_error"]

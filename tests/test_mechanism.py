@@ -68,6 +68,27 @@ def test_divergence_rates_count_nonfinite_stops_and_blowups(tmp_path):
     assert ax.get_xscale() == "log" and ax.get_ylabel() == "diverged runs"
 
 
+def test_divergence_rates_dodge_groups_that_overlap():
+    from adamqlr.plots.experiments import plot_divergence_rates
+
+    table = pd.DataFrame(
+        {"group": ["a", "a", "b", "b"], "label": ["50, one", "3200, one", "50, two", "3200, two"],
+         "value": [50.0, 3200.0, 50.0, 3200.0], "rate": [0.0, 0.0, 0.0, 0.0],
+         "low": [0.0] * 4, "high": [0.3] * 4}
+    )  # fmt: skip
+    still = plot_divergence_rates(table)
+    xs = [c.lines[0].get_xdata().tolist() for c in still.containers]  # the data line of each
+    assert xs[0] == xs[1] == [50.0, 3200.0]  # no dodge: both groups at the true values
+    ax = plot_divergence_rates(table, dodge=0.1)
+    first, second = (c.lines[0].get_xdata() for c in ax.containers)
+    assert first[0] == pytest.approx(50 * 10**-0.05) and second[0] == pytest.approx(50 * 10**0.05)
+    assert first[1] == pytest.approx(3200 * 10**-0.05)
+    markers = {c.lines[0].get_marker() for c in ax.containers}
+    assert len(markers) == 2
+    with pytest.raises(ValueError, match="dodge -1"):
+        plot_divergence_rates(table, dodge=-1)
+
+
 def test_step_quantities_put_the_model_on_one_scale(tmp_path):
     store = ResultStore(tmp_path)
     spec = ExperimentSpec("uci-energy", "adamqlr-untuned", profile="smoke")

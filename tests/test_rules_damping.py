@@ -7,24 +7,11 @@ import warnings
 
 import pytest
 import torch
-from _models import classification, mlp, oracle_ce
+from _models import CountingCE, classification, mlp, oracle_ce
 from torch import nn
 
 from adamqlr import SGDQLR, AdamQLR
-from adamqlr.losses import CrossEntropyLoss
 from adamqlr.testing import flatten, named_params
-
-
-class CountingCE(CrossEntropyLoss):
-    """Cross-entropy that counts its evaluations (one per forward pass of a step)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    def value(self, outputs, targets):  # noqa: D102
-        self.calls += 1
-        return super().value(outputs, targets)
 
 
 def _run(cls, steps: int, **kwargs):

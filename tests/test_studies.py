@@ -8,7 +8,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-from tinytask import registered
+from tinytask import registered, tiny, tiny_study
 
 from adamqlr.experiment.spec import ExperimentSpec
 from adamqlr.results.store import ResultStore, RunRecord
@@ -37,26 +37,6 @@ matplotlib.use("Agg")
 @pytest.fixture(autouse=True)
 def tiny_tasks(monkeypatch):
     yield from registered(monkeypatch)
-
-
-def tiny(optimiser="adam", **kw) -> ExperimentSpec:
-    return ExperimentSpec("tiny-regression", optimiser, profile="smoke", **kw)
-
-
-def tiny_study(name="tiny-study") -> Study:
-    """A fixed arm, a tuned arm (2 learning rates) and an arm around the tuned arm's choice."""
-    return Study(
-        name,
-        "smoke",
-        "tiny",
-        (
-            Arm("fixed", "Adam (Untuned)", tiny("adam-untuned"), seeds=(0,)),
-            Arm("tuned", "Adam", tiny(), seeds=(0, 1), grid=grid({"lr": (1e-4, 3e-2)})),
-            Arm(
-                "around", "Adam, batch 8", BestOf(name, "tuned"), (0,), overrides={"batch_size": 8}
-            ),
-        ),
-    )
 
 
 def fake_record(metrics: pd.DataFrame, stop: str = "epochs", **prov) -> RunRecord:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _models import ConvBN, classification, curvlinops_quadratic, mlp, random_direction
+from _models import ConvBN, classification, curvlinops_quadratic, mlp, problem, random_direction
 from torch import nn
 
 from adamqlr.curvature import ggn_quadratic, hessian_quadratic
@@ -37,24 +37,6 @@ from adamqlr.testing import (
 
 F64 = torch.float64
 KINDS = ["cross_entropy", "squared_error"]
-
-
-def problem(kind: str, n: int = 6, seed: int = 1):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 4, generator=g, dtype=F64)
-    if kind == "cross_entropy":
-        return (
-            mlp((4, 5, 3), seed=seed),
-            x,
-            torch.randint(0, 3, (n,), generator=g),
-            CrossEntropyLoss(),
-        )
-    return (
-        mlp((4, 5, 2), seed=seed),
-        x,
-        torch.randn(n, 2, generator=g, dtype=F64),
-        SquaredErrorLoss(),
-    )
 
 
 def close(a: float, b: float, tol: float = 1e-12) -> bool:

@@ -8,6 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from adamqlr.experiment.spec import ExperimentSpec
+from adamqlr.studies import Arm, BestOf, Study, grid
 from adamqlr.tasks import Split, Task, TaskData, TaskProfile
 
 _PROFILES = {
@@ -110,3 +112,23 @@ def registered(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def tiny(optimiser="adam", **kw) -> ExperimentSpec:
+    return ExperimentSpec("tiny-regression", optimiser, profile="smoke", **kw)
+
+
+def tiny_study(name="tiny-study") -> Study:
+    """A fixed arm, a tuned arm (2 learning rates) and an arm around the tuned arm's choice."""
+    return Study(
+        name,
+        "smoke",
+        "tiny",
+        (
+            Arm("fixed", "Adam (Untuned)", tiny("adam-untuned"), seeds=(0,)),
+            Arm("tuned", "Adam", tiny(), seeds=(0, 1), grid=grid({"lr": (1e-4, 3e-2)})),
+            Arm(
+                "around", "Adam, batch 8", BestOf(name, "tuned"), (0,), overrides={"batch_size": 8}
+            ),
+        ),
+    )

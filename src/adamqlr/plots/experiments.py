@@ -16,6 +16,7 @@ returns the figure or axes; the notebooks only choose what to show.
 
 from __future__ import annotations
 
+import math
 import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -556,7 +557,11 @@ def plot_step_costs(
 
 
 def plot_divergence_rates(
-    table: pd.DataFrame, *, ax: Axes | None = None, xlabel: str = "batch size"
+    table: pd.DataFrame,
+    *,
+    ax: Axes | None = None,
+    xlabel: str = "batch size",
+    dodge: float = 0.0,
 ) -> Axes:
     """Draw the fraction of diverged runs against a swept value, one line per group.
 
@@ -565,22 +570,34 @@ def plot_divergence_rates(
             ``label``, ``value``, ``rate``, ``low``, ``high``).
         ax: Axes to draw on (default: a new figure).
         xlabel: Label of the (log-scale) x axis.
+        dodge: Shift the groups apart along x by this fraction of a decade between neighbours
+            (centred on the true value), so that groups with the same rate (e.g. all at 0 %)
+            stay visible side by side; ``0`` draws every group at the true values. Each group
+            also gets its own marker.
 
     Returns:
         The axes (bars: the Wilson interval of each rate).
+
+    Raises:
+        ValueError: If ``dodge`` is negative or not finite.
     """
+    if not math.isfinite(dodge) or dodge < 0:
+        raise ValueError(f"invalid dodge {dodge!r}; expected a finite value >= 0")
     if ax is None:
         _, ax = plt.subplots(figsize=(5.0, 3.4))
-    for _, rows in table.groupby("group", sort=False):
+    groups = list(dict.fromkeys(table["group"]))
+    markers = ("o", "s", "^", "D", "v", "P", "X")
+    for i, (_, rows) in enumerate(table.groupby("group", sort=False)):
         rows = rows.sort_values("value")
         label = str(rows["label"].iloc[0]).split(", ", 1)[-1]
         colour, dash = line_style(label)
-        x = rows["value"].to_numpy(dtype=float)
+        shift = 10.0 ** (dodge * (i - (len(groups) - 1) / 2))
+        x = rows["value"].to_numpy(dtype=float) * shift
         y = rows["rate"].to_numpy(dtype=float)
         low, high = rows["low"].to_numpy(dtype=float), rows["high"].to_numpy(dtype=float)
         err = np.maximum(np.vstack([y - low, high - y]), 0.0)
-        ax.errorbar(x, y, yerr=err, color=colour, linestyle=dash, marker="o", capsize=3,
-                    label=label)  # fmt: skip
+        ax.errorbar(x, y, yerr=err, color=colour, linestyle=dash, marker=markers[i % len(markers)],
+                    capsize=3, label=label)  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("diverged runs")

@@ -11,12 +11,15 @@
 
 From the command line: ``adamqlr study list``, ``adamqlr study status NAME --profile quick``,
 ``adamqlr study plan NAME --profile paper`` (runs, steps, core-hours), ``adamqlr study run NAME
---profile paper --jobs 2`` (also ``python -m adamqlr.studies ...``).
+--profile paper --jobs 2`` (also ``python -m adamqlr.studies ...``). ``plan``, ``status`` and
+``run`` take ``--task``, ``--arm PATTERN`` and ``--exclude-arm PATTERN`` to work on part of a study
+(:mod:`adamqlr.studies.selection`); ``plan --by task|optimiser|arm`` breaks the core-hours down.
 
 :mod:`adamqlr.studies.core` has the machinery (arms, tuning by random search with successive
 halving or by a grid, plans against a store), :mod:`adamqlr.studies.catalogue` the studies
 themselves, :mod:`adamqlr.studies.campaign` the parallel, resumable runner,
-:mod:`adamqlr.studies.costs` the per-step costs and estimates, :mod:`adamqlr.studies.analysis` the
+:mod:`adamqlr.studies.costs` the per-step costs and estimates, :mod:`adamqlr.studies.selection`
+the parts of a study a campaign runs first, :mod:`adamqlr.studies.analysis` the
 tables the chapters print.
 """
 
@@ -38,10 +41,12 @@ from adamqlr.studies.core import (
     plan,
     run_study,
 )
+from adamqlr.studies.selection import ArmFilter, select_arms
 
 __all__ = [
     "STUDIES",
     "Arm",
+    "ArmFilter",
     "ArmPlan",
     "BestOf",
     "Campaign",
@@ -60,5 +65,6 @@ __all__ = [
     "obtain",
     "plan",
     "run_study",
+    "select_arms",
     "study_names",
 ]

@@ -374,6 +374,9 @@ class Campaign:
                 "allow_dirty": bool(self.allow_dirty and state.get("dirty")),
             }
         }
+        selections = {s.name: s.selection for s in self.studies if s.parent is not None}
+        if selections:  # a part of a study: which arms
+            base_extra["campaign"]["selection"] = selections
         failed_keys: set[str] = set()
         in_flight: dict[cf.Future, tuple[str, ExperimentSpec, float]] = {}
         durations: list[float] = []

@@ -6,6 +6,9 @@ Examples::
     adamqlr study status untuned-vs-tuned --profile quick
     adamqlr study run untuned-vs-tuned --profile quick --threads 1
     adamqlr study plan all --profile paper
+    adamqlr study plan factorial --profile paper --by task
+    adamqlr study plan untuned-vs-tuned --profile paper --exclude-arm '*/kfac*' --by optimiser
+    adamqlr study run factorial --profile paper --task fashion-mnist --jobs 2
     adamqlr study calibrate --profile paper
     adamqlr study run untuned-vs-tuned --profile paper --jobs 2
     adamqlr study fold all --profile paper
@@ -32,6 +35,21 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    "or results/ of the checkout)")  # fmt: skip
 
 
+def _add_filters(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "part of a study",
+        "select arms (filters combine with 'and'; an arm around another arm's choice brings "
+        "that arm's tuning runs along)",
+    )
+    g.add_argument("--task", action="append", default=[], metavar="TASK",
+                   help="only the arms of this task (repeatable)")  # fmt: skip
+    g.add_argument("--arm", action="append", default=[], metavar="PATTERN",
+                   help="only the arms whose id matches this shell-style pattern, e.g. "
+                   "'fashion-mnist/*' or '*/k-fac/*' (repeatable)")  # fmt: skip
+    g.add_argument("--exclude-arm", action="append", default=[], metavar="PATTERN",
+                   help="leave out the arms whose id matches PATTERN (repeatable)")  # fmt: skip
+
+
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``study`` subcommand to the ``adamqlr`` parser."""
     p = subparsers.add_parser(
@@ -53,6 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         q = sub.add_parser(name, help=help_)
         q.add_argument("name", help="study name, or 'all'")
         _add_common(q)
+        _add_filters(q)
         if name == "run":
             q.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
             q.add_argument("--jobs", type=int, default=None,
@@ -71,6 +90,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="runs, steps and estimated core-hours of a study")
     pl.add_argument("name", help="study name, or 'all'")
     _add_common(pl)
+    _add_filters(pl)
+    pl.add_argument("--by", choices=("task", "optimiser", "arm"),
+                    help="also break the core-hours down by task, optimiser or arm")  # fmt: skip
     pl.add_argument("--overhead", type=float, default=1.0,
                     help="seconds of start-up and evaluation per run (default 1)")  # fmt: skip
     fo = sub.add_parser(
@@ -107,6 +129,11 @@ def handle(args: argparse.Namespace) -> int:
         return 2
     try:
         studies = _studies(getattr(args, "name", "all"), args.profile)
+        if action in ("status", "run", "plan"):
+            from adamqlr.studies.selection import ArmFilter, select_studies
+
+            arm_filter = ArmFilter(tuple(args.task), tuple(args.arm), tuple(args.exclude_arm))
+            studies = select_studies(studies, arm_filter)
         if action == "run" and args.threads is not None:
             if args.threads < 1:
                 raise ValueError(f"invalid --threads {args.threads} (expected >= 1)")
@@ -130,7 +157,11 @@ def handle(args: argparse.Namespace) -> int:
         seen: set[str] = set()  # a run (or search) two studies share is counted once
         estimates = [estimate(s, costs, overhead_s=args.overhead, seen=seen) for s in studies]
         print(f"profile {args.profile}")
-        print(describe(estimates, costs))
+        if any(s.parent is not None for s in studies):
+            for s in studies:
+                whole = s.parent if s.parent is not None else s
+                print(f"{s.name}: {len(s.arms)} of {len(whole.arms)} arms ({s.selection})")
+        print(describe(estimates, costs, by=args.by))
         return 0
     store = ResultStore(args.results)
     if action == "fold":
@@ -154,7 +185,10 @@ def handle(args: argparse.Namespace) -> int:
         todo, blocked = missing(study, store)
         if action == "status" or args.dry_run:
             state = "complete" if not (todo or blocked) else "incomplete"
-            print(f"{study.name} ({study.profile}): {state}; {len(todo)} run(s) missing, "
+            part = ""
+            if study.parent is not None:
+                part = f" [{len(study.arms)} of {len(study.parent.arms)} arms: {study.selection}]"
+            print(f"{study.name} ({study.profile}){part}: {state}; {len(todo)} run(s) missing, "
                   f"{len(blocked)} arm(s) blocked")  # fmt: skip
             shown = todo if getattr(args, "all", False) or action == "run" else todo[:20]
             for spec in shown:

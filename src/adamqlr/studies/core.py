@@ -359,6 +359,11 @@ class Study:
         resolve: ``resolve(name, profile) -> Study``, how a :class:`BestOf` that names another
             study finds it (the catalogue's :func:`~adamqlr.studies.catalogue.get_study` sets
             its own); ``None`` for a study whose arms refer only to itself.
+        parent: For a selection of a study's arms (:func:`adamqlr.studies.selection.
+            select_arms`), the whole study: a :class:`BestOf` naming this study finds its arm
+            there, so an arm's dependencies come with it. ``None`` for a whole study.
+        selection: For a selection, its filter as command-line options (``--task ...``), which
+            :attr:`command` repeats; ``""`` for a whole study.
     """
 
     name: str
@@ -369,6 +374,8 @@ class Study:
     chapter: str = ""
     finalise: Callable[[ExperimentSpec], ExperimentSpec] | None = field(default=None, compare=False)
     resolve: Callable[[str, Profile], Study] | None = field(default=None, compare=False, repr=False)
+    parent: Study | None = field(default=None, compare=False, repr=False)
+    selection: str = field(default="", compare=False)
     _trials: dict[tuple[str, int, float], tuple[ExperimentSpec, RunSettings]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -432,7 +439,8 @@ class Study:
     @property
     def command(self) -> str:
         """Return the command that runs this study (or ``python -m adamqlr.studies run ...``)."""
-        return f"adamqlr study run {self.name} --profile {self.profile}"
+        command = f"adamqlr study run {self.name} --profile {self.profile}"
+        return f"{command} {self.selection}" if self.selection else command
 
 
 def describe_spec(spec: ExperimentSpec) -> str:
@@ -449,7 +457,7 @@ def describe_spec(spec: ExperimentSpec) -> str:
 
 def _referenced(study: Study, ref: BestOf) -> tuple[Study, Arm]:
     if ref.study == study.name:
-        other = study
+        other = study if study.parent is None else study.parent  # a selection: the whole study
     elif study.resolve is None:
         raise ValueError(
             f"study {study.name!r}: BestOf({ref.study!r}, {ref.arm!r}) refers to another study, "

@@ -27,9 +27,12 @@ from adamqlr.results.atomic import atomic_write_bytes
 from adamqlr.studies.core import Arm, BestOf, Study, apply_variation
 
 __all__ = [
+    "BREAKDOWNS",
     "COSTS_FILE",
     "CostTable",
+    "PartEstimate",
     "StudyEstimate",
+    "breakdown",
     "calibrate",
     "describe",
     "estimate",
@@ -203,6 +206,27 @@ def calibrate(
 
 
 @dataclass
+class PartEstimate:
+    """The share of one arm in a :class:`StudyEstimate` (what :func:`describe` breaks down).
+
+    Attributes:
+        arm: The arm's id.
+        task: Its task (for an arm around another arm's choice: that arm's task).
+        optimiser: Its optimiser (likewise).
+        runs: Runs counted for it (a run two arms share is counted for the first).
+        steps: Optimisation steps counted for it.
+        core_hours: Core-hours counted for it.
+    """
+
+    arm: str
+    task: str
+    optimiser: str
+    runs: int = 0
+    steps: float = 0.0
+    core_hours: float = 0.0
+
+
+@dataclass
 class StudyEstimate:
     """The size of a study under a profile.
 
@@ -212,6 +236,8 @@ class StudyEstimate:
         steps: Optimisation steps in all.
         core_hours: Estimated core-hours (optimisation plus ``overhead_s`` per run).
         uncalibrated: (task, optimiser) pairs without a measured cost (counted as zero).
+        parts: The share of each arm, in the study's order; they add up to the totals (within
+            rounding).
     """
 
     study: str
@@ -219,6 +245,16 @@ class StudyEstimate:
     steps: float
     core_hours: float
     uncalibrated: set[tuple[str, str]] = field(default_factory=set)
+    parts: list[PartEstimate] = field(default_factory=list)
+
+
+def _base_optimiser(study: Study, arm: Arm) -> str:
+    from adamqlr.studies.core import _referenced
+
+    if isinstance(arm.base, BestOf):
+        other, ref = _referenced(study, arm.base)
+        return _base_optimiser(other, ref)
+    return arm.base.optimiser
 
 
 def estimate(
@@ -230,6 +266,11 @@ def estimate(
 ) -> StudyEstimate:
     """Estimate the runs, steps and core-hours of ``study`` from ``costs`` (see the module doc).
 
+    For a selection of a study's arms (:func:`adamqlr.studies.selection.select_arms`), the tuning
+    runs of a tuned arm that a selected :class:`BestOf` arm needs but that is not itself selected
+    are counted too (for the arm that needs them), as ``study run`` with that selection makes
+    them. A whole study counts them where the tuned arm is.
+
     Args:
         study: The study.
         costs: Per-step costs.
@@ -238,8 +279,19 @@ def estimate(
             campaign: those are not counted again, so estimates of several studies add up to the
             campaign's (a run two studies share is made once). Updated in place.
     """
+    from adamqlr.studies.core import _referenced, arm_task
+
     out = StudyEstimate(study.name, 0, 0.0, 0.0)
     seen = set() if seen is None else seen
+    part = PartEstimate("", "", "")
+
+    def bump(runs: int, steps: float, hours: float) -> None:
+        out.runs += runs
+        out.steps += steps
+        out.core_hours += hours
+        part.runs += runs
+        part.steps += steps
+        part.core_hours += hours
 
     def cost(spec: ExperimentSpec) -> tuple[float, float]:
         st = spec.settings()
@@ -256,38 +308,59 @@ def estimate(
                 return
             seen.add(key)
         steps, seconds = cost(spec)
-        out.runs += int(round(weight))
-        out.steps += steps * weight
-        out.core_hours += seconds * weight / 3600
+        bump(int(round(weight)), steps * weight, seconds * weight / 3600)
 
+    def search_identity(owner: Study, arm: Arm) -> str:
+        return "search:" + owner.spec(arm.trial_spec(0, 1.0)).key + repr(arm.seeds)
+
+    def means(configs: list[ExperimentSpec]) -> tuple[float, float]:
+        full = [cost(c) for c in configs]
+        return sum(f[0] for f in full) / len(full), sum(f[1] for f in full) / len(full)
+
+    def trials(owner: Study, arm: Arm, configs: list[ExperimentSpec]) -> None:
+        """Count a tuned arm's tuning runs."""
+        if arm.search is not None:
+            mean_steps, mean_s = means(configs)
+            for r, (count, fraction) in enumerate(arm.search.rungs):
+                if r == 0:
+                    for n in range(count):
+                        add(owner.spec(arm.trial_spec(n, fraction)))
+                else:
+                    bump(count, count * mean_steps * fraction, 0.0)
+                    out.core_hours += count * (mean_s - overhead_s) * fraction / 3600
+                    out.core_hours += count * overhead_s / 3600
+                    part.core_hours += count * (mean_s - overhead_s) * fraction / 3600
+                    part.core_hours += count * overhead_s / 3600
+        else:
+            for spec in configs:
+                add(spec.replace(seed=arm.tune_seed))
+
+    selected = {a.id for a in study.arms}
     for arm in study.arms:
+        part = PartEstimate(arm.id, arm_task(study, arm), _base_optimiser(study, arm))
+        out.parts.append(part)
+        counted_trials = False
         if arm.search is not None:  # the same search in two studies is one search
-            identity = "search:" + study.spec(arm.trial_spec(0, 1.0)).key + repr(arm.seeds)
+            identity = search_identity(study, arm)
             if identity in seen:
                 continue
             seen.add(identity)
+            counted_trials = "trials:" + identity in seen  # by an arm around its choice
+        if isinstance(arm.base, BestOf) and study.parent is not None:
+            other, ref = _referenced(study, arm.base)
+            if not (other.name == study.name and ref.id in selected):
+                ident = search_identity(other, ref) if ref.search is not None else ""
+                if not (ident in seen or "trials:" + ident in seen):
+                    if ident:
+                        seen.add("trials:" + ident)
+                    trials(other, ref, _arm_specs(other, ref))
         if arm.search is not None or arm.grid or isinstance(arm.base, BestOf):
             configs = _arm_specs(study, arm)
-            full = [cost(c) for c in configs]
-            mean_steps = sum(f[0] for f in full) / len(full)
-            mean_s = sum(f[1] for f in full) / len(full)
-            if arm.search is not None:
-                for r, (count, fraction) in enumerate(arm.search.rungs):
-                    if r == 0:
-                        for n in range(count):
-                            add(study.spec(arm.trial_spec(n, fraction)))
-                    else:
-                        out.runs += count
-                        out.steps += count * mean_steps * fraction
-                        out.core_hours += count * (mean_s - overhead_s) * fraction / 3600
-                        out.core_hours += count * overhead_s / 3600
-            elif arm.grid:
-                for spec in configs:
-                    add(spec.replace(seed=arm.tune_seed))
+            mean_steps, mean_s = means(configs)
+            if (arm.search is not None and not counted_trials) or arm.grid:
+                trials(study, arm, configs)
             n = len(arm.seeds)
-            out.runs += n
-            out.steps += n * mean_steps
-            out.core_hours += n * mean_s / 3600
+            bump(n, n * mean_steps, n * mean_s / 3600)
         else:
             base = study.spec(apply_variation(arm.base, arm.overrides))
             for spec in arm.repeats_of(base):
@@ -295,8 +368,37 @@ def estimate(
     return out
 
 
-def describe(estimates: Sequence[StudyEstimate], costs: CostTable) -> str:
-    """Format estimates as a table, with the total."""
+#: What :func:`describe` can break an estimate down by.
+BREAKDOWNS = ("task", "optimiser", "arm")
+
+
+def breakdown(estimates: Sequence[StudyEstimate], by: str) -> dict[str, PartEstimate]:
+    """Sum the arms' shares of ``estimates`` by ``task``, ``optimiser`` or ``arm``.
+
+    Arms are named ``study:arm id``. The rows add up to the estimates' totals (within rounding).
+
+    Raises:
+        ValueError: For another ``by``.
+    """
+    if by not in BREAKDOWNS:
+        raise ValueError(f"invalid breakdown {by!r}; expected one of {list(BREAKDOWNS)}")
+    rows: dict[str, PartEstimate] = {}
+    for e in estimates:
+        for p in e.parts:
+            name = f"{e.study}:{p.arm}" if by == "arm" else getattr(p, by)
+            row = rows.setdefault(name, PartEstimate(name, p.task, p.optimiser))
+            row.runs += p.runs
+            row.steps += p.steps
+            row.core_hours += p.core_hours
+    return rows
+
+
+def describe(estimates: Sequence[StudyEstimate], costs: CostTable, *, by: str | None = None) -> str:
+    """Format estimates as a table, with the total, and a breakdown ``by`` task, optimiser or arm.
+
+    Raises:
+        ValueError: For a ``by`` not in :data:`BREAKDOWNS`.
+    """
     lines = [f"{'study':<18} {'runs':>7} {'steps':>12} {'core-hours':>11}"]
     for e in estimates:
         lines.append(f"{e.study:<18} {e.runs:>7d} {e.steps:>12.3g} {e.core_hours:>11.2f}")
@@ -304,6 +406,13 @@ def describe(estimates: Sequence[StudyEstimate], costs: CostTable) -> str:
         f"{'total':<18} {sum(e.runs for e in estimates):>7d} "
         f"{sum(e.steps for e in estimates):>12.3g} {sum(e.core_hours for e in estimates):>11.2f}"
     )
+    if by is not None:
+        rows = breakdown(estimates, by)
+        width = max([18, len(by) + 3, *(len(n) for n in rows)])
+        lines.append("")
+        lines.append(f"{'by ' + by:<{width}} {'runs':>7} {'steps':>12} {'core-hours':>11}")
+        for name, r in rows.items():
+            lines.append(f"{name:<{width}} {r.runs:>7d} {r.steps:>12.3g} {r.core_hours:>11.2f}")
     missing = sorted({p for e in estimates for p in e.uncalibrated})
     if missing:
         lines.append(
