@@ -226,7 +226,7 @@ glue("al_tiny_share", tiny, display=False)
 # hidden unit, which share its back-propagated error, move together). Every resample is shared by
 # the three correlations, so the paired differences get intervals too.
 
-# %%
+# %% tags=["hide-input"]
 names = {"E[g_B^2]": "expected_sq", "diag F_emp": "f_emp", "diag G": "ggn"}
 cols = ["v_hat", *names.values()]
 positive = (diag_last[cols] > 0).all(axis=1).to_numpy()

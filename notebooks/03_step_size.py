@@ -196,7 +196,7 @@ for step in range(3):
 print("smooth network: finite differences = -g^T d and d^T H d at 3 steps")
 format_table(kinks, headers={"d^T H d (autodiff)": r"$d^\top H d$ (autodiff)"})
 
-# %%
+# %% tags=["hide-input"]
 figure_rows = {}
 for step, probe in study.probes.items():
     unit = probe.q_ggn / probe.sq_norm
