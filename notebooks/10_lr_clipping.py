@@ -47,7 +47,7 @@ from adamqlr.studies.analysis import (
     sensitivity_table,
 )
 from adamqlr.studies.core import arm_task
-from adamqlr.studies.verdicts import compare, judge
+from adamqlr.studies.verdicts import compare, judge, times
 
 set_theme()
 pd.set_option("display.precision", 4)
@@ -178,8 +178,8 @@ for batch, pair in by_batch.items():
     for key, arm in (("without", pair["plain"]), ("with", pair["clip"])):
         r = rates.loc[arm.label]
         row[f"diverged {key}"] = f"{r['diverged']}/{r['runs']} [{r['low']:.0%}, {r['high']:.0%}]"
-    row["test loss ratio (with / without)"] = c.ratio
-    row["95 % CI"] = f"{c.low:.3g}–{c.high:.3g}"
+    row["test loss ratio (with / without)"] = times(c.ratio)  # "< 1e-6×" against diverged runs
+    row["95 % CI"] = f"{times(c.low, unit=False)}–{times(c.high)}"
     row["verdict: the clip lowers it"] = verdict.outcome
     bind_rows[batch] = row
 bind_table = pd.DataFrame(bind_rows).T

@@ -219,3 +219,11 @@ def test_verdict_table_has_one_row_per_verdict():
                                  ("A no higher than B", "after 1 steps")]  # fmt: skip
     assert list(table["verdict"]) == ["supported", "supported"]
     assert table["runs"].iloc[0] == "4 / 4" and table["metric"].iloc[0] == "test loss"
+
+
+def test_ratios_against_diverged_runs_read_as_bounds():
+    from adamqlr.studies.verdicts import times
+
+    assert times(0.934) == "0.934×"
+    assert times(5.01e-23) == "< 1e-6×" and times(4e7) == "> 1e6×" and times(math.inf) == "> 1e6×"
+    assert times(0.0) == "0×" and times(2e-23, unit=False) == "< 1e-6"

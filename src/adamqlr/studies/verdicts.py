@@ -47,6 +47,7 @@ __all__ = [
     "edge_choices",
     "judge",
     "matched_point",
+    "times",
     "values_at",
     "verdict_table",
 ]
@@ -191,7 +192,7 @@ class Comparison:
     def interval_text(self) -> str:
         """Return the ratio and its interval, e.g. ``"0.93× (95 % CI 0.88–0.99×)"``."""
         level = f"{100 * self.level:.0f} %"
-        return f"{self.ratio:.3g}× ({level} CI {self.low:.3g}–{self.high:.3g}×)"
+        return f"{times(self.ratio)} ({level} CI {times(self.low, unit=False)}–{times(self.high)})"
 
     def text(self) -> str:
         """One sentence: which arm, what ratio, where, from how many runs."""
@@ -201,6 +202,24 @@ class Comparison:
             f"median {metric} of {a} is {self.interval_text()} that of {b} {self.where} "
             f"({self.runs[0]} and {self.runs[1]} runs)"
         )
+
+
+def times(ratio: float, *, unit: bool = True) -> str:
+    """Write a ratio for a reader, e.g. ``"0.93×"``.
+
+    Beyond 10^±6 (a ratio against runs that diverged) it reads ``"< 1e-6×"`` or ``"> 1e6×"``
+    instead of ``"5.01e-23×"``.
+
+    Args:
+        ratio: The ratio (``inf`` and 0 allowed).
+        unit: Whether to append ``×``.
+    """
+    mark = "×" if unit else ""
+    if ratio != 0.0 and 0.0 <= ratio < 1e-6:
+        return f"< 1e-6{mark}"
+    if ratio > 1e6:
+        return f"> 1e6{mark}"
+    return f"{ratio:.3g}{mark}"
 
 
 def compare(
@@ -308,8 +327,9 @@ class Verdict:
         metric = c.metric.replace("_", " ")
         level = f"{100 * c.level:.0f} %"
         return (
-            f"{a}'s median {metric} {c.where} is {c.ratio:.3g}× that of {b} ({level} CI "
-            f"{c.low:.3g}–{c.high:.3g}×, {c.runs[0]} and {c.runs[1]} runs): {phrase} "
+            f"{a}'s median {metric} {c.where} is {times(c.ratio)} that of {b} ({level} CI "
+            f"{times(c.low, unit=False)}–{times(c.high)}, {c.runs[0]} and {c.runs[1]} runs): "
+            f"{phrase} "
             f"({self.outcome})"
         )
 
