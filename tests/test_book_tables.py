@@ -169,3 +169,25 @@ def test_settings_in_text_cells_read_as_settings_and_can_break() -> None:
         f"lr{nbsp}0.01",
         r"\(\lambda=10^{-8}\)",
     ]
+
+
+def test_a_verdict_tables_ratio_and_interval_read_as_one_column():
+    import pandas as pd
+
+    from adamqlr.plots.tables import format_table
+
+    frame = pd.DataFrame(
+        {
+            "metric": ["test_loss"],
+            "ratio": [0.93],
+            "CI low": [0.88],
+            "CI high": [0.99],
+            "runs": ["3 / 3"],
+        },
+        index=pd.Index(["A lower than B"], name="claim"),
+    )
+    text = format_table(frame).text
+    assert "CI low" not in text.columns and "CI high" not in text.columns
+    assert text.iloc[0, list(text.columns).index("ratio")].startswith("0.93 [0.88,")
+    kept = format_table(frame, errors=False).text
+    assert "CI low" in kept.columns

@@ -181,6 +181,10 @@ class FormattedTable:
         return self.text.to_string(index=self.index)
 
 
+#: A verdict table's ratio and its interval (:func:`adamqlr.studies.verdicts.verdict_table`).
+VERDICT_INTERVAL: tuple[str, str, str] = ("ratio", "CI low", "CI high")
+
+
 def format_table(
     frame: pd.DataFrame | pd.Series,
     *,
@@ -200,7 +204,9 @@ def format_table(
         diverged: Further columns (labels, or a MultiIndex label joined by spaces) whose
             non-finite or huge values mean a diverged run.
         diverged_above: In those columns, a value whose magnitude exceeds this is ``diverged``.
-        errors: Show each column ``c`` that has a column ``c ±`` as one column ``value ± error``.
+        errors: Show each column ``c`` that has a column ``c ±`` as one column ``value ± error``,
+            and a verdict table's ``ratio``, ``CI low`` and ``CI high`` as one column
+            ``ratio [low, high]`` (unless ``intervals`` is given).
         intervals: ``{column: (low column, high column)}``: show each such column as one column
             ``value [low, high]`` (in a diverged column, a huge bound reads ``> diverged_above``).
         headers: Column headers (any level) to show in place of the frame's, on top of
@@ -221,6 +227,9 @@ def format_table(
     data = frame.to_frame() if isinstance(frame, pd.Series) else frame
     labels = list(data.columns)
     spans = dict(intervals or {})
+    if intervals is None and errors and set(VERDICT_INTERVAL) <= set(labels):
+        # a verdict table (adamqlr.studies.verdicts.verdict_table): the ratio with its interval
+        spans = {VERDICT_INTERVAL[0]: VERDICT_INTERVAL[1:]}
     for value, bounds in spans.items():
         for label in (value, *bounds):
             if label not in labels:
