@@ -47,7 +47,7 @@ from adamqlr.studies.analysis import (
     sensitivity_table,
 )
 from adamqlr.studies.core import arm_task
-from adamqlr.studies.verdicts import compare, judge, times
+from adamqlr.studies.verdicts import compare, judge, span, times
 
 set_theme()
 pd.set_option("display.precision", 4)
@@ -179,7 +179,7 @@ for batch, pair in by_batch.items():
         r = rates.loc[arm.label]
         row[f"diverged {key}"] = f"{r['diverged']}/{r['runs']} [{r['low']:.0%}, {r['high']:.0%}]"
     row["test loss ratio (with / without)"] = times(c.ratio)  # "< 1e-6×" against diverged runs
-    row["95 % CI"] = f"{times(c.low, unit=False)}–{times(c.high)}"
+    row["95 % CI"] = span(c.low, c.high)
     row["verdict: the clip lowers it"] = verdict.outcome
     bind_rows[batch] = row
 bind_table = pd.DataFrame(bind_rows).T

@@ -227,3 +227,11 @@ def test_ratios_against_diverged_runs_read_as_bounds():
     assert times(0.934) == "0.934×"
     assert times(5.01e-23) == "< 1e-6×" and times(4e7) == "> 1e6×" and times(math.inf) == "> 1e6×"
     assert times(0.0) == "0×" and times(2e-23, unit=False) == "< 1e-6"
+
+
+def test_intervals_beyond_the_bounds_read_in_words():
+    from adamqlr.studies.verdicts import span
+
+    assert span(0.88, 0.99) == "0.88–0.99×"
+    assert span(1e-26, 3e-21) == "below 1e-6×" and span(2e7, math.inf) == "above 1e6×"
+    assert span(1e-9, 0.5) == "< 1e-6–0.5×"

@@ -47,6 +47,7 @@ __all__ = [
     "edge_choices",
     "judge",
     "matched_point",
+    "span",
     "times",
     "values_at",
     "verdict_table",
@@ -192,7 +193,7 @@ class Comparison:
     def interval_text(self) -> str:
         """Return the ratio and its interval, e.g. ``"0.93× (95 % CI 0.88–0.99×)"``."""
         level = f"{100 * self.level:.0f} %"
-        return f"{times(self.ratio)} ({level} CI {times(self.low, unit=False)}–{times(self.high)})"
+        return f"{times(self.ratio)} ({level} CI {span(self.low, self.high)})"
 
     def text(self) -> str:
         """One sentence: which arm, what ratio, where, from how many runs."""
@@ -220,6 +221,20 @@ def times(ratio: float, *, unit: bool = True) -> str:
     if ratio > 1e6:
         return f"> 1e6{mark}"
     return f"{ratio:.3g}{mark}"
+
+
+def span(low: float, high: float) -> str:
+    """Write an interval of ratios, e.g. ``"0.88–0.99×"`` (``"below 1e-6×"``: both bounds are).
+
+    Args:
+        low: The lower bound.
+        high: The upper bound.
+    """
+    if times(high) == "< 1e-6×":
+        return "below 1e-6×"
+    if times(low) == "> 1e6×":
+        return "above 1e6×"
+    return f"{times(low, unit=False)}–{times(high)}"
 
 
 def compare(
@@ -328,7 +343,7 @@ class Verdict:
         level = f"{100 * c.level:.0f} %"
         return (
             f"{a}'s median {metric} {c.where} is {times(c.ratio)} that of {b} ({level} CI "
-            f"{times(c.low, unit=False)}–{times(c.high)}, {c.runs[0]} and {c.runs[1]} runs): "
+            f"{span(c.low, c.high)}, {c.runs[0]} and {c.runs[1]} runs): "
             f"{phrase} "
             f"({self.outcome})"
         )
