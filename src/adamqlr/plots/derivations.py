@@ -286,14 +286,18 @@ def plot_product_costs(costs: Sequence[ProductCost], *, reference: str = "forwar
     unit = by_name[reference].seconds
     names = list(by_name)
     values = np.array([by_name[n].seconds / unit for n in names])
-    errors = np.array([by_name[n].spread / unit for n in names])
+    errors = np.nan_to_num(np.array([by_name[n].spread / unit for n in names]))
     colours = sns.color_palette("colorblind", n_colors=len(names))
     fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(names) + 1.2), layout="constrained")
     ax.barh(names, values, xerr=errors, color=colours, capsize=3)
+    # The axis reaches past every bar's error, and each label sits inside it: a label placed
+    # beyond the axis (a wide spread on a busy machine) made constrained layout collapse the
+    # axes to make room for it.
+    right = float(np.max(values + errors))
     for i, v in enumerate(values):
-        ax.text(v + errors[i] + 0.05, i, f"{v:.2f}", va="center")
+        ax.text(v + errors[i] + 0.02 * right, i, f"{v:.2f}", va="center", clip_on=True)
     ax.invert_yaxis()
-    ax.set(xlabel=f"time per call / time of one {reference} pass", xlim=(0, 1.25 * values.max()))
+    ax.set(xlabel=f"time per call / time of one {reference} pass", xlim=(0, 1.2 * right))
     return fig
 
 
