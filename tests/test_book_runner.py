@@ -474,3 +474,31 @@ def test_book_commands_do_not_import_torch() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_pages_the_runner_wrote_do_not_make_the_tree_dirty(tmp_path) -> None:
+    """A run executing several pages changes book/*.ipynb as it goes: the next page's git
+    state stays clean; any other change (a source, a record) still makes it dirty."""
+    import subprocess
+
+    from adamqlr.book.runner import git_state
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.org")
+    git("config", "user.name", "t")
+    (tmp_path / "book").mkdir()
+    (tmp_path / "book" / "02_page.ipynb").write_text("{}")
+    (tmp_path / "book" / "reproducibility.md").write_text("a")
+    (tmp_path / "src.py").write_text("x = 1\n")
+    git("add", ".")
+    git("commit", "-qm", "init")
+    assert git_state(tmp_path)["dirty"] is False
+    (tmp_path / "book" / "02_page.ipynb").write_text('{"cells": []}')
+    (tmp_path / "book" / "reproducibility.md").write_text("b")
+    (tmp_path / "untracked.txt").write_text("u")
+    assert git_state(tmp_path)["dirty"] is False
+    (tmp_path / "src.py").write_text("x = 2\n")
+    assert git_state(tmp_path)["dirty"] is True

@@ -315,6 +315,10 @@ def repository_url() -> str:
 def git_state(root: str | os.PathLike[str]) -> dict[str, Any]:
     """Return ``{"commit": sha or None, "dirty": bool or None}`` of the checkout at ``root``.
 
+    The pages this runner writes (``book/*.ipynb``, ``book/reproducibility.md``) do not count:
+    a run that executes several pages changes them as it goes, and the page executed after
+    another must not call the tree dirty for that. Untracked files do not count either.
+
     Without git (or outside a checkout), ``ADAMQLR_GIT_COMMIT`` and ``ADAMQLR_GIT_DIRTY``
     (``0``/``1``) are used when set, as in :mod:`adamqlr.results`.
     """
@@ -337,10 +341,19 @@ def git_state(root: str | os.PathLike[str]) -> dict[str, Any]:
             "commit": os.environ["ADAMQLR_GIT_COMMIT"].strip(),
             "dirty": None if dirty is None else dirty.strip() not in ("", "0", "false"),
         }
+    changed = None if status is None else [line[3:] for line in status.splitlines() if line]
     return {
         "commit": commit.strip() if commit else None,
-        "dirty": bool(status.strip()) if status is not None else None,
+        "dirty": None if changed is None else any(not _written_here(p) for p in changed),
     }
+
+
+def _written_here(path: str) -> bool:
+    """Whether ``path`` (relative to the root, as ``git status`` prints it) is a page output."""
+    path = path.strip().strip('"')
+    return path == "book/reproducibility.md" or (
+        path.startswith("book/") and path.endswith(".ipynb") and path.count("/") == 1
+    )
 
 
 #: The extras a page needs beyond torch and numpy (what the Colab cell installs).
