@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from adamqlr.heuristics import (
     LevenbergMarquardt,
@@ -151,3 +152,23 @@ def test_after_rejection_jumps_past_negative_curvature():
 def test_levenberg_marquardt_validates(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LevenbergMarquardt(**kwargs)
+
+
+def test_after_trial_is_the_rule_applied_to_a_measured_loss_change():
+    """One function serves the same-batch step and the held-out judgement."""
+    from adamqlr.heuristics import LevenbergMarquardt, reduction_ratio
+
+    rule = LevenbergMarquardt()
+    damping, rho, unresolved = rule.after_trial(1e-3, 1.0, 0.5, -0.6, torch.float32)
+    assert not unresolved and rho == reduction_ratio(-0.5, -0.6)
+    assert damping == rule.update(1e-3, rho)
+    # a change within float32's rounding: no ratio; a resolvable prediction leaves lambda alone
+    same, rho, unresolved = rule.after_trial(1e-3, 1.0, 1.0, -0.5, torch.float32)
+    assert unresolved and math.isnan(rho) and same == 1e-3
+    # ... and an unmeasurably small prediction lowers it; a zero step teaches nothing
+    lower, _, _ = rule.after_trial(1e-3, 1.0, 1.0, -1e-12, torch.float32)
+    assert lower == rule.after_unresolved(1e-3, False) < 1e-3
+    assert rule.after_trial(1e-3, 1.0, 1.0, 0.0, torch.float32)[0] == 1e-3
+    # the paper's rule takes any difference
+    _, rho, unresolved = rule.after_trial(1e-3, 1.0, 1.0, -0.5, torch.float32, resolve=False)
+    assert not unresolved and rho == 0.0

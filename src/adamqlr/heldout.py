@@ -75,12 +75,7 @@ from typing import Any
 
 from torch import Tensor
 
-from adamqlr.heuristics import (
-    LevenbergMarquardt,
-    loss_difference_trustworthy,
-    loss_resolution,
-    reduction_ratio,
-)
+from adamqlr.heuristics import LevenbergMarquardt
 
 __all__ = [
     "PENDING_CHANGE",
@@ -182,19 +177,13 @@ def judge(
     ratio's (:meth:`adamqlr.QuadraticModelOptimizer.step`); a non-finite ``old_loss`` gives no
     ratio and leaves lambda unchanged.
     """
-    damping = glob["damping"]
     if not math.isfinite(old_loss):
         return math.nan, False
-    if not resolve or loss_difference_trustworthy(old_loss, new_loss, low):
-        rho = reduction_ratio(new_loss - old_loss, change)
-        glob["damping"] = rule.update(damping, rho)
-        glob["unresolved_streak"] = 0
-        return rho, False
-    if change != 0.0:  # a zero step teaches nothing about the damping
-        resolution = loss_resolution(max(abs(old_loss), abs(new_loss)), low)
-        glob["damping"] = rule.after_unresolved(damping, abs(change) > resolution)
-    glob["unresolved_streak"] += 1
-    return math.nan, True
+    glob["damping"], rho, unresolved = rule.after_trial(
+        glob["damping"], old_loss, new_loss, change, low, resolve=resolve
+    )
+    glob["unresolved_streak"] = glob["unresolved_streak"] + 1 if unresolved else 0
+    return rho, unresolved
 
 
 def judge_previous(

@@ -444,6 +444,34 @@ class LevenbergMarquardt:
             return damping
         return min(self.upper, max(self.lower, damping * self.decrease))
 
+    def after_trial(
+        self,
+        damping: float,
+        before: float,
+        after: float,
+        predicted_change: float,
+        low: torch.dtype,
+        *,
+        resolve: bool = True,
+    ) -> tuple[float, float, bool]:
+        """Return ``(damping, rho, unresolved)`` after a step's measured loss change.
+
+        The loss went from ``before`` to ``after`` where the damped model predicted
+        ``predicted_change``. ``rho`` is the reduction ratio and the damping follows
+        :meth:`update`; when the loss change is below the rounding level of ``low``
+        (:func:`loss_difference_trustworthy`; ``resolve=False`` skips that test, the paper's
+        rule) there is no ratio (NaN, ``unresolved`` true) and the damping follows
+        :meth:`after_unresolved` (unchanged for a zero predicted change: a zero step teaches
+        nothing about the damping).
+        """
+        if not resolve or loss_difference_trustworthy(before, after, low):
+            rho = reduction_ratio(after - before, predicted_change)
+            return self.update(damping, rho), rho, False
+        if predicted_change != 0.0:
+            resolution = loss_resolution(max(abs(before), abs(after)), low)
+            damping = self.after_unresolved(damping, abs(predicted_change) > resolution)
+        return damping, math.nan, True
+
     def after_rejection(self, damping: float, curvature: float, sq_norm: float) -> float:
         """Return the damping after a rejected step.
 

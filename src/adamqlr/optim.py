@@ -74,10 +74,7 @@ from adamqlr.distributed import DistributedEngine, process_group, unwrap
 from adamqlr.heuristics import (
     PlaneProposal,
     Proposal,
-    loss_difference_trustworthy,
-    loss_resolution,
     propose_step,
-    reduction_ratio,
 )
 from adamqlr.losses import Loss, get_loss
 from adamqlr.outputs import OutputSelector, check_selector
@@ -803,19 +800,10 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         # autocast the loss is float32, computed from bfloat16 logits.
         if trial:
             low = rounding_dtype(f0_t.dtype, self._last_outputs.dtype, device_type=f0_t.device.type)
-            if not self.resolve_loss or loss_difference_trustworthy(f0, f1, low):
-                rho = reduction_ratio(f1 - f0, proposal.predicted_change)
-                glob["damping"] = self.damping_rule.update(damping_used, rho)
-                glob["unresolved_streak"] = 0
-            else:
-                unresolved = True
-                change = proposal.predicted_change
-                if change != 0.0:  # a zero step teaches nothing about the damping
-                    resolution = loss_resolution(max(abs(f0), abs(f1)), low)
-                    glob["damping"] = self.damping_rule.after_unresolved(
-                        damping_used, abs(change) > resolution
-                    )
-                glob["unresolved_streak"] += 1
+            glob["damping"], rho, unresolved = self.damping_rule.after_trial(
+                damping_used, f0, f1, proposal.predicted_change, low, resolve=self.resolve_loss
+            )
+            glob["unresolved_streak"] = glob["unresolved_streak"] + 1 if unresolved else 0
         elif adapt:  # [heldout] theta_t and M_t wait for the next batch (heldout.py)
             _heldout.remember(self.state, glob, self.param_groups, ps, proposal.predicted_change)
         torch._foreach_copy_(ps, new)
