@@ -66,10 +66,8 @@ pd.set_option("display.width", 120)
 # reads: results/tuning/*/*/trials-*.jsonl
 data = notebook_records("untuned-vs-tuned", profile, compute=compute)
 study = data.study
-tasks = list(dict.fromkeys(arm_task(study, arm) for arm in study.arms))
-titles = {
-    t: data.records[study.select(task=t)[0].id][0].provenance.get("task_title", t) for t in tasks
-}
+tasks = data.tasks()
+titles = data.task_titles()
 print(f"study {study.name!r}, profile {study.profile!r}: {len(study.arms)} arms on {tasks}")
 print(provenance_text(data.all_records()))
 
@@ -323,11 +321,8 @@ print("clock noise:", noise)
 timed = notebook_records("fixed-runtime", profile, compute=compute)
 regime_words = {"runtime-train": "tuned on training loss", "runtime-val": "tuned on validation loss"}
 regime_metric = {"runtime-train": "train_loss", "runtime-val": "test_loss"}
-timed_tasks = list(dict.fromkeys(arm_task(timed.study, a) for a in timed.study.arms))
-timed_titles = {
-    t: timed.records[timed.study.select(task=t)[0].id][0].provenance.get("task_title", t)
-    for t in timed_tasks
-}
+timed_tasks = timed.tasks()
+timed_titles = timed.task_titles()
 caps = {t: float(timed.records[timed.study.select(task=t)[0].id][0].spec.settings().seconds)
         for t in timed_tasks}  # fmt: skip
 glue("ut_caps", ", ".join(f"{timed_titles[t]} {c:g} s" for t, c in caps.items()), display=False)

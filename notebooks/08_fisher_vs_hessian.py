@@ -61,7 +61,7 @@ pd.set_option("display.precision", 4)
 # reads: results/benchmarks/step_cost-cpu.json
 data = notebook_records("fisher-vs-hessian", profile, compute=compute)
 study = data.study
-tasks = list(dict.fromkeys(arm_task(study, arm) for arm in study.arms))
+tasks = data.tasks()
 print(f"study {study.name!r}, profile {study.profile!r}: {len(study.arms)} arms on {tasks}")
 print(provenance_text(data.all_records()))
 
@@ -147,9 +147,7 @@ format_table(summary)
 # their steps do).
 
 # %% tags=["hide-input"]
-titles = {
-    t: data.records[study.select(task=t)[0].id][0].provenance.get("task_title", t) for t in tasks
-}
+titles = data.task_titles()
 runs = {titles[t]: data.by_label(task=t) for t in tasks}
 main = titles[tasks[0]]
 first = study.select(task=tasks[0])

@@ -48,7 +48,6 @@ from adamqlr.studies import notebook_records
 from adamqlr.studies.analysis import final_table, provenance_text, tuning_summary
 from adamqlr.studies.benchmarks import load_step_cost
 from adamqlr.studies.verdicts import compare, edge_choices, judge, verdict_table
-from adamqlr.studies.core import arm_task
 
 set_theme()
 pd.set_option("display.precision", 4)
@@ -112,11 +111,8 @@ format_table(summary)
 # ## Loss against runtime
 
 # %% tags=["hide-input"]
-main_tasks = list(dict.fromkeys(arm_task(study, a) for a in study.arms if a.group == ""))
-titles = {
-    t: data.records[study.select(task=t)[0].id][0].provenance.get("task_title", t)
-    for t in main_tasks
-}
+main_tasks = data.tasks(group="")
+titles = data.task_titles(main_tasks)
 runs = {
     titles[t]: {a.label: data.records[a.id] for a in study.select(task=t) if a.group == ""}
     for t in main_tasks

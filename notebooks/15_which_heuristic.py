@@ -42,7 +42,6 @@ from adamqlr.plots.factorial import plot_interactions
 from adamqlr.plots.tables import format_table
 from adamqlr.studies import notebook_records
 from adamqlr.studies.analysis import provenance_text, tuning_summary
-from adamqlr.studies.core import arm_task
 from adamqlr.studies.effects import capped_finals, factorial_effects
 from adamqlr.studies.factorial import CELLS, EXCLUDED, EXTRA_CELLS, cell
 from adamqlr.studies.verdicts import compare, edge_choices, judge, verdict_table
@@ -56,10 +55,8 @@ pd.set_option("display.precision", 4)
 # reads: results/tuning/*/*/trials-*.jsonl
 data = notebook_records("factorial", profile, compute=compute)
 study = data.study
-tasks = list(dict.fromkeys(arm_task(study, arm) for arm in study.arms))
-titles = {
-    t: data.records[study.select(task=t)[0].id][0].provenance.get("task_title", t) for t in tasks
-}
+tasks = data.tasks()
+titles = data.task_titles()
 print(f"study {study.name!r}, profile {study.profile!r}: {len(study.arms)} arms on {tasks}")
 print(provenance_text(data.all_records()))
 

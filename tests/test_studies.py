@@ -300,3 +300,19 @@ def test_committed_quick_records_cover_every_study(name):
         f"{len(todo)} quick run(s) of study {name!r} have no current record; "
         f"run: adamqlr study run {name} --profile quick"
     )
+
+
+def test_study_records_name_their_tasks_in_arm_order(tmp_path):
+    """``tasks`` and ``task_titles``: what the experiment pages label their panels with."""
+    from adamqlr.studies.core import StudyRecords
+
+    study = tiny_study()
+    record = RunRecord(spec=None, metrics=pd.DataFrame(), provenance={"task_title": "Tiny"},
+                       manifest={"key": "k" * 64}, path=None)  # type: ignore[arg-type]  # fmt: skip
+    data = StudyRecords(study, {}, {arm.id: [record] for arm in study.arms}, {})
+    assert data.tasks() == ["tiny-regression"] and data.tasks(group="") == ["tiny-regression"]
+    assert data.task_titles() == {"tiny-regression": "Tiny"}
+    untitled = RunRecord(spec=None, metrics=pd.DataFrame(), provenance={},
+                         manifest={"key": "k" * 64}, path=None)  # type: ignore[arg-type]  # fmt: skip
+    bare = StudyRecords(study, {}, {arm.id: [untitled] for arm in study.arms}, {})
+    assert bare.task_titles(["tiny-regression"]) == {"tiny-regression": "tiny-regression"}

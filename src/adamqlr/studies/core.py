@@ -801,6 +801,21 @@ class StudyRecords:
         """Return the study's arms with the given group and/or task."""
         return self.study.select(group=group, task=task)
 
+    def tasks(self, *, group: str | None = None) -> list[str]:
+        """Return the tasks of the study's arms (of ``group`` only, if given), in arm order."""
+        return list(dict.fromkeys(arm_task(self.study, arm) for arm in self.arms(group=group)))
+
+    def task_titles(self, tasks: Sequence[str] | None = None) -> dict[str, str]:
+        """Return ``{task: title}`` as the records name their task (default: :meth:`tasks`).
+
+        The title is the first record's ``provenance["task_title"]`` (the task's name when
+        the record does not say).
+        """
+        return {
+            t: self.records[self.study.select(task=t)[0].id][0].provenance.get("task_title", t)
+            for t in (self.tasks() if tasks is None else tasks)
+        }
+
     def by_label(
         self, *, group: str | None = None, task: str | None = None, ids: Sequence[str] | None = None
     ) -> dict[str, list[RunRecord]]:
