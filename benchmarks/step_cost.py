@@ -659,7 +659,7 @@ def save(path: Path, summary: dict[str, object], runs: list[object], args: argpa
          device: torch.device) -> None:  # fmt: skip
     """Write the benchmark's medians, every run and where they came from, atomically."""
     from adamqlr.results.atomic import atomic_write_json
-    from adamqlr.results.provenance import git_state
+    from adamqlr.results.provenance import device_name, git_state
 
     provenance = {
         "benchmark": "step_cost",
@@ -670,6 +670,9 @@ def save(path: Path, summary: dict[str, object], runs: list[object], args: argpa
         "python_version": platform.python_version(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        # the model: ratios move between machines (one that waits less on memory does the
+        # optimiser's extra small kernels relatively faster)
+        "device_name": device_name(str(device)),
         "cpu_count": os.cpu_count(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "device": str(device),

@@ -550,6 +550,20 @@ def test_an_overflowing_second_moment_is_refused():
     assert not _state_tensors(opt)
 
 
+def test_a_large_finite_second_moment_is_no_false_alarm():
+    """float32: v ~ 1e31 is finite though its norm (sqrt of 1e62) is not: the step goes ahead."""
+    model = nn.Linear(4, 1)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+        model.bias.fill_(0.0)
+    x, y = torch.full((2, 4), 1.0), torch.full((2, 1), 1e17)
+    opt = AdamQLR(model, "squared_error")
+    stats = opt.step(x, y)
+    v = opt.state[model.weight]["exp_avg_sq"]
+    assert stats.accepted and stats.reason == ""
+    assert torch.isfinite(v).all() and not torch.isfinite(torch.linalg.vector_norm(v))
+
+
 def test_zero_predicted_change_leaves_damping_alone():
     """rho = 0/0 when the model predicts no change: NaN, and the damping stays."""
     model = mlp((5, 4, 3))

@@ -28,6 +28,7 @@ def test_saved_benchmark_holds_medians_of_its_runs(tmp_path):
     assert json.loads(done.stdout) == saved["median"]
     assert saved["provenance"]["runs"] == 2 and len(saved["runs"]) == 2
     assert "commit" in saved["provenance"]["git"] and saved["provenance"]["threads"] == 1
+    assert saved["provenance"]["device_name"]
     bench = load_step_cost(tmp_path)
     ratios = [r["energy-588"]["adamqlr-fisher"]["ratio"] for r in saved["runs"]]
     assert bench.ratio("energy-588", "adamqlr-fisher") == pytest.approx(statistics.median(ratios))
