@@ -156,6 +156,35 @@ def test_declared_run_records_are_inputs(tmp_path) -> None:
     assert not state.up_to_date and state.reasons == ("run records changed",)
 
 
+def test_only_the_records_a_page_read_or_looked_for_are_inputs(tmp_path) -> None:
+    """The kernel's read log, not the page's broad glob, decides which records count."""
+    body = (
+        "# reads: results/**/manifest.json\n"
+        "from types import SimpleNamespace\n"
+        "from adamqlr.results.store import ResultStore\n"
+        f"store = ResultStore({str(tmp_path / 'results')!r}, sweep=False)\n"
+        "wanted = SimpleNamespace(task='t', optimiser='o', profile='quick', seed=0, key='a' * 64)\n"
+        "assert store.status(wanted) == 'missing'"
+    )
+    project = make_project(tmp_path, {"tiny": TINY.format(body=body)})
+    assert run(tmp_path) == 0
+    records = json.loads((tmp_path / "book" / "tiny.ipynb").read_text())["metadata"][METADATA_KEY][
+        "inputs"
+    ]["records"]
+    wanted = "results/t/o/quick-seed0-aaaaaaaaaaaaaaaa/manifest.json"
+    ledger = "results/tuning/t/o/trials-quick.jsonl"  # where a folded trial would be
+    assert records["store"] == {wanted: None, ledger: None}  # looked for, missing
+    entry = project.notebook("tiny")
+    other = tmp_path / "results" / "t" / "o" / "quick-seed1-bbbbbbbbbbbbbbbb"
+    other.mkdir(parents=True)
+    (other / "manifest.json").write_text(json.dumps({"profile": "quick"}))
+    assert freshness(project, entry).up_to_date  # another study's record, matched by the glob
+    (tmp_path / wanted).parent.mkdir(parents=True)
+    (tmp_path / wanted).write_text(json.dumps({"profile": "quick"}))
+    state = freshness(project, entry)
+    assert not state.up_to_date and state.reasons == ("run records changed",)
+
+
 def test_library_code_the_notebook_ran_is_an_input(tmp_path) -> None:
     project = make_project(tmp_path, {"tiny": TINY.format(body="import adamqlr.book.demo")})
     assert run(tmp_path) == 0

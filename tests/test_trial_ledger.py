@@ -237,3 +237,51 @@ def test_paper_trials_evaluate_only_where_the_search_looks(tmp_path):
     assert evaluated == 3, record.metrics
     with pytest.raises(ValueError, match="eval_points=1"):
         Search(search_space("adam", "uci-energy"), 4, eval_points=1)
+
+
+@pytest.fixture
+def read_log():
+    from adamqlr.results import reads
+
+    reads.start()
+    yield reads
+    reads.stop()
+
+
+def test_the_read_log_names_what_a_reader_consulted(tmp_path, read_log):
+    """Records read, trials read from their ledger, records looked for and missing, scans."""
+    store = ResultStore(tmp_path)
+    present, folded, absent = _spec(seed=1), _spec(seed=2), _spec(seed=3)
+    _save(store, present, 0.5)
+    _save(store, folded, 0.25)
+    store.summarise([folded])
+    read_log.stop()
+    read_log.start()
+    assert store.status(present) == "complete" and store.status(folded) == "complete"
+    assert store.status(absent) == "missing"
+    store.load(present)
+    store.load(folded)
+    with pytest.raises(Exception, match="no run record"):
+        store.load(absent)
+    list(store.manifests(task="uci-energy"))
+    log = read_log.logged()
+    ledger = str(store.ledger("uci-energy", "adam", "smoke").path)
+    manifest = {s.seed: str(store.record_dir(s) / "manifest.json") for s in (present, absent)}
+    assert log["files"] == sorted({manifest[1], manifest[3], ledger})
+    assert str(store.record_dir(folded) / "manifest.json") not in log["files"]  # its ledger row
+    assert log["scans"] == [str(tmp_path / "uci-energy/*/*-seed*/manifest.json")]
+
+
+def test_the_read_log_is_off_unless_asked_for():
+    from adamqlr.book.runner import READS_ENV
+    from adamqlr.results import reads
+
+    assert READS_ENV == reads.ENV  # the runner names the variable without importing the store
+    code = "from adamqlr.results import reads; print(reads.active())"
+    env = {k: v for k, v in os.environ.items() if k != reads.ENV} | {"PYTHONPATH": str(SRC)}
+    for value, expected in ((None, "False"), ("1", "True"), ("0", "False")):
+        run_env = env if value is None else env | {reads.ENV: value}
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=run_env, capture_output=True, text=True, check=True
+        )
+        assert out.stdout.strip() == expected

@@ -7,16 +7,22 @@ inputs are
 2. the profile and the other papermill parameters;
 3. :data:`adamqlr.ALGORITHM_VERSION` and :data:`RUNNER_VERSION` (what the runner adds to a
    notebook: the Colab cell, the metadata);
-4. the run records the notebook declares it reads: lines ``# reads: <glob>`` in its code cells,
-   globs relative to the project root, every matching file hashed (a glob that matches nothing
-   counts too, so records that appear later make the page stale);
+4. the run records the notebook read. The runner logs, in the kernel, every record manifest and
+   trial ledger the results store read or looked for (:mod:`adamqlr.results.reads`): those files
+   are hashed (one looked for and missing counts as missing, so a record that appears later makes
+   the page stale), and a record added beside them for another study does not. The notebook
+   also declares its reads, lines ``# reads: <glob>`` in its code cells, globs relative to the
+   project root: every matching file is hashed (a glob that matches nothing counts too), except
+   the store's own files when the page has a read log (they are covered exactly by it); a page
+   executed without a log (one that never opened a store) is judged by its globs alone;
 5. the package's code that the notebook actually ran: the ``adamqlr`` modules loaded in the kernel
    at the end of the run (recorded by the runner), each fingerprinted by its syntax tree without
    docstrings, so that editing a comment or a docstring does not make every page stale, while any
    change to what the code does (or a module imported by the notebook disappearing) does.
 
-Items 1 to 4 are known before a run and form the *content hash*; item 5 is known only after it.
-The recorded ``input_hash`` combines the content hash with the code fingerprints.
+Items 1 to 3 and the globs are known before a run; the read log and item 5 only after it. The
+*content hash* covers items 1 to 4; the recorded ``input_hash`` combines it with the code
+fingerprints.
 
 Hashing the same files (some 8,000 run records and 80 modules) for every ``adamqlr book status``
 took seconds, so digests are kept between processes in :class:`StampedCache`
@@ -53,13 +59,16 @@ __all__ = [
     "gather_inputs",
     "input_hash",
     "package_dir",
+    "relative_reads",
     "sha256_bytes",
     "sha256_file",
+    "store_hashes",
+    "store_reads_of",
 ]
 
 #: Bumped when what the runner writes into a notebook changes (injected cells, metadata layout),
 #: so that every page is re-executed once.
-RUNNER_VERSION = 2
+RUNNER_VERSION = 3
 
 _READS = re.compile(r"^\s*#\s*reads:\s*(?P<pattern>\S.*?)\s*$")
 
@@ -279,7 +288,11 @@ def declared_reads(code_cells: Iterable[str]) -> list[str]:
 
 
 def record_hashes(
-    root: str | os.PathLike[str], patterns: Iterable[str], profile: str | None = None
+    root: str | os.PathLike[str],
+    patterns: Iterable[str],
+    profile: str | None = None,
+    *,
+    store_files: bool = True,
 ) -> dict[str, Any]:
     """Hash every file matched by the declared globs.
 
@@ -289,6 +302,8 @@ def record_hashes(
         profile: If given, a run record's ``manifest.json`` made under another profile is left
             out: a page run under ``quick`` reads only quick records, so a paper-profile campaign
             writing into the same store does not make it stale.
+        store_files: Whether to hash the results store's own files (record manifests and trial
+            ledgers); ``False`` when a read log covers them (:func:`store_hashes`).
 
     Returns:
         ``{pattern: {relpath: sha256}}``; an empty mapping for a glob that matches nothing.
@@ -299,13 +314,77 @@ def record_hashes(
         files = sorted(
             p
             for p in glob.glob(str(root / pattern), recursive=True)
-            if os.path.isfile(p) and (profile is None or _record_profile(p) in (None, profile))
+            if os.path.isfile(p) and _counted(p, profile, store_files)
         )
         out[pattern] = {
             Path(p).relative_to(root).as_posix(): cached_digest(p, "sha256", sha256_file)
             for p in files
         }
     return out
+
+
+def _counted(path: str, profile: str | None, store_files: bool) -> bool:
+    """Whether a glob's match is hashed (see :func:`record_hashes`)."""
+    found = _record_profile(path)
+    if found is None:  # not a store file (or an unreadable manifest: hashed as it is)
+        return True
+    return store_files and (profile is None or found == profile)
+
+
+#: The key of :func:`store_hashes`' files in ``Inputs.records``; scanned globs are keyed by
+#: this prefix and the glob.
+STORE_KEY = "store"
+SCAN_PREFIX = "scan:"
+
+
+def store_hashes(root: str | os.PathLike[str], store_reads: Mapping[str, Any]) -> dict[str, Any]:
+    """Hash the results-store files a page read (its read log, :mod:`adamqlr.results.reads`).
+
+    Args:
+        root: The project root (relative paths in the log are relative to it).
+        store_reads: ``{"files": [...], "scans": [...]}``: the files read or looked for, and the
+            globs scanned (every match counts).
+
+    Returns:
+        ``{"store": {path: sha256 or None for a missing file}, "scan:<glob>": {path: sha256}}``.
+    """
+    root = Path(root)
+    files = {
+        rel: (cached_digest(root / rel, "sha256", sha256_file) if (root / rel).is_file() else None)
+        for rel in sorted(store_reads.get("files", []))
+    }
+    out: dict[str, Any] = {STORE_KEY: files}
+    for pattern in sorted(store_reads.get("scans", [])):
+        matches = sorted(p for p in glob.glob(str(root / pattern)) if os.path.isfile(p))
+        out[SCAN_PREFIX + pattern] = {
+            _relative(p, root): cached_digest(p, "sha256", sha256_file) for p in matches
+        }
+    return out
+
+
+def store_reads_of(records: Mapping[str, Any]) -> dict[str, list[str]] | None:
+    """Return the read log that :func:`store_hashes` hashed into ``records`` (``None``: none)."""
+    if STORE_KEY not in records:
+        return None
+    scans = [k[len(SCAN_PREFIX) :] for k in records if k.startswith(SCAN_PREFIX)]
+    return {"files": sorted(records[STORE_KEY]), "scans": sorted(scans)}
+
+
+def relative_reads(logged: Mapping[str, Any], root: str | os.PathLike[str]) -> dict[str, list[str]]:
+    """Return a kernel's read log with its paths relative to ``root`` where they lie under it."""
+    return {
+        kind: sorted({_relative(p, Path(root)) for p in logged.get(kind, [])})
+        for kind in ("files", "scans")
+    }
+
+
+def _relative(path: str | os.PathLike[str], root: Path) -> str:
+    """``path`` relative to ``root`` (POSIX separators), or absolute when it lies outside."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        return absolute.relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return absolute.as_posix()
 
 
 def _record_profile(path: str) -> str | None:
@@ -371,6 +450,7 @@ def gather_inputs(
     code_cells: Iterable[str],
     profile: str,
     parameters: Mapping[str, Any] | None = None,
+    store_reads: Mapping[str, Any] | None = None,
 ) -> Inputs:
     """Collect the :class:`Inputs` of a notebook run.
 
@@ -380,6 +460,9 @@ def gather_inputs(
         code_cells: Sources of its code cells (where ``# reads:`` lines are looked for).
         profile: The profile it runs under.
         parameters: Other papermill parameters.
+        store_reads: The page's read log (:func:`relative_reads`), known after a run: its files
+            are hashed and stand for the store's files among the globs' matches (``None``: the
+            globs alone).
 
     Returns:
         The inputs.
@@ -401,5 +484,8 @@ def gather_inputs(
         parameters=params,
         algorithm_version=int(ALGORITHM_VERSION),
         runner_version=RUNNER_VERSION,
-        records=record_hashes(root, declared_reads(code_cells), profile),
+        records=record_hashes(
+            root, declared_reads(code_cells), profile, store_files=store_reads is None
+        )
+        | ({} if store_reads is None else store_hashes(root, store_reads)),
     )

@@ -45,6 +45,8 @@ from adamqlr.book.fingerprint import (
     disk_cache,
     gather_inputs,
     input_hash,
+    relative_reads,
+    store_reads_of,
 )
 from adamqlr.book.project import NotebookEntry, Project
 from adamqlr.profiles import PROFILE_CHOICES, Profile, parse_profile
@@ -438,8 +440,10 @@ if _torch is not None and _torch.cuda.is_available():
     _device = "GPU: " + _torch.cuda.get_device_name(0)
 else:
     _device = "CPU: " + _cpu() + f" ({{_os.cpu_count()}} logical cores)"
+_reads = _sys.modules.get("adamqlr.results.reads")
 print("{_PROVENANCE_MARK}" + _json.dumps({{
     "modules": _mods,
+    "store_reads": _reads.logged() if _reads is not None else None,
     "device": _device,
     "torch": getattr(_torch, "__version__", None),
     "torch_threads": _torch.get_num_threads() if _torch is not None else None,
@@ -449,6 +453,27 @@ print("{_PROVENANCE_MARK}" + _json.dumps({{
     cell = nbformat.v4.new_code_cell(source)
     cell.metadata["tags"] = [PROVENANCE_TAG, "remove-cell"]
     return cell
+
+
+#: The environment variable that makes the kernel log what it reads from a results store
+#: (:data:`adamqlr.results.reads.ENV`; named here, not imported, so that the book's commands do
+#: not load the results package).
+READS_ENV = "ADAMQLR_LOG_READS"
+
+
+@contextlib.contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables (which a kernel started inside inherits), then restore them."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 # --------------------------------------------------------------------------- verification
@@ -612,17 +637,18 @@ def execute_notebook(
         nbformat.write(nb, str(tmp_in))
         error: BaseException | None = None
         try:
-            papermill.execute_notebook(
-                str(tmp_in),
-                str(tmp_out),
-                parameters={"profile": profile.value, **params},
-                kernel_name=kernel_name,
-                language="python",
-                progress_bar=False,
-                start_timeout=start_timeout,
-                execution_timeout=cell_timeout,
-                cwd=str(target.parent),
-            )
+            with _environment({READS_ENV: "1"}):  # the kernel logs the store's reads
+                papermill.execute_notebook(
+                    str(tmp_in),
+                    str(tmp_out),
+                    parameters={"profile": profile.value, **params},
+                    kernel_name=kernel_name,
+                    language="python",
+                    progress_bar=False,
+                    start_timeout=start_timeout,
+                    execution_timeout=cell_timeout,
+                    cwd=str(target.parent),
+                )
         except BaseException as err:  # noqa: BLE001 - every failure must be caught (B1)
             error = err
         duration = time.perf_counter() - clock
@@ -665,6 +691,10 @@ def execute_notebook(
     for warning in _stderr_outputs(executed):
         log.warning("%s: output on stderr: %s", name, warning)
     code = code_fingerprints(provenance.get("modules", []))
+    logged = provenance.get("store_reads")
+    if isinstance(logged, dict):  # what the page read from the results store, exactly
+        reads = relative_reads(logged, root)
+        inputs = gather_inputs(root, source, code_cells, profile, params, store_reads=reads)
     content = inputs.content_hash()
     record = {
         "profile": profile.value,
@@ -783,7 +813,10 @@ def freshness(
     default, code_cells = _source_summary(entry.source, entry.name)
     recorded = recorded_metadata(entry.target)
     chosen = choose_profile(profile, recorded, default)
-    inputs = gather_inputs(project.root, entry.source, code_cells, chosen, parameters)
+    logged = store_reads_of(((recorded or {}).get("inputs") or {}).get("records") or {})
+    inputs = gather_inputs(
+        project.root, entry.source, code_cells, chosen, parameters, store_reads=logged
+    )
     if recorded is None:
         return Freshness(entry, chosen, False, ("never executed",), None)
     reasons: list[str] = []

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from adamqlr import version
+from adamqlr.results import reads
 from adamqlr.results.atomic import (
     atomic_write_bytes,
     file_lock,
@@ -349,6 +350,7 @@ class ResultStore:
 
     def _ledger_row(self, settings: SettingsLike) -> tuple[TrialLedger, dict[str, Any]] | None:
         ledger = self.ledger(settings.task, settings.optimiser, settings.profile)
+        reads.note_file(ledger.path)
         row = ledger.get(settings.key)
         return None if row is None else (ledger, row)
 
@@ -507,6 +509,7 @@ class ResultStore:
         folder = self.record_dir(settings)
         try:
             text = (folder / MANIFEST).read_bytes()
+            reads.note_file(folder / MANIFEST)
             manifest = self._read_manifest(folder)
         except FileNotFoundError:
             try:
@@ -514,6 +517,7 @@ class ResultStore:
             except LedgerError:
                 return "corrupt", None
             if found is None:
+                reads.note_file(folder / MANIFEST)  # looked for: its appearing would matter
                 return "missing", None
             row = found[1]
             return ("stale" if self.is_stale(row) else "complete"), "ledger:" + row["row_sha256"]
@@ -558,6 +562,7 @@ class ResultStore:
                 return self._summary_record(
                     found[0], found[1], settings, allow_stale=allow_stale, decode_spec=decode
                 )
+            reads.note_file(folder / MANIFEST)  # looked for: its appearing would matter
             command = spec.command() if hasattr(spec, "command") else ""
             raise MissingRecordError(
                 f"no run record for {spec} in {self.root}"
@@ -588,6 +593,7 @@ class ResultStore:
         folder = Path(folder)
         for attempt in range(3):  # a concurrent forced rewrite may replace the files under us
             manifest = self._read_manifest(folder)
+            reads.note_file(folder / MANIFEST)
             try:
                 blobs = {}
                 for kind in _DATA_FILES:
@@ -737,6 +743,7 @@ class ResultStore:
     ) -> Iterator[tuple[Path, dict[str, Any]]]:
         """Yield ``(folder, manifest)`` of every complete record matching the filters."""
         pattern = f"{task or '*'}/{optimiser or '*'}/{profile or '*'}-seed*/{MANIFEST}"
+        reads.note_scan(self.root / pattern)
         for path in sorted(self.root.glob(pattern)):
             try:
                 yield path.parent, self._read_manifest(path.parent)
