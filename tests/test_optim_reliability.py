@@ -535,12 +535,18 @@ def test_an_overflowing_step_is_refused_even_without_a_trial_loss():
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_an_overflowing_second_moment_is_refused():
-    """float32: a finite gradient of 1e22 overflows (1 - beta2) g^2; d is then 0, not NaN."""
-    model = nn.Linear(1, 1)
+def _zero_linear(inputs: int) -> nn.Linear:
+    """A float32 ``Linear(inputs, 1)`` with zero weights and bias: its gradient is set by y."""
+    model = nn.Linear(inputs, 1)
     with torch.no_grad():
         model.weight.fill_(0.0)
         model.bias.fill_(0.0)
+    return model
+
+
+def test_an_overflowing_second_moment_is_refused():
+    """float32: a finite gradient of 1e22 overflows (1 - beta2) g^2; d is then 0, not NaN."""
+    model = _zero_linear(1)
     x, y = torch.full((2, 1), 1e11), torch.full((2, 1), 1e11)
     opt = AdamQLR(model, "squared_error")
     with pytest.warns(RuntimeWarning, match="nonfinite_gradient"):
@@ -552,10 +558,7 @@ def test_an_overflowing_second_moment_is_refused():
 
 def test_a_large_finite_second_moment_is_no_false_alarm():
     """float32: v ~ 1e31 is finite though its norm (sqrt of 1e62) is not: the step goes ahead."""
-    model = nn.Linear(4, 1)
-    with torch.no_grad():
-        model.weight.fill_(0.0)
-        model.bias.fill_(0.0)
+    model = _zero_linear(4)
     x, y = torch.full((2, 4), 1.0), torch.full((2, 1), 1e17)
     opt = AdamQLR(model, "squared_error")
     stats = opt.step(x, y)
