@@ -97,7 +97,8 @@ print(provenance_text(data.all_records()))
 #   is back at its starting value, so the reduction ratio falls towards 0 and the damping rises.
 #   The amplified step is also the one whose predicted change enters $\rho$.
 #
-# For Adam, the learning rate varies around the tuned Adam (same batch size).
+# For Adam, the learning rate and, separately, the batch size vary around the tuned Adam: the
+# learning rate is what AdamQLR's step size replaces, the batch size what both share.
 
 # %% tags=["hide-input"]
 choice_qlr = data.plans[study.select(group="batch_size")[0].id].choice
@@ -113,6 +114,7 @@ GROUPS = {
     "stepping_factor": (r"stepping factor $\omega_\mathrm{inc} = 1/\omega_\mathrm{dec}$", True),
     "amplification": ("amplification $k$", True),
     "adam_lr": ("Adam learning rate", True),
+    "adam_batch_size": ("Adam batch size", True),
 }
 # The same names without TeX, for glued text (which is not typeset).
 PLAIN = {
@@ -121,6 +123,16 @@ PLAIN = {
     "stepping_factor": "stepping factor ω_inc = 1/ω_dec",
     "amplification": "amplification k",
     "adam_lr": "Adam learning rate",
+    "adam_batch_size": "Adam batch size",
+}
+# The tuned value of each swept quantity (the dotted lines, and the reference of each sweep).
+TUNED = {
+    "batch_size": choice_qlr.get("batch_size"),
+    "initial_damping": choice_qlr.get("initial_damping"),
+    "stepping_factor": choice_qlr.get("damping_increase"),
+    "amplification": 1.0,
+    "adam_lr": choice_adam.get("lr"),
+    "adam_batch_size": choice_adam.get("batch_size"),
 }
 glue("se_runs", provenance_text(data.all_records()), display=False)
 glue("se_repeats", max(len(a.seeds) for a in study.arms), display=False)
@@ -132,7 +144,7 @@ glue("se_profile", str(study.profile), display=False)
 # {numref}`fig-se-curves` shows, for each swept quantity, the test loss against optimisation
 # time, one median curve per value, in the style of the paper's sensitivity figures.
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "Test loss on Fashion-MNIST against optimisation time when one hyperparameter moves away from the tuned AdamQLR ({glue:text}`se_tuned_qlr`) or, bottom left, the learning rate away from the tuned Adam ({glue:text}`se_tuned_adam`). One line per value (mean of 50 bootstrap medians over {glue:text}`se_repeats` repeats; colour: the value, log scale). Runs: {glue:text}`se_runs`.", "name": "fig-se-curves"}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Test loss on Fashion-MNIST against optimisation time when one hyperparameter moves away from the tuned AdamQLR ({glue:text}`se_tuned_qlr`) or, bottom row, the learning rate or the batch size away from the tuned Adam ({glue:text}`se_tuned_adam`). One line per value (mean of 50 bootstrap medians over {glue:text}`se_repeats` repeats; colour: the value, log scale). Runs: {glue:text}`se_runs`.", "name": "fig-se-curves"}}
 fig, axes = plt.subplots(3, 2, figsize=(9.0, 10.2))
 for ax, (group, (name, log)) in zip(axes.flat, GROUPS.items(), strict=False):
     arms = study.select(group=group)
@@ -146,7 +158,6 @@ for ax, (group, (name, log)) in zip(axes.flat, GROUPS.items(), strict=False):
         band=False,
     )
     ax.set_title(name, fontsize="medium")
-axes.flat[-1].set_visible(False)
 plt.show()
 
 # %% [markdown]
@@ -160,16 +171,10 @@ plt.show()
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Final test loss on Fashion-MNIST against each swept hyperparameter (median over {glue:text}`se_repeats` repeats, bars: range, crosses at the top: every repeat diverged); dotted: the tuned value. Runs: {glue:text}`se_runs`.", "name": "fig-se-final"}}
 fig, axes = plt.subplots(2, 3, figsize=(9.0, 6.4), sharey=True, layout="constrained")
-axes.flat[-1].set_visible(False)
 spread = {}
 for ax, (group, (name, log)) in zip(axes.flat, GROUPS.items(), strict=False):
     table = sensitivity_table(data, group, "test_loss")
-    tuned = choice_adam.get("lr") if group == "adam_lr" else {
-        "batch_size": choice_qlr.get("batch_size"),
-        "initial_damping": choice_qlr.get("initial_damping"),
-        "stepping_factor": choice_qlr.get("damping_increase"),
-        "amplification": 1.0,
-    }[group]
+    tuned = TUNED[group]
     plot_final_vs_value(table, ax=ax, log_x=log, xlabel=name, reference=tuned,
                         ylabel="final test loss" if any(ax is a for a in axes[:, 0]) else None)  # fmt: skip
     finite = table["median"][np.isfinite(table["median"])]
@@ -194,9 +199,6 @@ plt.show()
 
 # %%
 spread = pd.DataFrame(spread).T
-TUNED = {"batch_size": choice_qlr.get("batch_size"), "initial_damping":
-         choice_qlr.get("initial_damping"), "stepping_factor": choice_qlr.get("damping_increase"),
-         "amplification": 1.0, "adam_lr": choice_adam.get("lr")}  # fmt: skip
 effects = {}
 for group in GROUPS:
     arms = sorted(data.arms(group=group), key=lambda a: a.value)
@@ -226,7 +228,7 @@ for name, key in zip(spread.index, GROUPS, strict=True):
     glue(f"se_effect_{key}",
          f"{row['worst / reference']:.3g}× (95 % CI {row['CI low']:.3g}–{row['CI high']:.3g}×)",
          display=False)  # fmt: skip
-qlr_keys = [key for key in GROUPS if key != "adam_lr"]
+qlr_keys = [key for key in GROUPS if not key.startswith("adam_")]
 lows = {k: effects.loc[GROUPS[k][0], "CI low"] for k in qlr_keys}
 highs = {k: effects.loc[GROUPS[k][0], "CI high"] for k in qlr_keys}
 most = max(qlr_keys, key=lambda k: effects.loc[GROUPS[k][0], "worst / reference"])
@@ -707,7 +709,8 @@ glue("se_off_fig_stop", fig_stop, display=False)
 # The worst value of each sweep, against the grid value nearest the tuned one: batch size
 # {glue:text}`se_effect_batch_size`, initial damping {glue:text}`se_effect_initial_damping`,
 # stepping factor {glue:text}`se_effect_stepping_factor`, amplification
-# {glue:text}`se_effect_amplification`, and Adam's learning rate {glue:text}`se_effect_adam_lr`.
+# {glue:text}`se_effect_amplification`; Adam's learning rate {glue:text}`se_effect_adam_lr` and
+# its batch size {glue:text}`se_effect_adam_batch_size`.
 # The grids differ in width, so these compare the quantities over the ranges the paper studied,
 # not per unit of change.
 #

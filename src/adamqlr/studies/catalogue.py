@@ -8,7 +8,7 @@ study                  chapter and question
 ``damping``            09: damped against undamped AdamQLR; the official code's padding dilution
 ``lr-clipping``        10: the step-size clip alpha_max (on in arXiv v2, off in the camera-ready)
 ``sensitivity``        11: batch size, initial damping, stepping factor, amplification (and
-                       Adam's learning rate) around the tuned configurations
+                       Adam's learning rate and batch size) around the tuned configurations
 ``runtime``            12: the cost of one step, per optimiser and batch size
 ``rosenbrock``         06: the paper's Rosenbrock trajectories, tuned as the paper tuned them
 ``fixed-runtime``      07: the paper's two fixed-runtime regimes (tuned on training or
@@ -468,6 +468,7 @@ def _sensitivity(profile: Profile) -> Study:
             "stepping": (2.0, 4.0),
             "amplification": (0.5, 2.0),
             "adam_lr": (1e-3, 1e-2),
+            "adam_batch_size": (50, 100),
         },
         Profile.QUICK: {
             "batch_size": (100, 400, 1600, 3200),
@@ -475,6 +476,7 @@ def _sensitivity(profile: Profile) -> Study:
             "stepping": _powers2(0.5, 2.0, 0.5),
             "amplification": _powers2(-1, 1, 0.5),
             "adam_lr": _decades(-5, -1, 1),
+            "adam_batch_size": (100, 400, 1600, 3200),
         },
         Profile.PAPER: {
             "batch_size": (50, 100, 200, 400, 800, 1600, 3200),
@@ -482,6 +484,7 @@ def _sensitivity(profile: Profile) -> Study:
             "stepping": _powers2(0.2, 2.0, 0.2),
             "amplification": _powers2(-1, 1, 0.2),
             "adam_lr": _decades(-6, 0, 3),
+            "adam_batch_size": (50, 100, 200, 400, 800, 1600, 3200),
         },
     }
     grids = table[profile]
@@ -498,6 +501,14 @@ def _sensitivity(profile: Profile) -> Study:
         )
         + _around(profile, "amplification", grids["amplification"], "k = {:.3g}")
         + _around(profile, "lr", grids["adam_lr"], "Adam lr = {:.0e}", ref="adam", group="adam_lr")
+        + _around(
+            profile,
+            "batch_size",
+            [int(b) for b in grids["adam_batch_size"]],
+            "Adam batch {:d}",
+            ref="adam",
+            group="adam_batch_size",
+        )
     )
     return Study(
         "sensitivity",
@@ -507,7 +518,8 @@ def _sensitivity(profile: Profile) -> Study:
         description=(
             "Starting from the tuned AdamQLR configuration on Fashion-MNIST, vary the batch size, "
             "the initial damping, the stepping factor (omega_inc = 1/omega_dec) or the update "
-            "amplification k, one at a time; and Adam's learning rate around tuned Adam."
+            "amplification k, one at a time; and Adam's learning rate and batch size around "
+            "tuned Adam."
         ),
         chapter="11_sensitivity",
         finalise=_cadence,
