@@ -231,6 +231,41 @@ def test_notebook_records_under_paper_stops_with_the_command(tmp_path):
         notebook_records("runtime", "huge", store=store)
 
 
+def test_notebook_records_stand_in_another_profile_only_when_asked(tmp_path):
+    empty = ResultStore(tmp_path)
+    with pytest.raises(StudyIncomplete, match="--profile quick"):  # no quick records either
+        notebook_records("kfac-sensitivity", "paper", store=empty, fallback="quick")
+    with pytest.raises(StudyIncomplete, match="--profile paper"):
+        notebook_records("kfac-sensitivity", "paper", store=empty, fallback="paper")
+    # the committed store: the paper campaign of this study is under way, its quick runs made
+    if missing(get_study("kfac-sensitivity", "paper"), ResultStore()):
+        data = notebook_records("kfac-sensitivity", "paper", fallback="quick")
+        assert data.study.profile == "quick" and data.records
+
+
+def test_sweep_effect_compares_each_value_with_the_one_nearest_the_tuned(tmp_path):
+    store = ResultStore(tmp_path)
+    arms = tuple(
+        Arm(f"lr={lr:g}", f"lr {lr:g}", tiny(), seeds=(0, 1, 2), overrides={"lr": lr},
+            group="lr", value=lr)
+        for lr in (1e-4, 3e-3, 1e-1)
+    )  # fmt: skip
+    data = obtain(Study("sweep", "smoke", "sweep", arms), store, compute=True)
+    effect = analysis.sweep_effect(data, "lr", 2e-3)
+    assert effect["reference value"] == 3e-3  # nearest on a log scale
+    finals = {a.value: np.median([final_value(r, "test_loss") for r in data.records[a.id]])
+              for a in arms}  # fmt: skip
+    worst = max((v for v in finals if v != 3e-3), key=lambda v: finals[v])
+    assert effect["worst value"] == worst
+    assert effect["worst / reference"] == pytest.approx(finals[worst] / finals[3e-3])
+    assert effect["CI low"] <= effect["worst / reference"] <= effect["CI high"]
+    assert effect["values detectably worse"].endswith("of 2")
+    with pytest.raises(ValueError, match="invalid reference -1"):
+        analysis.sweep_effect(data, "lr", -1)
+    with pytest.raises(ValueError, match="no arm"):
+        analysis.sweep_effect(data, "batch", 1.0)
+
+
 # ------------------------------------------------------------------------------------- tables
 def test_analysis_tables():
     def rec(seed, times, opt="adam", batch=50, label="Adam"):

@@ -39,6 +39,7 @@ __all__ = [
     "relative_cost",
     "sensitivity_table",
     "step_costs",
+    "sweep_effect",
     "tuning_summary",
     "tuning_table",
 ]
@@ -281,6 +282,65 @@ def final_table(
         row["runs"] = len(records)
         rows[label] = row
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def sweep_effect(
+    study_records: StudyRecords, group: str, reference: float, metric: str = "test_loss"
+) -> dict[str, Any]:
+    """Compare every value of one sensitivity sweep with the value nearest ``reference``.
+
+    The reference arm is the grid value nearest ``reference`` on a log scale (the tuned value,
+    chosen before looking at the results); every other value's runs are compared with its runs
+    by the ratio of the median final ``metric`` at the end of the epoch budget, with a 95 %
+    bootstrap interval (:func:`adamqlr.studies.verdicts.compare`, on the epoch axis, which machine
+    load cannot distort). The worst value is the one with the largest ratio (a NaN ratio, from
+    runs that all diverged, counts as infinite). Picking it after the fact biases its ratio
+    upward: the interval serves to compare quantities, not to test that one value.
+
+    Args:
+        study_records: The sensitivity study's records.
+        group: The swept quantity (an arm group, e.g. ``"initial_damping"``).
+        reference: The tuned value of the quantity (positive).
+        metric: The metric compared (a loss: higher is worse).
+
+    Returns:
+        ``reference value``, ``worst value``, ``worst / reference`` with ``CI low`` and ``CI
+        high``, and ``values detectably worse`` (``"k of n"``: intervals wholly above 1).
+
+    Raises:
+        ValueError: If no arm has that group, it has a single value, or ``reference`` is not
+            positive.
+    """
+    from adamqlr.studies.verdicts import compare
+
+    if not (isinstance(reference, (int, float)) and reference > 0):
+        raise ValueError(f"invalid reference {reference!r} (expected a positive value)")
+    arms = sorted(study_records.arms(group=group), key=lambda a: a.value)
+    if not arms:
+        raise ValueError(f"no arm in study {study_records.study.name!r} has group {group!r}")
+    if len(arms) < 2:
+        raise ValueError(
+            f"group {group!r} of study {study_records.study.name!r} has {len(arms)} value(s); "
+            "a sweep needs two or more"
+        )
+    ref = min(arms, key=lambda a: abs(math.log(a.value) - math.log(reference)))
+    records = study_records.records
+    epochs = float(records[ref.id][0].spec.settings().epochs)
+    found = [
+        (arm, compare(records[arm.id], records[ref.id], metric, axis="epoch", at=epochs,
+                      labels=(arm.label, ref.label)))
+        for arm in arms
+        if arm is not ref
+    ]  # fmt: skip
+    worst_arm, worst = max(found, key=lambda f: (np.nan_to_num(f[1].ratio, nan=np.inf), f[1].low))
+    return {
+        "reference value": ref.value,
+        "worst value": worst_arm.value,
+        "worst / reference": worst.ratio,
+        "CI low": worst.low,
+        "CI high": worst.high,
+        "values detectably worse": f"{sum(c.low > 1 for _, c in found)} of {len(found)}",
+    }
 
 
 def sensitivity_table(
