@@ -234,4 +234,5 @@ def test_intervals_beyond_the_bounds_read_in_words():
 
     assert span(0.88, 0.99) == "0.88–0.99×"
     assert span(1e-26, 3e-21) == "below 1e-6×" and span(2e7, math.inf) == "above 1e6×"
-    assert span(1e-9, 0.5) == "< 1e-6–0.5×"
+    assert span(1e-9, 0.5) == "below 1e-6× to 0.5×"
+    assert span(1.78, 1.1e22) == "1.78× to above 1e6×"

@@ -224,17 +224,25 @@ def times(ratio: float, *, unit: bool = True) -> str:
 
 
 def span(low: float, high: float) -> str:
-    """Write an interval of ratios, e.g. ``"0.88–0.99×"`` (``"below 1e-6×"``: both bounds are).
+    """Write an interval of ratios, e.g. ``"0.88–0.99×"``.
+
+    Bounds beyond 10^±6 read as words: ``"below 1e-6×"`` or ``"above 1e6×"`` when both are,
+    ``"1.78× to above 1e6×"`` or ``"below 1e-6× to 0.5×"`` when one is.
 
     Args:
         low: The lower bound.
         high: The upper bound.
     """
-    if times(high) == "< 1e-6×":
+    lo, hi = times(low), times(high)
+    if hi == "< 1e-6×":
         return "below 1e-6×"
-    if times(low) == "> 1e6×":
+    if lo == "> 1e6×":
         return "above 1e6×"
-    return f"{times(low, unit=False)}–{times(high)}"
+    if lo == "< 1e-6×" or hi == "> 1e6×":
+        lo = "below 1e-6×" if lo == "< 1e-6×" else lo
+        hi = "above 1e6×" if hi == "> 1e6×" else hi
+        return f"{lo} to {hi}"
+    return f"{times(low, unit=False)}–{hi}"
 
 
 def compare(
