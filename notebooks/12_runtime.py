@@ -183,7 +183,9 @@ glue("rt_threads", ", ".join(map(str, threads)), display=False)
 # figure draws the Fashion-MNIST runs of {ref}`ch-untuned-vs-tuned` both ways.
 
 # %% tags=["hide-input"]
-main_runs = notebook_records("untuned-vs-tuned", profile, compute=compute)
+# Until the paper-profile campaign of that chapter is complete, its quick records stand in
+# (the caption names the profile).
+main_runs = notebook_records("untuned-vs-tuned", profile, compute=compute, fallback="quick")
 # reads: results/uci-energy/*/*/manifest.json
 fm = main_runs.by_label(task="fashion-mnist")
 keep = ["AdamQLR (Untuned)", "AdamQLR", "Adam", "K-FAC (Untuned)"]
@@ -217,11 +219,11 @@ format_table(per_step)
 # ## What the figures say
 #
 # Timings come from the machine named in the captions, with the torch thread count(s)
-# {glue:text}`rt_threads`. Under `quick` that is a shared 2-core CPU on which other jobs ran at
-# the same time: a single slow step is absorbed by the per-run median, but a run made during a
-# busy minute is slow throughout. GPU timings, where the balance between the network's passes and the fixed cost per
-# operation is very different, come with the `paper` profile (`adamqlr study run runtime
-# --profile paper`).
+# {glue:text}`rt_threads`. For the records published here (both profiles) that is a shared
+# 2-core CPU on which other jobs ran at the same time: a single slow step is absorbed by the
+# per-run median, but a run made during a busy minute is slow throughout. GPU timings, where the
+# balance between the network's passes and the fixed cost per operation is very different, come
+# from the same study run on a GPU (`adamqlr study run runtime --profile paper --device cuda`).
 #
 # - **The clock.** Runs of one setting, made a few minutes apart, differ by up to
 #   {glue:text}`rt_spread:.1f` times in their median time per step (the bars in
