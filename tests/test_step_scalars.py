@@ -45,7 +45,7 @@ def test_direction_with_tensor_numbers_equals_python_numbers(dtype):
         ]
         ref_d, ref_m, ref_v = _reference_direction(ms, vs, grads, [step] * 4, 0.8, 0.99, 1e-3)
         d, _, candidate = opt._direction(params, grads, group)
-        steps, m, v = candidate
+        steps, m, v, _ = candidate
         assert steps == [step] * 4
         for a, b in zip([*d, *m, *v], [*ref_d, *ref_m, *ref_v], strict=True):
             assert a.dtype == dtype

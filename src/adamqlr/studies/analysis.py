@@ -315,27 +315,30 @@ def sweep_effect(
 
     if not (isinstance(reference, (int, float)) and reference > 0):
         raise ValueError(f"invalid reference {reference!r} (expected a positive value)")
-    arms = sorted(study_records.arms(group=group), key=lambda a: a.value)
-    if not arms:
+    valued = sorted(
+        ((float(a.value), a) for a in study_records.arms(group=group) if a.value is not None),
+        key=lambda pair: pair[0],
+    )
+    if not valued:
         raise ValueError(f"no arm in study {study_records.study.name!r} has group {group!r}")
-    if len(arms) < 2:
+    if len(valued) < 2:
         raise ValueError(
-            f"group {group!r} of study {study_records.study.name!r} has {len(arms)} value(s); "
+            f"group {group!r} of study {study_records.study.name!r} has {len(valued)} value(s); "
             "a sweep needs two or more"
         )
-    ref = min(arms, key=lambda a: abs(math.log(a.value) - math.log(reference)))
+    ref_value, ref = min(valued, key=lambda pair: abs(math.log(pair[0]) - math.log(reference)))
     records = study_records.records
     epochs = float(records[ref.id][0].spec.settings().epochs)
     found = [
-        (arm, compare(records[arm.id], records[ref.id], metric, axis="epoch", at=epochs,
-                      labels=(arm.label, ref.label)))
-        for arm in arms
+        (value, compare(records[arm.id], records[ref.id], metric, axis="epoch", at=epochs,
+                        labels=(arm.label, ref.label)))
+        for value, arm in valued
         if arm is not ref
     ]  # fmt: skip
-    worst_arm, worst = max(found, key=lambda f: (np.nan_to_num(f[1].ratio, nan=np.inf), f[1].low))
+    worst_value, worst = max(found, key=lambda f: (np.nan_to_num(f[1].ratio, nan=np.inf), f[1].low))
     return {
-        "reference value": ref.value,
-        "worst value": worst_arm.value,
+        "reference value": ref_value,
+        "worst value": worst_value,
         "worst / reference": worst.ratio,
         "CI low": worst.low,
         "CI high": worst.high,
