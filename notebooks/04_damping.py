@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from myst_nb import glue
 
-from adamqlr.heuristics import LevenbergMarquardt
+from adamqlr.heuristics import LevenbergMarquardt, loss_difference_trustworthy
 from adamqlr.lens.damping import DAMPING_POLICIES, DampingConfig, damping_study, quadratic_rho_run
 from adamqlr.plots import set_theme
 from adamqlr.plots.derivations import plot_damping_traces
@@ -157,6 +157,14 @@ pred = -ok["lr"] * ok["grad_dot_dir"] + 0.5 * ok["lr"] ** 2 * (
 )
 assert np.allclose(ok["predicted_change"], pred, rtol=1e-6), "eq-ss-line"
 assert np.allclose(ok["predicted_change"], -0.5 * ok["lr"] * ok["grad_dot_dir"], rtol=1e-6)
+# A loss change below the loss's rounding level gives no rho (NaN; the damping then follows the
+# unresolved rule): those steps are left out of the two checks of rho, and counted.
+resolved = np.array(
+    [loss_difference_trustworthy(a, b) for a, b in zip(ok["loss"], ok["trial_loss"], strict=True)]
+)
+assert (ok["rho"].isna() == ~resolved).all(), "rho is NaN exactly when the change is unresolved"
+unresolved_steps = int((~resolved).sum())
+ok = ok[resolved]
 assert np.allclose(ok["rho"], (ok["trial_loss"] - ok["loss"]) / ok["predicted_change"], rtol=1e-6)
 for policy, group in ok.groupby("label"):
     kwargs = DAMPING_POLICIES[policy]
@@ -173,7 +181,9 @@ radius = (
 assert np.allclose(unit_radius, radius, rtol=1e-6), "eq-dm-trust"
 undamped_alpha = ok["grad_dot_dir"] / ok["curvature"]
 assert (ok["lr"].abs() <= undamped_alpha.abs() * (1 + 1e-9)).all(), "damping only shortens"
-print(f"{len(ok)} accepted steps satisfy eq-ss-decrease, eq-dm-rho, eq-dm-update and eq-dm-trust")
+print(f"{len(ok)} accepted steps satisfy eq-ss-decrease, eq-dm-rho, eq-dm-update and eq-dm-trust"
+      f" ({unresolved_steps} accepted step(s) changed the loss by less than its rounding level:"
+      " no rho)")  # fmt: skip
 
 # %%
 regimes = list(config.regimes)
