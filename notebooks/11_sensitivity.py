@@ -212,8 +212,16 @@ for name, key in zip(spread.index, GROUPS, strict=True):
 qlr_keys = [key for key in GROUPS if not key.startswith("adam_")]
 lows = {k: effects.loc[GROUPS[k][0], "CI low"] for k in qlr_keys}
 highs = {k: effects.loc[GROUPS[k][0], "CI high"] for k in qlr_keys}
-most = max(qlr_keys, key=lambda k: effects.loc[GROUPS[k][0], "worst / reference"])
-glue("se_most", PLAIN[most], display=False)
+# Ratios against diverged runs (above 1e6) are not sizes to rank: if several sweeps reach
+# values where the runs diverge, they share the first place.
+worst_ratio = {k: effects.loc[GROUPS[k][0], "worst / reference"] for k in qlr_keys}
+diverging = [k for k in qlr_keys if worst_ratio[k] > 1e6]
+if len(diverging) > 1:
+    most_text = (" and the ".join(PLAIN[k] for k in diverging)
+                 + ", each of which has values at which the runs diverge")  # fmt: skip
+else:
+    most_text = PLAIN[max(qlr_keys, key=lambda k: worst_ratio[k])]
+glue("se_most", most_text, display=False)
 others = [k for k in qlr_keys if k != "batch_size"]
 if all(lows["batch_size"] > highs[k] for k in others):
     hypothesis = "supported"
