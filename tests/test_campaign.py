@@ -23,7 +23,7 @@ from adamqlr.studies import Arm, Campaign, DirtyTreeError, Search, Study, get_st
 from adamqlr.studies import cli as study_cli
 from adamqlr.studies.campaign import campaign_order
 from adamqlr.studies.core import missing, plan, search_state
-from adamqlr.studies.costs import CostTable, estimate
+from adamqlr.studies.costs import CostTable, estimate, left, made
 from adamqlr.tune.spaces import Choice, LogUniform, OneMinus, draw, search_space
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -178,6 +178,36 @@ def test_plan_prints_runs_steps_and_core_hours(tmp_path, capsys):
     adam = [a for a in fixed.arms if a.base.optimiser in ("adam", "sgd")]
     expected = sum(len(a.seeds) * a.base.steps * 1e-3 for a in adam) / 3600
     assert e.core_hours == pytest.approx(expected)
+
+
+def test_plan_left_counts_only_what_is_not_stored(tmp_path, capsys):
+    table = CostTable({f"uci-energy|{o}|{b}": 1e-3 for o in ("adam", "sgd") for b in (50, 3200)})
+    table.save(tmp_path)
+    study = get_study("runtime", "paper")
+    store = ResultStore(tmp_path)
+    total = estimate(study, table, overhead_s=1.0)
+    nothing = made(study, table, store, overhead_s=1.0)
+    assert nothing.runs == 0 and not nothing.complete
+    assert left(total, nothing).core_hours == pytest.approx(total.core_hours)
+
+    def store_all(specs):
+        frame = pd.DataFrame({"step": [0, 1], "time": [0.0, 1.0], "train_loss": [1.0, 0.5]})
+        for spec in specs:
+            store.save(spec, frame, {"stop_reason": "steps", "steps": 1, "git": {"commit": "a"}})
+
+    first = plan(study, store)[0]
+    store_all(first.repeats)
+    rest = left(total, made(study, table, store, overhead_s=1.0))
+    assert rest.runs == total.runs - len(first.repeats)
+    assert rest.parts[0].runs == 0 and rest.parts[0].core_hours == pytest.approx(0.0)
+    assert rest.core_hours == pytest.approx(total.core_hours - total.parts[0].core_hours)
+    store_all([s for p in plan(study, store) for s in p.repeats])
+    done = made(study, table, store, overhead_s=1.0)
+    assert done.complete and left(total, done).runs == 0 and left(total, done).core_hours == 0.0
+    args = ["plan", "runtime", "--profile", "paper", "--results", str(tmp_path), "--left"]
+    assert study_cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "left to make" in out and "runtime                  0" in out
 
 
 # ---------------------------------------------------------------------------- clean trees

@@ -8,6 +8,7 @@ Examples::
     adamqlr study plan all --profile paper
     adamqlr study plan factorial --profile paper --by task
     adamqlr study plan untuned-vs-tuned --profile paper --exclude-arm '*/kfac*' --by optimiser
+    adamqlr study plan all --profile paper --left
     adamqlr study run factorial --profile paper --task fashion-mnist --jobs 2
     adamqlr study calibrate --profile paper
     adamqlr study run untuned-vs-tuned --profile paper --jobs 2
@@ -95,6 +96,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     help="also break the core-hours down by task, optimiser or arm")  # fmt: skip
     pl.add_argument("--overhead", type=float, default=1.0,
                     help="seconds of start-up and evaluation per run (default 1)")  # fmt: skip
+    pl.add_argument("--left", action="store_true",
+                    help="what is left: the estimate less the runs already stored")  # fmt: skip
     fo = sub.add_parser(
         "fold", help="fold finished tuning trials' full records into the trial ledgers"
     )
@@ -146,7 +149,7 @@ def handle(args: argparse.Namespace) -> int:
         print(f"adamqlr study: error: {err}", file=sys.stderr)
         return 2
     if action in ("plan", "calibrate"):
-        from adamqlr.studies.costs import CostTable, calibrate, describe, estimate
+        from adamqlr.studies.costs import CostTable, calibrate, describe, estimate, left, made
 
         root = ResultStore(args.results, sweep=False).root
         if action == "calibrate":
@@ -156,7 +159,14 @@ def handle(args: argparse.Namespace) -> int:
         costs = CostTable.load(root)
         seen: set[str] = set()  # a run (or search) two studies share is counted once
         estimates = [estimate(s, costs, overhead_s=args.overhead, seen=seen) for s in studies]
-        print(f"profile {args.profile}")
+        if args.left:
+            store_seen: set[str] = set()
+            store = ResultStore(args.results, sweep=False)
+            estimates = [
+                left(e, made(s, costs, store, overhead_s=args.overhead, seen=store_seen))
+                for e, s in zip(estimates, studies, strict=True)
+            ]
+        print(f"profile {args.profile}" + (", left to make" if args.left else ""))
         if any(s.parent is not None for s in studies):
             for s in studies:
                 whole = s.parent if s.parent is not None else s

@@ -238,6 +238,7 @@ class StudyEstimate:
         uncalibrated: (task, optimiser) pairs without a measured cost (counted as zero).
         parts: The share of each arm, in the study's order; they add up to the totals (within
             rounding).
+        complete: For :func:`made`: whether every run of the study is stored.
     """
 
     study: str
@@ -246,6 +247,7 @@ class StudyEstimate:
     core_hours: float
     uncalibrated: set[tuple[str, str]] = field(default_factory=set)
     parts: list[PartEstimate] = field(default_factory=list)
+    complete: bool = False
 
 
 def _base_optimiser(study: Study, arm: Arm) -> str:
@@ -365,6 +367,82 @@ def estimate(
             base = study.spec(apply_variation(arm.base, arm.overrides))
             for spec in arm.repeats_of(base):
                 add(spec)
+    return out
+
+
+def made(
+    study: Study,
+    costs: CostTable,
+    store: Any,
+    *,
+    overhead_s: float = 1.0,
+    seen: set[str] | None = None,
+) -> StudyEstimate:
+    """Estimate the share of ``study`` already in ``store``, counted as :func:`estimate` counts.
+
+    The runs known now (every arm's trials, and the repeats of arms whose choice is made,
+    :func:`adamqlr.studies.core.plan`) that have a complete record are costed from ``costs``
+    like the runs of :func:`estimate` (not from their own clocks, which measured another load),
+    so that ``estimate - made`` is what is left to make (:func:`left`).
+
+    Args:
+        study: The study.
+        costs: Per-step costs.
+        store: The results store.
+        overhead_s: Seconds counted per run for start-up and evaluation.
+        seen: Keys of runs already counted by an earlier study of the same campaign (updated in
+            place), as for :func:`estimate`.
+    """
+    from adamqlr.studies.core import arm_task, plan
+
+    out = StudyEstimate(study.name, 0, 0.0, 0.0, complete=True)
+    seen = set() if seen is None else seen
+    for arm_plan in plan(study, store):
+        arm = arm_plan.arm
+        part = PartEstimate(arm.id, arm_task(study, arm), _base_optimiser(study, arm))
+        out.parts.append(part)
+        out.complete = out.complete and arm_plan.blocked is None
+        for spec in (*arm_plan.trials, *arm_plan.repeats):
+            stored = store.status(spec) == "complete"
+            out.complete = out.complete and stored
+            if spec.key in seen or not stored:
+                continue
+            seen.add(spec.key)
+            per = costs.per_step(spec.task, spec.optimiser, spec.settings().batch_size)
+            steps = run_steps(spec, per)
+            hours = (steps * (per or 0.0) + overhead_s) / 3600
+            for target in (out, part):
+                target.runs += 1
+                target.steps += steps
+                target.core_hours += hours
+    return out
+
+
+def left(total: StudyEstimate, done: StudyEstimate) -> StudyEstimate:
+    """Return ``total - done`` (from :func:`estimate` and :func:`made`), arm by arm, at least 0.
+
+    Later rungs and repeats of a search whose choice is not made yet are estimated from the mean
+    cost of its configurations, so what is left is an estimate too; a study whose every run is
+    stored has nothing left.
+    """
+    out = StudyEstimate(total.study, 0, 0.0, 0.0, uncalibrated=set(total.uncalibrated))
+    by_arm = {p.arm: p for p in done.parts}
+    for p in total.parts:
+        d = by_arm.get(p.arm, PartEstimate(p.arm, p.task, p.optimiser))
+        if done.complete:
+            d = p
+        part = PartEstimate(
+            p.arm,
+            p.task,
+            p.optimiser,
+            max(0, p.runs - d.runs),
+            max(0.0, p.steps - d.steps),
+            max(0.0, p.core_hours - d.core_hours),
+        )
+        out.parts.append(part)
+        out.runs += part.runs
+        out.steps += part.steps
+        out.core_hours += part.core_hours
     return out
 
 
