@@ -61,7 +61,7 @@ from adamqlr.studies.analysis import (
     step_quantities,
     sweep_effect,
 )
-from adamqlr.studies.verdicts import compare, judge, span, times, verdict_table
+from adamqlr.studies.verdicts import compare, interval_text, judge, verdict_table
 
 set_theme()
 pd.set_option("display.precision", 4)
@@ -207,7 +207,7 @@ for name, key in zip(spread.index, GROUPS, strict=True):
     glue(f"se_diverged_{key}", int(spread.loc[name, "diverged runs"]), display=False)
     row = effects.loc[GROUPS[key][0]]
     glue(f"se_effect_{key}",
-         f"{times(row['worst / reference'])} (95 % CI {span(row['CI low'], row['CI high'])})",
+         interval_text(row["worst / reference"], row["CI low"], row["CI high"]),
          display=False)  # fmt: skip
 qlr_keys = [key for key in GROUPS if not key.startswith("adam_")]
 lows = {k: effects.loc[GROUPS[k][0], "CI low"] for k in qlr_keys}
@@ -308,7 +308,7 @@ keffects.index = [KGROUPS[g][0] for g in keffects.index]
 for key, (name, _) in KGROUPS.items():
     row = keffects.loc[name]
     glue(f"se_effect_{key}",
-         f"{times(row['worst / reference'])} (95 % CI {span(row['CI low'], row['CI high'])})",
+         interval_text(row["worst / reference"], row["CI low"], row["CI high"]),
          display=False)  # fmt: skip
 format_table(
     keffects,

@@ -59,6 +59,7 @@ __all__ = [
     "gather_inputs",
     "input_hash",
     "package_dir",
+    "relative_path",
     "relative_reads",
     "sha256_bytes",
     "sha256_file",
@@ -357,7 +358,7 @@ def store_hashes(root: str | os.PathLike[str], store_reads: Mapping[str, Any]) -
     for pattern in sorted(store_reads.get("scans", [])):
         matches = sorted(p for p in glob.glob(str(root / pattern)) if os.path.isfile(p))
         out[SCAN_PREFIX + pattern] = {
-            _relative(p, root): cached_digest(p, "sha256", sha256_file) for p in matches
+            relative_path(p, root): cached_digest(p, "sha256", sha256_file) for p in matches
         }
     return out
 
@@ -373,12 +374,12 @@ def store_reads_of(records: Mapping[str, Any]) -> dict[str, list[str]] | None:
 def relative_reads(logged: Mapping[str, Any], root: str | os.PathLike[str]) -> dict[str, list[str]]:
     """Return a kernel's read log with its paths relative to ``root`` where they lie under it."""
     return {
-        kind: sorted({_relative(p, Path(root)) for p in logged.get(kind, [])})
+        kind: sorted({relative_path(p, Path(root)) for p in logged.get(kind, [])})
         for kind in ("files", "scans")
     }
 
 
-def _relative(path: str | os.PathLike[str], root: Path) -> str:
+def relative_path(path: str | os.PathLike[str], root: Path) -> str:
     """``path`` relative to ``root`` (POSIX separators), or absolute when it lies outside."""
     absolute = Path(os.path.abspath(path))
     try:

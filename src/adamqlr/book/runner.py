@@ -45,6 +45,7 @@ from adamqlr.book.fingerprint import (
     disk_cache,
     gather_inputs,
     input_hash,
+    relative_path,
     relative_reads,
     store_reads_of,
 )
@@ -678,11 +679,11 @@ def execute_notebook(
                     cell_index=index,
                     cell_source=cell.source if index is not None else None,
                     partial=partial,
-                    source=_relative(source, root),
+                    source=relative_path(source, root),
                 ) from error
             reason = f"{type(error).__name__}: {error}" if error else "no output was written"
             raise NotebookFailed(
-                name, reason.strip(), partial=partial, source=_relative(source, root)
+                name, reason.strip(), partial=partial, source=relative_path(source, root)
             ) from error
 
     tail = executed.cells[-1]
@@ -710,7 +711,7 @@ def execute_notebook(
         "algorithm_version": int(ALGORITHM_VERSION),
         "git": git,
         "kernel": kernel_name,
-        "source": _relative(source, root),
+        "source": relative_path(source, root),
         "inputs": inputs.as_dict(),
         "content_hash": content,
         "code": code,
@@ -720,7 +721,7 @@ def execute_notebook(
     _hide_default_parameters(executed)
     _stable_cell_ids(executed)
     pm_meta = executed.metadata.get("papermill", {})
-    pm_meta["input_path"], pm_meta["output_path"] = record["source"], _relative(target, root)
+    pm_meta["input_path"], pm_meta["output_path"] = record["source"], relative_path(target, root)
     executed.metadata["kernelspec"] = dict(PORTABLE_KERNELSPEC)
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(target, nbformat.writes(executed))
@@ -761,13 +762,6 @@ def _hide_default_parameters(nb: Any) -> None:
         tags = cell.metadata.get("tags", [])
         if "parameters" in tags and "remove-cell" not in tags:
             cell.metadata["tags"] = [*tags, "remove-cell"]
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return str(path)
 
 
 # --------------------------------------------------------------------------- freshness

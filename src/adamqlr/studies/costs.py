@@ -259,6 +259,18 @@ def _base_optimiser(study: Study, arm: Arm) -> str:
     return arm.base.optimiser
 
 
+def _run_cost(
+    spec: ExperimentSpec, costs: CostTable, overhead_s: float
+) -> tuple[float, float, bool]:
+    """Return one run's steps, its seconds (``overhead_s`` included) and whether it was costed.
+
+    A run whose (task, optimiser, batch size) has no measured cost counts its overhead only.
+    """
+    per = costs.per_step(spec.task, spec.optimiser, spec.settings().batch_size)
+    steps = run_steps(spec, per)
+    return steps, steps * (per or 0.0) + overhead_s, per is not None
+
+
 def estimate(
     study: Study,
     costs: CostTable,
@@ -296,12 +308,10 @@ def estimate(
         part.core_hours += hours
 
     def cost(spec: ExperimentSpec) -> tuple[float, float]:
-        st = spec.settings()
-        per = costs.per_step(spec.task, spec.optimiser, st.batch_size)
-        if per is None:
+        steps, seconds, calibrated = _run_cost(spec, costs, overhead_s)
+        if not calibrated:
             out.uncalibrated.add((spec.task, spec.optimiser))
-        steps = run_steps(spec, per)
-        return steps, steps * (per or 0.0) + overhead_s
+        return steps, seconds
 
     def add(spec: ExperimentSpec, weight: float = 1.0, dedupe: bool = True) -> None:
         if dedupe:
@@ -408,13 +418,11 @@ def made(
             if spec.key in seen or not stored:
                 continue
             seen.add(spec.key)
-            per = costs.per_step(spec.task, spec.optimiser, spec.settings().batch_size)
-            steps = run_steps(spec, per)
-            hours = (steps * (per or 0.0) + overhead_s) / 3600
+            steps, seconds, _ = _run_cost(spec, costs, overhead_s)
             for target in (out, part):
                 target.runs += 1
                 target.steps += steps
-                target.core_hours += hours
+                target.core_hours += seconds / 3600
     return out
 
 

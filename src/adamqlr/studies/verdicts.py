@@ -45,6 +45,7 @@ __all__ = [
     "Verdict",
     "compare",
     "edge_choices",
+    "interval_text",
     "judge",
     "matched_point",
     "span",
@@ -192,8 +193,7 @@ class Comparison:
 
     def interval_text(self) -> str:
         """Return the ratio and its interval, e.g. ``"0.93× (95 % CI 0.88–0.99×)"``."""
-        level = f"{100 * self.level:.0f} %"
-        return f"{times(self.ratio)} ({level} CI {span(self.low, self.high)})"
+        return interval_text(self.ratio, self.low, self.high, self.level)
 
     def text(self) -> str:
         """One sentence: which arm, what ratio, where, from how many runs."""
@@ -243,6 +243,18 @@ def span(low: float, high: float) -> str:
         hi = "above 1e6×" if hi == "> 1e6×" else hi
         return f"{lo} to {hi}"
     return f"{times(low, unit=False)}–{hi}"
+
+
+def interval_text(ratio: float, low: float, high: float, level: float = 0.95) -> str:
+    """Write a ratio with its interval, e.g. ``"0.93× (95 % CI 0.88–0.99×)"``.
+
+    Args:
+        ratio: The ratio (see :func:`times`).
+        low: Lower end of its interval.
+        high: Upper end (see :func:`span`).
+        level: The interval's coverage, in (0, 1).
+    """
+    return f"{times(ratio)} ({100 * level:.0f} % CI {span(low, high)})"
 
 
 def compare(
