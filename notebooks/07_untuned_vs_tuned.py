@@ -26,9 +26,10 @@
 # says.
 
 # %% tags=["parameters"]
-# "quick": read the committed quick-profile run records; "paper": read paper-profile records,
-# or stop with the list of missing runs and the command that makes them; "smoke" (the tests):
-# read the quick records as they are, never compute. compute=True makes missing runs instead.
+# "quick": read the committed quick-profile run records; "paper": read each task's
+# paper-profile records once they are complete, its quick ones until then (the page says which);
+# "smoke" (the tests): read the quick records as they are, never compute. compute=True makes
+# missing runs instead.
 profile = "quick"
 compute = False
 
@@ -41,7 +42,7 @@ from myst_nb import glue
 from adamqlr.plots import set_theme
 from adamqlr.plots.experiments import plot_comparison
 from adamqlr.plots.tables import format_table
-from adamqlr.studies import notebook_records
+from adamqlr.studies import notebook_records_by_task
 from adamqlr.studies.analysis import (
     final_table,
     hyperparameter_table,
@@ -49,7 +50,6 @@ from adamqlr.studies.analysis import (
     tuning_summary,
 )
 from adamqlr.studies.verdicts import compare, edge_choices, judge, verdict_table
-from adamqlr.studies.core import arm_task
 
 set_theme()
 pd.set_option("display.precision", 4)
@@ -64,12 +64,31 @@ pd.set_option("display.width", 120)
 # reads: results/fashion-mnist/kfac-untuned/*/manifest.json
 # reads: results/cifar-10/*/*/manifest.json
 # reads: results/tuning/*/*/trials-*.jsonl
-data = notebook_records("untuned-vs-tuned", profile, compute=compute)
-study = data.study
-tasks = data.tasks()
-titles = data.task_titles()
-print(f"study {study.name!r}, profile {study.profile!r}: {len(study.arms)} arms on {tasks}")
-print(provenance_text(data.all_records()))
+parts = notebook_records_by_task("untuned-vs-tuned", profile, compute=compute, fallback="quick")
+tasks = list(parts)
+titles = {t: parts[t].task_titles()[t] for t in tasks}
+all_records = [r for part in parts.values() for r in part.all_records()]
+for t, part in parts.items():
+    print(f"{titles[t]}: profile {part.study.profile!r}, {len(part.study.arms)} arms")
+print(provenance_text(all_records))
+
+
+def scale_text(part):
+    """Profile, repeats and search size of one task's records, in words."""
+    searches = [a.search for a in part.study.arms if a.search is not None]
+    search = f", searches of {searches[0].n_trials} configurations" if searches else ""
+    repeats = max(len(a.seeds) for a in part.study.arms)
+    return f"{part.study.profile} profile ({repeats} repeats per arm{search})"
+
+
+by_scale = {}
+for t in tasks:
+    by_scale.setdefault(scale_text(parts[t]), []).append(titles[t])
+glue(
+    "ut_profiles",
+    "; ".join(f"{' and '.join(names)}: {text}" for text, names in by_scale.items()),
+    display=False,
+)
 
 # %% [markdown]
 # ## What is compared
@@ -112,7 +131,9 @@ print(provenance_text(data.all_records()))
 # diverged run counting as $+\infty$ (the paper's rule: the lowest last value among all
 # trials). Then $c^\star$ is repeated over fresh seeds. Under the `paper` profile that is 200
 # configurations and 50 repeats; under `quick`, a handful of configurations and 3 repeats, a much
-# weaker search, which favours the untuned AdamQLR. The table below says which.
+# weaker search, which favours the untuned AdamQLR. This page reads each task under the paper
+# profile once that task's campaign is complete, and under the quick profile until then:
+# {glue:text}`ut_profiles`.
 #
 # Each curve is the paper's aggregate {cite:p}`clarke24a`: on a common time grid, the median
 # over the $R$ repeats, bootstrapped $B = 50$ times; the line is the mean of the bootstrap
@@ -134,12 +155,12 @@ print(provenance_text(data.all_records()))
 # against the best any configuration reached at the full budget.
 
 # %% tags=["hide-input"]
-summaries = {titles[t]: tuning_summary(data, [a.id for a in study.select(task=t) if a.tuned])
+summaries = {titles[t]: tuning_summary(parts[t], [a.id for a in parts[t].study.arms if a.tuned])
              for t in tasks}  # fmt: skip
-edges = edge_choices(data.plans)
+edges = [(titles[t], e) for t in tasks for e in edge_choices(parts[t].plans)]
 glue(
     "ut_edges",
-    "; ".join(f"{e.text()} ({titles[arm_task(study, study.arm(e.arm))]})" for e in edges) + "."
+    "; ".join(f"{e.text()} ({title})" for title, e in edges) + "."
     if edges
     else "No tuned choice lies at an edge of its search space.",
     display=False,
@@ -171,7 +192,7 @@ format_table(tuning)
 # The chosen configurations, as in the paper's hyperparameter tables:
 
 # %% tags=["hide-input"]
-format_table(hyperparameter_table(data))
+format_table(pd.concat([hyperparameter_table(parts[t]) for t in tasks]))
 
 # %% [markdown]
 # A choice at the edge of its search space suggests that the space, not the optimiser, limited
@@ -182,25 +203,26 @@ format_table(hyperparameter_table(data))
 #
 # {numref}`fig-ut-losses` is the paper's main figure type for our three tasks: the mini-batch
 # training loss (the loss of the batch before each step, as in the paper) and the test loss,
-# against optimisation time.
+# against optimisation time, for every optimiser of the comparison (the quick profile runs
+# six of them, the paper profile all ten).
 
 # %% tags=["hide-input"]
-runs = {titles[t]: data.by_label(task=t) for t in tasks}
-glue("ut_runs", provenance_text(data.all_records()), display=False)
-glue("ut_repeats", max(len(a.seeds) for a in study.arms), display=False)
-searches = [a.search for a in study.arms if a.search is not None]
+runs = {titles[t]: parts[t].by_label(task=t) for t in tasks}
+glue("ut_runs", provenance_text(all_records), display=False)
+glue(
+    "ut_repeats",
+    " or ".join(sorted({str(max(len(a.seeds) for a in parts[t].study.arms)) for t in tasks})),
+    display=False,
+)
 glue(
     "ut_scale",
-    f"profile {study.profile}, "
-    + ", ".join(f"{runs[titles[t]]['AdamQLR (Untuned)'][0].spec.settings().epochs:g} epochs of "
-                f"{titles[t]}" for t in tasks)
-    + f", {max(len(a.seeds) for a in study.arms)} repeats per arm"
-    + (f", tuned by random searches of {searches[0].n_trials} configurations with successive "
-       "halving" if searches else ""),
+    "; ".join(f"{titles[t]}: {runs[titles[t]]['AdamQLR (Untuned)'][0].spec.settings().epochs:g} "
+              f"epochs, {scale_text(parts[t])}" for t in tasks)
+    + "; tuned by random search with successive halving",
     display=False,
 )  # fmt: skip
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "Untuned AdamQLR, Adam and K-FAC against tuned AdamQLR, Adam and SGD (rows: tasks; left: mini-batch training loss; right: test loss; log scale), against optimisation time. Lines: mean of 50 bootstrap medians over {glue:text}`ut_repeats` repeats; bands: one bootstrap standard deviation. Runs: {glue:text}`ut_runs`.", "name": "fig-ut-losses"}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Untuned AdamQLR against the untuned and tuned baselines (rows: tasks; left: mini-batch training loss; right: test loss; log scale), against optimisation time. Lines: mean of 50 bootstrap medians over {glue:text}`ut_repeats` repeats; bands: one bootstrap standard deviation. Runs: {glue:text}`ut_runs`.", "name": "fig-ut-losses"}}
 fig = plot_comparison(runs, ("train_loss", "test_loss"))
 plt.show()
 
@@ -252,18 +274,19 @@ format_table(pd.concat(tables, names=["task", "optimiser"]))
 # *inconclusive* when it contains parity.
 
 # %%
-TUNED_BASELINES = ("Adam", "SGD Minimal", "AdamQLR")
 verdicts, headline = {}, {}
-for title, groups in runs.items():
+for t in tasks:
+    title, groups = titles[t], runs[titles[t]]
     ours = groups["AdamQLR (Untuned)"]
     epochs = float(ours[0].spec.settings().epochs)
-    for baseline in (b for b in TUNED_BASELINES if b in groups):
+    tuned = [a.label for a in parts[t].study.arms if a.tuned]  # every tuned optimiser
+    for baseline in tuned:
         for axis, at in (("time", None), ("epoch", epochs)):
             c = compare(ours, groups[baseline], "test_loss", axis=axis, at=at,
                         labels=("AdamQLR (Untuned)", baseline))  # fmt: skip
             verdicts[(title, baseline, axis)] = judge(c, "not higher")
-    best = min((b for b in TUNED_BASELINES[:2] if b in groups),
-               key=lambda b: tables[title].loc[b, "test_loss"])  # fmt: skip
+    others = [b for b in tuned if b != "AdamQLR"]
+    best = min(others, key=lambda b: tables[title].loc[b, "test_loss"])
     headline[title] = (best, verdicts[(title, best, "time")], verdicts[(title, best, "epoch")])
 table = pd.concat(
     {title: verdict_table([v for (t, _, _), v in verdicts.items() if t == title])
@@ -296,7 +319,7 @@ format_table(table)
 floor = {}
 for task in tasks:
     firsts = []
-    for record in data.records[f"{task}/adamqlr-untuned"]:
+    for record in parts[task].records[f"{task}/adamqlr-untuned"]:
         at_floor = record.metrics.loc[record.metrics["damping"] <= 1.0000001e-8, "step"]
         firsts.append(float(at_floor.iloc[0]) if len(at_floor) else np.inf)
     floor[titles[task]] = np.median(firsts)
@@ -305,7 +328,8 @@ glue("ut_floor_energy", f"{floor.get('UCI Energy', np.nan):.0f}", display=False)
 
 same = {}
 for task in tasks:
-    tuned, untuned = data.records[f"{task}/adam"], data.records[f"{task}/adam-untuned"]
+    tuned = parts[task].records[f"{task}/adam"]
+    untuned = parts[task].records[f"{task}/adam-untuned"]
     if tuned[0].settings["hyperparameters"] == untuned[0].settings["hyperparameters"] and (
         tuned[0].settings["batch_size"] == untuned[0].settings["batch_size"]
     ):
@@ -339,24 +363,27 @@ print("clock noise:", noise)
 # regime tunes for (the training loss, or the test loss when tuned on validation loss).
 
 # %% tags=["hide-input"]
-timed = notebook_records("fixed-runtime", profile, compute=compute)
+timed = notebook_records_by_task("fixed-runtime", profile, compute=compute, fallback="quick")
 regime_words = {"runtime-train": "tuned on training loss", "runtime-val": "tuned on validation loss"}
 regime_metric = {"runtime-train": "train_loss", "runtime-val": "test_loss"}
-timed_tasks = timed.tasks()
-timed_titles = timed.task_titles()
-caps = {t: float(timed.records[timed.study.select(task=t)[0].id][0].spec.settings().seconds)
+timed_tasks = list(timed)
+timed_titles = {t: timed[t].task_titles()[t] for t in timed_tasks}
+caps = {t: float(timed[t].records[timed[t].study.arms[0].id][0].spec.settings().seconds)
         for t in timed_tasks}  # fmt: skip
-glue("ut_caps", ", ".join(f"{timed_titles[t]} {c:g} s" for t, c in caps.items()), display=False)
-glue("ut_timed_runs", provenance_text(timed.all_records()), display=False)
+glue(
+    "ut_caps",
+    ", ".join(f"{timed_titles[t]} {c:g} s ({scale_text(timed[t])})" for t, c in caps.items()),
+    display=False,
+)
+glue(
+    "ut_timed_runs",
+    provenance_text([r for part in timed.values() for r in part.all_records()]),
+    display=False,
+)
 timed_runs = {
-    f"{timed_titles[t]}, {regime_words[g]}": {
-        a.label: timed.records[a.id]
-        for a in timed.study.select(task=t)
-        if a.group == g
-    }
-    for t in timed_tasks
+    f"{timed_titles[t]}, {regime_words[g]}": timed[t].by_label(group=g) for t in timed_tasks
     for g in regime_words
-}
+}  # fmt: skip
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Under a time cap: each run stops at the cap of optimisation time, the tuned optimisers tuned on the final training loss (rows marked so) or on the final validation loss; mini-batch training loss (left) and test loss (right) against optimisation time, medians and bands as in {numref}`fig-ut-losses`. Runs: {glue:text}`ut_timed_runs`.", "name": "fig-ut-timed"}}
 fig = plot_comparison(timed_runs, ("train_loss", "test_loss"), panel_size=(4.2, 2.6))
@@ -366,7 +393,7 @@ plt.show()
 timed_verdicts = []
 for t in timed_tasks:
     for g in regime_words:
-        arms = {a.label: timed.records[a.id] for a in timed.study.select(task=t) if a.group == g}
+        arms = timed[t].by_label(group=g)
         ours = arms.pop("AdamQLR (Untuned)")
         for label, recs in arms.items():
             c = compare(ours, recs, regime_metric[g], axis="time", at=caps[t],
@@ -389,8 +416,8 @@ format_table(verdict_table(timed_verdicts))
 # The statements below are about the records this page was executed with (named in every
 # caption; {glue:text}`ut_scale`). The time axis comes from a shared 2-core machine whose load
 # stretches it unevenly ({glue:text}`ut_noise`), which is why every verdict is also given at the
-# end of the epoch budget. Against the best tuned baseline of each task (the lower median final
-# test loss of tuned Adam and tuned SGD):
+# end of the epoch budget. Against the best tuned baseline of each task (of the tuned optimisers
+# other than AdamQLR, the one with the lowest median final test loss):
 #
 # - **UCI Energy** (best tuned baseline: {glue:text}`ut_best_uci_energy`). At matched time,
 #   {glue:text}`ut_time_uci_energy`. At the end of the budget, {glue:text}`ut_epoch_uci_energy`.
@@ -403,8 +430,8 @@ format_table(verdict_table(timed_verdicts))
 # - **Fashion-MNIST** (best tuned baseline: {glue:text}`ut_best_fashion_mnist`). At matched time,
 #   {glue:text}`ut_time_fashion_mnist`. At the end of the budget,
 #   {glue:text}`ut_epoch_fashion_mnist`. The fixed *epoch* budget weighs heavily here: at the
-#   untuned batch size of 3200 it buys few steps; the batch size is the hyperparameter
-#   {ref}`ch-sensitivity` finds AdamQLR most sensitive to.
+#   untuned batch size of 3200 it buys few steps (a tenth of those of Adam's batch of 320);
+#   {ref}`ch-sensitivity` measures what the batch size does to AdamQLR.
 #
 # **Against the paper.** The paper's claim is that untuned AdamQLR is "comparable" in
 # performance versus runtime to tuned baselines. Read as "no higher final test loss than the best

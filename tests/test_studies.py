@@ -14,6 +14,7 @@ from adamqlr.experiment.spec import ExperimentSpec
 from adamqlr.results.store import ResultStore, RunRecord
 from adamqlr.studies import (
     Arm,
+    ArmFilter,
     BestOf,
     Study,
     StudyIncomplete,
@@ -24,9 +25,11 @@ from adamqlr.studies import (
     grid,
     missing,
     notebook_records,
+    notebook_records_by_task,
     obtain,
     plan,
     run_study,
+    select_arms,
     study_names,
 )
 from adamqlr.studies import cli as study_cli
@@ -241,6 +244,53 @@ def test_notebook_records_stand_in_another_profile_only_when_asked(tmp_path):
     if missing(get_study("kfac-sensitivity", "paper"), ResultStore()):
         data = notebook_records("kfac-sensitivity", "paper", fallback="quick")
         assert data.study.profile == "quick" and data.records
+
+
+def _copy_quick_records(task: str, root) -> ResultStore:
+    """A store holding the committed quick-profile records (repeats and trials) of one task."""
+    import shutil
+    from pathlib import Path
+
+    committed = Path(ResultStore().root)
+    for folder in (committed / task).glob("*/quick-*"):
+        shutil.copytree(folder, root / folder.relative_to(committed))
+    shutil.copytree(committed / "tuning" / task, root / "tuning" / task)
+    return ResultStore(root)
+
+
+def test_notebook_records_of_one_task_stand_on_their_own(tmp_path):
+    store = _copy_quick_records("uci-energy", tmp_path)
+    whole = get_study("untuned-vs-tuned", "quick")
+    with pytest.raises(StudyIncomplete):  # the whole study is not in this store
+        notebook_records("untuned-vs-tuned", "quick", store=store)
+    energy = notebook_records("untuned-vs-tuned", "quick", store=store, task="uci-energy")
+    assert energy.tasks() == ["uci-energy"]
+    assert [a.id for a in energy.study.arms] == [a.id for a in whole.select(task="uci-energy")]
+    assert all(r.manifest["task"] == "uci-energy" for r in energy.all_records()) and energy.records
+    with pytest.raises(StudyIncomplete, match="--task uci-protein"):
+        notebook_records("untuned-vs-tuned", "quick", store=store, task="uci-protein")
+    with pytest.raises(ValueError, match="'cifar-100'"):
+        notebook_records("untuned-vs-tuned", "quick", store=store, task="cifar-100")
+    # paper with a quick stand-in: this task's quick records stand in, whatever other tasks hold
+    stand_in = notebook_records(
+        "untuned-vs-tuned", "paper", store=store, task="uci-energy", fallback="quick"
+    )
+    keys = {arm: [r.key for r in recs] for arm, recs in energy.records.items()}
+    assert stand_in.study.profile == "quick"
+    assert {arm: [r.key for r in recs] for arm, recs in stand_in.records.items()} == keys
+
+
+def test_notebook_records_by_task_reads_each_task_under_its_complete_profile():
+    parts = notebook_records_by_task("untuned-vs-tuned", "paper", fallback="quick")
+    study = get_study("untuned-vs-tuned", "paper")
+    assert list(parts) == study.tasks()
+    for task, part in parts.items():
+        assert part.tasks() == [task]
+        complete = not missing(select_arms(study, ArmFilter(tasks=(task,))), ResultStore())
+        assert part.study.profile == ("paper" if complete else "quick")
+    smoke = notebook_records_by_task("untuned-vs-tuned", "smoke", fallback="quick")
+    assert list(smoke) == get_study("untuned-vs-tuned", "quick").tasks()
+    assert all(part.study.profile == "quick" for part in smoke.values())
 
 
 def test_sweep_effect_compares_each_value_with_the_one_nearest_the_tuned(tmp_path):

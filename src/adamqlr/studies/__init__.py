@@ -24,7 +24,13 @@ tables the chapters print.
 """
 
 from adamqlr.studies.campaign import Campaign, CampaignSummary, DirtyTreeError
-from adamqlr.studies.catalogue import STUDIES, get_study, notebook_records, study_names
+from adamqlr.studies.catalogue import (
+    STUDIES,
+    get_study,
+    notebook_records,
+    notebook_records_by_task,
+    study_names,
+)
 from adamqlr.studies.core import (
     Arm,
     ArmPlan,
@@ -62,6 +68,7 @@ __all__ = [
     "grid",
     "missing",
     "notebook_records",
+    "notebook_records_by_task",
     "obtain",
     "plan",
     "run_study",

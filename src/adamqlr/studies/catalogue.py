@@ -65,6 +65,7 @@ from adamqlr.results.store import ResultStore
 from adamqlr.studies.core import Arm, BestOf, Search, Study, StudyIncomplete, StudyRecords, obtain
 from adamqlr.studies.factorial import CELLS as FACTORIAL_CELLS
 from adamqlr.studies.factorial import EXTRA_CELLS as FACTORIAL_EXTRA_CELLS
+from adamqlr.studies.selection import ArmFilter, select_arms
 from adamqlr.tune.spaces import search_space
 
 __all__ = ["STUDIES", "get_study", "notebook_records", "study_names"]
@@ -870,6 +871,7 @@ def notebook_records(
     store: ResultStore | None = None,
     device: str | None = None,
     fallback: Profile | str | None = None,
+    task: str | None = None,
 ) -> StudyRecords:
     """Return the records an experiment chapter draws, under the notebook's profile.
 
@@ -892,15 +894,20 @@ def notebook_records(
             (and not computed), for a part of a chapter whose campaign is still under way; the
             returned ``study.profile`` says which profile the records are (the page must say so
             too). ``None``: no stand-in, :class:`StudyIncomplete` is raised.
+        task: Only the arms of this task: a part of the study that stands on its own, so a
+            chapter can read each task under the profile whose records are complete for it
+            (with ``fallback``, the returned ``study.profile`` is that task's).
 
     Raises:
-        ValueError: For an unknown study or profile.
+        ValueError: For an unknown study or profile, or a task the study has no arm of.
         StudyIncomplete: If records are missing and not computed (and, with a fallback, missing
             under the fallback profile too).
     """
     profile = parse_profile(profile)
     smoke = profile is Profile.SMOKE
     study = get_study(name, Profile.QUICK if smoke else profile)
+    if task is not None:
+        study = select_arms(study, ArmFilter(tasks=(task,)))
     try:
         return obtain(
             study,
@@ -912,4 +919,35 @@ def notebook_records(
     except StudyIncomplete:
         if fallback is None or parse_profile(fallback) is study.profile:
             raise
-        return notebook_records(name, fallback, store=store, device=device)
+        return notebook_records(name, fallback, store=store, device=device, task=task)
+
+
+def notebook_records_by_task(
+    name: str,
+    profile: Profile | str,
+    *,
+    compute: bool = False,
+    store: ResultStore | None = None,
+    device: str | None = None,
+    fallback: Profile | str | None = None,
+) -> dict[str, StudyRecords]:
+    """Return :func:`notebook_records` of each task of the study, by task, in arm order.
+
+    For a chapter whose campaign finishes one task at a time: with ``fallback``, each task is
+    read under ``profile`` once its records are complete and under ``fallback`` until then, so
+    each part's ``study.profile`` says which (and the page must say so too). A ``fallback`` equal
+    to the notebook's profile adds no stand-in. Arguments as for :func:`notebook_records`.
+
+    Raises:
+        ValueError: For an unknown study or profile.
+        StudyIncomplete: If a task's records are missing and not computed (and, with a
+            fallback, missing under the fallback profile too).
+    """
+    parsed = parse_profile(profile)
+    study = get_study(name, Profile.QUICK if parsed is Profile.SMOKE else parsed)
+    return {
+        task: notebook_records(
+            name, parsed, compute=compute, store=store, device=device, fallback=fallback, task=task
+        )
+        for task in study.tasks()
+    }

@@ -436,6 +436,10 @@ class Study:
             out.append(arm)
         return out
 
+    def tasks(self, *, group: str | None = None) -> list[str]:
+        """Return the tasks of the study's arms (of ``group`` only, if given), in arm order."""
+        return list(dict.fromkeys(arm_task(self, arm) for arm in self.select(group=group)))
+
     @property
     def command(self) -> str:
         """Return the command that runs this study (or ``python -m adamqlr.studies run ...``)."""
@@ -803,7 +807,7 @@ class StudyRecords:
 
     def tasks(self, *, group: str | None = None) -> list[str]:
         """Return the tasks of the study's arms (of ``group`` only, if given), in arm order."""
-        return list(dict.fromkeys(arm_task(self.study, arm) for arm in self.arms(group=group)))
+        return self.study.tasks(group=group)
 
     def task_titles(self, tasks: Sequence[str] | None = None) -> dict[str, str]:
         """Return ``{task: title}`` as the records name their task (default: :meth:`tasks`).
