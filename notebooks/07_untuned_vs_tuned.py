@@ -411,6 +411,29 @@ glue(
 format_table(verdict_table(timed_verdicts))
 
 # %% [markdown]
+# The final values at the cap, one table per regime as in the paper (entries as in the
+# fixed-epoch table above):
+
+# %% tags=["hide-input"]
+format_table(
+    pd.concat({name: final_table(groups, metrics) for name, groups in timed_runs.items()},
+              names=["regime", "optimiser"])
+)  # fmt: skip
+
+# %% [markdown]
+# and the configurations each regime's search chose:
+
+# %% tags=["hide-input"]
+pairs = [(t, g) for t in timed_tasks for g in regime_words]
+format_table(
+    pd.concat(
+        [hyperparameter_table(timed[t], [a.id for a in timed[t].arms(group=g)]) for t, g in pairs],
+        keys=[regime_words[g] for _, g in pairs],
+        names=["regime"],
+    )
+)
+
+# %% [markdown]
 # ## What the runs say
 #
 # The statements below are about the records this page was executed with (named in every
