@@ -210,6 +210,31 @@ def test_plan_left_counts_only_what_is_not_stored(tmp_path, capsys):
     assert "left to make" in out and "runtime                  0" in out
 
 
+def test_plan_left_costs_a_chosen_configuration_exactly(tmp_path):
+    from adamqlr.studies import grid
+    from adamqlr.studies.costs import run_steps
+
+    # two batch sizes whose steps cost 100x apart: the mean of the two is far from either
+    per = {8: 1.0, 32: 0.01}
+    table = CostTable({f"uci-energy|adam|{b}": c for b, c in per.items()})
+    base = ExperimentSpec("uci-energy", "adam", profile="smoke")
+    arm = Arm("tuned", "Adam", base, seeds=(0, 1, 2), grid=grid({"batch_size": (8, 32)}))
+    study = Study("sized", "smoke", "sized", (arm,))
+    store = ResultStore(tmp_path)
+    total = estimate(study, table)
+    for spec in plan(study, store)[0].trials:  # batch 8 wins
+        _fake(store, spec, 0.5 if spec.settings().batch_size == 8 else 1.0)
+    chosen = plan(study, store)[0]
+    assert chosen.choice["batch_size"] == 8 and len(chosen.repeats) == 3
+    _fake(store, chosen.repeats[0], 0.5)
+    rest = left(total, made(study, table, store))
+    todo = chosen.repeats[1:]
+    assert rest.runs == 2 and rest.steps == pytest.approx(sum(run_steps(s) for s in todo))
+    assert rest.core_hours == pytest.approx(sum(run_steps(s) * 1.0 + 1.0 for s in todo) / 3600)
+    # what the estimate assumed before the choice: the mean of the two configurations
+    assert total.core_hours < 2 * rest.core_hours
+
+
 # ---------------------------------------------------------------------------- clean trees
 def test_paper_campaign_refuses_a_dirty_tree(tmp_path, monkeypatch, capsys):
     from adamqlr.results import provenance

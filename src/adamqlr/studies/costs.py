@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -239,6 +240,9 @@ class StudyEstimate:
         parts: The share of each arm, in the study's order; they add up to the totals (within
             rounding).
         complete: For :func:`made`: whether every run of the study is stored.
+        pending: For :func:`made`: by arm id, what is left of each arm whose runs are all known
+            now (a fixed arm, or a tuned arm whose choice is made), costed run by run, so that
+            :func:`left` need not subtract from an expectation.
     """
 
     study: str
@@ -248,6 +252,7 @@ class StudyEstimate:
     uncalibrated: set[tuple[str, str]] = field(default_factory=set)
     parts: list[PartEstimate] = field(default_factory=list)
     complete: bool = False
+    pending: dict[str, PartEstimate] = field(default_factory=dict)
 
 
 def _base_optimiser(study: Study, arm: Arm) -> str:
@@ -393,7 +398,10 @@ def made(
     The runs known now (every arm's trials, and the repeats of arms whose choice is made,
     :func:`adamqlr.studies.core.plan`) that have a complete record are costed from ``costs``
     like the runs of :func:`estimate` (not from their own clocks, which measured another load),
-    so that ``estimate - made`` is what is left to make (:func:`left`).
+    so that ``estimate - made`` is what is left to make (:func:`left`). For an arm whose runs
+    are all known (nothing waits for a choice), the runs not stored yet are costed too
+    (``pending``): its repeats then cost what the chosen configuration costs, not the mean of
+    the search's configurations that :func:`estimate` had to assume.
 
     Args:
         study: The study.
@@ -410,28 +418,33 @@ def made(
     for arm_plan in plan(study, store):
         arm = arm_plan.arm
         part = PartEstimate(arm.id, arm_task(study, arm), _base_optimiser(study, arm))
+        todo = PartEstimate(part.arm, part.task, part.optimiser)
         out.parts.append(part)
         out.complete = out.complete and arm_plan.blocked is None
         for spec in (*arm_plan.trials, *arm_plan.repeats):
             stored = store.status(spec) == "complete"
             out.complete = out.complete and stored
-            if spec.key in seen or not stored:
+            key = spec.key if stored else "pending:" + spec.key
+            if key in seen:
                 continue
-            seen.add(spec.key)
+            seen.add(key)
             steps, seconds, _ = _run_cost(spec, costs, overhead_s)
-            for target in (out, part):
+            for target in (out, part) if stored else (todo,):
                 target.runs += 1
                 target.steps += steps
                 target.core_hours += seconds / 3600
+        if arm_plan.blocked is None and (arm_plan.repeats or not arm.tuned):
+            out.pending[arm.id] = todo
     return out
 
 
 def left(total: StudyEstimate, done: StudyEstimate) -> StudyEstimate:
     """Return ``total - done`` (from :func:`estimate` and :func:`made`), arm by arm, at least 0.
 
-    Later rungs and repeats of a search whose choice is not made yet are estimated from the mean
-    cost of its configurations, so what is left is an estimate too; a study whose every run is
-    stored has nothing left.
+    An arm whose runs are all known counts exactly what ``done.pending`` says of it. Later rungs
+    and repeats of a search whose choice is not made yet are estimated from the mean cost of its
+    configurations, so what is left of such an arm is an estimate too; a study whose every run
+    is stored has nothing left.
     """
     out = StudyEstimate(total.study, 0, 0.0, 0.0, uncalibrated=set(total.uncalibrated))
     by_arm = {p.arm: p for p in done.parts}
@@ -439,6 +452,14 @@ def left(total: StudyEstimate, done: StudyEstimate) -> StudyEstimate:
         d = by_arm.get(p.arm, PartEstimate(p.arm, p.task, p.optimiser))
         if done.complete:
             d = p
+        if p.arm in done.pending and not done.complete:
+            exact = done.pending[p.arm]
+            part = dataclasses.replace(exact)
+            out.parts.append(part)
+            out.runs += part.runs
+            out.steps += part.steps
+            out.core_hours += part.core_hours
+            continue
         part = PartEstimate(
             p.arm,
             p.task,
