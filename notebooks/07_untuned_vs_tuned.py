@@ -81,14 +81,15 @@ def scale_text(part):
     return f"{part.study.profile} profile ({repeats} repeats per arm{search})"
 
 
-by_scale = {}
-for t in tasks:
-    by_scale.setdefault(scale_text(parts[t]), []).append(titles[t])
-glue(
-    "ut_profiles",
-    "; ".join(f"{' and '.join(names)}: {text}" for text, names in by_scale.items()),
-    display=False,
-)
+def profiles_text(parts, titles):
+    """Which tasks stand on which profile, grouped: 'A and B: quick profile (...); C: ...'."""
+    by_scale = {}
+    for t, part in parts.items():
+        by_scale.setdefault(scale_text(part), []).append(titles[t])
+    return "; ".join(f"{' and '.join(names)}: {text}" for text, names in by_scale.items())
+
+
+glue("ut_profiles", profiles_text(parts, titles), display=False)
 
 # %% [markdown]
 # ## What is compared
@@ -298,6 +299,17 @@ for title, (best, at_time, at_epoch) in headline.items():
     glue(f"ut_best_{key}", best, display=False)
     glue(f"ut_time_{key}", at_time.text(), display=False)
     glue(f"ut_epoch_{key}", at_epoch.text(), display=False)
+for title in runs:
+    key = title.lower().replace(" ", "_").replace("-", "_")
+    at_end = {b: v.comparison.ratio for (t, b, axis), v in verdicts.items()
+              if t == title and axis == "epoch"}  # fmt: skip
+    low, high = min(at_end, key=at_end.get), max(at_end, key=at_end.get)
+    glue(
+        f"ut_range_{key}",
+        f"from {at_end[low]:.3g}× ({low}) to {at_end[high]:.3g}× ({high}) over the "
+        f"{len(at_end)} tuned optimisers",
+        display=False,
+    )
 outcomes = [v.outcome for _, at_time, at_epoch in headline.values() for v in (at_time, at_epoch)]
 glue(
     "ut_tally",
@@ -372,7 +384,8 @@ caps = {t: float(timed[t].records[timed[t].study.arms[0].id][0].spec.settings().
         for t in timed_tasks}  # fmt: skip
 glue(
     "ut_caps",
-    ", ".join(f"{timed_titles[t]} {c:g} s ({scale_text(timed[t])})" for t, c in caps.items()),
+    ", ".join(f"{timed_titles[t]} {c:g} s" for t, c in caps.items())
+    + f"; {profiles_text(timed, timed_titles)}",
     display=False,
 )
 glue(
@@ -444,15 +457,19 @@ format_table(
 #
 # - **UCI Energy** (best tuned baseline: {glue:text}`ut_best_uci_energy`). At matched time,
 #   {glue:text}`ut_time_uci_energy`. At the end of the budget, {glue:text}`ut_epoch_uci_energy`.
-#   On this 588-row problem every step sees the whole training set, and the damping of untuned
+#   Against each tuned optimiser at the end of the budget, the ratio runs
+#   {glue:text}`ut_range_uci_energy`. On this 588-row problem every step sees the whole training set, and the damping of untuned
 #   AdamQLR reaches its floor after a median of {glue:text}`ut_floor_energy` steps; from then on
 #   its step is the minimiser of the undamped model {eq}`eq-ut-adamqlr` along Adam's direction,
 #   which is what a tuned learning rate approximates by hand.
 # - **UCI Protein** (best tuned baseline: {glue:text}`ut_best_uci_protein`). At matched time,
 #   {glue:text}`ut_time_uci_protein`. At the end of the budget, {glue:text}`ut_epoch_uci_protein`.
+#   Against each tuned optimiser at the end of the budget, the ratio runs
+#   {glue:text}`ut_range_uci_protein`.
 # - **Fashion-MNIST** (best tuned baseline: {glue:text}`ut_best_fashion_mnist`). At matched time,
 #   {glue:text}`ut_time_fashion_mnist`. At the end of the budget,
-#   {glue:text}`ut_epoch_fashion_mnist`. The fixed *epoch* budget weighs heavily here: at the
+#   {glue:text}`ut_epoch_fashion_mnist`. Against each tuned optimiser at the end of the budget,
+#   the ratio runs {glue:text}`ut_range_fashion_mnist`. The fixed *epoch* budget weighs heavily here: at the
 #   untuned batch size of 3200 it buys few steps (a tenth of those of Adam's batch of 320);
 #   {ref}`ch-sensitivity` measures what the batch size does to AdamQLR.
 #
