@@ -183,10 +183,11 @@ glue("rt_threads", ", ".join(map(str, threads)), display=False)
 # figure draws the Fashion-MNIST runs of {ref}`ch-untuned-vs-tuned` both ways.
 
 # %% tags=["hide-input"]
-# Until the paper-profile campaign of that chapter is complete, its quick records stand in
-# (the caption names the profile).
-main_runs = notebook_records("untuned-vs-tuned", profile, compute=compute, fallback="quick")
-# reads: results/uci-energy/*/*/manifest.json
+# Until the paper-profile campaign of that chapter is complete on Fashion-MNIST, its quick
+# records stand in (the caption names the profile).
+main_runs = notebook_records(
+    "untuned-vs-tuned", profile, compute=compute, fallback="quick", task="fashion-mnist"
+)
 fm = main_runs.by_label(task="fashion-mnist")
 keep = ["AdamQLR (Untuned)", "AdamQLR", "Adam", "K-FAC (Untuned)"]
 fm = {label: fm[label] for label in keep if label in fm}
