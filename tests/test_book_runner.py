@@ -173,12 +173,22 @@ def test_only_the_records_a_page_read_or_looked_for_are_inputs(tmp_path) -> None
     ]["records"]
     wanted = "results/t/o/quick-seed0-aaaaaaaaaaaaaaaa/manifest.json"
     ledger = "results/tuning/t/o/trials-quick.jsonl"  # where a folded trial would be
-    assert records["store"] == {wanted: None, ledger: None}  # looked for, missing
+    assert records["store"] == {wanted: None}  # looked for, missing
+    assert records["ledger rows"] == {f"{ledger}#{'a' * 64}": None}  # its row, not the ledger
     entry = project.notebook("tiny")
     other = tmp_path / "results" / "t" / "o" / "quick-seed1-bbbbbbbbbbbbbbbb"
     other.mkdir(parents=True)
     (other / "manifest.json").write_text(json.dumps({"profile": "quick"}))
     assert freshness(project, entry).up_to_date  # another study's record, matched by the glob
+    (tmp_path / ledger).parent.mkdir(parents=True)
+    (tmp_path / ledger).write_text(json.dumps({"key": "b" * 64, "final": {}}) + "\n")
+    assert freshness(project, entry).up_to_date  # another trial in the same ledger
+    with (tmp_path / ledger).open("a") as f:
+        f.write(json.dumps({"key": "a" * 64, "final": {}}) + "\n")
+    state = freshness(project, entry)
+    assert not state.up_to_date and state.reasons == ("run records changed",)
+    (tmp_path / ledger).unlink()
+    assert freshness(project, entry).up_to_date  # back as it was
     (tmp_path / wanted).parent.mkdir(parents=True)
     (tmp_path / wanted).write_text(json.dumps({"profile": "quick"}))
     state = freshness(project, entry)

@@ -267,16 +267,21 @@ def test_the_read_log_names_what_a_reader_consulted(tmp_path, read_log):
     log = read_log.logged()
     ledger = str(store.ledger("uci-energy", "adam", "smoke").path)
     manifest = {s.seed: str(store.record_dir(s) / "manifest.json") for s in (present, absent)}
-    assert log["files"] == sorted({manifest[1], manifest[3], ledger})
+    assert log["files"] == sorted({manifest[1], manifest[3]})
     assert str(store.record_dir(folded) / "manifest.json") not in log["files"]  # its ledger row
+    # the ledger's rows of the trials looked up, read or missing, not the whole ledger
+    keys = {s.seed: s.settings().key for s in (folded, absent)}
+    assert log["rows"] == sorted(f"{ledger}#{keys[seed]}" for seed in (2, 3))
     assert log["scans"] == [str(tmp_path / "uci-energy/*/*-seed*/manifest.json")]
 
 
 def test_the_read_log_is_off_unless_asked_for():
+    from adamqlr.book import fingerprint
     from adamqlr.book.runner import READS_ENV
     from adamqlr.results import reads
 
     assert READS_ENV == reads.ENV  # the runner names the variable without importing the store
+    assert fingerprint.ROW_SEPARATOR == reads.ROW_SEPARATOR  # and the rows' separator
     code = "from adamqlr.results import reads; print(reads.active())"
     env = {k: v for k, v in os.environ.items() if k != reads.ENV} | {"PYTHONPATH": str(SRC)}
     for value, expected in ((None, "False"), ("1", "True"), ("0", "False")):

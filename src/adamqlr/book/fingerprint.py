@@ -8,9 +8,10 @@ inputs are
 3. :data:`adamqlr.ALGORITHM_VERSION` and :data:`RUNNER_VERSION` (what the runner adds to a
    notebook: the Colab cell, the metadata);
 4. the run records the notebook read. The runner logs, in the kernel, every record manifest and
-   trial ledger the results store read or looked for (:mod:`adamqlr.results.reads`): those files
-   are hashed (one looked for and missing counts as missing, so a record that appears later makes
-   the page stale), and a record added beside them for another study does not. The notebook
+   trial-ledger row the results store read or looked for (:mod:`adamqlr.results.reads`): those
+   files and rows are hashed (one looked for and missing counts as missing, so a record that
+   appears later makes the page stale), and a record or trial added beside them for another
+   study does not. The notebook
    also declares its reads, lines ``# reads: <glob>`` in its code cells, globs relative to the
    project root: every matching file is hashed (a glob that matches nothing counts too), except
    the store's own files when the page has a read log (they are covered exactly by it); a page
@@ -333,9 +334,13 @@ def _counted(path: str, profile: str | None, store_files: bool) -> bool:
 
 
 #: The key of :func:`store_hashes`' files in ``Inputs.records``; scanned globs are keyed by
-#: this prefix and the glob.
+#: this prefix and the glob; trial-ledger rows by :data:`ROWS_KEY`.
 STORE_KEY = "store"
 SCAN_PREFIX = "scan:"
+ROWS_KEY = "ledger rows"
+#: What separates a ledger's path from a row's key in a read log: the separator of
+#: :mod:`adamqlr.results.reads` (not imported: the runner keeps clear of the store's imports).
+ROW_SEPARATOR = "#"
 
 
 def store_hashes(root: str | os.PathLike[str], store_reads: Mapping[str, Any]) -> dict[str, Any]:
@@ -343,11 +348,14 @@ def store_hashes(root: str | os.PathLike[str], store_reads: Mapping[str, Any]) -
 
     Args:
         root: The project root (relative paths in the log are relative to it).
-        store_reads: ``{"files": [...], "scans": [...]}``: the files read or looked for, and the
-            globs scanned (every match counts).
+        store_reads: ``{"files": [...], "scans": [...], "rows": [...]}``: the files read or
+            looked for, the globs scanned (every match counts), and the trial-ledger rows looked
+            up (``"<ledger>#<key>"``; only those rows count, not the rest of their ledger).
 
     Returns:
-        ``{"store": {path: sha256 or None for a missing file}, "scan:<glob>": {path: sha256}}``.
+        ``{"store": {path: sha256 or None for a missing file}, "scan:<glob>": {path: sha256},
+        "ledger rows": {"<ledger>#<key>": sha256 of the row's line, or None}}`` (the last only
+        when rows were logged).
     """
     root = Path(root)
     files = {
@@ -360,6 +368,47 @@ def store_hashes(root: str | os.PathLike[str], store_reads: Mapping[str, Any]) -
         out[SCAN_PREFIX + pattern] = {
             relative_path(p, root): cached_digest(p, "sha256", sha256_file) for p in matches
         }
+    rows = sorted(store_reads.get("rows", []))
+    if rows:
+        lines: dict[str, dict[str, str]] = {}
+        digests: dict[str, str | None] = {}
+        for entry in rows:
+            ledger, _, key = entry.rpartition(ROW_SEPARATOR)
+            if ledger not in lines:
+                lines[ledger] = _ledger_lines(root / ledger)
+            digests[entry] = lines[ledger].get(key)
+        out[ROWS_KEY] = digests
+    return out
+
+
+#: Parsed ledgers of this process, by path: ``(inode, size, mtime_ns, ctime_ns), lines``.
+_LEDGERS: dict[Path, tuple[tuple[int, int, int, int], dict[str, str]]] = {}
+
+
+def _ledger_lines(path: Path) -> dict[str, str]:
+    """Return ``{key: sha256 of its line}`` of a trial ledger (empty when missing).
+
+    A line that is not a JSON object with a ``key`` is skipped here: the store refuses such a
+    ledger when it reads it, so a page could not have read it. A ledger is parsed once per
+    process while its file is unchanged (``book status`` asks for the rows of every page).
+    """
+    try:
+        st = path.stat()
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if path in _LEDGERS and _LEDGERS[path][0] == stamp:
+            return _LEDGERS[path][1]
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    out = {}
+    for line in data.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "key" in row:
+            out[str(row["key"])] = hashlib.sha256(line).hexdigest()
+    _LEDGERS[path] = (stamp, out)
     return out
 
 
@@ -368,15 +417,25 @@ def store_reads_of(records: Mapping[str, Any]) -> dict[str, list[str]] | None:
     if STORE_KEY not in records:
         return None
     scans = [k[len(SCAN_PREFIX) :] for k in records if k.startswith(SCAN_PREFIX)]
-    return {"files": sorted(records[STORE_KEY]), "scans": sorted(scans)}
+    out = {"files": sorted(records[STORE_KEY]), "scans": sorted(scans)}
+    if ROWS_KEY in records:
+        out["rows"] = sorted(records[ROWS_KEY])
+    return out
 
 
 def relative_reads(logged: Mapping[str, Any], root: str | os.PathLike[str]) -> dict[str, list[str]]:
     """Return a kernel's read log with its paths relative to ``root`` where they lie under it."""
-    return {
+    out = {
         kind: sorted({relative_path(p, Path(root)) for p in logged.get(kind, [])})
         for kind in ("files", "scans")
     }
+    rows = set()
+    for entry in logged.get("rows", []):
+        ledger, _, key = entry.rpartition(ROW_SEPARATOR)
+        rows.add(f"{relative_path(ledger, Path(root))}{ROW_SEPARATOR}{key}")
+    if rows:
+        out["rows"] = sorted(rows)
+    return out
 
 
 def relative_path(path: str | os.PathLike[str], root: Path) -> str:

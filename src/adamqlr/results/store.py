@@ -350,7 +350,7 @@ class ResultStore:
 
     def _ledger_row(self, settings: SettingsLike) -> tuple[TrialLedger, dict[str, Any]] | None:
         ledger = self.ledger(settings.task, settings.optimiser, settings.profile)
-        reads.note_file(ledger.path)
+        reads.note_row(ledger.path, settings.key)
         row = ledger.get(settings.key)
         return None if row is None else (ledger, row)
 
