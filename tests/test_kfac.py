@@ -470,6 +470,39 @@ def test_nonfinite_loss_is_skipped():
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
 
 
+def test_an_eigendecomposition_that_fails_skips_the_step_instead_of_stopping_the_run(monkeypatch):
+    real_eigh = torch.linalg.eigh
+    m = torch.diag(torch.tensor([4.0, 0.0, 2.0], dtype=torch.float32))  # singular: Cholesky fails
+
+    def failing_in_float32(a):
+        if a.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+        return real_eigh(a)
+
+    monkeypatch.setattr(torch.linalg, "eigh", failing_in_float32)
+    inverse = psd_inverse(m)  # computed again in float64, returned in float32
+    assert inverse.dtype == torch.float32
+    torch.testing.assert_close(inverse.diagonal()[[0, 2]], torch.tensor([0.25, 0.5]))
+
+    def failing(a):
+        raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+
+    monkeypatch.setattr(torch.linalg, "eigh", failing)
+    assert torch.isnan(psd_inverse(m)).all()
+    # inside a step: every factor's Cholesky fails and so does its eigendecomposition
+    monkeypatch.setattr(
+        torch.linalg, "cholesky_ex", lambda a: (torch.zeros_like(a), torch.tensor(1))
+    )
+    model = mlp()
+    x, y = data()
+    opt = KFAC(model, "cross_entropy")
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.warns(RuntimeWarning, match="step skipped"):
+        s = opt.step(x, y)
+    assert not s.accepted and math.isfinite(s.damping)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
+
+
 def test_default_sampling_follows_the_global_generator():
     x, y = data(n=16)
     results = []

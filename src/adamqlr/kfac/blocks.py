@@ -112,12 +112,24 @@ def psd_inverse(m: Tensor) -> Tensor:
     """Invert a symmetric positive-definite matrix by Cholesky (eigendecomposition as a fallback).
 
     The fallback clips eigenvalues below ``1e-12 * max`` (or a tiny absolute value), so a nearly
-    singular factor gives a large but finite inverse instead of NaN.
+    singular factor gives a large but finite inverse instead of NaN. When the eigendecomposition
+    itself fails (LAPACK's "failed to converge", met by a diverging K-FAC whose factors' entries
+    approach the dtype's largest value), it is tried once more in float64; if that fails too,
+    the inverse is all NaN, which the optimiser refuses like any non-finite step (the step is
+    skipped and the damping raised) instead of the run stopping with an exception.
     """
     chol, info = torch.linalg.cholesky_ex(m)
     if int(info) == 0:  # cholesky_solve against I: about twice as fast as cholesky_inverse on CPU
         return torch.cholesky_solve(torch.eye(m.shape[0], dtype=m.dtype, device=m.device), chol)
-    evals, evecs = torch.linalg.eigh(m)
+    try:
+        evals, evecs = torch.linalg.eigh(m)
+    except torch.linalg.LinAlgError:
+        try:
+            evals, evecs = torch.linalg.eigh(m.double())
+        except torch.linalg.LinAlgError:
+            return torch.full_like(m, math.nan)
+        floor = max(float(evals.max()) * 1e-12, torch.finfo(torch.float64).tiny)
+        return ((evecs / evals.clamp_min(floor)) @ evecs.T).to(m.dtype)
     floor = max(float(evals.max()) * 1e-12, torch.finfo(m.dtype).tiny)
     return (evecs / evals.clamp_min(floor)) @ evecs.T
 
