@@ -241,7 +241,7 @@ def test_notebook_records_stand_in_another_profile_only_when_asked(tmp_path):
     with pytest.raises(StudyIncomplete, match="--profile paper"):
         notebook_records("kfac-sensitivity", "paper", store=empty, fallback="paper")
     # the committed store: the paper campaign of this study is under way, its quick runs made
-    if missing(get_study("kfac-sensitivity", "paper"), ResultStore()):
+    if any(missing(get_study("kfac-sensitivity", "paper"), ResultStore())):
         data = notebook_records("kfac-sensitivity", "paper", fallback="quick")
         assert data.study.profile == "quick" and data.records
 
@@ -286,7 +286,7 @@ def test_notebook_records_by_task_reads_each_task_under_its_complete_profile():
     assert list(parts) == study.tasks()
     for task, part in parts.items():
         assert part.tasks() == [task]
-        complete = not missing(select_arms(study, ArmFilter(tasks=(task,))), ResultStore())
+        complete = not any(missing(select_arms(study, ArmFilter(tasks=(task,))), ResultStore()))
         assert part.study.profile == ("paper" if complete else "quick")
     smoke = notebook_records_by_task("untuned-vs-tuned", "smoke", fallback="quick")
     assert list(smoke) == get_study("untuned-vs-tuned", "quick").tasks()
