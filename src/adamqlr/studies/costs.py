@@ -449,25 +449,18 @@ def left(total: StudyEstimate, done: StudyEstimate) -> StudyEstimate:
     out = StudyEstimate(total.study, 0, 0.0, 0.0, uncalibrated=set(total.uncalibrated))
     by_arm = {p.arm: p for p in done.parts}
     for p in total.parts:
-        d = by_arm.get(p.arm, PartEstimate(p.arm, p.task, p.optimiser))
-        if done.complete:
-            d = p
         if p.arm in done.pending and not done.complete:
-            exact = done.pending[p.arm]
-            part = dataclasses.replace(exact)
-            out.parts.append(part)
-            out.runs += part.runs
-            out.steps += part.steps
-            out.core_hours += part.core_hours
-            continue
-        part = PartEstimate(
-            p.arm,
-            p.task,
-            p.optimiser,
-            max(0, p.runs - d.runs),
-            max(0.0, p.steps - d.steps),
-            max(0.0, p.core_hours - d.core_hours),
-        )
+            part = dataclasses.replace(done.pending[p.arm])
+        else:
+            d = p if done.complete else by_arm.get(p.arm, PartEstimate(p.arm, p.task, p.optimiser))
+            part = PartEstimate(
+                p.arm,
+                p.task,
+                p.optimiser,
+                max(0, p.runs - d.runs),
+                max(0.0, p.steps - d.steps),
+                max(0.0, p.core_hours - d.core_hours),
+            )
         out.parts.append(part)
         out.runs += part.runs
         out.steps += part.steps
