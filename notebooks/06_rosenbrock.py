@@ -278,7 +278,7 @@ print(f"K-FAC's steps 2..{checked + 1} are the damped Gauss-Newton steps of eq-r
 
 # %% tags=["hide-input"]
 # reads: results/rosenbrock/*/*/manifest.json
-# reads: results/tuning/rosenbrock-random-start/*/trials-*.jsonl
+# reads: results/tuning/rosenbrock-random-start/*/trials-*.jsonl.gz
 protocol = notebook_records("rosenbrock", profile)
 protocol_runs = {a.label: protocol.records[a.id][0] for a in protocol.study.arms}
 protocol_final = pd.DataFrame(

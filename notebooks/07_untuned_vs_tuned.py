@@ -63,7 +63,7 @@ pd.set_option("display.width", 120)
 # reads: results/fashion-mnist/sgd/*/manifest.json
 # reads: results/fashion-mnist/kfac-untuned/*/manifest.json
 # reads: results/cifar-10/*/*/manifest.json
-# reads: results/tuning/*/*/trials-*.jsonl
+# reads: results/tuning/*/*/trials-*.jsonl.gz
 parts = notebook_records_by_task("untuned-vs-tuned", profile, compute=compute, fallback="quick")
 tasks = list(parts)
 titles = {t: parts[t].task_titles()[t] for t in tasks}

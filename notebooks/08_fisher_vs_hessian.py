@@ -57,7 +57,7 @@ pd.set_option("display.precision", 4)
 # reads: results/fashion-mnist/adamqlr-untuned/*/manifest.json
 # reads: results/fashion-mnist/adamqlr-untuned-hessian/*/manifest.json
 # reads: results/cifar-10/*/*/manifest.json
-# reads: results/tuning/*/*/trials-*.jsonl
+# reads: results/tuning/*/*/trials-*.jsonl.gz
 # reads: results/benchmarks/step_cost-cpu.json
 data = notebook_records("fisher-vs-hessian", profile, compute=compute)
 study = data.study

@@ -58,7 +58,7 @@ pd.set_option("display.precision", 4)
 # reads: results/fashion-mnist/adamqlr-untuned/*/manifest.json
 # reads: results/uci-energy/adamqlr-untuned/*/manifest.json
 # reads: results/cifar-10/*/*/manifest.json
-# reads: results/tuning/*/*/trials-*.jsonl
+# reads: results/tuning/*/*/trials-*.jsonl.gz
 data = notebook_records("damping", profile, compute=compute)
 study = data.study
 print(f"study {study.name!r}, profile {study.profile!r}: {len(study.arms)} arms")

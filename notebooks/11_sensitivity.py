@@ -68,7 +68,7 @@ pd.set_option("display.precision", 4)
 
 # reads: results/fashion-mnist/adamqlr/*/manifest.json
 # reads: results/fashion-mnist/adam/*/manifest.json
-# reads: results/tuning/*/*/trials-*.jsonl
+# reads: results/tuning/*/*/trials-*.jsonl.gz
 data = notebook_records("sensitivity", profile, compute=compute)
 study = data.study
 print(f"study {study.name!r}, profile {study.profile!r}: {len(study.arms)} arms")

@@ -52,7 +52,7 @@ pd.set_option("display.precision", 4)
 # reads: results/uci-energy/*/*/manifest.json
 # reads: results/uci-protein/*/*/manifest.json
 # reads: results/fashion-mnist/*/*/manifest.json
-# reads: results/tuning/*/*/trials-*.jsonl
+# reads: results/tuning/*/*/trials-*.jsonl.gz
 data = notebook_records("factorial", profile, compute=compute)
 study = data.study
 tasks = data.tasks()

@@ -3,6 +3,7 @@ input hash covers what it claims to, and the executed notebook carries its prove
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 
@@ -172,7 +173,7 @@ def test_only_the_records_a_page_read_or_looked_for_are_inputs(tmp_path) -> None
         "inputs"
     ]["records"]
     wanted = "results/t/o/quick-seed0-aaaaaaaaaaaaaaaa/manifest.json"
-    ledger = "results/tuning/t/o/trials-quick.jsonl"  # where a folded trial would be
+    ledger = "results/tuning/t/o/trials-quick.jsonl.gz"  # where a folded trial would be
     assert records["store"] == {wanted: None}  # looked for, missing
     assert records["ledger rows"] == {f"{ledger}#{'a' * 64}": None}  # its row, not the ledger
     entry = project.notebook("tiny")
@@ -181,14 +182,19 @@ def test_only_the_records_a_page_read_or_looked_for_are_inputs(tmp_path) -> None
     (other / "manifest.json").write_text(json.dumps({"profile": "quick"}))
     assert freshness(project, entry).up_to_date  # another study's record, matched by the glob
     (tmp_path / ledger).parent.mkdir(parents=True)
-    (tmp_path / ledger).write_text(json.dumps({"key": "b" * 64, "final": {}}) + "\n")
+    line_b, line_a = (json.dumps({"key": k * 64, "final": {}}) + "\n" for k in "ba")
+    (tmp_path / ledger).write_bytes(gzip.compress(line_b.encode()))
     assert freshness(project, entry).up_to_date  # another trial in the same ledger
-    with (tmp_path / ledger).open("a") as f:
-        f.write(json.dumps({"key": "a" * 64, "final": {}}) + "\n")
+    (tmp_path / ledger).write_bytes(gzip.compress((line_b + line_a).encode()))
     state = freshness(project, entry)
     assert not state.up_to_date and state.reasons == ("run records changed",)
     (tmp_path / ledger).unlink()
     assert freshness(project, entry).up_to_date  # back as it was
+    plain = tmp_path / ledger.removesuffix(".gz")  # a ledger from before compression counts too
+    plain.write_text(line_a)
+    state = freshness(project, entry)
+    assert not state.up_to_date and state.reasons == ("run records changed",)
+    plain.unlink()
     (tmp_path / wanted).parent.mkdir(parents=True)
     (tmp_path / wanted).write_text(json.dumps({"profile": "quick"}))
     state = freshness(project, entry)
@@ -258,16 +264,17 @@ def test_record_hashes_leave_out_records_of_other_profiles(tmp_path) -> None:
     assert broken in record_hashes(tmp_path, [pattern], "quick")[pattern]
 
 
-def test_record_hashes_count_trial_ledgers_of_the_page_profile_only(tmp_path) -> None:
+@pytest.mark.parametrize("suffix", [".jsonl.gz", ".jsonl"])
+def test_record_hashes_count_trial_ledgers_of_the_page_profile_only(tmp_path, suffix) -> None:
     folder = tmp_path / "results" / "tuning" / "task" / "opt"
     folder.mkdir(parents=True)
-    (folder / "trials-quick.jsonl").write_text("{}\n")
-    pattern = "results/tuning/*/*/trials-*.jsonl"
+    (folder / f"trials-quick{suffix}").write_text("{}\n")
+    pattern = f"results/tuning/*/*/trials-*{suffix}"
     before = record_hashes(tmp_path, [pattern], "quick")
-    assert list(before[pattern]) == ["results/tuning/task/opt/trials-quick.jsonl"]
-    (folder / "trials-paper.jsonl").write_text("{}\n")  # a paper campaign folding its trials
+    assert list(before[pattern]) == [f"results/tuning/task/opt/trials-quick{suffix}"]
+    (folder / f"trials-paper{suffix}").write_text("{}\n")  # a paper campaign folding its trials
     assert record_hashes(tmp_path, [pattern], "quick") == before
-    (folder / "trials-quick.jsonl").write_text("{}\n{}\n")
+    (folder / f"trials-quick{suffix}").write_text("{}\n{}\n")
     assert record_hashes(tmp_path, [pattern], "quick") != before
 
 

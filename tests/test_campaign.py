@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import math
@@ -271,8 +272,8 @@ def _manifests(root: Path) -> dict[str, str]:
 def _ledger_rows(root: Path) -> list[dict]:
     return [
         json.loads(line)
-        for p in sorted(root.glob("tuning/*/*/trials-*.jsonl"))
-        for line in p.read_text().splitlines()
+        for p in sorted(root.glob("tuning/*/*/trials-*.jsonl.gz"))
+        for line in gzip.decompress(p.read_bytes()).splitlines()
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -78,10 +79,80 @@ def test_an_edited_ledger_row_is_corrupt(tmp_path):
     _save(store, spec, 0.25)
     store.summarise([spec])
     path = store.ledger("uci-energy", "adam", "smoke").path
-    path.write_text(path.read_text().replace('"val_loss": 0.25', '"val_loss": 0.2'))
+    text = gzip.decompress(path.read_bytes()).decode()
+    path.write_bytes(gzip.compress(text.replace('"val_loss": 0.25', '"val_loss": 0.2').encode()))
     fresh = ResultStore(tmp_path)
     assert fresh.status(spec) == "corrupt"
     with pytest.raises(CorruptRecordError, match="SHA-256"):
+        fresh.load(spec)
+
+
+def test_a_ledger_is_gzip_whose_bytes_depend_only_on_its_rows(tmp_path):
+    paths = []
+    for root in (tmp_path / "a", tmp_path / "b"):
+        store = ResultStore(root)
+        for seed in (1, 2):
+            _save(store, _spec(seed), 0.25)
+        store.summarise([_spec(1), _spec(2)])
+        paths.append(store.ledger("uci-energy", "adam", "smoke").path)
+        time.sleep(1.1)  # a gzip header with a time stamp would differ
+    assert paths[0].name == "trials-smoke.jsonl.gz"
+    text = gzip.decompress(paths[0].read_bytes()).decode()
+    assert len(text.splitlines()) == 2 and len(paths[0].read_bytes()) < len(text)
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert [r["seed"] for r in lines] == [1, 2]
+    rows = [ResultStore(p.parents[3]).ledger("uci-energy", "adam", "smoke").rows() for p in paths]
+    assert rows[0].keys() == rows[1].keys()
+    # the rows differ only in when they were written; the same rows give the same bytes
+    for p in paths:
+        ResultStore(p.parents[3]).ledger("uci-energy", "adam", "smoke")._write(rows[0])
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+
+
+def test_a_plain_text_ledger_is_read_merged_and_compressed(tmp_path):
+    """A ledger written before compression still counts; the next write folds it in."""
+    store = ResultStore(tmp_path)
+    for seed in (1, 2, 3):
+        _save(store, _spec(seed), 0.1 * seed)
+    store.summarise([_spec(1), _spec(2)])
+    ledger = store.ledger("uci-energy", "adam", "smoke")
+    rows = ledger.rows()
+    plain = ledger.path.with_suffix("")
+    assert plain.name == "trials-smoke.jsonl" and not plain.exists()
+    # as an older version wrote it: all rows in plain text, nothing compressed
+    plain.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows.values()))
+    ledger.path.unlink()
+    fresh = ResultStore(tmp_path)
+    assert fresh.status(_spec(1)) == "complete"
+    assert final_value(fresh.load(_spec(2)), "val_loss") == pytest.approx(0.2)
+    assert [p.name for p in fresh.compress_ledgers()] == ["trials-smoke.jsonl.gz"]
+    assert not plain.exists() and fresh.ledger("uci-energy", "adam", "smoke").rows() == rows
+    assert fresh.compress_ledgers() == []  # nothing left to compress
+    # both at once (an older writer beside a newer one): the plain file's rows are merged in
+    row = next(iter(rows.values()))
+    plain.write_text(json.dumps(row, sort_keys=True) + "\n")
+    fresh.ledger("uci-energy", "adam", "smoke").remove(row["key"])
+    assert not plain.exists()
+    assert list(ResultStore(tmp_path).ledger("uci-energy", "adam", "smoke").rows()) == [
+        k for k in rows if k != row["key"]
+    ]
+    store3 = ResultStore(tmp_path)
+    plain.write_text(json.dumps(row, sort_keys=True) + "\n")
+    store3.summarise([_spec(3)])
+    assert not plain.exists()
+    assert set(store3.ledger("uci-energy", "adam", "smoke").rows()) == set(rows) | {_spec(3).key}
+
+
+def test_a_ledger_that_is_not_gzip_is_corrupt_and_named(tmp_path):
+    store = ResultStore(tmp_path)
+    spec = _spec()
+    _save(store, spec, 0.25)
+    store.summarise([spec])
+    path = store.ledger("uci-energy", "adam", "smoke").path
+    path.write_bytes(path.read_bytes()[:-8])  # truncated
+    fresh = ResultStore(tmp_path)
+    assert fresh.status(spec) == "corrupt"
+    with pytest.raises(CorruptRecordError, match="trials-smoke.jsonl.gz"):
         fresh.load(spec)
 
 

@@ -381,27 +381,42 @@ def store_hashes(root: str | os.PathLike[str], store_reads: Mapping[str, Any]) -
     return out
 
 
-#: Parsed ledgers of this process, by path: ``(inode, size, mtime_ns, ctime_ns), lines``.
-_LEDGERS: dict[Path, tuple[tuple[int, int, int, int], dict[str, str]]] = {}
+#: Parsed ledgers of this process, by path: the stamps of the compressed and the plain-text
+#: file (:func:`_file_stamp`), and ``{key: sha256 of its line}``.
+_LEDGERS: dict[Path, tuple[tuple[tuple[int, ...], ...], dict[str, str]]] = {}
+
+
+def _file_stamp(path: Path) -> tuple[int, ...]:
+    """``(inode, size, mtime_ns, ctime_ns)`` of ``path``; ``()`` when it does not exist."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return ()
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _ledger_lines(path: Path) -> dict[str, str]:
     """Return ``{key: sha256 of its line}`` of a trial ledger (empty when missing).
 
+    ``path`` is the compressed ledger; a plain-text one beside it is read after it, as the store
+    reads them (:func:`adamqlr.results.ledger.ledger_lines`), and a line's digest is of its text,
+    so compressing a ledger leaves every row's digest as it was.
+
     A line that is not a JSON object with a ``key`` is skipped here: the store refuses such a
     ledger when it reads it, so a page could not have read it. A ledger is parsed once per
     process while its file is unchanged (``book status`` asks for the rows of every page).
     """
+    from adamqlr.results.ledger import LedgerError, ledger_lines  # stdlib only; imported late
+
+    stamp = tuple(_file_stamp(f) for f in (path, path.with_suffix("")))
+    if path in _LEDGERS and _LEDGERS[path][0] == stamp:
+        return _LEDGERS[path][1]
     try:
-        st = path.stat()
-        stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        if path in _LEDGERS and _LEDGERS[path][0] == stamp:
-            return _LEDGERS[path][1]
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return {}
+        lines = ledger_lines(path)
+    except LedgerError:
+        lines = []  # the store refuses it too: every row the page read reads as missing
     out = {}
-    for line in data.splitlines():
+    for _, _, line in lines:
         try:
             row = json.loads(line)
         except ValueError:
@@ -450,8 +465,9 @@ def relative_path(path: str | os.PathLike[str], root: Path) -> str:
 def _record_profile(path: str) -> str | None:
     """Return the profile of a run record's manifest or a trial ledger (``None``: another file)."""
     name = os.path.basename(path)
-    if name.startswith("trials-") and name.endswith(".jsonl"):  # trials-<profile>.jsonl
-        return name[len("trials-") : -len(".jsonl")]
+    for suffix in (".jsonl.gz", ".jsonl"):  # trials-<profile>.jsonl.gz, or a plain-text one
+        if name.startswith("trials-") and name.endswith(suffix):
+            return name[len("trials-") : -len(suffix)]
     if name != "manifest.json":
         return None
     return cached_digest(path, "profile", _manifest_profile)

@@ -3,10 +3,15 @@
 A paper-scale search makes thousands of tuning trials (200 configurations per arm, rungs of
 successive halving); a full record of each (metric curve, provenance, manifest: about 9 kB in
 three files) would outgrow the repository, and nothing reads a trial's curve: the search only
-needs each trial's final values. A *ledger* keeps those, one JSON line per trial, under the
+needs each trial's final values. A *ledger* keeps those, one JSON line per trial, gzip-compressed
+(the rows repeat most of their provenance, so the file is about a sixth of the text), under the
 store's ``tuning/`` folder::
 
-    tuning/<task>/<optimiser>/trials-<profile>.jsonl
+    tuning/<task>/<optimiser>/trials-<profile>.jsonl.gz
+
+A ledger written before compression (``trials-<profile>.jsonl``, plain text) is still read: its
+rows are merged over the compressed file's, and the next write folds them into the compressed
+file and removes the plain one (``adamqlr study fold`` does so for every ledger of a store).
 
 A row holds the experiment key, the manifest's fields (algorithm version, seed, stop reason, row
 count, when it was written), the last non-missing value of every metric column (``final``) and
@@ -21,12 +26,14 @@ folder: a trial found there is ``"complete"`` (or ``"stale"``), and loads as a
 manifest says ``"form": "summary"``), so a search's choice is the same as from the full records.
 
 Writing is atomic: the whole ledger is rewritten to a temporary file and renamed, under a lock;
+the compressed bytes depend only on the rows (no time stamp in the gzip header);
 a record folder is deleted only after its row is durably in the ledger (see
 :meth:`ResultStore.summarise <adamqlr.results.store.ResultStore.summarise>`).
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import math
@@ -37,7 +44,10 @@ from typing import Any
 
 from adamqlr.results.atomic import atomic_write_bytes, file_lock
 
-__all__ = ["LEDGER_VERSION", "TrialLedger", "ledger_path", "summary_row"]
+__all__ = [
+    "LEDGER_VERSION", "TrialLedger", "ledger_lines", "ledger_path", "legacy_ledgers",
+    "summary_row",
+]  # fmt: skip
 
 #: Version of the row layout.
 LEDGER_VERSION = 1
@@ -52,12 +62,61 @@ _DROPPED = (
 _KEPT_DATA = ("dataset", "profile", "sizes", "preprocessing")
 
 
+class LedgerError(ValueError):
+    """A ledger file or row that does not check out (the message names the file and line)."""
+
+
 def ledger_path(root: str | os.PathLike[str], task: str, optimiser: str, profile: str) -> Path:
     """Return where the ledger of ``(task, optimiser, profile)`` lives under the store ``root``."""
     for name, value in (("task", task), ("optimiser", optimiser), ("profile", profile)):
         if not isinstance(value, str) or not value or "/" in value or value.startswith("."):
             raise ValueError(f"invalid {name} {value!r} for a ledger path")
-    return Path(root) / "tuning" / task / optimiser / f"trials-{profile}.jsonl"
+    return Path(root) / "tuning" / task / optimiser / f"trials-{profile}.jsonl.gz"
+
+
+def _legacy(path: Path) -> Path:
+    """Return the plain-text ledger a compressed one replaces (``.jsonl.gz`` → ``.jsonl``)."""
+    return path.with_suffix("") if path.suffix == ".gz" else path
+
+
+def ledger_lines(path: str | os.PathLike[str]) -> list[tuple[Path, int, bytes]]:
+    """Return the non-blank lines of a ledger as ``(file, line number, line)``, in reading order.
+
+    ``path`` is the compressed ledger; the lines of a plain-text ledger beside it (written before
+    compression) follow its own, so that a row in both reads as the plain file has it. Either
+    file may be missing (no lines from it).
+
+    Raises:
+        LedgerError: The compressed file is not valid gzip.
+    """
+    path = Path(path)
+    out: list[tuple[Path, int, bytes]] = []
+    for file in dict.fromkeys((path, _legacy(path))):
+        try:
+            data = file.read_bytes()
+        except FileNotFoundError:
+            continue
+        if file.suffix == ".gz":
+            try:
+                data = gzip.decompress(data)
+            except (OSError, EOFError) as err:
+                raise LedgerError(f"{file}: not a gzip file: {err}") from err
+        out.extend((file, n, line) for n, line in enumerate(data.splitlines(), 1) if line.strip())
+    return out
+
+
+def legacy_ledgers(root: str | os.PathLike[str]) -> list[Path]:
+    """Return the compressed paths of the store's ledgers that still have a plain-text file."""
+    plain = sorted(Path(root).glob("tuning/*/*/trials-*.jsonl"))
+    return [p.with_name(p.name + ".gz") for p in plain]
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return (-1, -1)
+    return (st.st_mtime_ns, st.st_size)
 
 
 def _json_value(value: Any) -> Any:
@@ -130,10 +189,6 @@ def _clean(obj: Any) -> Any:
     return _json_value(obj)
 
 
-class LedgerError(ValueError):
-    """A ledger file or row that does not check out (the message names the file and line)."""
-
-
 class TrialLedger:
     """One ledger file: read (checked, cached by modification time), extended atomically.
 
@@ -144,9 +199,10 @@ class TrialLedger:
 
     def __init__(self, path: str | os.PathLike[str], lock_dir: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        name = _legacy(self.path).stem  # trials-<profile>: the lock of the plain-text ledger too
         self._lock = Path(lock_dir) / f"ledger-{self.path.parent.parent.name}-" \
-            f"{self.path.parent.name}-{self.path.stem}.lock"  # fmt: skip
-        self._cache: tuple[tuple[int, int], dict[str, dict[str, Any]]] | None = None
+            f"{self.path.parent.name}-{name}.lock"  # fmt: skip
+        self._cache: tuple[tuple[tuple[int, int], ...], dict[str, dict[str, Any]]] | None = None
 
     def __repr__(self) -> str:
         return f"TrialLedger({str(self.path)!r})"
@@ -155,30 +211,23 @@ class TrialLedger:
         """Return ``{key: row}`` (empty when the file does not exist).
 
         Raises:
-            LedgerError: A line that is not JSON, or whose ``row_sha256`` does not match.
+            LedgerError: A file that is not gzip, a line that is not JSON, or a row whose
+                ``row_sha256`` does not match.
         """
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            return {}
-        stamp = (st.st_mtime_ns, st.st_size)
+        stamp = tuple(_stamp(f) for f in (self.path, _legacy(self.path)))
         if self._cache is not None and self._cache[0] == stamp:
             return self._cache[1]
         rows: dict[str, dict[str, Any]] = {}
-        with self.path.open("rb") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as err:
-                    raise LedgerError(f"{self.path}:{number}: not JSON: {err}") from err
-                if not isinstance(row, dict) or row.get("row_sha256") != _digest(row):
-                    raise LedgerError(
-                        f"{self.path}:{number}: row SHA-256 does not match its content "
-                        "(edited or damaged)"
-                    )
-                rows[str(row["key"])] = row
+        for file, number, line in ledger_lines(self.path):
+            try:
+                row = json.loads(line)
+            except ValueError as err:
+                raise LedgerError(f"{file}:{number}: not JSON: {err}") from err
+            if not isinstance(row, dict) or row.get("row_sha256") != _digest(row):
+                raise LedgerError(
+                    f"{file}:{number}: row SHA-256 does not match its content (edited or damaged)"
+                )
+            rows[str(row["key"])] = row
         self._cache = (stamp, rows)
         return rows
 
@@ -217,10 +266,26 @@ class TrialLedger:
             self._write(rows)
             return True
 
+    def compress(self) -> bool:
+        """Fold a plain-text ledger beside this one into the compressed file; remove it.
+
+        Returns:
+            Whether there was a plain-text file to fold.
+        """
+        with file_lock(self._lock):
+            if not _legacy(self.path).exists() or _legacy(self.path) == self.path:
+                return False
+            self._cache = None
+            self._write(self.rows())
+            return True
+
     def _write(self, rows: Mapping[str, Mapping[str, Any]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows.values())
-        atomic_write_bytes(self.path, text.encode())
+        data = gzip.compress(text.encode(), compresslevel=9, mtime=0)
+        atomic_write_bytes(self.path, data)
+        if _legacy(self.path) != self.path:
+            _legacy(self.path).unlink(missing_ok=True)  # its rows are in the compressed file now
         self._cache = None
 
     @staticmethod

@@ -11,7 +11,7 @@ an argument chooses another)::
     .checkpoints/<key>.pt                 checkpoint of a run in progress (never committed)
     .locks/<key[:16]>.lock                one lock per experiment (writers and sweeps take it)
     tuning/...                            tuning tables of the studies' searches (not records)
-    tuning/<task>/<optimiser>/trials-<profile>.jsonl
+    tuning/<task>/<optimiser>/trials-<profile>.jsonl.gz
                                           ledgers: summaries of tuning trials whose full records
                                           were folded away (:mod:`adamqlr.results.ledger`)
 
@@ -61,7 +61,13 @@ from adamqlr.results.atomic import (
     is_temporary,
     sweep_temporaries,
 )
-from adamqlr.results.ledger import LedgerError, TrialLedger, ledger_path, summary_row
+from adamqlr.results.ledger import (
+    LedgerError,
+    TrialLedger,
+    ledger_path,
+    legacy_ledgers,
+    summary_row,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -347,6 +353,20 @@ class ResultStore:
         if path not in self._ledgers:
             self._ledgers[path] = TrialLedger(path, self.root / ".locks")
         return self._ledgers[path]
+
+    def compress_ledgers(self) -> list[Path]:
+        """Fold every plain-text ledger (written before compression) into its compressed file.
+
+        Returns:
+            The compressed ledgers that took in a plain-text file.
+        """
+        done = []
+        for path in legacy_ledgers(self.root):
+            optimiser, task = path.parent.name, path.parent.parent.name
+            profile = path.name[len("trials-") : -len(".jsonl.gz")]
+            if self.ledger(task, optimiser, profile).compress():
+                done.append(path)
+        return done
 
     def _ledger_row(self, settings: SettingsLike) -> tuple[TrialLedger, dict[str, Any]] | None:
         ledger = self.ledger(settings.task, settings.optimiser, settings.profile)

@@ -99,7 +99,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     pl.add_argument("--left", action="store_true",
                     help="what is left: the estimate less the runs already stored")  # fmt: skip
     fo = sub.add_parser(
-        "fold", help="fold finished tuning trials' full records into the trial ledgers"
+        "fold",
+        help="fold finished tuning trials' full records into the trial ledgers (and compress "
+        "ledgers still in plain text)",
     )
     fo.add_argument("name", help="study name, or 'all'")
     _add_common(fo)
@@ -179,6 +181,9 @@ def handle(args: argparse.Namespace) -> int:
 
         folded = fold_trials(studies, store, protect=_studies("all", args.profile))
         print(f"folded {len(folded)} tuning-trial record(s) into the ledgers under {store.root}")
+        compressed = store.compress_ledgers()
+        if compressed:
+            print(f"compressed {len(compressed)} plain-text ledger(s)")
         return 0
     if action == "list":
         for study in studies:
