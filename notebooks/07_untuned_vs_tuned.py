@@ -49,7 +49,7 @@ from adamqlr.studies.analysis import (
     provenance_text,
     tuning_summary,
 )
-from adamqlr.studies.verdicts import compare, edge_choices, judge, verdict_table
+from adamqlr.studies.verdicts import compare, edge_choices, judge, values_at, verdict_table
 
 set_theme()
 pd.set_option("display.precision", 4)
@@ -368,13 +368,8 @@ if fm_row is not None and fm_row["chosen rung"] < fm_row["rungs"] - 1:
     fraction = fm_arm.search.rungs[int(fm_row["chosen rung"])][1]
     recs = parts["fashion-mnist"].records["fashion-mnist/adamqlr"]
     budget = float(recs[0].spec.settings().epochs)
-
-    def test_loss_at(record, epoch):
-        evaluated = record.metrics.dropna(subset=["test_loss"])
-        return float(evaluated.loc[evaluated["epoch"] >= epoch - 1e-9, "test_loss"].iloc[0])
-
-    early = np.median([test_loss_at(r, fraction * budget) for r in recs])
-    final = np.median([test_loss_at(r, budget) for r in recs])
+    early = np.median(values_at(recs, "test_loss", "epoch", fraction * budget * (1 + 1e-9)))
+    final = np.median(values_at(recs, "test_loss", "epoch"))
     cause = (
         f"its configuration won at rung {int(fm_row['chosen rung']) + 1} of "
         f"{int(fm_row['rungs'])}, after {fraction * budget:g} of the {budget:g} epochs; repeated "

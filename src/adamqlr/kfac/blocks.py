@@ -128,10 +128,8 @@ def psd_inverse(m: Tensor) -> Tensor:
             evals, evecs = torch.linalg.eigh(m.double())
         except torch.linalg.LinAlgError:
             return torch.full_like(m, math.nan)
-        floor = max(float(evals.max()) * 1e-12, torch.finfo(torch.float64).tiny)
-        return ((evecs / evals.clamp_min(floor)) @ evecs.T).to(m.dtype)
-    floor = max(float(evals.max()) * 1e-12, torch.finfo(m.dtype).tiny)
-    return (evecs / evals.clamp_min(floor)) @ evecs.T
+    floor = max(float(evals.max()) * 1e-12, torch.finfo(evals.dtype).tiny)
+    return ((evecs / evals.clamp_min(floor)) @ evecs.T).to(m.dtype)
 
 
 class Block(ABC):

@@ -863,6 +863,11 @@ def get_study(name: str, profile: Profile | str = Profile.QUICK) -> Study:
     return _CACHE[key]
 
 
+def _records_profile(profile: Profile) -> Profile:
+    """Return the profile whose records a notebook under ``profile`` reads (smoke: quick's)."""
+    return Profile.QUICK if profile is Profile.SMOKE else profile
+
+
 def notebook_records(
     name: str,
     profile: Profile | str,
@@ -905,7 +910,7 @@ def notebook_records(
     """
     profile = parse_profile(profile)
     smoke = profile is Profile.SMOKE
-    study = get_study(name, Profile.QUICK if smoke else profile)
+    study = get_study(name, _records_profile(profile))
     if task is not None:
         study = select_arms(study, ArmFilter(tasks=(task,)))
     try:
@@ -944,7 +949,7 @@ def notebook_records_by_task(
             fallback, missing under the fallback profile too).
     """
     parsed = parse_profile(profile)
-    study = get_study(name, Profile.QUICK if parsed is Profile.SMOKE else parsed)
+    study = get_study(name, _records_profile(parsed))
     return {
         task: notebook_records(
             name, parsed, compute=compute, store=store, device=device, fallback=fallback, task=task
