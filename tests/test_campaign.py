@@ -211,6 +211,18 @@ def test_plan_left_counts_only_what_is_not_stored(tmp_path, capsys):
     assert "left to make" in out and "runtime                  0" in out
 
 
+def test_a_batch_larger_than_the_training_set_is_costed_as_the_whole_set():
+    """Untuned batch 3200 on UCI Energy's 588 training rows takes full-batch steps."""
+    table = CostTable({"uci-energy|adam|50": 1e-3, "uci-energy|adam|588": 2e-3})
+    big = ExperimentSpec("uci-energy", "adam", profile="paper", batch_size=3200, steps=10)
+    full = big.replace(batch_size=588)
+    e_big, e_full = (
+        estimate(Study("c", "paper", "c", (Arm("a", "A", s, seeds=(0,)),)), table, overhead_s=0)
+        for s in (big, full)
+    )
+    assert e_big.core_hours == pytest.approx(e_full.core_hours) == pytest.approx(10 * 2e-3 / 3600)
+
+
 def test_plan_left_costs_a_chosen_configuration_exactly(tmp_path):
     from adamqlr.studies import grid
     from adamqlr.studies.costs import run_steps

@@ -269,9 +269,12 @@ def _run_cost(
 ) -> tuple[float, float, bool]:
     """Return one run's steps, its seconds (``overhead_s`` included) and whether it was costed.
 
-    A run whose (task, optimiser, batch size) has no measured cost counts its overhead only.
+    A run whose (task, optimiser, batch size) has no measured cost counts its overhead only. A
+    batch size above the training set's size is costed at that size: such a run's mini-batch is
+    the whole training set (untuned batch 3200 on UCI Energy's 588 rows).
     """
-    per = costs.per_step(spec.task, spec.optimiser, spec.settings().batch_size)
+    batch = min(spec.settings().batch_size, _train_size(spec))
+    per = costs.per_step(spec.task, spec.optimiser, batch)
     steps = run_steps(spec, per)
     return steps, steps * (per or 0.0) + overhead_s, per is not None
 
