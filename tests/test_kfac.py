@@ -692,3 +692,40 @@ def test_each_jvp_of_the_generic_path_sees_the_gradient_pass_dropout_masks():
     (u, _) = kfac_tangents.output_tangents(plan, tape, names, vectors)
     expected = CrossEntropyLoss().output_quadratic(outputs, u, y)
     assert float(gram[0, 0]) == pytest.approx(float(expected), rel=1e-10)
+
+
+def test_relu_tangent_is_masked_fill_bit_for_bit():
+    """The ReLU derivative (autograd's kernel, broadcast over stacked tangents) keeps a tangent
+    where the output is positive and writes +0 elsewhere, NaN included, as masked_fill does."""
+    gen = torch.Generator().manual_seed(0)
+    out = torch.randn(7, 5, generator=gen).relu()
+    t = torch.randn(2, 7, 5, generator=gen)
+    t[0, out == 0] = -1.0  # negative tangents where the output is 0: +0, not -0
+    t[1, 0, :] = math.nan
+    t[1, 1, :] = math.inf
+    got = kfac_tangents._DERIVATIVES[nn.ReLU](t, out)
+    want = t.masked_fill(out <= 0, 0.0)
+    assert torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(want))
+    assert torch.equal(torch.signbit(got), torch.signbit(want))
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "fixed", "want"),
+    [
+        ([[0.0]], [1.0], None, (-math.inf,)),  # a zero curvature: IEEE division, as tensors
+        ([[-0.0]], [1.0], None, (-math.inf,)),  # -0 + lambda * 0 is +0
+        ([[0.0]], [0.0], None, (0.0,)),  # nothing to gain: no step
+        ([[math.nan]], [1.0], None, (math.nan,)),
+        ([[1.0, 1.0], [1.0, 1.0]], [1.0, 2.0], None, (math.nan, math.nan)),  # singular
+        ([[math.inf, 0.0], [0.0, 1.0]], [1.0, 1.0], None, (math.nan, math.nan)),
+        ([[0.0, 2.0], [3.0, 4.0]], [1.0, 1.0], [None, 1.0], (-math.inf, 1.0)),
+    ],
+)
+def test_solve_quadratic_model_degenerate_problems(a, b, fixed, want):
+    t = torch.tensor
+    sol = solve_quadratic_model(t(a), torch.zeros(len(a), len(a)), t(b), 0.0, fixed=fixed)
+    assert len(sol.coefficients) == len(want)
+    for got, expected in zip(sol.coefficients, want, strict=True):
+        assert got == expected or (math.isnan(got) and math.isnan(expected))
+    assert sol.ok == all(math.isfinite(w) for w in want)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -194,46 +193,63 @@ def solve_quadratic_model(
     Raises:
         ValueError: If the shapes disagree or ``k`` is not 1 or 2.
     """
-    a = curvature.to(torch.float64)
-    d = gram.to(torch.float64)
-    b = grad_dots.to(torch.float64)
-    k = b.shape[0]
-    if k not in (1, 2) or a.shape != (k, k) or d.shape != (k, k):
+    k = grad_dots.shape[0] if grad_dots.dim() == 1 else -1
+    if k not in (1, 2) or curvature.shape != (k, k) or gram.shape != (k, k):
         raise ValueError(
             f"quadratic model needs A, D of shape (k, k) and b of shape (k,) with k in (1, 2); got "
-            f"{tuple(a.shape)}, {tuple(d.shape)}, {tuple(b.shape)}"
+            f"{tuple(curvature.shape)}, {tuple(gram.shape)}, {tuple(grad_dots.shape)}"
         )
     fixed = list(fixed) if fixed is not None else [None] * k
     if len(fixed) != k:
         raise ValueError(f"fixed has {len(fixed)} entries for {k} vectors")
-    a_d = a + damping * d
-    w = torch.zeros(k, dtype=torch.float64)
+    # A 1x1 or 2x2 problem: in Python floats (IEEE double, as float64 tensors, and in the same
+    # order of operations), which costs a few microseconds where a dozen tiny tensor operations
+    # cost about a hundred; only the 2x2 solve stays with LAPACK (its pivoting and rounding).
+    a = curvature.to(torch.float64).tolist()
+    d = gram.to(torch.float64).tolist()
+    b = grad_dots.to(torch.float64).tolist()
+    a_d = [[a[i][j] + damping * d[i][j] for j in range(k)] for i in range(k)]
+    w = [0.0 if c is None else float(c) for c in fixed]
     free = [i for i in range(k) if fixed[i] is None]
-    for i in range(k):
-        if fixed[i] is not None:
-            w[i] = float(cast(float, fixed[i]))
     if len(free) == k == 2:
-        if bool((a_d[0, 1] == 0) & (a_d[1, 0] == 0) & (a_d[1, 1] == 0) & (b[1] == 0)):
-            w[0] = -b[0] / a_d[0, 0]
-            w[1] = 0.0
+        if a_d[0][1] == 0 and a_d[1][0] == 0 and a_d[1][1] == 0 and b[1] == 0:
+            w = [_div(-b[0], a_d[0][0]), 0.0]
         else:
-            w = (
-                -torch.linalg.solve(a_d, b)
-                if _invertible(a_d)
-                else torch.full((2,), math.nan, dtype=torch.float64)
-            )
+            w = _negated_solve(a_d, b)
     elif len(free) == k == 1:
-        w[0] = 0.0 if (a_d[0, 0] == 0 and b[0] == 0) else -b[0] / a_d[0, 0]
+        w[0] = 0.0 if (a_d[0][0] == 0 and b[0] == 0) else _div(-b[0], a_d[0][0])
     elif len(free) == 1:
         i, j = free[0], 1 - free[0]
-        w[i] = -(b[i] + a_d[i, j] * w[j]) / a_d[i, i]
-    quad = float(0.5 * w @ a @ w + w @ b)
-    quad_damped = float(0.5 * w @ a_d @ w + w @ b)
-    coefficients = tuple(float(x) for x in w)
+        w[i] = _div(-(b[i] + a_d[i][j] * w[j]), a_d[i][i])
+    coefficients = tuple(w)
     ok = all(math.isfinite(c) for c in coefficients)
-    return QuadraticSolution(coefficients, quad, quad_damped, ok)
+    return QuadraticSolution(coefficients, _model(w, a, b), _model(w, a_d, b), ok)
 
 
-def _invertible(m: Tensor) -> bool:
-    det = float(torch.linalg.det(m))
-    return math.isfinite(det) and det != 0.0
+def _div(x: float, y: float) -> float:
+    """``x / y`` as IEEE arithmetic (and a tensor) gives it: a zero ``y`` gives ±inf or NaN."""
+    if y != 0:
+        return x / y
+    if x == 0 or math.isnan(x):
+        return math.nan
+    return math.copysign(math.inf, x) * math.copysign(1.0, y)
+
+
+def _negated_solve(m: list[list[float]], b: list[float]) -> list[float]:
+    """Return ``-(m^{-1} b)`` for a 2x2 ``m``: LAPACK's solve, bit for bit as before.
+
+    NaN for both entries when ``m`` is singular or its determinant is not finite.
+    """
+    mt = torch.tensor(m, dtype=torch.float64)
+    det = float(torch.linalg.det(mt))
+    if det == 0 or not math.isfinite(det):
+        return [math.nan, math.nan]
+    return (-torch.linalg.solve(mt, torch.tensor(b, dtype=torch.float64))).tolist()
+
+
+def _model(w: list[float], m: list[list[float]], b: list[float]) -> float:
+    """``1/2 w^T m w + w^T b``, in the order ``(0.5 w)^T m w + w^T b``."""
+    half = [0.5 * x for x in w]
+    k = len(w)
+    mw = sum(sum(half[i] * m[i][j] for i in range(k)) * w[j] for j in range(k))
+    return mw + sum(x * y for x, y in zip(w, b, strict=True))
