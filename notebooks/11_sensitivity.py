@@ -55,6 +55,7 @@ from adamqlr.plots.tables import format_table
 from adamqlr.results.provenance import computation_text
 from adamqlr.studies import notebook_records
 from adamqlr.studies.analysis import (
+    contrast_effects,
     divergence_rates,
     provenance_text,
     sensitivity_table,
@@ -310,6 +311,10 @@ for key, (name, _) in KGROUPS.items():
     glue(f"se_effect_{key}",
          interval_text(row["worst / reference"], row["CI low"], row["CI high"]),
          display=False)  # fmt: skip
+    glue(f"se_worse_{key}", row["values detectably worse"], display=False)
+    # the same quantity's effect on AdamQLR (its sweep above), by the two intervals
+    qlr_row = effects.loc[GROUPS[key.removeprefix("kfac_")][0]]
+    glue(f"se_contrast_{key}", contrast_effects(row, qlr_row), display=False)
 format_table(
     keffects,
     diverged=["worst / reference"],
@@ -320,9 +325,14 @@ format_table(
 # %% [markdown]
 # Over these grids (records under profile {glue:text}`se_kfac_profile`), K-FAC's batch size
 # moves its final test loss by {glue:text}`se_effect_kfac_batch_size` at worst against the
-# tuned value, and its initial damping by {glue:text}`se_effect_kfac_initial_damping`; set
-# them against AdamQLR's {glue:text}`se_effect_batch_size` and
-# {glue:text}`se_effect_initial_damping` above.
+# tuned value ({glue:text}`se_worse_kfac_batch_size` other batch sizes detectably worse), and
+# its initial damping by {glue:text}`se_effect_kfac_initial_damping`
+# ({glue:text}`se_worse_kfac_initial_damping` other values detectably worse). Set against
+# AdamQLR's sweeps above ({glue:text}`se_effect_batch_size` and
+# {glue:text}`se_effect_initial_damping`), the batch size's worst effect on K-FAC is
+# {glue:text}`se_contrast_kfac_batch_size` its worst effect on AdamQLR, and the initial
+# damping's is {glue:text}`se_contrast_kfac_initial_damping` AdamQLR's (by the two intervals;
+# "indistinguishable" when they overlap).
 
 # %% [markdown]
 # (se-mechanism)=

@@ -316,6 +316,21 @@ def test_sweep_effect_compares_each_value_with_the_one_nearest_the_tuned(tmp_pat
         analysis.sweep_effect(data, "batch", 1.0)
 
 
+@pytest.mark.parametrize(
+    ("effect", "other", "said"),
+    [
+        ((1.3, 1.5), (1.0, 1.2), "larger than"),
+        ((1.0, 1.2), (1.3, 1.5), "smaller than"),
+        ((1.0, 1.3), (1.2, 1.5), "indistinguishable from"),
+        ((math.inf, math.inf), (1.0, 1.2), "larger than"),  # all runs of the worst value diverged
+        ((math.nan, math.nan), (1.0, 1.2), "indistinguishable from"),
+    ],
+)
+def test_contrast_effects_compares_intervals(effect, other, said):
+    row = lambda ci: {"CI low": ci[0], "CI high": ci[1]}  # noqa: E731
+    assert analysis.contrast_effects(row(effect), row(other)) == said
+
+
 # ------------------------------------------------------------------------------------- tables
 def test_analysis_tables():
     def rec(seed, times, opt="adam", batch=50, label="Adam"):

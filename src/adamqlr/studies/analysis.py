@@ -30,6 +30,7 @@ from adamqlr.results.store import RunRecord
 from adamqlr.studies.core import StudyRecords, final_value
 
 __all__ = [
+    "contrast_effects",
     "describe_runs",
     "divergence_rates",
     "final_table",
@@ -344,6 +345,27 @@ def sweep_effect(
         "CI high": worst.high,
         "values detectably worse": f"{sum(c.low > 1 for _, c in found)} of {len(found)}",
     }
+
+
+def contrast_effects(effect: Mapping[str, Any], other: Mapping[str, Any]) -> str:
+    """Say how one sweep's worst-case effect compares with another's, by their intervals.
+
+    Args:
+        effect: A row of :func:`sweep_effect` (``CI low`` and ``CI high`` of its worst ratio).
+        other: The row it is set against.
+
+    Returns:
+        ``"larger than"`` when ``effect``'s interval lies wholly above ``other``'s,
+        ``"smaller than"`` when wholly below, else ``"indistinguishable from"`` (the intervals
+        overlap, or one of them is undefined).
+    """
+    low, high = float(effect["CI low"]), float(effect["CI high"])
+    other_low, other_high = float(other["CI low"]), float(other["CI high"])
+    if low > other_high:
+        return "larger than"
+    if high < other_low:
+        return "smaller than"
+    return "indistinguishable from"
 
 
 def sensitivity_table(
