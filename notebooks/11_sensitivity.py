@@ -315,6 +315,20 @@ for key, (name, _) in KGROUPS.items():
     # the same quantity's effect on AdamQLR (its sweep above), by the two intervals
     qlr_row = effects.loc[GROUPS[key.removeprefix("kfac_")][0]]
     glue(f"se_contrast_{key}", contrast_effects(row, qlr_row), display=False)
+# batch sizes at which K-FAC's runs blow up (finite, but a million times the tuned loss)
+ktable = sensitivity_table(kdata, "kfac_batch_size", "test_loss")
+kref = keffects.loc[KGROUPS["kfac_batch_size"][0], "reference value"]
+kref_median = float(ktable.loc[ktable["value"] == kref, "median"].iloc[0])
+blown = ktable[ktable["median"] > 1e6 * kref_median]
+if len(blown):
+    sizes = [f"{v:g}" for v in blown["value"]]
+    listed = sizes[0] if len(sizes) == 1 else ", ".join(sizes[:-1]) + " and " + sizes[-1]
+    glue("se_kfac_blown", f"At batch size{'s' * (len(sizes) > 1)} {listed} K-FAC's median final "
+         f"test loss is more than a million times the tuned batch size's (up to "
+         f"{blown['median'].max():.1e}): its runs blow up without reaching a non-finite value, "
+         "so they do not count as diverged.", display=False)  # fmt: skip
+else:
+    glue("se_kfac_blown", "No batch size of the grid makes K-FAC's runs blow up.", display=False)
 format_table(
     keffects,
     diverged=["worst / reference"],
@@ -332,7 +346,8 @@ format_table(
 # {glue:text}`se_effect_initial_damping`), the batch size's worst effect on K-FAC is
 # {glue:text}`se_contrast_kfac_batch_size` its worst effect on AdamQLR, and the initial
 # damping's is {glue:text}`se_contrast_kfac_initial_damping` AdamQLR's (by the two intervals;
-# "indistinguishable" when they overlap).
+# "indistinguishable" when they overlap; two ratios above $10^6$, runs that blow up, are not
+# ranked). {glue:text}`se_kfac_blown`
 
 # %% [markdown]
 # (se-mechanism)=

@@ -324,6 +324,8 @@ def test_sweep_effect_compares_each_value_with_the_one_nearest_the_tuned(tmp_pat
         ((1.0, 1.3), (1.2, 1.5), "indistinguishable from"),
         ((math.inf, math.inf), (1.0, 1.2), "larger than"),  # all runs of the worst value diverged
         ((math.nan, math.nan), (1.0, 1.2), "indistinguishable from"),
+        ((2e6, 3e6), (4e9, 5e12), "as large as"),  # both sweeps blow up: not ranked
+        ((math.inf, math.inf), (4e9, 5e12), "as large as"),
     ],
 )
 def test_contrast_effects_compares_intervals(effect, other, said):

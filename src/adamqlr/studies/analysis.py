@@ -347,20 +347,27 @@ def sweep_effect(
     }
 
 
-def contrast_effects(effect: Mapping[str, Any], other: Mapping[str, Any]) -> str:
+def contrast_effects(
+    effect: Mapping[str, Any], other: Mapping[str, Any], diverged: float = 1e6
+) -> str:
     """Say how one sweep's worst-case effect compares with another's, by their intervals.
 
     Args:
         effect: A row of :func:`sweep_effect` (``CI low`` and ``CI high`` of its worst ratio).
         other: The row it is set against.
+        diverged: A ratio above which the worst value's runs count as blown up; two such effects
+            are not ranked (both are "the runs fail"), whatever their sizes.
 
     Returns:
+        ``"as large as"`` when both intervals lie wholly above ``diverged``; else
         ``"larger than"`` when ``effect``'s interval lies wholly above ``other``'s,
         ``"smaller than"`` when wholly below, else ``"indistinguishable from"`` (the intervals
         overlap, or one of them is undefined).
     """
     low, high = float(effect["CI low"]), float(effect["CI high"])
     other_low, other_high = float(other["CI low"]), float(other["CI high"])
+    if low > diverged and other_low > diverged:
+        return "as large as"
     if low > other_high:
         return "larger than"
     if high < other_low:
