@@ -73,17 +73,29 @@ def test_a_diverged_trial_stays_diverged(tmp_path):
     assert final_value(store.load(spec), "val_loss") == math.inf
 
 
-def test_an_edited_ledger_row_is_corrupt(tmp_path):
+def _edited_row(data: bytes) -> bytes:
+    text = gzip.decompress(data).decode()
+    return gzip.compress(text.replace('"val_loss": 0.25', '"val_loss": 0.2').encode())
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (_edited_row, "SHA-256"),  # an edited row
+        (lambda data: data[:-8], "trials-smoke.jsonl.gz"),  # a truncated file: named
+    ],
+    ids=["edited-row", "not-gzip"],
+)
+def test_a_damaged_ledger_is_corrupt(tmp_path, damage, message):
     store = ResultStore(tmp_path)
     spec = _spec()
     _save(store, spec, 0.25)
     store.summarise([spec])
     path = store.ledger("uci-energy", "adam", "smoke").path
-    text = gzip.decompress(path.read_bytes()).decode()
-    path.write_bytes(gzip.compress(text.replace('"val_loss": 0.25', '"val_loss": 0.2').encode()))
+    path.write_bytes(damage(path.read_bytes()))
     fresh = ResultStore(tmp_path)
     assert fresh.status(spec) == "corrupt"
-    with pytest.raises(CorruptRecordError, match="SHA-256"):
+    with pytest.raises(CorruptRecordError, match=message):
         fresh.load(spec)
 
 
@@ -141,19 +153,6 @@ def test_a_plain_text_ledger_is_read_merged_and_compressed(tmp_path):
     store3.summarise([_spec(3)])
     assert not plain.exists()
     assert set(store3.ledger("uci-energy", "adam", "smoke").rows()) == set(rows) | {_spec(3).key}
-
-
-def test_a_ledger_that_is_not_gzip_is_corrupt_and_named(tmp_path):
-    store = ResultStore(tmp_path)
-    spec = _spec()
-    _save(store, spec, 0.25)
-    store.summarise([spec])
-    path = store.ledger("uci-energy", "adam", "smoke").path
-    path.write_bytes(path.read_bytes()[:-8])  # truncated
-    fresh = ResultStore(tmp_path)
-    assert fresh.status(spec) == "corrupt"
-    with pytest.raises(CorruptRecordError, match="trials-smoke.jsonl.gz"):
-        fresh.load(spec)
 
 
 def test_a_ledger_row_of_another_algorithm_version_is_stale(tmp_path, monkeypatch):
