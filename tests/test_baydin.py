@@ -105,3 +105,16 @@ def test_hypergrad_zero_is_sgd_and_state_round_trip():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         BaydinSGD([torch.zeros(1, requires_grad=True)], **kwargs)
+
+
+def test_a_learning_rate_beyond_float32_blows_the_parameters_up_instead_of_raising():
+    # unclipped, alpha can outgrow a float32 scalar, where add_(g, alpha=-lr) refuses to convert it
+    theta = torch.tensor([1.0, 0.0, -1.0], requires_grad=True)
+    opt = BaydinSGD([theta], lr=0.1, hypergrad_lr=1e40)
+    grads = (torch.tensor([1.0, 0.0, -1.0]), torch.tensor([2.0, 0.0, -2.0]))
+    for g in grads:
+        theta.grad = g.clone()
+        opt.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 + 1e40 * 4.0)
+    # the exact product rounded to float32: inf where the gradient is non-zero, untouched where zero
+    assert theta.tolist() == [-math.inf, 0.0, math.inf]

@@ -156,6 +156,14 @@ def test_nonfinite_training_loss_stops_the_run():
     assert df["train_loss"].iloc[1:-1].map(math.isfinite).all()
 
 
+def test_an_overflowing_baydin_learning_rate_ends_the_run_as_diverged():
+    # unclipped hypergradient descent can push alpha past float32's range within a step or two
+    hp = {"lr": 0.01, "hypergrad_lr": 1e40}
+    res = go(spec(optimiser="baydin-sgd", hyperparameters=hp, steps=20, eval_every=5))
+    assert res.stop_reason == "nonfinite_train_loss"
+    assert res.steps < 20
+
+
 def _register_poison(at_step):
     class Poison(TorchStepper):
         calls = 0

@@ -100,5 +100,20 @@ class BaydinSGD(torch.optim.Optimizer):
             for p in live:
                 g = p.grad
                 self.state[p]["prev_grad"] = g.detach().clone()
-                p.add_(g, alpha=-group["lr"])
+                _descend(p, g, group["lr"])
         return loss
+
+
+def _descend(p: Tensor, g: Tensor, lr: float) -> None:
+    """``p -= lr * g``, also when ``lr`` lies beyond the range of ``p``'s dtype.
+
+    Without clipping, a large ``hypergrad_lr`` can grow ``alpha`` past what a float32 scalar
+    holds, where ``add_(g, alpha=-lr)`` refuses the conversion. The run has then blown up:
+    the product is formed in float64 and rounded to ``p``'s dtype (``inf`` where ``g`` is not
+    zero, nothing added where it is), so the next loss is non-finite and the run ends as
+    diverged, as the unclipped algorithm would.
+    """
+    if p.is_floating_point() and abs(lr) > torch.finfo(p.dtype).max:
+        p.add_((g.double() * -lr).to(p.dtype))
+    else:
+        p.add_(g, alpha=-lr)
