@@ -155,6 +155,28 @@ def test_a_plain_text_ledger_is_read_merged_and_compressed(tmp_path):
     assert set(store3.ledger("uci-energy", "adam", "smoke").rows()) == set(rows) | {_spec(3).key}
 
 
+def test_one_module_names_a_ledgers_files(tmp_path):
+    from adamqlr.results.ledger import ledger_files, ledger_path, ledger_profile, legacy_ledgers
+
+    path = ledger_path(tmp_path, "uci-energy", "adam", "paper")
+    assert ledger_files(path) == (path, path.with_name("trials-paper.jsonl"))
+    assert ledger_files(path.with_name("trials-paper.jsonl")) == (
+        path.with_name("trials-paper.jsonl"),
+    )
+    assert [ledger_profile(p) for p in ledger_files(path)] == ["paper", "paper"]
+    for name in ("trials-.jsonl.gz", "trials-.jsonl", "manifest.json", "trials-paper.json"):
+        assert ledger_profile(tmp_path / name) is None
+    # a plain-text ledger names its (task, optimiser, profile); a compressed one is not legacy
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"")
+    assert legacy_ledgers(tmp_path) == []
+    ledger_files(ledger_path(tmp_path, "uci-protein", "kfac", "quick"))[1].parent.mkdir(
+        parents=True
+    )
+    ledger_files(ledger_path(tmp_path, "uci-protein", "kfac", "quick"))[1].write_text("")
+    assert legacy_ledgers(tmp_path) == [("uci-protein", "kfac", "quick")]
+
+
 def test_a_ledger_row_of_another_algorithm_version_is_stale(tmp_path, monkeypatch):
     store = ResultStore(tmp_path)
     spec = _spec()
@@ -280,7 +302,7 @@ def test_rosenbrock_trials_start_at_random_points_and_the_choice_at_1_minus_1():
     trials = [arm.trial_spec(k) for k in range(3)]
     assert {t.task for t in trials} == {"rosenbrock-random-start"}
     starts = {
-        tuple(float(p) for p in get_task(t.task).make_model(t.seed, "quick").parameters())
+        tuple(float(p.detach()) for p in get_task(t.task).make_model(t.seed, "quick").parameters())
         for t in trials
     }
     assert len(starts) == 3 and (1.0, -1.0) not in starts

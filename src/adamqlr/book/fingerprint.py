@@ -406,9 +406,9 @@ def _ledger_lines(path: Path) -> dict[str, str]:
     ledger when it reads it, so a page could not have read it. A ledger is parsed once per
     process while its file is unchanged (``book status`` asks for the rows of every page).
     """
-    from adamqlr.results.ledger import LedgerError, ledger_lines  # stdlib only; imported late
+    from adamqlr.results.ledger import LedgerError, ledger_files, ledger_lines  # stdlib only
 
-    stamp = tuple(_file_stamp(f) for f in (path, path.with_suffix("")))
+    stamp = tuple(_file_stamp(f) for f in ledger_files(path))
     if path in _LEDGERS and _LEDGERS[path][0] == stamp:
         return _LEDGERS[path][1]
     try:
@@ -464,11 +464,12 @@ def relative_path(path: str | os.PathLike[str], root: Path) -> str:
 
 def _record_profile(path: str) -> str | None:
     """Return the profile of a run record's manifest or a trial ledger (``None``: another file)."""
-    name = os.path.basename(path)
-    for suffix in (".jsonl.gz", ".jsonl"):  # trials-<profile>.jsonl.gz, or a plain-text one
-        if name.startswith("trials-") and name.endswith(suffix):
-            return name[len("trials-") : -len(suffix)]
-    if name != "manifest.json":
+    from adamqlr.results.ledger import ledger_profile  # stdlib only; imported late
+
+    profile = ledger_profile(path)
+    if profile is not None:
+        return profile
+    if os.path.basename(path) != "manifest.json":
         return None
     return cached_digest(path, "profile", _manifest_profile)
 

@@ -45,8 +45,8 @@ from typing import Any
 from adamqlr.results.atomic import atomic_write_bytes, file_lock
 
 __all__ = [
-    "LEDGER_VERSION", "TrialLedger", "ledger_lines", "ledger_path", "legacy_ledgers",
-    "summary_row",
+    "LEDGER_VERSION", "TrialLedger", "ledger_files", "ledger_lines", "ledger_path",
+    "ledger_profile", "legacy_ledgers", "summary_row",
 ]  # fmt: skip
 
 #: Version of the row layout.
@@ -74,9 +74,28 @@ def ledger_path(root: str | os.PathLike[str], task: str, optimiser: str, profile
     return Path(root) / "tuning" / task / optimiser / f"trials-{profile}.jsonl.gz"
 
 
-def _legacy(path: Path) -> Path:
-    """Return the plain-text ledger a compressed one replaces (``.jsonl.gz`` → ``.jsonl``)."""
-    return path.with_suffix("") if path.suffix == ".gz" else path
+def ledger_files(path: str | os.PathLike[str]) -> tuple[Path, ...]:
+    """Return the files a ledger's rows are read from, in reading order.
+
+    For the compressed ledger ``path``: itself, then the plain-text ledger it replaces
+    (``.jsonl.gz`` → ``.jsonl``), either of which may be missing. A plain-text ``path`` is
+    its only file.
+    """
+    path = Path(path)
+    return (path, path.with_suffix("")) if path.suffix == ".gz" else (path,)
+
+
+def ledger_profile(path: str | os.PathLike[str]) -> str | None:
+    """Return the profile in a ledger file's name (``trials-<profile>.jsonl[.gz]``); else None."""
+    name = Path(path).name
+    for suffix in (".jsonl.gz", ".jsonl"):
+        if (
+            name.startswith("trials-")
+            and name.endswith(suffix)
+            and len(name) > len("trials-") + len(suffix)
+        ):
+            return name[len("trials-") : -len(suffix)]
+    return None
 
 
 def ledger_lines(path: str | os.PathLike[str]) -> list[tuple[Path, int, bytes]]:
@@ -89,9 +108,8 @@ def ledger_lines(path: str | os.PathLike[str]) -> list[tuple[Path, int, bytes]]:
     Raises:
         LedgerError: The compressed file is not valid gzip.
     """
-    path = Path(path)
     out: list[tuple[Path, int, bytes]] = []
-    for file in dict.fromkeys((path, _legacy(path))):
+    for file in ledger_files(path):
         try:
             data = file.read_bytes()
         except FileNotFoundError:
@@ -105,10 +123,14 @@ def ledger_lines(path: str | os.PathLike[str]) -> list[tuple[Path, int, bytes]]:
     return out
 
 
-def legacy_ledgers(root: str | os.PathLike[str]) -> list[Path]:
-    """Return the compressed paths of the store's ledgers that still have a plain-text file."""
-    plain = sorted(Path(root).glob("tuning/*/*/trials-*.jsonl"))
-    return [p.with_name(p.name + ".gz") for p in plain]
+def legacy_ledgers(root: str | os.PathLike[str]) -> list[tuple[str, str, str]]:
+    """Return ``(task, optimiser, profile)`` of each ledger that still has a plain-text file."""
+    out = []
+    for plain in sorted(Path(root).glob("tuning/*/*/trials-*.jsonl")):
+        profile = ledger_profile(plain)
+        if profile is not None:
+            out.append((plain.parent.parent.name, plain.parent.name, profile))
+    return out
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -199,7 +221,7 @@ class TrialLedger:
 
     def __init__(self, path: str | os.PathLike[str], lock_dir: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        name = _legacy(self.path).stem  # trials-<profile>: the lock of the plain-text ledger too
+        name = ledger_files(self.path)[-1].stem  # trials-<profile>: the plain-text one's lock too
         self._lock = Path(lock_dir) / f"ledger-{self.path.parent.parent.name}-" \
             f"{self.path.parent.name}-{name}.lock"  # fmt: skip
         self._cache: tuple[tuple[tuple[int, int], ...], dict[str, dict[str, Any]]] | None = None
@@ -214,7 +236,7 @@ class TrialLedger:
             LedgerError: A file that is not gzip, a line that is not JSON, or a row whose
                 ``row_sha256`` does not match.
         """
-        stamp = tuple(_stamp(f) for f in (self.path, _legacy(self.path)))
+        stamp = tuple(_stamp(f) for f in ledger_files(self.path))
         if self._cache is not None and self._cache[0] == stamp:
             return self._cache[1]
         rows: dict[str, dict[str, Any]] = {}
@@ -273,7 +295,8 @@ class TrialLedger:
             Whether there was a plain-text file to fold.
         """
         with file_lock(self._lock):
-            if not _legacy(self.path).exists() or _legacy(self.path) == self.path:
+            plain = ledger_files(self.path)[1:]
+            if not plain or not plain[0].exists():
                 return False
             self._cache = None
             self._write(self.rows())
@@ -284,8 +307,8 @@ class TrialLedger:
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows.values())
         data = gzip.compress(text.encode(), compresslevel=9, mtime=0)
         atomic_write_bytes(self.path, data)
-        if _legacy(self.path) != self.path:
-            _legacy(self.path).unlink(missing_ok=True)  # its rows are in the compressed file now
+        for plain in ledger_files(self.path)[1:]:
+            plain.unlink(missing_ok=True)  # its rows are in the compressed file now
         self._cache = None
 
     @staticmethod

@@ -361,11 +361,10 @@ class ResultStore:
             The compressed ledgers that took in a plain-text file.
         """
         done = []
-        for path in legacy_ledgers(self.root):
-            optimiser, task = path.parent.name, path.parent.parent.name
-            profile = path.name[len("trials-") : -len(".jsonl.gz")]
-            if self.ledger(task, optimiser, profile).compress():
-                done.append(path)
+        for task, optimiser, profile in legacy_ledgers(self.root):
+            ledger = self.ledger(task, optimiser, profile)
+            if ledger.compress():
+                done.append(ledger.path)
         return done
 
     def _ledger_row(self, settings: SettingsLike) -> tuple[TrialLedger, dict[str, Any]] | None:
