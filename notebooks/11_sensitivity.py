@@ -52,6 +52,7 @@ from adamqlr.plots.experiments import (
     plot_sensitivity,
 )
 from adamqlr.plots.tables import format_table
+from adamqlr.results.aggregate import BLOWN_UP
 from adamqlr.results.provenance import computation_text
 from adamqlr.studies import notebook_records
 from adamqlr.studies.analysis import (
@@ -213,10 +214,10 @@ for name, key in zip(spread.index, GROUPS, strict=True):
 qlr_keys = [key for key in GROUPS if not key.startswith("adam_")]
 lows = {k: effects.loc[GROUPS[k][0], "CI low"] for k in qlr_keys}
 highs = {k: effects.loc[GROUPS[k][0], "CI high"] for k in qlr_keys}
-# Ratios against diverged runs (above 1e6) are not sizes to rank: if several sweeps reach
+# Ratios against diverged runs (above BLOWN_UP, 1e6) are not sizes to rank: if several sweeps reach
 # values where the runs diverge, they share the first place.
 worst_ratio = {k: effects.loc[GROUPS[k][0], "worst / reference"] for k in qlr_keys}
-diverging = [k for k in qlr_keys if worst_ratio[k] > 1e6]
+diverging = [k for k in qlr_keys if worst_ratio[k] > BLOWN_UP]
 if len(diverging) > 1:
     most_text = (" and the ".join(PLAIN[k] for k in diverging)
                  + ", each of which has values at which the runs diverge")  # fmt: skip
@@ -233,7 +234,7 @@ else:
 glue("se_hypothesis", hypothesis, display=False)
 format_table(
     effects,
-    diverged=["worst / reference"],  # a ratio above 1e6 is a diverged run's, not a number to read
+    diverged=["worst / reference"],  # a ratio above BLOWN_UP is a diverged run's, not a number
     intervals={"worst / reference": ("CI low", "CI high")},
     headers={"worst / reference": "worst / reference [95 % CI]"},
 )
@@ -319,7 +320,7 @@ for key, (name, _) in KGROUPS.items():
 ktable = sensitivity_table(kdata, "kfac_batch_size", "test_loss")
 kref = keffects.loc[KGROUPS["kfac_batch_size"][0], "reference value"]
 kref_median = float(ktable.loc[ktable["value"] == kref, "median"].iloc[0])
-blown = ktable[ktable["median"] > 1e6 * kref_median]
+blown = ktable[ktable["median"] > BLOWN_UP * kref_median]
 if len(blown):
     sizes = [f"{v:g}" for v in blown["value"]]
     listed = sizes[0] if len(sizes) == 1 else ", ".join(sizes[:-1]) + " and " + sizes[-1]

@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from adamqlr.results.aggregate import BLOWN_UP
+
 __all__ = ["DIVERGED", "HEADERS", "FormattedTable", "format_number", "format_table"]
 
 #: The text of a diverged run's value.
@@ -190,7 +192,7 @@ def format_table(
     *,
     digits: int = 4,
     diverged: Collection[Any] = (),
-    diverged_above: float = 1e6,
+    diverged_above: float = BLOWN_UP,
     errors: bool = True,
     intervals: Mapping[Any, tuple[Any, Any]] | None = None,
     headers: Mapping[Any, str] | None = None,

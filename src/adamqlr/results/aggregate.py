@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "BLOWN_UP",
     "align_runs",
     "bootstrap_median",
     "final_summary",
@@ -34,6 +35,11 @@ __all__ = [
     "summarise_runs",
     "wilson_interval",
 ]
+
+#: A loss above this, or a ratio of losses beyond it (or below its reciprocal), is a run that
+#: blew up: the book reports it as diverged, never as a number to read or rank. One threshold for
+#: the whole library (run summaries, divergence rates, tables, verdict text, plots).
+BLOWN_UP: float = 1e6
 
 
 def _frame(run: Any) -> pd.DataFrame:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from adamqlr.results.aggregate import final_summary, wilson_interval
+from adamqlr.results.aggregate import BLOWN_UP, final_summary, wilson_interval
 from adamqlr.results.provenance import where_text
 from adamqlr.results.store import RunRecord
 from adamqlr.studies.core import StudyRecords, final_value
@@ -348,7 +348,7 @@ def sweep_effect(
 
 
 def contrast_effects(
-    effect: Mapping[str, Any], other: Mapping[str, Any], diverged: float = 1e6
+    effect: Mapping[str, Any], other: Mapping[str, Any], diverged: float = BLOWN_UP
 ) -> str:
     """Say how one sweep's worst-case effect compares with another's, by their intervals.
 
@@ -487,7 +487,7 @@ def relative_cost(costs: pd.DataFrame, reference: str = "adam") -> pd.DataFrame:
     return grouped
 
 
-def _diverged(record: RunRecord, metric: str = "train_loss", blowup: float = 1e6) -> bool:
+def _diverged(record: RunRecord, metric: str = "train_loss", blowup: float = BLOWN_UP) -> bool:
     """Whether a run diverged: a non-finite stop, or a final ``metric`` not finite or > blowup."""
     value = final_value(record, metric)
     return not math.isfinite(value) or value > blowup
@@ -499,7 +499,7 @@ def divergence_rates(
     """Return, per arm of the given groups, how many repeats diverged, with a Wilson interval.
 
     A run diverged if it stopped on a non-finite loss or its final training loss is not finite or
-    above 1e6.
+    above :data:`~adamqlr.results.aggregate.BLOWN_UP` (1e6).
 
     Args:
         study_records: A study's records.

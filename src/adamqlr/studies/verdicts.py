@@ -35,6 +35,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from adamqlr.results.aggregate import BLOWN_UP
 from adamqlr.results.store import RunRecord
 
 __all__ = [
@@ -205,42 +206,48 @@ class Comparison:
         )
 
 
+#: :data:`BLOWN_UP` and its reciprocal as the text writes them ("1e6", "1e-6").
+_HUGE = f"1e{math.log10(BLOWN_UP):.0f}"
+_TINY = f"1e-{math.log10(BLOWN_UP):.0f}"
+
+
 def times(ratio: float, *, unit: bool = True) -> str:
     """Write a ratio for a reader, e.g. ``"0.93×"``.
 
-    Beyond 10^±6 (a ratio against runs that diverged) it reads ``"< 1e-6×"`` or ``"> 1e6×"``
-    instead of ``"5.01e-23×"``.
+    Beyond :data:`~adamqlr.results.aggregate.BLOWN_UP` or below its reciprocal (a ratio against
+    runs that blew up) it reads ``"< 1e-6×"`` or ``"> 1e6×"`` instead of ``"5.01e-23×"``.
 
     Args:
         ratio: The ratio (``inf`` and 0 allowed).
         unit: Whether to append ``×``.
     """
     mark = "×" if unit else ""
-    if ratio != 0.0 and 0.0 <= ratio < 1e-6:
-        return f"< 1e-6{mark}"
-    if ratio > 1e6:
-        return f"> 1e6{mark}"
+    if ratio != 0.0 and 0.0 <= ratio < 1.0 / BLOWN_UP:
+        return f"< {_TINY}{mark}"
+    if ratio > BLOWN_UP:
+        return f"> {_HUGE}{mark}"
     return f"{ratio:.3g}{mark}"
 
 
 def span(low: float, high: float) -> str:
     """Write an interval of ratios, e.g. ``"0.88–0.99×"``.
 
-    Bounds beyond 10^±6 read as words: ``"below 1e-6×"`` or ``"above 1e6×"`` when both are,
-    ``"1.78× to above 1e6×"`` or ``"below 1e-6× to 0.5×"`` when one is.
+    Bounds beyond those of :func:`times` read as words: ``"below 1e-6×"`` or ``"above 1e6×"``
+    when both are, ``"1.78× to above 1e6×"`` or ``"below 1e-6× to 0.5×"`` when one is.
 
     Args:
         low: The lower bound.
         high: The upper bound.
     """
     lo, hi = times(low), times(high)
-    if hi == "< 1e-6×":
-        return "below 1e-6×"
-    if lo == "> 1e6×":
-        return "above 1e6×"
-    if lo == "< 1e-6×" or hi == "> 1e6×":
-        lo = "below 1e-6×" if lo == "< 1e-6×" else lo
-        hi = "above 1e6×" if hi == "> 1e6×" else hi
+    tiny, huge = f"< {_TINY}×", f"> {_HUGE}×"
+    if hi == tiny:
+        return f"below {_TINY}×"
+    if lo == huge:
+        return f"above {_HUGE}×"
+    if lo == tiny or hi == huge:
+        lo = f"below {_TINY}×" if lo == tiny else lo
+        hi = f"above {_HUGE}×" if hi == huge else hi
         return f"{lo} to {hi}"
     return f"{times(low, unit=False)}–{hi}"
 
