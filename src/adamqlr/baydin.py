@@ -38,6 +38,9 @@ class BaydinSGD(torch.optim.Optimizer):
     and previous gradients over the group's parameters; ``group["lr"]`` always holds the learning
     rate of the latest step (``alpha_t``), so it is what a logger reads. With a single group (the
     default) this is exactly the official code's update over the flattened parameter vector.
+    Nothing bounds ``alpha``: with a large ``hypergrad_lr`` it can grow past what the parameters'
+    dtype holds, and the step then writes ``inf`` into them (where the gradient is not zero)
+    instead of raising, so a training loop sees a non-finite loss and stops the run as diverged.
 
     Example::
 
