@@ -442,3 +442,18 @@ def test_every_committed_record_holds_the_files_its_manifest_names():
             if not path.is_file() or path.stat().st_size != info["bytes"]:
                 broken.append(f"{manifest.parent.relative_to(results)}: {info['name']}")
     assert not broken, "records missing a file their manifest names:\n" + "\n".join(broken)
+
+
+def test_the_committed_store_stays_within_its_size_budget():
+    """The book's records travel with every clone: ``results/`` is kept under 100 MB of content
+    (bytes of its files; tuning trials as compressed ledgers, full curves only for repeats)."""
+    results = TESTS.parent / "results"
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z", "results"], cwd=TESTS.parent, capture_output=True, check=False
+    )
+    if tracked.returncode == 0 and tracked.stdout:
+        files = [TESTS.parent / f for f in tracked.stdout.decode().split("\0") if f]
+    else:  # not a git checkout (an unpacked archive): every file under results/
+        files = [p for p in results.rglob("*") if p.is_file()]
+    total = sum(p.stat().st_size for p in files if p.is_file())
+    assert total < 100 * 2**20, f"results/ holds {total / 2**20:.1f} MiB (budget 100 MiB)"
