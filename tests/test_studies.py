@@ -293,6 +293,27 @@ def test_notebook_records_by_task_reads_each_task_under_its_complete_profile():
     assert all(part.study.profile == "quick" for part in smoke.values())
 
 
+def test_a_task_the_stand_in_does_not_run_is_missing_and_may_be_skipped(tmp_path):
+    """The quick factorial runs Fashion-MNIST only: its UCI tasks have no stand-in."""
+    store = ResultStore(tmp_path)  # empty: nothing complete under any profile
+    assert "uci-energy" not in get_study("factorial", "quick").tasks()
+    with pytest.raises(StudyIncomplete):
+        notebook_records("factorial", "paper", store=store, task="uci-energy", fallback="quick")
+    with pytest.raises(StudyIncomplete):
+        notebook_records_by_task("factorial", "paper", store=store, fallback="quick")
+    assert (
+        notebook_records_by_task(
+            "factorial", "paper", store=store, fallback="quick", skip_incomplete=True
+        )
+        == {}
+    )
+    # the committed quick records stand in for the task the stand-in does run
+    parts = notebook_records_by_task("factorial", "paper", fallback="quick", skip_incomplete=True)
+    assert "fashion-mnist" in parts and all(
+        p.study.profile in ("paper", "quick") for p in parts.values()
+    )
+
+
 def test_sweep_effect_compares_each_value_with_the_one_nearest_the_tuned(tmp_path):
     store = ResultStore(tmp_path)
     arms = tuple(

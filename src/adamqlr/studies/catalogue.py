@@ -924,6 +924,8 @@ def notebook_records(
     except StudyIncomplete:
         if fallback is None or parse_profile(fallback) is study.profile:
             raise
+        if task is not None and task not in get_study(name, _records_profile(fallback)).tasks():
+            raise  # the stand-in has no arm of this task: missing there too
         return notebook_records(name, fallback, store=store, device=device, task=task)
 
 
@@ -935,24 +937,33 @@ def notebook_records_by_task(
     store: ResultStore | None = None,
     device: str | None = None,
     fallback: Profile | str | None = None,
+    skip_incomplete: bool = False,
 ) -> dict[str, StudyRecords]:
     """Return :func:`notebook_records` of each task of the study, by task, in arm order.
 
     For a chapter whose campaign finishes one task at a time: with ``fallback``, each task is
     read under ``profile`` once its records are complete and under ``fallback`` until then, so
     each part's ``study.profile`` says which (and the page must say so too). A ``fallback`` equal
-    to the notebook's profile adds no stand-in. Arguments as for :func:`notebook_records`.
+    to the notebook's profile adds no stand-in. With ``skip_incomplete``, a task complete under
+    neither profile (for instance one the fallback's study does not run) is left out instead of
+    stopping the notebook; the page must name it (``get_study(name, profile).tasks()`` lists all
+    of them). Other arguments as for :func:`notebook_records`.
 
     Raises:
         ValueError: For an unknown study or profile.
         StudyIncomplete: If a task's records are missing and not computed (and, with a
-            fallback, missing under the fallback profile too).
+            fallback, missing under the fallback profile too), unless ``skip_incomplete``.
     """
     parsed = parse_profile(profile)
     study = get_study(name, _records_profile(parsed))
-    return {
-        task: notebook_records(
-            name, parsed, compute=compute, store=store, device=device, fallback=fallback, task=task
-        )
-        for task in study.tasks()
-    }
+    parts = {}
+    for task in study.tasks():
+        try:
+            parts[task] = notebook_records(
+                name, parsed, compute=compute, store=store, device=device, fallback=fallback,
+                task=task,
+            )  # fmt: skip
+        except StudyIncomplete:
+            if not skip_incomplete:
+                raise
+    return parts
