@@ -263,6 +263,22 @@ def test_paper_campaign_refuses_a_dirty_tree(tmp_path, monkeypatch, capsys):
     assert code == 2 and "uncommitted" in capsys.readouterr().err
 
 
+def test_a_damaged_record_stops_a_campaign_with_a_clear_message(tmp_path, capsys):
+    """A record whose manifest names a missing file is never overwritten or removed for the
+    user; the campaign says which folder and what to do, not a traceback."""
+    study = get_study("untuned-vs-tuned", "smoke")
+    store = ResultStore(tmp_path)
+    trial = next(t for p in plan(study, store) for t in p.trials)
+    _fake(store, trial, 0.5)
+    folder = store.record_dir(trial)
+    next(folder.glob("metrics-*")).unlink()
+    code = study_cli.main(["run", "untuned-vs-tuned", "--profile", "smoke", "--jobs", "1",
+                           "--results", str(tmp_path)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and folder.name in err and "move its folder aside" in err
+    assert "Traceback" not in err and (folder / "manifest.json").exists()
+
+
 def test_campaign_order_interleaves_arms_seed_major(tmp_path):
     study = get_study("runtime", "smoke")
     order = campaign_order([study], ResultStore(tmp_path))

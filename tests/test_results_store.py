@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -375,6 +376,40 @@ def test_sweep_leaves_a_locked_experiment_alone(tmp_path):
         assert (folder / "metrics-0123.parquet").exists()  # a live writer may be working on it
     ResultStore(tmp_path)
     assert not folder.exists()
+
+
+def test_sweep_spares_a_record_finished_between_its_listing_and_its_lock(tmp_path, monkeypatch):
+    """A sweep lists a folder, then takes its lock. A writer that finished in between (the
+    sweeping process was descheduled) left a whole record: the sweep must not act on the listing
+    it made before the lock (it did once, deleting the data file of a record a campaign had
+    just written, whose manifest then named a missing file)."""
+    from adamqlr.results import store as store_mod
+
+    store = ResultStore(tmp_path)
+    s = spec()
+    run(s, root=tmp_path, progress=False)
+    folder = store.record_dir(s)
+    names = sorted(p.name for p in folder.iterdir())
+    # mid-write, as the sweep lists it: the metrics file only
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for name in names:
+        if not name.startswith("metrics-"):
+            (folder / name).rename(aside / name)
+    real_lock = store_mod.file_lock
+
+    @contextlib.contextmanager
+    def writer_finishes_first(path, timeout=-1):
+        for name in list(os.listdir(aside)):  # the writer completes its record, then lets go
+            (aside / name).rename(folder / name)
+        with real_lock(path, timeout=timeout):
+            yield
+
+    monkeypatch.setattr(store_mod, "file_lock", writer_finishes_first)
+    ResultStore(tmp_path)  # sweeps
+    monkeypatch.setattr(store_mod, "file_lock", real_lock)
+    assert sorted(p.name for p in folder.iterdir()) == names
+    assert store.load(s).key == s.key
 
 
 # ---------------------------------------------------------------------------- schemas

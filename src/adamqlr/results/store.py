@@ -877,6 +877,12 @@ class ResultStore:
         key_prefix = folder.name.rsplit("-", 1)[-1]
         try:
             with file_lock(self.root / ".locks" / f"{key_prefix}.lock", timeout=0):
+                # Listed again under the lock: a writer may have finished between the first
+                # listing and the lock (then its record is whole and nothing here is debris).
+                try:
+                    names = [e.name for e in os.scandir(folder)]
+                except FileNotFoundError:
+                    return []
                 if MANIFEST not in names:
                     removed = [folder / n for n in names if not is_temporary(n)]
                     for path in removed:

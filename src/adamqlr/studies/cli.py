@@ -121,7 +121,27 @@ def _studies(name: str, profile: Profile) -> list:
 
 
 def handle(args: argparse.Namespace) -> int:
-    """Run the ``study`` subcommand; return the exit status (2 for bad input, 1 if incomplete)."""
+    """Run the ``study`` subcommand; return the exit status (2 for bad input, 1 if incomplete).
+
+    A damaged record (a manifest that names a missing or altered file) stops every action with
+    the folder's name and what to do, exit status 2: the store never overwrites or removes one
+    for the user.
+    """
+    from adamqlr.results.store import CorruptRecordError
+
+    try:
+        return _handle(args)
+    except CorruptRecordError as err:
+        print(
+            f"adamqlr study: error: {err}\n  a damaged record is never overwritten or removed "
+            "for you: move its folder aside (or delete it) and run again to make it anew; "
+            "finished runs are stored",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def _handle(args: argparse.Namespace) -> int:
     from adamqlr.results.store import ResultStore
     from adamqlr.studies.core import describe_spec, missing, run_study
 
