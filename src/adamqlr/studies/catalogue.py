@@ -924,7 +924,8 @@ def notebook_records(
     except StudyIncomplete:
         if fallback is None or parse_profile(fallback) is study.profile:
             raise
-        if task is not None and task not in get_study(name, _records_profile(fallback)).tasks():
+        stand_in = _records_profile(parse_profile(fallback))
+        if task is not None and task not in get_study(name, stand_in).tasks():
             raise  # the stand-in has no arm of this task: missing there too
         return notebook_records(name, fallback, store=store, device=device, task=task)
 
