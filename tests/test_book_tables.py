@@ -191,3 +191,29 @@ def test_a_verdict_tables_ratio_and_interval_read_as_one_column():
     assert text.iloc[0, list(text.columns).index("ratio")].startswith("0.93 [0.88,")
     kept = format_table(frame, errors=False).text
     assert "CI low" in kept.columns
+
+
+def test_a_verdict_tables_absurd_ratios_read_as_past_the_threshold() -> None:
+    from adamqlr.studies.verdicts import verdict_table
+
+    frame = pd.DataFrame(
+        {
+            "metric": ["test loss"] * 4,
+            "ratio": [6.162e-34, 0.9296, 2.5e9, math.inf],
+            "CI low": [0.0, 0.9216, 3.0, 1.5],
+            "CI high": [0.9029, 0.9402, math.inf, math.inf],
+            "runs": ["50 / 50"] * 4,
+            "verdict": ["supported", "supported", "not supported", "not supported"],
+        },
+        index=pd.Index(["blown baseline", "plain", "blown arm", "diverged arm"], name="claim"),
+    )
+    assert list(frame.columns) == list(verdict_table([]).columns)  # the shape verdicts give
+    text = format_table(frame).text
+    assert text["ratio"].tolist() == [
+        "< 1e-06 [< 1e-06,\u00a00.9029]",
+        "0.9296 [0.9216,\u00a00.9402]",
+        "> 1e+06 [3,\u00a0> 1e+06]",
+        "> 1e+06 [1.5,\u00a0> 1e+06]",
+    ]
+    # Outside a verdict table a ratio column keeps its number.
+    assert format_table(frame[["ratio"]]).text["ratio"].tolist()[0] == "6.162e-34"

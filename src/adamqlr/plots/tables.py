@@ -5,9 +5,14 @@ turns a numeric :class:`pandas.DataFrame` into a :class:`FormattedTable` whose c
 
 * numbers to ``digits`` significant digits (``0.0123``, ``1.025e+04``), whole-number columns
   (steps, runs, counts) as integers, booleans as ``yes``/``no``, a missing value as ``–``;
-* in the columns that hold losses (a label containing ``loss`` or ``objective``, or named in
-  ``diverged``), a value that is infinite, NaN or larger than ``diverged_above`` as
-  ``diverged``: a run that blew up has no meaningful final loss, and ``3.9e+32`` reads as one;
+* in the columns that hold losses (a label containing ``loss``, ``objective`` or ``gap``, a
+  difference of losses, or named in ``diverged``), a value that is infinite, NaN or larger than
+  ``diverged_above`` as ``diverged``: a run that blew up has no meaningful final loss, and
+  ``3.9e+32`` reads as one;
+* in a verdict table (:func:`adamqlr.studies.verdicts.verdict_table`), a ratio or interval
+  bound above ``diverged_above`` or below its reciprocal as ``> 1e+06`` or ``< 1e-06`` (for the
+  default ``diverged_above``), as a loss's bound past the threshold reads: a ratio of ``6e-34``
+  says only that one arm's typical run blew up;
 * row, column and index-name labels written with TeX between dollars, as in the figures
   (``"median $\lambda$"``), as inline TeX ``\(...\)`` inside a table of class
   ``mathjax_process``, which the book's MathJax typesets (table cells are otherwise not typeset);
@@ -47,7 +52,7 @@ DIVERGED = "diverged"
 #: The text of a missing value.
 MISSING = "–"
 #: Substrings of a column label that mark the column as holding losses.
-LOSS_WORDS = ("loss", "objective")
+LOSS_WORDS = ("loss", "objective", "gap")
 _DOLLARS = re.compile(r"\$([^$]+)\$")
 #: The suffix of a column holding the error of the column named before it.
 ERROR_SUFFIX = " ±"
@@ -152,12 +157,34 @@ def _partner(label: Any, suffix: str) -> Any:
     return f"{label}{suffix}"
 
 
-def _bound_text(value: Any, *, loss: bool, digits: int, threshold: float) -> str:
+def _bound_text(
+    value: Any, *, loss: bool, digits: int, threshold: float, ratio: bool = False
+) -> str:
     if value is None or (isinstance(value, Real) and math.isnan(float(value))):
         return MISSING
+    if ratio and (beyond := _ratio_beyond(value, threshold)):
+        return beyond
     if loss and value is not None and _diverged(value, threshold):
         return f"> {threshold:g}" if isinstance(value, Real) and float(value) > 0 else DIVERGED
     return format_number(value, digits=digits)
+
+
+def _ratio_beyond(value: Any, threshold: float) -> str:
+    """Return ``"> 1e+06"`` / ``"< 1e-06"`` for a ratio past ``threshold`` either way, else ``""``.
+
+    Zero and infinity are written the same way: a bootstrap resample whose median diverged gives
+    them, and neither is a ratio a reader can use.
+    """
+    if isinstance(value, bool | np.bool_) or not isinstance(value, Real):
+        return ""
+    x = float(value)
+    if math.isnan(x) or x < 0:
+        return ""
+    if x > threshold:
+        return f"> {threshold:g}"
+    if x < 1 / threshold:
+        return f"< {1 / threshold:g}"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -205,7 +232,9 @@ def format_table(
         digits: Significant digits of the numbers (an error gets two).
         diverged: Further columns (labels, or a MultiIndex label joined by spaces) whose
             non-finite or huge values mean a diverged run.
-        diverged_above: In those columns, a value whose magnitude exceeds this is ``diverged``.
+        diverged_above: In those columns, a value whose magnitude exceeds this is ``diverged``;
+            in a verdict table, a ratio above it or below its reciprocal reads ``> 1e+06`` or
+            ``< 1e-06`` (for the default).
         errors: Show each column ``c`` that has a column ``c ±`` as one column ``value ± error``,
             and a verdict table's ``ratio``, ``CI low`` and ``CI high`` as one column
             ``ratio [low, high]`` (unless ``intervals`` is given).
@@ -229,9 +258,11 @@ def format_table(
     data = frame.to_frame() if isinstance(frame, pd.Series) else frame
     labels = list(data.columns)
     spans = dict(intervals or {})
+    ratios: set[Any] = set()
     if intervals is None and errors and set(VERDICT_INTERVAL) <= set(labels):
         # a verdict table (adamqlr.studies.verdicts.verdict_table): the ratio with its interval
         spans = {VERDICT_INTERVAL[0]: VERDICT_INTERVAL[1:]}
+        ratios = set(VERDICT_INTERVAL)
     for value, bounds in spans.items():
         for label in (value, *bounds):
             if label not in labels:
@@ -260,6 +291,8 @@ def format_table(
                 texts.append(DIVERGED)
                 continue
             text = format_number(value, digits=digits, integer=integer)
+            if label in ratios:
+                text = _ratio_beyond(value, diverged_above) or text
             if isinstance(value, str):
                 text = _math_label(_SETTING.sub(_setting_text, text))
             if label in error_of:
@@ -268,7 +301,13 @@ def format_table(
                     text = f"{text} ±\u00a0{format_number(error, digits=ERROR_DIGITS)}"
             elif label in spans and text != MISSING:
                 low, high = (
-                    _bound_text(column(b)[row], loss=loss, digits=digits, threshold=diverged_above)
+                    _bound_text(
+                        column(b)[row],
+                        loss=loss,
+                        digits=digits,
+                        threshold=diverged_above,
+                        ratio=label in ratios,
+                    )
                     for b in spans[label]
                 )
                 if MISSING not in (low, high):

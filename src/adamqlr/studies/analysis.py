@@ -38,6 +38,7 @@ __all__ = [
     "step_quantities",
     "provenance_text",
     "relative_cost",
+    "run_diverged",
     "sensitivity_table",
     "step_costs",
     "sweep_effect",
@@ -252,7 +253,9 @@ def final_table(
     Each entry is the bootstrap mean of the median over runs (shorter runs carried forward), with
     its bootstrap standard deviation, as in the paper's tables; also the generalisation gap (the
     final test loss minus the final training loss, its error the sum of theirs, as the authors'
-    tables compute it), the steps and the optimisation time.
+    tables compute it; ``inf`` when either loss is not finite or above
+    :data:`~adamqlr.results.aggregate.BLOWN_UP`, as an arm whose typical run diverged has no
+    gap), the steps and the optimisation time.
 
     Args:
         runs: ``{label: records}``.
@@ -276,8 +279,12 @@ def final_table(
             row[m] = summary.loc[m, "mean"]
             row[f"{m} ±"] = summary.loc[m, "std"]
         if "train_loss" in present and "test_loss" in present:
-            row["generalisation gap"] = row["test_loss"] - row["train_loss"]
-            row["generalisation gap ±"] = row["test_loss ±"] + row["train_loss ±"]
+            losses = (row["test_loss"], row["train_loss"])
+            if all(math.isfinite(x) and abs(x) <= BLOWN_UP for x in losses):
+                row["generalisation gap"] = losses[0] - losses[1]
+                row["generalisation gap ±"] = row["test_loss ±"] + row["train_loss ±"]
+            else:  # a difference of blown-up losses is no gap: the arm diverged
+                row["generalisation gap"], row["generalisation gap ±"] = math.inf, math.nan
         row["steps"] = summary.loc["steps", "mean"]
         row["time_s"] = summary.loc["time_s", "mean"]
         row["runs"] = len(records)
@@ -487,8 +494,18 @@ def relative_cost(costs: pd.DataFrame, reference: str = "adam") -> pd.DataFrame:
     return grouped
 
 
-def _diverged(record: RunRecord, metric: str = "train_loss", blowup: float = BLOWN_UP) -> bool:
-    """Whether a run diverged: a non-finite stop, or a final ``metric`` not finite or > blowup."""
+def run_diverged(record: RunRecord, metric: str = "train_loss", blowup: float = BLOWN_UP) -> bool:
+    """Return whether a run diverged: its final ``metric`` is not finite or above ``blowup``.
+
+    A run that stopped on a non-finite loss ends on it, so it counts; so does a run that blew up
+    to a huge finite loss without ever overflowing.
+
+    Args:
+        record: The run.
+        metric: The metric whose final value decides (default: the training loss).
+        blowup: The value above which a finite loss counts as blown up
+            (:data:`~adamqlr.results.aggregate.BLOWN_UP`, 1e6).
+    """
     value = final_value(record, metric)
     return not math.isfinite(value) or value > blowup
 
@@ -517,7 +534,7 @@ def divergence_rates(
             raise ValueError(f"no arm in study {study_records.study.name!r} has group {group!r}")
         for arm in sorted(arms, key=lambda a: (a.value is None, a.value)):
             records = study_records.records[arm.id]
-            k = sum(_diverged(r) for r in records)
+            k = sum(run_diverged(r) for r in records)
             low, high = wilson_interval(k, len(records), level)
             rows.append(
                 {"group": group, "value": arm.value, "label": arm.label, "diverged": k,
