@@ -60,7 +60,7 @@ from adamqlr.testing import (
 )
 
 set_theme()
-torch.manual_seed(0)
+_ = torch.manual_seed(0)  # the generator it returns is not for the page
 
 # %% [markdown]
 # ## Two curvature matrices and what separates them

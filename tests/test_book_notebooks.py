@@ -8,6 +8,8 @@ every cell executed, the run reached its last cell.
 
 from __future__ import annotations
 
+import re
+
 import nbformat
 import pytest
 from _book import PROJECT, ROOT, toc_notebooks
@@ -15,6 +17,21 @@ from _book import PROJECT, ROOT, toc_notebooks
 from adamqlr.book.runner import METADATA_KEY, execute_notebook
 
 NOTEBOOKS = toc_notebooks()
+#: What Python prints for an object without a readable repr (``<torch._C.Generator at 0x7f...>``):
+#: a cell that ends on a call made for its side effect shows it on the page.
+_OBJECT_REPR = re.compile(r"<[\w.]+ (object )?at 0x[0-9a-f]+>")
+
+
+def _object_reprs(nb: nbformat.NotebookNode) -> list[str]:
+    return [
+        text
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "execute_result"
+        for text in ["".join(o.get("data", {}).get("text/plain", ""))]
+        if _OBJECT_REPR.search(text)
+    ]
 
 
 def test_toc_lists_notebooks() -> None:
@@ -39,3 +56,13 @@ def test_notebook_runs_under_smoke(entry, tmp_path) -> None:
         if o.get("output_type") == "stream" and o.get("name") == "stderr"
     ]
     assert not stderr, f"{entry.name} wrote to stderr (the strict build fails on it): {stderr}"
+    assert not _object_reprs(nb), f"{entry.name} displays object reprs: {_object_reprs(nb)}"
+
+
+@pytest.mark.parametrize("entry", NOTEBOOKS, ids=[e.name for e in NOTEBOOKS])
+def test_the_published_page_displays_no_object_repr(entry) -> None:
+    page = ROOT / "book" / f"{entry.name}.ipynb"
+    nb = nbformat.read(page, as_version=4)
+    assert not _object_reprs(nb), (
+        f"{page.name} displays {_object_reprs(nb)}: end the cell otherwise"
+    )
