@@ -217,9 +217,8 @@ format_table(pd.concat([hyperparameter_table(parts[t]) for t in tasks]))
 # the tuned result: {glue:text}`ut_edges`
 
 # %% tags=["hide-input"]
-def repeat_divergence(t, arm):
+def repeat_divergence(t, arm, records):
     """How many of a tuned arm's repeats diverged, in words (empty when none did)."""
-    records = parts[t].by_label(task=t)[arm.label]
     k = sum(run_diverged(r) for r in records)
     if not k:
         return ""
@@ -232,8 +231,9 @@ def repeat_divergence(t, arm):
     )
 
 
-diverged_repeats = [text for t in tasks for arm in parts[t].study.arms if arm.tuned
-                    if (text := repeat_divergence(t, arm))]  # fmt: skip
+diverged_repeats = [text for t in tasks for groups in [parts[t].by_label(task=t)]
+                    for arm in parts[t].study.arms if arm.tuned
+                    if (text := repeat_divergence(t, arm, groups[arm.label]))]  # fmt: skip
 glue(
     "ut_repeat_diverged",
     "; ".join(diverged_repeats) + "." if diverged_repeats
@@ -364,16 +364,12 @@ for title in runs:
            f"1e{math.log10(BLOWN_UP):.0f})" if blown else ""),
         display=False,
     )  # fmt: skip
-for title in runs:
-    key = title.lower().replace(" ", "_").replace("-", "_")
     lower = {
-        axis: [
-            b + (" (whose typical run diverged)" if not v.comparison.medians[1] <= BLOWN_UP else "")
-            for (t, b, ax), v in verdicts.items()
-            if t == title and ax == axis and v.outcome == "supported"
-        ]
+        axis: [b + (" (whose typical run diverged)" if b in blown else "")
+               for (t, b, ax), v in verdicts.items()
+               if t == title and ax == axis and v.outcome == "supported"]
         for axis in ("time", "epoch")
-    }
+    }  # fmt: skip
     glue(
         f"ut_lower_{key}",
         f"at matched time, lower than {listed(lower['time']) if lower['time'] else 'none'}; at "

@@ -10,16 +10,18 @@ import pytest
 from adamqlr.results.store import RunRecord
 
 
+def run(train, test):
+    """A two-point run record ending at these training and test losses."""
+    frame = pd.DataFrame(
+        {"step": [0.0, 1.0], "time": [0.0, 1.0], "train_loss": [2.0, train],
+         "test_loss": [2.0, test]}
+    )  # fmt: skip
+    return RunRecord(spec=None, metrics=frame, provenance={}, manifest={"key": "k"},
+                     path=Path("k"))  # fmt: skip
+
+
 def test_final_table_adds_the_generalisation_gap_with_summed_errors():
     from adamqlr.studies.analysis import final_table
-
-    def run(train, test):
-        frame = pd.DataFrame(
-            {"step": [0.0, 1.0], "time": [0.0, 1.0], "train_loss": [2.0, train],
-             "test_loss": [2.0, test]}
-        )  # fmt: skip
-        return RunRecord(spec=None, metrics=frame, provenance={}, manifest={"key": "k"},
-                         path=Path("k"))  # fmt: skip
 
     table = final_table({"A": [run(0.1, 0.3), run(0.2, 0.5), run(0.3, 0.4)]})
     row = table.loc["A"]
@@ -34,14 +36,6 @@ def test_final_table_adds_the_generalisation_gap_with_summed_errors():
 def test_an_arm_whose_typical_run_blew_up_has_no_gap_and_reads_diverged():
     from adamqlr.plots.tables import DIVERGED, format_table
     from adamqlr.studies.analysis import final_table, run_diverged
-
-    def run(train, test):
-        frame = pd.DataFrame(
-            {"step": [0.0, 1.0], "time": [0.0, 1.0], "train_loss": [2.0, train],
-             "test_loss": [2.0, test]}
-        )  # fmt: skip
-        return RunRecord(spec=None, metrics=frame, provenance={}, manifest={"key": "k"},
-                         path=Path("k"))  # fmt: skip
 
     # Two blown-up losses whose difference is small: the difference is not a gap.
     blown = [run(4.0e32, 4.0e32 + 1e17), run(5.0e32, 5.0e32), run(float("inf"), float("inf"))]
