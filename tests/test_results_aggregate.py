@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 
 from adamqlr.results.aggregate import (
+    BLOWN_UP,
     align_runs,
+    blown_up,
     bootstrap_median,
     final_summary,
     round_sig,
@@ -140,3 +142,20 @@ def test_plot_runs_draws_line_and_band_per_optimiser():
     plt.close("all")
     with pytest.raises(ValueError, match="no runs"):
         plot_runs({}, "test_loss")
+
+
+def test_blown_up_is_one_predicate_for_numbers_and_arrays():
+    """Not finite, or beyond the threshold in magnitude (either sign); elementwise on arrays."""
+    assert not blown_up(0.0) and not blown_up(BLOWN_UP) and not blown_up(-BLOWN_UP)
+    assert blown_up(math.nan) and blown_up(math.inf) and blown_up(-math.inf)
+    assert blown_up(np.nextafter(BLOWN_UP, math.inf)) and blown_up(-2 * BLOWN_UP)
+    assert isinstance(blown_up(np.float32(3.0)), bool)
+    values = np.array([0.5, np.nan, 2e6, -2e6, 1e6, np.inf])
+    assert blown_up(values).tolist() == [False, True, True, True, False, True]
+    assert blown_up(pd.Series(values), threshold=1.0).tolist() == [
+        False, True, True, True, True, True
+    ]  # fmt: skip
+    assert not blown_up(1e300, threshold=math.inf) and blown_up(math.nan, threshold=math.inf)
+    for bad in (0.0, -1.0, math.nan, True, "1e6"):
+        with pytest.raises(ValueError, match="threshold must be a positive number"):
+            blown_up(1.0, threshold=bad)

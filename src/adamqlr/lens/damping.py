@@ -26,7 +26,7 @@ from adamqlr.lens.training import batch_stream, fashion_mnist_setup, record_step
 from adamqlr.losses import CrossEntropyLoss, SquaredErrorLoss
 from adamqlr.optim import AdamQLR, QuadraticModelOptimizer
 from adamqlr.profiles import Profile, pick
-from adamqlr.results.aggregate import BLOWN_UP
+from adamqlr.results.aggregate import blown_up
 from adamqlr.tasks import get_task
 
 __all__ = [
@@ -138,7 +138,7 @@ def damping_study(config: DampingConfig, profile: Profile | str) -> DampingStudy
                 trace.insert(0, "regime", regime)
                 trace.insert(2, "seed", seed)
                 traces.append(trace)
-                bad = trace.index[~np.isfinite(trace["loss"]) | (trace["loss"] > BLOWN_UP)]
+                bad = trace.index[blown_up(trace["loss"])]
                 tail = trace["loss"].iloc[-max(1, steps // 10) :]
                 finals.append(
                     {

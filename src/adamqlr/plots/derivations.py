@@ -23,7 +23,7 @@ from adamqlr.lens.line import LineProbe
 from adamqlr.lens.products import ProductCost
 from adamqlr.lens.trajectories import Trajectory
 from adamqlr.plots.theme import KNOWN_LABELS, palette
-from adamqlr.results.aggregate import BLOWN_UP
+from adamqlr.results.aggregate import blown_up
 from adamqlr.tasks.rosenbrock import rosenbrock
 
 __all__ = [
@@ -480,7 +480,7 @@ def plot_damping_traces(
         it = run["iteration"].to_numpy()
         colour = colours[label]
         loss = run["loss"].to_numpy(dtype=float)
-        ok = np.isfinite(loss) & (loss <= BLOWN_UP)
+        ok = ~blown_up(loss)
         shown = np.where(ok, loss, np.nan)
         ax_loss.plot(it, shown, color=colour, linewidth=1.2, label=label)
         if not ok.all():

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from adamqlr.results.aggregate import BLOWN_UP
+from adamqlr.results.aggregate import BLOWN_UP, blown_up
 
 __all__ = ["DIVERGED", "HEADERS", "FormattedTable", "format_number", "format_table"]
 
@@ -147,8 +147,7 @@ def _is_integer_column(column: pd.Series) -> bool:
 def _diverged(value: Any, threshold: float) -> bool:
     if isinstance(value, bool | np.bool_) or not isinstance(value, Real):
         return False
-    x = float(value)
-    return not math.isfinite(x) or abs(x) > threshold
+    return blown_up(float(value), threshold)
 
 
 def _partner(label: Any, suffix: str) -> Any:

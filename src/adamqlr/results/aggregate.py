@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,7 @@ import pandas as pd
 __all__ = [
     "BLOWN_UP",
     "align_runs",
+    "blown_up",
     "bootstrap_median",
     "final_summary",
     "round_sig",
@@ -40,6 +41,44 @@ __all__ = [
 #: blew up: the book reports it as diverged, never as a number to read or rank. One threshold for
 #: the whole library (run summaries, divergence rates, tables, verdict text, plots).
 BLOWN_UP: float = 1e6
+
+
+@overload
+def blown_up(values: float, threshold: float = BLOWN_UP) -> bool: ...
+@overload
+def blown_up(values: np.ndarray | pd.Series, threshold: float = BLOWN_UP) -> np.ndarray: ...
+def blown_up(
+    values: float | np.ndarray | pd.Series, threshold: float = BLOWN_UP
+) -> bool | np.ndarray:
+    """Return whether a loss (or a ratio of losses) blew up: not finite, or beyond ``threshold``.
+
+    The library's one test of divergence, for a single value or elementwise for an array: a
+    value is blown up when it is NaN or infinite, or its magnitude exceeds ``threshold``.
+
+    Args:
+        values: A number, or an array or series of numbers.
+        threshold: The magnitude above which a finite value counts as blown up
+            (:data:`BLOWN_UP`, 1e6, by default; ``math.inf``: only non-finite values).
+
+    Returns:
+        A ``bool`` for a number; a boolean array of the same shape for an array or series.
+
+    Raises:
+        ValueError: If ``threshold`` is not a positive number.
+
+    Example:
+        >>> blown_up(0.3), blown_up(float("nan")), blown_up(2e6)
+        (False, True, True)
+        >>> blown_up(np.array([1.0, np.inf, -3e7])).tolist()
+        [False, True, True]
+    """
+    if isinstance(threshold, bool) or not (isinstance(threshold, int | float) and threshold > 0):
+        raise ValueError(f"threshold must be a positive number, got {threshold!r}")
+    if isinstance(values, np.ndarray | pd.Series):
+        array = np.asarray(values, dtype=float)
+        return ~np.isfinite(array) | (np.abs(array) > threshold)
+    x = float(values)
+    return not math.isfinite(x) or abs(x) > threshold
 
 
 def _frame(run: Any) -> pd.DataFrame:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from adamqlr.results.aggregate import BLOWN_UP, final_summary, wilson_interval
+from adamqlr.results.aggregate import BLOWN_UP, blown_up, final_summary, wilson_interval
 from adamqlr.results.provenance import where_text
 from adamqlr.results.store import RunRecord
 from adamqlr.studies.core import StudyRecords, final_value
@@ -280,7 +280,7 @@ def final_table(
             row[f"{m} ±"] = summary.loc[m, "std"]
         if "train_loss" in present and "test_loss" in present:
             losses = (row["test_loss"], row["train_loss"])
-            if all(math.isfinite(x) and abs(x) <= BLOWN_UP for x in losses):
+            if not any(blown_up(x) for x in losses):
                 row["generalisation gap"] = losses[0] - losses[1]
                 row["generalisation gap ±"] = row["test_loss ±"] + row["train_loss ±"]
             else:  # a difference of blown-up losses is no gap: the arm diverged
@@ -495,7 +495,7 @@ def relative_cost(costs: pd.DataFrame, reference: str = "adam") -> pd.DataFrame:
 
 
 def run_diverged(record: RunRecord, metric: str = "train_loss", blowup: float = BLOWN_UP) -> bool:
-    """Return whether a run diverged: its final ``metric`` is not finite or above ``blowup``.
+    """Return whether a run diverged: its final ``metric`` is not finite or beyond ``blowup``.
 
     A run that stopped on a non-finite loss ends on it, so it counts; so does a run that blew up
     to a huge finite loss without ever overflowing.
@@ -506,8 +506,7 @@ def run_diverged(record: RunRecord, metric: str = "train_loss", blowup: float = 
         blowup: The value above which a finite loss counts as blown up
             (:data:`~adamqlr.results.aggregate.BLOWN_UP`, 1e6).
     """
-    value = final_value(record, metric)
-    return not math.isfinite(value) or value > blowup
+    return blown_up(final_value(record, metric), blowup)
 
 
 def divergence_rates(
