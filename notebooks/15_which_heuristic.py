@@ -289,13 +289,15 @@ glue(
 )
 format_table(ranges)
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "Median final test loss of the 18 balanced cells per task (panels: direction; x: damping; lines: step-size rule; bars: 95 % bootstrap intervals; log scale). Runs: {glue:text}`wh_runs`.", "name": "fig-wh-interactions"}}
-for t in tasks:
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Median final test loss of the 18 balanced cells per task (a row per task; panels: direction; x: damping; lines: step-size rule; bars: 95 % bootstrap intervals; log scale). Runs: {glue:text}`wh_runs`.", "name": "fig-wh-interactions"}}
+# one figure, one row of panels per task
+fig, grid = plt.subplots(len(tasks), 3, figsize=(8.7, 3.2 * len(tasks)), squeeze=False,
+                         sharey="row", layout="constrained")  # fmt: skip
+for row, t in zip(grid, tasks, strict=True):
     panel_titles = [f"{titles[t]}: {d}" for d in effects[t].levels["direction"]]
-    fig = plot_interactions(
-        effects[t], x="damping", lines="rule", panels="direction", titles=panel_titles
-    )
-    plt.show()
+    plot_interactions(effects[t], x="damping", lines="rule", panels="direction",
+                      titles=panel_titles, axes=row)  # fmt: skip
+plt.show()
 
 # %% [markdown]
 # ## The paper's partial answer

@@ -121,3 +121,17 @@ def test_plot_interactions_draws_one_line_per_level_per_panel():
         plot_interactions(fx, x="batch", lines="rule", panels="direction")
     with pytest.raises(ValueError, match="give panels="):
         plot_interactions(fx, x="damping", lines="rule")
+    # into given axes: a grid with one row per design, one figure, one legend per row
+    import matplotlib.pyplot as plt
+
+    grid_fig, grid = plt.subplots(2, 3, squeeze=False)
+    for row in grid:
+        assert plot_interactions(fx, x="damping", lines="rule", panels="direction", axes=row) is (
+            grid_fig
+        )
+    assert all(len(ax.lines) >= 2 for ax in grid.flat) and grid[1, 2].get_title() == list(A)[2]
+    assert [ax.get_legend() is not None for ax in grid[:, 0]] == [True, True]
+    assert not grid_fig.legends
+    with pytest.raises(ValueError, match="axes: 2 given for 3 panels"):
+        plot_interactions(fx, x="damping", lines="rule", panels="direction", axes=grid[0, :2])
+    plt.close("all")

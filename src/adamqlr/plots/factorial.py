@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.figure import Figure
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure, SubFigure
 
 from adamqlr.studies.effects import FactorialEffects
 
@@ -22,7 +23,8 @@ def plot_interactions(
     ylabel: str = "median final test loss",
     panel_size: tuple[float, float] = (2.9, 2.8),
     titles: Sequence[str] | None = None,
-) -> Figure:
+    axes: Sequence[Axes] | None = None,
+) -> Figure | SubFigure:
     """Draw each cell's median and interval against one factor: lines and panels for two others.
 
     One line per level of ``lines``, one panel per level of ``panels``.
@@ -40,13 +42,15 @@ def plot_interactions(
         ylabel: The y axis label.
         panel_size: Width and height of one panel in inches.
         titles: Panel titles (default: the panel factor's levels).
+        axes: Draw into these axes, one per panel, instead of a new figure (e.g. one row of a
+            grid with a row per task); the legend then goes into the first of them.
 
     Returns:
-        The figure.
+        The figure (the one ``axes`` belong to, when given).
 
     Raises:
-        ValueError: For a factor the design does not have, or a panel-less plot of a design with
-            more than two factors.
+        ValueError: For a factor the design does not have, a panel-less plot of a design with
+            more than two factors, or ``axes`` of another length than the panels.
     """
     for name in (x, lines, *(() if panels is None else (panels,))):
         if name not in effects.factors:
@@ -54,18 +58,25 @@ def plot_interactions(
     if panels is None and len(effects.factors) != 2:
         raise ValueError(f"give panels= for a design with factors {list(effects.factors)}")
     panel_levels: tuple[str | None, ...] = (None,) if panels is None else effects.levels[panels]
-    fig, axes = plt.subplots(
-        1,
-        len(panel_levels),
-        figsize=(panel_size[0] * len(panel_levels), panel_size[1] + 0.7),
-        sharey=True,
-        squeeze=False,
-        layout="constrained",
-    )
+    if axes is None:
+        fig, grid = plt.subplots(
+            1,
+            len(panel_levels),
+            figsize=(panel_size[0] * len(panel_levels), panel_size[1] + 0.7),
+            sharey=True,
+            squeeze=False,
+            layout="constrained",
+        )
+        drawn = list(grid[0])
+    else:
+        drawn = list(axes)
+        if len(drawn) != len(panel_levels):
+            raise ValueError(f"axes: {len(drawn)} given for {len(panel_levels)} panels")
+        fig = drawn[0].figure
     cells = effects.cells
     xs = effects.levels[x]
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for k, (ax, level) in enumerate(zip(axes[0], panel_levels, strict=True)):
+    for k, (ax, level) in enumerate(zip(drawn, panel_levels, strict=True)):
         part = cells if level is None else cells[cells[panels] == level]
         for j, line in enumerate(effects.levels[lines]):
             rows = part[part[lines] == line].set_index(x).reindex(xs)
@@ -81,6 +92,9 @@ def plot_interactions(
             ax.set_title(titles[k] if titles else str(level), fontsize="medium")
         if k == 0:
             ax.set_ylabel(ylabel)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, title=lines, loc="outside lower center", ncol=len(labels))
+    if axes is None:
+        handles, labels = drawn[0].get_legend_handles_labels()
+        fig.legend(handles, labels, title=lines, loc="outside lower center", ncol=len(labels))
+    else:
+        drawn[0].legend(title=lines, fontsize="small", title_fontsize="small")
     return fig
