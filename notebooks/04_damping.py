@@ -34,7 +34,7 @@ from adamqlr.lens.damping import DAMPING_POLICIES, DampingConfig, damping_study,
 from adamqlr.plots import set_theme
 from adamqlr.plots.derivations import plot_damping_traces
 from adamqlr.plots.tables import format_table
-from adamqlr.results.aggregate import BLOWN_UP
+from adamqlr.results.aggregate import blown_up
 from adamqlr.results.provenance import computation_text
 
 set_theme()
@@ -137,7 +137,7 @@ format_table(
 
 # %%
 study = damping_study(config, profile)
-# A final loss above BLOWN_UP (1e6) reads "diverged", the rule the study itself uses.
+# A final loss that blew up (above 1e6) reads "diverged", the rule the study itself uses.
 format_table(
     study.final.set_index(["regime", "label", "seed"]),
     headers={"diverged": "diverged at step"},
@@ -257,7 +257,7 @@ fig = plot_damping_traces(trace, small)
 # images: the step that was right for its batch promises much less for the data as a whole.
 
 # %%
-finite = trace[np.isfinite(trace["loss"]) & (trace["loss"] < BLOWN_UP) & trace["accepted"]]
+finite = trace[~blown_up(trace["loss"]) & trace["accepted"]]
 heldout = finite.groupby(["regime", "label"])[["rho", "rho_heldout"]].median()
 heldout.columns = ["median rho (same batch)", "median rho (held-out images)"]
 row = heldout.loc[(large, "adaptive (untuned)")]

@@ -44,7 +44,7 @@ from myst_nb import glue
 from adamqlr.plots import set_theme
 from adamqlr.plots.experiments import plot_comparison
 from adamqlr.plots.tables import format_table
-from adamqlr.results.aggregate import BLOWN_UP
+from adamqlr.results.aggregate import BLOWN_UP, blown_up
 from adamqlr.studies import notebook_records_by_task
 from adamqlr.studies.analysis import (
     final_table,
@@ -352,7 +352,7 @@ for title in runs:
     at_end = {b: v.comparison for (t, b, axis), v in verdicts.items()
               if t == title and axis == "epoch"}  # fmt: skip
     # a baseline whose typical run blew up gives a ratio that says only that (e.g. 6e-34)
-    blown = [b for b, c in at_end.items() if not c.medians[1] <= BLOWN_UP]
+    blown = [b for b, c in at_end.items() if blown_up(c.medians[1])]
     ratios = {b: c.ratio for b, c in at_end.items() if b not in blown}
     low, high = min(ratios, key=ratios.get), max(ratios, key=ratios.get)
     glue(

@@ -109,7 +109,7 @@ def test_intervals_share_a_cell_and_absurd_ratios_read_diverged() -> None:
     # A bound past the threshold of a value that did not diverge says so.
     frame.loc[0, "ratio_high"] = 3e7
     text = format_table(frame, diverged=["ratio"], intervals={"ratio": ("ratio_low", "ratio_high")})
-    assert text.text["ratio"].tolist()[0] == "1.068 [0.9242,\u00a0> 1e+06]"
+    assert text.text["ratio"].tolist()[0] == "1.068 [0.9242,\u00a0> 1e6]"
     # The unnamed 0, 1, 2 index is hidden; a named one, or one asked for, is shown.
     assert not table.index and ">0<" not in table.to_html()
     assert format_table(frame, index=True).index
@@ -210,10 +210,10 @@ def test_a_verdict_tables_absurd_ratios_read_as_past_the_threshold() -> None:
     assert list(frame.columns) == list(verdict_table([]).columns)  # the shape verdicts give
     text = format_table(frame).text
     assert text["ratio"].tolist() == [
-        "< 1e-06 [< 1e-06,\u00a00.9029]",
+        "< 1e-6 [< 1e-6,\u00a00.9029]",
         "0.9296 [0.9216,\u00a00.9402]",
-        "> 1e+06 [3,\u00a0> 1e+06]",
-        "> 1e+06 [1.5,\u00a0> 1e+06]",
+        "> 1e6 [3,\u00a0> 1e6]",
+        "> 1e6 [1.5,\u00a0> 1e6]",
     ]
     # Outside a verdict table a ratio column keeps its number.
     assert format_table(frame[["ratio"]]).text["ratio"].tolist()[0] == "6.162e-34"

@@ -14,6 +14,7 @@ from adamqlr.results.aggregate import (
     blown_up,
     bootstrap_median,
     final_summary,
+    ratio_beyond_text,
     round_sig,
     summarise_runs,
 )
@@ -159,3 +160,30 @@ def test_blown_up_is_one_predicate_for_numbers_and_arrays():
     for bad in (0.0, -1.0, math.nan, True, "1e6"):
         with pytest.raises(ValueError, match="threshold must be a positive number"):
             blown_up(1.0, threshold=bad)
+
+
+def test_ratio_beyond_text_writes_the_bound_a_ratio_passed():
+    """Above the bound or below its reciprocal (0 and inf included): the bound; else nothing."""
+    assert ratio_beyond_text(np.nextafter(BLOWN_UP, math.inf)) == "> 1e6"
+    assert ratio_beyond_text(math.inf) == "> 1e6"
+    assert ratio_beyond_text(0.0) == ratio_beyond_text(6e-34) == "< 1e-6"
+    assert ratio_beyond_text(BLOWN_UP) == ratio_beyond_text(1 / BLOWN_UP) == ""
+    assert ratio_beyond_text(1.07) == ratio_beyond_text(math.nan) == ratio_beyond_text(-3e9) == ""
+    assert ratio_beyond_text(2e3, threshold=1e3) == "> 1e3"
+    assert ratio_beyond_text(1e-4, threshold=1e3) == "< 1e-3"
+    assert ratio_beyond_text(600.0, threshold=500.0) == "> 500"
+    assert ratio_beyond_text(1e-3, threshold=500.0) == "< 0.002"
+    assert ratio_beyond_text(1e300, threshold=math.inf) == ""
+    for bad in (0.0, -1.0, math.nan, True, "1e6"):
+        with pytest.raises(ValueError, match="threshold must be a positive number"):
+            ratio_beyond_text(1.0, threshold=bad)
+
+
+def test_tables_and_prose_write_a_ratio_past_the_bound_alike():
+    """A verdict table's cell and the verdict's sentence name the same bound, in the same words."""
+    from adamqlr.plots.tables import _ratio_beyond
+    from adamqlr.studies.verdicts import times
+
+    for ratio in (3e7, math.inf, 6e-34):
+        assert times(ratio) == f"{_ratio_beyond(ratio, BLOWN_UP)}×"
+    assert times(0.93) == "0.93×" and _ratio_beyond(0.93, BLOWN_UP) == ""

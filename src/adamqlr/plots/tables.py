@@ -10,7 +10,7 @@ turns a numeric :class:`pandas.DataFrame` into a :class:`FormattedTable` whose c
   ``diverged_above`` as ``diverged``: a run that blew up has no meaningful final loss, and
   ``3.9e+32`` reads as one;
 * in a verdict table (:func:`adamqlr.studies.verdicts.verdict_table`), a ratio or interval
-  bound above ``diverged_above`` or below its reciprocal as ``> 1e+06`` or ``< 1e-06`` (for the
+  bound above ``diverged_above`` or below its reciprocal as ``> 1e6`` or ``< 1e-6`` (for the
   default ``diverged_above``), as a loss's bound past the threshold reads: a ratio of ``6e-34``
   says only that one arm's typical run blew up;
 * row, column and index-name labels written with TeX between dollars, as in the figures
@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from adamqlr.results.aggregate import BLOWN_UP, blown_up
+from adamqlr.results.aggregate import BLOWN_UP, blown_up, ratio_beyond_text
 
 __all__ = ["DIVERGED", "HEADERS", "FormattedTable", "format_number", "format_table"]
 
@@ -150,6 +150,12 @@ def _diverged(value: Any, threshold: float) -> bool:
     return blown_up(float(value), threshold)
 
 
+def _ratio_beyond(value: Any, threshold: float) -> str:
+    if isinstance(value, bool | np.bool_) or not isinstance(value, Real):
+        return ""
+    return ratio_beyond_text(float(value), threshold)
+
+
 def _partner(label: Any, suffix: str) -> Any:
     if isinstance(label, tuple):
         return (*label[:-1], f"{label[-1]}{suffix}")
@@ -164,26 +170,10 @@ def _bound_text(
     if ratio and (beyond := _ratio_beyond(value, threshold)):
         return beyond
     if loss and value is not None and _diverged(value, threshold):
-        return f"> {threshold:g}" if isinstance(value, Real) and float(value) > 0 else DIVERGED
+        # a finite loss past the threshold reads as the bound it passed ("> 1e6")
+        positive = isinstance(value, Real) and float(value) > 0
+        return ratio_beyond_text(float(value), threshold) if positive else DIVERGED
     return format_number(value, digits=digits)
-
-
-def _ratio_beyond(value: Any, threshold: float) -> str:
-    """Return ``"> 1e+06"`` / ``"< 1e-06"`` for a ratio past ``threshold`` either way, else ``""``.
-
-    Zero and infinity are written the same way: a bootstrap resample whose median diverged gives
-    them, and neither is a ratio a reader can use.
-    """
-    if isinstance(value, bool | np.bool_) or not isinstance(value, Real):
-        return ""
-    x = float(value)
-    if math.isnan(x) or x < 0:
-        return ""
-    if x > threshold:
-        return f"> {threshold:g}"
-    if x < 1 / threshold:
-        return f"< {1 / threshold:g}"
-    return ""
 
 
 @dataclass(frozen=True)
@@ -232,8 +222,8 @@ def format_table(
         diverged: Further columns (labels, or a MultiIndex label joined by spaces) whose
             non-finite or huge values mean a diverged run.
         diverged_above: In those columns, a value whose magnitude exceeds this is ``diverged``;
-            in a verdict table, a ratio above it or below its reciprocal reads ``> 1e+06`` or
-            ``< 1e-06`` (for the default).
+            in a verdict table, a ratio above it or below its reciprocal reads ``> 1e6`` or
+            ``< 1e-6`` (for the default).
         errors: Show each column ``c`` that has a column ``c ±`` as one column ``value ± error``,
             and a verdict table's ``ratio``, ``CI low`` and ``CI high`` as one column
             ``ratio [low, high]`` (unless ``intervals`` is given).

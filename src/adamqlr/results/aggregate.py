@@ -31,6 +31,7 @@ __all__ = [
     "align_runs",
     "blown_up",
     "bootstrap_median",
+    "ratio_beyond_text",
     "final_summary",
     "round_sig",
     "summarise_runs",
@@ -79,6 +80,48 @@ def blown_up(
         return ~np.isfinite(array) | (np.abs(array) > threshold)
     x = float(values)
     return not math.isfinite(x) or abs(x) > threshold
+
+
+def ratio_beyond_text(ratio: float, threshold: float = BLOWN_UP) -> str:
+    """Write a ratio past the blown-up bound as its bound, e.g. ``"> 1e6"``; else return ``""``.
+
+    A ratio of losses above ``threshold`` or below its reciprocal compares against runs that blew
+    up: its digits (``5.01e-23``) mean nothing, so tables and prose write the bound it passed.
+    Zero and infinity count as past it (a bootstrap resample whose median diverged gives them);
+    NaN and negative values are not ratios of losses and give ``""``. A power of ten is written
+    ``1e6`` / ``1e-6``, any other threshold as Python's ``g`` format.
+
+    Args:
+        ratio: The ratio.
+        threshold: The bound (:data:`BLOWN_UP` by default).
+
+    Returns:
+        ``"> 1e6"`` above the bound, ``"< 1e-6"`` below its reciprocal, ``""`` otherwise.
+
+    Raises:
+        ValueError: If ``threshold`` is not a positive number.
+
+    Example:
+        >>> ratio_beyond_text(3e7), ratio_beyond_text(0.0), ratio_beyond_text(0.5)
+        ('> 1e6', '< 1e-6', '')
+    """
+    if isinstance(threshold, bool) or not (isinstance(threshold, int | float) and threshold > 0):
+        raise ValueError(f"threshold must be a positive number, got {threshold!r}")
+    x = float(ratio)
+    if math.isnan(x) or x < 0:
+        return ""
+    if x > threshold:
+        return f"> {_bound_text(threshold)}"
+    if x < 1 / threshold:
+        return f"< {_bound_text(1 / threshold)}"
+    return ""
+
+
+def _bound_text(bound: float) -> str:
+    exponent = math.log10(bound) if 0 < bound < math.inf else math.nan
+    if math.isfinite(exponent) and abs(exponent - round(exponent)) < 1e-9:
+        return f"1e{round(exponent)}"
+    return f"{bound:g}"
 
 
 def _frame(run: Any) -> pd.DataFrame:

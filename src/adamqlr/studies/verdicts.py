@@ -35,7 +35,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from adamqlr.results.aggregate import BLOWN_UP
+from adamqlr.results.aggregate import BLOWN_UP, ratio_beyond_text
 from adamqlr.results.store import RunRecord
 
 __all__ = [
@@ -206,11 +206,6 @@ class Comparison:
         )
 
 
-#: :data:`BLOWN_UP` and its reciprocal as the text writes them ("1e6", "1e-6").
-_HUGE = f"1e{math.log10(BLOWN_UP):.0f}"
-_TINY = f"1e-{math.log10(BLOWN_UP):.0f}"
-
-
 def times(ratio: float, *, unit: bool = True) -> str:
     """Write a ratio for a reader, e.g. ``"0.93×"``.
 
@@ -222,10 +217,8 @@ def times(ratio: float, *, unit: bool = True) -> str:
         unit: Whether to append ``×``.
     """
     mark = "×" if unit else ""
-    if ratio != 0.0 and 0.0 <= ratio < 1.0 / BLOWN_UP:
-        return f"< {_TINY}{mark}"
-    if ratio > BLOWN_UP:
-        return f"> {_HUGE}{mark}"
+    if ratio != 0.0 and (beyond := ratio_beyond_text(ratio)):
+        return f"{beyond}{mark}"
     return f"{ratio:.3g}{mark}"
 
 
@@ -240,15 +233,14 @@ def span(low: float, high: float) -> str:
         high: The upper bound.
     """
     lo, hi = times(low), times(high)
-    tiny, huge = f"< {_TINY}×", f"> {_HUGE}×"
+    tiny, huge = times(0.5 / BLOWN_UP), times(2 * BLOWN_UP)  # "< 1e-6×", "> 1e6×"
+    below, above = tiny.replace("<", "below"), huge.replace(">", "above")
     if hi == tiny:
-        return f"below {_TINY}×"
+        return below
     if lo == huge:
-        return f"above {_HUGE}×"
+        return above
     if lo == tiny or hi == huge:
-        lo = f"below {_TINY}×" if lo == tiny else lo
-        hi = f"above {_HUGE}×" if hi == huge else hi
-        return f"{lo} to {hi}"
+        return f"{below if lo == tiny else lo} to {above if hi == huge else hi}"
     return f"{times(low, unit=False)}–{hi}"
 
 
