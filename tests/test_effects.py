@@ -124,14 +124,21 @@ def test_plot_interactions_draws_one_line_per_level_per_panel():
     # into given axes: a grid with one row per design, one figure, one legend per row
     import matplotlib.pyplot as plt
 
-    grid_fig, grid = plt.subplots(2, 3, squeeze=False)
-    for row in grid:
-        assert plot_interactions(fx, x="damping", lines="rule", panels="direction", axes=row) is (
-            grid_fig
+    grid_fig, grid = plt.subplots(2, 3, squeeze=False, layout="constrained")
+    for i, row in enumerate(grid):
+        drawn = plot_interactions(
+            fx, x="damping", lines="rule", panels="direction", axes=row, legend=i == 0
         )
+        assert drawn is grid_fig
     assert all(len(ax.lines) >= 2 for ax in grid.flat) and grid[1, 2].get_title() == list(A)[2]
-    assert [ax.get_legend() is not None for ax in grid[:, 0]] == [True, True]
+    # the first row's legend only, beside its last panel, outside every panel: it covers no point
+    assert [[ax.get_legend() is not None for ax in row] for row in grid] == [
+        [False, False, True], [False, False, False]
+    ]  # fmt: skip
     assert not grid_fig.legends
+    grid_fig.canvas.draw()
+    box = grid[0, 2].get_legend().get_window_extent()
+    assert all(not box.overlaps(ax.get_window_extent()) for ax in grid.flat)
     with pytest.raises(ValueError, match="axes: 2 given for 3 panels"):
         plot_interactions(fx, x="damping", lines="rule", panels="direction", axes=grid[0, :2])
     plt.close("all")

@@ -24,6 +24,7 @@ def plot_interactions(
     panel_size: tuple[float, float] = (2.9, 2.8),
     titles: Sequence[str] | None = None,
     axes: Sequence[Axes] | None = None,
+    legend: bool = True,
 ) -> Figure | SubFigure:
     """Draw each cell's median and interval against one factor: lines and panels for two others.
 
@@ -43,7 +44,9 @@ def plot_interactions(
         panel_size: Width and height of one panel in inches.
         titles: Panel titles (default: the panel factor's levels).
         axes: Draw into these axes, one per panel, instead of a new figure (e.g. one row of a
-            grid with a row per task); the legend then goes into the first of them.
+            grid with a row per task); the legend then goes to the right of the last of them,
+            outside the panels, so that it never covers a point.
+        legend: Whether to draw the legend (e.g. only for the first row of a grid).
 
     Returns:
         The figure (the one ``axes`` belong to, when given).
@@ -92,9 +95,21 @@ def plot_interactions(
             ax.set_title(titles[k] if titles else str(level), fontsize="medium")
         if k == 0:
             ax.set_ylabel(ylabel)
+    if not legend:
+        return fig
     if axes is None:
         handles, labels = drawn[0].get_legend_handles_labels()
         fig.legend(handles, labels, title=lines, loc="outside lower center", ncol=len(labels))
     else:
-        drawn[0].legend(title=lines, fontsize="small", title_fontsize="small")
+        handles, labels = drawn[0].get_legend_handles_labels()
+        drawn[-1].legend(
+            handles,
+            labels,
+            title=lines,
+            fontsize="small",
+            title_fontsize="small",
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1.0),
+            borderaxespad=0.0,
+        )
     return fig
