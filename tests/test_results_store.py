@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import signal
@@ -145,7 +146,7 @@ def test_save_load_round_trip_and_layout(tmp_path):
     assert rec.spec == s and rec.key == s.key and not rec.stale
     assert rec.provenance["settings"]["batch_size"] == 16
     assert rec.provenance["note"] == "nan"  # JSON has no NaN: stored as text
-    assert rec.manifest["schema_version"] == SCHEMA_VERSION == 2 and rec.manifest["rows"] == 5
+    assert rec.manifest["schema_version"] == SCHEMA_VERSION == 3 and rec.manifest["rows"] == 5
     assert store.status(s) == "complete" and store.status(spec(seed=4)) == "missing"
 
 
@@ -425,6 +426,146 @@ def test_checked_in_records_of_every_schema_version_load():
         versions.add(rec.manifest["schema_version"])
         assert len(rec.metrics) == rec.manifest["rows"] > 0
     assert versions >= {1, 2}
+
+
+def test_metrics_layout_packs_the_float_columns_and_reads_back_every_dtype():
+    """Schema 3: the float64 columns are one matrix; other dtypes, NaN and order survive."""
+    from adamqlr.results.store import _metrics_npz, _read_metrics
+
+    frame = pd.DataFrame(
+        {
+            "step": np.arange(4, dtype=np.int64),
+            "time": [0.0, 0.5, np.nan, 1.5],
+            "accepted": [True, False, True, True],
+            "half": np.array([1.0, 2.0, 3.0, np.inf], dtype=np.float32),
+            "loss": [3.0, -0.0, 1e300, np.nan],
+            "lr": pd.Series([np.nan, 0.1, None, 0.2], dtype=object),
+        }
+    )
+    data = _metrics_npz(frame)
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        assert z["floats"].shape == (3, 4) and z["__packed__"].tolist() == [1, 4, 5]
+        assert sorted(z.files) == ["__columns__", "__packed__", "c0", "c2", "c3", "floats"]
+    back = _read_metrics(data, "metrics-x.npz")
+    pd.testing.assert_frame_equal(
+        back, frame.assign(lr=frame["lr"].astype(float)), check_exact=True
+    )
+    assert np.signbit(back["loss"][1])  # -0.0 stays negative zero
+    for edge in (frame.iloc[:0], frame[["step", "accepted"]], frame[["time"]]):
+        pd.testing.assert_frame_equal(
+            _read_metrics(_metrics_npz(edge), "m.npz"), edge.assign(
+                **({"lr": edge["lr"].astype(float)} if "lr" in edge else {})
+            ), check_exact=True,
+        )  # fmt: skip
+
+
+def _copy_fixtures(tmp_path: Path) -> Path:
+    import shutil
+
+    root = tmp_path / "store"
+    shutil.copytree(FIXTURES, root)
+    return root
+
+
+def test_upgrade_rewrites_older_layouts_losslessly_and_only_once(tmp_path, capsys):
+    """Schema-1 and -2 records become schema 3: same table, provenance kept byte for byte."""
+    root = _copy_fixtures(tmp_path)
+    store = ResultStore(root, sweep=False)
+    folders = list(store.query(include_stale=True)["path"])
+    before = {f: store.load_dir(f, allow_stale=True) for f in folders}
+    provenance = {f: sorted(Path(f).glob("provenance-*.json"))[0].read_bytes() for f in folders}
+    assert {r.manifest["schema_version"] for r in before.values()} >= {1, 2}
+
+    assert sorted(map(str, store.upgrade())) == sorted(folders)
+    for f in folders:
+        rec = store.load_dir(f, allow_stale=True)  # hashes checked
+        pd.testing.assert_frame_equal(rec.metrics, before[f].metrics, check_exact=True)
+        assert rec.provenance == before[f].provenance
+        assert [p.read_bytes() for p in Path(f).glob("provenance-*.json")] == [provenance[f]]
+        assert rec.manifest["schema_version"] == SCHEMA_VERSION
+        old = before[f].manifest
+        upgraded = rec.manifest["upgraded"]
+        assert upgraded["from_schema"] == old["schema_version"]
+        assert set(upgraded["git"]) == {"commit", "dirty"} and upgraded["package_version"]
+        changed = ("files", "schema_version", "upgraded")
+        assert {k: v for k, v in rec.manifest.items() if k not in changed} == {
+            k: v for k, v in old.items() if k not in changed
+        }
+        names = sorted(p.name for p in Path(f).iterdir())  # the old metrics file is gone
+        assert len(names) == 3 and [n for n in names if n.startswith("metrics-")] == [
+            rec.manifest["files"]["metrics"]["name"]
+        ]
+        assert names[1].endswith(".npz")
+    assert store.upgrade() == []  # nothing left to do
+
+    from adamqlr.cli import main
+
+    assert main(["study", "upgrade", "--results", str(root)]) == 0
+    assert "upgraded 0 record(s)" in capsys.readouterr().out
+
+
+def test_upgrade_leaves_a_corrupt_record_alone_and_upgrades_the_rest(tmp_path, caplog):
+    root = _copy_fixtures(tmp_path)
+    store = ResultStore(root, sweep=False)
+    folders = sorted(store.query(include_stale=True)["path"])
+    bad = Path(folders[0])
+    metrics = next(p for p in bad.iterdir() if p.name.startswith("metrics-"))
+    damaged = bytearray(metrics.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    metrics.write_bytes(bytes(damaged))
+    files = sorted(p.name for p in bad.iterdir())
+    with caplog.at_level("WARNING"):
+        assert [str(p) for p in store.upgrade()] == folders[1:]
+    assert "not upgrading" in caplog.text and sorted(p.name for p in bad.iterdir()) == files
+    with pytest.raises(CorruptRecordError, match="SHA-256"):
+        store.load_dir(bad, allow_stale=True)
+
+
+def test_upgrade_interrupted_before_its_manifest_leaves_the_old_record(tmp_path, monkeypatch):
+    """A crash between the new metrics file and the new manifest: the old record still loads,
+    the next sweep removes the orphan file, and the next upgrade finishes the job."""
+    import adamqlr.results.store as store_mod
+
+    root = _copy_fixtures(tmp_path)
+    store = ResultStore(root, sweep=False)
+    folder = next(store.manifests())[0]  # the first one upgrade() takes
+    before = store.load_dir(folder, allow_stale=True)
+    real = store_mod.atomic_write_bytes
+
+    def crash_on_manifest(path, data):
+        if Path(path).name == MANIFEST:
+            raise KeyboardInterrupt("killed")
+        real(path, data)
+
+    monkeypatch.setattr(store_mod, "atomic_write_bytes", crash_on_manifest)
+    with pytest.raises(KeyboardInterrupt):
+        store.upgrade()
+    monkeypatch.setattr(store_mod, "atomic_write_bytes", real)
+    assert len(list(folder.iterdir())) == 4  # the new metrics file, named by no manifest
+    again = store.load_dir(folder, allow_stale=True)
+    assert again.manifest == before.manifest
+    pd.testing.assert_frame_equal(again.metrics, before.metrics, check_exact=True)
+    ResultStore(root)  # opening a store sweeps
+    assert len(list(folder.iterdir())) == 3
+    assert folder in store.upgrade()
+    pd.testing.assert_frame_equal(
+        store.load_dir(folder, allow_stale=True).metrics, before.metrics, check_exact=True
+    )
+
+
+def test_upgrade_refuses_a_table_that_would_not_read_back(tmp_path, monkeypatch):
+    """A layout that lost anything would be a bug: the record is left as it was, loudly."""
+    import adamqlr.results.store as store_mod
+
+    root = _copy_fixtures(tmp_path)
+    store = ResultStore(root, sweep=False)
+    folder = sorted(store.query(include_stale=True)["path"])[-1]
+    files = sorted(p.name for p in Path(folder).iterdir())
+    real = store_mod._metrics_npz
+    monkeypatch.setattr(store_mod, "_metrics_npz", lambda m: real(m.iloc[:, :-1]))
+    with pytest.raises(ValueError, match="would not read back unchanged"):
+        store.upgrade()
+    assert sorted(p.name for p in Path(folder).iterdir()) == files
 
 
 def test_obtain_loads_or_names_every_missing_run(tmp_path):

@@ -13,6 +13,7 @@ Examples::
     adamqlr study calibrate --profile paper
     adamqlr study run untuned-vs-tuned --profile paper --jobs 2
     adamqlr study fold all --profile paper
+    adamqlr study upgrade
 
 ``python -m adamqlr.studies ...`` is the same command.
 """
@@ -105,6 +106,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     fo.add_argument("name", help="study name, or 'all'")
     _add_common(fo)
+    up = sub.add_parser(
+        "upgrade",
+        help="rewrite the store's records of older layouts in the current one (losslessly: each "
+        "record's table must read back unchanged)",
+    )
+    up.add_argument("--results", type=Path, help="results store folder (default: "
+                    "$ADAMQLR_RESULTS or results/ of the checkout)")  # fmt: skip
     ca = sub.add_parser("calibrate", help="measure per-step costs into <results>/costs.json")
     ca.add_argument("name", nargs="?", default="all", help="study name, or 'all' (default)")
     _add_common(ca)
@@ -148,10 +156,20 @@ def _handle(args: argparse.Namespace) -> int:
     action = getattr(args, "study_command", None)
     if action is None:
         print(
-            "adamqlr study: error: give an action: list, status, plan, calibrate, fold or run",
+            "adamqlr study: error: give an action: list, status, plan, calibrate, fold, upgrade "
+            "or run",
             file=sys.stderr,
         )
         return 2
+    if action == "upgrade":
+        store = ResultStore(args.results)
+        try:
+            upgraded = store.upgrade()
+        except ValueError as err:
+            print(f"adamqlr study: error: {err}", file=sys.stderr)
+            return 2
+        print(f"upgraded {len(upgraded)} record(s) under {store.root} to the current layout")
+        return 0
     try:
         studies = _studies(getattr(args, "name", "all"), args.profile)
         if action in ("status", "run", "plan"):
