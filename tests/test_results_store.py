@@ -34,6 +34,7 @@ from adamqlr.results.provenance import validate_provenance
 from adamqlr.results.store import (
     MANIFEST,
     SCHEMA_VERSION,
+    SUPPORTED_SCHEMAS,
     CorruptRecordError,
     MissingRecordError,
     ResultStore,
@@ -425,7 +426,7 @@ def test_checked_in_records_of_every_schema_version_load():
         assert validate_provenance(rec.provenance) == [], path
         versions.add(rec.manifest["schema_version"])
         assert len(rec.metrics) == rec.manifest["rows"] > 0
-    assert versions >= {1, 2}
+    assert versions == set(SUPPORTED_SCHEMAS) and SCHEMA_VERSION in versions
 
 
 def test_metrics_layout_packs_the_float_columns_and_reads_back_every_dtype():
@@ -459,6 +460,15 @@ def test_metrics_layout_packs_the_float_columns_and_reads_back_every_dtype():
         )  # fmt: skip
 
 
+def _older_layouts(store: ResultStore) -> list[str]:
+    """The store's record folders written in an older layout than the current one, sorted."""
+    return sorted(
+        str(folder)
+        for folder, manifest in store.manifests()
+        if manifest["schema_version"] < SCHEMA_VERSION
+    )
+
+
 def _copy_fixtures(tmp_path: Path) -> Path:
     import shutil
 
@@ -471,7 +481,8 @@ def test_upgrade_rewrites_older_layouts_losslessly_and_only_once(tmp_path, capsy
     """Schema-1 and -2 records become schema 3: same table, provenance kept byte for byte."""
     root = _copy_fixtures(tmp_path)
     store = ResultStore(root, sweep=False)
-    folders = list(store.query(include_stale=True)["path"])
+    folders = _older_layouts(store)
+    assert len(folders) == 2
     before = {f: store.load_dir(f, allow_stale=True) for f in folders}
     provenance = {f: sorted(Path(f).glob("provenance-*.json"))[0].read_bytes() for f in folders}
     assert {r.manifest["schema_version"] for r in before.values()} >= {1, 2}
@@ -507,7 +518,7 @@ def test_upgrade_rewrites_older_layouts_losslessly_and_only_once(tmp_path, capsy
 def test_upgrade_leaves_a_corrupt_record_alone_and_upgrades_the_rest(tmp_path, caplog):
     root = _copy_fixtures(tmp_path)
     store = ResultStore(root, sweep=False)
-    folders = sorted(store.query(include_stale=True)["path"])
+    folders = _older_layouts(store)
     bad = Path(folders[0])
     metrics = next(p for p in bad.iterdir() if p.name.startswith("metrics-"))
     damaged = bytearray(metrics.read_bytes())
@@ -559,13 +570,13 @@ def test_upgrade_refuses_a_table_that_would_not_read_back(tmp_path, monkeypatch)
 
     root = _copy_fixtures(tmp_path)
     store = ResultStore(root, sweep=False)
-    folder = sorted(store.query(include_stale=True)["path"])[-1]
-    files = sorted(p.name for p in Path(folder).iterdir())
+    listing = {f: sorted(p.name for p in Path(f).iterdir()) for f in _older_layouts(store)}
     real = store_mod._metrics_npz
     monkeypatch.setattr(store_mod, "_metrics_npz", lambda m: real(m.iloc[:, :-1]))
     with pytest.raises(ValueError, match="would not read back unchanged"):
         store.upgrade()
-    assert sorted(p.name for p in Path(folder).iterdir()) == files
+    assert {f: sorted(p.name for p in Path(f).iterdir()) for f in listing} == listing
+    assert _older_layouts(store) == sorted(listing)
 
 
 def test_obtain_loads_or_names_every_missing_run(tmp_path):
