@@ -109,8 +109,8 @@ def runs_of(task, c):
 #   \Delta = a v_1 + b v_2 ;
 #   $$ (eq-wh-alpha-mom)
 # - **damping** $\lambda$: none; *fixed* at a tuned value; *adaptive*, the Levenberg-Marquardt
-#   rule of {ref}`ch-damping` (lower $\lambda$ when the reduction ratio $\rho$ says the model was
-#   accurate, raise it when not). For the K-FAC direction, $\lambda$ also damps the curvature
+#   rule derived in {ref}`the damping chapter <ch-damping>` (lower $\lambda$ when the reduction
+#   ratio $\rho$ says the model was accurate, raise it when not). For the K-FAC direction, $\lambda$ also damps the curvature
 #   blocks that make the direction, so "none" there means the smallest damping the factors allow.
 #
 # Every combination that makes sense is one registered optimiser. The paper's own optimisers are
@@ -329,8 +329,9 @@ format_table(paper_table)
 #
 # The adaptive damping trusts the quadratic model more (lowers $\lambda$) when the loss fell about
 # as much as the model $M_t$ predicted. The paper measures both on the mini-batch $B_t$ the step
-# was fitted to, and {ref}`ch-damping` finds that this ratio is optimistic: near 1 on the step's
-# own batch, far lower on images the step has not seen. The option `rho_data="next"` of
+# was fitted to, and {ref}`the damping chapter <ch-damping>` finds that this ratio is optimistic:
+# near 1 on the step's own batch, far lower on images the step has not seen. The option
+# `rho_data="next"` of
 # {class}`adamqlr.AdamQLR` ({mod}`adamqlr.heldout`) measures the actual change on the *next*
 # mini-batch instead, data the step was not fitted to:
 #
