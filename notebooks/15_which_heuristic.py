@@ -290,8 +290,8 @@ glue(
 format_table(ranges)
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Median final test loss of the 18 balanced cells per task (a row per task; panels: direction; x: damping; lines: step-size rule; bars: 95 % bootstrap intervals; log scale). Runs: {glue:text}`wh_runs`.", "name": "fig-wh-interactions"}}
-# one figure, one row of panels per task; one legend (every row has the same rules), beside row 1
-fig, grid = plt.subplots(len(tasks), 3, figsize=(10.2, 3.2 * len(tasks)), squeeze=False,
+# one figure, one row of panels per task; one legend below (every row has the same rules)
+fig, grid = plt.subplots(len(tasks), 3, figsize=(8.7, 3.2 * len(tasks) + 0.5), squeeze=False,
                          sharey="row", layout="constrained")  # fmt: skip
 for i, (row, t) in enumerate(zip(grid, tasks, strict=True)):
     panel_titles = [f"{titles[t]}: {d}" for d in effects[t].levels["direction"]]

@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure, SubFigure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 
 from adamqlr.studies.effects import FactorialEffects
 
@@ -44,9 +45,9 @@ def plot_interactions(
         panel_size: Width and height of one panel in inches.
         titles: Panel titles (default: the panel factor's levels).
         axes: Draw into these axes, one per panel, instead of a new figure (e.g. one row of a
-            grid with a row per task); the legend then goes to the right of the last of them,
-            outside the panels, so that it never covers a point.
-        legend: Whether to draw the legend (e.g. only for the first row of a grid).
+            grid with a row per task).
+        legend: Whether to draw the legend, the figure's, below its panels (give it for one
+            row of a grid only).
 
     Returns:
         The figure (the one ``axes`` belong to, when given).
@@ -97,19 +98,15 @@ def plot_interactions(
             ax.set_ylabel(ylabel)
     if not legend:
         return fig
-    if axes is None:
-        handles, labels = drawn[0].get_legend_handles_labels()
-        fig.legend(handles, labels, title=lines, loc="outside lower center", ncol=len(labels))
-    else:
-        handles, labels = drawn[0].get_legend_handles_labels()
-        drawn[-1].legend(
-            handles,
-            labels,
-            title=lines,
-            fontsize="small",
-            title_fontsize="small",
-            loc="upper left",
-            bbox_to_anchor=(1.02, 1.0),
-            borderaxespad=0.0,
-        )
+    # one legend for the figure, below the panels (a legend inside a panel can cover a point);
+    # "outside" asks the constrained layout to make room for it
+    handles, labels = drawn[0].get_legend_handles_labels()
+    constrained = isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine)
+    fig.legend(
+        handles,
+        labels,
+        title=lines,
+        loc="outside lower center" if constrained else "lower center",
+        ncol=len(labels),
+    )
     return fig
