@@ -214,6 +214,23 @@ def _read_metrics(data: bytes, name: str) -> pd.DataFrame:
 
 #: Name of the file that completes a record.
 MANIFEST = "manifest.json"
+
+
+def _write_data_file(folder: Path, kind: str, data: bytes, ext: str) -> dict[str, Any]:
+    """Write one of a record's data files, named by its hash; return its manifest entry."""
+    digest = _sha256(data)
+    name = f"{kind}-{digest[:16]}.{ext}"
+    atomic_write_bytes(folder / name, data)
+    return {"name": name, "sha256": digest, "bytes": len(data)}
+
+
+def _write_manifest(folder: Path, manifest: Mapping[str, Any]) -> None:
+    """Write a record's manifest, the file that completes it (last, atomically)."""
+    atomic_write_bytes(
+        folder / MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    )
+
+
 _DATA_FILES = ("metrics", "provenance")
 
 
@@ -466,12 +483,10 @@ class ResultStore:
                 "json",
             ),
         }
-        files = {}
-        for kind, (data, ext) in payloads.items():
-            digest = _sha256(data)
-            name = f"{kind}-{digest[:16]}.{ext}"
-            atomic_write_bytes(folder / name, data)
-            files[kind] = {"name": name, "sha256": digest, "bytes": len(data)}
+        files = {
+            kind: _write_data_file(folder, kind, data, ext)
+            for kind, (data, ext) in payloads.items()
+        }
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "key": key,
@@ -483,9 +498,7 @@ class ResultStore:
             "written_at": _now(),
             "files": files,
         }
-        atomic_write_bytes(
-            folder / MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
-        )
+        _write_manifest(folder, manifest)
         self._remove_unreferenced(folder, manifest)
         return folder
 
@@ -835,20 +848,14 @@ class ResultStore:
                     f"{folder}: its metrics would not read back unchanged in schema "
                     f"{SCHEMA_VERSION}, so the record was left as it is: {err}"
                 ) from err
-            digest = _sha256(data)
-            name = f"metrics-{digest[:16]}.npz"
-            atomic_write_bytes(folder / name, data)
-            files = dict(old["files"])
-            files["metrics"] = {"name": name, "sha256": digest, "bytes": len(data)}
+            files = {**old["files"], "metrics": _write_data_file(folder, "metrics", data, "npz")}
             manifest = {
                 **old,
                 "schema_version": SCHEMA_VERSION,
                 "files": files,
                 "upgraded": {"from_schema": old["schema_version"], **by, "at": _now()},
             }
-            atomic_write_bytes(
-                folder / MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
-            )
+            _write_manifest(folder, manifest)
             self._remove_unreferenced(folder, manifest)
             return True
 
