@@ -236,3 +236,12 @@ def test_intervals_beyond_the_bounds_read_in_words():
     assert span(1e-26, 3e-21) == "below 1e-6×" and span(2e7, math.inf) == "above 1e6×"
     assert span(1e-9, 0.5) == "below 1e-6× to 0.5×"
     assert span(1.78, 1.1e22) == "1.78× to above 1e6×"
+
+
+def test_a_bound_near_parity_never_reads_as_parity():
+    from adamqlr.studies.verdicts import interval_text, times
+
+    assert times(1.0) == "1×" and times(1.0021) == "1.002×" and times(0.99962) == "0.9996×"
+    # the interval of a verdict that excludes parity shows on which side its lower bound lies
+    assert interval_text(1.03, 1.0021, 1.04) == "1.03× (95 % CI 1.002–1.04×)"
+    assert times(1 + 1e-12) != "1×"

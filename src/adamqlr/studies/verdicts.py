@@ -207,7 +207,10 @@ class Comparison:
 
 
 def times(ratio: float, *, unit: bool = True) -> str:
-    """Write a ratio for a reader, e.g. ``"0.93×"``.
+    """Write a ratio for a reader, e.g. ``"0.93×"``, to three significant digits.
+
+    A ratio other than 1 that would round to ``"1"`` gets as many more digits as it takes not to
+    (``"1.002×"``, ``"0.9996×"``), so a bound never reads as parity when it is not.
 
     Beyond :data:`~adamqlr.results.aggregate.BLOWN_UP` or below its reciprocal (a ratio against
     runs that blew up) it reads ``"< 1e-6×"`` or ``"> 1e6×"`` instead of ``"5.01e-23×"``.
@@ -219,7 +222,14 @@ def times(ratio: float, *, unit: bool = True) -> str:
     mark = "×" if unit else ""
     if ratio != 0.0 and (beyond := ratio_beyond_text(ratio)):
         return f"{beyond}{mark}"
-    return f"{ratio:.3g}{mark}"
+    text = f"{ratio:.3g}"
+    # A ratio that is not parity never reads as parity (an interval's bound of 1.002 would read
+    # "1" beside a verdict that the interval excludes parity): more digits until it does not.
+    digits = 3
+    while text == "1" and ratio != 1.0 and digits < 17:
+        digits += 1
+        text = f"{ratio:.{digits}g}"
+    return f"{text}{mark}"
 
 
 def span(low: float, high: float) -> str:
