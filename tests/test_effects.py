@@ -139,3 +139,31 @@ def test_plot_interactions_draws_one_line_per_level_per_panel():
     with pytest.raises(ValueError, match="axes: 2 given for 3 panels"):
         plot_interactions(fx, x="damping", lines="rule", panels="direction", axes=grid[0, :2])
     plt.close("all")
+
+
+def test_interaction_panels_within_a_decade_read_plain_numbers():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from adamqlr.plots.factorial import plot_interactions
+
+    # the design's cells span about a factor of 2: plain labels (0.8, 1, 1.5), no powers of ten
+    fx = factorial_effects(_design(runs=5), ("direction", "rule", "damping"), resamples=100)
+    fig = plot_interactions(fx, x="damping", lines="rule", panels="direction")
+    fig.canvas.draw()
+    ax = next(ax for ax in fig.axes if ax.get_visible())
+    labels = [t.get_text() for t in ax.get_yticklabels(minor=True) + ax.get_yticklabels()]
+    assert any(labels) and not any("10^" in s or "times" in s for s in labels)
+    assert all(s == "" or float(s) > 0 for s in labels)
+    # a panel spanning several decades keeps matplotlib's powers of ten
+    wide_fig, wide = plt.subplots()
+    wide.plot([0, 1], [1e-4, 1e-1])
+    wide.set_yscale("log")
+    from adamqlr.plots.factorial import _plain_labels_within_a_decade
+
+    _plain_labels_within_a_decade(wide)
+    wide_fig.canvas.draw()
+    assert any("10^" in t.get_text() for t in wide.get_yticklabels())
+    plt.close("all")

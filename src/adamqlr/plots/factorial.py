@@ -9,6 +9,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure, SubFigure
 from matplotlib.layout_engine import ConstrainedLayoutEngine
+from matplotlib.ticker import FuncFormatter
 
 from adamqlr.studies.effects import FactorialEffects
 
@@ -96,6 +97,8 @@ def plot_interactions(
             ax.set_title(titles[k] if titles else str(level), fontsize="medium")
         if k == 0:
             ax.set_ylabel(ylabel)
+    for ax in drawn:
+        _plain_labels_within_a_decade(ax)
     if not legend:
         return fig
     # one legend for the figure, below the panels (a legend inside a panel can cover a point);
@@ -110,3 +113,17 @@ def plot_interactions(
         ncol=len(labels),
     )
     return fig
+
+
+def _plain_labels_within_a_decade(ax: Axes) -> None:
+    """Label a log axis that spans less than a factor of 10 with plain numbers.
+
+    Within one decade matplotlib labels the minor ticks in scientific notation
+    (``2.45 × 10^-1``, ``2.5 × 10^-1``, ...), which crowds a narrow panel; ``0.245``, ``0.25``
+    say the same. Wider axes keep matplotlib's powers of ten.
+    """
+    low, high = ax.get_ylim()
+    if low > 0 and high / low < 10:
+        plain = FuncFormatter(lambda value, _: f"{value:.3g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
