@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure, SubFigure
 from matplotlib.layout_engine import ConstrainedLayoutEngine
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import Formatter
 
 from adamqlr.studies.effects import FactorialEffects
 
@@ -115,15 +115,29 @@ def plot_interactions(
     return fig
 
 
+class _PlainLog(Formatter):
+    """Label the ticks that ``inner`` (a log formatter) labels, as plain numbers (``0.245``)."""
+
+    def __init__(self, inner: Formatter) -> None:
+        self.inner = inner
+
+    def set_locs(self, locs: list[float]) -> None:  # noqa: D102
+        super().set_locs(locs)
+        self.inner.set_axis(self.axis)
+        self.inner.set_locs(locs)
+
+    def __call__(self, x: float, pos: int | None = None) -> str:  # noqa: D102
+        return f"{x:.3g}" if self.inner(x, pos) else ""
+
+
 def _plain_labels_within_a_decade(ax: Axes) -> None:
     """Label a log axis that spans less than a factor of 10 with plain numbers.
 
-    Within one decade matplotlib labels the minor ticks in scientific notation
+    Within one decade matplotlib labels some minor ticks in scientific notation
     (``2.45 × 10^-1``, ``2.5 × 10^-1``, ...), which crowds a narrow panel; ``0.245``, ``0.25``
-    say the same. Wider axes keep matplotlib's powers of ten.
+    say the same. The ticks labelled stay matplotlib's choice; wider axes keep its powers of ten.
     """
     low, high = ax.get_ylim()
     if low > 0 and high / low < 10:
-        plain = FuncFormatter(lambda value, _: f"{value:.3g}")
-        ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
+        ax.yaxis.set_major_formatter(_PlainLog(ax.yaxis.get_major_formatter()))
+        ax.yaxis.set_minor_formatter(_PlainLog(ax.yaxis.get_minor_formatter()))
