@@ -45,7 +45,7 @@ from adamqlr.tasks import get_task
 from adamqlr.studies.analysis import provenance_text, tuning_summary
 from adamqlr.studies.effects import capped_finals, factorial_effects
 from adamqlr.studies.factorial import CELLS, EXCLUDED, EXTRA_CELLS, cell
-from adamqlr.studies.verdicts import compare, edge_choices, judge, verdict_table
+from adamqlr.studies.verdicts import compare, edge_choices, judge, span, times, verdict_table
 
 set_theme()
 pd.set_option("display.precision", 4)
@@ -271,22 +271,20 @@ for t, fx in effects.items():
     else:
         pairs = zip(others, verdicts, strict=True)
         against = ", ".join(f"{AGAINST[v]} the {o}'s" for o, v in pairs)
+    row = fx.ranges.loc[largest]
     sentences.append(
-        f"on {titles[t]}, the {largest} has the largest range, "
-        f"{fx.ranges.loc[largest, 'ratio']:.3g}× (95 % CI {fx.ranges.loc[largest, 'low']:.3g}–"
-        f"{fx.ranges.loc[largest, 'high']:.3g}×; best level {fx.ranges.loc[largest, 'best']}), "
-        f"{against} by their intervals"
+        f"on {titles[t]}, the {largest} has the largest range, {times(row['ratio'])} (95 % CI "
+        f"{span(row['low'], row['high'])}; best level {row['best']}), {against} by their intervals"
     )
 glue("wh_order", "; ".join(sentences), display=False)
-glue(
-    "wh_order_time",
-    "; ".join(
-        f"on {titles[t]}, the {fx.largest()} ({fx.ranges.loc[fx.largest(), 'ratio']:.3g}×, 95 % CI "
-        f"{fx.ranges.loc[fx.largest(), 'low']:.3g}–{fx.ranges.loc[fx.largest(), 'high']:.3g}×)"
-        for t, fx in effects_time.items()
-    ),
-    display=False,
-)
+time_sentences = []
+for t, fx in effects_time.items():
+    row = fx.ranges.loc[fx.largest()]
+    time_sentences.append(
+        f"on {titles[t]}, the {fx.largest()} ({times(row['ratio'])}, 95 % CI "
+        f"{span(row['low'], row['high'])})"
+    )
+glue("wh_order_time", "; ".join(time_sentences), display=False)
 format_table(ranges)
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Median final test loss of the 18 balanced cells per task (a row per task; panels: direction; x: damping; lines: step-size rule; bars: 95 % bootstrap intervals; log scale). Runs: {glue:text}`wh_runs`.", "name": "fig-wh-interactions"}}
