@@ -13,8 +13,8 @@ the UCI Energy MLP 8-50-1 with squared error on its full batch of 588 rows; ``re
 official ResNet-18 variant at batch 32 (CPU) or 256 (CUDA). Inputs are random with the real
 shapes. One torch thread by default (``--threads``).
 
-What is measured, side by side in one run (every round runs every variant once, in a rotating
-order, on the same batch; medians over the rounds after warm-up rounds):
+What is measured, side by side in one run (every round runs every variant in turn, in a
+rotating order, on the same batches; medians over the rounds after warm-up rounds):
 
 * ``adam``: ``zero_grad`` + forward + loss + backward + ``torch.optim.Adam.step``;
 * ``adamqlr-fisher`` / ``adamqlr-hessian``: one ``AdamQLR.step`` (it does its own forward and
@@ -47,6 +47,14 @@ Targets (ratios measured side by side, medians of at least three runs): AdamQLR-
 at most 1.1x ``floor + update``, the honest floor of a step that must also update Adam's moments
 (on small models those passes over the parameters are a fifth of a step, so the bare floor, which
 leaves them out, cannot be met by any Adam-direction optimiser).
+
+Steps in a row (``--burst``, default 10): each round runs each variant that many times in a
+row, on successive batches, and keeps the time per call, so that every step but the first of a
+turn follows the variant's own previous step, as the steps of a training loop do. With
+``--burst 1`` each step follows another variant's work instead, and starts with caches that
+hold the other variant's tensors and code; on small models that favours the variants with many
+small operations (``torch.optim.Adam`` among them) less than their own loop does, and the ratios
+to Adam come out lower than a training loop's. ``--save`` keeps the burst in the provenance.
 
 ``--ops`` counts the aten operators one step of ``adam`` and of each AdamQLR variant issues
 (nested ones included, from ``torch.profiler``): a diagnostic of dispatch overhead, which is most
@@ -350,29 +358,41 @@ def time_variants(
     warmup: int,
     repeats: int,
     reset_every: int = 25,
+    burst: int = 1,
 ) -> dict[str, list[float]]:
-    """Interleaved timing: each round runs every variant once on the round's batch.
+    """Interleaved timing: each round runs every variant's burst of ``burst`` consecutive calls.
 
-    Every ``reset_every`` rounds, variants with a ``reset()`` method are reset and take one
-    untimed step.
+    Returns, per variant, the time per call of each timed round (its burst's time / ``burst``).
+    With ``burst=1`` every call follows another variant's; with a longer burst the calls after
+    the first follow the variant's own, as the steps of a training loop do. Call ``i`` of round
+    ``r`` takes batch ``(r * burst + i) mod n``. Variants with a ``reset()`` method are reset
+    (and take one untimed step) every ``reset_every`` calls, at the start of a round: every
+    ``max(1, reset_every // burst)`` rounds.
     """
+    if burst < 1:
+        raise ValueError(f"invalid burst {burst!r} (expected an int >= 1)")
     names = list(fns)
     times: dict[str, list[float]] = {n: [] for n in names}
+    batches = case.batches
+    every = max(1, reset_every // burst) if reset_every else 0
     for r in range(warmup + repeats):
-        x, y = case.batches[r % len(case.batches)]
-        if r and reset_every and r % reset_every == 0:
+        if r and every and r % every == 0:
+            x, y = batches[(r * burst) % len(batches)]
             for fn in fns.values():
                 if hasattr(fn, "reset"):
                     fn.reset()
                     fn(x, y)
         order = names[r % len(names) :] + names[: r % len(names)]
+        round_batches = [batches[(r * burst + i) % len(batches)] for i in range(burst)]
         for name in order:
+            fn = fns[name]
             _sync(device)
             start = time.perf_counter()
-            fns[name](x, y)
+            for x, y in round_batches:
+                fn(x, y)
             _sync(device)
             if r >= warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name].append((time.perf_counter() - start) / burst)
     return times
 
 
@@ -547,10 +567,11 @@ def run_case(
     for section in sections:
         fns |= section.variants(case)  # type: ignore[attr-defined]
     small = case.batches[0][0].shape[0] <= 1000 and not name.startswith("resnet")
-    repeats = args.repeats or (300 if small else 10 if name.startswith("resnet") else 30)
+    calls = 300 if small else 10 if name.startswith("resnet") else 30
+    repeats = args.repeats or max(3, calls // args.burst)  # about as many calls at any burst
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # rejected steps are part of the work
-        times = time_variants(case, fns, device, args.warmup, repeats, args.reset_every)
+        times = time_variants(case, fns, device, args.warmup, repeats, args.reset_every, args.burst)
         ops = {}
         if args.ops:
             for k in ("adam", "adamqlr-fisher", "adamqlr-hessian"):
@@ -576,14 +597,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma list of {list(CASES)}")
     parser.add_argument("--batch", type=int, default=None, help="override every case's batch")
     parser.add_argument(
-        "--repeats", type=int, default=None, help="timed rounds (default 300 small, 30, 10 ResNet)"
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed rounds (default 300 small, 30, 10 ResNet, each divided by --burst)",
+    )
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=10,
+        help="calls of a variant in a row per round (default 10; 1: each after another variant)",
     )
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument(
         "--reset-every",
         type=int,
         default=25,
-        help="reset the training variants every this many rounds (0: never)",
+        help="reset the training variants every this many calls (0: never)",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory")
@@ -602,6 +632,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error(f"invalid --runs {args.runs} (expected >= 1)")
+    if args.burst < 1:
+        parser.error(f"invalid --burst {args.burst} (expected >= 1)")
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -615,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.json:
         print(
             f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-            f"{torch.get_num_threads()} threads, device {device}"
+            f"{torch.get_num_threads()} threads, device {device}, {args.burst} steps in a row"
             + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
         )
     runs = []
@@ -680,6 +712,7 @@ def save(path: Path, summary: dict[str, object], runs: list[object], args: argpa
         "runs": len(runs),
         "repeats": args.repeats,
         "warmup": args.warmup,
+        "burst": args.burst,
     }
     atomic_write_json(path, {"provenance": provenance, "median": summary, "runs": runs})
 

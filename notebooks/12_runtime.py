@@ -76,14 +76,15 @@ print(provenance_text(data.all_records()))
 # their inverses every step, and its own two-dimensional quadratic model.
 #
 # Two measurements answer the question. The **step-cost benchmark** (`benchmarks/step_cost.py`)
-# times Adam, AdamQLR with either curvature and K-FAC side by side, every variant once per round
-# on the same batch, together with the pieces of {eq}`eq-rt-cost` (the forward-plus-backward
-# pass, the JVP, the HVP, the trial forward), and keeps the medians of several runs: whatever load
-# the machine carries hits every variant alike, so its ratios are the book's one source for what
-# a step costs. The **runtime study** times each optimiser for a fixed number of steps at several
-# batch sizes, with evaluation only at the start and the end (outside the clock), and reads the
-# time of every step from the records' clock: that is what the runtime axis of the other chapters
-# is made of, load included.
+# times Adam, AdamQLR with either curvature and K-FAC side by side, each in turn for several
+# steps in a row on the same batches (so that a step follows the optimiser's own previous step,
+# as in a training loop, and finds the caches as that step left them), together with the pieces
+# of {eq}`eq-rt-cost` (the forward-plus-backward pass, the JVP, the HVP, the trial forward), and
+# keeps the medians of several runs: whatever load the machine carries hits every variant alike,
+# so its ratios are the book's one source for what a step costs. The **runtime study** times
+# each optimiser for a fixed number of steps at several batch sizes, with evaluation only at the
+# start and the end (outside the clock), and reads the time of every step from the records'
+# clock: that is what the runtime axis of the other chapters is made of, load included.
 #
 # ## The step, measured side by side
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import statistics
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from adamqlr.studies.benchmarks import load_step_cost
 
@@ -21,7 +23,7 @@ def test_saved_benchmark_holds_medians_of_its_runs(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     script = str(ROOT / "benchmarks" / "step_cost.py")
     cmd = [sys.executable, script, "--cases", "energy-588", "--repeats", "3", "--warmup", "1",
-           "--runs", "2", "--save", str(out), "--json"]  # fmt: skip
+           "--burst", "2", "--runs", "2", "--save", str(out), "--json"]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     saved = json.loads(out.read_text())
@@ -39,7 +41,8 @@ def test_saved_benchmark_holds_medians_of_its_runs(tmp_path):
                           for r in saved["runs"])
     )  # fmt: skip
     assert bench.ratio("energy-588", "adam") == 1.0
-    assert "medians of 2 runs" in bench.text()
+    assert saved["provenance"]["burst"] == 2
+    assert "medians of 2 runs" in bench.text() and "(2 steps in a row per turn)" in bench.text()
     with pytest.raises(KeyError, match="'resnet18'"):
         bench.ratio("resnet18", "adam")
 
@@ -51,3 +54,65 @@ def test_a_missing_or_foreign_benchmark_file_is_a_clear_error(tmp_path):
     bad.write_text("{}")
     with pytest.raises(ValueError, match="not a saved step-cost benchmark"):
         load_step_cost(path=bad)
+
+
+def _benchmark_module():
+    spec = importlib.util.spec_from_file_location("step_cost", ROOT / "benchmarks" / "step_cost.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("step_cost", module)  # its dataclasses look their module up
+    spec.loader.exec_module(sys.modules["step_cost"])
+    return sys.modules["step_cost"]
+
+
+class _Counting:
+    """A variant that records the batch of every call and every reset."""
+
+    def __init__(self, log: list[tuple[str, int]], name: str) -> None:
+        self.log, self.name = log, name
+
+    def reset(self) -> None:
+        self.log.append((self.name, -1))
+
+    def __call__(self, x, y) -> None:
+        self.log.append((self.name, int(x)))
+
+
+@pytest.mark.parametrize("burst", [1, 3])
+def test_a_round_runs_each_variant_burst_times_in_a_row(burst):
+    bench = _benchmark_module()
+    batches = [(torch.tensor(i), torch.tensor(i)) for i in range(4)]
+    case = bench.Case("toy", torch.nn.Linear(1, 1), None, "toy", batches)
+    log: list[tuple[str, int]] = []
+    fns = {"a": _Counting(log, "a"), "b": _Counting(log, "b")}
+    times = bench.time_variants(case, fns, torch.device("cpu"), warmup=1, repeats=5,
+                                reset_every=6, burst=burst)  # fmt: skip
+    assert {k: len(v) for k, v in times.items()} == {"a": 5, "b": 5}  # one time per round
+    # Resets come every 6 calls (every 6 // burst rounds), each with one untimed step on the
+    # round's first batch; drop them to see the timed calls.
+    every = max(1, 6 // burst)
+    reset_rounds = [r for r in range(1, 6) if r % every == 0]
+    calls, expected_resets = [], []
+    i = 0
+    while i < len(log):
+        name, b = log[i]
+        if b < 0:
+            expected_resets.append((name, log[i + 1]))
+            i += 2
+            continue
+        calls.append((name, b))
+        i += 1
+    assert [(n, c) for n, c in expected_resets] == [
+        (n, (n, (r * burst) % 4)) for r in reset_rounds for n in ("a", "b")
+    ]
+    expected = []  # rotating order; each variant's whole burst, on successive batches
+    for r in range(6):
+        for name in ["a", "b"] if r % 2 == 0 else ["b", "a"]:
+            expected += [(name, (r * burst + k) % 4) for k in range(burst)]
+    assert calls == expected
+
+
+def test_a_burst_below_one_is_refused():
+    bench = _benchmark_module()
+    case = bench.Case("toy", torch.nn.Linear(1, 1), None, "toy", [(torch.zeros(1),) * 2])
+    with pytest.raises(ValueError, match="invalid burst 0"):
+        bench.time_variants(case, {}, torch.device("cpu"), 0, 1, burst=0)

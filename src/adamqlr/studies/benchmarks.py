@@ -2,8 +2,9 @@
 
 ``benchmarks/step_cost.py --runs 3 --kfac --save results/benchmarks/step_cost-cpu.json`` times
 AdamQLR (Fisher and Hessian) and K-FAC against ``torch.optim.Adam`` side by side, every variant
-once per round on the same batch, and writes the medians over the runs beside every run and its
-provenance (commit, date, machine, threads). Wall-clock differences between separate training
+in turn for a few steps in a row on the same batches (as a training loop takes them), and writes
+the medians over the runs beside every run and its provenance (commit, date, machine, threads,
+steps in a row). Wall-clock differences between separate training
 runs mix in machine load (identical runs of ours differ by up to 3x); ratios measured side by side
 do not, so pages quote these.
 """
@@ -64,8 +65,11 @@ class StepCostBenchmark:
         p = self.provenance
         commit = str((p.get("git") or {}).get("commit") or "unknown")[:7]
         dirty = " (uncommitted changes)" if (p.get("git") or {}).get("dirty") else ""
+        burst = p.get("burst") or 1  # records made before --burst ran one step per turn
+        turn = "one step" if burst == 1 else f"{burst} steps in a row"
         return (
-            f"step-cost benchmark, medians of {p.get('runs')} runs measured side by side, "
+            f"step-cost benchmark, medians of {p.get('runs')} runs measured side by side "
+            f"({turn} per turn), "
             f"{p.get('threads')} torch thread(s) on {p.get('processor')} ({p.get('device')}), "
             f"torch {p.get('torch_version')}, commit {commit}{dirty}, {p.get('written_at')}"
         )
