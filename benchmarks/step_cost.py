@@ -51,10 +51,12 @@ leaves them out, cannot be met by any Adam-direction optimiser).
 Steps in a row (``--burst``, default 10): each round runs each variant that many times in a
 row, on successive batches, and keeps the time per call, so that every step but the first of a
 turn follows the variant's own previous step, as the steps of a training loop do. With
-``--burst 1`` each step follows another variant's work instead, and starts with caches that
-hold the other variant's tensors and code; on small models that favours the variants with many
-small operations (``torch.optim.Adam`` among them) less than their own loop does, and the ratios
-to Adam come out lower than a training loop's. ``--save`` keeps the burst in the provenance.
+``--burst 1`` each step follows another variant's work instead and starts with caches that hold
+that variant's tensors and code; on small models this slows the variants made of many small
+operations (``torch.optim.Adam`` among them) more than AdamQLR's step, so the ratios to Adam
+come out lower than in the steady state of consecutive steps. A training run's own clock adds
+the loop's work around every step (the batch, the records), the same for every optimiser, which
+brings its ratios closer to 1. ``--save`` keeps the burst in the provenance.
 
 ``--ops`` counts the aten operators one step of ``adam`` and of each AdamQLR variant issues
 (nested ones included, from ``torch.profiler``): a diagnostic of dispatch overhead, which is most

@@ -41,6 +41,9 @@ def test_saved_benchmark_holds_medians_of_its_runs(tmp_path):
                           for r in saved["runs"])
     )  # fmt: skip
     assert bench.ratio("energy-588", "adam") == 1.0
+    adam_ms = [r["energy-588"]["adam"]["ms"] for r in saved["runs"]]
+    adam_row = bench.table.set_index(["case", "variant"]).loc[("energy-588", "adam")]
+    assert adam_row["ms"] == pytest.approx(statistics.median(adam_ms))
     assert saved["provenance"]["burst"] == 2
     assert "medians of 2 runs" in bench.text() and "(2 steps in a row per turn)" in bench.text()
     with pytest.raises(KeyError, match="'resnet18'"):

@@ -25,8 +25,8 @@ __all__ = ["STEP_COST_FILE", "StepCostBenchmark", "load_step_cost"]
 STEP_COST_FILE = Path("benchmarks") / "step_cost-cpu.json"
 
 _COLUMNS = (
-    "ratio", "ratio_lo", "ratio_hi", "floor", "over_floor", "floor_update", "over_floor_update",
-    "floor_via", "runs",
+    "ms", "ratio", "ratio_lo", "ratio_hi", "floor", "over_floor", "floor_update",
+    "over_floor_update", "floor_via", "runs",
 )  # fmt: skip
 
 
@@ -36,7 +36,8 @@ class StepCostBenchmark:
 
     Attributes:
         provenance: Commit, date, machine, threads, runs (as the benchmark wrote them).
-        table: One row per (case, variant): ``ratio`` (median time / Adam's), ``ratio_lo`` and
+        table: One row per (case, variant): ``ms`` (the median time of one call in
+            milliseconds, over the runs), ``ratio`` (median time / Adam's), ``ratio_lo`` and
             ``ratio_hi`` (the range over runs), ``floor`` and ``floor_update`` (the floors / Adam),
             ``over_floor`` and ``over_floor_update`` (time / floor), ``floor_via``, ``runs``.
         path: The file.
