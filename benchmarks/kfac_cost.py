@@ -10,8 +10,9 @@ Cases (:data:`CASES`): the paper's Fashion-MNIST MLP 784-50-10 (cross-entropy) a
 at batch 50, and the UCI Energy MLP 8-50-1 (squared error) at batch 588, its full batch. The
 networks are ``adamqlr.tasks._common.MLP`` on random data.
 
-What is measured, side by side in one run (every round runs every variant once, in a rotating
-order, on the round's batch; medians over the rounds after warm-up rounds):
+What is measured, side by side in one run (every round runs every variant in turn, in a rotating
+order, ``--burst`` calls in a row on successive batches, as ``step_cost.py`` does; medians over
+the rounds after warm-up rounds):
 
 * ``adam``: ``zero_grad`` + forward + loss + backward + ``torch.optim.Adam.step``;
 * ``kfac-adaptive``: one :meth:`adamqlr.kfac.KFAC.step` with the paper's settings (kfac-jax's
@@ -44,9 +45,9 @@ import json
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -59,6 +60,11 @@ from adamqlr.kfac.quadratic import output_bilinear
 from adamqlr.kfac.tangents import forward_with_tape, output_tangents, sequential_plan
 from adamqlr.losses import Loss, get_loss
 from adamqlr.tasks._common import MLP
+
+# The timing rounds, shared with step_cost.py, live beside this file.
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from interleaved import time_rounds  # noqa: E402
 
 StepFn = Callable[[Tensor, Tensor], object]
 
@@ -214,20 +220,11 @@ def _floor_pieces(case: Case) -> dict[str, StepFn]:
 
 # --------------------------------------------------------------------------------- measuring
 def time_variants(
-    case: Case, fns: dict[str, StepFn], warmup: int, repeats: int
+    case: Case, fns: dict[str, StepFn], warmup: int, repeats: int, burst: int = 10
 ) -> dict[str, list[float]]:
-    """Interleaved timing: each round runs every variant once on the round's batch."""
-    names = list(fns)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(warmup + repeats):
-        x, y = case.batches[r % len(case.batches)]
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            start = time.perf_counter()
-            fns[name](x, y)
-            if r >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return times
+    """Interleaved timing (:func:`interleaved.time_rounds`): each round runs every variant's
+    burst of ``burst`` calls in a row on successive batches; the time per call of each round."""
+    return time_rounds(case.batches, fns, warmup, repeats, burst=burst)
 
 
 def report_kfac(case: Case, times: dict[str, list[float]], echo: bool = True) -> dict:
@@ -290,12 +287,15 @@ def main(argv: list[str] | None = None) -> int:
         "--cases", default=",".join(CASES), help="comma list of " + str(list(CASES))
     )
     parser.add_argument("--repeats", type=int, default=30, help="timed rounds (default 30)")
+    parser.add_argument(
+        "--burst", type=int, default=10, help="calls of a variant in a row per round (default 10)"
+    )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--json", action="store_true", help="print case -> variant -> ratios")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.warmup < 0 or args.threads < 1:
-        parser.error("--repeats and --threads must be >= 1 and --warmup >= 0")
+    if args.repeats < 1 or args.warmup < 0 or args.threads < 1 or args.burst < 1:
+        parser.error("--repeats, --burst and --threads must be >= 1 and --warmup >= 0")
     names = [c for c in args.cases.split(",") if c]
     for name in names:
         if name not in CASES:
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {}
     for name in names:
         case = make_case(name)
-        times = time_variants(case, kfac_variants(case), args.warmup, args.repeats)
+        times = time_variants(case, kfac_variants(case), args.warmup, args.repeats, args.burst)
         result[name] = report_kfac(case, times, echo=not args.json)
     if args.json:
         print(json.dumps(result, indent=1))

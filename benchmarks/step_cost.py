@@ -115,6 +115,12 @@ from adamqlr.curvature import (
 )
 from adamqlr.losses import Loss, get_loss
 
+# The timing rounds, shared with kfac_cost.py, live beside this file (also when it is loaded by
+# its path, as the tests do).
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from interleaved import time_rounds  # noqa: E402
+
 StepFn = Callable[[Tensor, Tensor], object]
 
 #: Modules (beside this file) that add variants to every case; ``--kfac`` appends ``kfac_cost``.
@@ -362,40 +368,16 @@ def time_variants(
     reset_every: int = 25,
     burst: int = 1,
 ) -> dict[str, list[float]]:
-    """Interleaved timing: each round runs every variant's burst of ``burst`` consecutive calls.
+    """Interleaved timing of ``case``'s batches (:func:`interleaved.time_rounds`).
 
-    Returns, per variant, the time per call of each timed round (its burst's time / ``burst``).
-    With ``burst=1`` every call follows another variant's; with a longer burst the calls after
-    the first follow the variant's own, as the steps of a training loop do. Call ``i`` of round
-    ``r`` takes batch ``(r * burst + i) mod n``. Variants with a ``reset()`` method are reset
-    (and take one untimed step) every ``reset_every`` calls, at the start of a round: every
-    ``max(1, reset_every // burst)`` rounds.
+    Each round runs every variant's burst of ``burst`` calls in a row; returns, per variant, the
+    time per call of each timed round. Variants with a ``reset()`` method are reset every
+    ``reset_every`` calls.
     """
-    if burst < 1:
-        raise ValueError(f"invalid burst {burst!r} (expected an int >= 1)")
-    names = list(fns)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    batches = case.batches
-    every = max(1, reset_every // burst) if reset_every else 0
-    for r in range(warmup + repeats):
-        if r and every and r % every == 0:
-            x, y = batches[(r * burst) % len(batches)]
-            for fn in fns.values():
-                if hasattr(fn, "reset"):
-                    fn.reset()
-                    fn(x, y)
-        order = names[r % len(names) :] + names[: r % len(names)]
-        round_batches = [batches[(r * burst + i) % len(batches)] for i in range(burst)]
-        for name in order:
-            fn = fns[name]
-            _sync(device)
-            start = time.perf_counter()
-            for x, y in round_batches:
-                fn(x, y)
-            _sync(device)
-            if r >= warmup:
-                times[name].append((time.perf_counter() - start) / burst)
-    return times
+    return time_rounds(
+        case.batches, fns, warmup, repeats, burst=burst, reset_every=reset_every,
+        sync=(lambda: _sync(device)) if device.type == "cuda" else None,
+    )  # fmt: skip
 
 
 def aten_ops(fn: StepFn, case: Case) -> int:
