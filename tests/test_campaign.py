@@ -354,3 +354,21 @@ def test_the_store_sweep_leaves_tuning_tables_alone(tmp_path):
     (table / "trials.csv").write_text("trial\n")
     ResultStore(tmp_path)  # opening a store sweeps it
     assert (table / "trials.csv").read_text() == "trial\n"
+
+
+def test_a_forced_campaign_makes_every_run_again_once(tmp_path):
+    """``--force`` with workers remakes the runs that have records (it used to be ignored)."""
+    study = get_study("runtime", "smoke")
+    store = ResultStore(tmp_path)
+    first = Campaign([study], store, jobs=1, stream=None).run()
+    n = len(campaign_order([study], store, include_complete=True))
+    assert len(first.made) == n and first.complete
+    again = Campaign([study], ResultStore(tmp_path), jobs=1, stream=None).run()
+    assert again.made == []  # without force nothing is rerun
+    before = {r.key: r.provenance["campaign"]["id"] for r in ResultStore(tmp_path).records()}
+    code = study_cli.main(["run", "runtime", "--profile", "smoke", "--jobs", "1", "--force",
+                           "--no-progress", "--results", str(tmp_path)])  # fmt: skip
+    assert code == 0
+    after = {r.key: r.provenance["campaign"]["id"] for r in ResultStore(tmp_path).records()}
+    assert after.keys() == before.keys() and len(after) == n
+    assert len(set(after.values())) == 1 and set(after.values()).isdisjoint(before.values())

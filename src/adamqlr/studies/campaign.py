@@ -20,7 +20,7 @@ or ``adamqlr study run untuned-vs-tuned --profile quick --jobs 2``.
 * **Resume.** Records are written atomically as runs finish, and a stored run is loaded, never
   rerun. A campaign that was killed (even with ``SIGKILL`` to its process group) is resumed by
   running it again: finished runs are skipped and an interrupted run continues from its
-  checkpoint.
+  checkpoint. (``force=True``, ``--force``, makes every run again instead, once each.)
 * **Provenance.** Each record made by a campaign holds ``campaign`` (an id, the studies, the
   number of workers, whether a dirty tree was allowed), ``load_average`` (the 1, 5 and 15 minute
   load averages when the run started) and ``concurrent_workers`` (how many runs were in flight,
@@ -134,6 +134,8 @@ def campaign_order(
     studies: Sequence[Study],
     store: ResultStore,
     plans: Sequence[Sequence[ArmPlan]] | None = None,
+    *,
+    include_complete: bool = False,
 ) -> list[ExperimentSpec]:
     """Return the runs of ``studies`` known now that have no current record, in campaign order.
 
@@ -145,6 +147,7 @@ def campaign_order(
         studies: The studies.
         store: The results store.
         plans: ``[plan(study, store) for study in studies]`` if already worked out.
+        include_complete: Return the runs that have a current record too (every run known now).
     """
     if plans is None:
         plans = [plan(study, store) for study in studies]
@@ -166,7 +169,7 @@ def campaign_order(
         if key in seen:
             continue
         seen.add(key)
-        if store.status(spec) != "complete":
+        if include_complete or store.status(spec) != "complete":
             out.append(spec)
     return out
 
@@ -197,8 +200,13 @@ def _load_average() -> list[float] | None:
         return None
 
 
-def _work(spec_data: dict[str, Any], device: str | None, extra: dict[str, Any]) -> dict[str, Any]:
-    """Run one spec in a worker; return a summary (the record is in the store)."""
+def _work(
+    spec_data: dict[str, Any], device: str | None, extra: dict[str, Any], force: bool = False
+) -> dict[str, Any]:
+    """Run one spec in a worker; return a summary (the record is in the store).
+
+    With ``force`` the run is made from scratch even if it has a record.
+    """
     import warnings
 
     from adamqlr.experiment.runner import run
@@ -209,7 +217,7 @@ def _work(spec_data: dict[str, Any], device: str | None, extra: dict[str, Any]) 
     cache: dict[tuple[str, str], Any] = _WORKER["data"]
     t0 = time.perf_counter()
     data = None
-    if store.status(spec) != "complete":
+    if force or store.status(spec) != "complete":
         key = (spec.task, spec.profile)
         if key not in cache:
             cache[key] = get_task(spec.task).load_data(spec.profile)
@@ -218,7 +226,13 @@ def _work(spec_data: dict[str, Any], device: str | None, extra: dict[str, Any]) 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # rejected steps: counted in the record
         record = run(
-            spec, store=store, device=device, progress=False, data=data, provenance=provenance
+            spec,
+            store=store,
+            force=force,
+            device=device,
+            progress=False,
+            data=data,
+            provenance=provenance,
         )
     p = record.provenance
     return {
@@ -280,6 +294,11 @@ class Campaign:
             (and at the end); ``0``: never fold.
         protect: Further studies whose repeats must never be folded (see
             :func:`adamqlr.studies.tables.fold_trials`).
+        force: Make every run again, including those with a record: each run known at the start,
+            and each that becomes known while the campaign runs (a tuned arm's repeats), is
+            made once from scratch (a checkpoint is discarded; the old record stays readable
+            until the new one replaces it). Interrupted, a forced campaign run again with
+            ``force`` starts over.
 
     Raises:
         ValueError: For ``jobs < 1``, ``threads < 1`` or ``fold_every < 0``.
@@ -298,8 +317,10 @@ class Campaign:
         on_run: Callable[[dict[str, Any]], None] | None = None,
         fold_every: int = 50,
         protect: Sequence[Study] = (),
+        force: bool = False,
     ) -> None:
         self.studies = list(studies)
+        self.force = bool(force)
         self.store = store if store is not None else ResultStore()
         self.jobs = default_jobs() if jobs is None else int(jobs)
         if self.jobs < 1:
@@ -382,10 +403,19 @@ class Campaign:
         durations: list[float] = []
         ctx = multiprocessing.get_context("spawn")
         root = str(Path(self.store.root).resolve())
-        todo = campaign_order(self.studies, self.store)
+        remade: set[str] = set()  # with force: the runs this campaign has made (or tried)
+
+        def pending(plans: Sequence[Sequence[ArmPlan]] | None = None) -> list[ExperimentSpec]:
+            if not self.force:
+                return campaign_order(self.studies, self.store, plans)
+            known = campaign_order(self.studies, self.store, plans, include_complete=True)
+            return [s for s in known if s.key not in remade]
+
+        todo = pending()
         self._say(
             f"campaign {self.id}: {', '.join(names)}: {len(todo)} run(s) to make now on "
             f"{self.jobs} worker(s)"
+            + (" (forced: runs with a record are made again)" if self.force else "")
         )
         executor = cf.ProcessPoolExecutor(
             max_workers=self.jobs,
@@ -401,7 +431,7 @@ class Campaign:
                     spec = queue.pop(0)
                     extra = {**base_extra, "concurrent_workers": len(in_flight) + 1}
                     data = {**spec.as_dict(), "device": spec.device}
-                    future = executor.submit(_work, data, self.device, extra)
+                    future = executor.submit(_work, data, self.device, extra, self.force)
                     in_flight[future] = (spec.key, spec, time.perf_counter())
                 if not in_flight:
                     break
@@ -409,6 +439,7 @@ class Campaign:
                 finished = []
                 for future in done:
                     key, spec, t0 = in_flight.pop(future)
+                    remade.add(key)
                     try:
                         result = future.result()
                     except Exception as err:  # noqa: BLE001 - one failed run fails only itself
@@ -419,7 +450,7 @@ class Campaign:
                     durations.append(time.perf_counter() - t0)
                     finished.append(result)
                 plans = [plan(study, self.store) for study in self.studies]  # once per finished run
-                todo = campaign_order(self.studies, self.store, plans)
+                todo = pending(plans)
                 left = len([s for s in todo if s.key not in failed_keys])
                 blocked = _blocked(plans)
                 mean = sum(durations) / len(durations) if durations else 0.0

@@ -283,6 +283,7 @@ def _handle(args: argparse.Namespace) -> int:
                 device=args.device,
                 allow_dirty=args.allow_dirty,
                 protect=_studies("all", args.profile),
+                force=args.force,
             )
             summary = campaign.run()
         except (DirtyTreeError, ValueError) as err:
