@@ -54,9 +54,9 @@ turn follows the variant's own previous step, as the steps of a training loop do
 ``--burst 1`` each step follows another variant's work instead and starts with caches that hold
 that variant's tensors and code; on small models this slows the variants made of many small
 operations (``torch.optim.Adam`` among them) more than AdamQLR's step, so the ratios to Adam
-come out lower than in the steady state of consecutive steps. A training run's own clock adds
-the loop's work around every step (the batch, the records), the same for every optimiser, which
-brings its ratios closer to 1. ``--save`` keeps the burst in the provenance.
+come out lower than in the steady state of consecutive steps. A training run's own clock gives
+other ratios again (it also times drawing each batch and the loop's bookkeeping, on the real
+data; chapter 12 of the book compares the two). ``--save`` keeps the burst in the provenance.
 
 ``--ops`` counts the aten operators one step of ``adam`` and of each AdamQLR variant issues
 (nested ones included, from ``torch.profiler``): a diagnostic of dispatch overhead, which is most
