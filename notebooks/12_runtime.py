@@ -172,12 +172,15 @@ for r in data.all_records():
         small_runs.append((float(steps["accepted"].mean()), int(steps["step"].max()),
                            str(r.provenance.get("stop_reason"))))  # fmt: skip
 small_runs.sort(reverse=True)
-accepted = ", ".join(f"{100 * share:.0f} %" for share, _, _ in small_runs)
+shares = [f"{100 * share:.0f} %" for share, _, _ in small_runs]
+accepted = " and ".join([", ".join(shares[:-1]), shares[-1]] if len(shares) > 1 else shares)
 stopped = [(step, reason) for _, step, reason in small_runs if reason != "steps"]
-glue("rt_fisher_accepted_small", accepted
-     + "".join(f" (one run stopped at step {step}: "
-               f"{reason.replace('nonfinite', 'non-finite').replace('_', ' ')})"
-               for step, reason in stopped), display=False)  # fmt: skip
+glue("rt_fisher_accepted_small", accepted, display=False)
+glue("rt_fisher_stopped_small",
+     "".join(f"; one of them stopped at step {step} "
+             f"({reason.replace('nonfinite', 'non-finite').replace('_', ' ')})"
+             for step, reason in stopped) or "; none of them stopped early",
+     display=False)  # fmt: skip
 
 # Is the Hessian step resolved as dearer than the Fisher step? Only where the spread of its runs
 # lies wholly above the spread of the Fisher runs at the same batch size.
@@ -262,8 +265,9 @@ format_table(per_step)
 #   size {glue:text}`rt_batch_small` and {glue:text}`rt_fisher_large:.1f` at
 #   {glue:text}`rt_batch_large`. At batch size {glue:text}`rt_batch_small` that is not the price
 #   of a working step: untuned AdamQLR diverges at that batch size ({ref}`ch-sensitivity`), and
-#   its runs here accepted {glue:text}`rt_fisher_accepted_small` of their steps; a rejected step
-#   skips the trial pass and the update, so it costs less. Beyond that, a run's clock times more
+#   its runs here accepted {glue:text}`rt_fisher_accepted_small` of their
+#   steps{glue:text}`rt_fisher_stopped_small`; a rejected step skips the trial pass and the
+#   update, so it costs less. Beyond that, a run's clock times more
 #   than the step: drawing each batch and the training loop's bookkeeping (Adam's step takes
 #   {glue:text}`rt_adam_run_ms:.2f` ms by the runs' clocks and {glue:text}`rt_adam_bench_ms:.2f`
 #   ms in the benchmark), under whatever load the machine had, and, where a run is older than
