@@ -528,9 +528,7 @@ def report(case: Case, rows: dict[str, dict[str, object]], memory: dict[str, int
 
 
 def _sections(names: list[str]) -> list[object]:
-    here = str(Path(__file__).resolve().parent)
-    if here not in sys.path:
-        sys.path.insert(0, here)
+    # the folder beside this file is on sys.path already (see the import of interleaved)
     modules = []
     for name in names:
         try:
