@@ -16,6 +16,7 @@ from adamqlr.curvature import LayerwiseFisher, layerwise_plan
 from adamqlr.experiment.loop import train
 from adamqlr.experiment.optimisers import OPTIMISERS, QLRStepper, get_optimiser
 from adamqlr.experiment.spec import ExperimentSpec
+from adamqlr.losses import get_loss
 from adamqlr.tasks import TASKS, get_task
 
 
@@ -50,23 +51,28 @@ def test_last_outputs_are_the_pre_step_outputs_of_every_stepper(name: str) -> No
 @pytest.mark.parametrize("name", ["uci-energy", "uci-protein", "fashion-mnist"])
 @pytest.mark.parametrize("profile", ["smoke", "quick", "paper"])
 def test_the_cpu_tasks_models_allow_the_layerwise_path(name: str, profile: str) -> None:
-    assert layerwise_plan(get_task(name).make_model(0, profile)) is not None
+    task = get_task(name)
+    assert layerwise_plan(task.make_model(0, profile)) is not None
+    assert get_loss(
+        task.loss
+    ).has_closed_form_gradient()  # so no autograd graph in the gradient pass
 
 
 @pytest.mark.parametrize("task", ["tiny-classification", "tiny-regression"])
 def test_a_loop_run_keeps_adamqlr_on_the_fast_path(task: str, monkeypatch) -> None:
-    engines: list[type] = []
+    engines: list[tuple[type, str]] = []
     original = QLRStepper.step
 
     def step(self, inputs, targets):
         stats = original(self, inputs, targets)
-        engines.append(type(self.optimizer.curvature_engine))
+        engine = self.optimizer.curvature_engine
+        engines.append((type(engine), engine.gradient_by))
         return stats
 
     monkeypatch.setattr(QLRStepper, "step", step)
     spec = ExperimentSpec(task=task, optimiser="adamqlr", profile="smoke", steps=4, seed=0)
     result = train(spec.settings(), progress=False)
-    assert engines == [LayerwiseFisher] * 4
+    assert engines == [(LayerwiseFisher, "closed-form")] * 4
     frame = result.metrics.frame()
     if get_task(task).classification:
         assert frame["train_accuracy"].iloc[1:].between(0, 1).all()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -45,6 +45,7 @@ __all__ = [
     "ggn_quadratic",
     "hessian_along_graph",
     "hessian_quadratic",
+    "layerwise_backward",
     "layerwise_forward",
     "layerwise_jvp",
     "layerwise_plan",
@@ -133,8 +134,9 @@ def layerwise_plan(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
     It applies to an ``nn.Sequential`` (or a subclass that keeps ``Sequential.forward``),
     possibly nested, of ``nn.Linear``, the elementwise activations ReLU, Tanh, Sigmoid, GELU,
     SiLU, LeakyReLU, ELU and Softplus, ``nn.Identity``, ``nn.Flatten``, ``nn.Unflatten`` and
-    ``nn.Dropout``, with no forward hooks and no parametrizations. For anything else it returns
-    ``None`` and :func:`ggn_quadratic` uses forward-mode autograd through the module.
+    ``nn.Dropout``, with no hooks (forward or backward, on any module) and no parametrizations.
+    For anything else it returns ``None`` and :func:`ggn_quadratic` uses forward-mode autograd
+    through the module.
 
     Args:
         model: The network.
@@ -150,8 +152,14 @@ def layerwise_plan(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
     canonical = {id(m): (f"{n}." if n else "") for n, m in model.named_modules()}
 
     def visit(prefix: str, module: nn.Module) -> bool:
-        if module._forward_hooks or module._forward_pre_hooks or "forward" in vars(module):
-            return False  # hooks, or a forward replaced on the instance
+        if (
+            module._forward_hooks
+            or module._forward_pre_hooks
+            or module._backward_hooks
+            or module._backward_pre_hooks
+            or "forward" in vars(module)
+        ):
+            return False  # hooks (the layer-wise passes skip a container's), or a new forward
         if isinstance(module, nn.Sequential):
             if type(module).forward is not nn.Sequential.forward:
                 return False
@@ -223,6 +231,7 @@ def layerwise_forward(
     params: Mapping[str, Tensor] | None = None,
     *,
     keep: bool = True,
+    direct: bool = False,
 ) -> tuple[Tensor, list[Tensor | None]]:
     """Run the layers as ``nn.Sequential.forward`` does, keeping what their JVP needs.
 
@@ -236,20 +245,25 @@ def layerwise_forward(
         params: Optional parameter values by name replacing the linear layers' own.
         keep: Whether to keep the tape (``False``: a plain forward pass, e.g. a trial loss; the
             tape returned is empty).
+        direct: Whether to call each layer's own ``forward``, skipping ``Module.__call__``
+            (always so without a tape): only where no graph is recorded, since a plan's layers
+            have no forward hooks to run but backward hooks would be skipped too.
 
     Returns:
         ``(outputs, tape)``, the tape holding per layer a linear layer's input, an elementwise
-        layer's input or output (whichever its derivative uses), a dropout mask, or ``None``.
+        layer's input or output (whichever its derivative uses), a dropout mask, a shape-only
+        layer's input, or ``None`` (dropout that draws nothing).
     """
     h = inputs
     tape: list[Tensor | None] = []
     record = tape.append if keep else _discard
+    direct = direct or not keep
     for prefix, layer in layers:
         kind = type(layer)
         if kind is nn.Linear:
             record(h)
             if params is None:
-                h = layer(h)
+                h = layer.forward(h) if direct else layer(h)
             else:
                 linear = cast(nn.Linear, layer)
                 h = torch.nn.functional.linear(
@@ -261,7 +275,7 @@ def layerwise_forward(
             # [loops] Without a tape (a trial pass, no graph), the activation's own forward is
             # called directly: the plan has no hooks to run (a hook added later changes the
             # model's signature and so the plan), and Module.__call__ costs ~1.5 us a layer.
-            out = layer(h) if keep else layer.forward(h)
+            out = layer.forward(h) if direct else layer(h)
             record(out if kind in _USES_OUTPUT else h)
             h = out
         elif kind is nn.Dropout and layer.training and cast(nn.Dropout, layer).p > 0:
@@ -269,8 +283,8 @@ def layerwise_forward(
             record(mask)
             h = h * mask
         else:
-            record(None)
-            h = layer(h)
+            record(h if kind in _PASSTHROUGH else None)  # a shape-only layer: for its shape
+            h = layer.forward(h) if direct else layer(h)
     return h, tape
 
 
@@ -306,6 +320,64 @@ def layerwise_tangent(
         for (prefix, layer), record in zip(layers, tape, strict=True):
             t = _tangent_step(prefix, layer, record, t, params, direction)
     return t
+
+
+def layerwise_backward(
+    layers: list[tuple[str, nn.Module]],
+    tape: list[Tensor | None],
+    grad_outputs: Tensor,
+) -> list[tuple[Tensor, Tensor]]:
+    """Return the gradient of a loss with respect to the layers' parameters, without autograd.
+
+    The reverse of :func:`layerwise_tangent`: from the tape of a forward pass at the module's own
+    parameters and the gradient with respect to the outputs, each layer maps the gradient ``g``
+    of its output back, with the kernels autograd runs for the layer's backward (so the numbers
+    of ``loss.backward()`` through the same forward): a linear layer gives ``g^T h`` for its
+    weight and ``sum g`` for its bias and passes ``g W`` on; an elementwise layer ``f'(a) g`` (its
+    Jacobian is diagonal, so this is its JVP's function); dropout ``g`` times its mask; a
+    shape-only layer ``g`` in its input's shape. Only parameters with ``requires_grad`` get a
+    gradient, and the gradient is not carried below the first layer that has one.
+
+    Args:
+        layers: From :func:`layerwise_plan`.
+        tape: From :func:`layerwise_forward` at the module's own parameters.
+        grad_outputs: The gradient of the loss with respect to the layers' outputs.
+
+    Returns:
+        ``[(parameter, gradient), ...]``, from the last layer to the first; a parameter used by
+        several layers appears once per use (the gradient is their sum).
+    """
+    lowest = len(layers)
+    for i, (_, m) in enumerate(layers):
+        if type(m) is nn.Linear:
+            bias = m.bias
+            if m.weight.requires_grad or (bias is not None and bias.requires_grad):
+                lowest = i
+                break
+    grads: list[tuple[Tensor, Tensor]] = []
+    g = grad_outputs
+    with _no_grad():
+        for i in range(len(layers) - 1, lowest - 1, -1):
+            layer, record = layers[i][1], tape[i]
+            kind = type(layer)
+            if kind is nn.Linear:
+                linear = cast(nn.Linear, layer)
+                h = cast(Tensor, record)
+                flat_g = g if g.dim() == 2 else g.reshape(-1, g.shape[-1])
+                if linear.weight.requires_grad:
+                    flat_h = h if h.dim() == 2 else h.reshape(-1, h.shape[-1])
+                    grads.append((linear.weight, flat_g.t().mm(flat_h)))
+                if linear.bias is not None and linear.bias.requires_grad:
+                    grads.append((linear.bias, flat_g.sum(0)))
+                if i > lowest:
+                    g = g.mm(linear.weight) if g.dim() == 2 else g.matmul(linear.weight)
+            elif kind in _ELEMENTWISE:
+                g = _ELEMENTWISE[kind](layer, g, cast(Tensor, record))
+            elif kind is nn.Dropout:
+                g = g if record is None else g * record
+            else:  # shape-only
+                g = g.reshape(cast(Tensor, record).shape)
+    return grads
 
 
 def layerwise_jvp(
@@ -628,12 +700,34 @@ def checked_value(loss: Loss, outputs: Tensor, targets: Tensor) -> Tensor:
     Raises:
         ValueError: From the loss's checks, naming the bad value.
     """
+    return _checked(loss.value, loss, outputs, targets)
+
+
+def checked_value_and_gradient(
+    loss: Loss, outputs: Tensor, targets: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Return the loss's value and output gradient after the checks of :func:`checked_value`.
+
+    :meth:`~adamqlr.losses.Loss.value_and_output_gradient`, with the checks made as there.
+
+    Raises:
+        ValueError: From the loss's checks, naming the bad value.
+    """
+    return _checked(loss.value_and_output_gradient, loss, outputs, targets)
+
+
+_T = TypeVar("_T")
+
+
+def _checked(
+    compute: Callable[[Tensor, Tensor], _T], loss: Loss, outputs: Tensor, targets: Tensor
+) -> _T:
     loss.check_layout(outputs, targets)
     if outputs.device.type != "cpu":  # a bad class index is a device-side assert there
         loss.check_values(outputs, targets)
-        return loss.value(outputs, targets)
+        return compute(outputs, targets)
     try:
-        return loss.value(outputs, targets)
+        return compute(outputs, targets)
     except (IndexError, RuntimeError):
         loss.check_values(outputs, targets)  # raises the clear error, if that was the cause
         raise
@@ -651,7 +745,7 @@ def model_signature(model: nn.Module) -> tuple[Any, ...]:
     """Return a cheap fingerprint of what a step's plan depends on in ``model``.
 
     It changes when a module is added, removed, replaced or renamed, a parameter is replaced, a
-    forward or forward-pre hook is registered or removed (on a module or globally), a ``forward``
+    hook of a module's forward or backward is registered or removed (or a global one), a ``forward``
     is replaced on an instance, or a module switches between training and evaluation mode. Walks
     the module tree once (no generators), so that checking it every step costs microseconds for
     a small network.
@@ -667,14 +761,17 @@ def model_signature(model: nn.Module) -> tuple[Any, ...]:
         state = m.__dict__
         try:  # the fields, read from the instance's dict (no Module.__getattr__)
             children, params = state["_modules"], state["_parameters"]
-            training, hooks, pre_hooks = (
+            training, hooks, pre_hooks, back, back_pre = (
                 state["training"],
                 state["_forward_hooks"],
                 state["_forward_pre_hooks"],
+                state["_backward_hooks"],
+                state["_backward_pre_hooks"],
             )
         except KeyError:  # e.g. a scripted module keeps some of them elsewhere
             children, params = m._modules, m._parameters
             training, hooks, pre_hooks = m.training, m._forward_hooks, m._forward_pre_hooks
+            back, back_pre = m._backward_hooks, m._backward_pre_hooks
         add(
             (
                 id(m),
@@ -682,6 +779,8 @@ def model_signature(model: nn.Module) -> tuple[Any, ...]:
                 training,
                 tuple(hooks),
                 tuple(pre_hooks),
+                tuple(back),
+                tuple(back_pre),
                 "forward" in state,
                 tuple(children),
                 tuple(map(id, params.values())),
@@ -718,6 +817,9 @@ class CurvatureEngine:
 
     #: Short name, for tests and benchmarks.
     name: str = "engine"
+    #: How the last gradient pass was differentiated: ``"autograd"``, or ``"closed-form"`` (no
+    #: autograd graph, :func:`layerwise_backward`; :class:`LayerwiseFisher` only).
+    gradient_by: str = "autograd"
     #: Which of the model's outputs the loss compares (:func:`adamqlr.outputs.select_output`);
     #: set by :func:`curvature_engine`.
     output: OutputSelector = None
@@ -879,6 +981,16 @@ class LayerwiseFisher(CurvatureEngine):
     a direct evaluation up to rounding). This saves the largest matrix product of the trial pass.
     After :meth:`along_pair` the trial step is ``-alpha u + momentum v`` and the first layer's
     output moves by both tangents, ``-alpha (x du^T + du_b) + momentum (x dv^T + dv_b)``.
+
+    When the loss has a closed-form output gradient
+    (:meth:`adamqlr.losses.Loss.has_closed_form_gradient`), the gradient pass records no autograd
+    graph: the forward keeps its tape, and :func:`layerwise_backward` runs the layers' backward
+    kernels on it, giving the numbers of ``loss.backward()`` without the graph's bookkeeping
+    (about a quarter of a forward and backward pass on a small MLP). Autograd is used instead
+    when something would notice the difference: hooks on a parameter's gradient, inputs that
+    require a gradient, a parameter that requires a gradient but is not
+    the optimiser's (autograd would fill its ``.grad``), autocast, or parameters other than
+    float32 and float64. :attr:`gradient_by` says which way the last pass went.
     """
 
     name = "layerwise-fisher"
@@ -898,21 +1010,28 @@ class LayerwiseFisher(CurvatureEngine):
         self._own: Tensor | None = None  # its tangent, x dW^T + db
         self._own_second: Tensor | None = None  # the same for along_pair's second direction
         self._first_names: tuple[str, ...] = ()
+        # What decides, at each step, whether the gradient pass may skip autograd: the plan's
+        # parameters (each once; the plan has no module hooks).
+        self._loss_closed_form = loss.has_closed_form_gradient()
+        self._plan_params = list(
+            {id(p): p for _, m in plan for p in m.parameters(recurse=False)}.values()
+        )
         if first is not None:
             prefix, layer = plan[first]
             self._first_names = tuple(
                 f"{prefix}{n}" for n in ("weight", "bias") if getattr(layer, n) is not None
             )
 
-    def _outputs(self, inputs: Any) -> Tensor:
+    def _outputs(self, inputs: Any, direct: bool = False) -> Tensor:
         plan = self.plan
         if self._first is None:
-            outputs, self._tape = layerwise_forward(plan, inputs)  # type: ignore[arg-type]
+            outputs, self._tape = layerwise_forward(plan, inputs, direct=direct)  # type: ignore[arg-type]
             return outputs
         i = self._first
-        h, before = layerwise_forward(plan[:i], inputs)  # type: ignore[index]
-        z = plan[i][1](h)  # type: ignore[index]
-        outputs, after = layerwise_forward(plan[i + 1 :], z)  # type: ignore[index]
+        h, before = layerwise_forward(plan[:i], inputs, direct=direct)  # type: ignore[index]
+        first = plan[i][1]  # type: ignore[index]
+        z = first.forward(h) if direct else first(h)
+        outputs, after = layerwise_forward(plan[i + 1 :], z, direct=direct)  # type: ignore[index]
         self._tape = [*before, h, *after]
         self._z = z.detach()
         return outputs
@@ -920,9 +1039,47 @@ class LayerwiseFisher(CurvatureEngine):
     def gradient_pass(  # noqa: D102
         self, inputs: Any, targets: Tensor, params: list[Tensor]
     ) -> tuple[Tensor, Tensor]:
-        value, outputs = super().gradient_pass(inputs, targets, params)
+        if not self._closed_form(inputs, params):
+            self.gradient_by = "autograd"
+            value, outputs = super().gradient_pass(inputs, targets, params)
+            self._final = outputs
+            return value, outputs
+        self.gradient_by = "closed-form"
+        self._capture(inputs, targets, params)
+        with _no_grad():
+            outputs = self._outputs(inputs, direct=True)  # no graph, no hooks (_closed_form)
+            value, grad_outputs = checked_value_and_gradient(self.loss, outputs, targets)
+            for p, g in layerwise_backward(self.plan, self._tape, grad_outputs):  # type: ignore[arg-type]
+                if p.grad is None:
+                    p.grad = g
+                else:  # a parameter of several layers, or a gradient the caller left
+                    p.grad.add_(g)
         self._final = outputs
         return value, outputs
+
+    def _closed_form(self, inputs: Any, params: list[Tensor]) -> bool:
+        """Whether this gradient pass may skip autograd (see the class's description)."""
+        if (
+            not self._loss_closed_form
+            or not isinstance(inputs, Tensor)
+            or inputs.requires_grad
+            or not self._plan_params
+        ):
+            return False
+        if torch.is_autocast_enabled(self._plan_params[0].device.type):
+            return False
+        owned: set[int] | None = None
+        for p in self._plan_params:
+            if p.dtype is not torch.float32 and p.dtype is not torch.float64:
+                return False
+            if p.requires_grad:
+                if p._backward_hooks or p._post_accumulate_grad_hooks:
+                    return False
+                if owned is None:
+                    owned = {id(q) for q in params}
+                if id(p) not in owned:
+                    return False
+        return True
 
     def along(self, names: list[str], params: list[Tensor], directions: list[Tensor]) -> Tensor:  # noqa: D102
         tape, final = self._tape, self._final

@@ -75,6 +75,35 @@ class Loss(ABC):
         two = self.output_quadratic(outputs, u2, targets)
         return 0.5 * (both - one - two)
 
+    def value_and_output_gradient(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """Return :meth:`value` and its gradient with respect to ``outputs``, without autograd.
+
+        Offered where :meth:`has_closed_form_gradient` says so, for float32 and float64 outputs. The
+        package's cross-entropy and squared error run the kernels that autograd runs for their
+        backward, so both numbers are those of ``value(outputs, targets)`` and its
+        ``backward()``. A layer-wise network then needs no autograd graph for its gradient pass
+        (:class:`adamqlr.curvature.LayerwiseFisher`).
+
+        Raises:
+            NotImplementedError: If the loss has no closed-form gradient.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form output gradient")
+
+    def has_closed_form_gradient(self) -> bool:
+        """Whether :meth:`value_and_output_gradient` gives the gradient of :meth:`value`.
+
+        True when the class that defines :meth:`value_and_output_gradient` (other than this
+        base) also defines the :meth:`value` in force: a subclass that changes the value alone
+        (a penalty, label smoothing) falls back to autograd rather than get its parent's
+        gradient. If false, an optimiser differentiates :meth:`value` with autograd.
+        """
+        if "value" in vars(self):  # replaced on the instance
+            return False
+        mro = type(self).__mro__
+        gradient_from = next(c for c in mro if "value_and_output_gradient" in vars(c))
+        value_from = next(c for c in mro if "value" in vars(c))
+        return gradient_from is not Loss and gradient_from is value_from
+
     def check_shapes(self, outputs: Tensor, targets: Tensor) -> None:  # noqa: B027
         """Raise ``ValueError`` naming the shapes when outputs and targets cannot be compared.
 
@@ -191,6 +220,21 @@ class CrossEntropyLoss(Loss):
             ignore_index=self.ignore_index,
         )
 
+    def value_and_output_gradient(  # noqa: D102
+        self, outputs: Tensor, targets: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        # F.cross_entropy is log_softmax then nll_loss; autograd's backward is nll_loss_backward
+        # then _log_softmax_backward_data, i.e. (softmax - one_hot) / n on the counted positions.
+        nll = torch.ops.aten
+        logits = outputs.reshape(-1, outputs.shape[-1])
+        classes = targets.reshape(-1)
+        log_p = torch.log_softmax(logits, 1)
+        value, total = nll.nll_loss_forward(log_p, classes, None, 1, self.ignore_index)
+        seed = torch.ones((), dtype=value.dtype, device=value.device)
+        grad = nll.nll_loss_backward(seed, log_p, classes, None, 1, self.ignore_index, total)
+        grad = nll._log_softmax_backward_data(grad, log_p, 1, log_p.dtype)
+        return value, grad.reshape(outputs.shape)
+
     def output_quadratic(self, outputs: Tensor, u: Tensor, targets: Tensor) -> Tensor:  # noqa: D102
         outputs, u = wide(outputs), wide(u)
         pu = torch.softmax(outputs, dim=-1) * u  # p u, computed once
@@ -286,6 +330,18 @@ class SquaredErrorLoss(Loss):
     def value(self, outputs: Tensor, targets: Tensor) -> Tensor:  # noqa: D102
         residual = outputs - self._align(outputs, targets)
         return _halved(residual.pow(2)).reshape(outputs.shape[0], -1).sum(-1).mean()
+
+    def value_and_output_gradient(  # noqa: D102
+        self, outputs: Tensor, targets: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        residual = outputs - self._align(outputs, targets)
+        value = _halved(residual.pow(2)).reshape(outputs.shape[0], -1).sum(-1).mean()
+        # Autograd's backward of the mean, the halving and the square: (1/N) * 0.5 * 2 r, where
+        # the factors of two are exact, so fl(1/N) * r (with 1/N rounded in the outputs' dtype).
+        inverse = torch.ones((), dtype=residual.dtype, device=residual.device).div_(
+            outputs.shape[0]
+        )
+        return value, residual.mul_(inverse)
 
     def output_quadratic(self, outputs: Tensor, u: Tensor, targets: Tensor) -> Tensor:  # noqa: D102
         count = self.curvature_count if self.curvature_count is not None else outputs.shape[0]
