@@ -193,7 +193,7 @@ def _tangent_step(
     params: Mapping[str, Tensor],
     direction: Mapping[str, Tensor],
 ) -> Tensor | None:
-    """Push the tangent ``t`` through one layer.
+    """Push the tangent ``t`` through one layer (called with no graph recorded).
 
     ``record`` is what :func:`layerwise_forward` kept for the layer: a linear layer's input, an
     activation's input or output, a dropout mask.
@@ -205,7 +205,7 @@ def _tangent_step(
         dw, db = direction.get(w_name), direction.get(b_name)
         carried = None
         if t is not None:
-            carried = torch.nn.functional.linear(t, params.get(w_name, linear.weight).detach())
+            carried = torch.nn.functional.linear(t, params.get(w_name, linear.weight))
         if dw is not None:
             own = torch.nn.functional.linear(record, dw, db)  # h dW^T + db
             return own if carried is None else own.add_(carried)
@@ -1033,7 +1033,7 @@ class LayerwiseFisher(CurvatureEngine):
         z = first.forward(h) if direct else first(h)
         outputs, after = layerwise_forward(plan[i + 1 :], z, direct=direct)  # type: ignore[index]
         self._tape = [*before, h, *after]
-        self._z = z.detach()
+        self._z = z if direct else z.detach()  # direct: no graph (the closed-form pass)
         return outputs
 
     def gradient_pass(  # noqa: D102

@@ -226,14 +226,14 @@ class CrossEntropyLoss(Loss):
         # F.cross_entropy is log_softmax then nll_loss; autograd's backward is nll_loss_backward
         # then _log_softmax_backward_data, i.e. (softmax - one_hot) / n on the counted positions.
         nll = torch.ops.aten
-        logits = outputs.reshape(-1, outputs.shape[-1])
-        classes = targets.reshape(-1)
+        flat = outputs.dim() == 2  # no reshapes (a few us each on a small batch)
+        logits = outputs if flat else outputs.reshape(-1, outputs.shape[-1])
+        classes = targets if targets.dim() == 1 else targets.reshape(-1)
         log_p = torch.log_softmax(logits, 1)
         value, total = nll.nll_loss_forward(log_p, classes, None, 1, self.ignore_index)
-        seed = torch.ones((), dtype=value.dtype, device=value.device)
-        grad = nll.nll_loss_backward(seed, log_p, classes, None, 1, self.ignore_index, total)
+        grad = nll.nll_loss_backward(_one(value), log_p, classes, None, 1, self.ignore_index, total)
         grad = nll._log_softmax_backward_data(grad, log_p, 1, log_p.dtype)
-        return value, grad.reshape(outputs.shape)
+        return value, grad if flat else grad.reshape(outputs.shape)
 
     def output_quadratic(self, outputs: Tensor, u: Tensor, targets: Tensor) -> Tensor:  # noqa: D102
         outputs, u = wide(outputs), wide(u)
@@ -338,10 +338,7 @@ class SquaredErrorLoss(Loss):
         value = _halved(residual.pow(2)).reshape(outputs.shape[0], -1).sum(-1).mean()
         # Autograd's backward of the mean, the halving and the square: (1/N) * 0.5 * 2 r, where
         # the factors of two are exact, so fl(1/N) * r (with 1/N rounded in the outputs' dtype).
-        inverse = torch.ones((), dtype=residual.dtype, device=residual.device).div_(
-            outputs.shape[0]
-        )
-        return value, residual.mul_(inverse)
+        return value, residual.mul_(_inverse(outputs.shape[0], residual))
 
     def output_quadratic(self, outputs: Tensor, u: Tensor, targets: Tensor) -> Tensor:  # noqa: D102
         count = self.curvature_count if self.curvature_count is not None else outputs.shape[0]
@@ -356,6 +353,22 @@ class SquaredErrorLoss(Loss):
     def __repr__(self) -> str:
         extra = "" if self.curvature_count is None else f"curvature_count={self.curvature_count}"
         return f"SquaredErrorLoss({extra})"
+
+
+def _one(like: Tensor) -> Tensor:
+    """Return a 0-d ``1`` of ``like``'s dtype and device (kept, on the CPU: no new tensor)."""
+    if like.is_cpu and (like.dtype is torch.float32 or like.dtype is torch.float64):
+        return cpu_number(1.0, like.dtype)
+    return torch.ones((), dtype=like.dtype, device=like.device)
+
+
+def _inverse(count: int, like: Tensor) -> Tensor:
+    """Return ``1 / count`` as a 0-d tensor of ``like``'s dtype, divided in that dtype.
+
+    As autograd's backward of a mean computes it (the number ``1 / count`` rounded once to the
+    dtype, not first to float64).
+    """
+    return torch.div(_one(like), count)
 
 
 def _divided(total: Tensor, count: int) -> Tensor:

@@ -1237,6 +1237,8 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
     """Return ``a . b`` over all elements (no reshape for vectors), in their dtype."""
     if a.dim() == 1 and b.dim() == 1:
         return torch.dot(a, b)
+    if a.is_contiguous() and b.is_contiguous():  # a view (reshape costs a second dispatch)
+        return torch.dot(a.view(-1), b.view(-1))
     return torch.dot(a.reshape(-1), b.reshape(-1))
 
 
