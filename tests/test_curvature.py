@@ -457,3 +457,34 @@ def test_layerwise_forward_is_the_module_forward_and_its_tape_gives_the_jvp():
     _, u_ref = _func_jvp(model, named_params(model), d, x)
     torch.testing.assert_close(u, u_ref, rtol=1e-12, atol=1e-12)
     assert layerwise_tangent(plan, tape, named_params(model), {}) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hessian_along_graph_whole_and_piecewise_agree_bitwise(dtype, monkeypatch) -> None:
+    """Small models form ``H d`` whole (one autograd.grad); large ones reduce it from hooks."""
+    import copy
+    import warnings
+
+    import adamqlr.curvature as curvature
+    from adamqlr import AdamQLR
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(20, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 4)
+    ).to(dtype)
+    model[2].bias.requires_grad_(False)  # a parameter with no part in H d
+    twin = copy.deepcopy(model)
+    whole, piecewise = AdamQLR(model, curvature="hessian"), AdamQLR(twin, curvature="hessian")
+    gen = torch.Generator().manual_seed(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for _ in range(10):
+            x = torch.randn(32, 20, generator=gen, dtype=dtype)
+            y = torch.randint(0, 4, (32,), generator=gen)
+            monkeypatch.setattr(curvature, "WHOLE_HD_LIMIT", 1 << 20)
+            a = whole.step(x, y)
+            monkeypatch.setattr(curvature, "WHOLE_HD_LIMIT", 0)
+            b = piecewise.step(x, y)
+            assert (a.curvature, a.lr, a.damping) == (b.curvature, b.lr, b.damping)
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(p, q)

@@ -561,9 +561,11 @@ def hessian_along_graph(
 
     ``grads`` are gradients of the loss made with ``create_graph=True``. Exact (the same ``H d`` as
     forward-over-reverse, up to rounding), evaluated on the gradient pass's own forward: the same
-    batch-norm statistics and dropout masks, and no extra forward pass. Each parameter's piece of
-    ``H d`` is reduced to ``d_i . (H d)_i`` as soon as it arrives and then dropped, so ``H d``
-    never exists whole. The parameters' ``.grad`` is set aside meanwhile and put back.
+    batch-norm statistics and dropout masks, and no extra forward pass. On a large model each
+    parameter's piece of ``H d`` is reduced to ``d_i . (H d)_i`` as soon as it arrives and then
+    dropped, so ``H d`` never exists whole (the parameters' ``.grad`` is set aside meanwhile and
+    put back); up to :data:`WHOLE_HD_LIMIT` elements, ``H d`` is returned whole by one
+    ``torch.autograd.grad`` (at most a few MB, and no hook per parameter: the same numbers).
 
     Args:
         grads: The gradient, with its graph, per parameter.
@@ -573,6 +575,8 @@ def hessian_along_graph(
     Returns:
         A 0-d float64 tensor (the terms summed in parameter order).
     """
+    if sum(p.numel() for p in params) <= WHOLE_HD_LIMIT:
+        return _hessian_along_whole(grads, params, directions)
     saved = [p.grad for p in params]
     terms: dict[int, Tensor] = {}  # summed in parameter order, whatever the arrival order
 
@@ -603,6 +607,38 @@ def hessian_along_graph(
         device = directions[0].device if directions else None
         return torch.zeros((), dtype=torch.float64, device=device)
     return torch.stack([terms[i] for i in sorted(terms)]).sum()
+
+
+#: Up to this many parameter elements, :func:`hessian_along_graph` forms ``H d`` whole (4 MB in
+#: float32) rather than reduce it piece by piece from per-parameter hooks.
+WHOLE_HD_LIMIT = 1 << 20
+
+
+def _hessian_along_whole(
+    grads: list[Tensor], params: list[Tensor], directions: list[Tensor]
+) -> Tensor:
+    """:func:`hessian_along_graph` with ``H d`` formed whole: one ``autograd.grad``, no hooks."""
+    live = [(g, d) for g, d in zip(grads, directions, strict=True) if g.requires_grad]
+    found = (
+        torch.autograd.grad(
+            [g for g, _ in live], params, grad_outputs=[d for _, d in live], allow_unused=True
+        )
+        if live
+        else [None] * len(params)
+    )
+    terms = [
+        torch.dot(wide(d).reshape(-1), wide(hd).reshape(-1))
+        for d, hd in zip(directions, found, strict=True)
+        if hd is not None
+    ]
+    if not terms:
+        device = directions[0].device if directions else None
+        return torch.zeros((), dtype=torch.float64, device=device)
+    if all(t.dtype is torch.float64 for t in terms) or all(
+        t.dtype is terms[0].dtype for t in terms
+    ):
+        return torch.stack(terms).to(torch.float64).sum()  # exact widening, then the same sum
+    return torch.stack([t.to(torch.float64) for t in terms]).sum()
 
 
 def _hessian_dots(
