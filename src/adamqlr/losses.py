@@ -238,9 +238,7 @@ class CrossEntropyLoss(Loss):
     def output_quadratic(self, outputs: Tensor, u: Tensor, targets: Tensor) -> Tensor:  # noqa: D102
         outputs, u = wide(outputs), wide(u)
         pu = torch.softmax(outputs, dim=-1) * u  # p u, computed once
-        mean = pu.sum(-1)
-        # a - mean^2 in one operation: -(mean * mean) is exact, so the same number
-        per_position = torch.addcmul((pu * u).sum(-1), mean, mean, value=-1)
+        per_position = (pu * u).sum(-1) - pu.sum(-1) ** 2
         mask = self._mask(targets)
         count = mask.sum().clamp_min(1)
         return torch.where(mask, per_position, 0.0).sum() / count
