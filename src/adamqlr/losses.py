@@ -214,6 +214,8 @@ class CrossEntropyLoss(Loss):
         return targets != self.ignore_index
 
     def value(self, outputs: Tensor, targets: Tensor) -> Tensor:  # noqa: D102
+        if outputs.dim() == 2 and targets.dim() == 1:  # no reshapes (a dispatch each)
+            return F.cross_entropy(outputs, targets, ignore_index=self.ignore_index)
         return F.cross_entropy(
             outputs.reshape(-1, outputs.shape[-1]),
             targets.reshape(-1),
@@ -328,14 +330,13 @@ class SquaredErrorLoss(Loss):
             )
 
     def value(self, outputs: Tensor, targets: Tensor) -> Tensor:  # noqa: D102
-        residual = outputs - self._align(outputs, targets)
-        return _halved(residual.pow(2)).reshape(outputs.shape[0], -1).sum(-1).mean()
+        return _half_mean_square(outputs - self._align(outputs, targets))
 
     def value_and_output_gradient(  # noqa: D102
         self, outputs: Tensor, targets: Tensor
     ) -> tuple[Tensor, Tensor]:
         residual = outputs - self._align(outputs, targets)
-        value = _halved(residual.pow(2)).reshape(outputs.shape[0], -1).sum(-1).mean()
+        value = _half_mean_square(residual)
         # Autograd's backward of the mean, the halving and the square: (1/N) * 0.5 * 2 r, where
         # the factors of two are exact, so fl(1/N) * r (with 1/N rounded in the outputs' dtype).
         return value, residual.mul_(_inverse(outputs.shape[0], residual))
@@ -353,6 +354,14 @@ class SquaredErrorLoss(Loss):
     def __repr__(self) -> str:
         extra = "" if self.curvature_count is None else f"curvature_count={self.curvature_count}"
         return f"SquaredErrorLoss({extra})"
+
+
+def _half_mean_square(residual: Tensor) -> Tensor:
+    """Return ``(1/N) sum_n 1/2 ||r_n||^2`` for residuals ``r`` of shape ``(N, ...)``."""
+    half = _halved(residual.pow(2))
+    if half.dim() != 2:  # (N, D) already: no reshape (a dispatch)
+        half = half.reshape(residual.shape[0], -1)
+    return half.sum(-1).mean()
 
 
 def _one(like: Tensor) -> Tensor:
