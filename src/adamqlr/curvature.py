@@ -316,7 +316,7 @@ def layerwise_tangent(
         The tangent of the outputs, or ``None`` when it is zero.
     """
     t = tangent
-    with torch.no_grad():
+    with _no_grad():
         for (prefix, layer), record in zip(layers, tape, strict=True):
             t = _tangent_step(prefix, layer, record, t, params, direction)
     return t
@@ -609,6 +609,13 @@ def hessian_along_graph(
     return torch.stack([terms[i] for i in sorted(terms)]).sum()
 
 
+def _flat(t: Tensor) -> Tensor:
+    """``t`` as a vector: itself, a view (one dispatch fewer than reshape), or a copy."""
+    if t.dim() == 1:
+        return t
+    return t.view(-1) if t.is_contiguous() else t.reshape(-1)
+
+
 #: Up to this many parameter elements, :func:`hessian_along_graph` forms ``H d`` whole (4 MB in
 #: float32) rather than reduce it piece by piece from per-parameter hooks.
 WHOLE_HD_LIMIT = 1 << 20
@@ -627,7 +634,7 @@ def _hessian_along_whole(
         else [None] * len(params)
     )
     terms = [
-        torch.dot(wide(d).reshape(-1), wide(hd).reshape(-1))
+        torch.dot(_flat(wide(d)), _flat(wide(hd)))
         for d, hd in zip(directions, found, strict=True)
         if hd is not None
     ]
@@ -1042,6 +1049,9 @@ class LayerwiseFisher(CurvatureEngine):
         if first is not None and any(type(m) is nn.Dropout for _, m in plan[:first]):
             first = None
         self._first = first
+        # the layers before and after it (sliced once, not at every pass)
+        self._before = plan[:first] if first is not None else plan
+        self._after = plan[first + 1 :] if first is not None else []
         self._z: Tensor | None = None  # the first linear layer's output in the gradient pass
         self._own: Tensor | None = None  # its tangent, x dW^T + db
         self._own_second: Tensor | None = None  # the same for along_pair's second direction
@@ -1064,10 +1074,10 @@ class LayerwiseFisher(CurvatureEngine):
             outputs, self._tape = layerwise_forward(plan, inputs, direct=direct)  # type: ignore[arg-type]
             return outputs
         i = self._first
-        h, before = layerwise_forward(plan[:i], inputs, direct=direct)  # type: ignore[index]
+        h, before = layerwise_forward(self._before, inputs, direct=direct) if i else (inputs, [])
         first = plan[i][1]  # type: ignore[index]
         z = first.forward(h) if direct else first(h)
-        outputs, after = layerwise_forward(plan[i + 1 :], z, direct=direct)  # type: ignore[index]
+        outputs, after = layerwise_forward(self._after, z, direct=direct)
         self._tape = [*before, h, *after]
         self._z = z if direct else z.detach()  # direct: no graph (the closed-form pass)
         return outputs
@@ -1145,7 +1155,7 @@ class LayerwiseFisher(CurvatureEngine):
         t = _tangent_step(prefix, layer, tape[i], None, params_by_name, direction)  # type: ignore[index]
         self._own = t
         return layerwise_tangent(
-            plan[i + 1 :],  # type: ignore[index]
+            self._after,
             tape[i + 1 :],  # type: ignore[index]
             params_by_name,
             direction,
@@ -1204,7 +1214,7 @@ class LayerwiseFisher(CurvatureEngine):
                 if momentum is not None and momentum != 0.0:
                     z = z.add_(second, alpha=momentum)  # type: ignore[arg-type]
             outputs, _ = layerwise_forward(
-                self.plan[self._first + 1 :],  # type: ignore[index]
+                self._after,
                 z,
                 dict(zip(names, values, strict=True)),
                 keep=False,
