@@ -322,8 +322,12 @@ fig = plot_product_costs(costs)
 #   {glue:text}`cp_bench_fisher:.2f` and {glue:text}`cp_bench_hessian:.2f` Adam steps
 #   ({glue:text}`cp_bench`). The whole step costs less than its pieces timed alone because the
 #   step shares work between them: its JVP reuses the activations of the gradient pass instead of
-#   running the network forward again, and its trial forward reuses the first layer's product by
-#   linearity. These are single-thread CPU timings on a small network; the ratios depend
+#   running the network forward again, its trial forward reuses the first layer's product by
+#   linearity, and (for these sequential MLPs and the losses of {eq}`eq-cp-output-hessians`) its
+#   gradient pass runs each layer's backward on the activations the forward kept, starting from
+#   the loss's closed-form gradient ($\nabla_z \ell = p - e_y$ for cross-entropy,
+#   {ref}`ex-cp-categorical`), without recording an autograd graph: the same numbers as
+#   `loss.backward()`. These are single-thread CPU timings on a small network; the ratios depend
 #   on the hardware and on how well the framework's forward mode is optimised, which is why the
 #   library carries its own JVP for the common case.
 #

@@ -274,8 +274,11 @@ format_table(per_step)
 #   the benchmark, the step as it was implemented at its commit (named in the caption of
 #   {numref}`fig-rt-cost`). At small batches the fixed cost of
 #   each operation weighs more and AdamQLR runs more operations per step; at large ones the
-#   network's passes dominate, where {eq}`eq-rt-cost` expects two to three; the layer-wise JVP
-#   that our library uses for these MLPs brings it below that.
+#   network's passes dominate, where {eq}`eq-rt-cost` expects two to three. Our library's
+#   step on these MLPs brings it below that: the JVP reuses the gradient pass's activations, the
+#   trial forward reuses the first layer's product by linearity, and the gradient pass itself
+#   runs the layers' backward kernels on the forward's activations without recording an
+#   autograd graph (the numbers of `loss.backward()`, without its bookkeeping).
 # - **Hessian step.** {glue:text}`rt_b_hessian_mlp_50:.2f` and
 #   {glue:text}`rt_b_hessian_mlp_3200:.2f` Adam steps side by side at the same two batch sizes
 #   ({glue:text}`rt_hessian_small:.1f` and {glue:text}`rt_hessian_large:.1f` by the runs' clocks).
