@@ -272,9 +272,10 @@ def layerwise_forward(
                     params.get(f"{prefix}bias", linear.bias),
                 )
         elif kind in _ELEMENTWISE:
-            # [loops] Without a tape (a trial pass, no graph), the activation's own forward is
-            # called directly: the plan has no hooks to run (a hook added later changes the
-            # model's signature and so the plan), and Module.__call__ costs ~1.5 us a layer.
+            # [loops] Without a tape (a trial pass, no graph) or when told (the closed-form
+            # gradient pass, no graph either), the layer's own forward is called directly: the
+            # plan has no hooks to run (a hook added later changes the model's signature and so
+            # the plan), and Module.__call__ costs ~1.5 us a layer.
             out = layer.forward(h) if direct else layer(h)
             record(out if kind in _USES_OUTPUT else h)
             h = out
@@ -641,9 +642,7 @@ def _hessian_along_whole(
     if not terms:
         device = directions[0].device if directions else None
         return torch.zeros((), dtype=torch.float64, device=device)
-    if all(t.dtype is torch.float64 for t in terms) or all(
-        t.dtype is terms[0].dtype for t in terms
-    ):
+    if all(t.dtype is terms[0].dtype for t in terms):
         return torch.stack(terms).to(torch.float64).sum()  # exact widening, then the same sum
     return torch.stack([t.to(torch.float64) for t in terms]).sum()
 
@@ -1031,9 +1030,9 @@ class LayerwiseFisher(CurvatureEngine):
     kernels on it, giving the numbers of ``loss.backward()`` without the graph's bookkeeping
     (about a quarter of a forward and backward pass on a small MLP). Autograd is used instead
     when something would notice the difference: hooks on a parameter's gradient, inputs that
-    require a gradient, a parameter that requires a gradient but is not
-    the optimiser's (autograd would fill its ``.grad``), autocast, or parameters other than
-    float32 and float64. :attr:`gradient_by` says which way the last pass went.
+    require a gradient, a parameter that requires a gradient but is not the optimiser's
+    (autograd would fill its ``.grad``), autocast, or parameters other than float32 and
+    float64. :attr:`gradient_by` says which way the last pass went.
     """
 
     name = "layerwise-fisher"
