@@ -119,3 +119,31 @@ def test_a_burst_below_one_is_refused():
     case = bench.Case("toy", torch.nn.Linear(1, 1), None, "toy", [(torch.zeros(1),) * 2])
     with pytest.raises(ValueError, match="invalid burst 0"):
         bench.time_variants(case, {}, torch.device("cpu"), 0, 1, burst=0)
+
+
+def test_the_fisher_floor_takes_the_cheaper_gradient_pass():
+    bench = _benchmark_module()
+    medians = {"fb": 3.0, "forward": 1.0, "jvp:func": 2.0, "jvp:layerwise-tangent": 0.5,
+               "fb+hvp:graph": 7.0, "g+hvp:func": 9.0}  # fmt: skip
+    assert bench.floors(medians)["adamqlr-fisher"] == (4.5, "fb + jvp:layerwise-tangent + forward")
+    with_tape = medians | {"fb:layerwise": 2.0}
+    fisher = bench.floors(with_tape)["adamqlr-fisher"]
+    assert fisher == (3.5, "fb:layerwise + jvp:layerwise-tangent + forward")
+    assert bench.floors(medians | {"fb:layerwise": 4.0})["adamqlr-fisher"][0] == 4.5
+    # the Hessian floor is untouched by it (its gradient pass needs the graph)
+    assert bench.floors(with_tape)["adamqlr-hessian"] == (8.0, "fb+hvp:graph + forward")
+
+
+def test_the_tape_gradient_piece_is_the_gradient():
+    bench = _benchmark_module()
+    for name in ("energy-588", "mlp-50"):
+        case = bench.make_case(name, torch.device("cpu"), batch=16)
+        fns = bench.variants(case, linearize_ok=False)
+        model = fns["fb"].__defaults__[0]  # the model fb and fb:layerwise share
+        assert fns["fb:layerwise"].__defaults__[0] is model
+        x, y = case.batches[0]
+        fns["fb"](x, y)
+        expected = [p.grad.clone() for p in model.parameters()]
+        fns["fb:layerwise"](x, y)
+        for p, e in zip(model.parameters(), expected, strict=True):
+            assert torch.equal(p.grad, e)
