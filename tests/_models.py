@@ -17,6 +17,20 @@ from torch import Tensor, nn
 from adamqlr.losses import CrossEntropyLoss, SquaredErrorLoss
 from adamqlr.testing import flatten, without_running_stats
 
+#: Every elementwise activation of the layer-wise plan, with non-default settings where it has
+#: any (the hand-written JVP and the tape backward are checked against autograd on each).
+ACTIVATIONS = [
+    nn.ReLU(),
+    nn.Tanh(),
+    nn.Sigmoid(),
+    nn.GELU(),
+    nn.GELU(approximate="tanh"),
+    nn.SiLU(),
+    nn.LeakyReLU(0.2),
+    nn.ELU(0.7),
+    nn.Softplus(beta=2.0, threshold=1.0),
+]
+
 F64 = torch.float64
 
 DTYPE = torch.float64

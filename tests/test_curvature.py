@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _models import (
+    ACTIVATIONS,
     DTYPE,
     ConvBN,
     classification,
@@ -215,18 +216,6 @@ def test_unknown_curvature_is_refused():
 
 # ------------------------------------------------------------------- the layer-wise JVP path
 from adamqlr.curvature import layerwise_jvp, layerwise_plan  # noqa: E402
-
-ACTIVATIONS = [
-    nn.ReLU(),
-    nn.Tanh(),
-    nn.Sigmoid(),
-    nn.GELU(),
-    nn.GELU(approximate="tanh"),
-    nn.SiLU(),
-    nn.LeakyReLU(0.2),
-    nn.ELU(0.7),
-    nn.Softplus(beta=2.0, threshold=1.0),
-]
 
 
 def _func_jvp(model, params, direction, x):

@@ -15,6 +15,7 @@ import warnings
 
 import pytest
 import torch
+from _models import ACTIVATIONS
 from torch import nn
 
 from adamqlr import AdamQLR
@@ -31,18 +32,6 @@ from adamqlr.losses import (
     SquaredErrorLoss,
     TorchCrossEntropyLoss,
 )
-
-ACTIVATIONS = [
-    nn.ReLU(),
-    nn.Tanh(),
-    nn.Sigmoid(),
-    nn.GELU(),
-    nn.GELU(approximate="tanh"),
-    nn.SiLU(),
-    nn.LeakyReLU(0.1),
-    nn.ELU(0.7),
-    nn.Softplus(2.0, 3.0),
-]
 
 
 def _autograd_grads(model: nn.Module, loss: Loss, x: torch.Tensor, y: torch.Tensor):
