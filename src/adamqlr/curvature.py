@@ -583,7 +583,7 @@ def hessian_along_graph(
 
     def reduce(p: Tensor, d: Tensor, i: int) -> None:
         if p.grad is not None:
-            terms[i] = torch.dot(wide(d).reshape(-1), wide(p.grad).reshape(-1)).to(torch.float64)
+            terms[i] = torch.dot(_flat(wide(d)), _flat(wide(p.grad))).to(torch.float64)
             p.grad = None
 
     # a gradient with no graph is constant in the parameters: its part of H d is zero
@@ -611,7 +611,10 @@ def hessian_along_graph(
 
 
 def _flat(t: Tensor) -> Tensor:
-    """``t`` as a vector: itself, a view (one dispatch fewer than reshape), or a copy."""
+    """``t`` as a vector: itself, a view (one dispatch fewer than reshape), or a copy.
+
+    The one flattening of the dot products over parameters (here and in :mod:`adamqlr.optim`).
+    """
     if t.dim() == 1:
         return t
     return t.view(-1) if t.is_contiguous() else t.reshape(-1)
@@ -665,9 +668,9 @@ def _hessian_dots(
 
     def reduce(p: Tensor, i: int) -> None:
         if p.grad is not None:
-            piece = wide(p.grad).reshape(-1)
+            piece = _flat(wide(p.grad))
             for k, w in enumerate(against):
-                terms[k][i] = torch.dot(wide(w[i]).reshape(-1), piece).to(torch.float64)
+                terms[k][i] = torch.dot(_flat(wide(w[i])), piece).to(torch.float64)
             p.grad = None
 
     live = [(g, d) for g, d in zip(grads, vector, strict=True) if g.requires_grad]

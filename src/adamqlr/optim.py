@@ -69,7 +69,7 @@ from adamqlr._validation import check as _check
 from adamqlr._validation import integer as _integer
 from adamqlr._validation import real as _real
 from adamqlr.backends import check_model, curvature_safe_attention
-from adamqlr.curvature import CURVATURES, CurvatureEngine, EngineCache
+from adamqlr.curvature import CURVATURES, CurvatureEngine, EngineCache, _flat
 from adamqlr.distributed import DistributedEngine, process_group, unwrap
 from adamqlr.heuristics import (
     PlaneProposal,
@@ -1235,11 +1235,7 @@ def _dots(a: list[Tensor], b: list[Tensor], wide_enough: bool | None = None) -> 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
     """Return ``a . b`` over all elements (no reshape for vectors), in their dtype."""
-    if a.dim() == 1 and b.dim() == 1:
-        return torch.dot(a, b)
-    if a.is_contiguous() and b.is_contiguous():  # a view (reshape costs a second dispatch)
-        return torch.dot(a.view(-1), b.view(-1))
-    return torch.dot(a.reshape(-1), b.reshape(-1))
+    return torch.dot(_flat(a), _flat(b))
 
 
 def _norms(tensors: list[Tensor], wide_enough: bool | None = None) -> list[Tensor]:
