@@ -448,6 +448,37 @@ def test_layerwise_forward_is_the_module_forward_and_its_tape_gives_the_jvp():
     assert layerwise_tangent(plan, tape, named_params(model), {}) is None
 
 
+def test_hessian_along_graph_sums_the_terms_as_a_float64_sum_of_widened_terms() -> None:
+    """``d . (H d)`` per parameter, each widened exactly to float64, then summed in order.
+
+    Directions scaled by 1e-6 .. 1e6 per parameter give terms whose float64 sum is not always
+    exact, so a float32 sum (every trial here), another order or an exactly rounded sum
+    (some trials) would show in the last bit.
+    """
+    from adamqlr.curvature import hessian_along_graph
+
+    gen = torch.Generator().manual_seed(3)
+    layers: list[nn.Module] = [nn.Linear(6, 5)]
+    for _ in range(7):
+        layers += [nn.Tanh(), nn.Linear(5, 5)]
+    model = nn.Sequential(*layers, nn.Tanh(), nn.Linear(5, 3))
+    params = list(model.parameters())
+    for trial in range(20):
+        x = torch.randn(16, 6, generator=gen)
+        y = torch.randint(0, 3, (16,), generator=gen)
+        scales = 10 ** (torch.rand(len(params), generator=gen) * 12 - 6)
+        ds = [torch.randn(p.shape, generator=gen) * s for p, s in zip(params, scales, strict=True)]
+        value = CrossEntropyLoss().value(model(x), y)
+        gs = torch.autograd.grad(value, params, create_graph=True)
+        hds = torch.autograd.grad(gs, params, grad_outputs=ds, retain_graph=True)
+        terms = [torch.dot(d.reshape(-1), hd.reshape(-1)) for d, hd in zip(ds, hds, strict=True)]
+        expected = torch.stack(terms).to(torch.float64).sum()
+        with torch.no_grad():
+            q = hessian_along_graph(list(gs), params, ds)
+        assert q.dtype == torch.float64
+        assert q.item() == expected.item(), trial
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_hessian_along_graph_whole_and_piecewise_agree_bitwise(dtype, monkeypatch) -> None:
     """Small models form ``H d`` whole (one autograd.grad); large ones reduce it from hooks."""

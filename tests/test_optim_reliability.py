@@ -302,7 +302,9 @@ def test_step_hooks_fire_in_order():
     assert calls == ["pre", "post"]
 
 
-def test_a_group_without_gradients_stays_bitwise_unchanged():
+@pytest.mark.parametrize("curvature", ["fisher", "hessian"])
+def test_a_group_without_gradients_stays_bitwise_unchanged(curvature):
+    # (the Hessian's engine then finds the kept gradients of the parameters with one by identity)
     def network(extra: nn.Module | None) -> nn.Module:
         net = nn.Module()
         torch.manual_seed(0)
@@ -313,11 +315,12 @@ def test_a_group_without_gradients_stays_bitwise_unchanged():
         return net
 
     plain = network(None)
-    opt = AdamQLR(plain)
+    opt = AdamQLR(plain, curvature=curvature)
     unused = nn.Linear(3, 3).to(DTYPE)
     net = network(unused)
     opt2 = AdamQLR(
         net,
+        curvature=curvature,
         params=[
             {"params": net.used.parameters()},
             {"params": unused.parameters(), "betas": (0.5, 0.6), "weight_decay": 0.5},

@@ -19,6 +19,7 @@ with the batch statistics, so the copies do not change any value computed here.
 from __future__ import annotations
 
 import contextlib
+import operator
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
@@ -30,7 +31,7 @@ from torch.func import functional_call, grad, jvp
 from adamqlr._random import replayed_rng
 from adamqlr.losses import Loss
 from adamqlr.outputs import OutputSelector, select_output
-from adamqlr.precision import wide
+from adamqlr.precision import wide, wide_dtype
 
 __all__ = [
     "CURVATURES",
@@ -637,16 +638,19 @@ def _hessian_along_whole(
         if live
         else [None] * len(params)
     )
-    terms = [
-        torch.dot(_flat(wide(d)), _flat(wide(hd)))
-        for d, hd in zip(directions, found, strict=True)
-        if hd is not None
-    ]
-    if not terms:
+    pairs = [(d, hd) for d, hd in zip(directions, found, strict=True) if hd is not None]
+    if not pairs:
         device = directions[0].device if directions else None
         return torch.zeros((), dtype=torch.float64, device=device)
+    if all(wide_dtype(t) == t for t in {x.dtype for pair in pairs for x in pair}):
+        # float32 or wider already: no widening to look for
+        terms = [torch.dot(_flat(d), _flat(hd)) for d, hd in pairs]
+    else:
+        terms = [torch.dot(_flat(wide(d)), _flat(wide(hd))) for d, hd in pairs]
     if all(t.dtype is terms[0].dtype for t in terms):
-        return torch.stack(terms).to(torch.float64).sum()  # exact widening, then the same sum
+        # sum(dtype=float64) widens each term exactly before the same sum (one operation fewer
+        # than .to(float64).sum(); the same numbers, tested)
+        return torch.stack(terms).sum(dtype=torch.float64)
     return torch.stack([t.to(torch.float64) for t in terms]).sum()
 
 
@@ -989,7 +993,7 @@ class CurvatureEngine:
                 of ``v`` (``None``: the values are as ``alpha`` says).
         """
         inputs, targets = self._batch  # type: ignore[misc]
-        with torch.no_grad(), self._replayed():
+        with _no_grad(), self._replayed():
             if self.plan is not None:
                 outputs, _ = layerwise_forward(
                     self.plan, inputs, dict(zip(names, values, strict=True)), keep=False
@@ -1308,20 +1312,28 @@ class GraphHessian(CurvatureEngine):
         stochastic: bool,
     ) -> None:
         super().__init__(model, loss, plan, stochastic)
-        self._grads: dict[Tensor, Tensor] = {}
+        # the parameters differentiated and their gradients with the graph, until along
+        self._kept: tuple[list[Tensor], tuple[Tensor | None, ...]] = ([], ())
 
     def _backward(self, value: Tensor, params: list[Tensor]) -> None:
         wrt = [p for p in params if p.requires_grad]
         found = torch.autograd.grad(value, wrt, create_graph=True, allow_unused=True)
         for p, g in zip(wrt, found, strict=True):
             if g is not None:
-                self._grads[p] = g
                 p.grad = g.detach()
+        self._kept = (wrt, found)
+
+    def _gradients(self, params: list[Tensor]) -> list[Tensor]:
+        """Return the kept gradients (with their graph) of ``params``, and forget them all."""
+        wrt, found = self._kept
+        self._kept = ([], ())
+        if len(wrt) == len(params) and all(map(operator.is_, wrt, params)):
+            return found  # type: ignore[return-value]  # each parameter a step updates has one
+        by_id = {id(p): g for p, g in zip(wrt, found, strict=True) if g is not None}
+        return [by_id[id(p)] for p in params]
 
     def along(self, names: list[str], params: list[Tensor], directions: list[Tensor]) -> Tensor:  # noqa: D102
-        grads = [self._grads[p] for p in params]
-        self._grads = {}
-        return hessian_along_graph(grads, params, directions)
+        return hessian_along_graph(self._gradients(params), params, directions)
 
     def along_pair(  # noqa: D102
         self,
@@ -1331,15 +1343,14 @@ class GraphHessian(CurvatureEngine):
         second: list[Tensor],
     ) -> tuple[Tensor, Tensor, Tensor]:
         # Two backward passes through the gradient's graph: H u (dotted with u and v), then H v.
-        grads = [self._grads[p] for p in params]
-        self._grads = {}
+        grads = self._gradients(params)
         uu, uv = _hessian_dots(grads, params, first, [first, second], retain_graph=True)
         (vv,) = _hessian_dots(grads, params, second, [second], retain_graph=False)
         return uu, uv, vv
 
     def release(self) -> None:  # noqa: D102
         super().release()
-        self._grads = {}
+        self._kept = ([], ())
 
 
 def curvature_engine(
