@@ -147,3 +147,33 @@ def test_the_tape_gradient_piece_is_the_gradient():
         fns["fb:layerwise"](x, y)
         for p, e in zip(model.parameters(), expected, strict=True):
             assert torch.equal(p.grad, e)
+
+
+def test_a_section_is_timed_in_rounds_of_its_own_beside_adam(monkeypatch):
+    """A section's variants never share rounds with the main table's (their calls would slow
+    the others' next calls), and their ratios are to the Adam timed beside them."""
+    import argparse
+    import types
+
+    bench = _benchmark_module()
+    groups: list[list[str]] = []
+
+    def fake_time_variants(case, fns, device, warmup, repeats, reset_every=25, burst=1):
+        groups.append(list(fns))
+        adam_time = 1.0 if "heavy" not in fns else 2.0  # the section's own Adam is slower
+        return {k: [adam_time if k == "adam" else 0.5 if k == "fb" else 3.0] for k in fns}
+
+    monkeypatch.setattr(bench, "time_variants", fake_time_variants)
+    section = types.SimpleNamespace(
+        variants=lambda case: {"heavy": lambda x, y: None},
+        floors=lambda case, medians: {"heavy": (medians["fb"], "fb")},
+    )
+    args = argparse.Namespace(batch=8, repeats=1, burst=1, warmup=0, reset_every=0, ops=False,
+                              memory=False)  # fmt: skip
+    _, rows, _, _ = bench.run_case("energy-588", torch.device("cpu"), args, [section])
+    main, own = groups
+    assert "heavy" not in main and {"adam", "adamqlr-fisher", "adamqlr-hessian"} <= set(main)
+    assert own == ["adam", "fb", "heavy"]
+    assert rows["adam"]["ratio"] == 1.0 and rows["adamqlr-fisher"]["ratio"] == 3.0
+    assert rows["heavy"]["ratio"] == 1.5  # 3.0 / its own Adam's 2.0
+    assert rows["heavy"]["over_floor_update"] == 3.0 / (0.5 + 1.5)  # fb + (own adam - fb)
