@@ -448,6 +448,47 @@ def test_layerwise_forward_is_the_module_forward_and_its_tape_gives_the_jvp():
     assert layerwise_tangent(plan, tape, named_params(model), {}) is None
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_graph_hessian_calls_a_planned_models_layers_directly_for_the_same_numbers(dtype) -> None:
+    """With a layer-wise plan the gradient pass skips Module.__call__: the same graph, bitwise."""
+    import copy
+
+    from adamqlr.curvature import curvature_engine
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(12, 9), nn.GELU(), nn.Linear(9, 9), nn.Tanh(), nn.Linear(9, 4)
+    ).to(dtype)
+    twin = copy.deepcopy(model)
+    loss = CrossEntropyLoss()
+    direct = curvature_engine(model, "hessian", loss)
+    called = curvature_engine(twin, "hessian", loss)
+    assert direct._direct
+    called._direct = False  # model(inputs), as without a plan
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        x = torch.randn(16, 3, 4, generator=gen, dtype=dtype)
+        y = torch.randint(0, 4, (16,), generator=gen)
+        results = []
+        for engine, net in ((direct, model), (called, twin)):
+            params = list(net.parameters())
+            names = [n for n, _ in net.named_parameters()]
+            for p in params:
+                p.grad = None
+            f0, _ = engine.gradient_pass(x, y, params)
+            ds = [p.grad * 0.5 + 0.1 for p in params]
+            with torch.no_grad():
+                q = engine.along(names, params, ds)
+            engine.release()
+            results.append((f0, q, [p.grad for p in params]))
+        (f_a, q_a, g_a), (f_b, q_b, g_b) = results
+        assert torch.equal(f_a, f_b) and torch.equal(q_a, q_b)
+        assert all(torch.equal(a, b) for a, b in zip(g_a, g_b, strict=True))
+    # dropout: the module's own native_dropout (layerwise_forward would draw a mask instead)
+    dropout = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.Linear(4, 2))
+    assert not curvature_engine(dropout, "hessian", loss)._direct
+
+
 def test_hessian_along_graph_sums_the_terms_as_a_float64_sum_of_widened_terms() -> None:
     """``d . (H d)`` per parameter, each widened exactly to float64, then summed in order.
 

@@ -247,8 +247,9 @@ def layerwise_forward(
         keep: Whether to keep the tape (``False``: a plain forward pass, e.g. a trial loss; the
             tape returned is empty).
         direct: Whether to call each layer's own ``forward``, skipping ``Module.__call__``
-            (always so without a tape): only where no graph is recorded, since a plan's layers
-            have no forward hooks to run but backward hooks would be skipped too.
+            (always so without a tape). A plan's modules have no hooks, forward or backward, and
+            there are no global ones (:func:`layerwise_plan`), so the same operations run and
+            autograd, when enabled, records the same graph.
 
     Returns:
         ``(outputs, tape)``, the tape holding per layer a linear layer's input, an elementwise
@@ -273,10 +274,11 @@ def layerwise_forward(
                     params.get(f"{prefix}bias", linear.bias),
                 )
         elif kind in _ELEMENTWISE:
-            # [loops] Without a tape (a trial pass, no graph) or when told (the closed-form
-            # gradient pass, no graph either), the layer's own forward is called directly: the
-            # plan has no hooks to run (a hook added later changes the model's signature and so
-            # the plan), and Module.__call__ costs ~1.5 us a layer.
+            # [loops] Without a tape (a trial pass; the Hessian's gradient pass, which records
+            # the same graph as the module call) or when told (the closed-form gradient pass),
+            # the layer's own forward is called directly: the plan has no hooks to run (a hook
+            # added later changes the model's signature and so the plan), and Module.__call__
+            # costs ~1.5 us a layer.
             out = layer.forward(h) if direct else layer(h)
             record(out if kind in _USES_OUTPUT else h)
             h = out
@@ -1314,6 +1316,16 @@ class GraphHessian(CurvatureEngine):
         super().__init__(model, loss, plan, stochastic)
         # the parameters differentiated and their gradients with the graph, until along
         self._kept: tuple[list[Tensor], tuple[Tensor | None, ...]] = ([], ())
+        # With a plan (no hooks on any module, no global hooks), the gradient pass calls the
+        # layers' own forward, skipping Module.__call__ (~2-3 us a module in a step): the same
+        # operations, so the same graph. Not with dropout, which layerwise_forward evaluates as
+        # h * mask rather than the module's native_dropout.
+        self._direct = plan is not None and not any(type(m) is nn.Dropout for _, m in plan)
+
+    def _outputs(self, inputs: Any) -> Tensor:
+        if self._direct:
+            return layerwise_forward(self.plan, inputs, keep=False)[0]  # type: ignore[arg-type]
+        return super()._outputs(inputs)
 
     def _backward(self, value: Tensor, params: list[Tensor]) -> None:
         wrt = [p for p in params if p.requires_grad]
