@@ -65,6 +65,7 @@ from adamqlr import _checks
 from adamqlr import heldout as _heldout
 from adamqlr import rules as _rules
 from adamqlr._state import OptimiserWideState
+from adamqlr._step_hooks import hooked_step
 from adamqlr._validation import check as _check
 from adamqlr._validation import integer as _integer
 from adamqlr._validation import real as _real
@@ -525,6 +526,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         devices = {p.device for group in self.param_groups for p in group["params"]}
         _checks.check_batch(inputs, targets, devices)
 
+    @hooked_step
     def step(  # type: ignore[override]
         self, inputs: Any = None, targets: Tensor | None = None, *, closure: Any = None
     ) -> StepStats:

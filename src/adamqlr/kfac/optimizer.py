@@ -64,6 +64,7 @@ from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from adamqlr._random import replayed_rng as _replayed_rng
 from adamqlr._state import OptimiserWideState
+from adamqlr._step_hooks import hooked_step
 from adamqlr._validation import check as _check
 from adamqlr._validation import integer as _int
 from adamqlr._validation import real as _real
@@ -851,6 +852,7 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
                     out[n] = d
         return out
 
+    @hooked_step
     def step(self, inputs: Any, targets: Tensor) -> KFACStepStats:  # type: ignore[override]
         """Take one K-FAC step on the mini-batch ``(inputs, targets)``.
 
