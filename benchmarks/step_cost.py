@@ -16,7 +16,10 @@ shapes. One torch thread by default (``--threads``).
 What is measured, side by side in one run (every round runs every variant in turn, in a
 rotating order, on the same batches; medians over the rounds after warm-up rounds):
 
-* ``adam``: ``zero_grad`` + forward + loss + backward + ``torch.optim.Adam.step``;
+* ``adam``: ``zero_grad`` + forward + loss + backward + ``torch.optim.Adam.step``, run as
+  ``torch.optim`` runs it (its step wrapper labels every step for the profiler with
+  ``record_function``, ~35 us on a CPU; AdamQLR's and K-FAC's steps make that label only while
+  a profiler records, :mod:`adamqlr._step_hooks`);
 * ``adamqlr-fisher`` / ``adamqlr-hessian``: one ``AdamQLR.step`` (it does its own forward and
   backward); the Hessian variant uses ``nonpositive_curvature="absolute"`` so that every step does
   the full work (a rejected step would skip the trial forward and look cheaper);

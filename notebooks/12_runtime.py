@@ -76,12 +76,14 @@ print(provenance_text(data.all_records()))
 # their inverses every step, and its own two-dimensional quadratic model.
 #
 # Two measurements answer the question. The **step-cost benchmark** (`benchmarks/step_cost.py`)
-# times Adam, AdamQLR with either curvature and K-FAC side by side, each in turn for several
-# steps in a row on the same batches (so that a step follows the optimiser's own previous step,
-# as in a training loop, and finds the caches as that step left them), together with the pieces
-# of {eq}`eq-rt-cost` (the forward-plus-backward pass, the JVP, the HVP, the trial forward), and
-# keeps the medians of several runs: whatever load the machine carries hits every variant alike,
-# so its ratios are the book's one source for what a step costs. The **runtime study** times
+# times Adam and AdamQLR with either curvature side by side, each in turn for several steps in a
+# row on the same batches (so that a step follows the optimiser's own previous step, as in a
+# training loop, and finds the caches as that step left them), together with the pieces of
+# {eq}`eq-rt-cost` (the forward-plus-backward pass, the JVP, the HVP, the trial forward); K-FAC
+# is timed the same way in rounds of its own beside Adam, since its factorisations, run between
+# the other variants' turns, would slow each one's next step. It keeps the medians of several
+# runs: whatever load the machine carries hits every variant of a round alike, so its ratios are
+# the book's one source for what a step costs. The **runtime study** times
 # each optimiser for a fixed number of steps at several batch sizes, with evaluation only at the
 # start and the end (outside the clock), and reads the time of every step from the records'
 # clock: that is what the runtime axis of the other chapters is made of, load included.
@@ -113,7 +115,9 @@ format_table(bench_table.loc[list(variants.values()), :])
 
 # %% [markdown]
 # Each entry is the median step time over Adam's (forward, backward and `torch.optim.Adam`'s
-# update) on the same batch, and over the step's *floor*: the sum of the pieces it cannot avoid,
+# update, run as `torch.optim` runs it: its step wrapper labels every step for the profiler, a
+# cost that shows on small models, where AdamQLR's and K-FAC's steps make that label only while a
+# profiler records) on the same batch, and over the step's *floor*: the sum of the pieces it cannot avoid,
 # timed alone (for the Fisher step: the forward-plus-backward pass, the layer-wise JVP and the
 # trial forward; for the Hessian: the gradient-and-HVP pass and the trial forward; for K-FAC: the
 # factor statistics, the Cholesky factorisations, the solves and, when adaptive, its tangents and
