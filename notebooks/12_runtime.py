@@ -116,7 +116,7 @@ format_table(bench_table.loc[list(variants.values()), :])
 # %% [markdown]
 # Each entry is the median step time over Adam's (forward, backward and `torch.optim.Adam`'s
 # update, run as `torch.optim` runs it: its step wrapper labels every step for the profiler, a
-# cost that shows on small models, where AdamQLR's and K-FAC's steps make that label only while a
+# cost that shows on small models; AdamQLR's and K-FAC's steps make that label only while a
 # profiler records) on the same batch, and over the step's *floor*: the sum of the pieces it cannot avoid,
 # timed alone (for the Fisher step: the forward-plus-backward pass, the layer-wise JVP and the
 # trial forward; for the Hessian: the gradient-and-HVP pass and the trial forward; for K-FAC: the
