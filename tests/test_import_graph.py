@@ -23,7 +23,7 @@ PACKAGE = "adamqlr"
 #: Rooms from the bottom up; a room may import only from rooms in lower layers (and itself).
 #: Keep in step with the layering in ``src/adamqlr/__init__.py``.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("version", "profiles", "_random", "_state", "_validation", "_checks"),
+    ("version", "profiles", "_random", "_state", "_step_hooks", "_validation", "_checks"),
     ("backends", "outputs", "precision"),
     ("losses",),
     ("curvature",),

@@ -93,3 +93,12 @@ def test_a_learning_rate_scheduler_sees_the_step_called():
         opt.step(*_batch())
         sched.step()
     assert opt.param_groups[0]["lr"] == 0.5
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["AdamQLR", "KFAC"])
+def test_a_rejected_steps_warning_points_at_the_callers_line(which):
+    opt = _optimizers()[which]
+    x, y = _batch()
+    with pytest.warns(RuntimeWarning) as caught:
+        opt.step(torch.full_like(x, float("nan")), y)
+    assert caught[0].filename == __file__, caught[0].filename

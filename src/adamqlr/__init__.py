@@ -24,7 +24,7 @@ a circle.
 ``tests/test_import_graph.py`` checks all of it, function-level imports and modules loaded by
 name included::
 
-    leaves      version profiles _random _state _validation _checks
+    leaves      version profiles _random _state _step_hooks _validation _checks
                 backends outputs precision  kernels allowed; a model's output; mixed precision
     maths       losses                      losses with closed-form output Hessians
                 curvature                   d^T C d along a direction, matrix-free

@@ -19,6 +19,7 @@ relies on, :func:`hooked_step` returns ``step`` unchanged and torch wraps it as 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from itertools import chain
@@ -48,32 +49,32 @@ def hooked_step(step: Callable[..., _R]) -> Callable[..., _R]:
     global_pre, global_post = _GLOBAL_PRE, _GLOBAL_POST
 
     # As torch's wrapper: the hooks see ``args`` with ``self`` first, and a pre-hook may replace
-    # them (``self`` included) by returning ``(new_args, new_kwargs)``.
-    def run(self: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _R:
-        for pre_hook in chain(global_pre.values(), self._optimizer_step_pre_hooks.values()):
-            result = pre_hook(self, args, kwargs)
-            if result is not None:
-                if isinstance(result, tuple) and len(result) == 2:
-                    args, kwargs = result
-                else:
-                    raise RuntimeError(
-                        f"{step} must return None or a tuple of (new_args, new_kwargs), but got "
-                        f"{result}."
-                    )
-        out = step(*args, **kwargs)
-        self._optimizer_step_code()
-        for post_hook in chain(self._optimizer_step_post_hooks.values(), global_post.values()):
-            post_hook(self, args, kwargs)
-        return out
-
+    # them (``self`` included) by returning ``(new_args, new_kwargs)``. One frame between the
+    # caller and ``step``, as there (warnings raised in a step count their stacklevel by it).
     @functools.wraps(step)
     def wrapper(*args: Any, **kwargs: Any) -> _R:
         self = args[0]
-        if torch.autograd._profiler_enabled():
-            label = f"Optimizer.step#{type(self).__name__}.step"
-            with torch.autograd.profiler.record_function(label):
-                return run(self, args, kwargs)
-        return run(self, args, kwargs)
+        label = (
+            torch.autograd.profiler.record_function(f"Optimizer.step#{type(self).__name__}.step")
+            if torch.autograd._profiler_enabled()
+            else contextlib.nullcontext()
+        )
+        with label:
+            for pre_hook in chain(global_pre.values(), self._optimizer_step_pre_hooks.values()):
+                result = pre_hook(self, args, kwargs)
+                if result is not None:
+                    if isinstance(result, tuple) and len(result) == 2:
+                        args, kwargs = result
+                    else:
+                        raise RuntimeError(
+                            f"{step} must return None or a tuple of (new_args, new_kwargs), but "
+                            f"got {result}."
+                        )
+            out = step(*args, **kwargs)
+            self._optimizer_step_code()
+            for post_hook in chain(self._optimizer_step_post_hooks.values(), global_post.values()):
+                post_hook(self, args, kwargs)
+            return out
 
     wrapper.hooked = True  # type: ignore[attr-defined]  # Optimizer._patch_step_function
     return wrapper

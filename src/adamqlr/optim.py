@@ -502,7 +502,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
             f"{type(self).__name__}: step rejected ({reason}); parameters unchanged, damping "
             f"{damping_used:.3g} -> {glob['damping']:.3g}",
             RuntimeWarning,
-            stacklevel=4,  # _reject <- step <- torch's step wrapper <- the caller
+            stacklevel=4,  # _reject <- step <- the step wrapper (_step_hooks) <- the caller
         )
         return StepStats(
             loss=loss,
@@ -850,7 +850,7 @@ class QuadraticModelOptimizer(OptimiserWideState, torch.optim.Optimizer):
         if self.on_stall == "raise":
             raise StallError(message)
         if self.on_stall == "warn":
-            # _stalled <- _iteration <- step <- torch's step wrapper <- the caller
+            # _stalled <- _iteration <- step <- the step wrapper (_step_hooks) <- the caller
             warnings.warn(message, RuntimeWarning, stacklevel=5)
 
     def __repr__(self) -> str:

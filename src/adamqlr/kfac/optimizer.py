@@ -685,7 +685,7 @@ class KFAC(OptimiserWideState, torch.optim.Optimizer):
             f"KFAC: step skipped ({reason}); parameters unchanged, damping "
             f"{damping_used:.3g} -> {glob['damping']:.3g}",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,  # _skip <- step <- the step wrapper (_step_hooks) <- the caller
         )
         return KFACStepStats(
             loss=loss,
