@@ -102,3 +102,15 @@ def test_a_rejected_steps_warning_points_at_the_callers_line(which):
     with pytest.warns(RuntimeWarning) as caught:
         opt.step(torch.full_like(x, float("nan")), y)
     assert caught[0].filename == __file__, caught[0].filename
+
+
+@pytest.mark.parametrize("missing", ["_GLOBAL_PRE", "_GLOBAL_POST", "_PROFILING"])
+def test_without_what_it_relies_on_the_step_is_left_to_torchs_wrapper(missing, monkeypatch):
+    from adamqlr import _step_hooks
+
+    def step(self, inputs, targets):
+        return None
+
+    assert getattr(_step_hooks.hooked_step(step), "hooked", False)
+    monkeypatch.setattr(_step_hooks, missing, None)
+    assert _step_hooks.hooked_step(step) is step

@@ -13,8 +13,9 @@ on the paper's MLP at batch 50.
 :func:`hooked_step` does what that wrapper does, in the same order and with the same errors, and
 makes the label only while torch's profiler is recording (``torch.autograd._profiler_enabled()``),
 so a profile shows the step as before. Marked ``hooked``, the wrapped ``step`` is left as it is by
-``Optimizer._patch_step_function``. Should a torch release rename the global hook tables this
-relies on, :func:`hooked_step` returns ``step`` unchanged and torch wraps it as before.
+``Optimizer._patch_step_function``. Should a torch release rename the global hook tables or the
+profiler-state function this relies on, :func:`hooked_step` returns ``step`` unchanged and torch
+wraps it as before.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ _R = TypeVar("_R")
 
 _GLOBAL_PRE = getattr(_torch_optimizer, "_global_optimizer_pre_hooks", None)
 _GLOBAL_POST = getattr(_torch_optimizer, "_global_optimizer_post_hooks", None)
+_PROFILING = getattr(torch.autograd, "_profiler_enabled", None)
 
 
 def hooked_step(step: Callable[..., _R]) -> Callable[..., _R]:
@@ -44,9 +46,9 @@ def hooked_step(step: Callable[..., _R]) -> Callable[..., _R]:
         The wrapped method (marked ``hooked``), or ``step`` itself when this torch keeps its
         global step hooks elsewhere (torch then wraps it with its own wrapper).
     """
-    if _GLOBAL_PRE is None or _GLOBAL_POST is None:
+    if _GLOBAL_PRE is None or _GLOBAL_POST is None or _PROFILING is None:
         return step
-    global_pre, global_post = _GLOBAL_PRE, _GLOBAL_POST
+    global_pre, global_post, profiling = _GLOBAL_PRE, _GLOBAL_POST, _PROFILING
 
     # As torch's wrapper: the hooks see ``args`` with ``self`` first, and a pre-hook may replace
     # them (``self`` included) by returning ``(new_args, new_kwargs)``. One frame between the
@@ -56,7 +58,7 @@ def hooked_step(step: Callable[..., _R]) -> Callable[..., _R]:
         self = args[0]
         label = (
             torch.autograd.profiler.record_function(f"Optimizer.step#{type(self).__name__}.step")
-            if torch.autograd._profiler_enabled()
+            if profiling()
             else contextlib.nullcontext()
         )
         with label:
