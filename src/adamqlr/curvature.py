@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar, cast
 
 import torch
@@ -616,11 +616,36 @@ def hessian_along_graph(
 def _flat(t: Tensor) -> Tensor:
     """``t`` as a vector: itself, a view (one dispatch fewer than reshape), or a copy.
 
-    The one flattening of the dot products over parameters (here and in :mod:`adamqlr.optim`).
+    The one flattening of the dot products over parameters (:func:`_dots`, the piecewise
+    Hessian reductions).
     """
     if t.dim() == 1:
         return t
     return t.view(-1) if t.is_contiguous() else t.reshape(-1)
+
+
+def _all_wide(tensors: Iterable[Tensor]) -> bool:
+    """Whether every tensor is float32 or wider already (one check per distinct dtype)."""
+    return all(wide_dtype(dtype) == dtype for dtype in {t.dtype for t in tensors})
+
+
+def _dots(a: list[Tensor], b: list[Tensor], wide_enough: bool | None = None) -> list[Tensor]:
+    """Return ``a_i . b_i`` per pair, in float32 or wider.
+
+    ``wide_enough``: whether both lists are float32 or wider already, if the caller knows
+    (``None``: checked here, once per list).
+    """
+    if wide_enough is None:
+        wide_enough = _all_wide(a) and _all_wide(b)
+    if wide_enough:
+        return [_dot(x, y) for x, y in zip(a, b, strict=True)]
+    # [loops] 16-bit parameters: accumulate in float32 (precision.py)
+    return [_dot(wide(x), wide(y)) for x, y in zip(a, b, strict=True)]
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """Return ``a . b`` over all elements (no reshape for vectors), in their dtype."""
+    return torch.dot(_flat(a), _flat(b))
 
 
 #: Up to this many parameter elements, :func:`hessian_along_graph` forms ``H d`` whole (4 MB in
@@ -644,11 +669,7 @@ def _hessian_along_whole(
     if not pairs:
         device = directions[0].device if directions else None
         return torch.zeros((), dtype=torch.float64, device=device)
-    if all(wide_dtype(t) == t for t in {x.dtype for pair in pairs for x in pair}):
-        # float32 or wider already: no widening to look for
-        terms = [torch.dot(_flat(d), _flat(hd)) for d, hd in pairs]
-    else:
-        terms = [torch.dot(_flat(wide(d)), _flat(wide(hd))) for d, hd in pairs]
+    terms = _dots([d for d, _ in pairs], [hd for _, hd in pairs])
     if all(t.dtype is terms[0].dtype for t in terms):
         # sum(dtype=float64) widens each term exactly before the same sum (one operation fewer
         # than .to(float64).sum(); the same numbers, tested)

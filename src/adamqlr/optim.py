@@ -70,7 +70,7 @@ from adamqlr._validation import check as _check
 from adamqlr._validation import integer as _integer
 from adamqlr._validation import real as _real
 from adamqlr.backends import check_model, curvature_safe_attention
-from adamqlr.curvature import CURVATURES, CurvatureEngine, EngineCache, _flat
+from adamqlr.curvature import CURVATURES, CurvatureEngine, EngineCache, _all_wide, _dots
 from adamqlr.distributed import DistributedEngine, process_group, unwrap
 from adamqlr.heuristics import (
     PlaneProposal,
@@ -79,7 +79,7 @@ from adamqlr.heuristics import (
 )
 from adamqlr.losses import Loss, get_loss
 from adamqlr.outputs import OutputSelector, check_selector
-from adamqlr.precision import cpu_number, forget_cast_weights, rounding_dtype, wide, wide_dtype
+from adamqlr.precision import cpu_number, forget_cast_weights, rounding_dtype
 from adamqlr.rules import DEFAULT_DAMPING, DEFAULT_STEP_SIZE, Damping, FlatOptions, StepSize
 
 if sys.version_info >= (3, 11):  # imported, not only for mypy: the API page evaluates the hints
@@ -1214,30 +1214,6 @@ def _clip_gradients(grads: list[Tensor], max_norm: float) -> Tensor:
     for dev, group in by_device.items():
         torch._foreach_mul_(group, factor.to(dev))
     return total
-
-
-def _all_wide(tensors: Iterable[Tensor]) -> bool:
-    """Whether every tensor is float32 or wider already (one check per distinct dtype)."""
-    return all(wide_dtype(dtype) == dtype for dtype in {t.dtype for t in tensors})
-
-
-def _dots(a: list[Tensor], b: list[Tensor], wide_enough: bool | None = None) -> list[Tensor]:
-    """Return ``a_i . b_i`` per pair, in float32 or wider.
-
-    ``wide_enough``: whether both lists are float32 or wider already, if the caller knows
-    (``None``: checked here, once per list).
-    """
-    if wide_enough is None:
-        wide_enough = _all_wide(a) and _all_wide(b)
-    if wide_enough:
-        return [_dot(x, y) for x, y in zip(a, b, strict=True)]
-    # [loops] 16-bit parameters: accumulate in float32 (precision.py)
-    return [_dot(wide(x), wide(y)) for x, y in zip(a, b, strict=True)]
-
-
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """Return ``a . b`` over all elements (no reshape for vectors), in their dtype."""
-    return torch.dot(_flat(a), _flat(b))
 
 
 def _norms(tensors: list[Tensor], wide_enough: bool | None = None) -> list[Tensor]:

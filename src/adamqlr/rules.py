@@ -55,13 +55,13 @@ from torch import Tensor
 from adamqlr._validation import check as _check
 from adamqlr._validation import integer as _integer
 from adamqlr._validation import real as _real
+from adamqlr.curvature import _dots
 from adamqlr.heuristics import (
     DEFAULT_MAX_DAMPING,
     LevenbergMarquardt,
     PlaneProposal,
     propose_plane_step,
 )
-from adamqlr.precision import wide
 
 __all__ = [
     "DAMPING_KEYWORDS",
@@ -554,19 +554,11 @@ def previous_update(
     return [torch.zeros_like(p) if v is None else v for v, p in zip(found, params, strict=True)]
 
 
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    return torch.dot(wide(a).reshape(-1), wide(b).reshape(-1))
-
-
 def plane_scalars(
     grads: list[Tensor], directions: list[Tensor], previous: list[Tensor]
 ) -> list[Tensor]:
     """Return the 0-d tensors ``g_i^T v2_i``, ``d_i^T v2_i`` and ``v2_i^T v2_i``, per parameter."""
-    return [
-        *(_dot(g, v) for g, v in zip(grads, previous, strict=True)),
-        *(_dot(d, v) for d, v in zip(directions, previous, strict=True)),
-        *(_dot(v, v) for v in previous),
-    ]
+    return [*_dots(grads, previous), *_dots(directions, previous), *_dots(previous, previous)]
 
 
 def plane_proposal(
