@@ -295,7 +295,7 @@ def variants(case: Case, linearize_ok: bool = True) -> dict[str, StepFn]:
             for p in model.parameters():
                 p.grad = None
             with torch.no_grad():
-                outputs, tape = layerwise_forward(plan, x, direct=True)
+                outputs, tape = layerwise_forward(plan, x)
                 _, grad_outputs = loss.value_and_output_gradient(outputs, y)
                 for p, g in layerwise_backward(plan, tape, grad_outputs):
                     p.grad = g

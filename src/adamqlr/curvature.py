@@ -232,13 +232,15 @@ def layerwise_forward(
     params: Mapping[str, Tensor] | None = None,
     *,
     keep: bool = True,
-    direct: bool = False,
 ) -> tuple[Tensor, list[Tensor | None]]:
     """Run the layers as ``nn.Sequential.forward`` does, keeping what their JVP needs.
 
-    Each layer is called as the module would be (so autograd, when enabled, records the same
-    graph), except dropout, whose mask is drawn explicitly (``dropout`` of ones: the same random
-    draws and the same output as ``layer(h)``) so that it can be kept.
+    Each layer's own ``forward`` is called, skipping ``Module.__call__`` (~1.5 us a layer): a
+    plan's modules have no hooks, forward or backward, and there are no global ones
+    (:func:`layerwise_plan`; a hook added later changes the model's signature and so the plan),
+    so the same operations run as in the module call and autograd, when enabled, records the same
+    graph. Dropout is the exception: its mask is drawn explicitly (``dropout`` of ones: the same
+    random draws and the same output as ``layer(h)``) so that it can be kept.
 
     Args:
         layers: From :func:`layerwise_plan`.
@@ -246,10 +248,6 @@ def layerwise_forward(
         params: Optional parameter values by name replacing the linear layers' own.
         keep: Whether to keep the tape (``False``: a plain forward pass, e.g. a trial loss; the
             tape returned is empty).
-        direct: Whether to call each layer's own ``forward``, skipping ``Module.__call__``
-            (always so without a tape). A plan's modules have no hooks, forward or backward, and
-            there are no global ones (:func:`layerwise_plan`), so the same operations run and
-            autograd, when enabled, records the same graph.
 
     Returns:
         ``(outputs, tape)``, the tape holding per layer a linear layer's input, an elementwise
@@ -259,13 +257,12 @@ def layerwise_forward(
     h = inputs
     tape: list[Tensor | None] = []
     record = tape.append if keep else _discard
-    direct = direct or not keep
     for prefix, layer in layers:
         kind = type(layer)
         if kind is nn.Linear:
             record(h)
             if params is None:
-                h = layer.forward(h) if direct else layer(h)
+                h = layer.forward(h)
             else:
                 linear = cast(nn.Linear, layer)
                 h = torch.nn.functional.linear(
@@ -274,12 +271,7 @@ def layerwise_forward(
                     params.get(f"{prefix}bias", linear.bias),
                 )
         elif kind in _ELEMENTWISE:
-            # [loops] Without a tape (a trial pass; the Hessian's gradient pass, which records
-            # the same graph as the module call) or when told (the closed-form gradient pass),
-            # the layer's own forward is called directly: the plan has no hooks to run (a hook
-            # added later changes the model's signature and so the plan), and Module.__call__
-            # costs ~1.5 us a layer.
-            out = layer.forward(h) if direct else layer(h)
+            out = layer.forward(h)
             record(out if kind in _USES_OUTPUT else h)
             h = out
         elif kind is nn.Dropout and layer.training and cast(nn.Dropout, layer).p > 0:
@@ -288,7 +280,7 @@ def layerwise_forward(
             h = h * mask
         else:
             record(h if kind in _PASSTHROUGH else None)  # a shape-only layer: for its shape
-            h = layer.forward(h) if direct else layer(h)
+            h = layer.forward(h)
     return h, tape
 
 
@@ -1097,18 +1089,17 @@ class LayerwiseFisher(CurvatureEngine):
                 f"{prefix}{n}" for n in ("weight", "bias") if getattr(layer, n) is not None
             )
 
-    def _outputs(self, inputs: Any, direct: bool = False) -> Tensor:
+    def _outputs(self, inputs: Any) -> Tensor:
         plan = self.plan
         if self._first is None:
-            outputs, self._tape = layerwise_forward(plan, inputs, direct=direct)  # type: ignore[arg-type]
+            outputs, self._tape = layerwise_forward(plan, inputs)  # type: ignore[arg-type]
             return outputs
         i = self._first
-        h, before = layerwise_forward(self._before, inputs, direct=direct) if i else (inputs, [])
-        first = plan[i][1]  # type: ignore[index]
-        z = first.forward(h) if direct else first(h)
-        outputs, after = layerwise_forward(self._after, z, direct=direct)
+        h, before = layerwise_forward(self._before, inputs) if i else (inputs, [])
+        z = plan[i][1].forward(h)  # type: ignore[index]
+        outputs, after = layerwise_forward(self._after, z)
         self._tape = [*before, h, *after]
-        self._z = z if direct else z.detach()  # direct: no graph (the closed-form pass)
+        self._z = z.detach() if z.requires_grad else z  # no graph in the closed-form pass
         return outputs
 
     def gradient_pass(  # noqa: D102
@@ -1122,7 +1113,7 @@ class LayerwiseFisher(CurvatureEngine):
         self.gradient_by = "closed-form"
         self._capture(inputs, targets, params)
         with _no_grad():
-            outputs = self._outputs(inputs, direct=True)  # no graph, no hooks (_closed_form)
+            outputs = self._outputs(inputs)  # no graph: the tape for layerwise_backward
             value, grad_outputs = checked_value_and_gradient(self.loss, outputs, targets)
             for p, g in layerwise_backward(self.plan, self._tape, grad_outputs):  # type: ignore[arg-type]
                 if p.grad is None:
@@ -1337,10 +1328,9 @@ class GraphHessian(CurvatureEngine):
         super().__init__(model, loss, plan, stochastic)
         # the parameters differentiated and their gradients with the graph, until along
         self._kept: tuple[list[Tensor], tuple[Tensor | None, ...]] = ([], ())
-        # With a plan (no hooks on any module, no global hooks), the gradient pass calls the
-        # layers' own forward, skipping Module.__call__ (~2-3 us a module in a step): the same
-        # operations, so the same graph. Not with dropout, which layerwise_forward evaluates as
-        # h * mask rather than the module's native_dropout.
+        # With a plan, the gradient pass runs layerwise_forward (the layers' own forward: the
+        # same graph as the module call, without Module.__call__). Not with dropout, which
+        # layerwise_forward evaluates as h * mask rather than the module's native_dropout.
         self._direct = plan is not None and not any(type(m) is nn.Dropout for _, m in plan)
 
     def _outputs(self, inputs: Any) -> Tensor:
